@@ -1,0 +1,69 @@
+/**
+ * Runtime configuration from environment variables (documented in the README).
+ * Parsing is pure: entry points pass `process.env` in.
+ */
+import { z } from 'zod';
+
+const port = z.coerce.number().int().min(0).max(65_535);
+const rate = z.coerce.number().min(0).max(1);
+
+export const ConfigSchema = z.object({
+  /** Folder for the Temporal SQLite file, cloudgate's store, the sim cloud's state and the token secret. */
+  dataDir: z.string().default('data'),
+  apiHost: z.string().default('127.0.0.1'),
+  apiPort: port.default(8080),
+  /** Base URL guests use to phone home; defaults to http://<apiHost>:<apiPort>. */
+  publicUrl: z.string().url().optional(),
+  /** An existing Temporal frontend (host:port). Unset: `npm start` runs a dev server. */
+  temporalAddress: z.string().optional(),
+  temporalPort: port.default(7233),
+  temporalUiPort: port.default(8233),
+  temporalUiUrl: z.string().url().optional(),
+  namespace: z.string().default('default'),
+  taskQueue: z.string().default('cloudgate'),
+  /** HMAC secret for phone-home tokens; unset: generated once into `<dataDir>/token-secret`. */
+  tokenSecret: z.string().min(16).optional(),
+  tokenTtlSeconds: z.coerce.number().int().min(60).default(7 * 24 * 3600),
+  logLevel: z.string().default('info'),
+  sim: z.object({
+    bootMs: z.coerce.number().int().min(0).default(8_000),
+    readyDelayMs: z.coerce.number().int().min(0).default(2_000),
+    failureRate: rate.default(0),
+    silentRate: rate.default(0),
+    throttleRate: rate.default(0),
+    seed: z.string().default('cloudgate'),
+  }),
+});
+export type Config = z.infer<typeof ConfigSchema>;
+
+/** Reads the `CLOUDGATE_*`, `TEMPORAL_*` and `SIM_*` variables. */
+export function configFromEnv(env: Record<string, string | undefined>): Config {
+  const e = (k: string) => (env[k] === '' ? undefined : env[k]);
+  return ConfigSchema.parse({
+    dataDir: e('CLOUDGATE_DATA_DIR'),
+    apiHost: e('CLOUDGATE_API_HOST'),
+    apiPort: e('CLOUDGATE_API_PORT'),
+    publicUrl: e('CLOUDGATE_PUBLIC_URL'),
+    temporalAddress: e('TEMPORAL_ADDRESS'),
+    temporalPort: e('TEMPORAL_PORT'),
+    temporalUiPort: e('TEMPORAL_UI_PORT'),
+    temporalUiUrl: e('TEMPORAL_UI_URL'),
+    namespace: e('TEMPORAL_NAMESPACE'),
+    taskQueue: e('CLOUDGATE_TASK_QUEUE'),
+    tokenSecret: e('CLOUDGATE_TOKEN_SECRET'),
+    tokenTtlSeconds: e('CLOUDGATE_TOKEN_TTL_SECONDS'),
+    logLevel: e('CLOUDGATE_LOG_LEVEL'),
+    sim: {
+      bootMs: e('SIM_BOOT_MS'),
+      readyDelayMs: e('SIM_READY_DELAY_MS'),
+      failureRate: e('SIM_FAILURE_RATE'),
+      silentRate: e('SIM_SILENT_RATE'),
+      throttleRate: e('SIM_THROTTLE_RATE'),
+      seed: e('SIM_SEED'),
+    },
+  });
+}
+
+export const publicUrlOf = (c: Config): string => c.publicUrl ?? `http://${c.apiHost}:${c.apiPort}`;
+export const temporalAddressOf = (c: Config): string => c.temporalAddress ?? `127.0.0.1:${c.temporalPort}`;
+export const temporalUiUrlOf = (c: Config): string => c.temporalUiUrl ?? `http://127.0.0.1:${c.temporalUiPort}`;

@@ -1,0 +1,87 @@
+/**
+ * Cluster definitions: what a user submits once and instantiates many times.
+ * Pure zod schemas and the rules that need more than one field (dependencies, bounds).
+ */
+import { z } from 'zod';
+import { findCycle } from './graph.js';
+
+/** Names used in workflow ids, instance names and cloud tags: short, DNS-label-like. */
+export const NameSchema = z
+  .string()
+  .min(1)
+  .max(40)
+  .regex(/^[a-z][a-z0-9-]*[a-z0-9]$|^[a-z]$/, 'must be lower-case letters, digits and "-", starting with a letter');
+
+export const OfferingSchema = z
+  .object({
+    cpus: z.number().int().min(1).max(512),
+    memoryMiB: z.number().int().min(64).max(4_194_304),
+    diskGiB: z.number().int().min(1).max(65_536),
+  })
+  .strict();
+export type Offering = z.infer<typeof OfferingSchema>;
+
+export const ServiceDefinitionSchema = z
+  .object({
+    name: NameSchema,
+    contextId: z.string().min(1).max(200).optional(),
+    offering: OfferingSchema,
+    image: z.string().min(1).max(500),
+    min: z.number().int().min(0).max(10_000).default(1),
+    max: z.number().int().min(0).max(10_000).optional(),
+    dependsOn: z.array(NameSchema).max(100).default([]),
+    /** Seconds a booted guest has to phone home ready before it is replaced. */
+    readinessTimeoutSeconds: z.number().int().min(5).max(86_400).default(600),
+  })
+  .strict();
+export type ServiceDefinition = z.infer<typeof ServiceDefinitionSchema>;
+
+export const FailurePolicySchema = z.enum(['keep', 'rollback']);
+export type FailurePolicy = z.infer<typeof FailurePolicySchema>;
+
+/** The rules across fields: unique names, known dependencies, no cycles, min ≤ max. */
+export const ClusterDefinitionSchema = z
+  .object({
+    name: NameSchema,
+    description: z.string().max(2000).optional(),
+    failurePolicy: FailurePolicySchema.default('keep'),
+    services: z.array(ServiceDefinitionSchema).min(1).max(200),
+  })
+  .strict()
+  .superRefine((def, ctx) => {
+    const seen = new Map<string, number>();
+    def.services.forEach((s, i) => {
+      if (seen.has(s.name)) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['services', i, 'name'],
+          message: `duplicate service name "${s.name}" (also services[${seen.get(s.name)}])`,
+        });
+      } else seen.set(s.name, i);
+      if (s.max !== undefined && s.min > s.max) {
+        ctx.addIssue({ code: 'custom', path: ['services', i, 'min'], message: `min (${s.min}) is greater than max (${s.max})` });
+      }
+      s.dependsOn.forEach((d, j) => {
+        if (d === s.name) {
+          ctx.addIssue({ code: 'custom', path: ['services', i, 'dependsOn', j], message: `service "${s.name}" depends on itself` });
+        }
+      });
+    });
+    def.services.forEach((s, i) =>
+      s.dependsOn.forEach((d, j) => {
+        if (!seen.has(d)) {
+          ctx.addIssue({
+            code: 'custom',
+            path: ['services', i, 'dependsOn', j],
+            message: `unknown dependency "${d}" of service "${s.name}"`,
+          });
+        }
+      }),
+    );
+    const cycle = findCycle(def.services.map((s) => ({ name: s.name, dependsOn: s.dependsOn.filter((d) => seen.has(d) && d !== s.name) })));
+    if (cycle) {
+      ctx.addIssue({ code: 'custom', path: ['services'], message: `dependency cycle: ${cycle.join(' → ')}` });
+    }
+  });
+export type ClusterDefinitionInput = z.input<typeof ClusterDefinitionSchema>;
+export type ClusterDefinition = z.infer<typeof ClusterDefinitionSchema>;

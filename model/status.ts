@@ -1,0 +1,60 @@
+/** States and status views shared by workflows (which own them) and the API (which shows them). */
+
+export const CLUSTER_STATES = ['PENDING', 'DEPLOYING', 'READY', 'DEGRADED', 'FAILED', 'TERMINATING', 'TERMINATED'] as const;
+export type ClusterState = (typeof CLUSTER_STATES)[number];
+
+/** A service waits for its dependencies, deploys, is READY (min instances ready), or not. */
+export const SERVICE_STATES = ['WAITING', 'DEPLOYING', 'READY', 'DEGRADED', 'FAILED', 'TERMINATING', 'TERMINATED'] as const;
+export type ServiceState = (typeof SERVICE_STATES)[number];
+
+/**
+ * One instance's life as cloudgate sees it: CREATING (create call in flight) → BOOTING
+ * (cloud accepted it) → RUNNING (cloud says running) → READY (guest phoned home ok).
+ * FAILED instances are being replaced; TERMINATING ones are on their way out.
+ */
+export const INSTANCE_STATES = ['CREATING', 'BOOTING', 'RUNNING', 'READY', 'FAILED', 'TERMINATING'] as const;
+export type InstanceState = (typeof INSTANCE_STATES)[number];
+
+export interface InstanceStatus {
+  /** cloudgate's id of the instance: `<clusterId>-<service>-<ordinal>`, also its idempotency key. */
+  id: string;
+  name: string;
+  state: InstanceState;
+  cloud: string;
+  /** The provider's own id, once the cloud has accepted the create. */
+  cloudInstanceId?: string;
+  createdAt?: string;
+  readyAt?: string;
+  /** Why the instance is failed or was last replaced. */
+  message?: string;
+}
+
+export interface ServiceStatus {
+  name: string;
+  state: ServiceState;
+  desired: number;
+  ready: number;
+  /** Instances replaced so far, and the latest reason. */
+  replacements: number;
+  message?: string;
+  instances: InstanceStatus[];
+}
+
+export interface ClusterStatus {
+  id: string;
+  name: string;
+  definitionId: string;
+  cloud: string;
+  state: ClusterState;
+  message?: string;
+  services: ServiceStatus[];
+}
+
+/** What a guest reports to the phone-home endpoint. */
+export interface ReadinessReport {
+  instanceId: string;
+  status: 'ok' | 'failed';
+  checks?: Record<string, unknown>;
+  /** ISO time the gateway received it. */
+  receivedAt: string;
+}

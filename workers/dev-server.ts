@@ -1,0 +1,114 @@
+/**
+ * Runs the Temporal CLI's dev server (real Temporal, SQLite-backed) for `npm start`, the
+ * tests and the benchmark, and registers cloudgate's search attributes on any server.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { createServer } from 'node:net';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Connection } from '@temporalio/client';
+import { SEARCH_ATTRIBUTES } from '../workflows/messages.js';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+
+/** `$TEMPORAL_CLI`, else `temporal` on PATH, else the one `scripts/setup.mjs` put in `.venv`. */
+export function findTemporalCli(env: NodeJS.ProcessEnv = process.env): string {
+  if (env.TEMPORAL_CLI) return env.TEMPORAL_CLI;
+  for (const dir of (env.PATH ?? '').split(path.delimiter)) {
+    const p = path.join(dir, 'temporal');
+    if (dir && existsSync(p)) return p;
+  }
+  const venv = path.join(ROOT, '.venv', 'bin', 'temporal');
+  if (existsSync(venv)) return venv;
+  throw new Error('no Temporal CLI found: set TEMPORAL_CLI, put `temporal` on PATH, or run `node scripts/setup.mjs`');
+}
+
+/** A free TCP port on 127.0.0.1 (for tests that run servers side by side). */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.unref();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as { port: number };
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+export interface DevServerOptions {
+  dbFile: string;
+  port?: number;
+  /** Web UI port; omit for a headless server. */
+  uiPort?: number;
+  executable?: string;
+  /** Where the server's own output goes (default: discarded). */
+  onOutput?: (chunk: string) => void;
+}
+
+export interface DevServer {
+  address: string;
+  uiUrl?: string;
+  process: ChildProcess;
+  /** Graceful stop (SIGTERM, then SIGKILL after 10 s). */
+  stop(): Promise<void>;
+}
+
+export async function startDevServer(opts: DevServerOptions): Promise<DevServer> {
+  const port = opts.port || (await freePort());
+  const args = ['server', 'start-dev', '--ip', '127.0.0.1', '--port', String(port), '--db-filename', opts.dbFile, '--log-level', 'warn'];
+  if (opts.uiPort) args.push('--ui-port', String(opts.uiPort));
+  else args.push('--headless');
+  for (const sa of SEARCH_ATTRIBUTES) args.push('--search-attribute', `${sa.name}=Keyword`);
+  const child = spawn(opts.executable ?? findTemporalCli(), args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  let output = '';
+  const onData = (b: Buffer) => {
+    const s = b.toString();
+    if (output.length < 20_000) output += s;
+    opts.onOutput?.(s);
+  };
+  child.stdout.on('data', onData);
+  child.stderr.on('data', onData);
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  const address = `127.0.0.1:${port}`;
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`Temporal dev server exited (${child.exitCode}) while starting: ${output.slice(-2000)}`);
+    try {
+      const conn = await Connection.connect({ address, connectTimeout: 1000 });
+      await conn.workflowService.getSystemInfo({});
+      await conn.close();
+      break;
+    } catch (err) {
+      if (Date.now() > deadline) {
+        child.kill('SIGKILL');
+        throw new Error(`Temporal dev server did not answer on ${address} within 60 s`, { cause: err });
+      }
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  }
+  return {
+    address,
+    uiUrl: opts.uiPort ? `http://127.0.0.1:${opts.uiPort}` : undefined,
+    process: child,
+    async stop() {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+      await exited;
+      clearTimeout(timer);
+    },
+  };
+}
+
+/** Registers cloudgate's search attributes on a server we did not start (idempotent). */
+export async function ensureSearchAttributes(connection: Connection, namespace: string): Promise<void> {
+  const { keys } = await connection.operatorService.listSearchAttributes({ namespace });
+  const missing = SEARCH_ATTRIBUTES.filter((sa) => !(keys && sa.name in keys));
+  if (missing.length === 0) return;
+  await connection.operatorService.addSearchAttributes({
+    namespace,
+    searchAttributes: Object.fromEntries(missing.map((sa) => [sa.name, 2 /* INDEXED_VALUE_TYPE_KEYWORD */])),
+  });
+}

@@ -1,0 +1,91 @@
+/**
+ * Names and shapes of everything that crosses a workflow boundary: workflow ids, inputs,
+ * queries, signals, updates and search attributes. The API and tests import these; the
+ * workflows implement them.
+ */
+import { defineQuery, defineSignal, defineUpdate } from '@temporalio/workflow';
+import { defineSearchAttributeKey, SearchAttributeType } from '@temporalio/common';
+import type { ClusterDefinition, ServiceDefinition, FailurePolicy } from '../model/definition.js';
+import type { ClusterState, ReadinessReport, ServiceState, ServiceStatus } from '../model/status.js';
+
+export const TASK_QUEUE = 'cloudgate';
+
+export const clusterWorkflowId = (clusterId: string): string => `cluster/${clusterId}`;
+export const serviceWorkflowId = (clusterId: string, service: string): string => `cluster/${clusterId}/${service}`;
+
+/** Custom search attributes; `npm start` and the test harness register them with the server. */
+export const SA_CLUSTER_ID = defineSearchAttributeKey('CloudgateClusterId', SearchAttributeType.KEYWORD);
+export const SA_DEFINITION = defineSearchAttributeKey('CloudgateDefinition', SearchAttributeType.KEYWORD);
+export const SA_OWNER = defineSearchAttributeKey('CloudgateOwner', SearchAttributeType.KEYWORD);
+export const SA_STATE = defineSearchAttributeKey('CloudgateState', SearchAttributeType.KEYWORD);
+export const SA_SERVICE = defineSearchAttributeKey('CloudgateService', SearchAttributeType.KEYWORD);
+export const SEARCH_ATTRIBUTES = [SA_CLUSTER_ID, SA_DEFINITION, SA_OWNER, SA_STATE, SA_SERVICE];
+
+/** Input of `ClusterWorkflow`: a frozen snapshot of the definition, no secrets. */
+export interface ClusterInput {
+  clusterId: string;
+  name: string;
+  definitionId: string;
+  definition: ClusterDefinition;
+  cloud: string;
+  owner?: string;
+}
+
+/** What the cluster workflow knows of each service (children report transitions). */
+export interface ServiceSummary {
+  name: string;
+  state: ServiceState;
+  desired: number;
+  ready: number;
+  replacements: number;
+  message?: string;
+  /** Set once the service's workflow has been started. */
+  workflowId?: string;
+}
+
+export interface ClusterView {
+  clusterId: string;
+  name: string;
+  definitionId: string;
+  cloud: string;
+  state: ClusterState;
+  message?: string;
+  services: ServiceSummary[];
+}
+
+export interface ScaleRequest {
+  service: string;
+  instances: number;
+}
+export interface ScaleResult {
+  service: string;
+  desired: number;
+}
+
+/** Failure types the scale validator rejects with; the API maps them to 404 / 422 / 409. */
+export const UNKNOWN_SERVICE = 'UnknownService';
+export const SCALE_OUT_OF_BOUNDS = 'ScaleOutOfBounds';
+export const CLUSTER_NOT_ACTIVE = 'ClusterNotActive';
+
+export const clusterStatusQuery = defineQuery<ClusterView>('status');
+export const scaleUpdate = defineUpdate<ScaleResult, [ScaleRequest]>('scale');
+export const teardownSignal = defineSignal<[{ reason?: string }?]>('teardown');
+/** Child → parent: a service changed state or counts. */
+export const serviceReportSignal = defineSignal<[Omit<ServiceSummary, 'workflowId'>]>('serviceReport');
+
+/** Input of `ServiceWorkflow`; `carried` is set only on continue-as-new. */
+export interface ServiceInput {
+  clusterId: string;
+  cloud: string;
+  failurePolicy: FailurePolicy;
+  service: ServiceDefinition;
+  desired: number;
+  parentWorkflowId: string;
+  carried?: unknown;
+}
+
+export const serviceStatusQuery = defineQuery<ServiceStatus>('serviceStatus');
+/** Phone-home reports, batched by the API per service workflow. */
+export const readinessSignal = defineSignal<[ReadinessReport[]]>('readiness');
+export const setDesiredSignal = defineSignal<[number]>('setDesired');
+export const serviceTeardownSignal = defineSignal('serviceTeardown');
