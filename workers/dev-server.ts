@@ -104,8 +104,8 @@ export async function startDevServer(opts: DevServerOptions): Promise<DevServer>
 
 /** Registers cloudgate's search attributes on a server we did not start (idempotent). */
 export async function ensureSearchAttributes(connection: Connection, namespace: string): Promise<void> {
-  const { keys } = await connection.operatorService.listSearchAttributes({ namespace });
-  const missing = SEARCH_ATTRIBUTES.filter((sa) => !(keys && sa.name in keys));
+  const { customAttributes } = await connection.operatorService.listSearchAttributes({ namespace });
+  const missing = SEARCH_ATTRIBUTES.filter((sa) => !(customAttributes && sa.name in customAttributes));
   if (missing.length === 0) return;
   await connection.operatorService.addSearchAttributes({
     namespace,

@@ -1,0 +1,159 @@
+/**
+ * The only place workflows touch the world. `createActivities(deps)` returns plain async
+ * functions over the cloud adapters; cloud errors become `ApplicationFailure`s whose type
+ * is the error kind, retryable or not as the kind says.
+ */
+import { ApplicationFailure, Context } from '@temporalio/activity';
+import { CloudError, RETRYABLE_KINDS, type CloudAdapter, type InstanceSpec } from '../clouds/contract.js';
+import { signToken } from '../model/token.js';
+import { renderUserData } from '../model/user-data.js';
+import type {
+  CloudgateActivities,
+  CreatedInstance,
+  CreateInstancesInput,
+  DescribedInstance,
+  DescribeInstancesInput,
+  SweepClusterInput,
+  SweepResult,
+  TerminateInstancesInput,
+} from '../workflows/activity-types.js';
+
+export interface ActivityDeps {
+  clouds: { get(name: string): CloudAdapter };
+  /** Base URL guests phone home to (`<publicUrl>/v1/instances/<id>/readiness`). */
+  publicUrl: string;
+  /** Signs per-instance tokens; read here, never passed through a workflow. */
+  tokenSecret: string;
+  tokenTtlSeconds: number;
+  /** Cloud calls in flight per activity (a batch of creates must not hammer one API). */
+  concurrency?: number;
+}
+
+/** Maps a cloud error to a Temporal failure the retry policy understands. */
+export function toFailure(err: unknown, what: string): Error {
+  if (err instanceof CloudError) {
+    const msg = `${what}: ${err.message}`;
+    return RETRYABLE_KINDS.has(err.kind) || err.kind === 'NotFound'
+      ? ApplicationFailure.retryable(msg, err.kind)
+      : ApplicationFailure.nonRetryable(msg, err.kind);
+  }
+  if (err instanceof ApplicationFailure) return err;
+  return ApplicationFailure.retryable(`${what}: ${err instanceof Error ? err.message : String(err)}`, 'Transient');
+}
+
+/** Runs `fn` over `items` with at most `limit` in flight, heartbeating progress; fails with the first error. */
+async function forEachLimited<T, R>(items: T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
+  const results = new Array<R>(items.length);
+  let next = 0;
+  let done = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const i = next++;
+      results[i] = await fn(items[i]);
+      done++;
+      heartbeat(done);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return results;
+}
+
+function heartbeat(progress: number): void {
+  try {
+    Context.current().heartbeat(progress);
+  } catch {
+    // Outside an activity (direct calls in tests) there is nothing to heartbeat to.
+  }
+}
+
+export function createActivities(deps: ActivityDeps): CloudgateActivities {
+  const limit = deps.concurrency ?? 16;
+
+  const specFor = (input: CreateInstancesInput, id: string): InstanceSpec => {
+    const token = signToken(
+      { iid: id, cluster: input.clusterId, service: input.service, exp: Math.floor(Date.now() / 1000) + deps.tokenTtlSeconds },
+      deps.tokenSecret,
+    );
+    return {
+      name: id,
+      image: input.image,
+      offering: input.offering,
+      userData: renderUserData({
+        url: `${deps.publicUrl}/v1/instances/${encodeURIComponent(id)}/readiness`,
+        instanceId: id,
+        token,
+        repositories: input.repositories,
+      }),
+      tags: { cluster: input.clusterId, service: input.service, key: id },
+    };
+  };
+
+  return {
+    /** Idempotent per instance: an instance already made with the key is found, not made again. */
+    async createInstances(input) {
+      const cloud = deps.clouds.get(input.cloud);
+      return forEachLimited(input.ids, limit, async (id): Promise<CreatedInstance> => {
+        try {
+          const found = await cloud.findInstance(id);
+          const inst = found ?? (await cloud.createInstance(specFor(input, id), id));
+          return { id, cloudInstanceId: inst.id, cloudState: inst.state, createdAt: inst.createdAt ?? new Date().toISOString() };
+        } catch (err) {
+          throw toFailure(err, `create ${id} on ${input.cloud}`);
+        }
+      });
+    },
+
+    async describeInstances(input: DescribeInstancesInput) {
+      const cloud = deps.clouds.get(input.cloud);
+      return forEachLimited(input.instances, limit, async (ref): Promise<DescribedInstance> => {
+        try {
+          const inst = await cloud.describeInstance(ref.cloudInstanceId);
+          return { id: ref.id, cloudState: inst.state };
+        } catch (err) {
+          if (err instanceof CloudError && err.kind === 'NotFound') return { id: ref.id, cloudState: 'GONE' };
+          throw toFailure(err, `describe ${ref.id} on ${input.cloud}`);
+        }
+      });
+    },
+
+    async terminateInstances(input: TerminateInstancesInput) {
+      const cloud = deps.clouds.get(input.cloud);
+      const gone = await forEachLimited(input.instances, limit, async (ref) => {
+        try {
+          // Without the provider id (create failed midway) the key finds what may have been made.
+          const id = ref.cloudInstanceId ?? (await cloud.findInstance(ref.id))?.id;
+          if (id) await cloud.terminateInstance(id);
+          // A create retried after we looked may have made another one with the same key.
+          const again = await cloud.findInstance(ref.id);
+          if (again) await cloud.terminateInstance(again.id);
+          return 1;
+        } catch (err) {
+          throw toFailure(err, `terminate ${ref.id} on ${input.cloud}`);
+        }
+      });
+      return gone.length;
+    },
+
+    /** Terminates whatever still carries the cluster's tag, then checks that nothing does. */
+    async sweepCluster(input: SweepClusterInput): Promise<SweepResult> {
+      const cloud = deps.clouds.get(input.cloud);
+      try {
+        const leftovers = await cloud.listInstances({ cluster: input.clusterId });
+        await forEachLimited(leftovers, limit, (i) => cloud.terminateInstance(i.id));
+        const remaining = await cloud.listInstances({ cluster: input.clusterId });
+        if (remaining.length > 0) {
+          throw ApplicationFailure.retryable(
+            `${remaining.length} instances of cluster ${input.clusterId} still live on ${input.cloud} after terminating them: ${remaining
+              .slice(0, 5)
+              .map((i) => i.id)
+              .join(', ')}`,
+            'InstancesRemaining',
+          );
+        }
+        return { terminated: leftovers.map((i) => i.name || i.id), remaining: 0 };
+      } catch (err) {
+        throw toFailure(err, `sweep cluster ${input.clusterId} on ${input.cloud}`);
+      }
+    },
+  };
+}

@@ -1,0 +1,137 @@
+/**
+ * `npm run bench`: the fixed benchmark of DESIGN.md. One three-tier cluster on `sim` —
+ * proxy 10, head 40 (after proxy), workers 950 (after head) — every guest booting in
+ * exactly 20 s and phoning home ready 5 s later, no injected failures. Prints wall time,
+ * ideal time (levels × (boot + readiness)), their ratio, the largest workflow history,
+ * events per instance, peak worker RSS, and teardown time. Everything runs on 127.0.0.1.
+ *
+ * Environment: BENCH_BOOT_MS, BENCH_READY_MS and BENCH_SCALE (multiplies instance counts)
+ * for quick trial runs; the published figures use the defaults.
+ */
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Client, Connection } from '@temporalio/client';
+import { startApi } from '../api/main.js';
+import { ConfigSchema } from '../model/config.js';
+import { clusterStatusQuery, clusterWorkflowId } from '../workflows/messages.js';
+import { freePort, startDevServer } from '../workers/dev-server.js';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const bootMs = Number(process.env.BENCH_BOOT_MS ?? 20_000);
+const readyMs = Number(process.env.BENCH_READY_MS ?? 5_000);
+const scale = Number(process.env.BENCH_SCALE ?? 1);
+const counts = { proxy: Math.round(10 * scale), head: Math.round(40 * scale), workers: Math.round(950 * scale) };
+const total = counts.proxy + counts.head + counts.workers;
+const log = (msg: string) => console.error(`[bench] ${msg}`);
+
+const dataDir = mkdtempSync(path.join(os.tmpdir(), 'cloudgate-bench-'));
+const temporal = await startDevServer({ dbFile: path.join(dataDir, 'temporal.sqlite') });
+const config = ConfigSchema.parse({
+  dataDir,
+  apiPort: await freePort(),
+  temporalAddress: temporal.address,
+  tokenSecret: 'bench-secret-0123456789abcdef',
+  logLevel: 'warn',
+  sim: { bootMs, readyDelayMs: readyMs, seed: 'bench' },
+});
+const api = await startApi(config);
+const worker = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'workers/main.ts')], {
+  env: {
+    ...process.env,
+    CLOUDGATE_DATA_DIR: dataDir,
+    CLOUDGATE_API_PORT: String(config.apiPort),
+    TEMPORAL_ADDRESS: temporal.address,
+    CLOUDGATE_TOKEN_SECRET: config.tokenSecret,
+    CLOUDGATE_LOG_LEVEL: 'warn',
+    SIM_BOOT_MS: String(bootMs),
+    SIM_READY_DELAY_MS: String(readyMs),
+    SIM_SEED: 'bench',
+  },
+  stdio: ['ignore', 'inherit', 'inherit'],
+});
+const connection = await Connection.connect({ address: temporal.address });
+const client = new Client({ connection });
+
+const post = async (url: string, body: unknown) => {
+  const res = await fetch(`${api.url}${url}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+  const json = (await res.json()) as any;
+  if (!res.ok) throw new Error(`${url}: ${res.status} ${JSON.stringify(json)}`);
+  return json;
+};
+
+try {
+  // Wait until the worker is polling (its bundle built), so the clock measures orchestration only.
+  for (;;) {
+    const tq = await client.workflowService.describeTaskQueue({ namespace: 'default', taskQueue: { name: config.taskQueue }, taskQueueType: 1 });
+    if ((tq.pollers ?? []).length > 0) break;
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  const offering = { cpus: 1, memoryMiB: 2048, diskGiB: 20 };
+  const image = 'cernvm4-micro-2020.07';
+  const timeout = Math.ceil((bootMs + readyMs) / 1000) + 120;
+  const def = await post('/v1/cluster-definitions', {
+    name: 'bench-three-tier',
+    services: [
+      { name: 'proxy', offering, image, min: counts.proxy, readinessTimeoutSeconds: timeout },
+      { name: 'head', offering, image, min: counts.head, dependsOn: ['proxy'], readinessTimeoutSeconds: timeout },
+      { name: 'workers', offering, image, min: counts.workers, dependsOn: ['head'], readinessTimeoutSeconds: timeout },
+    ],
+  });
+  log(`deploying ${total} instances (boot ${bootMs} ms + readiness ${readyMs} ms)`);
+  const t0 = Date.now();
+  const cluster = await post('/v1/clusters', { definitionId: def.id });
+  const handle = client.workflow.getHandle(clusterWorkflowId(cluster.id));
+  let lastLine = '';
+  for (;;) {
+    const view = await handle.query(clusterStatusQuery);
+    const line = view.services.map((s) => `${s.name} ${s.state}`).join(', ');
+    if (line !== lastLine) log(`${((Date.now() - t0) / 1000).toFixed(1)} s: ${line}`);
+    lastLine = line;
+    if (view.state === 'READY') break;
+    if (view.state === 'FAILED') throw new Error(`cluster failed: ${view.message}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  const wall = (Date.now() - t0) / 1000;
+  const ideal = (3 * (bootMs + readyMs)) / 1000;
+
+  // Every run of every workflow of this cluster, continue-as-new runs included.
+  let largest = { id: '', events: 0 };
+  let events = 0;
+  let runs = 0;
+  for await (const wf of client.workflow.list({ query: `CloudgateClusterId = "${cluster.id}"` })) {
+    const n = (await client.workflow.getHandle(wf.workflowId, wf.runId).fetchHistory()).events?.length ?? 0;
+    events += n;
+    runs++;
+    if (n > largest.events) largest = { id: `${wf.workflowId} (${wf.runId.slice(0, 8)})`, events: n };
+  }
+  const peakRssMiB = Number(/VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${worker.pid}/status`, 'utf8'))?.[1] ?? 0) / 1024;
+
+  const td0 = Date.now();
+  await fetch(`${api.url}/v1/clusters/${cluster.id}`, { method: 'DELETE' });
+  const final = await handle.result();
+  const teardown = (Date.now() - td0) / 1000;
+
+  const rows: [string, string][] = [
+    ['instances', String(total)],
+    ['wall time to READY', `${wall.toFixed(1)} s`],
+    ['ideal (3 levels × (boot + readiness))', `${ideal.toFixed(1)} s`],
+    ['ratio wall / ideal', (wall / ideal).toFixed(3)],
+    ['largest workflow history', `${largest.events} events — ${largest.id}`],
+    ['workflow runs (incl. continue-as-new)', String(runs)],
+    ['events per instance (all histories)', (events / total).toFixed(2)],
+    ['peak worker RSS', `${peakRssMiB.toFixed(0)} MiB`],
+    ['teardown to TERMINATED', `${teardown.toFixed(1)} s (${final.state})`],
+  ];
+  const w = Math.max(...rows.map(([k]) => k.length));
+  console.log(rows.map(([k, v]) => `${k.padEnd(w)}  ${v}`).join('\n'));
+} finally {
+  worker.kill('SIGTERM');
+  await new Promise((r) => worker.once('exit', r));
+  await api.close();
+  await connection.close();
+  await temporal.stop();
+  rmSync(dataDir, { recursive: true, force: true });
+}

@@ -1,0 +1,65 @@
+/**
+ * The clouds a worker knows, by name, and flavor matching shared by adapters that map a
+ * definition's {@link Offering} onto the provider's fixed flavors.
+ */
+import type { Offering } from '../model/definition.js';
+import { CloudError, type CloudAdapter, type CloudOffering } from './contract.js';
+
+/** Looks adapters up by the name cluster definitions and activities use. */
+export interface CloudRegistry {
+  /** Throws `CloudError('NotFound')` naming the known clouds when `name` is not one of them. */
+  get(name: string): CloudAdapter;
+  list(): CloudAdapter[];
+  /** Closes every adapter that has a `close()`; all are attempted even if one fails. */
+  close(): Promise<void>;
+}
+
+/** Builds a registry; two adapters with one name is a wiring bug, so it throws. */
+export function createCloudRegistry(adapters: CloudAdapter[]): CloudRegistry {
+  const byName = new Map<string, CloudAdapter>();
+  for (const a of adapters) {
+    if (byName.has(a.name)) throw new Error(`cloud registry: two adapters named "${a.name}"`);
+    byName.set(a.name, a);
+  }
+  return {
+    get(name) {
+      const a = byName.get(name);
+      if (!a) {
+        const known = [...byName.keys()].map((n) => `"${n}"`).join(', ') || '(none)';
+        throw new CloudError('NotFound', `unknown cloud "${name}"; known clouds: ${known}`);
+      }
+      return a;
+    },
+    list: () => [...byName.values()],
+    async close() {
+      const results = await Promise.allSettled([...byName.values()].map((a) => a.close?.()));
+      const failed = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
+      if (failed.length > 0) {
+        throw new AggregateError(
+          failed.map((f) => f.reason),
+          `cloud registry: ${failed.length} adapter(s) failed to close`,
+        );
+      }
+    },
+  };
+}
+
+/**
+ * The smallest flavor with cpus, memory and disk all at least what is wanted, or undefined
+ * when none is big enough. "Smallest" orders by cpus, then memory, then disk, because cpus
+ * are what quotas and bills are counted in.
+ */
+export function smallestFit(offerings: CloudOffering[], want: Offering): CloudOffering | undefined {
+  let best: CloudOffering | undefined;
+  for (const o of offerings) {
+    if (o.cpus < want.cpus || o.memoryMiB < want.memoryMiB || o.diskGiB < want.diskGiB) continue;
+    if (
+      !best ||
+      o.cpus < best.cpus ||
+      (o.cpus === best.cpus && (o.memoryMiB < best.memoryMiB || (o.memoryMiB === best.memoryMiB && o.diskGiB < best.diskGiB)))
+    ) {
+      best = o;
+    }
+  }
+  return best;
+}

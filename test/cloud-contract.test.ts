@@ -1,0 +1,214 @@
+/**
+ * The adapter contract, run against every adapter through one list of targets. Each target
+ * runs against the most real peer available here (see DESIGN.md); add libvirt, EC2 (moto),
+ * CloudStack and OCCI targets to `TARGETS`.
+ */
+import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { CLOUD_INSTANCE_STATES, CloudError, type CloudAdapter, type InstanceSpec } from '../clouds/contract.js';
+import { createSimCloud, type SimCloudOptions } from '../clouds/sim.js';
+
+/** One adapter on fresh state, plus what the suite needs to exercise it. */
+interface Harness {
+  adapter: CloudAdapter;
+  /** An image the peer can boot. */
+  image: string;
+  /** How long an instance may take to reach RUNNING. */
+  runningWithinMs: number;
+  /** A second adapter on the same cloud state: what a worker restarted after a crash gets. */
+  reopen(): Promise<CloudAdapter>;
+  /** An adapter on the same cloud whose create calls are throttled; omit when the peer can't be made to throttle. */
+  throttled?(): Promise<CloudAdapter>;
+  /** Closes every adapter made here and removes the peer's state. */
+  cleanup(): Promise<void>;
+}
+
+interface Target {
+  name: string;
+  make(): Promise<Harness>;
+}
+
+const simTarget: Target = {
+  name: 'sim',
+  async make() {
+    const dir = mkdtempSync(path.join(tmpdir(), 'cloudgate-contract-sim-'));
+    const base: SimCloudOptions = {
+      file: path.join(dir, 'sim.sqlite'),
+      bootMs: 150,
+      readyDelayMs: 50,
+      failureRate: 0,
+      silentRate: 0,
+      throttleRate: 0,
+      seed: 'contract',
+      tickMs: 20,
+      phoneHome: async () => 204,
+    };
+    const opened: CloudAdapter[] = [];
+    const open = (o: Partial<SimCloudOptions> = {}) => {
+      const sim = createSimCloud({ ...base, ...o });
+      sim.start();
+      opened.push(sim);
+      return sim;
+    };
+    return {
+      adapter: open(),
+      image: 'cernvm4-micro-2023.06',
+      runningWithinMs: 5_000,
+      reopen: async () => open(),
+      throttled: async () => open({ throttleRate: 1 }),
+      async cleanup() {
+        for (const a of opened) await a.close?.();
+        rmSync(dir, { recursive: true, force: true });
+      },
+    };
+  },
+};
+
+const TARGETS: Target[] = [simTarget];
+
+async function eventually<T>(what: string, timeoutMs: number, probe: () => Promise<T | undefined>): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await probe();
+    if (v !== undefined) return v;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+async function cloudErrorOf(p: Promise<unknown>): Promise<CloudError> {
+  try {
+    await p;
+  } catch (err) {
+    if (err instanceof CloudError) return err;
+    throw new Error(`expected a CloudError, got ${String(err)}`, { cause: err });
+  }
+  throw new Error('expected a CloudError, but the call succeeded');
+}
+
+describe.each(TARGETS.map((t) => [t.name, t] as const))('cloud adapter contract: %s', (_name, target) => {
+  let h: Harness;
+  // Unique per run so targets against long-lived peers don't see earlier runs' instances.
+  const run = `ct${Date.now().toString(36)}`;
+  const cluster = `${run}-c`;
+  let n = 0;
+  const spec = (service = 'svc', clusterId = cluster): InstanceSpec => {
+    const key = `${clusterId}-${service}-${n++}`;
+    return {
+      name: key,
+      image: h.image,
+      offering: { cpus: 1, memoryMiB: 1024, diskGiB: 10 },
+      userData: '#cloud-config\n{}\n',
+      tags: { cluster: clusterId, service, key },
+    };
+  };
+
+  beforeAll(async () => {
+    h = await target.make();
+  });
+  afterAll(async () => {
+    await h?.cleanup();
+  });
+
+  it('lists offerings', async () => {
+    const offerings = await h.adapter.listOfferings();
+    expect(offerings.length).toBeGreaterThan(0);
+    for (const o of offerings) {
+      expect(typeof o.id).toBe('string');
+      expect(typeof o.name).toBe('string');
+      expect(o.cpus).toBeGreaterThanOrEqual(1);
+      expect(o.memoryMiB).toBeGreaterThan(0);
+      expect(o.diskGiB).toBeGreaterThan(0);
+    }
+  });
+
+  it('creates an instance that becomes RUNNING and is described', async () => {
+    const s = spec();
+    const created = await h.adapter.createInstance(s, s.tags.key);
+    expect(created.id).toBeTruthy();
+    expect(CLOUD_INSTANCE_STATES).toContain(created.state);
+    expect(['PENDING', 'RUNNING']).toContain(created.state);
+
+    const running = await eventually('RUNNING', h.runningWithinMs, async () => {
+      const d = await h.adapter.describeInstance(created.id);
+      return d.state === 'RUNNING' ? d : undefined;
+    });
+    expect(running).toMatchObject({ id: created.id, name: s.name, state: 'RUNNING' });
+    expect(running.tags).toMatchObject(s.tags);
+  });
+
+  it('creates once per idempotency key', async () => {
+    const s = spec();
+    const [a, b] = await Promise.all([h.adapter.createInstance(s, s.tags.key), h.adapter.createInstance(s, s.tags.key)]);
+    const c = await h.adapter.createInstance(s, s.tags.key);
+    expect(b.id).toBe(a.id);
+    expect(c.id).toBe(a.id);
+    const listed = (await h.adapter.listInstances({ cluster })).filter((i) => i.tags?.key === s.tags.key);
+    expect(listed.map((i) => i.id)).toEqual([a.id]);
+  });
+
+  it('finds an instance by key from a restarted adapter, which does not create it again', async () => {
+    const s = spec();
+    const created = await h.adapter.createInstance(s, s.tags.key);
+    const after = await h.reopen();
+    expect((await after.findInstance(s.tags.key))?.id).toBe(created.id);
+    expect((await after.createInstance(s, s.tags.key)).id).toBe(created.id);
+    expect(await after.findInstance(`${s.tags.key}-never-made`)).toBeUndefined();
+  });
+
+  it('lists live instances by cluster tag', async () => {
+    const other = `${run}-other`;
+    const mine = [spec('a'), spec('b')];
+    const theirs = spec('a', other);
+    const made = await Promise.all([...mine, theirs].map((s) => h.adapter.createInstance(s, s.tags.key)));
+    const ids = (await h.adapter.listInstances({ cluster })).map((i) => i.id);
+    expect(ids).toEqual(expect.arrayContaining([made[0].id, made[1].id]));
+    expect(ids).not.toContain(made[2].id);
+    const otherListed = await h.adapter.listInstances({ cluster: other });
+    expect(otherListed.map((i) => i.id)).toEqual([made[2].id]);
+    expect(otherListed[0].tags).toMatchObject({ cluster: other, service: 'a' });
+  });
+
+  it('terminates idempotently; a terminated instance is neither found nor listed', async () => {
+    const s = spec();
+    const created = await h.adapter.createInstance(s, s.tags.key);
+    await h.adapter.terminateInstance(created.id);
+    await h.adapter.terminateInstance(created.id);
+    expect(await h.adapter.findInstance(s.tags.key)).toBeUndefined();
+    expect((await h.adapter.listInstances({ cluster })).map((i) => i.id)).not.toContain(created.id);
+    // A cloud may keep describing it for a while, but only as TERMINATED.
+    try {
+      expect((await h.adapter.describeInstance(created.id)).state).toBe('TERMINATED');
+    } catch (err) {
+      expect(err).toBeInstanceOf(CloudError);
+      expect((err as CloudError).kind).toBe('NotFound');
+    }
+    // The key is free again: a new create makes a new instance.
+    const again = await h.adapter.createInstance(s, s.tags.key);
+    expect(again.id).not.toBe(created.id);
+    await h.adapter.terminateInstance(again.id);
+  });
+
+  it('describes an unknown instance as NotFound', async () => {
+    const err = await cloudErrorOf(h.adapter.describeInstance('no-such-instance-0000'));
+    expect(err.kind).toBe('NotFound');
+  });
+
+  it('surfaces throttling as CloudError Throttled', async () => {
+    if (!h.throttled) return; // the peer cannot be made to throttle
+    const throttled = await h.throttled();
+    const s = spec();
+    const err = await cloudErrorOf(throttled.createInstance(s, s.tags.key));
+    expect(err.kind).toBe('Throttled');
+    expect(await h.adapter.findInstance(s.tags.key)).toBeUndefined();
+  });
+
+  it('rejects an offering no flavor can satisfy as InvalidOffering', async () => {
+    const s = { ...spec(), offering: { cpus: 512, memoryMiB: 4_194_304, diskGiB: 65_536 } };
+    const err = await cloudErrorOf(h.adapter.createInstance(s, s.tags.key));
+    expect(err.kind).toBe('InvalidOffering');
+    expect(await h.adapter.findInstance(s.tags.key)).toBeUndefined();
+  });
+});

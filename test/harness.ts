@@ -1,0 +1,194 @@
+/**
+ * Test harness: a real Temporal dev server (the CLI's, on a temp SQLite file), the real
+ * worker and the real API, all on 127.0.0.1 with free ports. Suites use `startStack()`
+ * and talk to the API over HTTP like a user does.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Client, Connection } from '@temporalio/client';
+import { bundleWorkflowCode, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
+import { startApi } from '../api/main.js';
+import type { SimRule } from '../clouds/sim.js';
+import { ConfigSchema, type Config } from '../model/config.js';
+import type { ClusterDefinitionInput } from '../model/definition.js';
+import { freePort, startDevServer, type DevServer } from '../workers/dev-server.js';
+import { startWorker, WORKFLOWS_PATH, type RunningWorker } from '../workers/worker.js';
+
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+
+let bundlePromise: Promise<WorkflowBundleWithSourceMap> | undefined;
+/** The workflow bundle, built once per test file. */
+export function workflowBundle(): Promise<WorkflowBundleWithSourceMap> {
+  bundlePromise ??= bundleWorkflowCode({ workflowsPath: WORKFLOWS_PATH, logger: quietLogger });
+  return bundlePromise;
+}
+const quietLogger = { log() {}, trace() {}, debug() {}, info() {}, warn() {}, error() {} };
+
+export interface StackOptions {
+  sim?: Partial<Config['sim']>;
+  simRules?: SimRule[];
+  /** Run the worker as a separate process (so it can be killed with SIGKILL). */
+  workerProcess?: boolean;
+}
+
+export interface Stack {
+  config: Config;
+  dataDir: string;
+  temporal: DevServer;
+  client: Client;
+  api: { url: string; close(): Promise<void> };
+  worker?: RunningWorker;
+  workerProc?: ChildProcess;
+  /** Starts (another) worker in-process or as a process, per the stack's options. */
+  startWorker(): Promise<void>;
+  /** SIGKILL the worker process. */
+  killWorker(): Promise<void>;
+  /** Stop and start the Temporal dev server on the same SQLite file. */
+  restartTemporal(): Promise<void>;
+  http<T = any>(method: string, url: string, body?: unknown, headers?: Record<string, string>): Promise<{ status: number; body: T; headers: Headers }>;
+  stop(): Promise<void>;
+}
+
+export async function startStack(opts: StackOptions = {}): Promise<Stack> {
+  const dataDir = mkdtempSync(path.join(os.tmpdir(), 'cloudgate-test-'));
+  const temporalPort = await freePort();
+  const dbFile = path.join(dataDir, 'temporal.sqlite');
+  let temporal = await startDevServer({ dbFile, port: temporalPort });
+  const apiPort = await freePort();
+  const config = ConfigSchema.parse({
+    dataDir,
+    apiPort,
+    temporalAddress: temporal.address,
+    tokenSecret: 'test-secret-0123456789abcdef',
+    logLevel: 'warn',
+    sim: { bootMs: 300, readyDelayMs: 200, seed: 'test', ...opts.sim },
+  });
+  const connection = await Connection.connect({ address: temporal.address });
+  const client = new Client({ connection });
+  const api = await startApi(config);
+  const stack: Stack = {
+    config,
+    dataDir,
+    temporal,
+    client,
+    api,
+    async startWorker() {
+      if (opts.workerProcess) {
+        const env = {
+          ...process.env,
+          NODE_OPTIONS: '',
+          CLOUDGATE_DATA_DIR: dataDir,
+          CLOUDGATE_API_PORT: String(apiPort),
+          TEMPORAL_ADDRESS: temporal.address,
+          CLOUDGATE_TOKEN_SECRET: config.tokenSecret,
+          CLOUDGATE_LOG_LEVEL: 'warn',
+          SIM_BOOT_MS: String(config.sim.bootMs),
+          SIM_READY_DELAY_MS: String(config.sim.readyDelayMs),
+          SIM_SEED: config.sim.seed,
+          SIM_RULES: opts.simRules ? JSON.stringify(opts.simRules) : '',
+        };
+        const proc = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'workers/main.ts')], { env, stdio: ['ignore', 'inherit', 'inherit'] });
+        stack.workerProc = proc;
+      } else {
+        stack.worker = await startWorker(config, { workflowBundle: await workflowBundle(), simRules: opts.simRules });
+      }
+    },
+    async killWorker() {
+      const proc = stack.workerProc;
+      if (!proc || proc.exitCode !== null) return;
+      const exited = new Promise((r) => proc.once('exit', r));
+      proc.kill('SIGKILL');
+      await exited;
+    },
+    async restartTemporal() {
+      await temporal.stop();
+      temporal = await startDevServer({ dbFile, port: temporalPort });
+      stack.temporal = temporal;
+    },
+    async http(method, url, body, headers = {}) {
+      const res = await fetch(`${api.url}${url}`, {
+        method,
+        headers: { ...(body !== undefined ? { 'content-type': 'application/json' } : {}), ...headers },
+        body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
+      });
+      const text = await res.text();
+      let parsed: unknown = text;
+      try {
+        parsed = JSON.parse(text);
+      } catch {
+        // not JSON: keep the text
+      }
+      return { status: res.status, body: parsed as any, headers: res.headers };
+    },
+    async stop() {
+      await stack.killWorker();
+      await stack.worker?.shutdown().catch(() => undefined);
+      await api.close();
+      await connection.close();
+      await temporal.stop();
+      rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+  await stack.startWorker();
+  return stack;
+}
+
+/** Polls `fn` until it returns a truthy value (or throws the last error after `timeoutMs`). */
+export async function waitFor<T>(fn: () => Promise<T | undefined | false>, timeoutMs = 60_000, what = 'condition'): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  for (;;) {
+    try {
+      const v = await fn();
+      if (v) return v;
+    } catch (err) {
+      last = err;
+    }
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`, { cause: last });
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
+/** The three-tier test cluster (proxy → head → workers). */
+export function threeTier(overrides: Partial<Record<'proxy' | 'head' | 'workers', number>> = {}): ClusterDefinitionInput {
+  const offering = { cpus: 1, memoryMiB: 2048, diskGiB: 20 };
+  const image = 'cernvm4-micro-2020.07';
+  return {
+    name: 'three-tier',
+    failurePolicy: 'keep',
+    services: [
+      { name: 'proxy', offering, image, min: overrides.proxy ?? 2, readinessTimeoutSeconds: 30 },
+      { name: 'head', offering, image, min: overrides.head ?? 1, dependsOn: ['proxy'], readinessTimeoutSeconds: 30 },
+      { name: 'workers', offering, image, min: overrides.workers ?? 4, max: 20, dependsOn: ['head'], readinessTimeoutSeconds: 30 },
+    ],
+  };
+}
+
+/** POSTs a definition and a cluster from it; returns the cluster id. */
+export async function deploy(stack: Stack, def: ClusterDefinitionInput, headers: Record<string, string> = {}): Promise<string> {
+  const d = await stack.http('POST', '/v1/cluster-definitions', def);
+  if (d.status !== 201) throw new Error(`definition rejected: ${JSON.stringify(d.body)}`);
+  const c = await stack.http('POST', '/v1/clusters', { definitionId: d.body.id }, headers);
+  if (c.status !== 202) throw new Error(`cluster rejected: ${JSON.stringify(c.body)}`);
+  return c.body.id as string;
+}
+
+export async function clusterStatus(stack: Stack, id: string): Promise<any> {
+  const r = await stack.http('GET', `/v1/clusters/${id}`);
+  if (r.status !== 200) throw new Error(`GET cluster ${id}: ${r.status} ${JSON.stringify(r.body)}`);
+  return r.body;
+}
+
+export function waitForState(stack: Stack, id: string, state: string, timeoutMs = 90_000): Promise<any> {
+  return waitFor(
+    async () => {
+      const s = await clusterStatus(stack, id);
+      return s.state === state ? s : undefined;
+    },
+    timeoutMs,
+    `cluster ${id} to be ${state}`,
+  );
+}

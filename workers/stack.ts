@@ -1,0 +1,79 @@
+/**
+ * `npm start`: the whole stack on embedded defaults — a Temporal dev server on a SQLite
+ * file under the data folder (Web UI on 8233, search attributes registered) unless
+ * `TEMPORAL_ADDRESS` names one, then the worker and the API as child processes.
+ * Ctrl-C (or SIGTERM) stops everything; the next start finds its clusters still there.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createWriteStream, mkdirSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Connection } from '@temporalio/client';
+import { configFromEnv, publicUrlOf, temporalUiUrlOf } from '../model/config.js';
+import { ensureSearchAttributes, startDevServer, type DevServer } from './dev-server.js';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const config = configFromEnv(process.env);
+mkdirSync(config.dataDir, { recursive: true });
+const say = (msg: string) => console.log(`[cloudgate] ${msg}`);
+
+let devServer: DevServer | undefined;
+let address = config.temporalAddress;
+if (!address) {
+  const logFile = path.join(config.dataDir, 'temporal.log');
+  const out = createWriteStream(logFile, { flags: 'a' });
+  say(`starting Temporal dev server on 127.0.0.1:${config.temporalPort} (state ${path.join(config.dataDir, 'temporal.sqlite')}, log ${logFile})`);
+  devServer = await startDevServer({
+    dbFile: path.join(config.dataDir, 'temporal.sqlite'),
+    port: config.temporalPort,
+    uiPort: config.temporalUiPort,
+    onOutput: (s) => out.write(s),
+  });
+  address = devServer.address;
+} else {
+  const connection = await Connection.connect({ address });
+  await ensureSearchAttributes(connection, config.namespace);
+  await connection.close();
+  say(`using Temporal at ${address}`);
+}
+
+const env = { ...process.env, TEMPORAL_ADDRESS: address };
+const children: ChildProcess[] = [];
+const startChild = (name: string, entry: string) => {
+  const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, entry)], { env, stdio: 'inherit' });
+  child.on('exit', (code, signal) => {
+    if (!stopping) {
+      say(`${name} exited (${signal ?? code}); stopping the stack`);
+      void stop(1);
+    }
+  });
+  children.push(child);
+};
+startChild('worker', 'workers/main.ts');
+startChild('api', 'api/main.ts');
+say(`API        ${publicUrlOf(config)}  (OpenAPI: ${publicUrlOf(config)}/openapi.json)`);
+say(`Temporal UI ${devServer?.uiUrl ?? temporalUiUrlOf(config)}`);
+say('Ctrl-C stops everything');
+
+let stopping = false;
+async function stop(code: number) {
+  if (stopping) return;
+  stopping = true;
+  say('stopping…');
+  await Promise.all(
+    children.map(
+      (c) =>
+        new Promise<void>((resolve) => {
+          if (c.exitCode !== null || c.signalCode !== null) return resolve();
+          c.once('exit', () => resolve());
+          c.kill('SIGTERM');
+          setTimeout(() => c.kill('SIGKILL'), 15_000).unref();
+        }),
+    ),
+  );
+  await devServer?.stop();
+  say('stopped');
+  process.exit(code);
+}
+process.on('SIGINT', () => void stop(0));
+process.on('SIGTERM', () => void stop(0));
