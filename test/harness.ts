@@ -9,13 +9,20 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Client, Connection } from '@temporalio/client';
-import { bundleWorkflowCode, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
+import { DefaultLogger, Runtime, bundleWorkflowCode, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
 import { startApi } from '../api/main.js';
 import type { SimRule } from '../clouds/sim.js';
 import { ConfigSchema, type Config } from '../model/config.js';
 import type { ClusterDefinitionInput } from '../model/definition.js';
 import { freePort, startDevServer, type DevServer } from '../workers/dev-server.js';
 import { startWorker, WORKFLOWS_PATH, type RunningWorker } from '../workers/worker.js';
+
+// Workflow INFO logs (state changes, replacements) are for operators, not for test output.
+try {
+  Runtime.install({ logger: new DefaultLogger('WARN') });
+} catch {
+  // already installed by an earlier import in this jest worker
+}
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 

@@ -1,0 +1,339 @@
+/**
+ * Cluster routes: create (start a ClusterWorkflow), list, show (queries), scale (update)
+ * and tear down (signal). The store holds what was asked for; the workflows hold what is.
+ */
+import { createHash, randomInt } from 'node:crypto';
+import express, { type Router } from 'express';
+import {
+  ApplicationFailure,
+  WorkflowExecutionAlreadyStartedError,
+  WorkflowUpdateFailedError,
+  type Client,
+  type WorkflowExecutionDescription,
+} from '@temporalio/client';
+import type { SearchAttributePair } from '@temporalio/common';
+import { CLUSTER_STATES, type ClusterState, type ServiceStatus } from '../model/status.js';
+import { DuplicateKeyError, type ClusterDefinitionRecord, type ClusterRecord, type Store } from '../store/index.js';
+import {
+  CLUSTER_NOT_ACTIVE,
+  clusterStatusQuery,
+  clusterWorkflowId,
+  SA_CLUSTER_ID,
+  SA_DEFINITION,
+  SA_OWNER,
+  SA_STATE,
+  scaleUpdate,
+  SCALE_OUT_OF_BOUNDS,
+  serviceStatusQuery,
+  teardownSignal,
+  UNKNOWN_SERVICE,
+  type ClusterInput,
+} from '../workflows/messages.js';
+import { conflict, invalid, notFound, parseOr422, unavailable, type FieldError, type Problem } from './problem.js';
+import { bodyOf, param } from './request.js';
+import { CreateClusterRequestSchema, IdempotencyKeySchema, ScaleRequestSchema, type ClusterDetail, type CreateClusterRequest } from './schemas.js';
+import { isWorkflowGone, QUERY_DEADLINE_MS, SIGNAL_DEADLINE_MS, temporalProblem, UPDATE_DEADLINE_MS } from './temporal-errors.js';
+
+/** What the cluster routes use; `json` is the app's body parser (limit and error mapping). */
+export interface ClusterRouteDeps {
+  store: Store;
+  temporal: Client;
+  config: { temporalUiUrl: string; namespace: string; taskQueue: string };
+  json: express.RequestHandler;
+}
+
+/** Route parameters that cannot name a cluster or service get a 404 without a Temporal round trip. */
+const ID_RE = /^[a-z][a-z0-9-]{0,39}$/;
+/** Cluster ids are `<prefix>-<6 base36>` and must stay valid names (≤ 40 chars). */
+const ID_PREFIX_MAX = 40 - 7;
+/** How long a seen worker counts as present before the task queue is asked again. */
+const WORKER_SEEN_TTL_MS = 5_000;
+/** Services declared without `max` may still not exceed the schema's bound. */
+const HARD_MAX_INSTANCES = 10_000;
+
+const newClusterId = (base: string): string =>
+  `${base.slice(0, ID_PREFIX_MAX).replace(/-+$/, '')}-${randomInt(36 ** 6).toString(36).padStart(6, '0')}`;
+
+/** Stable hash of the (defaulted) request, to tell a retry from a different request with the same key. */
+const requestHash = (r: CreateClusterRequest): string =>
+  createHash('sha256')
+    .update(JSON.stringify([r.definitionId, r.name ?? null, r.cloud]))
+    .digest('hex');
+
+const isClusterState = (s: unknown): s is ClusterState => (CLUSTER_STATES as readonly unknown[]).includes(s);
+
+/**
+ * The state to show for a described workflow: the workflow's own search attribute, unless
+ * the execution was closed from outside (terminated, timed out) without saying so.
+ */
+export function stateOf(desc: WorkflowExecutionDescription): ClusterState {
+  const sa = desc.typedSearchAttributes.get(SA_STATE);
+  const state: ClusterState = isClusterState(sa) ? sa : 'PENDING';
+  const closed = desc.status.name !== 'RUNNING' && desc.status.name !== 'CONTINUED_AS_NEW';
+  if (!closed || state === 'TERMINATED' || state === 'FAILED') return state;
+  return desc.status.name === 'COMPLETED' ? 'TERMINATED' : 'FAILED';
+}
+
+/** `POST/GET /v1/clusters`, `GET/DELETE /v1/clusters/:id` and the scale route. */
+export function clusterRoutes(deps: ClusterRouteDeps): Router {
+  const { store, temporal, config, json } = deps;
+  const router = express.Router();
+
+  const links = (id: string) => ({
+    self: `/v1/clusters/${id}`,
+    temporalUi: `${config.temporalUiUrl.replace(/\/+$/, '')}/namespaces/${encodeURIComponent(config.namespace)}/workflows/${encodeURIComponent(clusterWorkflowId(id))}`,
+  });
+
+  /**
+   * Queries and updates wait for a worker; with none polling they would hang until their
+   * deadline. The task queue's poller list answers at once (remembered for a few seconds);
+   * it only catches a worker that is gone for minutes, the deadlines cover the rest.
+   */
+  let workerSeenAt = -Infinity;
+  async function requireWorker(): Promise<void> {
+    if (Date.now() - workerSeenAt < WORKER_SEEN_TTL_MS) return;
+    let pollers: unknown[] | null | undefined;
+    try {
+      ({ pollers } = await temporal.withDeadline(Date.now() + QUERY_DEADLINE_MS, () =>
+        temporal.workflowService.describeTaskQueue({
+          namespace: config.namespace,
+          taskQueue: { name: config.taskQueue },
+          taskQueueType: 1 /* TASK_QUEUE_TYPE_WORKFLOW */,
+        }),
+      ));
+    } catch (err) {
+      throw temporalProblem(err, 'could not look for a worker');
+    }
+    if (!pollers?.length) throw unavailable(`the cloudgate worker is not reachable: nothing polls task queue "${config.taskQueue}"`);
+    workerSeenAt = Date.now();
+  }
+
+  const clusterOr404 = (id: string): ClusterRecord => {
+    const c = ID_RE.test(id) ? store.getCluster(id) : undefined;
+    if (!c) throw notFound(`no cluster "${id}"`);
+    return c;
+  };
+
+  /** Starts (or finds) the cluster's workflow. A closed one is never started again. */
+  async function startWorkflow(c: ClusterRecord, def: ClusterDefinitionRecord): Promise<void> {
+    const d = def.definition;
+    const input: ClusterInput = {
+      clusterId: c.id,
+      name: c.name,
+      definitionId: def.id,
+      definition: d,
+      cloud: c.cloud,
+      ...(c.owner && { owner: c.owner }),
+    };
+    const attrs: SearchAttributePair[] = [
+      { key: SA_CLUSTER_ID, value: c.id },
+      { key: SA_DEFINITION, value: d.name },
+      { key: SA_STATE, value: 'PENDING' },
+      ...(c.owner ? [{ key: SA_OWNER, value: c.owner }] : []),
+    ];
+    const minInstances = d.services.reduce((n, s) => n + s.min, 0);
+    await temporal.workflow.start('ClusterWorkflow', {
+      taskQueue: config.taskQueue,
+      workflowId: clusterWorkflowId(c.id),
+      args: [input],
+      typedSearchAttributes: attrs,
+      staticSummary: `cluster ${c.name} from ${d.name} on ${c.cloud}: ${d.services.length} services, ${minInstances} instances min`,
+      workflowIdConflictPolicy: 'USE_EXISTING',
+      // A torn-down cluster must stay down even if a client replays its create request.
+      workflowIdReusePolicy: 'REJECT_DUPLICATE',
+    });
+  }
+
+  const created = (c: ClusterRecord) => ({ id: c.id, name: c.name, state: 'PENDING' as const, links: links(c.id) });
+
+  /** Answers a repeated create: same body → the same cluster (its workflow started if a crash left it unstarted). */
+  async function replay(existing: ClusterRecord, hash: string): Promise<ClusterRecord> {
+    if (existing.requestHash !== hash) {
+      throw invalid([{ field: 'Idempotency-Key', message: 'this key was already used with a different request body' }]);
+    }
+    const def = store.getDefinition(existing.definitionId);
+    if (def) {
+      try {
+        await startWorkflow(existing, def);
+      } catch (err) {
+        if (!(err instanceof WorkflowExecutionAlreadyStartedError)) throw temporalProblem(err, 'could not start the cluster workflow');
+      }
+    }
+    return existing;
+  }
+
+  router.post('/v1/clusters', json, async (req, res) => {
+    const body = parseOr422(CreateClusterRequestSchema, bodyOf(req));
+    const keyHeader = req.get('Idempotency-Key');
+    const key = keyHeader === undefined ? undefined : IdempotencyKeySchema.safeParse(keyHeader);
+    if (key && !key.success) throw invalid([{ field: 'Idempotency-Key', message: key.error.issues[0].message }]);
+    const hash = requestHash(body);
+
+    if (key) {
+      const existing = store.findClusterByIdempotencyKey(key.data);
+      if (existing) return void res.status(202).location(links(existing.id).self).json(created(await replay(existing, hash)));
+    }
+
+    const errors: FieldError[] = [];
+    const def = store.getDefinition(body.definitionId);
+    if (!def) errors.push({ field: 'definitionId', pointer: '/definitionId', message: `no cluster definition "${body.definitionId}"` });
+    if (!store.getCloud(body.cloud)) {
+      const known = store.listClouds().map((c) => c.name);
+      errors.push({ field: 'cloud', pointer: '/cloud', message: `unknown cloud "${body.cloud}" (registered: ${known.join(', ') || 'none'})` });
+    }
+    if (!def || errors.length > 0) throw invalid(errors);
+
+    const name = body.name ?? def.definition.name;
+    let cluster: ClusterRecord | undefined;
+    for (let attempt = 0; !cluster; attempt++) {
+      try {
+        cluster = store.createCluster({
+          id: newClusterId(name),
+          name,
+          definitionId: def.id,
+          cloud: body.cloud,
+          ...(key && { idempotencyKey: key.data, requestHash: hash }),
+        });
+      } catch (err) {
+        if (!(err instanceof DuplicateKeyError) || attempt >= 3) throw err;
+        if (err.field === 'idempotencyKey' && key) {
+          // A concurrent request with the same key won the insert: answer as its retry.
+          const winner = store.findClusterByIdempotencyKey(key.data);
+          if (winner) return void res.status(202).location(links(winner.id).self).json(created(await replay(winner, hash)));
+        }
+        // Otherwise an id collision (1 in 2·10⁹): draw another suffix.
+      }
+    }
+    try {
+      await startWorkflow(cluster, def);
+    } catch (err) {
+      // Nothing half-written: without a workflow the row would be a cluster that never deploys.
+      store.deleteCluster(cluster.id);
+      throw temporalProblem(err, 'could not start the cluster workflow');
+    }
+    res.status(202).location(links(cluster.id).self).json(created(cluster));
+  });
+
+  router.get('/v1/clusters', async (_req, res) => {
+    const rows = store.listClusters();
+    const items = await Promise.all(
+      rows.map(async (c) => {
+        let state: ClusterState = 'PENDING';
+        try {
+          state = stateOf(await temporal.workflow.getHandle(clusterWorkflowId(c.id)).describe());
+        } catch (err) {
+          if (!isWorkflowGone(err)) throw temporalProblem(err, 'could not read cluster states');
+        }
+        return { id: c.id, name: c.name, definitionId: c.definitionId, cloud: c.cloud, state, createdAt: c.createdAt };
+      }),
+    );
+    res.json({ items });
+  });
+
+  router.get('/v1/clusters/:id', async (req, res) => {
+    const c = clusterOr404(param(req, 'id'));
+    const detail: ClusterDetail = {
+      id: c.id,
+      name: c.name,
+      definitionId: c.definitionId,
+      cloud: c.cloud,
+      state: 'PENDING',
+      services: [],
+      links: links(c.id),
+    };
+    const deadline = () => Date.now() + QUERY_DEADLINE_MS;
+    await requireWorker();
+    let view;
+    try {
+      view = await temporal.withDeadline(deadline(), () => temporal.workflow.getHandle(clusterWorkflowId(c.id)).query(clusterStatusQuery));
+    } catch (err) {
+      if (isWorkflowGone(err)) return void res.json({ ...detail, message: 'the cluster workflow has not started (or was removed after retention)' });
+      throw temporalProblem(err, `could not query cluster "${c.id}"`);
+    }
+    const services = await Promise.all(
+      view.services.map(async (s): Promise<ServiceStatus> => {
+        const fallback: ServiceStatus = {
+          name: s.name,
+          state: s.state,
+          desired: s.desired,
+          ready: s.ready,
+          replacements: s.replacements,
+          ...(s.message !== undefined && { message: s.message }),
+          instances: [],
+        };
+        if (!s.workflowId) return fallback;
+        const wfId = s.workflowId;
+        try {
+          return await temporal.withDeadline(deadline(), () => temporal.workflow.getHandle(wfId).query(serviceStatusQuery));
+        } catch (err) {
+          if (isWorkflowGone(err)) return fallback;
+          throw temporalProblem(err, `could not query service "${s.name}" of cluster "${c.id}"`);
+        }
+      }),
+    );
+    res.json({
+      ...detail,
+      state: view.state,
+      ...(view.message !== undefined && { message: view.message }),
+      services: services.map((s) => ({ ...s, instances: s.instances ?? [] })),
+    });
+  });
+
+  router.post('/v1/clusters/:id/services/:service/scale', json, async (req, res) => {
+    const c = clusterOr404(param(req, 'id'));
+    const service = param(req, 'service');
+    const def = store.getDefinition(c.definitionId);
+    const s = ID_RE.test(service) ? def?.definition.services.find((x) => x.name === service) : undefined;
+    if (!s) throw notFound(`cluster "${c.id}" has no service "${service}"`);
+    const { instances } = parseOr422(ScaleRequestSchema, bodyOf(req));
+    const max = s.max ?? HARD_MAX_INSTANCES;
+    if (instances < s.min) throw invalid([{ field: 'instances', pointer: '/instances', message: `must be at least the service's min (${s.min})` }]);
+    if (instances > max) throw invalid([{ field: 'instances', pointer: '/instances', message: `must be at most the service's max (${max})` }]);
+    await requireWorker();
+    try {
+      const result = await temporal.withDeadline(Date.now() + UPDATE_DEADLINE_MS, () =>
+        temporal.workflow.getHandle(clusterWorkflowId(c.id)).executeUpdate(scaleUpdate, { args: [{ service, instances }] }),
+      );
+      res.json({ service: result.service, desired: result.desired });
+    } catch (err) {
+      throw scaleProblem(err, c.id);
+    }
+  });
+
+  router.delete('/v1/clusters/:id', async (req, res) => {
+    const c = clusterOr404(param(req, 'id'));
+    const handle = temporal.workflow.getHandle(clusterWorkflowId(c.id));
+    try {
+      await temporal.withDeadline(Date.now() + SIGNAL_DEADLINE_MS, () => handle.signal(teardownSignal, { reason: 'requested via the API' }));
+      return void res.status(202).json({ id: c.id, state: 'TERMINATING', links: links(c.id) });
+    } catch (err) {
+      if (!isWorkflowGone(err)) throw temporalProblem(err, `could not tear down cluster "${c.id}"`);
+    }
+    // Already closed (or never started): deleting again is not an error, report how it ended.
+    let state: ClusterState = 'TERMINATED';
+    try {
+      state = stateOf(await handle.describe());
+    } catch (err) {
+      if (!isWorkflowGone(err)) throw temporalProblem(err, `could not describe cluster "${c.id}"`);
+    }
+    res.status(202).json({ id: c.id, state, links: links(c.id) });
+  });
+
+  return router;
+}
+
+/** Maps the scale update's rejections (validator failures carry a type) to HTTP. */
+function scaleProblem(err: unknown, clusterId: string): Problem {
+  if (isWorkflowGone(err)) return conflict(`cluster "${clusterId}" is not active`, err);
+  if (err instanceof WorkflowUpdateFailedError) {
+    const cause = err.cause;
+    const msg = cause?.message ?? err.message;
+    if (cause instanceof ApplicationFailure) {
+      if (cause.type === UNKNOWN_SERVICE) return notFound(msg);
+      if (cause.type === SCALE_OUT_OF_BOUNDS) return invalid([{ field: 'instances', pointer: '/instances', message: msg }]);
+      if (cause.type === CLUSTER_NOT_ACTIVE) return conflict(`cluster "${clusterId}" is not active: ${msg}`, err);
+    }
+    return conflict(`scale rejected: ${msg}`, err);
+  }
+  return temporalProblem(err, `could not scale cluster "${clusterId}"`);
+}

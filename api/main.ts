@@ -1,0 +1,123 @@
+/**
+ * Entry point of the API process (`npm run api`), and {@link startApi} for running the same
+ * thing in-process (tests, the stack launcher). Assembles store, token secret, Temporal
+ * client and app; closes them in reverse on SIGINT/SIGTERM.
+ */
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import path from 'node:path';
+import { mkdirSync } from 'node:fs';
+import { pathToFileURL } from 'node:url';
+import { Client, Connection } from '@temporalio/client';
+import { pino, type Logger } from 'pino';
+import { configFromEnv, temporalAddressOf, temporalUiUrlOf, type Config } from '../model/config.js';
+import { openSqliteStore, type Store } from '../store/index.js';
+import { createApp } from './app.js';
+import { loadTokenSecret } from '../store/secret.js';
+
+export interface StartApiOptions {
+  logger?: Logger;
+  /** Use this store instead of opening `<dataDir>/cloudgate.sqlite` (not closed by `close()`). */
+  store?: Store;
+  /** Use this client instead of connecting to `temporalAddressOf(config)` (not closed by `close()`). */
+  temporal?: Client;
+}
+
+export interface RunningApi {
+  /** Where the API listens, e.g. `http://127.0.0.1:8080` (the real port when apiPort is 0). */
+  url: string;
+  server: Server;
+  /** Stops accepting requests, flushes pending readiness reports, closes what it opened. */
+  close(): Promise<void>;
+}
+
+/** Starts the API on `config.apiHost:config.apiPort` (port 0 picks a free one). */
+export async function startApi(config: Config, opts: StartApiOptions = {}): Promise<RunningApi> {
+  const logger = opts.logger ?? pino({ level: config.logLevel, name: 'cloudgate-api' });
+  const owned: Array<() => Promise<void> | void> = [];
+  try {
+    let store = opts.store;
+    if (!store) {
+      mkdirSync(config.dataDir, { recursive: true });
+      const s = openSqliteStore(path.join(config.dataDir, 'cloudgate.sqlite'));
+      owned.push(() => s.close());
+      store = s;
+    }
+    const tokenSecret = loadTokenSecret(config);
+    let temporal = opts.temporal;
+    if (!temporal) {
+      const connection = await Connection.connect({ address: temporalAddressOf(config) });
+      owned.push(() => connection.close());
+      temporal = new Client({ connection, namespace: config.namespace });
+    }
+
+    const server = createServer();
+    // Long enough for a scale update that waits on a busy worker; shorter than proxies' defaults.
+    server.requestTimeout = 60_000;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(config.apiPort, config.apiHost, () => resolve());
+    });
+    const { port } = server.address() as AddressInfo;
+    const host = config.apiHost.includes(':') ? `[${config.apiHost}]` : config.apiHost;
+    const url = `http://${host}:${port}`;
+    const app = createApp({
+      store,
+      temporal,
+      logger,
+      config: {
+        publicUrl: config.publicUrl ?? url,
+        temporalUiUrl: temporalUiUrlOf(config),
+        namespace: config.namespace,
+        taskQueue: config.taskQueue,
+        tokenSecret,
+      },
+    });
+    server.on('request', app);
+    logger.info({ url, temporal: temporalAddressOf(config), namespace: config.namespace, taskQueue: config.taskQueue }, 'cloudgate API listening');
+
+    let closing: Promise<void> | undefined;
+    return {
+      url,
+      server,
+      close: () =>
+        (closing ??= (async () => {
+          // Stop taking requests, deliver the readiness reports already queued, then let go.
+          const serverClosed = new Promise<void>((resolve) => server.close(() => resolve()));
+          server.closeIdleConnections();
+          await app.drain();
+          await serverClosed;
+          for (const f of owned.reverse()) await f();
+        })()),
+    };
+  } catch (err) {
+    for (const f of owned.reverse()) await Promise.resolve(f()).catch(() => undefined);
+    throw err;
+  }
+}
+
+async function main(): Promise<void> {
+  const config = configFromEnv(process.env);
+  const logger = pino({ level: config.logLevel, name: 'cloudgate-api' });
+  const api = await startApi(config, { logger });
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+    process.once(sig, () => {
+      logger.info({ signal: sig }, 'shutting down');
+      void api.close().then(
+        () => process.exit(0),
+        (err: unknown) => {
+          logger.error({ err }, 'unclean shutdown');
+          process.exit(1);
+        },
+      );
+    });
+  }
+}
+
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  main().catch((err: unknown) => {
+    // Config errors name the variable; everything else keeps its cause chain for the operator.
+    console.error('cloudgate API failed to start:', err);
+    process.exit(1);
+  });
+}

@@ -1,0 +1,167 @@
+/**
+ * OpenAPI 3.1 document generated from the same zod schemas the routes validate with.
+ */
+import { extendZodWithOpenApi, OpenAPIRegistry, OpenApiGeneratorV31, type ResponseConfig } from '@asteasolutions/zod-to-openapi';
+import { z } from 'zod';
+import { ClusterDefinitionSchema } from '../model/definition.js';
+import * as S from './schemas.js';
+
+// Adds `.openapi()` to zod's prototype. Idempotent.
+extendZodWithOpenApi(z);
+
+/**
+ * `schema.openapi(...args)`, also for schemas built before zod was extended: zod 4 copies
+ * prototype methods onto each schema when it is constructed, so the model's schemas (built
+ * at import time, maybe before this module ran) lack the method.
+ */
+function openapi<T extends z.ZodType>(schema: T, ...args: [string] | [string, Record<string, unknown>] | [Record<string, unknown>]): T {
+  return (z.ZodType.prototype.openapi as (...a: unknown[]) => T).apply(schema, args);
+}
+
+type Doc = ReturnType<OpenApiGeneratorV31['generateDocument']>;
+
+/** Builds the document (cheap enough to do once per app). */
+export function openApiDocument(serverUrl: string): Doc {
+  const r = new OpenAPIRegistry();
+  // Named schemas become components; routes below reference the named copies.
+  const components: z.ZodType[] = [];
+  const register = <T extends z.ZodType>(name: string, schema: T): T => {
+    const named = openapi(schema, name);
+    components.push(named);
+    return named;
+  };
+  const Problem = register('Problem', S.ProblemSchema);
+  const Definition = register('ClusterDefinition', ClusterDefinitionSchema);
+  const DefinitionRecord = register('ClusterDefinitionRecord', S.ClusterDefinitionRecordSchema);
+  const CreateCluster = register('CreateClusterRequest', S.CreateClusterRequestSchema);
+  const ClusterCreated = register('ClusterCreated', S.ClusterCreatedSchema);
+  const ClusterSummary = register('ClusterSummary', S.ClusterSummarySchema);
+  const ClusterDetail = register('ClusterDetail', S.ClusterDetailSchema);
+  const Scale = register('ScaleRequest', S.ScaleRequestSchema);
+  const ScaleResponse = register('ScaleResponse', S.ScaleResponseSchema);
+  const Teardown = register('TeardownResponse', S.TeardownResponseSchema);
+  const Readiness = register('ReadinessReport', S.ReadinessRequestSchema);
+  const ReadinessAccepted = register('ReadinessAccepted', S.ReadinessAcceptedSchema);
+  const Cloud = register('Cloud', S.CloudSchema);
+  const Health = register('Health', S.HealthSchema);
+  r.registerComponent('securitySchemes', 'instanceToken', {
+    type: 'http',
+    scheme: 'bearer',
+    description: "The per-instance token from the instance's user-data",
+  });
+
+  const json = (schema: z.ZodType, description: string): ResponseConfig => ({ description, content: { 'application/json': { schema } } });
+  const problem = (description: string): ResponseConfig => ({ description, content: { 'application/problem+json': { schema: Problem } } });
+  const body = (schema: z.ZodType) => ({ body: { required: true, content: { 'application/json': { schema } } } });
+  const common = { 400: problem('Malformed JSON'), 413: problem('Body too large'), 415: problem('Body is not JSON'), 422: problem('Validation failed') };
+  const clusterId = z.object({ id: openapi(z.string(), { description: 'Cluster id', example: 't3-box-k2x9qa' }) });
+  const unavailable = problem('Temporal or the worker is not reachable');
+
+  r.registerPath({
+    method: 'post',
+    path: '/v1/cluster-definitions',
+    summary: 'Store a cluster definition',
+    request: body(Definition),
+    responses: { 201: json(DefinitionRecord, 'Stored; Location names it'), ...common },
+  });
+  r.registerPath({
+    method: 'get',
+    path: '/v1/cluster-definitions',
+    summary: 'List cluster definitions',
+    responses: { 200: json(S.listOf(DefinitionRecord), 'All definitions, oldest first') },
+  });
+  r.registerPath({
+    method: 'get',
+    path: '/v1/cluster-definitions/{id}',
+    summary: 'Get a cluster definition',
+    request: { params: z.object({ id: z.string() }) },
+    responses: { 200: json(DefinitionRecord, 'The definition'), 404: problem('Unknown definition') },
+  });
+  r.registerPath({
+    method: 'post',
+    path: '/v1/clusters',
+    summary: 'Deploy a cluster from a definition (starts its workflow)',
+    request: {
+      ...body(CreateCluster),
+      headers: z.object({
+        'Idempotency-Key': openapi(S.IdempotencyKeySchema.optional(), { description: 'Makes the request safe to retry' }),
+      }),
+    },
+    responses: { 202: json(ClusterCreated, 'Accepted; deployment runs in the background'), ...common, 503: unavailable },
+  });
+  r.registerPath({
+    method: 'get',
+    path: '/v1/clusters',
+    summary: 'List clusters with their states',
+    responses: { 200: json(S.listOf(ClusterSummary), 'All clusters, oldest first'), 503: unavailable },
+  });
+  r.registerPath({
+    method: 'get',
+    path: '/v1/clusters/{id}',
+    summary: 'Cluster status with services and instances',
+    request: { params: clusterId },
+    responses: { 200: json(ClusterDetail, 'Live status from the workflows'), 404: problem('Unknown cluster'), 503: unavailable },
+  });
+  r.registerPath({
+    method: 'post',
+    path: '/v1/clusters/{id}/services/{service}/scale',
+    summary: "Set a service's instance count",
+    request: { params: clusterId.extend({ service: z.string() }), ...body(Scale) },
+    responses: {
+      200: json(ScaleResponse, 'New desired count accepted'),
+      ...common,
+      404: problem('Unknown cluster or service'),
+      409: problem('Cluster is not active'),
+      503: unavailable,
+    },
+  });
+  r.registerPath({
+    method: 'delete',
+    path: '/v1/clusters/{id}',
+    summary: 'Tear a cluster down (idempotent)',
+    request: { params: clusterId },
+    responses: { 202: json(Teardown, 'Teardown requested, or the final state if already closed'), 404: problem('Unknown cluster'), 503: unavailable },
+  });
+  r.registerPath({
+    method: 'post',
+    path: '/v1/instances/{instanceId}/readiness',
+    summary: 'Phone home: a guest reports its readiness',
+    security: [{ instanceToken: [] }],
+    request: { params: z.object({ instanceId: z.string() }), ...body(Readiness) },
+    responses: {
+      202: json(ReadinessAccepted, 'Delivered to the service workflow'),
+      ...common,
+      401: problem('Missing, invalid or expired token'),
+      410: problem('The service is no longer running'),
+      503: unavailable,
+    },
+  });
+  r.registerPath({
+    method: 'get',
+    path: '/v1/clouds',
+    summary: 'Clouds the workers can deploy to',
+    responses: { 200: json(S.listOf(Cloud), 'Registered clouds') },
+  });
+  r.registerPath({
+    method: 'get',
+    path: '/healthz',
+    summary: 'Liveness: store and Temporal reachable',
+    responses: { 200: json(Health, 'Healthy'), 503: problem('A dependency is down') },
+  });
+  r.registerPath({
+    method: 'get',
+    path: '/openapi.json',
+    summary: 'This document',
+    responses: { 200: { description: 'OpenAPI 3.1 document', content: { 'application/json': { schema: { type: 'object' } } } } },
+  });
+
+  return new OpenApiGeneratorV31([...components, ...r.definitions]).generateDocument({
+    openapi: '3.1.0',
+    info: {
+      title: 'cloudgate',
+      version: '0.1.0',
+      description: 'Durable cloud aggregator: CernVM clusters on any cloud, as Temporal workflows. Errors are RFC 9457 problem+json.',
+    },
+    servers: [{ url: serverUrl }],
+  });
+}

@@ -1,0 +1,125 @@
+/**
+ * Request and response shapes of the REST API. Requests are validated with these; responses
+ * are documented with them (OpenAPI) and typed by them, so the two cannot drift apart.
+ */
+import { z } from 'zod';
+import { ClusterDefinitionSchema, NameSchema, OfferingSchema } from '../model/definition.js';
+import { CLUSTER_STATES, INSTANCE_STATES, SERVICE_STATES } from '../model/status.js';
+
+// ---- requests ----
+
+export const CreateClusterRequestSchema = z
+  .object({
+    definitionId: z.string().min(1).max(100),
+    /** Defaults to the definition's name. Becomes the prefix of the cluster id. */
+    name: NameSchema.optional(),
+    cloud: z.string().min(1).max(100).default('sim'),
+  })
+  .strict();
+export type CreateClusterRequest = z.infer<typeof CreateClusterRequestSchema>;
+
+export const ScaleRequestSchema = z.object({ instances: z.number().int().min(0).max(10_000) }).strict();
+
+/** What a guest posts; unknown members are ignored so older gateways accept newer agents. */
+export const ReadinessRequestSchema = z.object({
+  status: z.enum(['ok', 'failed']),
+  checks: z.record(z.string(), z.unknown()).optional(),
+});
+
+/** Sent by clients to make `POST /v1/clusters` safe to retry. */
+export const IdempotencyKeySchema = z
+  .string()
+  .min(1)
+  .max(200)
+  .regex(/^[\x21-\x7e]+$/, 'must be 1-200 printable ASCII characters without spaces');
+
+// ---- responses ----
+
+export const ClusterDefinitionRecordSchema = z.object({
+  id: z.string(),
+  name: z.string(),
+  definition: ClusterDefinitionSchema,
+  createdAt: z.string(),
+});
+
+export const ClusterLinksSchema = z.object({
+  self: z.string(),
+  temporalUi: z.string(),
+});
+
+export const ClusterCreatedSchema = z.object({
+  id: z.string(),
+  name: z.string(),
+  state: z.literal('PENDING'),
+  links: ClusterLinksSchema,
+});
+
+export const ClusterStateSchema = z.enum(CLUSTER_STATES);
+
+export const ClusterSummarySchema = z.object({
+  id: z.string(),
+  name: z.string(),
+  definitionId: z.string(),
+  cloud: z.string(),
+  state: ClusterStateSchema,
+  createdAt: z.string(),
+});
+
+export const InstanceStatusSchema = z.object({
+  id: z.string(),
+  name: z.string(),
+  state: z.enum(INSTANCE_STATES),
+  cloud: z.string(),
+  cloudInstanceId: z.string().optional(),
+  createdAt: z.string().optional(),
+  readyAt: z.string().optional(),
+  message: z.string().optional(),
+});
+
+export const ServiceStatusSchema = z.object({
+  name: z.string(),
+  state: z.enum(SERVICE_STATES),
+  desired: z.number().int(),
+  ready: z.number().int(),
+  replacements: z.number().int(),
+  message: z.string().optional(),
+  instances: z.array(InstanceStatusSchema),
+});
+
+export const ClusterDetailSchema = z.object({
+  id: z.string(),
+  name: z.string(),
+  definitionId: z.string(),
+  cloud: z.string(),
+  state: ClusterStateSchema,
+  message: z.string().optional(),
+  services: z.array(ServiceStatusSchema),
+  links: ClusterLinksSchema,
+});
+export type ClusterDetail = z.infer<typeof ClusterDetailSchema>;
+
+export const ScaleResponseSchema = z.object({ service: z.string(), desired: z.number().int() });
+
+export const TeardownResponseSchema = z.object({ id: z.string(), state: ClusterStateSchema, links: ClusterLinksSchema });
+
+export const ReadinessAcceptedSchema = z.object({ instanceId: z.string(), receivedAt: z.string() });
+
+export const CloudSchema = z.object({
+  name: z.string(),
+  kind: z.string(),
+  offerings: z.array(OfferingSchema.extend({ id: z.string(), name: z.string() })),
+});
+
+export const HealthSchema = z.object({ status: z.literal('ok'), checks: z.record(z.string(), z.string()) });
+
+export const ProblemSchema = z.object({
+  type: z.string(),
+  title: z.string(),
+  status: z.number().int(),
+  detail: z.string(),
+  instance: z.string().optional(),
+  errors: z.array(z.object({ field: z.string(), pointer: z.string().optional(), message: z.string() })).optional(),
+});
+
+/** `{items: [...]}`: list responses leave room for paging fields later. */
+export const listOf = <T extends z.ZodType>(item: T) => z.object({ items: z.array(item) });

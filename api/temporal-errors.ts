@@ -1,0 +1,42 @@
+/**
+ * How Temporal client failures surface in the API. Everything here is about the gateway's
+ * upstreams (server, workers), never the caller's input, so it maps to 503 unless a route
+ * knows better (not found, update rejected).
+ */
+import { isGrpcServiceError, ServiceError, WorkflowNotFoundError, WorkflowUpdateRPCTimeoutOrCancelledError } from '@temporalio/client';
+import { unavailable, type Problem } from './problem.js';
+
+/** Deadlines for calls made while a client waits for the answer. */
+export const QUERY_DEADLINE_MS = 10_000;
+export const UPDATE_DEADLINE_MS = 30_000;
+export const SIGNAL_DEADLINE_MS = 10_000;
+
+/** gRPC status codes (from the gRPC spec; @grpc/grpc-js is not a direct dependency). */
+const GRPC = { DEADLINE_EXCEEDED: 4, FAILED_PRECONDITION: 9, UNAVAILABLE: 14 } as const;
+
+/** True for "no such workflow" and "workflow already closed" (for signals and updates). */
+export const isWorkflowGone = (err: unknown): boolean => err instanceof WorkflowNotFoundError;
+
+function grpcCode(err: unknown): number | undefined {
+  for (let e: unknown = err, i = 0; e && i < 5; e = (e as { cause?: unknown }).cause, i++) {
+    if (isGrpcServiceError(e)) return e.code;
+  }
+  return undefined;
+}
+
+const reason = (err: unknown): string => (err instanceof Error ? err.message : String(err)).slice(0, 300);
+
+/**
+ * 503 for a failed call. Queries, updates and deadlines that fail while the server answers
+ * mean no worker is serving the task queue; connection errors mean the server is down.
+ */
+export function temporalProblem(err: unknown, what: string): Problem {
+  const code = grpcCode(err);
+  if (code === GRPC.UNAVAILABLE || (err instanceof ServiceError && code === undefined)) {
+    return unavailable(`${what}: Temporal server is not reachable (${reason(err)})`, err);
+  }
+  if (code === GRPC.DEADLINE_EXCEEDED || code === GRPC.FAILED_PRECONDITION || err instanceof WorkflowUpdateRPCTimeoutOrCancelledError) {
+    return unavailable(`${what}: the cloudgate worker is not reachable (${reason(err)})`, err);
+  }
+  return unavailable(`${what}: ${reason(err)}`, err);
+}
