@@ -17,9 +17,9 @@ import type { ClusterDefinitionInput } from '../model/definition.js';
 import { freePort, startDevServer, type DevServer } from '../workers/dev-server.js';
 import { startWorker, WORKFLOWS_PATH, type RunningWorker } from '../workers/worker.js';
 
-// Workflow INFO logs (state changes, replacements) are for operators, not for test output.
+// Workflow logs (state changes, replacements) are for operators, not for test output.
 try {
-  Runtime.install({ logger: new DefaultLogger('WARN') });
+  Runtime.install({ logger: new DefaultLogger('ERROR') });
 } catch {
   // already installed by an earlier import in this jest worker
 }
@@ -99,6 +99,13 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
         };
         const proc = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'workers/main.ts')], { env, stdio: ['ignore', 'inherit', 'inherit'] });
         stack.workerProc = proc;
+        // Ready when it has registered its clouds and polls the task queue.
+        await waitFor(async () => {
+          const clouds = await stack.http('GET', '/v1/clouds');
+          if (!clouds.body.items?.some((c: any) => c.name === 'sim')) return false;
+          const tq = await client.workflowService.describeTaskQueue({ namespace: 'default', taskQueue: { name: config.taskQueue }, taskQueueType: 1 });
+          return (tq.pollers ?? []).length > 0;
+        }, 120_000, 'worker process to poll');
       } else {
         stack.worker = await startWorker(config, { workflowBundle: await workflowBundle(), simRules: opts.simRules });
       }

@@ -10,8 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { Worker } from '@temporalio/worker';
-import { historyFromJSON, historyToJSON } from '@temporalio/common/lib/proto-utils.js';
-import type { temporal } from '@temporalio/proto';
+import { temporal } from '@temporalio/proto';
 import { ROOT, deploy, startStack, waitFor, waitForState, workflowBundle, clusterStatus, type Stack } from './harness.js';
 
 const FIXTURES = path.join(ROOT, 'test/fixtures/histories');
@@ -56,7 +55,9 @@ describe('workflow replay', () => {
     if (process.env.RECORD_HISTORIES) {
       for (const h of histories) {
         const file = path.join(FIXTURES, `${h.workflowId.split('/').slice(2).join('-') || 'cluster'}.json`);
-        writeFileSync(file, `{"workflowId": ${JSON.stringify(h.workflowId)}, "history": ${historyToJSON(h.history as any)}}\n`);
+        const History = temporal.api.history.v1.History;
+        const history = History.toObject(History.fromObject(h.history), { longs: String, enums: String, bytes: String });
+        writeFileSync(file, `${JSON.stringify({ workflowId: h.workflowId, history })}\n`);
       }
     }
   });
@@ -66,7 +67,7 @@ describe('workflow replay', () => {
     expect(files.length).toBeGreaterThanOrEqual(3);
     const histories = files.map((f) => {
       const { workflowId, history } = JSON.parse(readFileSync(path.join(FIXTURES, f), 'utf8'));
-      return { workflowId, history: historyFromJSON(history) };
+      return { workflowId, history: temporal.api.history.v1.History.fromObject(history) };
     });
     const results = await replay(histories);
     expect(results.map((r) => `${r.workflowId}: ${r.error ?? 'ok'}`)).toEqual(histories.map((h) => `${h.workflowId}: ok`));
