@@ -41,21 +41,52 @@ export function toFailure(err: unknown, what: string): Error {
   return ApplicationFailure.retryable(`${what}: ${err instanceof Error ? err.message : String(err)}`, 'Transient');
 }
 
-/** Runs `fn` over `items` with at most `limit` in flight, heartbeating progress; fails with the first error. */
+/**
+ * Runs `fn` over `items` with at most `limit` in flight, heartbeating progress. After the
+ * first error no new item starts and the error is thrown once the running ones settle, so
+ * a retried activity never races its own previous attempt.
+ */
 async function forEachLimited<T, R>(items: T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
   const results = new Array<R>(items.length);
   let next = 0;
   let done = 0;
+  let failure: { err: unknown } | undefined;
   const worker = async () => {
-    while (next < items.length) {
+    while (next < items.length && !failure) {
       const i = next++;
-      results[i] = await fn(items[i]);
+      try {
+        results[i] = await fn(items[i]);
+      } catch (err) {
+        failure ??= { err };
+        return;
+      }
       done++;
       heartbeat(done);
     }
   };
   await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  if (failure) throw failure.err;
   return results;
+}
+
+/** Pauses before retrying one throttled or transient cloud call inside a batch. */
+const LOCAL_RETRY_DELAYS_MS = [250, 750, 2000];
+
+/**
+ * Retries one cloud call a few times when the cloud says "slow down" or "try again", as
+ * cloud SDKs do, so one throttled call does not fail (and redo) a whole batch; after that
+ * the activity fails and Temporal's retry policy takes over with its longer backoff.
+ */
+async function withLocalRetry<R>(call: () => Promise<R>): Promise<R> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await call();
+    } catch (err) {
+      const again = err instanceof CloudError && (err.kind === 'Throttled' || err.kind === 'Transient');
+      if (!again || attempt >= LOCAL_RETRY_DELAYS_MS.length) throw err;
+      await new Promise((r) => setTimeout(r, LOCAL_RETRY_DELAYS_MS[attempt] * (0.5 + Math.random())));
+    }
+  }
 }
 
 function heartbeat(progress: number): void {
@@ -94,8 +125,8 @@ export function createActivities(deps: ActivityDeps): CloudgateActivities {
       const cloud = deps.clouds.get(input.cloud);
       return forEachLimited(input.ids, limit, async (id): Promise<CreatedInstance> => {
         try {
-          const found = await cloud.findInstance(id);
-          const inst = found ?? (await cloud.createInstance(specFor(input, id), id));
+          const found = await withLocalRetry(() => cloud.findInstance(id));
+          const inst = found ?? (await withLocalRetry(() => cloud.createInstance(specFor(input, id), id)));
           return { id, cloudInstanceId: inst.id, cloudState: inst.state, createdAt: inst.createdAt ?? new Date().toISOString() };
         } catch (err) {
           throw toFailure(err, `create ${id} on ${input.cloud}`);
@@ -107,7 +138,7 @@ export function createActivities(deps: ActivityDeps): CloudgateActivities {
       const cloud = deps.clouds.get(input.cloud);
       return forEachLimited(input.instances, limit, async (ref): Promise<DescribedInstance> => {
         try {
-          const inst = await cloud.describeInstance(ref.cloudInstanceId);
+          const inst = await withLocalRetry(() => cloud.describeInstance(ref.cloudInstanceId));
           return { id: ref.id, cloudState: inst.state };
         } catch (err) {
           if (err instanceof CloudError && err.kind === 'NotFound') return { id: ref.id, cloudState: 'GONE' };
@@ -121,11 +152,11 @@ export function createActivities(deps: ActivityDeps): CloudgateActivities {
       const gone = await forEachLimited(input.instances, limit, async (ref) => {
         try {
           // Without the provider id (create failed midway) the key finds what may have been made.
-          const id = ref.cloudInstanceId ?? (await cloud.findInstance(ref.id))?.id;
-          if (id) await cloud.terminateInstance(id);
+          const id = ref.cloudInstanceId ?? (await withLocalRetry(() => cloud.findInstance(ref.id)))?.id;
+          if (id) await withLocalRetry(() => cloud.terminateInstance(id));
           // A create retried after we looked may have made another one with the same key.
-          const again = await cloud.findInstance(ref.id);
-          if (again) await cloud.terminateInstance(again.id);
+          const again = await withLocalRetry(() => cloud.findInstance(ref.id));
+          if (again) await withLocalRetry(() => cloud.terminateInstance(again.id));
           return 1;
         } catch (err) {
           throw toFailure(err, `terminate ${ref.id} on ${input.cloud}`);
@@ -139,7 +170,7 @@ export function createActivities(deps: ActivityDeps): CloudgateActivities {
       const cloud = deps.clouds.get(input.cloud);
       try {
         const leftovers = await cloud.listInstances({ cluster: input.clusterId });
-        await forEachLimited(leftovers, limit, (i) => cloud.terminateInstance(i.id));
+        await forEachLimited(leftovers, limit, (i) => withLocalRetry(() => cloud.terminateInstance(i.id)));
         const remaining = await cloud.listInstances({ cluster: input.clusterId });
         if (remaining.length > 0) {
           throw ApplicationFailure.retryable(

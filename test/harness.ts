@@ -176,7 +176,7 @@ export function threeTier(overrides: Partial<Record<'proxy' | 'head' | 'workers'
     services: [
       { name: 'proxy', offering, image, min: overrides.proxy ?? 2, readinessTimeoutSeconds: 30 },
       { name: 'head', offering, image, min: overrides.head ?? 1, dependsOn: ['proxy'], readinessTimeoutSeconds: 30 },
-      { name: 'workers', offering, image, min: overrides.workers ?? 4, max: 20, dependsOn: ['head'], readinessTimeoutSeconds: 30 },
+      { name: 'workers', offering, image, min: overrides.workers ?? 4, max: Math.max(20, overrides.workers ?? 4), dependsOn: ['head'], readinessTimeoutSeconds: 30 },
     ],
   };
 }

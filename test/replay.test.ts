@@ -52,6 +52,11 @@ describe('workflow replay', () => {
     const results = await replay(histories);
     expect(results.map((r) => r.error)).toEqual(histories.map(() => undefined));
 
+    // Phone-home tokens and the secret that signs them never reach workflow history.
+    const recorded = JSON.stringify(histories);
+    expect(recorded).not.toContain(stack.config.tokenSecret!);
+    expect(recorded).not.toMatch(/Bearer|"token"|x-cloudgate-phone-home/);
+
     if (process.env.RECORD_HISTORIES) {
       for (const h of histories) {
         const file = path.join(FIXTURES, `${h.workflowId.split('/').slice(2).join('-') || 'cluster'}.json`);

@@ -12,14 +12,18 @@ import { startWorker } from './worker.js';
 const config = configFromEnv(process.env);
 const logger = pino({ level: config.logLevel, base: { proc: 'worker' } });
 mkdirSync(config.dataDir, { recursive: true });
+type Level = 'trace' | 'debug' | 'info' | 'warn' | 'error';
+// The bundler's webpack report is build noise: keep it for debug.
+const emit = (level: Level, message: string, meta?: Record<string, unknown>) =>
+  logger[message.startsWith('asset workflow-bundle') ? 'debug' : level](meta ?? {}, message);
 Runtime.install({
   logger: {
-    log: (level, message, meta) => logger[level === 'TRACE' ? 'trace' : (level.toLowerCase() as 'info')]({ ...meta }, message),
-    trace: (m, meta) => logger.trace(meta ?? {}, m),
-    debug: (m, meta) => logger.debug(meta ?? {}, m),
-    info: (m, meta) => logger.info(meta ?? {}, m),
-    warn: (m, meta) => logger.warn(meta ?? {}, m),
-    error: (m, meta) => logger.error(meta ?? {}, m),
+    log: (level, message, meta) => emit(level.toLowerCase() as Level, message, meta),
+    trace: (m, meta) => emit('trace', m, meta),
+    debug: (m, meta) => emit('debug', m, meta),
+    info: (m, meta) => emit('info', m, meta),
+    warn: (m, meta) => emit('warn', m, meta),
+    error: (m, meta) => emit('error', m, meta),
   },
   telemetryOptions: { logging: { filter: makeTelemetryFilterString({ core: 'WARN' }), forward: {} } },
 });

@@ -138,6 +138,7 @@ export async function ClusterWorkflow(input: ClusterInput): Promise<ClusterView>
           service: spec,
           desired: summary.desired,
           parentWorkflowId: clusterWorkflowId(clusterId),
+          tuning: input.tuning,
         },
       ],
       parentClosePolicy: ParentClosePolicy.REQUEST_CANCEL,

@@ -29,6 +29,13 @@ export interface ClusterInput {
   definition: ClusterDefinition;
   cloud: string;
   owner?: string;
+  /** Knobs for tests and operators; the API never sets them. */
+  tuning?: WorkflowTuning;
+}
+
+export interface WorkflowTuning {
+  /** A service workflow continues-as-new once its history has this many events (default 4,000). */
+  serviceHistoryLimit?: number;
 }
 
 /** What the cluster workflow knows of each service (children report transitions). */
@@ -81,6 +88,7 @@ export interface ServiceInput {
   service: ServiceDefinition;
   desired: number;
   parentWorkflowId: string;
+  tuning?: WorkflowTuning;
   carried?: unknown;
 }
 

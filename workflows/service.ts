@@ -238,9 +238,10 @@ export async function ServiceWorkflow(input: ServiceInput): Promise<ServiceStatu
 
   const terminate = (batch: Instance[], why: string) =>
     launch(async () => {
+      const what = batch.length === 1 ? batch[0].id : `${batch.length} × ${service.name}`;
       const refs: InstanceRef[] = batch.map((i) => ({ id: i.id, cloudInstanceId: i.cloudInstanceId }));
       try {
-        await terminateInstances.executeWithOptions({ summary: `terminate ${batch.length} × ${service.name}: ${why}` }, [
+        await terminateInstances.executeWithOptions({ summary: `terminate ${what}: ${why}` }, [
           { cloud, instances: refs },
         ]);
         for (const i of batch) instances.delete(i.id);
@@ -292,7 +293,7 @@ export async function ServiceWorkflow(input: ServiceInput): Promise<ServiceStatu
     // Failed instances go away (a replacement is created below).
     const failed = [...instances.values()].filter((i) => i.state === 'FAILED');
     for (const inst of failed) inst.state = 'TERMINATING';
-    for (const batch of chunks(failed, CLOUD_BATCH)) terminate(batch, 'replacing failed instances');
+    for (const batch of chunks(failed, CLOUD_BATCH)) terminate(batch, batch.length === 1 ? `replace it (${batch[0].message})` : 'replace failed instances');
 
     const current = live();
     if (current.length > desired) {
@@ -348,7 +349,8 @@ export async function ServiceWorkflow(input: ServiceInput): Promise<ServiceStatu
     return Math.max(1000, wake - Date.now() + 1);
   };
 
-  const shouldContinueAsNew = () => workflowInfo().continueAsNewSuggested || workflowInfo().historyLength > CONTINUE_AS_NEW_EVENTS;
+  const historyLimit = input.tuning?.serviceHistoryLimit ?? CONTINUE_AS_NEW_EVENTS;
+  const shouldContinueAsNew = () => workflowInfo().continueAsNewSuggested || workflowInfo().historyLength > historyLimit;
 
   try {
     for (;;) {
