@@ -23,7 +23,7 @@ async function countInCloud(clusterId: string): Promise<{ count: number; names: 
     const live = await cloud.listInstances({ cluster: clusterId });
     return { count: live.length, names: live.map((i) => i.name).sort() };
   } finally {
-    await cloud.stop();
+    await cloud.close();
   }
 }
 

@@ -151,6 +151,16 @@ export async function ClusterWorkflow(input: ClusterInput): Promise<ClusterView>
     });
     summary.workflowId = workflowId;
     children.set(name, handle);
+    // A service workflow only ends on teardown; ending otherwise is a failure the cluster must show.
+    void handle.result().then(
+      () => undefined,
+      (err: unknown) => {
+        if (teardown) return;
+        summary.state = 'FAILED';
+        summary.message = `service workflow ${workflowId} failed: ${err instanceof Error ? (err.cause?.toString() ?? err.message) : String(err)}`;
+        dirty = true;
+      },
+    );
     dirty = true;
   };
 
@@ -187,7 +197,8 @@ export async function ClusterWorkflow(input: ClusterInput): Promise<ClusterView>
       } else if (failed) {
         setState(everReady || all.some((s) => s.state === 'READY') ? 'DEGRADED' : 'FAILED', `service ${failed.name} failed (retrying, policy keep): ${failed.message ?? ''}`);
       } else {
-        setState(everReady ? 'DEGRADED' : 'DEPLOYING');
+        // Scaling up is DEPLOYING; losing ready instances is DEGRADED.
+        setState(all.some((s) => s.state === 'DEGRADED') ? 'DEGRADED' : 'DEPLOYING');
       }
       setCurrentDetails(`**${state}** — ${describe()}${message ? `\n\n${message}` : ''}`);
       await condition(() => dirty || teardown !== undefined);

@@ -87,6 +87,7 @@ interface Carried {
   replacements: number;
   consecutiveFailures: number;
   everReady: boolean;
+  degraded: boolean;
   failedRounds: number;
   message?: string;
   tearingDown: boolean;
@@ -101,6 +102,8 @@ export async function ServiceWorkflow(input: ServiceInput): Promise<ServiceStatu
   let replacements = carried?.replacements ?? 0;
   let consecutiveFailures = carried?.consecutiveFailures ?? 0;
   let everReady = carried?.everReady ?? false;
+  /** Lost ready instances since it was last fully ready (as opposed to merely scaling up). */
+  let degraded = carried?.degraded ?? false;
   let failedRounds = carried?.failedRounds ?? 0;
   let message = carried?.message;
   let tearingDown = carried?.tearingDown ?? false;
@@ -122,7 +125,7 @@ export async function ServiceWorkflow(input: ServiceInput): Promise<ServiceStatu
     if (consecutiveFailures >= MAX_CONSECUTIVE_FAILURES) return 'FAILED';
     const ready = readyCount();
     if (ready >= desired) return 'READY';
-    return everReady ? 'DEGRADED' : 'DEPLOYING';
+    return degraded ? 'DEGRADED' : 'DEPLOYING';
   };
 
   const view = (): ServiceStatus => ({
@@ -156,6 +159,7 @@ export async function ServiceWorkflow(input: ServiceInput): Promise<ServiceStatu
     message = `${inst.id}: ${reason}`;
     consecutiveFailures++;
     replacements++;
+    if (everReady) degraded = true;
     log.warn('instance failed; replacing it', { instance: inst.id, reason });
     dirty = true;
   };
@@ -364,12 +368,25 @@ export async function ServiceWorkflow(input: ServiceInput): Promise<ServiceStatu
         }
       }
       if (!shouldContinueAsNew() || tearingDown) reconcile();
-      if (readyCount() >= desired && desired > 0) everReady = true;
+      if (readyCount() >= desired) {
+        everReady = true;
+        degraded = false;
+      }
       await report();
       if (tearingDown && instances.size === 0 && inFlight === 0) break;
       if (shouldContinueAsNew() && inFlight === 0 && !tearingDown) {
         await condition(allHandlersFinished);
-        const next: Carried = { instances: [...instances.values()], nextOrdinal, replacements, consecutiveFailures, everReady, failedRounds, message, tearingDown };
+        const next: Carried = {
+          instances: [...instances.values()],
+          nextOrdinal,
+          replacements,
+          consecutiveFailures,
+          everReady,
+          degraded,
+          failedRounds,
+          message,
+          tearingDown,
+        };
         await continueAsNew<typeof ServiceWorkflow>({ ...input, desired, carried: next });
       }
       if (!dirty) await condition(() => dirty, nextWake());
