@@ -1,72 +1,12 @@
 /**
  * The adapter contract, run against every adapter through one list of targets. Each target
- * runs against the most real peer available here (see DESIGN.md); add libvirt, EC2 (moto),
- * CloudStack and OCCI targets to `TARGETS`.
+ * runs against the most real peer available here (see DESIGN.md); targets live in
+ * test/targets/, one file per cloud.
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import path from 'node:path';
-import { CLOUD_INSTANCE_STATES, CloudError, type CloudAdapter, type InstanceSpec } from '../clouds/contract.js';
-import { createSimCloud, type SimCloudOptions } from '../clouds/sim.js';
-
-/** One adapter on fresh state, plus what the suite needs to exercise it. */
-interface Harness {
-  adapter: CloudAdapter;
-  /** An image the peer can boot. */
-  image: string;
-  /** How long an instance may take to reach RUNNING. */
-  runningWithinMs: number;
-  /** A second adapter on the same cloud state: what a worker restarted after a crash gets. */
-  reopen(): Promise<CloudAdapter>;
-  /** An adapter on the same cloud whose create calls are throttled; omit when the peer can't be made to throttle. */
-  throttled?(): Promise<CloudAdapter>;
-  /** Closes every adapter made here and removes the peer's state. */
-  cleanup(): Promise<void>;
-}
-
-interface Target {
-  name: string;
-  make(): Promise<Harness>;
-}
-
-const simTarget: Target = {
-  name: 'sim',
-  async make() {
-    const dir = mkdtempSync(path.join(tmpdir(), 'cloudgate-contract-sim-'));
-    const base: SimCloudOptions = {
-      file: path.join(dir, 'sim.sqlite'),
-      bootMs: 150,
-      readyDelayMs: 50,
-      failureRate: 0,
-      silentRate: 0,
-      throttleRate: 0,
-      seed: 'contract',
-      tickMs: 20,
-      phoneHome: async () => 204,
-    };
-    const opened: CloudAdapter[] = [];
-    const open = (o: Partial<SimCloudOptions> = {}) => {
-      const sim = createSimCloud({ ...base, ...o });
-      sim.start();
-      opened.push(sim);
-      return sim;
-    };
-    return {
-      adapter: open(),
-      image: 'cernvm4-micro-2023.06',
-      runningWithinMs: 5_000,
-      reopen: async () => open(),
-      throttled: async () => open({ throttleRate: 1 }),
-      async cleanup() {
-        for (const a of opened) await a.close?.();
-        rmSync(dir, { recursive: true, force: true });
-      },
-    };
-  },
-};
-
-const TARGETS: Target[] = [simTarget];
+import { CLOUD_INSTANCE_STATES, CloudError, type InstanceSpec } from '../clouds/contract.js';
+import { TARGETS } from './targets/index.js';
+import type { Harness } from './targets/types.js';
 
 async function eventually<T>(what: string, timeoutMs: number, probe: () => Promise<T | undefined>): Promise<T> {
   const deadline = Date.now() + timeoutMs;

@@ -1,0 +1,126 @@
+/**
+ * The cloud registry file (`CLOUDGATE_CLOUDS`, YAML or JSON): which clouds a worker can
+ * deploy to and how to reach them. Credentials are references (an environment variable or
+ * a file), resolved only inside activities, never values.
+ */
+import { z } from 'zod';
+import { NameSchema } from './definition.js';
+
+/** Where a secret lives; the value itself is never in the config, a workflow or a response. */
+export const SecretRefSchema = z.union([
+  z.object({ env: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'must be an environment variable name') }).strict(),
+  z.object({ file: z.string().min(1) }).strict(),
+]);
+export type SecretRef = z.infer<typeof SecretRefSchema>;
+
+/** How a reference is shown (API, logs): `env:NAME` or `file:/path`. */
+export const describeSecretRef = (ref: SecretRef): string => ('env' in ref ? `env:${ref.env}` : `file:${ref.file}`);
+
+/** Maps the image names used in definitions (`cernvm4-micro`) to the cloud's own (AMI id, template id…). */
+const ImagesSchema = z.record(z.string(), z.string()).default({});
+
+const base = { name: NameSchema, images: ImagesSchema };
+
+export const SimCloudConfigSchema = z.object({ ...base, kind: z.literal('sim') }).strict();
+
+export const LibvirtCloudConfigSchema = z
+  .object({
+    ...base,
+    kind: z.literal('libvirt'),
+    /** `test:///default`, `qemu:///system`, `qemu+ssh://user@host/system`, `xen://…`. */
+    uri: z.string().min(1),
+    /** Domain type in the XML: `kvm`, `qemu`, `xen`, or `test` for libvirt's test driver. */
+    domainType: z.string().default('kvm'),
+    /** Folder (on the hypervisor host) for seed ISOs and disks. */
+    storageDir: z.string().default('/var/lib/cloudgate'),
+    network: z.string().default('default'),
+    /** Sizes offered, since a hypervisor has no flavors of its own. */
+    offerings: z
+      .array(z.object({ id: z.string(), name: z.string(), cpus: z.number().int().min(1), memoryMiB: z.number().int().min(64), diskGiB: z.number().int().min(1) }))
+      .optional(),
+  })
+  .strict();
+
+export const Ec2CloudConfigSchema = z
+  .object({
+    ...base,
+    kind: z.literal('ec2'),
+    region: z.string().min(1),
+    /** A non-AWS endpoint (the moto server in tests); unset: the region's AWS endpoint. */
+    endpoint: z.string().url().optional(),
+    credentials: z.object({ accessKeyId: SecretRefSchema, secretAccessKey: SecretRefSchema }).strict(),
+    subnetId: z.string().optional(),
+    securityGroupIds: z.array(z.string()).optional(),
+    keyName: z.string().optional(),
+  })
+  .strict();
+
+export const CloudStackCloudConfigSchema = z
+  .object({
+    ...base,
+    kind: z.literal('cloudstack'),
+    /** The API endpoint, e.g. `https://cloud.example.org/client/api`. */
+    endpoint: z.string().url(),
+    zoneId: z.string().min(1),
+    credentials: z.object({ apiKey: SecretRefSchema, secretKey: SecretRefSchema }).strict(),
+    networkIds: z.array(z.string()).optional(),
+  })
+  .strict();
+
+export const OcciCloudConfigSchema = z
+  .object({
+    ...base,
+    kind: z.literal('occi'),
+    /** The OCCI server's base URL (its query interface is `<endpoint>/-/`). */
+    endpoint: z.string().url(),
+    /** Bearer token (e.g. a Keystone or X.509-derived token), if the server wants one. */
+    credentials: z.object({ token: SecretRefSchema }).strict().optional(),
+  })
+  .strict();
+
+export const CloudConfigSchema = z.discriminatedUnion('kind', [
+  SimCloudConfigSchema,
+  LibvirtCloudConfigSchema,
+  Ec2CloudConfigSchema,
+  CloudStackCloudConfigSchema,
+  OcciCloudConfigSchema,
+]);
+export type CloudConfig = z.infer<typeof CloudConfigSchema>;
+export type LibvirtCloudConfig = z.infer<typeof LibvirtCloudConfigSchema>;
+export type Ec2CloudConfig = z.infer<typeof Ec2CloudConfigSchema>;
+export type CloudStackCloudConfig = z.infer<typeof CloudStackCloudConfigSchema>;
+export type OcciCloudConfig = z.infer<typeof OcciCloudConfigSchema>;
+
+export const CloudsFileSchema = z
+  .object({ clouds: z.array(CloudConfigSchema).min(1) })
+  .strict()
+  .superRefine((f, ctx) => {
+    const seen = new Set<string>();
+    f.clouds.forEach((c, i) => {
+      if (seen.has(c.name)) ctx.addIssue({ code: 'custom', path: ['clouds', i, 'name'], message: `duplicate cloud name "${c.name}"` });
+      seen.add(c.name);
+    });
+  });
+export type CloudsFile = z.infer<typeof CloudsFileSchema>;
+
+/** The registry when no file is configured: just the simulated cloud. */
+export const DEFAULT_CLOUDS: CloudsFile = { clouds: [{ name: 'sim', kind: 'sim', images: {} }] };
+
+/** What the API shows of a cloud: endpoint and credential references, never values. */
+export function publicCloudInfo(c: CloudConfig): { endpoint?: string; credentials?: Record<string, string> } {
+  switch (c.kind) {
+    case 'sim':
+      return {};
+    case 'libvirt':
+      return { endpoint: c.uri };
+    case 'ec2':
+      return {
+        endpoint: c.endpoint ?? `https://ec2.${c.region}.amazonaws.com`,
+        credentials: { accessKeyId: describeSecretRef(c.credentials.accessKeyId), secretAccessKey: describeSecretRef(c.credentials.secretAccessKey) },
+      };
+    case 'cloudstack':
+      return { endpoint: c.endpoint, credentials: { apiKey: describeSecretRef(c.credentials.apiKey), secretKey: describeSecretRef(c.credentials.secretKey) } };
+    case 'occi':
+      return { endpoint: c.endpoint, ...(c.credentials && { credentials: { token: describeSecretRef(c.credentials.token) } }) };
+  }
+}
