@@ -83,7 +83,9 @@ export function createApp(deps: AppDeps): CloudgateApp {
   app.use(readiness.router);
 
   app.get('/v1/clouds', (_req, res) => {
-    res.json({ items: store.listClouds().map(({ name, kind, offerings }) => ({ name, kind, offerings })) });
+    res.json({
+      items: store.listClouds().map(({ name, kind, endpoint, credentials, offerings }) => ({ name, kind, endpoint, credentials, offerings })),
+    });
   });
 
   app.get('/healthz', async (_req, res) => {

@@ -13,7 +13,8 @@ import {
 } from '@temporalio/client';
 import type { SearchAttributePair } from '@temporalio/common';
 import { CLUSTER_STATES, type ClusterState, type ServiceStatus } from '../model/status.js';
-import { DuplicateKeyError, type ClusterDefinitionRecord, type ClusterRecord, type Store } from '../store/index.js';
+import { smallestFit } from '../model/placement.js';
+import { DuplicateKeyError, type CloudRecord, type ClusterDefinitionRecord, type ClusterRecord, type Store } from '../store/index.js';
 import {
   CLUSTER_NOT_ACTIVE,
   clusterStatusQuery,
@@ -177,10 +178,12 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
     const errors: FieldError[] = [];
     const def = store.getDefinition(body.definitionId);
     if (!def) errors.push({ field: 'definitionId', pointer: '/definitionId', message: `no cluster definition "${body.definitionId}"` });
-    if (!store.getCloud(body.cloud)) {
+    const cloud = store.getCloud(body.cloud);
+    if (!cloud) {
       const known = store.listClouds().map((c) => c.name);
       errors.push({ field: 'cloud', pointer: '/cloud', message: `unknown cloud "${body.cloud}" (registered: ${known.join(', ') || 'none'})` });
     }
+    if (def && cloud) errors.push(...offeringMisfits(def, cloud));
     if (!def || errors.length > 0) throw invalid(errors);
 
     const name = body.name ?? def.definition.name;
@@ -320,6 +323,20 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
   });
 
   return router;
+}
+
+/** Services whose offering no flavor of the cloud can serve: rejected before anything starts. */
+function offeringMisfits(def: ClusterDefinitionRecord, cloud: CloudRecord): FieldError[] {
+  const largest = [...cloud.offerings].sort((a, b) => b.cpus - a.cpus || b.memoryMiB - a.memoryMiB || b.diskGiB - a.diskGiB)[0];
+  return def.definition.services
+    .filter((s) => !smallestFit(cloud.offerings, s.offering))
+    .map((s) => ({
+      field: 'cloud',
+      pointer: '/cloud',
+      message:
+        `no offering of cloud "${cloud.name}" fits service "${s.name}" (${s.offering.cpus} cpus, ${s.offering.memoryMiB} MiB, ${s.offering.diskGiB} GiB)` +
+        (largest ? `; its largest is ${largest.name} (${largest.cpus} cpus, ${largest.memoryMiB} MiB, ${largest.diskGiB} GiB)` : '; it lists no offerings'),
+    }));
 }
 
 /** Maps the scale update's rejections (validator failures carry a type) to HTTP. */

@@ -107,6 +107,10 @@ export const ReadinessAcceptedSchema = z.object({ instanceId: z.string(), receiv
 export const CloudSchema = z.object({
   name: z.string(),
   kind: z.string(),
+  /** URL or libvirt URI of the cloud. */
+  endpoint: z.string().optional(),
+  /** Credential references (`env:NAME`, `file:/path`): where secrets are read, never their values. */
+  credentials: z.record(z.string(), z.string()).optional(),
   offerings: z.array(OfferingSchema.extend({ id: z.string(), name: z.string() })),
 });
 

@@ -2,8 +2,7 @@
  * The clouds a worker knows, by name, and flavor matching shared by adapters that map a
  * definition's {@link Offering} onto the provider's fixed flavors.
  */
-import type { Offering } from '../model/definition.js';
-import { CloudError, type CloudAdapter, type CloudOffering } from './contract.js';
+import { CloudError, type CloudAdapter } from './contract.js';
 
 /** Looks adapters up by the name cluster definitions and activities use. */
 export interface CloudRegistry {
@@ -44,22 +43,5 @@ export function createCloudRegistry(adapters: CloudAdapter[]): CloudRegistry {
   };
 }
 
-/**
- * The smallest flavor with cpus, memory and disk all at least what is wanted, or undefined
- * when none is big enough. "Smallest" orders by cpus, then memory, then disk, because cpus
- * are what quotas and bills are counted in.
- */
-export function smallestFit(offerings: CloudOffering[], want: Offering): CloudOffering | undefined {
-  let best: CloudOffering | undefined;
-  for (const o of offerings) {
-    if (o.cpus < want.cpus || o.memoryMiB < want.memoryMiB || o.diskGiB < want.diskGiB) continue;
-    if (
-      !best ||
-      o.cpus < best.cpus ||
-      (o.cpus === best.cpus && (o.memoryMiB < best.memoryMiB || (o.memoryMiB === best.memoryMiB && o.diskGiB < best.diskGiB)))
-    ) {
-      best = o;
-    }
-  }
-  return best;
-}
+/** Flavor matching is a placement rule of the domain; re-exported for adapters. */
+export { smallestFit } from '../model/placement.js';

@@ -25,6 +25,8 @@ export const ConfigSchema = z.object({
   tokenSecret: z.string().min(16).optional(),
   tokenTtlSeconds: z.coerce.number().int().min(60).default(7 * 24 * 3600),
   logLevel: z.string().default('info'),
+  /** The cloud registry file (YAML or JSON); unset: only the simulated cloud `sim`. */
+  cloudsFile: z.string().optional(),
   sim: z.object({
     bootMs: z.coerce.number().int().min(0).default(8_000),
     readyDelayMs: z.coerce.number().int().min(0).default(2_000),
@@ -53,6 +55,7 @@ export function configFromEnv(env: Record<string, string | undefined>): Config {
     tokenSecret: e('CLOUDGATE_TOKEN_SECRET'),
     tokenTtlSeconds: e('CLOUDGATE_TOKEN_TTL_SECONDS'),
     logLevel: e('CLOUDGATE_LOG_LEVEL'),
+    cloudsFile: e('CLOUDGATE_CLOUDS'),
     sim: {
       bootMs: e('SIM_BOOT_MS'),
       readyDelayMs: e('SIM_READY_DELAY_MS'),

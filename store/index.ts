@@ -40,6 +40,10 @@ export interface CloudRecord {
   name: string;
   kind: string;
   offerings: CloudOffering[];
+  /** Where the cloud is (URL or libvirt URI); shown by the API. */
+  endpoint?: string;
+  /** Credential references (`env:NAME`, `file:/path`), never values. */
+  credentials?: Record<string, string>;
 }
 
 /** Thrown by {@link Store.createCluster} when the id or idempotency key is already taken. */
@@ -74,6 +78,8 @@ export interface Store {
   /** Sorted by name. */
   listClouds(): CloudRecord[];
   getCloud(name: string): CloudRecord | undefined;
+  /** Forgets a cloud the worker no longer has. */
+  deleteCloud(name: string): boolean;
 
   /** Cheap liveness check for health endpoints; throws if the database is unusable. */
   ping(): void;
@@ -101,6 +107,7 @@ CREATE TABLE IF NOT EXISTS clouds (
   name        TEXT PRIMARY KEY,
   kind        TEXT NOT NULL,
   offerings   TEXT NOT NULL,
+  info        TEXT,
   updated_at  TEXT NOT NULL
 );
 `;
@@ -125,6 +132,7 @@ interface CloudRow {
   name: string;
   kind: string;
   offerings: string;
+  info: string | null;
 }
 
 const toDefinition = (r: DefinitionRow): ClusterDefinitionRecord => ({
@@ -145,7 +153,12 @@ const toCluster = (r: ClusterRow): ClusterRecord => ({
   createdAt: r.created_at,
 });
 
-const toCloud = (r: CloudRow): CloudRecord => ({ name: r.name, kind: r.kind, offerings: JSON.parse(r.offerings) as CloudOffering[] });
+const toCloud = (r: CloudRow): CloudRecord => ({
+  name: r.name,
+  kind: r.kind,
+  offerings: JSON.parse(r.offerings) as CloudOffering[],
+  ...(r.info ? (JSON.parse(r.info) as Pick<CloudRecord, 'endpoint' | 'credentials'>) : {}),
+});
 
 /** `def-` and 12 hex digits: short enough to type, random enough for one installation. */
 const newDefinitionId = (): string => `def-${randomUUID().replace(/-/g, '').slice(0, 12)}`;
@@ -162,6 +175,9 @@ export function openSqliteStore(file: string): Store {
   db.pragma('busy_timeout = 5000');
   db.pragma('foreign_keys = ON');
   db.exec(SCHEMA);
+  // Stores made before clouds had endpoints and credential references.
+  const cloudColumns = db.prepare<[], { name: string }>("SELECT name FROM pragma_table_info('clouds')").all();
+  if (!cloudColumns.some((c) => c.name === 'info')) db.exec('ALTER TABLE clouds ADD COLUMN info TEXT');
 
   const q = {
     insertDef: db.prepare('INSERT INTO cluster_definitions (id, name, definition, created_at) VALUES (?, ?, ?, ?)'),
@@ -176,11 +192,12 @@ export function openSqliteStore(file: string): Store {
     deleteCluster: db.prepare('DELETE FROM clusters WHERE id = ?'),
     findByKey: db.prepare<[string], ClusterRow>('SELECT * FROM clusters WHERE idempotency_key = ?'),
     upsertCloud: db.prepare(
-      `INSERT INTO clouds (name, kind, offerings, updated_at) VALUES (?, ?, ?, ?)
-       ON CONFLICT(name) DO UPDATE SET kind = excluded.kind, offerings = excluded.offerings, updated_at = excluded.updated_at`,
+      `INSERT INTO clouds (name, kind, offerings, info, updated_at) VALUES (?, ?, ?, ?, ?)
+       ON CONFLICT(name) DO UPDATE SET kind = excluded.kind, offerings = excluded.offerings, info = excluded.info, updated_at = excluded.updated_at`,
     ),
-    listClouds: db.prepare<[], CloudRow>('SELECT name, kind, offerings FROM clouds ORDER BY name'),
-    getCloud: db.prepare<[string], CloudRow>('SELECT name, kind, offerings FROM clouds WHERE name = ?'),
+    listClouds: db.prepare<[], CloudRow>('SELECT name, kind, offerings, info FROM clouds ORDER BY name'),
+    getCloud: db.prepare<[string], CloudRow>('SELECT name, kind, offerings, info FROM clouds WHERE name = ?'),
+    deleteCloud: db.prepare('DELETE FROM clouds WHERE name = ?'),
     ping: db.prepare('SELECT 1'),
   };
 
@@ -230,8 +247,12 @@ export function openSqliteStore(file: string): Store {
       return r && toCluster(r);
     },
 
-    upsertCloud({ name, kind, offerings }) {
-      q.upsertCloud.run(name, kind, JSON.stringify(offerings), new Date().toISOString());
+    deleteCloud(name) {
+      return q.deleteCloud.run(name).changes > 0;
+    },
+    upsertCloud({ name, kind, offerings, endpoint, credentials }) {
+      const info = endpoint || credentials ? JSON.stringify({ endpoint, credentials }) : null;
+      q.upsertCloud.run(name, kind, JSON.stringify(offerings), info, new Date().toISOString());
     },
     listClouds: () => q.listClouds.all().map(toCloud),
     getCloud: (name) => {

@@ -246,6 +246,17 @@ describe('definitions, scale checks and cluster creation', () => {
     expect(store.listClusters()).toEqual([]);
   });
 
+  it('a service no offering of the cloud fits → 422 naming the cloud and service, nothing stored', async () => {
+    const big = await request(app)
+      .post('/v1/cluster-definitions')
+      .send({ name: 'too-big', services: [{ name: 'fat', image: 'cernvm', offering: { cpus: 64, memoryMiB: 2048, diskGiB: 20 } }] });
+    expect(big.status).toBe(201);
+    const res = await request(app).post('/v1/clusters').send({ definitionId: big.body.id });
+    problem(res, 422);
+    expect(messageFor(res, 'cloud')).toMatch(/no offering of cloud "sim" fits service "fat" \(64 cpus.*largest is small \(1 cpus/);
+    expect(store.listClusters()).toEqual([]);
+  });
+
   it('scale: checked against the definition before any workflow call', async () => {
     // A row without a workflow: the checks below must answer before Temporal is asked.
     store.createCluster({ id: 't3-box-zzzzzz', name: 't3-box', definitionId: defId, cloud: 'sim' });
@@ -369,7 +380,17 @@ describe('service endpoints', () => {
     expect(res.body).toEqual({ status: 'ok', checks: { store: 'ok', temporal: 'ok' } });
   });
 
-  it('/v1/clouds lists registered clouds', async () => {
+  it('/v1/clouds lists registered clouds with credential references, never values', async () => {
+    store.upsertCloud({
+      name: 'zz-ec2',
+      kind: 'ec2',
+      endpoint: 'https://ec2.eu-west-1.amazonaws.com',
+      credentials: { accessKeyId: 'env:AWS_ACCESS_KEY_ID', secretAccessKey: 'file:/etc/cloudgate/aws-secret' },
+      offerings: [{ id: 't3.micro', name: 't3.micro', cpus: 2, memoryMiB: 1024, diskGiB: 1000 }],
+    });
+    const withRefs = await request(app).get('/v1/clouds');
+    expect(withRefs.body.items[1]).toMatchObject({ name: 'zz-ec2', credentials: { secretAccessKey: 'file:/etc/cloudgate/aws-secret' } });
+    store.deleteCloud('zz-ec2');
     const res = await request(app).get('/v1/clouds');
     expect(res.body).toEqual({ items: [{ name: 'sim', kind: 'sim', offerings: [{ id: 'small', name: 'small', cpus: 1, memoryMiB: 2048, diskGiB: 20 }] }] });
   });
