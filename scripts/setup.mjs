@@ -14,7 +14,13 @@ const log = (msg) => console.error(`[setup] ${msg}`);
 
 // 1. Debian packages the native modules and adapters need: libvirt headers (to build
 //    @unraid/libvirt), virsh for debugging, xorriso (seed ISOs for libvirt guests).
-const DEBIAN_PACKAGES = { 'libvirt-dev': '/usr/include/libvirt/libvirt.h', 'libvirt-clients': '/usr/bin/virsh', xorriso: '/usr/bin/xorriso' };
+const DEBIAN_PACKAGES = {
+  'libvirt-dev': '/usr/include/libvirt/libvirt.h',
+  'libvirt-clients': '/usr/bin/virsh',
+  // libvirtd hosts the test hypervisor for the tests, so a killed worker's successor sees the same domains.
+  'libvirt-daemon': '/usr/sbin/libvirtd',
+  xorriso: '/usr/bin/xorriso',
+};
 const missingDebs = Object.entries(DEBIAN_PACKAGES).filter(([, file]) => !existsSync(file)).map(([pkg]) => pkg);
 if (missingDebs.length > 0) {
   if (process.getuid?.() !== 0) throw new Error(`[setup] missing Debian packages (${missingDebs.join(' ')}): install them with apt-get as root`);

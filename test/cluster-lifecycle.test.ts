@@ -44,7 +44,7 @@ const firstCreatedAt = (svc: any) => Math.min(...svc.instances.map((i: any) => m
 const byName = (status: any, name: string) => status.services.find((s: any) => s.name === name);
 
 async function cloudCount(clusterId: string): Promise<number> {
-  return stack.worker!.sim.count({ cluster: clusterId });
+  return stack.worker!.sim!.count({ cluster: clusterId });
 }
 
 describe('cluster lifecycle', () => {

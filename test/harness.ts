@@ -4,7 +4,9 @@
  * and talk to the API over HTTP like a user does.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
+import { pino } from 'pino';
+import { stringify as stringifyYaml } from 'yaml';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -12,6 +14,7 @@ import { Client, Connection } from '@temporalio/client';
 import { DefaultLogger, Runtime, bundleWorkflowCode, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
 import { startApi } from '../api/main.js';
 import type { SimRule } from '../clouds/sim.js';
+import type { CloudConfig } from '../model/clouds-config.js';
 import { ConfigSchema, type Config } from '../model/config.js';
 import type { ClusterDefinitionInput } from '../model/definition.js';
 import { freePort, startDevServer, type DevServer } from '../workers/dev-server.js';
@@ -39,6 +42,12 @@ export interface StackOptions {
   simRules?: SimRule[];
   /** Run the worker as a separate process (so it can be killed with SIGKILL). */
   workerProcess?: boolean;
+  /** The cloud registry (written to a YAML file the worker reads); default: only `sim`. */
+  clouds?: CloudConfig[];
+  /** Extra environment for a worker process (credentials the registry references). */
+  env?: Record<string, string>;
+  /** Write the worker process's and the API's logs (info level) to worker.log and api.log in the data folder. */
+  captureLogs?: boolean;
 }
 
 export interface Stack {
@@ -56,7 +65,8 @@ export interface Stack {
   /** Stop and start the Temporal dev server on the same SQLite file. */
   restartTemporal(): Promise<void>;
   http<T = any>(method: string, url: string, body?: unknown, headers?: Record<string, string>): Promise<{ status: number; body: T; headers: Headers }>;
-  stop(): Promise<void>;
+  /** Stops everything; the data folder is removed unless `keepDataDir`. */
+  stop(opts?: { keepDataDir?: boolean }): Promise<void>;
 }
 
 export async function startStack(opts: StackOptions = {}): Promise<Stack> {
@@ -65,7 +75,13 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
   const dbFile = path.join(dataDir, 'temporal.sqlite');
   let temporal = await startDevServer({ dbFile, port: temporalPort });
   const apiPort = await freePort();
+  let cloudsFile: string | undefined;
+  if (opts.clouds) {
+    cloudsFile = path.join(dataDir, 'clouds.yaml');
+    writeFileSync(cloudsFile, stringifyYaml({ clouds: opts.clouds }));
+  }
   const config = ConfigSchema.parse({
+    cloudsFile,
     dataDir,
     apiPort,
     temporalAddress: temporal.address,
@@ -75,7 +91,10 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
   });
   const connection = await Connection.connect({ address: temporal.address });
   const client = new Client({ connection });
-  const api = await startApi(config);
+  const api = await startApi(
+    config,
+    opts.captureLogs ? { logger: pino({ level: 'info', name: 'cloudgate-api' }, pino.destination({ dest: path.join(dataDir, 'api.log'), sync: true })) } : {},
+  );
   const stack: Stack = {
     config,
     dataDir,
@@ -91,18 +110,22 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
           CLOUDGATE_API_PORT: String(apiPort),
           TEMPORAL_ADDRESS: temporal.address,
           CLOUDGATE_TOKEN_SECRET: config.tokenSecret,
-          CLOUDGATE_LOG_LEVEL: 'warn',
+          CLOUDGATE_LOG_LEVEL: opts.captureLogs ? 'info' : 'warn',
           SIM_BOOT_MS: String(config.sim.bootMs),
           SIM_READY_DELAY_MS: String(config.sim.readyDelayMs),
           SIM_SEED: config.sim.seed,
           SIM_RULES: opts.simRules ? JSON.stringify(opts.simRules) : '',
+          CLOUDGATE_CLOUDS: cloudsFile ?? '',
+          ...opts.env,
         };
-        const proc = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'workers/main.ts')], { env, stdio: ['ignore', 'inherit', 'inherit'] });
+        const log = opts.captureLogs ? openSync(path.join(dataDir, 'worker.log'), 'a') : 'inherit';
+        const proc = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'workers/main.ts')], { env, stdio: ['ignore', log, log] });
         stack.workerProc = proc;
         // Ready when it has registered its clouds and polls the task queue.
         await waitFor(async () => {
           const clouds = await stack.http('GET', '/v1/clouds');
-          if (!clouds.body.items?.some((c: any) => c.name === 'sim')) return false;
+          const want = (opts.clouds ?? [{ name: 'sim' }]).map((c) => c.name);
+          if (!want.every((n) => clouds.body.items?.some((c: any) => c.name === n))) return false;
           const tq = await client.workflowService.describeTaskQueue({ namespace: 'default', taskQueue: { name: config.taskQueue }, taskQueueType: 1 });
           return (tq.pollers ?? []).length > 0;
         }, 120_000, 'worker process to poll');
@@ -137,13 +160,13 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
       }
       return { status: res.status, body: parsed as any, headers: res.headers };
     },
-    async stop() {
+    async stop(stopOpts) {
       await stack.killWorker();
       await stack.worker?.shutdown().catch(() => undefined);
       await api.close();
       await connection.close();
       await temporal.stop();
-      rmSync(dataDir, { recursive: true, force: true });
+      if (!stopOpts?.keepDataDir) rmSync(dataDir, { recursive: true, force: true });
     },
   };
   await stack.startWorker();

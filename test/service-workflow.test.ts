@@ -29,10 +29,10 @@ describe('service workflow', () => {
     const id = await deploy(stack, threeTier({ proxy: 3, head: 2, workers: 30 }));
     const status = await waitForState(stack, id, 'READY', 120_000);
     expect(status.services.map((s: any) => s.ready)).toEqual([3, 2, 30]);
-    expect(stack.worker!.sim.count({ cluster: id })).toBe(35);
+    expect(stack.worker!.sim!.count({ cluster: id })).toBe(35);
     await stack.http('DELETE', `/v1/clusters/${id}`);
     await waitForState(stack, id, 'TERMINATED');
-    expect(stack.worker!.sim.count({ cluster: id })).toBe(0);
+    expect(stack.worker!.sim!.count({ cluster: id })).toBe(0);
   });
 
   it('continues-as-new before its history grows long, keeping its instances', async () => {
@@ -55,7 +55,7 @@ describe('service workflow', () => {
     expect(runs).toBeGreaterThan(1);
     const status = await service.query(serviceStatusQuery);
     expect(status).toMatchObject({ state: 'READY', desired: 3, ready: 3 });
-    expect(stack.worker!.sim.count({ cluster: clusterId })).toBe(3);
+    expect(stack.worker!.sim!.count({ cluster: clusterId })).toBe(3);
     // Ordinals continue across runs: no instance name is ever reused.
     const ids = status.instances.map((i) => i.id);
     expect(new Set(ids).size).toBe(3);
@@ -63,6 +63,6 @@ describe('service workflow', () => {
     await cluster.signal(teardownSignal);
     const final = await cluster.result();
     expect(final.state).toBe('TERMINATED');
-    expect(stack.worker!.sim.count({ cluster: clusterId })).toBe(0);
+    expect(stack.worker!.sim!.count({ cluster: clusterId })).toBe(0);
   });
 });

@@ -9,10 +9,13 @@ import { NativeConnection, Worker, type WorkerOptions } from '@temporalio/worker
 import type { Logger } from 'pino';
 import { createActivities } from '../activities/index.js';
 import { createCloudRegistry } from '../clouds/registry.js';
-import { createSimCloud, type SimCloud, type SimRule } from '../clouds/sim.js';
+import type { CloudAdapter } from '../clouds/contract.js';
+import type { SimCloud, SimRule } from '../clouds/sim.js';
+import { publicCloudInfo, type CloudsFile } from '../model/clouds-config.js';
 import { publicUrlOf, temporalAddressOf, type Config } from '../model/config.js';
-import { openSqliteStore } from '../store/index.js';
+import { openSqliteStore, type Store } from '../store/index.js';
 import { loadTokenSecret } from '../store/secret.js';
+import { buildClouds, loadCloudsFile } from './clouds.js';
 
 export const WORKFLOWS_PATH = fileURLToPath(new URL('../workflows/index.ts', import.meta.url));
 
@@ -27,7 +30,8 @@ export interface StartWorkerOptions {
 
 export interface RunningWorker {
   worker: Worker;
-  sim: SimCloud;
+  /** The simulated cloud, when the registry has one. */
+  sim?: SimCloud;
   /** Resolves when the worker has shut down. */
   done: Promise<void>;
   shutdown(): Promise<void>;
@@ -35,11 +39,11 @@ export interface RunningWorker {
 
 export async function startWorker(config: Config, opts: StartWorkerOptions = {}): Promise<RunningWorker> {
   const store = openSqliteStore(path.join(config.dataDir, 'cloudgate.sqlite'));
-  const sim = createSimCloud({ name: 'sim', file: path.join(config.dataDir, 'sim-cloud.sqlite'), ...config.sim, rules: opts.simRules });
-  const clouds = createCloudRegistry([sim]);
-  for (const cloud of clouds.list()) {
-    store.upsertCloud({ name: cloud.name, kind: cloud.kind, offerings: await cloud.listOfferings() });
-  }
+  const registryFile = loadCloudsFile(config.cloudsFile);
+  const { adapters, sim } = buildClouds(registryFile, config, opts.simRules);
+  const clouds = createCloudRegistry(adapters);
+  const registration = registerClouds(store, registryFile, clouds, opts.logger);
+  await registration.first;
   const connection = await NativeConnection.connect({ address: temporalAddressOf(config) });
   const worker = await Worker.create({
     connection,
@@ -55,9 +59,10 @@ export async function startWorker(config: Config, opts: StartWorkerOptions = {})
     maxConcurrentActivityTaskExecutions: 200,
     ...opts.tuning,
   });
-  sim.start();
+  sim?.start();
   const done = worker.run().finally(async () => {
-    await sim.stop();
+    registration.stop();
+    await sim?.stop();
     await clouds.close();
     await connection.close();
     store.close();
@@ -71,4 +76,56 @@ export async function startWorker(config: Config, opts: StartWorkerOptions = {})
       await done;
     },
   };
+}
+
+/** How long one cloud may take to list its offerings at startup before the worker goes on without. */
+const REGISTER_TIMEOUT_MS = 15_000;
+const REGISTER_RETRY_MS = 60_000;
+
+/**
+ * Publishes the registry to the store (what `GET /v1/clouds` shows and what submissions are
+ * checked against): each cloud with its offerings, endpoint and credential references.
+ * A cloud that cannot list its offerings yet is registered without any and tried again
+ * every minute, so one unreachable cloud does not keep the worker from serving the others.
+ */
+function registerClouds(
+  store: Store,
+  file: CloudsFile,
+  registry: { get(name: string): CloudAdapter },
+  logger?: Logger,
+): { first: Promise<void>; stop(): void } {
+  const known = new Set(file.clouds.map((c) => c.name));
+  for (const stale of store.listClouds()) if (!known.has(stale.name)) store.deleteCloud(stale.name);
+  const pending = new Set(file.clouds.map((c) => c.name));
+  const attempt = async () => {
+    await Promise.all(
+      file.clouds
+        .filter((c) => pending.has(c.name))
+        .map(async (c) => {
+          const info = { name: c.name, kind: c.kind, ...publicCloudInfo(c) };
+          let timer: NodeJS.Timeout | undefined;
+          try {
+            const offerings = await Promise.race([
+              registry.get(c.name).listOfferings(),
+              new Promise<never>((_, reject) => {
+                timer = setTimeout(() => reject(new Error(`no answer within ${REGISTER_TIMEOUT_MS} ms`)), REGISTER_TIMEOUT_MS);
+              }),
+            ]);
+            store.upsertCloud({ ...info, offerings });
+            pending.delete(c.name);
+          } catch (err) {
+            if (!store.getCloud(c.name)) store.upsertCloud({ ...info, offerings: [] });
+            logger?.warn({ cloud: c.name, err: err instanceof Error ? err.message : String(err) }, 'cannot list offerings yet; will retry');
+          } finally {
+            clearTimeout(timer);
+          }
+        }),
+    );
+  };
+  const first = attempt();
+  const interval = setInterval(() => {
+    if (pending.size > 0) void attempt();
+  }, REGISTER_RETRY_MS);
+  interval.unref();
+  return { first, stop: () => clearInterval(interval) };
 }

@@ -1,0 +1,163 @@
+/**
+ * End to end on every cloud kind: through the REST API and a real Temporal server, the
+ * three-tier test cluster deploys, scales and tears down on libvirt (the test hypervisor),
+ * EC2 (moto), CloudStack (fake) and OCCI (fake), leaving zero instances in each. Then the
+ * worker process is killed mid-deployment on EC2 and on libvirt: no duplicate instance.
+ *
+ * Instances on these peers run no guest, so a FAKE GUEST AGENT stands in for the booted VM:
+ * it reads each instance's user-data back from the cloud (as cloud-init would), finds the
+ * phone-home part and reports ready — the same path a CernVM takes, minus the boot.
+ * Credentials are referenced by environment variables, and the test finally scans every
+ * workflow history and the worker's and API's logs for the secret values.
+ */
+import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { extractPhoneHome } from '../model/user-data.js';
+import { clusterStatus, startStack, threeTier, waitFor, waitForState, type Stack } from './harness.js';
+import { startCloudStackPeer } from './peers/cloudstack.js';
+import { startLibvirtPeer } from './peers/libvirt.js';
+import { startMotoPeer } from './peers/moto.js';
+import { startOcciPeer } from './peers/occi.js';
+
+interface Peer {
+  cloudConfig: { name: string };
+  env?: Record<string, string>;
+  count(clusterId: string): Promise<number>;
+  /** User-data of the cluster's live instances, as the guests would read it. */
+  userData(clusterId: string): Promise<string[]>;
+  stop(): Promise<void>;
+}
+
+let stack: Stack;
+const peers = new Map<string, Peer>();
+let agent: { stop(): Promise<void> } | undefined;
+
+beforeAll(async () => {
+  const started = await Promise.all([startLibvirtPeer(), startMotoPeer(), startCloudStackPeer(), startOcciPeer()]);
+  for (const p of started as Peer[]) peers.set(p.cloudConfig.name, p);
+  const env = Object.assign({}, ...started.map((p: Peer) => p.env ?? {}));
+  stack = await startStack({
+    workerProcess: true,
+    captureLogs: true,
+    clouds: [{ name: 'sim', kind: 'sim', images: {} }, ...started.map((p) => p.cloudConfig as any)],
+    env,
+  });
+  agent = startFakeGuestAgent();
+}, 240_000);
+
+afterAll(async () => {
+  await agent?.stop();
+  await stack?.stop();
+  await Promise.all([...peers.values()].map((p) => p.stop()));
+});
+
+/** Phones home ok for every instance whose user-data it can read; once per instance. */
+function startFakeGuestAgent(): { stop(): Promise<void> } {
+  const done = new Set<string>();
+  const clusters = new Set<string>();
+  let running = true;
+  const loop = (async () => {
+    while (running) {
+      for (const [cloud, peer] of peers) {
+        for (const clusterId of clusters) {
+          let docs: string[];
+          try {
+            docs = await peer.userData(clusterId);
+          } catch {
+            continue; // the cloud is being restarted or the instance just vanished
+          }
+          for (const doc of docs) {
+            const ph = extractPhoneHome(doc);
+            if (!ph || done.has(`${cloud}/${ph.instanceId}`)) continue;
+            const res = await fetch(ph.url, {
+              method: 'POST',
+              headers: { 'content-type': 'application/json', authorization: `Bearer ${ph.token}` },
+              body: JSON.stringify({ status: 'ok', checks: { cvmfs: {} } }),
+            }).catch(() => undefined);
+            if (res && (res.status < 500 || res.status === 410)) done.add(`${cloud}/${ph.instanceId}`);
+          }
+        }
+      }
+      await new Promise((r) => setTimeout(r, 300));
+    }
+  })();
+  watchCluster = (id: string) => clusters.add(id);
+  return {
+    async stop() {
+      running = false;
+      await loop;
+    },
+  };
+}
+let watchCluster: (id: string) => void = () => undefined;
+
+const clouds = ['libvirt', 'ec2', 'cloudstack', 'occi'];
+
+describe.each(clouds)('three-tier cluster on %s', (cloud) => {
+  it('deploys, scales and tears down, leaving zero instances', async () => {
+    const peer = peers.get(cloud)!;
+    const def = await stack.http('POST', '/v1/cluster-definitions', threeTier({ proxy: 1, head: 1, workers: 2 }));
+    const c = await stack.http('POST', '/v1/clusters', { definitionId: def.body.id, cloud });
+    expect(c.status).toBe(202);
+    const id = c.body.id as string;
+    watchCluster(id);
+    const ready = await waitForState(stack, id, 'READY', 120_000);
+    expect(ready.services.map((s: any) => s.ready)).toEqual([1, 1, 2]);
+    expect(ready.services.flatMap((s: any) => s.instances.map((i: any) => i.cloud))).toEqual(Array(4).fill(cloud));
+    expect(await peer.count(id)).toBe(4);
+
+    const up = await stack.http('POST', `/v1/clusters/${id}/services/workers/scale`, { instances: 3 });
+    expect(up.status).toBe(200);
+    await waitFor(async () => {
+      const s = await clusterStatus(stack, id);
+      return s.state === 'READY' && s.services[2].ready === 3;
+    }, 120_000, 'scale to 3');
+    expect(await peer.count(id)).toBe(5);
+
+    expect((await stack.http('DELETE', `/v1/clusters/${id}`)).status).toBe(202);
+    await waitForState(stack, id, 'TERMINATED', 120_000);
+    expect(await peer.count(id)).toBe(0);
+  }, 300_000);
+});
+
+describe.each(['ec2', 'libvirt'])('worker killed mid-deployment on %s', (cloud) => {
+  it('reaches READY with no duplicate instance', async () => {
+    const peer = peers.get(cloud)!;
+    const def = await stack.http('POST', '/v1/cluster-definitions', threeTier({ proxy: 2, head: 1, workers: 6 }));
+    const c = await stack.http('POST', '/v1/clusters', { definitionId: def.body.id, cloud });
+    const id = c.body.id as string;
+    watchCluster(id);
+    await waitFor(async () => (await clusterStatus(stack, id)).services[0].instances.length > 0, 120_000, 'first creates');
+    await stack.killWorker();
+    await stack.startWorker();
+    const ready = await waitForState(stack, id, 'READY', 180_000);
+    const listed = ready.services.flatMap((s: any) => s.instances.map((i: any) => i.id));
+    expect(listed).toHaveLength(9);
+    expect(await peer.count(id)).toBe(9);
+    await stack.http('DELETE', `/v1/clusters/${id}`);
+    await waitForState(stack, id, 'TERMINATED', 120_000);
+    expect(await peer.count(id)).toBe(0);
+  }, 400_000);
+});
+
+describe('secrets', () => {
+  it('never appear in workflow histories, worker logs or API logs', async () => {
+    const secrets = [...peers.values()].flatMap((p) => Object.values(p.env ?? {})).filter((v) => v.length >= 8);
+    expect(secrets.length).toBeGreaterThanOrEqual(3);
+    let histories = '';
+    for await (const wf of stack.client.workflow.list()) {
+      histories += JSON.stringify(await stack.client.workflow.getHandle(wf.workflowId, wf.runId).fetchHistory());
+    }
+    expect(histories.length).toBeGreaterThan(10_000);
+    const logs = ['worker.log', 'api.log'].map((f) => readFileSync(path.join(stack.dataDir, f), 'utf8')).join('\n');
+    for (const secret of secrets) {
+      expect(histories).not.toContain(secret);
+      expect(logs).not.toContain(secret);
+    }
+    // The API shows where credentials come from, never what they are.
+    const listed = JSON.stringify((await stack.http('GET', '/v1/clouds')).body);
+    expect(listed).toContain('env:');
+    for (const secret of secrets) expect(listed).not.toContain(secret);
+  });
+});
