@@ -141,6 +141,24 @@ describe.each(['ec2', 'libvirt'])('worker killed mid-deployment on %s', (cloud) 
   }, 400_000);
 });
 
+describe('permanent cloud errors', () => {
+  it('fail the service at once with the error type in the cluster status, and teardown still cleans up', async () => {
+    const def = await stack.http('POST', '/v1/cluster-definitions', {
+      name: 'bad-image',
+      services: [{ name: 'solo', image: 'ami-00000000deadbeef0', offering: { cpus: 1, memoryMiB: 1024, diskGiB: 10 } }],
+    });
+    const c = await stack.http('POST', '/v1/clusters', { definitionId: def.body.id, cloud: 'ec2' });
+    const id = c.body.id as string;
+    const failed = await waitForState(stack, id, 'FAILED', 120_000);
+    expect(failed.services[0].state).toBe('FAILED');
+    expect(failed.services[0].message).toMatch(/create failed: InvalidRequest: .*ami-00000000deadbeef0/);
+    expect(failed.message).toMatch(/service solo failed/);
+    await stack.http('DELETE', `/v1/clusters/${id}`);
+    await waitForState(stack, id, 'TERMINATED', 120_000);
+    expect(await peers.get('ec2')!.count(id)).toBe(0);
+  }, 300_000);
+});
+
 describe('secrets', () => {
   it('never appear in workflow histories, worker logs or API logs', async () => {
     const secrets = [...peers.values()].flatMap((p) => Object.values(p.env ?? {})).filter((v) => v.length >= 8);
