@@ -7,26 +7,9 @@ import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { CLOUD_INSTANCE_STATES, CloudError, type InstanceSpec } from '../clouds/contract.js';
 import { TARGETS } from './targets/index.js';
 import type { Harness } from './targets/types.js';
+import { eventually, cloudErrorOf } from './cloud-assertions.js';
 
-async function eventually<T>(what: string, timeoutMs: number, probe: () => Promise<T | undefined>): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await probe();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
-async function cloudErrorOf(p: Promise<unknown>): Promise<CloudError> {
-  try {
-    await p;
-  } catch (err) {
-    if (err instanceof CloudError) return err;
-    throw new Error(`expected a CloudError, got ${String(err)}`, { cause: err });
-  }
-  throw new Error('expected a CloudError, but the call succeeded');
-}
 
 describe.each(TARGETS.map((t) => [t.name, t] as const))('cloud adapter contract: %s', (_name, target) => {
   let h: Harness;

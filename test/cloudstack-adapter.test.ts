@@ -21,6 +21,7 @@ import { CloudError, type CloudErrorKind, type InstanceSpec } from '../clouds/co
 import type { CloudStackCloudConfig } from '../model/clouds-config.js';
 import { FAKE_OFFERINGS, FAKE_TEMPLATES } from './fakes/cloudstack-fake.js';
 import { CLOUDSTACK_KEY_ENV, CLOUDSTACK_SECRET_ENV, startCloudStackPeer, type CloudStackPeer, type CloudStackPeerOptions } from './peers/cloudstack.js';
+import { eventually, cloudErrorOf } from './cloud-assertions.js';
 
 /** From the CloudStack developer guide, "How to sign an API call with Python". */
 const GUIDE = {
@@ -31,25 +32,7 @@ const GUIDE = {
   url: 'http://localhost:8080/client/api?apikey=plgWJfZK4gyS3mOMTVmjUVg-X-jlWlnfaUJ9GAbBbf9EdM-kAYMmAiLqzzq1ElZLYq_u38zCm0bewzGUdP66mg&command=listUsers&response=json&signature=TTpdDq%2F7j%2FJ58XCRHomKoQXEQds%3D',
 };
 
-async function eventually<T>(what: string, timeoutMs: number, probe: () => Promise<T | undefined>): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await probe();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
 
-async function cloudErrorOf(p: Promise<unknown>): Promise<CloudError> {
-  try {
-    await p;
-  } catch (err) {
-    if (err instanceof CloudError) return err;
-    throw new Error(`expected a CloudError, got ${String(err)}`, { cause: err });
-  }
-  throw new Error('expected a CloudError, but the call succeeded');
-}
 
 describe('CloudStack request signing', () => {
   it("matches the developer guide's worked example", () => {

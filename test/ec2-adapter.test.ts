@@ -20,16 +20,8 @@ import { createEc2Cloud, EC2_INSTANCE_TYPES, EC2_USER_DATA_MAX_BYTES, toCloudErr
 import type { Ec2CloudConfig } from '../model/clouds-config.js';
 import { MOTO_KEY_ENV, startMotoPeer, type MotoPeer } from './peers/moto.js';
 import { startFakeEc2 } from './targets/ec2.js';
+import { cloudErrorOf } from './cloud-assertions.js';
 
-async function cloudErrorOf(p: Promise<unknown>): Promise<CloudError> {
-  try {
-    await p;
-  } catch (err) {
-    if (err instanceof CloudError) return err;
-    throw new Error(`expected a CloudError, got ${String(err)}`, { cause: err });
-  }
-  throw new Error('expected a CloudError, but the call succeeded');
-}
 
 const run = `ec2t${Date.now().toString(36)}`;
 let n = 0;

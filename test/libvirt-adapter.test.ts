@@ -14,6 +14,7 @@ import { CloudError, type CloudAdapter, type InstanceSpec } from '../clouds/cont
 import { CLOUDGATE_XMLNS, createLibvirtCloud, toCloudState } from '../clouds/libvirt.js';
 import { listIso, readIsoFile } from '../clouds/seed-iso.js';
 import { startLibvirtPeer, type LibvirtPeer } from './peers/libvirt.js';
+import { cloudErrorOf } from './cloud-assertions.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const run = `lv${Date.now().toString(36)}`;
@@ -30,15 +31,6 @@ const spec = (over: Partial<InstanceSpec> = {}, cluster = `${run}-c`): InstanceS
   };
 };
 
-async function cloudErrorOf(p: Promise<unknown>): Promise<CloudError> {
-  try {
-    await p;
-  } catch (err) {
-    if (err instanceof CloudError) return err;
-    throw new Error(`expected a CloudError, got ${String(err)}`, { cause: err });
-  }
-  throw new Error('expected a CloudError, but the call succeeded');
-}
 
 describe('libvirt adapter on test:///default', () => {
   let peer: LibvirtPeer;

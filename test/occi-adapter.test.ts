@@ -23,16 +23,8 @@ import {
 import { OcciCloudConfigSchema } from '../model/clouds-config.js';
 import { FAKE_OS_TPL_SCHEME, FAKE_RESOURCE_TPL_SCHEME } from './fakes/occi-fake.js';
 import { OCCI_TOKEN_ENV, startOcciPeer, type OcciPeer } from './peers/occi.js';
+import { cloudErrorOf } from './cloud-assertions.js';
 
-async function cloudErrorOf(p: Promise<unknown>): Promise<CloudError> {
-  try {
-    await p;
-  } catch (err) {
-    if (err instanceof CloudError) return err;
-    throw new Error(`expected a CloudError, got ${String(err)}`, { cause: err });
-  }
-  throw new Error('expected a CloudError, but the call succeeded');
-}
 
 describe('text/occi rendering', () => {
   it('parses the query interface example (HTTP Rendering § Query Interface)', () => {
