@@ -17,7 +17,7 @@ import {
   signCloudStackRequest,
   type CloudStackAdapterOptions,
 } from '../clouds/cloudstack.js';
-import { CloudError, type CloudErrorKind, type InstanceSpec } from '../clouds/contract.js';
+import { type CloudErrorKind, type InstanceSpec } from '../clouds/contract.js';
 import type { CloudStackCloudConfig } from '../model/clouds-config.js';
 import { FAKE_OFFERINGS, FAKE_TEMPLATES } from './fakes/cloudstack-fake.js';
 import { CLOUDSTACK_KEY_ENV, CLOUDSTACK_SECRET_ENV, startCloudStackPeer, type CloudStackPeer, type CloudStackPeerOptions } from './peers/cloudstack.js';

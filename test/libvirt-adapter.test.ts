@@ -10,7 +10,7 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DomainState, Hypervisor } from '@unraid/libvirt';
-import { CloudError, type CloudAdapter, type InstanceSpec } from '../clouds/contract.js';
+import { type CloudAdapter, type InstanceSpec } from '../clouds/contract.js';
 import { CLOUDGATE_XMLNS, createLibvirtCloud, toCloudState } from '../clouds/libvirt.js';
 import { listIso, readIsoFile } from '../clouds/seed-iso.js';
 import { startLibvirtPeer, type LibvirtPeer } from './peers/libvirt.js';

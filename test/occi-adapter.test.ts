@@ -6,7 +6,7 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { CloudError, type CloudAdapter, type InstanceSpec } from '../clouds/contract.js';
+import { type CloudAdapter, type InstanceSpec } from '../clouds/contract.js';
 import {
   createOcciCloud,
   OcciSyntaxError,
