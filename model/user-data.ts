@@ -1,7 +1,13 @@
 /**
- * User-data rendering. For now the multipart MIME carries cloudgate's phone-home part only;
- * the CernVM context parts (µCernVM block, amiconfig, cloud-config) join it with contexts.
+ * User-data rendering: a context plus one instance's phone-home details become the multipart
+ * MIME user-data a CernVM reads at first boot. Each agent on the guest picks its own part:
+ * the µCernVM bootloader its `[ucernvm-begin]` block, amiconfig its INI sections, cloud-init
+ * its `#cloud-config`, cloudgate's guest agent (and the sim cloud) the phone-home JSON.
+ * `renderUserData` is the context-less form (phone-home part only) for existing callers.
  */
+import { createHash } from 'node:crypto';
+import { stringify as stringifyYaml } from 'yaml';
+import { parseExtraCloudConfig, type Context } from './context.js';
 
 export interface PhoneHome {
   /** Full URL the guest POSTs its readiness report to. */
@@ -12,8 +18,10 @@ export interface PhoneHome {
   repositories: string[];
 }
 
+/** cloudgate's own part: a private type, so cloud-init and amiconfig leave it alone. */
 export const PHONE_HOME_CONTENT_TYPE = 'text/x-cloudgate-phone-home';
 
+/** User-data with the phone-home part only (CRLF lines), for callers without a context. */
 export function renderUserData(phoneHome: PhoneHome): string {
   const boundary = `==cloudgate-${phoneHome.instanceId}==`;
   return [
@@ -39,4 +47,288 @@ export function extractPhoneHome(userData: string): PhoneHome | undefined {
   } catch {
     return undefined;
   }
+}
+
+// ---- contexts ----
+
+/** What `maskSecrets` renders in place of every secret value and the phone-home token. */
+export const MASK = '********';
+
+/**
+ * µCernVM reads the raw user-data line by line, whatever the part's type (cernvm-micro
+ * parse_user_data.cc), so the part must stay 7bit/8bit text, never base64. `text/ucernvm` is
+ * the type CernVM's contextualization notes use (`amiconfig-mime ucernvm-data:ucernvm`), and
+ * one cloud-init has no handler for: it neither runs the block nor guesses its type as it
+ * would for text/plain.
+ */
+export const UCERNVM_CONTENT_TYPE = 'text/ucernvm';
+/** amiconfig's INI user-data, typed as CernVM's docs mix it with cloud-init (`amiconfig-mime x:amiconfig`). */
+export const AMICONFIG_CONTENT_TYPE = 'text/amiconfig';
+/** cloud-init's cloud-config part (cloud-init docs, "User-data formats"). */
+export const CLOUD_CONFIG_CONTENT_TYPE = 'text/cloud-config';
+
+/** Where the cloud-config part puts things on the guest. */
+export const GUEST_PATHS = {
+  cvmfsConfig: '/etc/cvmfs/default.local',
+  environment: '/etc/profile.d/cloudgate-environment.sh',
+  secrets: '/etc/cloudgate/secrets.env',
+  phoneHomeEnv: '/etc/cloudgate/phone-home.env',
+  startupScript: '/usr/local/sbin/cloudgate-startup',
+  phoneHomeAgent: '/usr/local/sbin/cloudgate-phone-home',
+} as const;
+
+/** One instance's side of the rendering; secrets come separately from the context so callers can mask them. */
+export interface RenderInstance {
+  phoneHome: PhoneHome;
+  /** Values for the context's `secretNames`, decrypted by the caller. */
+  secrets?: Record<string, string>;
+  /** Preview mode: secret values and the token render as `MASK`; missing secret values are fine. */
+  maskSecrets?: boolean;
+}
+
+interface Part {
+  contentType: string;
+  filename: string;
+  body: string;
+}
+
+/** Size as the clouds count it (EC2: 16 KB of user-data bytes before base64). */
+export const userDataSize = (text: string): number => Buffer.byteLength(text, 'utf8');
+
+/**
+ * The whole user-data for one instance of a context: the µCernVM block first (its parser
+ * stops at the first `[ucernvm-end]` line it sees), then amiconfig, cloud-config and the
+ * phone-home part. Lines end in LF, as Python's email package (amiconfig-mime) writes them:
+ * µCernVM compares whole lines and would not see `[ucernvm-begin]\r`.
+ * @throws Error when a declared secret has no value (unless masking) or an undeclared one is given.
+ */
+export function renderContextUserData(ctx: Context, instance: RenderInstance): string {
+  const mask = instance.maskSecrets === true;
+  const secrets = secretValues(ctx, instance.secrets ?? {}, mask);
+  const repositories = [...new Set([...ctx.repositories, ...instance.phoneHome.repositories])];
+  const phoneHome: PhoneHome = { ...instance.phoneHome, repositories, token: mask ? MASK : instance.phoneHome.token };
+  const parts: Part[] = [
+    { contentType: UCERNVM_CONTENT_TYPE, filename: 'ucernvm.txt', body: renderUcernvm(ctx) },
+    { contentType: AMICONFIG_CONTENT_TYPE, filename: 'amiconfig.ini', body: renderAmiconfig(ctx) },
+    { contentType: CLOUD_CONFIG_CONTENT_TYPE, filename: 'cloud-config.yaml', body: renderCloudConfig(ctx, phoneHome, secrets) },
+    { contentType: PHONE_HOME_CONTENT_TYPE, filename: 'cloudgate-phone-home.json', body: `${JSON.stringify(phoneHome)}\n` },
+  ];
+  // Only the first part may hold µCernVM's markers as whole lines; others are nested (YAML) or keyed (INI).
+  for (const p of parts.slice(1)) {
+    if (/^\[ucernvm-(?:begin|end)\]$/m.test(p.body)) throw new Error(`the ${p.contentType} part would contain a µCernVM marker line`);
+  }
+  return multipart(parts);
+}
+
+function secretValues(ctx: Context, given: Record<string, string>, mask: boolean): Record<string, string> {
+  const unknown = Object.keys(given).filter((n) => !ctx.secretNames.includes(n));
+  if (unknown.length) throw new Error(`secrets not declared by the context: ${unknown.join(', ')}`);
+  return Object.fromEntries(
+    ctx.secretNames.map((n) => {
+      if (mask) return [n, MASK];
+      if (given[n] === undefined) throw new Error(`no value for the context's secret "${n}"`);
+      return [n, given[n]];
+    }),
+  );
+}
+
+/** Boundary derived from the parts (stable output), lengthened until no part contains it (RFC 2046 §5.1.1). */
+function multipart(parts: Part[]): string {
+  const digest = createHash('sha256');
+  for (const p of parts) digest.update(p.body);
+  const seed = digest.digest('hex');
+  let boundary = '';
+  for (let n = 0; !boundary || parts.some((p) => p.body.includes(boundary)); n++) boundary = `==cloudgate-${seed.slice(0, 24)}${n || ''}==`;
+  const lines = [`Content-Type: multipart/mixed; boundary="${boundary}"`, 'MIME-Version: 1.0', ''];
+  for (const p of parts) {
+    const ascii = Buffer.byteLength(p.body, 'utf8') === p.body.length;
+    lines.push(
+      `--${boundary}`,
+      `Content-Type: ${p.contentType}; charset="${ascii ? 'us-ascii' : 'utf-8'}"`,
+      `Content-Transfer-Encoding: ${ascii ? '7bit' : '8bit'}`,
+      `Content-Disposition: attachment; filename="${p.filename}"`,
+      '',
+      p.body.endsWith('\n') ? p.body.slice(0, -1) : p.body,
+    );
+  }
+  lines.push(`--${boundary}--`, '');
+  return lines.join('\n');
+}
+
+/** POSIX shell single quotes: the only character needing care inside is `'` itself. */
+const shq = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
+
+/** Stratum-1 hosts (`host[:port]`) of the context's server URLs, the form µCernVM's `cvmfs_server` takes. */
+const serverHosts = (servers: string[]): string[] => [
+  ...new Set(servers.map((u) => new URL(u.replace(/@fqrn@/g, 'repo.example.org').replace(/@org@/g, 'repo')).host)),
+];
+
+/**
+ * The µCernVM block. Keys as cernvm-micro's README lists them; its parser upper-cases them
+ * into `_UCONTEXT_<KEY>` and the OS appends `_UCONTEXT_CVMFS_HTTP_PROXY` to
+ * /etc/cvmfs/site.conf, which /bin/sh sources, so the proxy (`;`, `|`) is double-quoted as
+ * CernVM Online did. `cvmfs_server`, `cvmfs_branch` and `cvmfs_tag` pick the OS repository.
+ */
+function renderUcernvm(ctx: Context): string {
+  const { proxy, servers, branch, tag } = ctx.cvmfs;
+  const lines = ['[ucernvm-begin]'];
+  if (proxy) lines.push(`cvmfs_http_proxy="${proxy}"`);
+  if (servers?.length) lines.push(`cvmfs_server=${serverHosts(servers).join(',')}`);
+  if (branch) lines.push(`cvmfs_branch=${branch}`);
+  if (tag) lines.push(`cvmfs_tag=${tag}`);
+  lines.push('[ucernvm-end]', '');
+  return lines.join('\n');
+}
+
+/**
+ * amiconfig's `[cernvm]` section as its cernvm plugin reads it: comma lists; `users` entries
+ * `name:group:password` (a `$6$` hash is passed on to /etc/cernvm/config; an empty one makes
+ * the plugin pick a random password); `repositories` becomes CVMFS_REPOSITORIES verbatim, so
+ * fully qualified names work for every domain. `environment` is split on `,` then `=`, so a
+ * value holding either (or `%`, which INI readers may interpolate) is left to the
+ * cloud-config environment file only.
+ */
+function renderAmiconfig(ctx: Context): string {
+  const lines = ['[amiconfig]', 'plugins=cernvm', '', '[cernvm]'];
+  if (ctx.repositories.length) lines.push(`repositories=${ctx.repositories.join(',')}`);
+  if (ctx.users.length) lines.push(`users=${ctx.users.map((u) => `${u.name}:${u.group ?? u.name}:${u.passwordHash ?? ''}`).join(',')}`);
+  // Quoted: the plugin writes CVMFS_HTTP_PROXY=<value> into /etc/cvmfs/site.conf, sourced by /bin/sh.
+  if (ctx.cvmfs.proxy) lines.push(`proxy='${ctx.cvmfs.proxy}'`);
+  if (ctx.services.length) lines.push(`services=${ctx.services.join(',')}`);
+  const env = Object.entries(ctx.environment).filter(([, v]) => !/[,=%]/.test(v) && v.trim() === v);
+  if (env.length) lines.push(`environment=${env.map(([k, v]) => `${k}=${v}`).join(',')}`);
+  lines.push('');
+  return lines.join('\n');
+}
+
+type WriteFile = { path: string; permissions: string; owner: string; content: string };
+
+/**
+ * The `#cloud-config` part. Users keep the image's `default` user (cloud-init creates only
+ * the listed users otherwise), get `passwd` as the stored hash and `lock_passwd: false` only
+ * when they have one. Extra cloud-config from the context is merged key by key: its
+ * `users`, `groups` and `write_files` are appended after cloudgate's, its `runcmd` runs after
+ * the startup script and before the phone-home agent (so readiness covers it), any other key
+ * is taken as given unless cloudgate sets it (cloudgate wins).
+ */
+function renderCloudConfig(ctx: Context, phoneHome: PhoneHome, secrets: Record<string, string>): string {
+  const files: WriteFile[] = [];
+  const file = (path: string, permissions: string, content: string) => files.push({ path, permissions, owner: 'root:root', content });
+
+  const cvmfs = [
+    ctx.repositories.length && `CVMFS_REPOSITORIES=${shq(ctx.repositories.join(','))}`,
+    ctx.cvmfs.proxy && `CVMFS_HTTP_PROXY=${shq(ctx.cvmfs.proxy)}`,
+    ctx.cvmfs.servers?.length && `CVMFS_SERVER_URL=${shq(ctx.cvmfs.servers.join(';'))}`,
+  ].filter((l): l is string => typeof l === 'string');
+  // CVMFS sources its .local files with /bin/sh (CVMFS docs, "Structure of /etc/cvmfs"): quote.
+  if (cvmfs.length) file(GUEST_PATHS.cvmfsConfig, '0644', `# Written by cloudgate from the context.\n${cvmfs.join('\n')}\n`);
+  const env = Object.entries(ctx.environment);
+  if (env.length) file(GUEST_PATHS.environment, '0644', env.map(([k, v]) => `export ${k}=${shq(v)}\n`).join(''));
+  const secretEntries = Object.entries(secrets);
+  if (secretEntries.length) file(GUEST_PATHS.secrets, '0600', secretEntries.map(([k, v]) => `${k}=${shq(v)}\n`).join(''));
+  file(
+    GUEST_PATHS.phoneHomeEnv,
+    '0600',
+    [
+      `CLOUDGATE_PHONE_HOME_URL=${shq(phoneHome.url)}`,
+      `CLOUDGATE_INSTANCE_ID=${shq(phoneHome.instanceId)}`,
+      `CLOUDGATE_TOKEN=${shq(phoneHome.token)}`,
+      '',
+    ].join('\n'),
+  );
+  if (ctx.startupScript) {
+    // Scripts pasted from Windows editors would fail on `#!/bin/sh\r`; CernVM Online stripped \r too.
+    const script = ctx.startupScript.replace(/\r\n?/g, '\n');
+    file(GUEST_PATHS.startupScript, '0700', script.startsWith('#!') ? script : `#!/bin/sh\n${script}`);
+  }
+  file(GUEST_PATHS.phoneHomeAgent, '0700', phoneHomeAgent(phoneHome.repositories));
+
+  const runcmd: unknown[] = [];
+  if (ctx.services.length) {
+    runcmd.push(['/bin/sh', '-c', `for s in ${ctx.services.join(' ')}; do systemctl enable --now "$s" || service "$s" start; done`]);
+  }
+  if (ctx.startupScript) {
+    const sources = [env.length && GUEST_PATHS.environment, secretEntries.length && GUEST_PATHS.secrets].filter(Boolean).map((p) => `. ${p}; `);
+    runcmd.push(['/bin/sh', '-c', `set -a; ${sources.join('')}set +a; exec ${GUEST_PATHS.startupScript}`]);
+  }
+
+  const groups = [...new Set(ctx.users.flatMap((u) => (u.group ? [u.group] : [])))];
+  const users = ctx.users.map((u) => ({
+    name: u.name,
+    ...(u.group && { primary_group: u.group }),
+    shell: '/bin/bash',
+    lock_passwd: u.passwordHash === undefined,
+    ...(u.passwordHash && { passwd: u.passwordHash }),
+    ...(u.sshKeys?.length && { ssh_authorized_keys: u.sshKeys }),
+  }));
+
+  const extra = ctx.cloudConfig ? parseExtraCloudConfig(ctx.cloudConfig) : {};
+  const list = (key: string): unknown[] => (Array.isArray(extra[key]) ? (extra[key] as unknown[]) : []);
+  const ours: Record<string, unknown> = {
+    ...(groups.length || list('groups').length ? { groups: [...groups, ...list('groups')] } : {}),
+    users: ['default', ...users, ...list('users')],
+    write_files: [...files, ...list('write_files')],
+    runcmd: [...runcmd, ...list('runcmd'), [GUEST_PATHS.phoneHomeAgent]],
+  };
+  return `#cloud-config\n${stringifyYaml({ ...extra, ...ours }, { lineWidth: 0 })}`;
+}
+
+/**
+ * The guest agent: probes each repository with `cvmfs_config probe` (three tries, since
+ * autofs mounts on first access), then POSTs `{status, checks: {cvmfs: {<repo>: "OK"|"FAILED"},
+ * output: {<repo>: text}}}` to the readiness endpoint. POSIX sh, sed, awk and curl only: the
+ * token goes through `curl --config -` so it never shows in the process list; 2xx and 4xx end
+ * it (a refused token will not improve), anything else is retried.
+ */
+function phoneHomeAgent(repositories: string[]): string {
+  return [
+    '#!/bin/sh',
+    '# cloudgate phone-home agent, rendered from the context: probe CVMFS, report readiness.',
+    '# The env file, probe tries and retry pause can be overridden (tests run this script locally).',
+    `. "\${CLOUDGATE_PHONE_HOME_ENV:-${GUEST_PATHS.phoneHomeEnv}}"`,
+    'tries_max=${CLOUDGATE_PROBE_TRIES:-3}',
+    'pause=${CLOUDGATE_RETRY_PAUSE:-10}',
+    'status=ok',
+    "results=''",
+    "outputs=''",
+    '',
+    '# JSON string of $1: at most 2000 bytes, control bytes dropped, \\ and " escaped, lines joined by \\n.',
+    'json_string() {',
+    "  printf '%s' \"$1\" | head -c 2000 | tr -d '\\000-\\010\\013-\\037' | tr '\\011' ' ' |",
+    "    sed -e 's/\\\\/\\\\\\\\/g' -e 's/\"/\\\\\"/g' |",
+    '    awk \'BEGIN { printf "%s", "\\"" } NR > 1 { printf "%s", "\\\\n" } { printf "%s", $0 } END { printf "%s", "\\"" }\'',
+    '}',
+    '',
+    '# check <repo> <command...>: run the probe up to $tries_max times, record the result and its output.',
+    'check() {',
+    '  repo=$1; shift; tries=0; result=OK',
+    '  until out=$("$@" 2>&1); do',
+    '    tries=$((tries + 1))',
+    '    if [ "$tries" -ge "$tries_max" ]; then result=FAILED; status=failed; break; fi',
+    '    sleep "$pause"',
+    '  done',
+    '  results="$results${results:+,}\\"$repo\\":\\"$result\\""',
+    '  outputs="$outputs${outputs:+,}\\"$repo\\":$(json_string "$out")"',
+    '}',
+    '',
+    ...repositories.map((r) => `check '${r}' cvmfs_config probe '${r}'`),
+    '',
+    'body=$(mktemp)',
+    'trap \'rm -f "$body"\' EXIT',
+    'printf \'{"status":"%s","checks":{"cvmfs":{%s},"output":{%s}}}\' "$status" "$results" "$outputs" > "$body"',
+    'attempt=0',
+    'while :; do',
+    '  code=$(printf \'header = "Authorization: Bearer %s"\\n\' "$CLOUDGATE_TOKEN" |',
+    '    curl -sS -o /dev/null -w \'%{http_code}\' --max-time 30 --config - -X POST \\',
+    '      -H \'Content-Type: application/json\' --data-binary "@$body" "$CLOUDGATE_PHONE_HOME_URL") || code=000',
+    '  case $code in',
+    '    2??) exit 0 ;;',
+    '    4??) echo "cloudgate: the gateway refused the report (HTTP $code)" >&2; exit 1 ;;',
+    '  esac',
+    '  attempt=$((attempt + 1))',
+    '  [ "$attempt" -ge 30 ] && exit 1',
+    '  sleep "$pause"',
+    'done',
+    '',
+  ].join('\n');
 }

@@ -1,0 +1,407 @@
+/**
+ * Stratum-1 readiness checks for CVMFS repositories, run before a cluster deploys so a
+ * missing, stale or expired repository fails early instead of as a fleet of guests whose
+ * `cvmfs_config probe` never passes.
+ *
+ * Two files are read from a repository's base URL, in the formats of CernVM-FS
+ * ("Implementation Notes", Repository Manifest; and `whitelist.cc`):
+ *
+ * - `.cvmfspublished`, the manifest: one field per line, a capital letter then the value
+ *   (`C` root catalog hash, `B` its size, `R` root path MD5, `D` TTL, `S` revision,
+ *   `G`/`A` yes|no flags, `N` repository name, `X` certificate hash, `H` history hash,
+ *   `T` publish time in Unix seconds, `M` metainfo hash, `Y` reflog hash, `L` reserved),
+ *   then a `--` line, then the hash of the lines above and a binary signature.
+ * - `.cvmfswhitelist`: a creation time `YYYYMMDDHHMMSS` (UTC), `E<YYYYMMDDHHMMSS>` expiry,
+ *   `N<fqrn>`, optional `Vpkcs7` / `Wcachain` lines, certificate fingerprints
+ *   (`AA:BB:…`), `--`, then a hash and the master key's signature.
+ *
+ * Signatures are not verified: this is a readiness check, not a trust decision — the
+ * guests' cvmfs clients verify, with keys the gateway does not hold.
+ */
+
+/** The fields of a `.cvmfspublished` manifest above its `--` line. */
+export interface Manifest {
+  /** `C`: hash of the current root catalog (may carry a suffix such as `-rmd160`). */
+  catalogHash: string;
+  /** `B`: size of the root catalog in bytes. */
+  catalogSize?: number;
+  /** `R`: MD5 of the root path (almost always `d41d8cd98f00b204e9800998ecf8427e`). */
+  rootPathHash: string;
+  /** `D`: root catalog time to live, seconds. */
+  ttlSeconds: number;
+  /** `S`: revision number of this publication. */
+  revision: number;
+  /** `N`: fully qualified repository name. */
+  name: string;
+  /** `X`: hash of the signing certificate. */
+  certificateHash?: string;
+  /** `H`: hash of the named-tag history database. */
+  historyHash?: string;
+  /** `T`: when this revision was published. */
+  publishedAt: Date;
+  /** `G`: whether the repository is garbage-collectable. */
+  garbageCollectable?: boolean;
+  /** `A`: whether catalogs are fetched under their alternative name. */
+  alternativeName?: boolean;
+  /** `M`: hash of the repository's JSON metainfo. */
+  metainfoHash?: string;
+  /** `Y`: hash of the reflog checksum. */
+  reflogHash?: string;
+  /** Letters this parser does not know (`L`, reserved `Z`, later additions), kept verbatim. */
+  extra: Record<string, string>;
+}
+
+/** The fields of a `.cvmfswhitelist` above its `--` line. */
+export interface Whitelist {
+  createdAt: Date;
+  /**
+   * The `E` line as the cvmfs client reads it: exact to the hour (minutes and seconds are
+   * ignored), so the whitelist is expired from this instant on.
+   */
+  expiresAt: Date;
+  /** `N`: the repository the whitelist is for. */
+  name: string;
+  /** Certificate fingerprints, upper-case `AA:BB:…`, trailing comments dropped. */
+  fingerprints: string[];
+  /** `Vpkcs7`: the whitelist is (also) signed as PKCS#7. */
+  pkcs7: boolean;
+  /** `Wcachain`: manifest signatures must chain to a CA. */
+  caChain: boolean;
+}
+
+/** A `.cvmfspublished` or `.cvmfswhitelist` that does not follow the format. */
+export class ManifestError extends Error {
+  override name = 'ManifestError';
+  constructor(
+    readonly file: '.cvmfspublished' | '.cvmfswhitelist',
+    /** The field letter (or line) at fault, when there is one. */
+    readonly field: string | undefined,
+    message: string,
+  ) {
+    super(`${file}: ${message}`);
+  }
+}
+
+/** Why a repository is not fit to deploy with. */
+export type CvmfsFailureReason = 'missing' | 'wrong-name' | 'too-old-revision' | 'stale' | 'whitelist-expired' | 'unreachable';
+
+/** A server that did not give a usable answer, and why. */
+export interface ServerAttempt {
+  /** The server URL with `@fqrn@` / `@org@` substituted. */
+  server: string;
+  error: string;
+}
+
+/**
+ * The outcome of {@link checkRepository}. Times are ISO strings, not `Date`s, because the
+ * result crosses Temporal's JSON payload converter on its way to the workflow.
+ */
+export type RepositoryCheck =
+  | {
+      repo: string;
+      ok: true;
+      /** The server that answered (substituted). */
+      server: string;
+      revision: number;
+      publishedAt: string;
+      whitelistExpiresAt: string;
+      /** Servers tried before `server`, which failed. */
+      attempts: ServerAttempt[];
+    }
+  | {
+      repo: string;
+      ok: false;
+      reason: CvmfsFailureReason;
+      /** Names the repository and the server(s), and what to do. */
+      message: string;
+      /** The server whose answer failed a check; absent when none answered. */
+      server?: string;
+      attempts: ServerAttempt[];
+    };
+
+export interface CheckRepositoryOptions {
+  /** Fully qualified repository name, e.g. `sft.cern.ch`. */
+  repo: string;
+  /**
+   * Stratum-1 URLs of the repository's base, tried in order, as in `CVMFS_SERVER_URL`:
+   * `@fqrn@` becomes the repository name and `@org@` its first label.
+   */
+  servers: readonly string[];
+  /** The lowest revision the context may pin; older fails as `too-old-revision`. */
+  minRevision?: number;
+  /** A manifest published longer ago than this is `stale`. */
+  maxAgeSeconds: number;
+  now: Date;
+  /** Injected for tests; the global `fetch` otherwise. */
+  fetch?: typeof fetch;
+  /** Per request (headers and body); default 10 s. */
+  timeoutMs?: number;
+}
+
+const DEFAULT_TIMEOUT_MS = 10_000;
+
+/** Splits the text above the `--` line into lines; the signature below is never decoded. */
+function headLines(input: string | Buffer, file: ManifestError['file']): string[] {
+  const buf = typeof input === 'string' ? Buffer.from(input, 'latin1') : input;
+  // The separator is a whole line, so look for it at the start or after a newline.
+  const at = buf.subarray(0, 3).toString('latin1') === '--\n' ? 0 : buf.indexOf('\n--\n');
+  const end = at === -1 && buf.subarray(-3).toString('latin1') === '\n--' ? buf.length - 3 : at;
+  if (end === -1) throw new ManifestError(file, undefined, 'no "--" line: truncated, or not a CVMFS file');
+  // The head is ASCII by the format; latin1 keeps any stray byte one character.
+  const text = buf.subarray(0, end).toString('latin1');
+  return text === '' ? [] : text.split('\n').map((l) => l.replace(/\r$/, ''));
+}
+
+function integerField(file: ManifestError['file'], key: string, what: string, value: string): number {
+  if (!/^\d+$/.test(value)) throw new ManifestError(file, key, `field ${key} (${what}) is not a whole number: "${value}"`);
+  return Number(value);
+}
+
+const MANIFEST_REQUIRED: Record<string, string> = {
+  C: 'root catalog hash',
+  R: 'root path hash',
+  D: 'TTL',
+  S: 'revision',
+  N: 'repository name',
+  T: 'publish timestamp',
+};
+
+/**
+ * Parses a `.cvmfspublished` manifest. Requires C, R, D and S (as the cvmfs client does)
+ * and also N and T, which every current server writes and the readiness check needs.
+ * A repeated letter keeps its last value.
+ *
+ * @throws {@link ManifestError} naming the missing or malformed field.
+ */
+export function parseManifest(text: string | Buffer): Manifest {
+  const fields = new Map<string, string>();
+  for (const line of headLines(text, '.cvmfspublished')) {
+    if (line === '') continue;
+    fields.set(line[0], line.slice(1));
+  }
+  for (const [key, what] of Object.entries(MANIFEST_REQUIRED)) {
+    if (!fields.get(key)) throw new ManifestError('.cvmfspublished', key, `missing field ${key} (${what})`);
+  }
+  const take = (key: string): string | undefined => {
+    const v = fields.get(key);
+    fields.delete(key);
+    return v;
+  };
+  const int = (key: string): number => integerField('.cvmfspublished', key, MANIFEST_REQUIRED[key], take(key)!);
+  const yesNo = (key: string): boolean | undefined => {
+    const v = take(key);
+    return v === undefined ? undefined : v === 'yes';
+  };
+  const size = take('B');
+  return {
+    catalogHash: take('C')!,
+    catalogSize: size === undefined ? undefined : integerField('.cvmfspublished', 'B', 'root catalog size', size),
+    rootPathHash: take('R')!,
+    ttlSeconds: int('D'),
+    revision: int('S'),
+    name: take('N')!,
+    publishedAt: new Date(int('T') * 1000),
+    certificateHash: take('X'),
+    historyHash: take('H'),
+    garbageCollectable: yesNo('G'),
+    alternativeName: yesNo('A'),
+    metainfoHash: take('M'),
+    reflogHash: take('Y'),
+    extra: Object.fromEntries(fields),
+  };
+}
+
+/** `YYYYMMDDHHMMSS` (UTC) → Date; undefined when it is not a real instant. */
+function parseStamp(s: string): Date | undefined {
+  const m = /^(\d{4})(\d{2})(\d{2})(\d{2})(\d{2})(\d{2})$/.exec(s);
+  if (!m) return undefined;
+  const [y, mo, d, h, mi, se] = m.slice(1).map(Number);
+  const date = new Date(Date.UTC(y, mo - 1, d, h, mi, se));
+  // Date.UTC rolls 20240231 over to March; a round trip catches that.
+  return date.getUTCMonth() === mo - 1 && date.getUTCDate() === d && h < 24 && mi < 60 && se < 60 ? date : undefined;
+}
+
+const FINGERPRINT = /^([0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2})+)(?:\s.*)?$/;
+
+/**
+ * Parses a `.cvmfswhitelist`. Like the cvmfs client it is positional: the creation time,
+ * the `E` line and the `N` line come first, in that order; lines that are not
+ * fingerprints are skipped, as the client skips them.
+ *
+ * @throws {@link ManifestError} naming the malformed line.
+ */
+export function parseWhitelist(text: string | Buffer): Whitelist {
+  const [created = '', expires = '', name = '', ...rest] = headLines(text, '.cvmfswhitelist');
+  const bad = (field: string, msg: string) => new ManifestError('.cvmfswhitelist', field, msg);
+  const createdAt = parseStamp(created);
+  if (!createdAt) throw bad('timestamp', `first line is not a YYYYMMDDHHMMSS timestamp: "${created}"`);
+  const expiry = expires.startsWith('E') ? parseStamp(expires.slice(1)) : undefined;
+  if (!expiry) throw bad('E', `second line is not E<YYYYMMDDHHMMSS>: "${expires}"`);
+  if (!name.startsWith('N') || name.length < 2) throw bad('N', `third line is not N<repository name>: "${name}"`);
+  expiry.setUTCMinutes(0, 0, 0); // the client's precision (whitelist.cc: "exact on hours level")
+  return {
+    createdAt,
+    expiresAt: expiry,
+    name: name.slice(1),
+    fingerprints: rest.flatMap((l) => FINGERPRINT.exec(l)?.[1].toUpperCase() ?? []),
+    pkcs7: rest.includes('Vpkcs7'),
+    caChain: rest.includes('Wcachain'),
+  };
+}
+
+/** Substitutes `@fqrn@` and `@org@` (the first label of the name) as the cvmfs client does. */
+export function expandServerUrl(template: string, repo: string): string {
+  return template.replaceAll('@fqrn@', repo).replaceAll('@org@', repo.split('.')[0]).replace(/\/+$/, '');
+}
+
+type Fetched = { ok: true; manifest: Manifest; whitelist: Whitelist } | { ok: false; notFound: boolean; error: string };
+
+function describeFetchError(err: unknown, timeoutMs: number): string {
+  // Duck-typed: the abort reason is a DOMException, not always `instanceof Error` across realms.
+  const e = (typeof err === 'object' && err !== null ? err : {}) as { name?: string; message?: string; cause?: { code?: string; message?: string } };
+  if (e.name === 'TimeoutError' || e.name === 'AbortError') return `timed out after ${timeoutMs} ms`;
+  const detail = e.cause?.code ?? e.cause?.message;
+  return `${e.message ?? String(err)}${detail ? ` (${detail})` : ''}`;
+}
+
+async function get(url: string, fetchFn: typeof fetch, timeoutMs: number): Promise<{ status: number; body: Buffer }> {
+  // no-cache: a forward cache between the gateway and the stratum-1 must not hide a new revision.
+  const res = await fetchFn(url, { headers: { 'cache-control': 'no-cache' }, signal: AbortSignal.timeout(timeoutMs) });
+  if (res.status !== 200) {
+    await res.body?.cancel();
+    return { status: res.status, body: Buffer.alloc(0) };
+  }
+  return { status: 200, body: Buffer.from(await res.arrayBuffer()) };
+}
+
+/** Both files from one server, or why this server gave nothing usable. Never throws. */
+async function fetchFiles(server: string, fetchFn: typeof fetch, timeoutMs: number): Promise<Fetched> {
+  const files = ['.cvmfspublished', '.cvmfswhitelist'] as const;
+  // allSettled: a failed manifest request must not leave the whitelist one rejecting unobserved.
+  const settled = await Promise.allSettled(files.map((f) => get(`${server}/${f}`, fetchFn, timeoutMs)));
+  const errors: string[] = [];
+  let notFound = 0;
+  settled.forEach((s, i) => {
+    if (s.status === 'rejected') errors.push(`${files[i]}: ${describeFetchError(s.reason, timeoutMs)}`);
+    else if (s.value.status !== 200) {
+      if (s.value.status === 404) notFound++;
+      errors.push(`${files[i]}: HTTP ${s.value.status}`);
+    }
+  });
+  if (errors.length) return { ok: false, notFound: notFound === errors.length, error: errors.join('; ') };
+  const [m, w] = settled.map((s) => (s as PromiseFulfilledResult<{ body: Buffer }>).value.body);
+  try {
+    return { ok: true, manifest: parseManifest(m), whitelist: parseWhitelist(w) };
+  } catch (err) {
+    // A 200 with garbage (a captive portal, a proxy's error page) is this server's fault.
+    return { ok: false, notFound: false, error: `malformed: ${err instanceof Error ? err.message : String(err)}` };
+  }
+}
+
+function describeSeconds(s: number): string {
+  if (s < 120) return `${Math.round(s)} s`;
+  if (s < 7200) return `${Math.round(s / 60)} min`;
+  if (s < 172800) return `${Math.round(s / 3600)} h`;
+  return `${Math.round(s / 86400)} days`;
+}
+
+/** Applies the checks to the answer of the first server that gave one. */
+function judge(
+  opts: CheckRepositoryOptions,
+  server: string,
+  m: Manifest,
+  w: Whitelist,
+  attempts: ServerAttempt[],
+): RepositoryCheck {
+  const { repo, now } = opts;
+  const fail = (reason: CvmfsFailureReason, message: string): RepositoryCheck => ({ repo, ok: false, reason, message, server, attempts });
+  if (m.name !== repo) {
+    return fail('wrong-name', `Repository ${repo}: ${server}/.cvmfspublished is the manifest of "${m.name}"; check that the stratum-1 URL ends in /cvmfs/@fqrn@ and the repository name is right.`);
+  }
+  if (w.name !== repo) {
+    return fail('wrong-name', `Repository ${repo}: ${server}/.cvmfswhitelist is the whitelist of "${w.name}"; the stratum-1 serves another repository's whitelist — ask its operator to re-replicate ${repo}.`);
+  }
+  if (now >= w.expiresAt) {
+    return fail('whitelist-expired', `Repository ${repo}: the whitelist on ${server} expired at ${w.expiresAt.toISOString()}, so clients refuse to mount it; the repository maintainer must re-sign it (cvmfs_server resign ${repo}) and the stratum-1 replicate it.`);
+  }
+  if (opts.minRevision !== undefined && m.revision < opts.minRevision) {
+    return fail('too-old-revision', `Repository ${repo}: ${server} serves revision ${m.revision} but the context pins revision ${opts.minRevision} or later; wait for the stratum-1 to replicate (cvmfs_server snapshot), or pin an older revision.`);
+  }
+  const ageSeconds = (now.getTime() - m.publishedAt.getTime()) / 1000;
+  if (ageSeconds > opts.maxAgeSeconds) {
+    return fail('stale', `Repository ${repo}: ${server} serves revision ${m.revision} published ${m.publishedAt.toISOString()} (${describeSeconds(ageSeconds)} ago), older than the allowed ${describeSeconds(opts.maxAgeSeconds)}; check that the stratum-1 still replicates (cvmfs_server snapshot) or raise the allowed age.`);
+  }
+  return {
+    repo,
+    ok: true,
+    server,
+    revision: m.revision,
+    publishedAt: m.publishedAt.toISOString(),
+    whitelistExpiresAt: w.expiresAt.toISOString(),
+    attempts,
+  };
+}
+
+/**
+ * Checks one repository on its stratum-1 servers, in order. A server that fails to answer
+ * (network error, timeout, any non-200 such as 5xx or 404, or a malformed file) is recorded
+ * in `attempts` and the next one is tried; the first server that serves both files decides,
+ * as it would for a client with the same list. `missing` only when every server said 404;
+ * `unreachable` (the one retryable reason) when none gave a usable answer otherwise.
+ * Resolves with a failure result rather than rejecting.
+ *
+ * @throws TypeError when `servers` is empty (a definition error, not a repository's).
+ */
+export async function checkRepository(opts: CheckRepositoryOptions): Promise<RepositoryCheck> {
+  const { repo } = opts;
+  if (opts.servers.length === 0) throw new TypeError(`no stratum-1 servers configured for ${repo}`);
+  const fetchFn = opts.fetch ?? fetch;
+  const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+  const attempts: ServerAttempt[] = [];
+  let notFound = 0;
+  for (const template of opts.servers) {
+    const server = expandServerUrl(template, repo);
+    const got = await fetchFiles(server, fetchFn, timeoutMs);
+    if (got.ok) return judge(opts, server, got.manifest, got.whitelist, attempts);
+    attempts.push({ server, error: got.error });
+    if (got.notFound) notFound++;
+  }
+  const tried = attempts.map((a) => `${a.server} (${a.error})`).join(', ');
+  return notFound === attempts.length
+    ? { repo, ok: false, reason: 'missing', message: `Repository ${repo} is on none of its stratum-1 servers: ${tried}; check the repository name and the server list in the context.`, attempts }
+    : { repo, ok: false, reason: 'unreachable', message: `Repository ${repo}: no stratum-1 gave a usable answer: ${tried}; will retry — if it persists, check the server list and the network to the stratum-1s.`, attempts };
+}
+
+/**
+ * Checks several repositories in parallel; results in the order of `repos`.
+ * `minRevisions` gives each repository's pinned minimum, if any.
+ */
+export function checkRepositories(
+  repos: readonly string[],
+  opts: Omit<CheckRepositoryOptions, 'repo' | 'minRevision'> & { minRevisions?: Readonly<Record<string, number>> },
+): Promise<RepositoryCheck[]> {
+  const { minRevisions, ...rest } = opts;
+  return Promise.all(repos.map((repo) => checkRepository({ ...rest, repo, minRevision: minRevisions?.[repo] })));
+}
+
+const FAILURE_TYPES: Record<CvmfsFailureReason, string> = {
+  missing: 'CvmfsRepositoryMissing',
+  'wrong-name': 'CvmfsRepositoryWrongName',
+  'too-old-revision': 'CvmfsRevisionTooOld',
+  stale: 'CvmfsRepositoryStale',
+  'whitelist-expired': 'CvmfsWhitelistExpired',
+  unreachable: 'CvmfsStratum1Unreachable',
+};
+
+/** The `ApplicationFailure` type for a failed check, e.g. `CvmfsRepositoryMissing`. */
+export function cvmfsFailureType(reason: CvmfsFailureReason): string {
+  return FAILURE_TYPES[reason];
+}
+
+/**
+ * Whether a failed check is worth retrying: only `unreachable` is; the others need a
+ * person (a re-signed whitelist, a replicating stratum-1, a fixed name or server list).
+ */
+export function isRetryableCvmfsFailure(reason: CvmfsFailureReason): boolean {
+  return reason === 'unreachable';
+}

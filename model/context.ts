@@ -1,0 +1,325 @@
+/**
+ * Context definitions: what a CernVM needs at first boot, after CernVM Online's contexts
+ * (CVMFS repositories and proxies, users, services, environment, startup script, extra
+ * cloud-config, secrets). Pure zod schemas and the helpers that turn the submitted form
+ * (`ContextInput`, plain passwords and secret values) into the stored form (`Context`:
+ * sha512-crypt hashes only, secret names only).
+ */
+import { z } from 'zod';
+import { encrypt } from 'unixcrypt';
+import { parse as parseYaml, parseDocument } from 'yaml';
+
+// ---- limits: generous for real contexts, small enough that a context fits EC2's 16 KB user-data ----
+const MAX_REPOSITORIES = 50;
+const MAX_USERS = 50;
+const MAX_SSH_KEYS = 16;
+const MAX_SERVICES = 50;
+const MAX_VARIABLES = 100;
+const MAX_VALUE = 4096;
+/** The issue's bound for the startup script; the extra cloud-config gets the same. */
+export const MAX_SCRIPT_BYTES = 16 * 1024;
+
+const byteLength = (s: string): number => Buffer.byteLength(s, 'utf8');
+
+/** A DNS label: letters, digits and inner hyphens (RFC 1123). */
+const LABEL = '[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?';
+
+/**
+ * Fully qualified CVMFS repository names (`alice.cern.ch`, `sft.cern.ch`): at least three
+ * labels, because CVMFS resolves bare names (`alice`) against CVMFS_DEFAULT_DOMAIN only.
+ */
+export const RepositoryNameSchema = z
+  .string()
+  .max(253)
+  .regex(new RegExp(`^${LABEL}(?:\\.${LABEL}){2,}$`), 'must be a fully qualified lower-case repository name such as "alice.cern.ch"');
+
+/** Environment and secret names: what a POSIX shell accepts as a variable name. */
+export const EnvNameSchema = z
+  .string()
+  .max(100)
+  .regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'must be a shell variable name (letters, digits, "_", not starting with a digit)')
+  .refine((n) => !n.toUpperCase().startsWith('CLOUDGATE_'), 'is reserved: names starting with CLOUDGATE_ belong to cloudgate');
+
+/**
+ * A record whose keys are checked by `key` with the key's own message (zod's record key
+ * errors only say "Invalid key in record", which names no rule).
+ */
+const keyedRecord = <V extends z.ZodType>(key: z.ZodType<string>, value: V) =>
+  z.record(z.string(), value).superRefine((rec, ctx) => {
+    for (const k of Object.keys(rec)) {
+      const r = key.safeParse(k);
+      if (!r.success) ctx.addIssue({ code: 'custom', path: [k], message: `name "${k}" ${r.error.issues[0].message}` });
+    }
+  });
+
+/** True when `s` holds C0 control characters or DEL (a tab passes when `allowTab`). */
+const hasControl = (s: string, allowTab = false): boolean =>
+  [...s].some((c) => {
+    const n = c.charCodeAt(0);
+    return (n < 0x20 && !(allowTab && n === 0x09)) || n === 0x7f;
+  });
+
+/** One line of text: env values and the like end up in shell files and INI lines. */
+const lineValue = (max: number) =>
+  z
+    .string()
+    .max(max)
+    .refine((s) => !hasControl(s, true), 'must not contain control characters or line breaks');
+
+/** Unix user and group names as useradd's default NAME_REGEX, at most 32 characters. */
+const UnixNameSchema = z
+  .string()
+  .regex(/^[a-z_][a-z0-9_-]{0,31}$/, 'must be a unix name: lower-case letters, digits, "_" and "-", at most 32, not starting with a digit or "-"');
+
+/** Service names as systemd/SysV know them (`condor`, `httpd`, `cvmfs-x@a.service`). */
+const ServiceNameSchema = z
+  .string()
+  .max(64)
+  .regex(/^[A-Za-z0-9][A-Za-z0-9_.@-]*$/, 'must be a service name: letters, digits, "_", ".", "@" and "-"');
+
+// ---- CVMFS proxy syntax ----
+
+/** What `parseCvmfsProxy` finds: groups tried in order, members of a group load-balanced. */
+export type CvmfsProxyParse = { ok: true; groups: string[][] } | { ok: false; errors: string[] };
+
+const PROXY_MEMBER = new RegExp(`^http://(?:\\[[0-9A-Fa-f:.]+\\]|${LABEL}(?:\\.${LABEL})*)(?::(\\d{1,5}))?/?$`, 'i');
+
+/**
+ * Parses a proxy string in CVMFS_HTTP_PROXY syntax: groups separated by `;` (fail-over, in
+ * order), members of a group by `|` (load-balanced), each member `http://host[:port]` or the
+ * literal `DIRECT` (CVMFS client docs, "Proxy Lists"). Errors name the group and member.
+ */
+export function parseCvmfsProxy(proxy: string): CvmfsProxyParse {
+  const errors: string[] = [];
+  if (proxy.length === 0) return { ok: false, errors: ['must not be empty'] };
+  const groups = proxy.split(';').map((group, g) => {
+    if (group === '') errors.push(`group ${g + 1} is empty (stray ";")`);
+    return group.split('|').map((member, m) => {
+      const where = `group ${g + 1}, member ${m + 1} "${member}"`;
+      if (member === '') {
+        if (group !== '') errors.push(`${where}: is empty (stray "|")`);
+        return member;
+      }
+      if (member === 'DIRECT') return member;
+      const match = PROXY_MEMBER.exec(member);
+      if (!match) errors.push(`${where}: must be "DIRECT" or http://host[:port]`);
+      else if (match[1] !== undefined && (Number(match[1]) < 1 || Number(match[1]) > 65535)) errors.push(`${where}: port must be 1-65535`);
+      return member;
+    });
+  });
+  return errors.length ? { ok: false, errors } : { ok: true, groups };
+}
+
+const CvmfsProxySchema = z
+  .string()
+  .max(2048)
+  .superRefine((proxy, ctx) => {
+    const parsed = parseCvmfsProxy(proxy);
+    if (!parsed.ok) for (const e of parsed.errors) ctx.addIssue({ code: 'custom', message: `invalid CVMFS proxy: ${e}` });
+  });
+
+/**
+ * A stratum-1 URL as CVMFS_SERVER_URL takes it: http(s), may use the `@fqrn@` and `@org@`
+ * placeholders CVMFS fills per repository; no `;` (that separates the list).
+ */
+const CvmfsServerSchema = z
+  .string()
+  .max(500)
+  .superRefine((url, ctx) => {
+    const other = url.replace(/@fqrn@|@org@/g, '').match(/@[a-z]+@/);
+    if (other) return ctx.addIssue({ code: 'custom', message: `unknown placeholder ${other[0]} (only @fqrn@ and @org@)` });
+    if (/[;\s"'\\]/.test(url)) return ctx.addIssue({ code: 'custom', message: 'must not contain ";", quotes, backslashes or spaces' });
+    let parsed: URL;
+    try {
+      parsed = new URL(url.replace(/@fqrn@/g, 'repo.example.org').replace(/@org@/g, 'repo'));
+    } catch {
+      return ctx.addIssue({ code: 'custom', message: 'must be a URL such as http://cvmfs-stratum-one.cern.ch/cvmfs/@fqrn@' });
+    }
+    if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') ctx.addIssue({ code: 'custom', message: 'must be an http:// or https:// URL' });
+  });
+
+/** µCernVM's branch (the OS repository, e.g. `cernvm-prod.cern.ch`) and snapshot tag. */
+const CvmfsTokenSchema = z
+  .string()
+  .max(253)
+  .regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, 'must be letters, digits, ".", "_" and "-"');
+
+/** CVMFS client settings: proxy chain, stratum-1 URLs, µCernVM branch/tag, pinned revisions. */
+export const CvmfsSettingsSchema = z
+  .object({
+    proxy: CvmfsProxySchema.optional(),
+    servers: z.array(CvmfsServerSchema).max(20).optional(),
+    branch: CvmfsTokenSchema.optional(),
+    tag: CvmfsTokenSchema.optional(),
+    /** Lowest revision the gateway's stratum-1 check accepts, per repository. */
+    minRevision: keyedRecord(RepositoryNameSchema, z.number().int().min(0).max(Number.MAX_SAFE_INTEGER)).optional(),
+  })
+  .strict();
+export type CvmfsSettings = z.infer<typeof CvmfsSettingsSchema>;
+
+// ---- users ----
+
+const SSH_KEY_TYPES = /^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(?:256|384|521)|sk-ssh-ed25519@openssh\.com|sk-ecdsa-sha2-nistp256@openssh\.com)$/;
+
+/**
+ * An OpenSSH public key line `<type> <base64 blob> [comment]`. The blob starts with its own
+ * type name (RFC 4253 §6.6), which catches pasted halves and mismatched types.
+ */
+const SshKeySchema = z
+  .string()
+  .max(8192)
+  .superRefine((line, ctx) => {
+    const m = /^(\S+) ([A-Za-z0-9+/]+={0,2})(?: .*)?$/.exec(line.trim());
+    if (!m || !SSH_KEY_TYPES.test(m[1]) || hasControl(line.trim())) {
+      return ctx.addIssue({ code: 'custom', message: 'must be an OpenSSH public key: "ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp256|384|521 <base64> [comment]"' });
+    }
+    const blob = Buffer.from(m[2], 'base64');
+    const len = blob.length >= 4 ? blob.readUInt32BE(0) : -1;
+    if (len <= 0 || blob.subarray(4, 4 + len).toString('latin1') !== m[1]) {
+      ctx.addIssue({ code: 'custom', message: `key data does not hold a ${m[1]} key` });
+    }
+  });
+
+const userFields = {
+  name: UnixNameSchema.refine((n) => n !== 'root', 'root cannot be a context user'),
+  group: UnixNameSchema.optional(),
+  sshKeys: z.array(SshKeySchema).max(MAX_SSH_KEYS).optional(),
+};
+
+/** A user as submitted: plain password, never stored. */
+export const ContextUserInputSchema = z
+  .object({
+    ...userFields,
+    /** Plain text on input only; `hashContextPasswords` replaces it by `passwordHash`. */
+    password: z
+      .string()
+      .min(8, 'must be at least 8 characters')
+      .max(256)
+      .refine((s) => !hasControl(s), 'must not contain control characters')
+      .optional(),
+  })
+  .strict();
+
+/** A user as stored and rendered: password as a hash only. */
+export const ContextUserSchema = z
+  .object({
+    ...userFields,
+    /** sha512-crypt (`$6$`), what shadow(5), cloud-init's `passwd` and amiconfig's `users=` take. */
+    passwordHash: z.string().regex(/^\$6\$(?:rounds=\d+\$)?[./0-9A-Za-z]{1,16}\$[./0-9A-Za-z]{86}$/, 'must be a sha512-crypt hash ($6$...)').optional(),
+  })
+  .strict();
+export type ContextUser = z.infer<typeof ContextUserSchema>;
+
+// ---- extra cloud-config ----
+
+/** Keys cloudgate writes itself; extra values for them must be lists so they can be appended. */
+export const CLOUD_CONFIG_LIST_KEYS = ['users', 'groups', 'write_files', 'runcmd'] as const;
+
+const CloudConfigSchema = z.string().superRefine((text, ctx) => {
+  if (byteLength(text) > MAX_SCRIPT_BYTES) return ctx.addIssue({ code: 'custom', message: `must be at most ${MAX_SCRIPT_BYTES} bytes` });
+  const doc = parseDocument(text, { prettyErrors: false });
+  if (doc.errors.length) return ctx.addIssue({ code: 'custom', message: `is not valid YAML: ${doc.errors[0].message.split('\n')[0]}` });
+  const value: unknown = doc.toJS();
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+    return ctx.addIssue({ code: 'custom', message: 'must be a YAML mapping of cloud-config keys' });
+  }
+  for (const key of CLOUD_CONFIG_LIST_KEYS) {
+    const v = (value as Record<string, unknown>)[key];
+    if (v !== undefined && !Array.isArray(v)) ctx.addIssue({ code: 'custom', message: `"${key}" must be a list (cloudgate appends it to its own)` });
+  }
+});
+
+/** Parses a validated `cloudConfig` into its mapping. */
+export const parseExtraCloudConfig = (text: string): Record<string, unknown> => parseYaml(text) as Record<string, unknown>;
+
+// ---- the context ----
+
+const commonFields = {
+  name: z
+    .string()
+    .trim()
+    .min(1)
+    .max(100)
+    .refine((s) => !hasControl(s), 'must not contain control characters'),
+  repositories: z.array(RepositoryNameSchema).max(MAX_REPOSITORIES).default([]),
+  cvmfs: CvmfsSettingsSchema.default({}),
+  services: z.array(ServiceNameSchema).max(MAX_SERVICES).default([]),
+  environment: keyedRecord(EnvNameSchema, lineValue(MAX_VALUE)).default({}),
+  startupScript: z
+    .string()
+    .min(1)
+    .refine((s) => byteLength(s) <= MAX_SCRIPT_BYTES, `must be at most ${MAX_SCRIPT_BYTES} bytes`)
+    .optional(),
+  cloudConfig: CloudConfigSchema.optional(),
+};
+
+type Common = { repositories: string[]; cvmfs: CvmfsSettings; services: string[]; environment: Record<string, string> };
+
+/** Rules across fields: unique lists, pins only for listed repositories, bounded maps. */
+function crossFieldRules(c: Common & { users: { name: string }[] }, secretNames: string[], ctx: z.RefinementCtx): void {
+  const unique = (list: string[], path: string[], what: string) => {
+    const seen = new Map<string, number>();
+    list.forEach((item, i) => {
+      if (seen.has(item)) {
+        ctx.addIssue({ code: 'custom', path: [...path, i], message: `duplicate ${what} "${item}" (also ${path.join('.')}[${seen.get(item)}])` });
+      } else seen.set(item, i);
+    });
+  };
+  unique(c.repositories, ['repositories'], 'repository');
+  unique(c.services, ['services'], 'service');
+  unique(c.users.map((u) => u.name), ['users'], 'user name');
+  unique(c.cvmfs.servers ?? [], ['cvmfs', 'servers'], 'server');
+  for (const repo of Object.keys(c.cvmfs.minRevision ?? {})) {
+    if (!c.repositories.includes(repo)) {
+      ctx.addIssue({ code: 'custom', path: ['cvmfs', 'minRevision', repo], message: `"${repo}" is not one of the context's repositories` });
+    }
+  }
+  if (Object.keys(c.environment).length > MAX_VARIABLES) {
+    ctx.addIssue({ code: 'custom', path: ['environment'], message: `at most ${MAX_VARIABLES} variables` });
+  }
+  if (secretNames.length > MAX_VARIABLES) ctx.addIssue({ code: 'custom', path: ['secrets'], message: `at most ${MAX_VARIABLES} secrets` });
+  for (const n of secretNames) {
+    if (n in c.environment) ctx.addIssue({ code: 'custom', path: ['secrets', n], message: `"${n}" is both an environment variable and a secret` });
+  }
+}
+
+/** What a user submits (`POST /v1/contexts`): plain passwords and secret values. */
+export const ContextInputSchema = z
+  .object({
+    ...commonFields,
+    users: z.array(ContextUserInputSchema).max(MAX_USERS).default([]),
+    /** Values are encrypted by the store and passed to the renderer separately, never kept in `Context`. */
+    secrets: keyedRecord(EnvNameSchema, lineValue(MAX_VALUE)).optional(),
+  })
+  .strict()
+  .superRefine((c, ctx) => crossFieldRules(c, Object.keys(c.secrets ?? {}), ctx));
+export type ContextInputRequest = z.input<typeof ContextInputSchema>;
+export type ContextInput = z.infer<typeof ContextInputSchema>;
+
+/** What is stored and rendered: password hashes only, and only the names of the secrets. */
+export const ContextSchema = z
+  .object({
+    ...commonFields,
+    users: z.array(ContextUserSchema).max(MAX_USERS).default([]),
+    secretNames: z.array(EnvNameSchema).max(MAX_VARIABLES).default([]),
+  })
+  .strict()
+  .superRefine((c, ctx) => crossFieldRules(c, c.secretNames, ctx));
+export type Context = z.infer<typeof ContextSchema>;
+
+/**
+ * The stored form of a validated input: each plain password replaced by a fresh-salted
+ * sha512-crypt hash, secrets reduced to their (sorted) names. Take the values with
+ * `contextSecrets` before dropping the input.
+ */
+export function hashContextPasswords(input: ContextInput): Context {
+  const { secrets, users, ...rest } = input;
+  return {
+    ...rest,
+    users: users.map(({ password, ...user }) => (password === undefined ? user : { ...user, passwordHash: encrypt(password) })),
+    secretNames: Object.keys(secrets ?? {}).sort(),
+  };
+}
+
+/** The secret values of a validated input, for the store to encrypt. */
+export const contextSecrets = (input: ContextInput): Record<string, string> => ({ ...(input.secrets ?? {}) });

@@ -1,0 +1,431 @@
+/**
+ * The context renderer, read back by parsers that know nothing of it: mailparser for the
+ * MIME structure, `yaml` for the cloud-config, a µCernVM-like key=value reader, an INI
+ * reader for amiconfig, and dash + curl running the phone-home agent against a local server.
+ */
+import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { execFile } from 'node:child_process';
+import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { createServer, type IncomingHttpHeaders, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { simpleParser, type Attachment } from 'mailparser';
+import { verify } from 'unixcrypt';
+import { parse as parseYaml } from 'yaml';
+import { ContextInputSchema, hashContextPasswords, type Context, type ContextInputRequest } from '../model/context.js';
+import {
+  AMICONFIG_CONTENT_TYPE,
+  CLOUD_CONFIG_CONTENT_TYPE,
+  extractPhoneHome,
+  GUEST_PATHS,
+  MASK,
+  PHONE_HOME_CONTENT_TYPE,
+  renderContextUserData,
+  renderUserData,
+  UCERNVM_CONTENT_TYPE,
+  userDataSize,
+  type PhoneHome,
+} from '../model/user-data.js';
+
+function sshKey(type: string, comment: string): string {
+  const str = (s: string | Buffer) => {
+    const b = Buffer.from(s);
+    const len = Buffer.alloc(4);
+    len.writeUInt32BE(b.length);
+    return Buffer.concat([len, b]);
+  };
+  return `${type} ${Buffer.concat([str(type), str(Buffer.alloc(32, 3))]).toString('base64')} ${comment}`;
+}
+
+const PROXY = 'http://squid1.cern.ch:3128|http://squid2.cern.ch:3128;DIRECT';
+const SECRETS = { DB_PASSWORD: "s3cr'et-db-value", API_KEY: 'api-key-0123456789' };
+const INPUT: ContextInputRequest = {
+  name: 'ALICE analysis',
+  repositories: ['alice.cern.ch', 'sft.cern.ch'],
+  cvmfs: {
+    proxy: PROXY,
+    servers: ['http://cvmfs-stratum-one.cern.ch/cvmfs/@fqrn@', 'http://cvmfs.fnal.gov:8000/cvmfs/@fqrn@'],
+    branch: 'cernvm-prod.cern.ch',
+    tag: 'cernvm-system-4.7.1.0',
+  },
+  users: [
+    { name: 'alice', group: 'physics', password: 'correct horse battery', sshKeys: [sshKey('ssh-ed25519', 'alice@laptop')] },
+    { name: 'bob', sshKeys: [sshKey('ssh-rsa', 'bob@desk')] },
+  ],
+  services: ['condor', 'httpd'],
+  environment: { ALICE_ROOT: '/cvmfs/alice.cern.ch', QUERY: 'a=1,b=2', GREETING: 'grüezi' },
+  startupScript: 'echo "starting with $DB_PASSWORD"\n',
+  cloudConfig: '#cloud-config\npackages: [htop]\nruncmd:\n  - echo extra\nwrite_files:\n  - path: /etc/motd\n    content: hello\n',
+  secrets: SECRETS,
+};
+const TOKEN = 'eyJpaWQiOiJpLTEifQ.c2lnbmF0dXJl';
+const PHONE_HOME: PhoneHome = { url: 'https://gw.example.org/v1/instances/c1-workers-0/readiness', instanceId: 'c1-workers-0', token: TOKEN, repositories: [] };
+
+const ctx: Context = hashContextPasswords(ContextInputSchema.parse(INPUT));
+const rendered = renderContextUserData(ctx, { phoneHome: PHONE_HOME, secrets: SECRETS });
+const masked = renderContextUserData(ctx, { phoneHome: PHONE_HOME, secrets: SECRETS, maskSecrets: true });
+
+/** Reads a block the way cernvm-micro's parse_user_data.cc does: raw `\n` lines, upper-cased keys, yes/on/true → 1, no/off/false → 0. */
+function readUcernvm(userData: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  let inside = false;
+  for (const line of userData.split('\n')) {
+    if (line === '[ucernvm-begin]') {
+      inside = true;
+      continue;
+    }
+    if (line === '[ucernvm-end]') break;
+    if (!inside) continue;
+    const at = line.indexOf('=');
+    if (at < 0) continue;
+    let value = line.slice(at + 1);
+    if (['YES', 'ON', 'TRUE'].includes(value.toUpperCase())) value = '1';
+    if (['NO', 'OFF', 'FALSE'].includes(value.toUpperCase())) value = '0';
+    out[line.slice(0, at).toUpperCase()] = value;
+  }
+  return out;
+}
+
+/** A plain INI reader: `[section]`, `key=value` split at the first `=`, blank and `#`/`;` lines skipped. */
+function readIni(text: string): Record<string, Record<string, string>> {
+  const out: Record<string, Record<string, string>> = {};
+  let section: Record<string, string> | undefined;
+  for (const raw of text.split(/\r?\n/)) {
+    const line = raw.trim();
+    if (!line || line.startsWith('#') || line.startsWith(';')) continue;
+    const s = /^\[([^\]]+)\]$/.exec(line);
+    if (s) {
+      section = out[s[1]] = {};
+      continue;
+    }
+    const at = line.indexOf('=');
+    if (!section || at < 0) throw new Error(`not INI: ${raw}`);
+    section[line.slice(0, at).trim()] = line.slice(at + 1).trim();
+  }
+  return out;
+}
+
+/** Only what cloudgate emits, checked the way cloud-init's schema types it. */
+function checkCloudConfig(doc: unknown): string[] {
+  const errors: string[] = [];
+  const isObj = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+  const strList = (v: unknown) => Array.isArray(v) && v.every((x) => typeof x === 'string');
+  if (!isObj(doc)) return ['not a mapping'];
+  if (!Array.isArray(doc.users)) errors.push('users: not a list');
+  else {
+    doc.users.forEach((u, i) => {
+      if (typeof u === 'string') return;
+      if (!isObj(u) || typeof u.name !== 'string') return errors.push(`users[${i}]: needs a name`);
+      if (u.passwd !== undefined && (typeof u.passwd !== 'string' || !u.passwd.startsWith('$6$'))) errors.push(`users[${i}].passwd: not a $6$ hash`);
+      if (u.lock_passwd !== undefined && typeof u.lock_passwd !== 'boolean') errors.push(`users[${i}].lock_passwd: not a boolean`);
+      if (u.ssh_authorized_keys !== undefined && !strList(u.ssh_authorized_keys)) errors.push(`users[${i}].ssh_authorized_keys: not a list of strings`);
+      if (u.primary_group !== undefined && typeof u.primary_group !== 'string') errors.push(`users[${i}].primary_group: not a string`);
+    });
+  }
+  if (doc.groups !== undefined && !strList(doc.groups)) errors.push('groups: not a list of names');
+  if (!Array.isArray(doc.write_files)) errors.push('write_files: not a list');
+  else {
+    doc.write_files.forEach((f, i) => {
+      if (!isObj(f) || typeof f.path !== 'string' || !f.path.startsWith('/')) return errors.push(`write_files[${i}]: needs an absolute path`);
+      if (typeof f.content !== 'string') errors.push(`write_files[${i}].content: not a string`);
+      if (f.permissions !== undefined && (typeof f.permissions !== 'string' || !/^0[0-7]{3}$/.test(f.permissions))) errors.push(`write_files[${i}].permissions: not an octal string`);
+    });
+  }
+  if (!Array.isArray(doc.runcmd) || !doc.runcmd.every((c) => typeof c === 'string' || strList(c))) errors.push('runcmd: not a list of strings or argv lists');
+  return errors;
+}
+
+const part = (atts: Attachment[], type: string): string => {
+  const found = atts.find((a) => a.contentType === type);
+  if (!found) throw new Error(`no ${type} part`);
+  return found.content.toString('utf8');
+};
+
+describe('MIME structure (mailparser)', () => {
+  let atts: Attachment[];
+  let headers: Map<string, unknown>;
+  beforeAll(async () => {
+    const mail = await simpleParser(rendered);
+    atts = mail.attachments;
+    headers = mail.headers as Map<string, unknown>;
+  });
+
+  it('is multipart/mixed with MIME-Version 1.0 and four typed, named parts in order', () => {
+    expect((headers.get('content-type') as { value: string }).value).toBe('multipart/mixed');
+    expect(headers.get('mime-version')).toBe('1.0');
+    expect(atts.map((a) => [a.contentType, a.filename])).toEqual([
+      [UCERNVM_CONTENT_TYPE, 'ucernvm.txt'],
+      [AMICONFIG_CONTENT_TYPE, 'amiconfig.ini'],
+      [CLOUD_CONFIG_CONTENT_TYPE, 'cloud-config.yaml'],
+      [PHONE_HOME_CONTENT_TYPE, 'cloudgate-phone-home.json'],
+    ]);
+  });
+
+  it('uses a boundary that occurs in no part', () => {
+    const boundary = /boundary="([^"]+)"/.exec(rendered)![1];
+    for (const a of atts) expect(a.content.toString('utf8')).not.toContain(boundary);
+    expect(rendered.split('\n').filter((l) => l.startsWith(`--${boundary}`))).toHaveLength(5);
+  });
+
+  it('declares utf-8 where a part is not ASCII, and the text survives', () => {
+    expect(rendered).toMatch(/Content-Type: text\/cloud-config; charset="utf-8"\nContent-Transfer-Encoding: 8bit/);
+    expect(part(atts, CLOUD_CONFIG_CONTENT_TYPE)).toContain('grüezi');
+  });
+
+  it('ends lines in LF only, so µCernVM sees its markers as whole lines', () => {
+    expect(rendered).not.toContain('\r');
+  });
+
+  it('is the same for the same input (stable boundary), and measured in bytes', () => {
+    expect(renderContextUserData(ctx, { phoneHome: PHONE_HOME, secrets: SECRETS })).toBe(rendered);
+    expect(userDataSize(rendered)).toBe(Buffer.from(rendered, 'utf8').length);
+    expect(userDataSize('ü')).toBe(2);
+  });
+});
+
+describe('µCernVM block', () => {
+  it('the reader behaves as µCernVM: keys upper-cased, yes/no → 1/0, outside lines ignored, stops at the end marker', () => {
+    const sample = 'x=outside\n[ucernvm-begin]\nresize_rootfs=yes\nUseGlideinWMS=No\ncvmfs_tag=on\nnot a pair\n[ucernvm-end]\nafter=ignored\n';
+    expect(readUcernvm(sample)).toEqual({ RESIZE_ROOTFS: '1', USEGLIDEINWMS: '0', CVMFS_TAG: '1' });
+    expect(readUcernvm('[ucernvm-begin]\r\nA=1\r\n[ucernvm-end]\r\n')).toEqual({});
+  });
+
+  it('carries proxy (shell-quoted), stratum-1 hosts, branch and tag, read from the whole user-data', async () => {
+    const fromWhole = readUcernvm(rendered);
+    expect(fromWhole).toEqual({
+      CVMFS_HTTP_PROXY: `"${PROXY}"`,
+      CVMFS_SERVER: 'cvmfs-stratum-one.cern.ch,cvmfs.fnal.gov:8000',
+      CVMFS_BRANCH: 'cernvm-prod.cern.ch',
+      CVMFS_TAG: 'cernvm-system-4.7.1.0',
+    });
+    const { attachments } = await simpleParser(rendered);
+    expect(readUcernvm(`${part(attachments, UCERNVM_CONTENT_TYPE)}\n`)).toEqual(fromWhole);
+  });
+
+  it('is an empty block when the context sets no CVMFS options', () => {
+    const bare = hashContextPasswords(ContextInputSchema.parse({ name: 'bare' }));
+    expect(readUcernvm(renderContextUserData(bare, { phoneHome: PHONE_HOME }))).toEqual({});
+  });
+});
+
+describe('amiconfig part', () => {
+  let ini: Record<string, Record<string, string>>;
+  beforeAll(async () => {
+    ini = readIni(part((await simpleParser(rendered)).attachments, AMICONFIG_CONTENT_TYPE));
+  });
+
+  it('enables the cernvm plugin and lists repositories, proxy and services', () => {
+    expect(Object.keys(ini)).toEqual(['amiconfig', 'cernvm']);
+    expect(ini.amiconfig).toEqual({ plugins: 'cernvm' });
+    expect(ini.cernvm.repositories.split(',')).toEqual(['alice.cern.ch', 'sft.cern.ch']);
+    expect(ini.cernvm.proxy).toBe(`'${PROXY}'`);
+    expect(ini.cernvm.services.split(',')).toEqual(['condor', 'httpd']);
+  });
+
+  it('gives users as name:group:sha512-crypt hash, as the cernvm plugin splits them', () => {
+    const users = ini.cernvm.users.split(',').map((e) => e.split(':'));
+    expect(users.map((u) => u.length)).toEqual([3, 3]);
+    const [alice, bob] = users;
+    expect(alice.slice(0, 2)).toEqual(['alice', 'physics']);
+    expect(verify('correct horse battery', alice[2])).toBe(true);
+    expect(bob).toEqual(['bob', 'bob', '']);
+  });
+
+  it('keeps only environment entries the plugin can split on "," then "="', () => {
+    const env = ini.cernvm.environment.split(',').map((e) => e.split('='));
+    expect(env.every((kv) => kv.length === 2)).toBe(true);
+    expect(Object.fromEntries(env)).toEqual({ ALICE_ROOT: '/cvmfs/alice.cern.ch', GREETING: 'grüezi' });
+  });
+
+  it('never holds a secret or the token', () => {
+    const text = JSON.stringify(ini);
+    for (const v of [...Object.values(SECRETS), TOKEN]) expect(text).not.toContain(v);
+  });
+});
+
+describe('#cloud-config part (yaml)', () => {
+  let text: string;
+  let doc: Record<string, unknown>;
+  let files: Map<string, { permissions: string; content: string; owner: string }>;
+  beforeAll(async () => {
+    text = part((await simpleParser(rendered)).attachments, CLOUD_CONFIG_CONTENT_TYPE);
+    doc = parseYaml(text) as Record<string, unknown>;
+    files = new Map((doc.write_files as { path: string; permissions: string; content: string; owner: string }[]).map((f) => [f.path, f]));
+  });
+
+  it('starts with #cloud-config and has the keys cloud-init expects, well typed', () => {
+    expect(text.startsWith('#cloud-config\n')).toBe(true);
+    expect(checkCloudConfig(doc)).toEqual([]);
+  });
+
+  it('creates the users with hashes and keys, keeps the image default user, and creates groups', () => {
+    const users = doc.users as (string | Record<string, unknown>)[];
+    expect(users[0]).toBe('default');
+    const alice = users.find((u) => typeof u === 'object' && u.name === 'alice') as Record<string, unknown>;
+    expect(alice).toMatchObject({ primary_group: 'physics', lock_passwd: false, ssh_authorized_keys: [INPUT.users![0].sshKeys![0]] });
+    expect(verify('correct horse battery', alice.passwd as string)).toBe(true);
+    const bob = users.find((u) => typeof u === 'object' && u.name === 'bob') as Record<string, unknown>;
+    expect(bob).toMatchObject({ lock_passwd: true, ssh_authorized_keys: [INPUT.users![1].sshKeys![0]] });
+    expect(bob.passwd).toBeUndefined();
+    expect(doc.groups).toEqual(['physics']);
+    expect(text).not.toContain('correct horse battery');
+  });
+
+  it('writes CVMFS settings, environment, secrets (0600), phone-home env (0600) and scripts (0700)', () => {
+    expect(files.get(GUEST_PATHS.cvmfsConfig)).toMatchObject({ permissions: '0644' });
+    expect(files.get(GUEST_PATHS.cvmfsConfig)!.content).toContain(`CVMFS_HTTP_PROXY='${PROXY}'`);
+    expect(files.get(GUEST_PATHS.cvmfsConfig)!.content).toContain("CVMFS_SERVER_URL='http://cvmfs-stratum-one.cern.ch/cvmfs/@fqrn@;http://cvmfs.fnal.gov:8000/cvmfs/@fqrn@'");
+    expect(files.get(GUEST_PATHS.environment)).toMatchObject({ permissions: '0644' });
+    expect(files.get(GUEST_PATHS.environment)!.content).toContain("export QUERY='a=1,b=2'");
+    expect(files.get(GUEST_PATHS.secrets)).toMatchObject({ permissions: '0600', owner: 'root:root' });
+    expect(files.get(GUEST_PATHS.secrets)!.content).toBe("API_KEY='api-key-0123456789'\nDB_PASSWORD='s3cr'\\''et-db-value'\n");
+    expect(files.get(GUEST_PATHS.phoneHomeEnv)).toMatchObject({ permissions: '0600' });
+    expect(files.get(GUEST_PATHS.phoneHomeEnv)!.content).toContain(`CLOUDGATE_TOKEN='${TOKEN}'`);
+    expect(files.get(GUEST_PATHS.startupScript)).toMatchObject({ permissions: '0700', content: `#!/bin/sh\n${INPUT.startupScript}` });
+    expect(files.get(GUEST_PATHS.phoneHomeAgent)).toMatchObject({ permissions: '0700' });
+  });
+
+  it('merges the extra cloud-config: new keys kept, lists appended, its runcmd before the phone-home agent', () => {
+    expect(doc.packages).toEqual(['htop']);
+    expect([...files.keys()].at(-1)).toBe('/etc/motd');
+    const runcmd = doc.runcmd as (string | string[])[];
+    expect(runcmd.at(-1)).toEqual([GUEST_PATHS.phoneHomeAgent]);
+    expect(runcmd.at(-2)).toBe('echo extra');
+    expect(runcmd.findIndex((c) => Array.isArray(c) && c.join(' ').includes(GUEST_PATHS.startupScript))).toBeLessThan(runcmd.length - 2);
+    expect(JSON.stringify(runcmd[0])).toContain('condor httpd');
+  });
+
+  it('runs the startup script with environment and secrets exported', () => {
+    const start = (doc.runcmd as (string | string[])[]).find((c) => Array.isArray(c) && c.join(' ').includes(GUEST_PATHS.startupScript)) as string[];
+    expect(start[2]).toBe(`set -a; . ${GUEST_PATHS.environment}; . ${GUEST_PATHS.secrets}; set +a; exec ${GUEST_PATHS.startupScript}`);
+  });
+
+  it('turns CRLF startup scripts into LF and keeps their own #! line', () => {
+    const crlf = hashContextPasswords(ContextInputSchema.parse({ name: 'w', startupScript: '#!/bin/bash\r\necho hi\r\n' }));
+    const doc = parseYaml(/#cloud-config\n[\s\S]*?(?=\n--==cloudgate)/.exec(renderContextUserData(crlf, { phoneHome: PHONE_HOME }))![0]) as {
+      write_files: { path: string; content: string }[];
+    };
+    expect(doc.write_files.find((f) => f.path === GUEST_PATHS.startupScript)!.content).toBe('#!/bin/bash\necho hi\n');
+  });
+
+  it('has a phone-home agent that probes every repository with cvmfs_config probe', () => {
+    const agent = files.get(GUEST_PATHS.phoneHomeAgent)!.content;
+    for (const repo of INPUT.repositories!) expect(agent).toContain(`cvmfs_config probe '${repo}'`);
+    expect(agent).toContain('Authorization: Bearer');
+    expect(agent).not.toContain(TOKEN); // the token lives in the 0600 env file only
+  });
+});
+
+describe('phone-home part', () => {
+  it('is still found by extractPhoneHome, with the context repositories to probe', () => {
+    expect(extractPhoneHome(rendered)).toEqual({ ...PHONE_HOME, repositories: ['alice.cern.ch', 'sft.cern.ch'] });
+  });
+  it('keeps renderUserData(phoneHome) working for existing callers', () => {
+    const legacy = renderUserData({ ...PHONE_HOME, repositories: ['alice.cern.ch'] });
+    expect(extractPhoneHome(legacy)).toEqual({ ...PHONE_HOME, repositories: ['alice.cern.ch'] });
+    expect(legacy).toContain('\r\n');
+  });
+});
+
+describe('secrets and masking', () => {
+  it('renders every secret and the token unmasked only where they belong', () => {
+    expect(rendered.split(TOKEN)).toHaveLength(3); // phone-home env file and phone-home part
+    expect(rendered.split('api-key-0123456789')).toHaveLength(2); // secrets file only
+  });
+
+  it('masks every secret value and the token for previews', async () => {
+    for (const v of [...Object.values(SECRETS), "s3cr'\\''et-db-value", TOKEN]) expect(masked).not.toContain(v);
+    const { attachments } = await simpleParser(masked);
+    const doc = parseYaml(part(attachments, CLOUD_CONFIG_CONTENT_TYPE)) as { write_files: { path: string; content: string }[] };
+    const file = (p: string) => doc.write_files.find((f) => f.path === p)!.content;
+    expect(file(GUEST_PATHS.secrets)).toBe(`API_KEY='${MASK}'\nDB_PASSWORD='${MASK}'\n`);
+    expect(file(GUEST_PATHS.phoneHomeEnv)).toContain(`CLOUDGATE_TOKEN='${MASK}'`);
+    expect(extractPhoneHome(masked)?.token).toBe(MASK);
+  });
+
+  it('previews without secret values, but refuses to render for real without them or with undeclared ones', () => {
+    expect(renderContextUserData(ctx, { phoneHome: PHONE_HOME, maskSecrets: true })).toBe(masked);
+    expect(() => renderContextUserData(ctx, { phoneHome: PHONE_HOME, secrets: { API_KEY: 'x' } })).toThrow('no value for the context\'s secret "DB_PASSWORD"');
+    expect(() => renderContextUserData(ctx, { phoneHome: PHONE_HOME, secrets: { ...SECRETS, OTHER: 'x' } })).toThrow('secrets not declared by the context: OTHER');
+  });
+});
+
+describe('phone-home agent run by dash against a local gateway', () => {
+  let dir: string;
+  let server: Server;
+  let received: { headers: IncomingHttpHeaders; body: string; url: string }[];
+  let status = 202;
+  let url = '';
+
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'cloudgate-agent-'));
+    received = [];
+    server = createServer((req, res) => {
+      let body = '';
+      req.on('data', (c: Buffer) => (body += c.toString('utf8')));
+      req.on('end', () => {
+        received.push({ headers: req.headers, body, url: req.url ?? '' });
+        res.writeHead(status).end();
+      });
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/v1/instances/c1-workers-0/readiness`;
+    // A stand-in cvmfs_config: alice mounts, sft fails with output that needs JSON escaping.
+    await writeFile(
+      join(dir, 'cvmfs_config'),
+      '#!/bin/sh\nif [ "$2" = alice.cern.ch ]; then echo "Probing /cvmfs/alice.cern.ch... OK"; exit 0; fi\nprintf \'Probing /cvmfs/%s... Failed!\\n\\tsays "no" \\\\ really\\n\' "$2"; exit 1\n',
+    );
+    await chmod(join(dir, 'cvmfs_config'), 0o755);
+  });
+  afterAll(async () => {
+    await new Promise((resolve) => server.close(resolve));
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  async function runAgent(): Promise<{ code: number; stderr: string }> {
+    const text = renderContextUserData(ctx, { phoneHome: { ...PHONE_HOME, url }, secrets: SECRETS });
+    const doc = parseYaml(part((await simpleParser(text)).attachments, CLOUD_CONFIG_CONTENT_TYPE)) as { write_files: { path: string; content: string }[] };
+    for (const f of doc.write_files.filter((w) => w.path === GUEST_PATHS.phoneHomeAgent || w.path === GUEST_PATHS.phoneHomeEnv)) {
+      await writeFile(join(dir, f.path.split('/').at(-1)!), f.content);
+    }
+    const env = {
+      PATH: `${dir}:${process.env.PATH ?? '/usr/bin:/bin'}`,
+      CLOUDGATE_PHONE_HOME_ENV: join(dir, 'phone-home.env'),
+      CLOUDGATE_PROBE_TRIES: '2',
+      CLOUDGATE_RETRY_PAUSE: '0',
+    };
+    return new Promise((resolve) => {
+      execFile('dash', [join(dir, 'cloudgate-phone-home')], { env }, (err, _stdout, stderr) =>
+        resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, stderr }),
+      );
+    });
+  }
+
+  it('posts each repository result and escaped output with the bearer token', async () => {
+    status = 202;
+    received.length = 0;
+    const { code, stderr } = await runAgent();
+    expect({ code, stderr }).toEqual({ code: 0, stderr: '' });
+    expect(received).toHaveLength(1);
+    expect(received[0].url).toBe('/v1/instances/c1-workers-0/readiness');
+    expect(received[0].headers.authorization).toBe(`Bearer ${TOKEN}`);
+    expect(received[0].headers['content-type']).toBe('application/json');
+    expect(JSON.parse(received[0].body)).toEqual({
+      status: 'failed',
+      checks: {
+        cvmfs: { 'alice.cern.ch': 'OK', 'sft.cern.ch': 'FAILED' },
+        output: { 'alice.cern.ch': 'Probing /cvmfs/alice.cern.ch... OK', 'sft.cern.ch': 'Probing /cvmfs/sft.cern.ch... Failed!\n says "no" \\ really' },
+      },
+    });
+  });
+
+  it('stops at a 4xx (a refused token will not improve)', async () => {
+    status = 401;
+    received.length = 0;
+    const { code, stderr } = await runAgent();
+    expect(code).toBe(1);
+    expect(stderr).toContain('HTTP 401');
+    expect(received).toHaveLength(1);
+  });
+});
