@@ -9,6 +9,7 @@ import { pino, type Logger } from 'pino';
 import { ClusterDefinitionSchema } from '../model/definition.js';
 import type { Store } from '../store/index.js';
 import { clusterRoutes } from './clusters.js';
+import { contextRoutes } from './contexts.js';
 import { bodyOf, param } from './request.js';
 import { openApiDocument } from './openapi.js';
 import { notFound, notFoundHandler, parseOr422, Problem, problemMiddleware } from './problem.js';
@@ -78,6 +79,7 @@ export function createApp(deps: AppDeps): CloudgateApp {
     res.json(rec);
   });
 
+  app.use(contextRoutes({ store, config, json: bigJson }));
   app.use(clusterRoutes({ store, temporal, config, json: smallJson }));
   const readiness = readinessRoutes({ temporal, tokenSecret: config.tokenSecret, json: smallJson, batching: deps.readinessBatching });
   app.use(readiness.router);

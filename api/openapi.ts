@@ -3,6 +3,7 @@
  */
 import { extendZodWithOpenApi, OpenAPIRegistry, OpenApiGeneratorV31, type ResponseConfig } from '@asteasolutions/zod-to-openapi';
 import { z } from 'zod';
+import { ContextInputSchema } from '../model/context.js';
 import { ClusterDefinitionSchema } from '../model/definition.js';
 import * as S from './schemas.js';
 
@@ -42,6 +43,8 @@ export function openApiDocument(serverUrl: string): Doc {
   const Teardown = register('TeardownResponse', S.TeardownResponseSchema);
   const Readiness = register('ReadinessReport', S.ReadinessRequestSchema);
   const ReadinessAccepted = register('ReadinessAccepted', S.ReadinessAcceptedSchema);
+  const ContextInput = register('ContextInput', ContextInputSchema);
+  const ContextRecord = register('ContextRecord', S.ContextRecordSchema);
   const Cloud = register('Cloud', S.CloudSchema);
   const Health = register('Health', S.HealthSchema);
   r.registerComponent('securitySchemes', 'instanceToken', {
@@ -134,6 +137,55 @@ export function openApiDocument(serverUrl: string): Doc {
       401: problem('Missing, invalid or expired token'),
       410: problem('The service is no longer running'),
       503: unavailable,
+    },
+  });
+  const contextId = z.object({ id: openapi(z.string(), { description: 'Context id', example: 'ctx-0123456789ab' }) });
+  const versionQuery = z.object({
+    version: openapi(z.string().regex(/^[1-9][0-9]*$/).optional(), { description: 'A version number; default the latest' }),
+  });
+  r.registerPath({
+    method: 'post',
+    path: '/v1/contexts',
+    summary: 'Store a context definition (version 1); passwords are kept as sha512-crypt hashes, secrets encrypted and never returned',
+    request: body(ContextInput),
+    responses: { 201: json(ContextRecord, 'Stored; Location names it'), ...common },
+  });
+  r.registerPath({
+    method: 'get',
+    path: '/v1/contexts',
+    summary: 'List contexts (latest version of each)',
+    responses: { 200: json(S.listOf(ContextRecord), 'All contexts, oldest first') },
+  });
+  r.registerPath({
+    method: 'get',
+    path: '/v1/contexts/{id}',
+    summary: 'Get a context (latest version, or ?version=n)',
+    request: { params: contextId, query: versionQuery },
+    responses: { 200: json(ContextRecord, 'The context version'), 404: problem('Unknown context or version'), 422: problem('Bad version') },
+  });
+  r.registerPath({
+    method: 'put',
+    path: '/v1/contexts/{id}',
+    summary: 'Store a new immutable version of a context; leaving out "secrets" keeps the previous values',
+    request: { params: contextId, ...body(ContextInput) },
+    responses: { 200: json(ContextRecord, 'The new version'), ...common, 404: problem('Unknown context') },
+  });
+  r.registerPath({
+    method: 'get',
+    path: '/v1/contexts/{id}/versions',
+    summary: 'Every version of a context',
+    request: { params: contextId },
+    responses: { 200: json(S.listOf(ContextRecord), 'Versions, oldest first'), 404: problem('Unknown context') },
+  });
+  r.registerPath({
+    method: 'get',
+    path: '/v1/contexts/{id}/preview',
+    summary: 'The user-data the context renders to, with secrets and the phone-home token masked',
+    request: { params: contextId, query: versionQuery },
+    responses: {
+      200: { description: 'Multipart MIME user-data', content: { 'text/plain': { schema: { type: 'string' } } } },
+      404: problem('Unknown context or version'),
+      422: problem('Bad version'),
     },
   });
   r.registerPath({

@@ -3,6 +3,7 @@
  * are documented with them (OpenAPI) and typed by them, so the two cannot drift apart.
  */
 import { z } from 'zod';
+import { ContextSchema } from '../model/context.js';
 import { ClusterDefinitionSchema, NameSchema, OfferingSchema } from '../model/definition.js';
 import { CLUSTER_STATES, INSTANCE_STATES, SERVICE_STATES } from '../model/status.js';
 
@@ -33,7 +34,27 @@ export const IdempotencyKeySchema = z
   .max(200)
   .regex(/^[\x21-\x7e]+$/, 'must be 1-200 printable ASCII characters without spaces');
 
+/** `?version=n` of the context routes: a positive integer. */
+export const ContextVersionQuerySchema = z
+  .object({
+    version: z
+      .string()
+      .regex(/^[1-9][0-9]{0,8}$/, 'must be a positive integer')
+      .transform(Number)
+      .optional(),
+  })
+  .loose();
+
 // ---- responses ----
+
+/** One stored context version: password hashes and secret names only, never secret values. */
+export const ContextRecordSchema = z.object({
+  id: z.string(),
+  version: z.number().int().min(1),
+  name: z.string(),
+  context: ContextSchema,
+  createdAt: z.string(),
+});
 
 export const ClusterDefinitionRecordSchema = z.object({
   id: z.string(),

@@ -6,12 +6,14 @@
  * because better-sqlite3 is; it uses nothing SQLite-specific in its shape, so a PostgreSQL
  * implementation can follow (its callers would then await the same methods).
  */
-import { randomUUID } from 'node:crypto';
+import { createCipheriv, createDecipheriv, randomBytes, randomUUID } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import type { ClusterDefinition } from '../model/definition.js';
 import type { CloudOffering } from '../clouds/contract.js';
+import type { Context } from '../model/context.js';
+import { loadSecretsKey, SECRETS_KEY_BYTES } from './secret.js';
 
 /** A stored cluster definition; `definition` is the parsed (defaults applied) schema output. */
 export interface ClusterDefinitionRecord {
@@ -46,6 +48,27 @@ export interface CloudRecord {
   credentials?: Record<string, string>;
 }
 
+/**
+ * One immutable version of a context definition, in its stored form: password hashes and
+ * secret names only. Secret values live encrypted beside it ({@link Store.getContextSecrets}).
+ */
+export interface ContextRecord {
+  /** `ctx-` and 12 hex digits. */
+  id: string;
+  /** 1 for the first version, n+1 for each update. */
+  version: number;
+  name: string;
+  context: Context;
+  createdAt: string;
+}
+
+/** What a new context version is made of; `secrets` are the plain values, encrypted before they are written. */
+export interface ContextVersionInput {
+  name: string;
+  context: Context;
+  secrets: Record<string, string>;
+}
+
 /** Thrown by {@link Store.createCluster} when the id or idempotency key is already taken. */
 export class DuplicateKeyError extends Error {
   constructor(
@@ -72,6 +95,19 @@ export interface Store {
   /** Removes a row (used to undo an insert when starting its workflow failed). True if it existed. */
   deleteCluster(id: string): boolean;
   findClusterByIdempotencyKey(key: string): ClusterRecord | undefined;
+
+  /** Stores version 1 of a new context. */
+  createContext(input: ContextVersionInput): ContextRecord;
+  /** Adds version n+1 (earlier versions are kept); undefined for an unknown id. */
+  updateContext(id: string, input: ContextVersionInput): ContextRecord | undefined;
+  /** The given version, else the latest; undefined if either is unknown. */
+  getContext(id: string, version?: number): ContextRecord | undefined;
+  /** The latest version of each context, oldest context first. */
+  listContexts(): ContextRecord[];
+  /** Every version of one context, oldest first; empty for an unknown id. */
+  listContextVersions(id: string): ContextRecord[];
+  /** The decrypted secret values of one version (for rendering user-data); undefined if unknown. */
+  getContextSecrets(id: string, version: number): Record<string, string> | undefined;
 
   /** Inserts or replaces a cloud registration. */
   upsertCloud(cloud: CloudRecord): void;
@@ -109,6 +145,20 @@ CREATE TABLE IF NOT EXISTS clouds (
   offerings   TEXT NOT NULL,
   info        TEXT,
   updated_at  TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS contexts (
+  id          TEXT PRIMARY KEY,
+  created_at  TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS context_versions (
+  context_id  TEXT NOT NULL REFERENCES contexts(id),
+  version     INTEGER NOT NULL,
+  name        TEXT NOT NULL,
+  context     TEXT NOT NULL,
+  -- AES-256-GCM of the JSON map of secret values: 'v1:' base64(iv | tag | ciphertext)
+  secrets     TEXT NOT NULL,
+  created_at  TEXT NOT NULL,
+  PRIMARY KEY (context_id, version)
 );
 `;
 
@@ -160,6 +210,63 @@ const toCloud = (r: CloudRow): CloudRecord => ({
   ...(r.info ? (JSON.parse(r.info) as Pick<CloudRecord, 'endpoint' | 'credentials'>) : {}),
 });
 
+interface ContextRow {
+  context_id: string;
+  version: number;
+  name: string;
+  context: string;
+  created_at: string;
+}
+
+const toContext = (r: ContextRow): ContextRecord => ({
+  id: r.context_id,
+  version: r.version,
+  name: r.name,
+  context: JSON.parse(r.context) as Context,
+  createdAt: r.created_at,
+});
+
+const SECRETS_FORMAT = 'v1:';
+const IV_BYTES = 12;
+const TAG_BYTES = 16;
+/** Binds a ciphertext to its row, so one version's secrets cannot be pasted into another. */
+const secretsAad = (id: string, version: number): Buffer => Buffer.from(`cloudgate-context-secrets:${id}:${version}`, 'utf8');
+
+function encryptSecrets(key: Buffer, id: string, version: number, secrets: Record<string, string>): string {
+  const iv = randomBytes(IV_BYTES);
+  const cipher = createCipheriv('aes-256-gcm', key, iv);
+  cipher.setAAD(secretsAad(id, version));
+  const data = Buffer.concat([cipher.update(JSON.stringify(secrets), 'utf8'), cipher.final()]);
+  return SECRETS_FORMAT + Buffer.concat([iv, cipher.getAuthTag(), data]).toString('base64');
+}
+
+function decryptSecrets(key: Buffer, id: string, version: number, stored: string): Record<string, string> {
+  if (!stored.startsWith(SECRETS_FORMAT)) throw new Error(`secrets of context ${id} v${version} are in an unknown format`);
+  const raw = Buffer.from(stored.slice(SECRETS_FORMAT.length), 'base64');
+  const decipher = createDecipheriv('aes-256-gcm', key, raw.subarray(0, IV_BYTES));
+  decipher.setAAD(secretsAad(id, version));
+  decipher.setAuthTag(raw.subarray(IV_BYTES, IV_BYTES + TAG_BYTES));
+  try {
+    const plain = Buffer.concat([decipher.update(raw.subarray(IV_BYTES + TAG_BYTES)), decipher.final()]).toString('utf8');
+    return JSON.parse(plain) as Record<string, string>;
+  } catch (err) {
+    throw new Error(`cannot decrypt the secrets of context ${id} v${version} (wrong secrets key?)`, { cause: err });
+  }
+}
+
+/** `ctx-` and 12 hex digits, like definition ids. */
+const newContextId = (): string => `ctx-${randomUUID().replace(/-/g, '').slice(0, 12)}`;
+
+/** Options of {@link openSqliteStore}. */
+export interface StoreOptions {
+  /**
+   * AES-256-GCM key (32 bytes) for context secrets. Default: {@link loadSecretsKey} with the
+   * store file's folder as data dir (`CLOUDGATE_SECRETS_KEY`, else `<folder>/secrets-key`);
+   * for `':memory:'` a random key that lives as long as the store.
+   */
+  secretsKey?: Buffer;
+}
+
 /** `def-` and 12 hex digits: short enough to type, random enough for one installation. */
 const newDefinitionId = (): string => `def-${randomUUID().replace(/-/g, '').slice(0, 12)}`;
 
@@ -167,8 +274,11 @@ const newDefinitionId = (): string => `def-${randomUUID().replace(/-/g, '').slic
  * Opens (creating if needed) a SQLite store. `':memory:'` gives a private in-memory one.
  * WAL mode lets the API read while a worker writes cloud registrations.
  */
-export function openSqliteStore(file: string): Store {
-  if (file !== ':memory:' && file !== '') mkdirSync(path.dirname(file), { recursive: true });
+export function openSqliteStore(file: string, options: StoreOptions = {}): Store {
+  const inMemory = file === ':memory:' || file === '';
+  if (!inMemory) mkdirSync(path.dirname(file), { recursive: true });
+  const secretsKey = options.secretsKey ?? (inMemory ? randomBytes(SECRETS_KEY_BYTES) : loadSecretsKey({ dataDir: path.dirname(file) }));
+  if (secretsKey.length !== SECRETS_KEY_BYTES) throw new Error(`the secrets key must be ${SECRETS_KEY_BYTES} bytes, got ${secretsKey.length}`);
   const db = new Database(file);
   db.pragma('journal_mode = WAL');
   // The API and the worker may open the same file; wait for each other's short writes.
@@ -198,8 +308,47 @@ export function openSqliteStore(file: string): Store {
     listClouds: db.prepare<[], CloudRow>('SELECT name, kind, offerings, info FROM clouds ORDER BY name'),
     getCloud: db.prepare<[string], CloudRow>('SELECT name, kind, offerings, info FROM clouds WHERE name = ?'),
     deleteCloud: db.prepare('DELETE FROM clouds WHERE name = ?'),
+    insertContext: db.prepare('INSERT INTO contexts (id, created_at) VALUES (?, ?)'),
+    insertContextVersion: db.prepare(
+      'INSERT INTO context_versions (context_id, version, name, context, secrets, created_at) VALUES (?, ?, ?, ?, ?, ?)',
+    ),
+    latestContextVersion: db.prepare<[string], { version: number | null }>('SELECT MAX(version) AS version FROM context_versions WHERE context_id = ?'),
+    getContextVersion: db.prepare<[string, number], ContextRow>(
+      'SELECT context_id, version, name, context, created_at FROM context_versions WHERE context_id = ? AND version = ?',
+    ),
+    getLatestContext: db.prepare<[string], ContextRow>(
+      'SELECT context_id, version, name, context, created_at FROM context_versions WHERE context_id = ? ORDER BY version DESC LIMIT 1',
+    ),
+    listLatestContexts: db.prepare<[], ContextRow>(
+      `SELECT v.context_id, v.version, v.name, v.context, v.created_at
+       FROM contexts c JOIN context_versions v ON v.context_id = c.id
+       WHERE v.version = (SELECT MAX(version) FROM context_versions WHERE context_id = c.id)
+       ORDER BY c.created_at, c.id`,
+    ),
+    listContextVersions: db.prepare<[string], ContextRow>(
+      'SELECT context_id, version, name, context, created_at FROM context_versions WHERE context_id = ? ORDER BY version',
+    ),
+    getContextSecrets: db.prepare<[string, number], { secrets: string }>('SELECT secrets FROM context_versions WHERE context_id = ? AND version = ?'),
     ping: db.prepare('SELECT 1'),
   };
+
+  const insertVersion = (id: string, version: number, input: ContextVersionInput, createdAt: string): ContextRecord => {
+    const rec: ContextRecord = { id, version, name: input.name, context: input.context, createdAt };
+    q.insertContextVersion.run(id, version, input.name, JSON.stringify(input.context), encryptSecrets(secretsKey, id, version, input.secrets), createdAt);
+    return rec;
+  };
+  const createContextTx = db.transaction((input: ContextVersionInput): ContextRecord => {
+    const id = newContextId();
+    const createdAt = new Date().toISOString();
+    q.insertContext.run(id, createdAt);
+    return insertVersion(id, 1, input, createdAt);
+  });
+  // Read the latest version and write the next in one transaction: concurrent updates get distinct versions.
+  const updateContextTx = db.transaction((id: string, input: ContextVersionInput): ContextRecord | undefined => {
+    const latest = q.latestContextVersion.get(id)?.version;
+    if (latest === null || latest === undefined) return undefined;
+    return insertVersion(id, latest + 1, input, new Date().toISOString());
+  });
 
   return {
     createDefinition({ name, definition }) {
@@ -245,6 +394,19 @@ export function openSqliteStore(file: string): Store {
     findClusterByIdempotencyKey: (key) => {
       const r = q.findByKey.get(key);
       return r && toCluster(r);
+    },
+
+    createContext: (input) => createContextTx.immediate(input),
+    updateContext: (id, input) => updateContextTx.immediate(id, input),
+    getContext: (id, version) => {
+      const r = version === undefined ? q.getLatestContext.get(id) : q.getContextVersion.get(id, version);
+      return r && toContext(r);
+    },
+    listContexts: () => q.listLatestContexts.all().map(toContext),
+    listContextVersions: (id) => q.listContextVersions.all(id).map(toContext),
+    getContextSecrets: (id, version) => {
+      const r = q.getContextSecrets.get(id, version);
+      return r && decryptSecrets(secretsKey, id, version, r.secrets);
     },
 
     deleteCloud(name) {

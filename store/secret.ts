@@ -29,3 +29,34 @@ export function loadTokenSecret(config: Pick<Config, 'tokenSecret' | 'dataDir'>)
   if (secret.length < 16) throw new Error(`${file} holds no usable secret (need at least 16 characters)`);
   return secret;
 }
+
+/** Bytes of the AES-256-GCM key that encrypts context secrets at rest. */
+export const SECRETS_KEY_BYTES = 32;
+const HEX_KEY = /^[0-9a-fA-F]{64}$/;
+
+/**
+ * The key that encrypts context secrets at rest (AES-256-GCM, 32 bytes): `CLOUDGATE_SECRETS_KEY`
+ * (64 hex digits) when set, else the key in `<dataDir>/secrets-key`, created once (mode 0600)
+ * the same race-free way as the token secret. Losing it makes stored secrets unreadable.
+ */
+export function loadSecretsKey(config: Pick<Config, 'dataDir'>, env: Record<string, string | undefined> = process.env): Buffer {
+  const fromEnv = env.CLOUDGATE_SECRETS_KEY;
+  if (fromEnv !== undefined && fromEnv !== '') {
+    if (!HEX_KEY.test(fromEnv.trim())) throw new Error('CLOUDGATE_SECRETS_KEY must be 64 hex digits (32 bytes)');
+    return Buffer.from(fromEnv.trim(), 'hex');
+  }
+  const file = path.join(config.dataDir, 'secrets-key');
+  mkdirSync(config.dataDir, { recursive: true });
+  const tmp = `${file}.${process.pid}.${randomBytes(4).toString('hex')}`;
+  try {
+    writeFileSync(tmp, randomBytes(SECRETS_KEY_BYTES).toString('hex'), { mode: 0o600, flag: 'wx' });
+    linkSync(tmp, file);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw new Error(`cannot create ${file}`, { cause: err });
+  } finally {
+    rmSync(tmp, { force: true });
+  }
+  const hex = readFileSync(file, 'utf8').trim();
+  if (!HEX_KEY.test(hex)) throw new Error(`${file} holds no usable key (need 64 hex digits)`);
+  return Buffer.from(hex, 'hex');
+}
