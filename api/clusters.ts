@@ -12,6 +12,7 @@ import {
   type WorkflowExecutionDescription,
 } from '@temporalio/client';
 import type { SearchAttributePair } from '@temporalio/common';
+import { NameSchema } from '../model/definition.js';
 import { CLUSTER_STATES, type ClusterState, type ServiceStatus } from '../model/status.js';
 import { smallestFit } from '../model/placement.js';
 import { DuplicateKeyError, type CloudRecord, type ClusterDefinitionRecord, type ClusterRecord, type Store } from '../store/index.js';
@@ -43,8 +44,8 @@ export interface ClusterRouteDeps {
   json: express.RequestHandler;
 }
 
-/** Route parameters that cannot name a cluster or service get a 404 without a Temporal round trip. */
-const ID_RE = /^[a-z][a-z0-9-]{0,39}$/;
+/** Route parameters that cannot name a cluster or service get a 404 without a store or Temporal round trip. */
+const isName = (s: string): boolean => NameSchema.safeParse(s).success;
 /** Cluster ids are `<prefix>-<6 base36>` and must stay valid names (≤ 40 chars). */
 const ID_PREFIX_MAX = 40 - 7;
 /** How long a seen worker counts as present before the task queue is asked again. */
@@ -110,7 +111,7 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
   }
 
   const clusterOr404 = (id: string): ClusterRecord => {
-    const c = ID_RE.test(id) ? store.getCluster(id) : undefined;
+    const c = isName(id) ? store.getCluster(id) : undefined;
     if (!c) throw notFound(`no cluster "${id}"`);
     return c;
   };
@@ -286,7 +287,7 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
     const c = clusterOr404(param(req, 'id'));
     const service = param(req, 'service');
     const def = store.getDefinition(c.definitionId);
-    const s = ID_RE.test(service) ? def?.definition.services.find((x) => x.name === service) : undefined;
+    const s = isName(service) ? def?.definition.services.find((x) => x.name === service) : undefined;
     if (!s) throw notFound(`cluster "${c.id}" has no service "${service}"`);
     const { instances } = parseOr422(ScaleRequestSchema, bodyOf(req));
     const max = s.max ?? HARD_MAX_INSTANCES;

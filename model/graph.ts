@@ -1,4 +1,4 @@
-/** Dependency graph of services: cycle detection and deployment levels. Pure. */
+/** Dependency graph of services: cycle detection. Pure. */
 
 export interface Node {
   name: string;
@@ -33,27 +33,4 @@ export function findCycle(nodes: readonly Node[]): string[] | undefined {
     if (found) return found;
   }
   return undefined;
-}
-
-/** Groups services into levels: level 0 has no dependencies, level k depends only on levels < k. */
-export function dependencyLevels(nodes: readonly Node[]): string[][] {
-  const level = new Map<string, number>();
-  const byName = new Map(nodes.map((n) => [n.name, n]));
-  const depth = (name: string, guard: Set<string>): number => {
-    const known = level.get(name);
-    if (known !== undefined) return known;
-    if (guard.has(name)) throw new Error(`dependency cycle through "${name}"`);
-    guard.add(name);
-    const deps = byName.get(name)?.dependsOn ?? [];
-    const d = deps.length === 0 ? 0 : 1 + Math.max(...deps.map((x) => depth(x, guard)));
-    guard.delete(name);
-    level.set(name, d);
-    return d;
-  };
-  const levels: string[][] = [];
-  for (const n of nodes) {
-    const d = depth(n.name, new Set());
-    (levels[d] ??= []).push(n.name);
-  }
-  return levels.filter(Boolean);
 }

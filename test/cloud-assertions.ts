@@ -1,5 +1,5 @@
 /** Small helpers the adapter suites share. */
-import { CloudError } from '../clouds/contract.js';
+import { CloudError, type InstanceSpec } from '../clouds/contract.js';
 
 /** Polls `probe` until it returns something other than undefined. */
 export async function eventually<T>(what: string, timeoutMs: number, probe: () => Promise<T | undefined>, everyMs = 50): Promise<T> {
@@ -21,4 +21,23 @@ export async function cloudErrorOf(p: Promise<unknown>): Promise<CloudError> {
     throw new Error(`expected a CloudError, got ${String(err)}`, { cause: err });
   }
   throw new Error('expected a CloudError, but the call succeeded');
+}
+
+/**
+ * A maker of instance specs with fresh keys `<run>-c-svc-<n>` (unique per test run, so
+ * suites against long-lived peers never see earlier runs' instances).
+ */
+export function instanceSpecs(run: string): (over?: Partial<InstanceSpec>, cluster?: string) => InstanceSpec {
+  let n = 0;
+  return (over = {}, cluster = `${run}-c`) => {
+    const key = `${cluster}-svc-${n++}`;
+    return {
+      name: key,
+      image: 'cernvm4-micro',
+      offering: { cpus: 1, memoryMiB: 1024, diskGiB: 10 },
+      userData: '#cloud-config\n{}\n',
+      tags: { cluster, service: 'svc', key },
+      ...over,
+    };
+  };
 }

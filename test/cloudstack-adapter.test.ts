@@ -21,7 +21,7 @@ import { type CloudErrorKind, type InstanceSpec } from '../clouds/contract.js';
 import type { CloudStackCloudConfig } from '../model/clouds-config.js';
 import { FAKE_OFFERINGS, FAKE_TEMPLATES } from './fakes/cloudstack-fake.js';
 import { CLOUDSTACK_KEY_ENV, CLOUDSTACK_SECRET_ENV, startCloudStackPeer, type CloudStackPeer, type CloudStackPeerOptions } from './peers/cloudstack.js';
-import { eventually, cloudErrorOf } from './cloud-assertions.js';
+import { cloudErrorOf, eventually, instanceSpecs } from './cloud-assertions.js';
 
 /** From the CloudStack developer guide, "How to sign an API call with Python". */
 const GUIDE = {
@@ -90,8 +90,6 @@ describe('CloudStack adapter on the CloudStack API fake', () => {
   const run = `cs${Date.now().toString(36)}`;
   const peers: CloudStackPeer[] = [];
   const envNames: string[] = [];
-  let n = 0;
-
   /** A peer plus an adapter reading its keys from variables of its own, so peers don't share env. */
   const start = async (opts: CloudStackPeerOptions = {}, adapterOpts?: CloudStackAdapterOptions) => {
     const peer = await startCloudStackPeer(opts);
@@ -107,17 +105,8 @@ describe('CloudStack adapter on the CloudStack API fake', () => {
     return { peer, cfg, cs: createCloudStackCloud(cfg, adapterOpts) };
   };
 
-  const spec = (cluster = `${run}-c`, over: Partial<InstanceSpec> = {}): InstanceSpec => {
-    const key = `${cluster}-svc-${n++}`;
-    return {
-      name: key,
-      image: 'cernvm4-micro',
-      offering: { cpus: 1, memoryMiB: 1024, diskGiB: 10 },
-      userData: '#cloud-config\n{}\n',
-      tags: { cluster, service: 'svc', key },
-      ...over,
-    };
-  };
+  const specOf = instanceSpecs(run);
+  const spec = (cluster = `${run}-c`, over: Partial<InstanceSpec> = {}): InstanceSpec => specOf(over, cluster);
 
   /** A fake whose jobs take 250 ms, like a busy management server's. */
   let slow: Awaited<ReturnType<typeof start>>;

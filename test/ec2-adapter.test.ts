@@ -15,27 +15,16 @@ import {
   StopInstancesCommand,
   type Instance,
 } from '@aws-sdk/client-ec2';
-import { CloudError, type CloudAdapter, type InstanceSpec } from '../clouds/contract.js';
+import { CloudError, type CloudAdapter } from '../clouds/contract.js';
 import { createEc2Cloud, EC2_INSTANCE_TYPES, EC2_USER_DATA_MAX_BYTES, toCloudError } from '../clouds/ec2.js';
 import type { Ec2CloudConfig } from '../model/clouds-config.js';
 import { MOTO_KEY_ENV, startMotoPeer, type MotoPeer } from './peers/moto.js';
 import { startFakeEc2 } from './targets/ec2.js';
-import { cloudErrorOf } from './cloud-assertions.js';
+import { cloudErrorOf, instanceSpecs } from './cloud-assertions.js';
 
 
 const run = `ec2t${Date.now().toString(36)}`;
-let n = 0;
-const spec = (over: Partial<InstanceSpec> = {}, cluster = `${run}-c`): InstanceSpec => {
-  const key = `${cluster}-svc-${n++}`;
-  return {
-    name: key,
-    image: 'cernvm4-micro',
-    offering: { cpus: 1, memoryMiB: 1024, diskGiB: 10 },
-    userData: '#cloud-config\n{}\n',
-    tags: { cluster, service: 'svc', key },
-    ...over,
-  };
-};
+const spec = instanceSpecs(run);
 
 describe('EC2 adapter on moto', () => {
   let peer: MotoPeer;

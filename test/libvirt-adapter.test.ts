@@ -10,26 +10,15 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DomainState, Hypervisor } from '@unraid/libvirt';
-import { type CloudAdapter, type InstanceSpec } from '../clouds/contract.js';
+import { type CloudAdapter } from '../clouds/contract.js';
 import { CLOUDGATE_XMLNS, createLibvirtCloud, toCloudState } from '../clouds/libvirt.js';
 import { listIso, readIsoFile } from '../clouds/seed-iso.js';
 import { startLibvirtPeer, type LibvirtPeer } from './peers/libvirt.js';
-import { cloudErrorOf } from './cloud-assertions.js';
+import { cloudErrorOf, instanceSpecs } from './cloud-assertions.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const run = `lv${Date.now().toString(36)}`;
-let n = 0;
-const spec = (over: Partial<InstanceSpec> = {}, cluster = `${run}-c`): InstanceSpec => {
-  const key = `${cluster}-svc-${n++}`;
-  return {
-    name: key,
-    image: 'cernvm4-micro',
-    offering: { cpus: 1, memoryMiB: 1024, diskGiB: 10 },
-    userData: '#cloud-config\n{}\n',
-    tags: { cluster, service: 'svc', key },
-    ...over,
-  };
-};
+const spec = instanceSpecs(run);
 
 
 describe('libvirt adapter on test:///default', () => {
