@@ -6,9 +6,13 @@
 import { ApplicationFailure, Context } from '@temporalio/activity';
 import { CloudError, RETRYABLE_KINDS, type CloudAdapter, type InstanceSpec } from '../clouds/contract.js';
 import { signToken } from '../model/token.js';
-import { renderUserData } from '../model/user-data.js';
+import { phoneHomeUrl, renderContextUserData, renderUserData, type PhoneHome } from '../model/user-data.js';
+import type { Context as CloudgateContext } from '../model/context.js';
+import { checkRepository, cvmfsFailureType, isRetryableCvmfsFailure } from './cvmfs.js';
 import type {
   CloudgateActivities,
+  CvmfsCheckInput,
+  CvmfsCheckResult,
   CreatedInstance,
   CreateInstancesInput,
   DescribedInstance,
@@ -27,7 +31,20 @@ export interface ActivityDeps {
   tokenTtlSeconds: number;
   /** Cloud calls in flight per activity (a batch of creates must not hammer one API). */
   concurrency?: number;
+  /** Where pinned context versions and their secret values are read (the store). */
+  contexts?: ContextSource;
+  /** The stratum-1 check: default servers and the oldest acceptable manifest. */
+  cvmfs?: { servers: string[]; maxAgeSeconds: number; timeoutMs?: number };
 }
+
+/** The store's context reads the create activity needs. */
+export interface ContextSource {
+  getContext(id: string, version?: number): { context: CloudgateContext } | undefined;
+  getContextSecrets(id: string, version: number): Record<string, string> | undefined;
+}
+
+/** Failure types of a context the create activity cannot render: retrying will not help. */
+export const CONTEXT_UNAVAILABLE = 'ContextUnavailable';
 
 /** Maps a cloud error to a Temporal failure the retry policy understands. */
 export function toFailure(err: unknown, what: string): Error {
@@ -100,21 +117,38 @@ function heartbeat(progress: number): void {
 export function createActivities(deps: ActivityDeps): CloudgateActivities {
   const limit = deps.concurrency ?? 16;
 
-  const specFor = (input: CreateInstancesInput, id: string): InstanceSpec => {
+  /** The pinned context version and its secrets, read once per batch. */
+  const loadContext = (ref: { id: string; version: number }): { context: CloudgateContext; secrets: Record<string, string> } => {
+    const what = `context ${ref.id} version ${ref.version}`;
+    if (!deps.contexts) throw ApplicationFailure.nonRetryable(`${what}: this worker has no context store`, CONTEXT_UNAVAILABLE);
+    const rec = deps.contexts.getContext(ref.id, ref.version);
+    const secrets = rec && deps.contexts.getContextSecrets(ref.id, ref.version);
+    if (!rec || !secrets) throw ApplicationFailure.nonRetryable(`${what} is not in the store`, CONTEXT_UNAVAILABLE);
+    return { context: rec.context, secrets };
+  };
+
+  const specFor = (input: CreateInstancesInput, id: string, ctx?: { context: CloudgateContext; secrets: Record<string, string> }): InstanceSpec => {
     const token = signToken(
       { iid: id, cluster: input.clusterId, service: input.service, exp: Math.floor(Date.now() / 1000) + deps.tokenTtlSeconds },
       deps.tokenSecret,
     );
+    const phoneHome: PhoneHome = {
+      url: phoneHomeUrl(deps.publicUrl, id),
+      instanceId: id,
+      token,
+      repositories: [],
+    };
+    let userData: string;
+    try {
+      userData = ctx ? renderContextUserData(ctx.context, { phoneHome, secrets: ctx.secrets }) : renderUserData(phoneHome);
+    } catch (err) {
+      throw ApplicationFailure.nonRetryable(`cannot render the user-data of ${id}: ${(err as Error).message}`, CONTEXT_UNAVAILABLE);
+    }
     return {
       name: id,
       image: input.image,
       offering: input.offering,
-      userData: renderUserData({
-        url: `${deps.publicUrl}/v1/instances/${encodeURIComponent(id)}/readiness`,
-        instanceId: id,
-        token,
-        repositories: input.repositories,
-      }),
+      userData,
       tags: { cluster: input.clusterId, service: input.service, key: id },
     };
   };
@@ -123,10 +157,11 @@ export function createActivities(deps: ActivityDeps): CloudgateActivities {
     /** Idempotent per instance: an instance already made with the key is found, not made again. */
     async createInstances(input) {
       const cloud = deps.clouds.get(input.cloud);
+      const ctx = input.context && loadContext(input.context);
       return forEachLimited(input.ids, limit, async (id): Promise<CreatedInstance> => {
         try {
           const found = await withLocalRetry(() => cloud.findInstance(id));
-          const inst = found ?? (await withLocalRetry(() => cloud.createInstance(specFor(input, id), id)));
+          const inst = found ?? (await withLocalRetry(() => cloud.createInstance(specFor(input, id, ctx), id)));
           return { id, cloudInstanceId: inst.id, cloudState: inst.state, createdAt: inst.createdAt ?? new Date().toISOString() };
         } catch (err) {
           throw toFailure(err, `create ${id} on ${input.cloud}`);
@@ -163,6 +198,33 @@ export function createActivities(deps: ActivityDeps): CloudgateActivities {
         }
       });
       return gone.length;
+    },
+
+    /**
+     * Looks the repository up on its stratum-1s (manifest name, revision, age; whitelist
+     * expiry). Only "no server answered" is retried; a missing, stale, renamed or expired
+     * repository fails at once with a message naming the repository and the server.
+     */
+    async checkCvmfsRepository(input: CvmfsCheckInput): Promise<CvmfsCheckResult> {
+      const servers = input.servers?.length ? input.servers : deps.cvmfs?.servers;
+      if (!servers?.length) throw ApplicationFailure.nonRetryable(`no stratum-1 servers configured to check ${input.repo}`, 'CvmfsNoServers');
+      const check = await checkRepository({
+        repo: input.repo,
+        servers,
+        minRevision: input.minRevision,
+        maxAgeSeconds: deps.cvmfs?.maxAgeSeconds ?? 90 * 24 * 3600,
+        now: new Date(),
+        timeoutMs: deps.cvmfs?.timeoutMs,
+      });
+      if (check.ok) {
+        const { repo, server, revision, publishedAt, whitelistExpiresAt, attempts } = check;
+        return { repo, server, revision, publishedAt, whitelistExpiresAt, attempts };
+      }
+      const type = cvmfsFailureType(check.reason);
+      const details = { repo: check.repo, reason: check.reason, server: check.server, attempts: check.attempts };
+      throw isRetryableCvmfsFailure(check.reason)
+        ? ApplicationFailure.create({ message: check.message, type, details: [details] })
+        : ApplicationFailure.create({ message: check.message, type, nonRetryable: true, details: [details] });
     },
 
     /** Terminates whatever still carries the cluster's tag, then checks that nothing does. */

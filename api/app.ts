@@ -9,10 +9,11 @@ import { pino, type Logger } from 'pino';
 import { ClusterDefinitionSchema } from '../model/definition.js';
 import type { Store } from '../store/index.js';
 import { clusterRoutes } from './clusters.js';
+import { contextReferenceErrors } from './context-pins.js';
 import { contextRoutes } from './contexts.js';
 import { bodyOf, param } from './request.js';
 import { openApiDocument } from './openapi.js';
-import { notFound, notFoundHandler, parseOr422, Problem, problemMiddleware } from './problem.js';
+import { invalid, notFound, notFoundHandler, parseOr422, Problem, problemMiddleware } from './problem.js';
 import { readinessRoutes } from './readiness.js';
 import type { BatcherOptions } from './readiness-batcher.js';
 
@@ -34,6 +35,8 @@ export interface AppDeps {
   logger?: Logger;
   /** Tuning of the readiness batcher (tests shorten the delay). */
   readinessBatching?: BatcherOptions;
+  /** Clock of pairing PIN expiry and the PIN miss limit (tests move it); default the system clock. */
+  now?: () => Date;
 }
 
 /** An Express app that can also flush its pending readiness reports before shutdown. */
@@ -67,6 +70,8 @@ export function createApp(deps: AppDeps): CloudgateApp {
 
   app.post('/v1/cluster-definitions', bigJson, (req, res) => {
     const definition = parseOr422(ClusterDefinitionSchema, bodyOf(req));
+    const unknownContexts = contextReferenceErrors(definition, store);
+    if (unknownContexts.length > 0) throw invalid(unknownContexts);
     const rec = store.createDefinition({ name: definition.name, definition });
     res.status(201).location(`/v1/cluster-definitions/${rec.id}`).json(rec);
   });
@@ -79,7 +84,7 @@ export function createApp(deps: AppDeps): CloudgateApp {
     res.json(rec);
   });
 
-  app.use(contextRoutes({ store, config, json: bigJson }));
+  app.use(contextRoutes({ store, config, json: bigJson, now: deps.now }));
   app.use(clusterRoutes({ store, temporal, config, json: smallJson }));
   const readiness = readinessRoutes({ temporal, tokenSecret: config.tokenSecret, json: smallJson, batching: deps.readinessBatching });
   app.use(readiness.router);

@@ -32,6 +32,7 @@ import {
   type ClusterInput,
 } from '../workflows/messages.js';
 import { conflict, invalid, notFound, parseOr422, unavailable, type FieldError, type Problem } from './problem.js';
+import { pinContexts, userDataMisfits } from './context-pins.js';
 import { bodyOf, param } from './request.js';
 import { CreateClusterRequestSchema, IdempotencyKeySchema, ScaleRequestSchema, type ClusterDetail, type CreateClusterRequest } from './schemas.js';
 import { isWorkflowGone, QUERY_DEADLINE_MS, SIGNAL_DEADLINE_MS, temporalProblem, UPDATE_DEADLINE_MS } from './temporal-errors.js';
@@ -40,7 +41,7 @@ import { isWorkflowGone, QUERY_DEADLINE_MS, SIGNAL_DEADLINE_MS, temporalProblem,
 export interface ClusterRouteDeps {
   store: Store;
   temporal: Client;
-  config: { temporalUiUrl: string; namespace: string; taskQueue: string };
+  config: { temporalUiUrl: string; namespace: string; taskQueue: string; publicUrl: string; tokenSecret: string };
   json: express.RequestHandler;
 }
 
@@ -117,7 +118,7 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
   };
 
   /** Starts (or finds) the cluster's workflow. A closed one is never started again. */
-  async function startWorkflow(c: ClusterRecord, def: ClusterDefinitionRecord): Promise<void> {
+  async function startWorkflow(c: ClusterRecord, def: ClusterDefinitionRecord, contexts: ClusterInput['contexts']): Promise<void> {
     const d = def.definition;
     const input: ClusterInput = {
       clusterId: c.id,
@@ -126,6 +127,7 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
       definition: d,
       cloud: c.cloud,
       ...(c.owner && { owner: c.owner }),
+      ...(contexts && Object.keys(contexts).length > 0 && { contexts }),
     };
     const attrs: SearchAttributePair[] = [
       { key: SA_CLUSTER_ID, value: c.id },
@@ -156,7 +158,8 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
     const def = store.getDefinition(existing.definitionId);
     if (def) {
       try {
-        await startWorkflow(existing, def);
+        // Only reached when a crash left the row without its workflow: pin the versions now.
+        await startWorkflow(existing, def, pinContexts(def.definition, store).pins);
       } catch (err) {
         if (!(err instanceof WorkflowExecutionAlreadyStartedError)) throw temporalProblem(err, 'could not start the cluster workflow');
       }
@@ -185,7 +188,10 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
       errors.push({ field: 'cloud', pointer: '/cloud', message: `unknown cloud "${body.cloud}" (registered: ${known.join(', ') || 'none'})` });
     }
     if (def && cloud) errors.push(...offeringMisfits(def, cloud));
-    if (!def || errors.length > 0) throw invalid(errors);
+    const pinned = def && pinContexts(def.definition, store);
+    if (pinned) errors.push(...pinned.errors);
+    if (def && cloud && pinned && pinned.errors.length === 0) errors.push(...userDataMisfits(def.definition, cloud, pinned.pins, store, config));
+    if (!def || !pinned || errors.length > 0) throw invalid(errors);
 
     const name = body.name ?? def.definition.name;
     let cluster: ClusterRecord | undefined;
@@ -209,7 +215,7 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
       }
     }
     try {
-      await startWorkflow(cluster, def);
+      await startWorkflow(cluster, def, pinned.pins);
     } catch (err) {
       // Nothing half-written: without a workflow the row would be a cluster that never deploys.
       store.deleteCluster(cluster.id);

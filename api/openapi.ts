@@ -45,6 +45,8 @@ export function openApiDocument(serverUrl: string): Doc {
   const ReadinessAccepted = register('ReadinessAccepted', S.ReadinessAcceptedSchema);
   const ContextInput = register('ContextInput', ContextInputSchema);
   const ContextRecord = register('ContextRecord', S.ContextRecordSchema);
+  const PairingRequest = register('PairingRequest', S.PairingRequestSchema);
+  const Pairing = register('Pairing', S.PairingSchema);
   const Cloud = register('Cloud', S.CloudSchema);
   const Health = register('Health', S.HealthSchema);
   r.registerComponent('securitySchemes', 'instanceToken', {
@@ -143,6 +145,7 @@ export function openApiDocument(serverUrl: string): Doc {
   const versionQuery = z.object({
     version: openapi(z.string().regex(/^[1-9][0-9]*$/).optional(), { description: 'A version number; default the latest' }),
   });
+  const deleted = problem('The context was deleted (detail and `deletedAt` say when)');
   r.registerPath({
     method: 'post',
     path: '/v1/contexts',
@@ -161,21 +164,21 @@ export function openApiDocument(serverUrl: string): Doc {
     path: '/v1/contexts/{id}',
     summary: 'Get a context (latest version, or ?version=n)',
     request: { params: contextId, query: versionQuery },
-    responses: { 200: json(ContextRecord, 'The context version'), 404: problem('Unknown context or version'), 422: problem('Bad version') },
+    responses: { 200: json(ContextRecord, 'The context version'), 404: problem('Unknown context or version'), 410: deleted, 422: problem('Bad version') },
   });
   r.registerPath({
     method: 'put',
     path: '/v1/contexts/{id}',
     summary: 'Store a new immutable version of a context; leaving out "secrets" keeps the previous values',
     request: { params: contextId, ...body(ContextInput) },
-    responses: { 200: json(ContextRecord, 'The new version'), ...common, 404: problem('Unknown context') },
+    responses: { 200: json(ContextRecord, 'The new version'), ...common, 404: problem('Unknown context'), 410: deleted },
   });
   r.registerPath({
     method: 'get',
     path: '/v1/contexts/{id}/versions',
     summary: 'Every version of a context',
     request: { params: contextId },
-    responses: { 200: json(S.listOf(ContextRecord), 'Versions, oldest first'), 404: problem('Unknown context') },
+    responses: { 200: json(S.listOf(ContextRecord), 'Versions, oldest first'), 404: problem('Unknown context'), 410: deleted },
   });
   r.registerPath({
     method: 'get',
@@ -185,7 +188,43 @@ export function openApiDocument(serverUrl: string): Doc {
     responses: {
       200: { description: 'Multipart MIME user-data', content: { 'text/plain': { schema: { type: 'string' } } } },
       404: problem('Unknown context or version'),
+      410: deleted,
       422: problem('Bad version'),
+    },
+  });
+  r.registerPath({
+    method: 'delete',
+    path: '/v1/contexts/{id}',
+    summary: 'Delete a context (soft: clusters pinned to one of its versions still render it); every route then answers 410',
+    request: { params: contextId },
+    responses: { 204: { description: 'Deleted' }, 404: problem('Unknown context'), 410: problem('Already deleted') },
+  });
+  r.registerPath({
+    method: 'post',
+    path: '/v1/contexts/{id}/pairings',
+    summary: 'Pair a laptop CernVM: a 6-digit PIN, valid 5 minutes, that fetches the user-data once',
+    request: {
+      params: contextId,
+      body: { required: false, description: 'Default: the latest version', content: { 'application/json': { schema: PairingRequest } } },
+    },
+    responses: {
+      201: json(Pairing, 'The PIN; Location is its user-data link'),
+      ...common,
+      404: problem('Unknown context or version'),
+      410: deleted,
+      503: problem('No free PIN found; retry'),
+    },
+  });
+  r.registerPath({
+    method: 'get',
+    path: '/v1/pair/{pin}',
+    summary: "A paired laptop CernVM's user-data with real secret values and no phone-home part; single use (Cache-Control: no-store)",
+    request: { params: z.object({ pin: openapi(z.string(), { description: 'The 6-digit PIN', example: '042917' }) }) },
+    responses: {
+      200: { description: 'Multipart MIME user-data', content: { 'text/plain': { schema: { type: 'string' } } } },
+      404: problem('No such PIN (or not 6 digits)'),
+      410: problem('PIN already used or expired, or the context was deleted'),
+      429: problem('Too many failed PIN lookups from this client; see Retry-After'),
     },
   });
   r.registerPath({

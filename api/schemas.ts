@@ -148,3 +148,17 @@ export const ProblemSchema = z.object({
 
 /** `{items: [...]}`: list responses leave room for paging fields later. */
 export const listOf = <T extends z.ZodType>(item: T) => z.object({ items: z.array(item) });
+
+// ---- pairing a laptop CernVM ----
+
+/** Optional body of `POST /v1/contexts/:id/pairings`; without it the latest version is paired. */
+export const PairingRequestSchema = z.object({ version: z.number().int().min(1).max(999_999_999).optional() }).strict();
+
+/** A pairing PIN: typed into the laptop VM, which fetches `links.userData` once before `expiresAt`. */
+export const PairingSchema = z.object({
+  pin: z.string().regex(/^[0-9]{6}$/),
+  contextId: z.string(),
+  version: z.number().int().min(1),
+  expiresAt: z.string(),
+  links: z.object({ userData: z.string() }),
+});

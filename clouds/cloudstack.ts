@@ -20,6 +20,7 @@
  */
 import { createHmac } from 'node:crypto';
 import type { CloudStackCloudConfig } from '../model/clouds-config.js';
+import { USER_DATA_LIMITS } from '../model/user-data.js';
 import {
   CloudError,
   type CloudAdapter,
@@ -32,8 +33,8 @@ import {
 import { readSecret } from './credentials.js';
 import { smallestFit } from './registry.js';
 
-/** CloudStack takes at most 32 KB of user-data, counted after base64, and only in a POST body. */
-export const CLOUDSTACK_USER_DATA_MAX_BASE64 = 32 * 1024;
+/** CloudStack takes at most 32 KB of user-data, counted after base64, and only in a POST body (the model's table). */
+export const CLOUDSTACK_USER_DATA_MAX_BASE64 = USER_DATA_LIMITS.cloudstack.maxBytes;
 
 /** Prefix of the tags this adapter puts on VMs: `cloudgate:cluster`, `cloudgate:service`, `cloudgate:key`. */
 export const CLOUDSTACK_TAG_PREFIX = 'cloudgate:';

@@ -28,6 +28,7 @@ import {
   type Tag,
 } from '@aws-sdk/client-ec2';
 import type { Ec2CloudConfig } from '../model/clouds-config.js';
+import { USER_DATA_LIMITS } from '../model/user-data.js';
 import {
   CloudError,
   type CloudAdapter,
@@ -39,8 +40,8 @@ import {
 import { readSecret } from './credentials.js';
 import { smallestFit } from './registry.js';
 
-/** EC2 takes at most 16 KB of user-data, counted before base64. */
-export const EC2_USER_DATA_MAX_BYTES = 16 * 1024;
+/** EC2 takes at most 16 KB of user-data, counted before base64 (the model's table, checked at submit too). */
+export const EC2_USER_DATA_MAX_BYTES = USER_DATA_LIMITS.ec2.maxBytes;
 
 /** The largest EBS volume (gp3, 16 TiB). Root volumes are sized per instance, so every type offers up to this. */
 const MAX_ROOT_GIB = 16_384;

@@ -381,10 +381,12 @@ export function createSimCloud(opts: SimCloudOptions): SimCloud {
     }
     const probe = row.guest === 'ok' ? 'OK' : 'FAILED';
     const cvmfs = Object.fromEntries((ph.repositories ?? []).map((repo) => [repo, probe]));
+    // What `cvmfs_config probe` prints, as the guest agent reports it per repository.
+    const output = Object.fromEntries(Object.keys(cvmfs).map((repo) => [repo, `Probing /cvmfs/${repo}... ${probe === 'OK' ? 'OK' : 'Failed!'}`]));
     const body =
       row.guest === 'ok'
-        ? { status: 'ok', checks: { cvmfs } }
-        : { status: 'failed', checks: { cvmfs, message: 'simulated probe failure' } };
+        ? { status: 'ok', checks: { cvmfs, output } }
+        : { status: 'failed', checks: { cvmfs, output, message: 'simulated probe failure' } };
     let status: number | undefined;
     let failure = '';
     try {

@@ -7,6 +7,23 @@ import { z } from 'zod';
 const port = z.coerce.number().int().min(0).max(65_535);
 const rate = z.coerce.number().min(0).max(1);
 
+/**
+ * The stratum-1s of the cern.ch domain as cvmfs-config-default lists them
+ * (`/etc/cvmfs/domain.d/cern.ch.conf`); a context's own `cvmfs.servers` take precedence.
+ */
+export const DEFAULT_CVMFS_SERVERS = [
+  'http://cvmfs-stratum-one.cern.ch/cvmfs/@fqrn@',
+  'http://cernvmfs.gridpp.rl.ac.uk/cvmfs/@fqrn@',
+  'http://cvmfs-s1bnl.opensciencegrid.org/cvmfs/@fqrn@',
+  'http://cvmfs-s1fnal.opensciencegrid.org/cvmfs/@fqrn@',
+];
+
+/** `;`-separated like `CVMFS_SERVER_URL`; each an http(s) URL. */
+const serverList = z
+  .string()
+  .transform((s) => s.split(';').map((u) => u.trim()).filter(Boolean))
+  .pipe(z.array(z.string().url().regex(/^https?:\/\//, 'must be an http(s) URL')).min(1));
+
 export const ConfigSchema = z.object({
   /** Folder for the Temporal SQLite file, cloudgate's store, the sim cloud's state and the token secret. */
   dataDir: z.string().default('data'),
@@ -27,6 +44,12 @@ export const ConfigSchema = z.object({
   logLevel: z.string().default('info'),
   /** The cloud registry file (YAML or JSON); unset: only the simulated cloud `sim`. */
   cloudsFile: z.string().optional(),
+  /** The gateway's stratum-1 check before a cluster deploys. */
+  cvmfs: z.object({
+    servers: serverList.prefault(DEFAULT_CVMFS_SERVERS.join(';')),
+    /** A repository whose manifest was published longer ago than this fails as stale. */
+    maxAgeSeconds: z.coerce.number().int().min(60).default(90 * 24 * 3600),
+  }).prefault({}),
   sim: z.object({
     bootMs: z.coerce.number().int().min(0).default(8_000),
     readyDelayMs: z.coerce.number().int().min(0).default(2_000),
@@ -56,6 +79,10 @@ export function configFromEnv(env: Record<string, string | undefined>): Config {
     tokenTtlSeconds: e('CLOUDGATE_TOKEN_TTL_SECONDS'),
     logLevel: e('CLOUDGATE_LOG_LEVEL'),
     cloudsFile: e('CLOUDGATE_CLOUDS'),
+    cvmfs: {
+      servers: e('CLOUDGATE_CVMFS_SERVERS'),
+      maxAgeSeconds: e('CLOUDGATE_CVMFS_MAX_AGE_SECONDS'),
+    },
     sim: {
       bootMs: e('SIM_BOOT_MS'),
       readyDelayMs: e('SIM_READY_DELAY_MS'),

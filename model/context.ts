@@ -323,3 +323,30 @@ export function hashContextPasswords(input: ContextInput): Context {
 
 /** The secret values of a validated input, for the store to encrypt. */
 export const contextSecrets = (input: ContextInput): Record<string, string> => ({ ...(input.secrets ?? {}) });
+
+/**
+ * A service's context as its cluster pins it at submission: the exact version the instances
+ * render (later versions do not change a running cluster) and what the gateway checks before
+ * deploying and when guests report. No secret values, so it may travel in workflow inputs.
+ */
+export interface PinnedContext {
+  id: string;
+  version: number;
+  /** The repositories every instance must probe OK, and the stratum-1 check looks up. */
+  repositories: string[];
+  /** The context's own stratum-1 URLs (`@fqrn@`); unset: the gateway's configured list. */
+  servers?: string[];
+  /** Lowest acceptable revision per repository. */
+  minRevision?: Record<string, number>;
+}
+
+/** The pin of one stored context version. */
+export function pinContext(id: string, version: number, ctx: Context): PinnedContext {
+  return {
+    id,
+    version,
+    repositories: [...ctx.repositories],
+    ...(ctx.cvmfs.servers?.length && { servers: [...ctx.cvmfs.servers] }),
+    ...(ctx.cvmfs.minRevision && Object.keys(ctx.cvmfs.minRevision).length > 0 && { minRevision: { ...ctx.cvmfs.minRevision } }),
+  };
+}

@@ -24,7 +24,10 @@ export type Offering = z.infer<typeof OfferingSchema>;
 export const ServiceDefinitionSchema = z
   .object({
     name: NameSchema,
+    /** The context (`ctx-…`) its instances are contextualized with; the cluster pins its version at submission. */
     contextId: z.string().min(1).max(200).optional(),
+    /** Pin this version of the context instead of the latest one at submission. */
+    contextVersion: z.number().int().min(1).optional(),
     offering: OfferingSchema,
     image: z.string().min(1).max(500),
     min: z.number().int().min(0).max(10_000).default(1),
@@ -58,6 +61,9 @@ export const ClusterDefinitionSchema = z
           message: `duplicate service name "${s.name}" (also services[${seen.get(s.name)}])`,
         });
       } else seen.set(s.name, i);
+      if (s.contextVersion !== undefined && s.contextId === undefined) {
+        ctx.addIssue({ code: 'custom', path: ['services', i, 'contextVersion'], message: 'contextVersion needs a contextId' });
+      }
       if (s.max !== undefined && s.min > s.max) {
         ctx.addIssue({ code: 'custom', path: ['services', i, 'min'], message: `min (${s.min}) is greater than max (${s.max})` });
       }

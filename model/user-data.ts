@@ -18,6 +18,10 @@ export interface PhoneHome {
   repositories: string[];
 }
 
+/** The readiness endpoint of one instance under the gateway's public URL. */
+export const phoneHomeUrl = (publicUrl: string, instanceId: string): string =>
+  `${publicUrl.replace(/\/+$/, '')}/v1/instances/${encodeURIComponent(instanceId)}/readiness`;
+
 /** cloudgate's own part: a private type, so cloud-init and amiconfig leave it alone. */
 export const PHONE_HOME_CONTENT_TYPE = 'text/x-cloudgate-phone-home';
 
@@ -79,7 +83,11 @@ export const GUEST_PATHS = {
 
 /** One instance's side of the rendering; secrets come separately from the context so callers can mask them. */
 export interface RenderInstance {
-  phoneHome: PhoneHome;
+  /**
+   * cloudgate's phone-home details. Absent for a VM no workflow waits for (a laptop CernVM
+   * paired by PIN): then neither the phone-home part nor the agent is rendered.
+   */
+  phoneHome?: PhoneHome;
   /** Values for the context's `secretNames`, decrypted by the caller. */
   secrets?: Record<string, string>;
   /** Preview mode: secret values and the token render as `MASK`; missing secret values are fine. */
@@ -95,6 +103,33 @@ interface Part {
 /** Size as the clouds count it (EC2: 16 KB of user-data bytes before base64). */
 export const userDataSize = (text: string): number => Buffer.byteLength(text, 'utf8');
 
+/** How a cloud limits user-data: bytes of the text itself, or of its base64 form. */
+export interface UserDataLimit {
+  maxBytes: number;
+  counted: 'raw' | 'base64';
+  /** How the cloud's documentation states the limit, for error messages. */
+  stated: string;
+}
+
+/**
+ * User-data limits per cloud kind, checked when a cluster is submitted (api/) and again by
+ * the adapters before they call the cloud. EC2: 16 KB before base64 (RunInstances
+ * `UserData`); CloudStack: 32 KB after base64, sent by POST (deployVirtualMachine
+ * `userdata`). libvirt's seed ISO, OCCI and the sim take what they are given.
+ */
+export const USER_DATA_LIMITS = {
+  ec2: { maxBytes: 16 * 1024, counted: 'raw', stated: '16 KB before base64' },
+  cloudstack: { maxBytes: 32 * 1024, counted: 'base64', stated: '32 KB after base64' },
+} as const satisfies Record<string, UserDataLimit>;
+
+/** The size of `text` as a cloud of `kind` counts it, and its limit; undefined for kinds without one. */
+export function measureUserData(kind: string, text: string): { size: number; limit: UserDataLimit } | undefined {
+  const limit: UserDataLimit | undefined = (USER_DATA_LIMITS as Record<string, UserDataLimit>)[kind];
+  if (!limit) return undefined;
+  const raw = userDataSize(text);
+  return { size: limit.counted === 'raw' ? raw : 4 * Math.ceil(raw / 3), limit };
+}
+
 /**
  * The whole user-data for one instance of a context: the µCernVM block first (its parser
  * stops at the first `[ucernvm-end]` line it sees), then amiconfig, cloud-config and the
@@ -105,14 +140,18 @@ export const userDataSize = (text: string): number => Buffer.byteLength(text, 'u
 export function renderContextUserData(ctx: Context, instance: RenderInstance): string {
   const mask = instance.maskSecrets === true;
   const secrets = secretValues(ctx, instance.secrets ?? {}, mask);
-  const repositories = [...new Set([...ctx.repositories, ...instance.phoneHome.repositories])];
-  const phoneHome: PhoneHome = { ...instance.phoneHome, repositories, token: mask ? MASK : instance.phoneHome.token };
+  const given = instance.phoneHome;
+  const phoneHome: PhoneHome | undefined = given && {
+    ...given,
+    repositories: [...new Set([...ctx.repositories, ...given.repositories])],
+    token: mask ? MASK : given.token,
+  };
   const parts: Part[] = [
     { contentType: UCERNVM_CONTENT_TYPE, filename: 'ucernvm.txt', body: renderUcernvm(ctx) },
     { contentType: AMICONFIG_CONTENT_TYPE, filename: 'amiconfig.ini', body: renderAmiconfig(ctx) },
     { contentType: CLOUD_CONFIG_CONTENT_TYPE, filename: 'cloud-config.yaml', body: renderCloudConfig(ctx, phoneHome, secrets) },
-    { contentType: PHONE_HOME_CONTENT_TYPE, filename: 'cloudgate-phone-home.json', body: `${JSON.stringify(phoneHome)}\n` },
   ];
+  if (phoneHome) parts.push({ contentType: PHONE_HOME_CONTENT_TYPE, filename: 'cloudgate-phone-home.json', body: `${JSON.stringify(phoneHome)}\n` });
   // Only the first part may hold µCernVM's markers as whole lines; others are nested (YAML) or keyed (INI).
   for (const p of parts.slice(1)) {
     if (/^\[ucernvm-(?:begin|end)\]$/m.test(p.body)) throw new Error(`the ${p.contentType} part would contain a µCernVM marker line`);
@@ -211,7 +250,7 @@ type WriteFile = { path: string; permissions: string; owner: string; content: st
  * the startup script and before the phone-home agent (so readiness covers it), any other key
  * is taken as given unless cloudgate sets it (cloudgate wins).
  */
-function renderCloudConfig(ctx: Context, phoneHome: PhoneHome, secrets: Record<string, string>): string {
+function renderCloudConfig(ctx: Context, phoneHome: PhoneHome | undefined, secrets: Record<string, string>): string {
   const files: WriteFile[] = [];
   const file = (path: string, permissions: string, content: string) => files.push({ path, permissions, owner: 'root:root', content });
 
@@ -226,22 +265,24 @@ function renderCloudConfig(ctx: Context, phoneHome: PhoneHome, secrets: Record<s
   if (env.length) file(GUEST_PATHS.environment, '0644', env.map(([k, v]) => `export ${k}=${shq(v)}\n`).join(''));
   const secretEntries = Object.entries(secrets);
   if (secretEntries.length) file(GUEST_PATHS.secrets, '0600', secretEntries.map(([k, v]) => `${k}=${shq(v)}\n`).join(''));
-  file(
-    GUEST_PATHS.phoneHomeEnv,
-    '0600',
-    [
-      `CLOUDGATE_PHONE_HOME_URL=${shq(phoneHome.url)}`,
-      `CLOUDGATE_INSTANCE_ID=${shq(phoneHome.instanceId)}`,
-      `CLOUDGATE_TOKEN=${shq(phoneHome.token)}`,
-      '',
-    ].join('\n'),
-  );
+  if (phoneHome) {
+    file(
+      GUEST_PATHS.phoneHomeEnv,
+      '0600',
+      [
+        `CLOUDGATE_PHONE_HOME_URL=${shq(phoneHome.url)}`,
+        `CLOUDGATE_INSTANCE_ID=${shq(phoneHome.instanceId)}`,
+        `CLOUDGATE_TOKEN=${shq(phoneHome.token)}`,
+        '',
+      ].join('\n'),
+    );
+  }
   if (ctx.startupScript) {
     // Scripts pasted from Windows editors would fail on `#!/bin/sh\r`; CernVM Online stripped \r too.
     const script = ctx.startupScript.replace(/\r\n?/g, '\n');
     file(GUEST_PATHS.startupScript, '0700', script.startsWith('#!') ? script : `#!/bin/sh\n${script}`);
   }
-  file(GUEST_PATHS.phoneHomeAgent, '0700', phoneHomeAgent(phoneHome.repositories));
+  if (phoneHome) file(GUEST_PATHS.phoneHomeAgent, '0700', phoneHomeAgent(phoneHome.repositories));
 
   const runcmd: unknown[] = [];
   if (ctx.services.length) {
@@ -268,7 +309,7 @@ function renderCloudConfig(ctx: Context, phoneHome: PhoneHome, secrets: Record<s
     ...(groups.length || list('groups').length ? { groups: [...groups, ...list('groups')] } : {}),
     users: ['default', ...users, ...list('users')],
     write_files: [...files, ...list('write_files')],
-    runcmd: [...runcmd, ...list('runcmd'), [GUEST_PATHS.phoneHomeAgent]],
+    runcmd: [...runcmd, ...list('runcmd'), ...(phoneHome ? [[GUEST_PATHS.phoneHomeAgent]] : [])],
   };
   return `#cloud-config\n${stringifyYaml({ ...extra, ...ours }, { lineWidth: 0 })}`;
 }

@@ -20,6 +20,8 @@ const DEBIAN_PACKAGES = {
   // libvirtd hosts the test hypervisor for the tests, so a killed worker's successor sees the same domains.
   'libvirt-daemon': '/usr/sbin/libvirtd',
   xorriso: '/usr/bin/xorriso',
+  // `cloud-init schema` validates the rendered #cloud-config parts in the tests.
+  'cloud-init': '/usr/bin/cloud-init',
 };
 const missingDebs = Object.entries(DEBIAN_PACKAGES).filter(([, file]) => !existsSync(file)).map(([pkg]) => pkg);
 if (missingDebs.length > 0) {

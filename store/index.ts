@@ -60,7 +60,33 @@ export interface ContextRecord {
   name: string;
   context: Context;
   createdAt: string;
+  /** When the context was deleted (soft: its versions and secrets are kept for pinned clusters); absent while it is live. */
+  deletedAt?: string;
 }
+
+/**
+ * A short-lived, single-use PIN that hands one context version's user-data to a CernVM a
+ * user boots on a laptop ({@link Store.createPairing}, {@link Store.takePairing}).
+ */
+export interface PairingRecord {
+  /** Six decimal digits. */
+  pin: string;
+  contextId: string;
+  version: number;
+  createdAt: string;
+  expiresAt: string;
+  usedAt?: string;
+}
+
+/**
+ * What {@link Store.takePairing} found: `ok` exactly once per PIN (the caller then renders
+ * the user-data), `used` or `expired` afterwards, `unknown` for a PIN never issued (or purged).
+ */
+export type PairingTake =
+  | { status: 'ok'; contextId: string; version: number }
+  | { status: 'unknown' }
+  | { status: 'used'; usedAt: string }
+  | { status: 'expired'; expiresAt: string };
 
 /** What a new context version is made of; `secrets` are the plain values, encrypted before they are written. */
 export interface ContextVersionInput {
@@ -108,6 +134,26 @@ export interface Store {
   listContextVersions(id: string): ContextRecord[];
   /** The decrypted secret values of one version (for rendering user-data); undefined if unknown. */
   getContextSecrets(id: string, version: number): Record<string, string> | undefined;
+  /**
+   * Soft-deletes a context: it leaves {@link listContexts} and {@link updateContext} refuses it,
+   * but its versions and encrypted secrets stay, because running clusters are pinned to a
+   * version and must still render it. False for an unknown or already deleted id.
+   */
+  deleteContext(id: string, at?: Date): boolean;
+
+  /**
+   * Issues a pairing PIN for one context version. Undefined when the PIN is held by a pairing
+   * that is neither used nor expired at `createdAt` (default now); a used or expired row with
+   * the same PIN is replaced. Throws if the context version does not exist.
+   */
+  createPairing(input: { pin: string; contextId: string; version: number; expiresAt: Date; createdAt?: Date }): PairingRecord | undefined;
+  /**
+   * Marks the pairing used if it is unused and unexpired at `now` (one conditional UPDATE, so of
+   * concurrent takes, even from several processes on one file, exactly one gets `ok`).
+   */
+  takePairing(pin: string, now?: Date): PairingTake;
+  /** Forgets pairings that expired before `expiredBefore` (their PINs then read as unknown); returns how many. */
+  purgePairings(expiredBefore: Date): number;
 
   /** Inserts or replaces a cloud registration. */
   upsertCloud(cloud: CloudRecord): void;
@@ -148,7 +194,8 @@ CREATE TABLE IF NOT EXISTS clouds (
 );
 CREATE TABLE IF NOT EXISTS contexts (
   id          TEXT PRIMARY KEY,
-  created_at  TEXT NOT NULL
+  created_at  TEXT NOT NULL,
+  deleted_at  TEXT
 );
 CREATE TABLE IF NOT EXISTS context_versions (
   context_id  TEXT NOT NULL REFERENCES contexts(id),
@@ -159,6 +206,16 @@ CREATE TABLE IF NOT EXISTS context_versions (
   secrets     TEXT NOT NULL,
   created_at  TEXT NOT NULL,
   PRIMARY KEY (context_id, version)
+);
+-- Times are ISO 8601 UTC strings of one length, so they compare as text.
+CREATE TABLE IF NOT EXISTS pairings (
+  pin         TEXT PRIMARY KEY,
+  context_id  TEXT NOT NULL,
+  version     INTEGER NOT NULL,
+  created_at  TEXT NOT NULL,
+  expires_at  TEXT NOT NULL,
+  used_at     TEXT,
+  FOREIGN KEY (context_id, version) REFERENCES context_versions(context_id, version)
 );
 `;
 
@@ -216,6 +273,7 @@ interface ContextRow {
   name: string;
   context: string;
   created_at: string;
+  deleted_at: string | null;
 }
 
 const toContext = (r: ContextRow): ContextRecord => ({
@@ -224,7 +282,17 @@ const toContext = (r: ContextRow): ContextRecord => ({
   name: r.name,
   context: JSON.parse(r.context) as Context,
   createdAt: r.created_at,
+  ...(r.deleted_at !== null && { deletedAt: r.deleted_at }),
 });
+
+interface PairingRow {
+  pin: string;
+  context_id: string;
+  version: number;
+  created_at: string;
+  expires_at: string;
+  used_at: string | null;
+}
 
 const SECRETS_FORMAT = 'v1:';
 const IV_BYTES = 12;
@@ -253,6 +321,9 @@ function decryptSecrets(key: Buffer, id: string, version: number, stored: string
     throw new Error(`cannot decrypt the secrets of context ${id} v${version} (wrong secrets key?)`, { cause: err });
   }
 }
+
+/** A context version's columns joined with its context's deletion time. */
+const CONTEXT_COLUMNS = 'v.context_id, v.version, v.name, v.context, v.created_at, c.deleted_at';
 
 /** `ctx-` and 12 hex digits, like definition ids. */
 const newContextId = (): string => `ctx-${randomUUID().replace(/-/g, '').slice(0, 12)}`;
@@ -288,6 +359,9 @@ export function openSqliteStore(file: string, options: StoreOptions = {}): Store
   // Stores made before clouds had endpoints and credential references.
   const cloudColumns = db.prepare<[], { name: string }>("SELECT name FROM pragma_table_info('clouds')").all();
   if (!cloudColumns.some((c) => c.name === 'info')) db.exec('ALTER TABLE clouds ADD COLUMN info TEXT');
+  // Stores made before contexts could be deleted.
+  const contextColumns = db.prepare<[], { name: string }>("SELECT name FROM pragma_table_info('contexts')").all();
+  if (!contextColumns.some((c) => c.name === 'deleted_at')) db.exec('ALTER TABLE contexts ADD COLUMN deleted_at TEXT');
 
   const q = {
     insertDef: db.prepare('INSERT INTO cluster_definitions (id, name, definition, created_at) VALUES (?, ?, ?, ?)'),
@@ -314,20 +388,32 @@ export function openSqliteStore(file: string, options: StoreOptions = {}): Store
     ),
     latestContextVersion: db.prepare<[string], { version: number | null }>('SELECT MAX(version) AS version FROM context_versions WHERE context_id = ?'),
     getContextVersion: db.prepare<[string, number], ContextRow>(
-      'SELECT context_id, version, name, context, created_at FROM context_versions WHERE context_id = ? AND version = ?',
+      `SELECT ${CONTEXT_COLUMNS} FROM context_versions v JOIN contexts c ON c.id = v.context_id WHERE v.context_id = ? AND v.version = ?`,
     ),
     getLatestContext: db.prepare<[string], ContextRow>(
-      'SELECT context_id, version, name, context, created_at FROM context_versions WHERE context_id = ? ORDER BY version DESC LIMIT 1',
+      `SELECT ${CONTEXT_COLUMNS} FROM context_versions v JOIN contexts c ON c.id = v.context_id WHERE v.context_id = ? ORDER BY v.version DESC LIMIT 1`,
     ),
     listLatestContexts: db.prepare<[], ContextRow>(
-      `SELECT v.context_id, v.version, v.name, v.context, v.created_at
+      `SELECT ${CONTEXT_COLUMNS}
        FROM contexts c JOIN context_versions v ON v.context_id = c.id
-       WHERE v.version = (SELECT MAX(version) FROM context_versions WHERE context_id = c.id)
+       WHERE c.deleted_at IS NULL AND v.version = (SELECT MAX(version) FROM context_versions WHERE context_id = c.id)
        ORDER BY c.created_at, c.id`,
     ),
     listContextVersions: db.prepare<[string], ContextRow>(
-      'SELECT context_id, version, name, context, created_at FROM context_versions WHERE context_id = ? ORDER BY version',
+      `SELECT ${CONTEXT_COLUMNS} FROM context_versions v JOIN contexts c ON c.id = v.context_id WHERE v.context_id = ? ORDER BY v.version`,
     ),
+    contextDeletedAt: db.prepare<[string], { deleted_at: string | null }>('SELECT deleted_at FROM contexts WHERE id = ?'),
+    deleteContext: db.prepare('UPDATE contexts SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL'),
+    // Replaces a row with the same PIN only if that one is used or expired; else changes nothing.
+    insertPairing: db.prepare(
+      `INSERT INTO pairings (pin, context_id, version, created_at, expires_at) VALUES (@pin, @contextId, @version, @createdAt, @expiresAt)
+       ON CONFLICT(pin) DO UPDATE SET context_id = excluded.context_id, version = excluded.version, created_at = excluded.created_at,
+         expires_at = excluded.expires_at, used_at = NULL
+       WHERE pairings.used_at IS NOT NULL OR pairings.expires_at <= excluded.created_at`,
+    ),
+    takePairing: db.prepare('UPDATE pairings SET used_at = ? WHERE pin = ? AND used_at IS NULL AND expires_at > ?'),
+    getPairing: db.prepare<[string], PairingRow>('SELECT * FROM pairings WHERE pin = ?'),
+    purgePairings: db.prepare('DELETE FROM pairings WHERE expires_at < ?'),
     getContextSecrets: db.prepare<[string, number], { secrets: string }>('SELECT secrets FROM context_versions WHERE context_id = ? AND version = ?'),
     ping: db.prepare('SELECT 1'),
   };
@@ -345,9 +431,21 @@ export function openSqliteStore(file: string, options: StoreOptions = {}): Store
   });
   // Read the latest version and write the next in one transaction: concurrent updates get distinct versions.
   const updateContextTx = db.transaction((id: string, input: ContextVersionInput): ContextRecord | undefined => {
+    const ctx = q.contextDeletedAt.get(id);
+    if (!ctx || ctx.deleted_at !== null) return undefined;
     const latest = q.latestContextVersion.get(id)?.version;
     if (latest === null || latest === undefined) return undefined;
     return insertVersion(id, latest + 1, input, new Date().toISOString());
+  });
+
+  // The conditional UPDATE alone decides who wins; the transaction only keeps the read that explains a loss consistent with it.
+  const takePairingTx = db.transaction((pin: string, now: string): PairingTake => {
+    const won = q.takePairing.run(now, pin, now).changes > 0;
+    const r = q.getPairing.get(pin);
+    if (!r) return { status: 'unknown' };
+    if (won) return { status: 'ok', contextId: r.context_id, version: r.version };
+    if (r.used_at !== null) return { status: 'used', usedAt: r.used_at };
+    return { status: 'expired', expiresAt: r.expires_at };
   });
 
   return {
@@ -408,6 +506,14 @@ export function openSqliteStore(file: string, options: StoreOptions = {}): Store
       const r = q.getContextSecrets.get(id, version);
       return r && decryptSecrets(secretsKey, id, version, r.secrets);
     },
+    deleteContext: (id, at = new Date()) => q.deleteContext.run(at.toISOString(), id).changes > 0,
+
+    createPairing({ pin, contextId, version, expiresAt, createdAt = new Date() }) {
+      const rec: PairingRecord = { pin, contextId, version, createdAt: createdAt.toISOString(), expiresAt: expiresAt.toISOString() };
+      return q.insertPairing.run(rec).changes > 0 ? rec : undefined;
+    },
+    takePairing: (pin, now = new Date()) => takePairingTx.immediate(pin, now.toISOString()),
+    purgePairings: (expiredBefore) => q.purgePairings.run(expiredBefore.toISOString()).changes,
 
     deleteCloud(name) {
       return q.deleteCloud.run(name).changes > 0;

@@ -15,6 +15,7 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { extractPhoneHome } from '../model/user-data.js';
 import { clusterStatus, startStack, threeTier, waitFor, waitForState, type Stack } from './harness.js';
+import { historyText } from './history-text.js';
 import { startCloudStackPeer } from './peers/cloudstack.js';
 import { startLibvirtPeer } from './peers/libvirt.js';
 import { startMotoPeer } from './peers/moto.js';
@@ -165,7 +166,7 @@ describe('secrets', () => {
     expect(secrets.length).toBeGreaterThanOrEqual(3);
     let histories = '';
     for await (const wf of stack.client.workflow.list()) {
-      histories += JSON.stringify(await stack.client.workflow.getHandle(wf.workflowId, wf.runId).fetchHistory());
+      histories += historyText(await stack.client.workflow.getHandle(wf.workflowId, wf.runId).fetchHistory());
     }
     expect(histories.length).toBeGreaterThan(10_000);
     const logs = ['worker.log', 'api.log'].map((f) => readFileSync(path.join(stack.dataDir, f), 'utf8')).join('\n');

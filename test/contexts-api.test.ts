@@ -2,19 +2,30 @@
  * Context portal: create, read, list, update (immutable versions), versions and preview
  * through the API against a real Temporal dev server; bad input named in 422s; secret
  * values and plain passwords in no response and not in plain text in the SQLite files;
- * the store's round trip, encryption key handling and reopen.
+ * the store's round trip, encryption key handling and reopen; soft delete (410s) and
+ * pairing a laptop CernVM by single-use PIN, its expiry and the PIN guessing limit.
  */
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from '@jest/globals';
+import Database from 'better-sqlite3';
 import { Client, Connection } from '@temporalio/client';
 import request, { type Response } from 'supertest';
 import { pino } from 'pino';
+import { simpleParser } from 'mailparser';
 import { verify } from 'unixcrypt';
 import { createApp, type ApiConfig, type CloudgateApp } from '../api/app.js';
+import { PAIRING_TTL_MS, PIN_MISS_LIMIT, PIN_MISS_WINDOW_MS } from '../api/contexts.js';
 import { ContextInputSchema, contextSecrets, hashContextPasswords, type Context } from '../model/context.js';
-import { MASK } from '../model/user-data.js';
+import {
+  AMICONFIG_CONTENT_TYPE,
+  CLOUD_CONFIG_CONTENT_TYPE,
+  GUEST_PATHS,
+  MASK,
+  PHONE_HOME_CONTENT_TYPE,
+  UCERNVM_CONTENT_TYPE,
+} from '../model/user-data.js';
 import { openSqliteStore, type ContextRecord, type Store } from '../store/index.js';
 import { loadSecretsKey } from '../store/secret.js';
 import { startDevServer, type DevServer } from '../workers/dev-server.js';
@@ -320,5 +331,195 @@ describe('context store', () => {
     expect(loadSecretsKey({ dataDir: folder }, { CLOUDGATE_SECRETS_KEY: hex })).toEqual(Buffer.from(hex, 'hex'));
     expect(existsSync(path.join(folder, 'secrets-key'))).toBe(false);
     expect(() => loadSecretsKey({ dataDir: folder }, { CLOUDGATE_SECRETS_KEY: 'too-short' })).toThrow(/64 hex digits/);
+  });
+});
+
+interface Pairing {
+  pin: string;
+  contextId: string;
+  version: number;
+  expiresAt: string;
+  links: { userData: string };
+}
+
+describe('soft delete and laptop pairing', () => {
+  /** The app's clock; each test starts a miss window later, so PIN misses of one test do not count in the next. */
+  let clock = new Date('2030-06-01T08:00:00.000Z');
+  const tick = (ms: number) => {
+    clock = new Date(clock.getTime() + ms);
+  };
+  let paired: CloudgateApp;
+  let ctx: ContextRecord;
+  beforeAll(async () => {
+    paired = createApp({ store, temporal, config, now: () => clock });
+    ctx = (await request(paired).post('/v1/contexts').send(input)).body as ContextRecord;
+  });
+  beforeEach(() => tick(PIN_MISS_WINDOW_MS + 1));
+  afterAll(() => paired?.drain());
+
+  const pairing = (id: string, body?: object) => {
+    const req = request(paired).post(`/v1/contexts/${id}/pairings`);
+    return body === undefined ? req : req.send(body);
+  };
+  const fetchUserData = (pin: string) => request(paired).get(`/v1/pair/${pin}`);
+  const pinOf = async (id: string, body?: object): Promise<string> => {
+    const res = await pairing(id, body);
+    expect(res.status).toBe(201);
+    return (res.body as Pairing).pin;
+  };
+
+  it('POST /v1/contexts/:id/pairings → 201 with a 6-digit PIN valid for 5 minutes (latest version, or the one asked for)', async () => {
+    let res = await pairing(ctx.id);
+    expect(res.status).toBe(201);
+    noLeak(res);
+    const p = res.body as Pairing;
+    expect(p).toEqual({
+      pin: expect.stringMatching(/^[0-9]{6}$/),
+      contextId: ctx.id,
+      version: 1,
+      expiresAt: new Date(clock.getTime() + PAIRING_TTL_MS).toISOString(),
+      links: { userData: `/v1/pair/${p.pin}` },
+    });
+    expect(res.headers.location).toBe(`/v1/pair/${p.pin}`);
+
+    // With the system clock: expiresAt ≈ now + 5 min.
+    res = await request(app).post(`/v1/contexts/${ctx.id}/pairings`);
+    expect(res.status).toBe(201);
+    expect(Math.abs(Date.parse((res.body as Pairing).expiresAt) - (Date.now() + PAIRING_TTL_MS))).toBeLessThan(5_000);
+
+    const v2 = await request(paired).put(`/v1/contexts/${ctx.id}`).send({ ...input, name: 'ALICE analysis v2' });
+    expect(v2.status).toBe(200);
+    expect((await pairing(ctx.id)).body).toMatchObject({ version: 2 });
+    expect((await pairing(ctx.id, { version: 1 })).body).toMatchObject({ version: 1 });
+    expect((await pairing(ctx.id, {})).body).toMatchObject({ version: 2 });
+  });
+
+  it('POST pairing: unknown context or version → 404, bad body → 422/415', async () => {
+    expect(problem(await pairing('ctx-000000000000'), 404).detail).toBe('no context "ctx-000000000000"');
+    expect(problem(await pairing('not-an-id'), 404).detail).toBe('no context "not-an-id"');
+    expect(problem(await pairing(ctx.id, { version: 99 }), 404).detail).toBe(`context "${ctx.id}" has no version 99`);
+    let res = await pairing(ctx.id, { version: 'one' });
+    problem(res, 422);
+    expect(fields(res)).toEqual(['version']);
+    res = await pairing(ctx.id, { colour: 'blue' });
+    problem(res, 422);
+    expect(fields(res)).toEqual(['colour']);
+    res = await request(paired).post(`/v1/contexts/${ctx.id}/pairings`).type('text/plain').send('version=1');
+    problem(res, 415);
+  });
+
+  it('GET /v1/pair/:pin → the real user-data once (µCernVM, amiconfig, cloud-config; no phone-home), then 410', async () => {
+    const pin = await pinOf(ctx.id, { version: 1 });
+    const res = await fetchUserData(pin);
+    expect(res.status).toBe(200);
+    expect(res.headers['content-type']).toBe('text/plain; charset=utf-8');
+    expect(res.headers['cache-control']).toBe('no-store');
+    const mail = await simpleParser(res.text);
+    expect(mail.attachments.map((a) => a.contentType)).toEqual([UCERNVM_CONTENT_TYPE, AMICONFIG_CONTENT_TYPE, CLOUD_CONFIG_CONTENT_TYPE]);
+    const part = (type: string) => mail.attachments.find((a) => a.contentType === type)?.content.toString('utf8') ?? '';
+    expect(part(UCERNVM_CONTENT_TYPE)).toContain('cvmfs_branch=cernvm-prod.cern.ch');
+    expect(part(AMICONFIG_CONTENT_TYPE)).toContain('alice.cern.ch');
+    // This is the VM's own user-data: the secret values are real, nothing is masked.
+    const cloudConfig = part(CLOUD_CONFIG_CONTENT_TYPE);
+    expect(cloudConfig).toContain(GUEST_PATHS.secrets);
+    expect(cloudConfig).toContain(SECRET);
+    expect(cloudConfig).toContain(SECRET2);
+    expect(res.text).not.toContain(MASK);
+    expect(res.text).not.toContain(PASSWORD); // passwords stay hashes
+    // No workflow waits for a laptop: no phone-home part, file or agent.
+    expect(res.text).not.toContain(PHONE_HOME_CONTENT_TYPE);
+    expect(cloudConfig).not.toContain(GUEST_PATHS.phoneHomeEnv);
+    expect(cloudConfig).not.toContain(GUEST_PATHS.phoneHomeAgent);
+    expect(res.text).not.toContain('/readiness');
+
+    const again = problem(await fetchUserData(pin), 410);
+    expect(again.detail).toBe(`pairing PIN ${pin} was already used at ${clock.toISOString()}`);
+  });
+
+  it('a PIN expires after 5 minutes → 410', async () => {
+    const early = await pinOf(ctx.id);
+    const late = await pinOf(ctx.id);
+    const expiresAt = new Date(clock.getTime() + PAIRING_TTL_MS).toISOString();
+    tick(PAIRING_TTL_MS - 1);
+    expect((await fetchUserData(early)).status).toBe(200);
+    tick(1);
+    expect(problem(await fetchUserData(late), 410).detail).toBe(`pairing PIN ${late} expired at ${expiresAt}`);
+  });
+
+  it('unknown or malformed PINs → 404', async () => {
+    // A PIN no pairing holds (no route lists PINs; read the table without touching a row).
+    const db = new Database(dbFile, { readonly: true });
+    const held = new Set(db.prepare<[], { pin: string }>('SELECT pin FROM pairings').all().map((r) => r.pin));
+    db.close();
+    let unknown = '000000';
+    for (let n = 1; held.has(unknown); n++) unknown = String(n).padStart(6, '0');
+    expect(problem(await fetchUserData(unknown), 404).detail).toBe(`no pairing with PIN ${unknown}`);
+    expect(problem(await fetchUserData('abc'), 404).detail).toBe('no pairing "abc": a pairing PIN is 6 digits');
+    problem(await fetchUserData('1234567'), 404);
+    problem(await fetchUserData('12345'), 404);
+  });
+
+  it(`after ${PIN_MISS_LIMIT} failed lookups in a minute a client gets 429 with Retry-After, even for a good PIN`, async () => {
+    const good = await pinOf(ctx.id);
+    tick(1_000);
+    for (let i = 0; i < PIN_MISS_LIMIT; i++) problem(await fetchUserData(`x${i}`), 404);
+    tick(10_000);
+    let res = await fetchUserData(good);
+    const p = problem(res, 429);
+    expect(p.detail).toMatch(/too many failed PIN lookups/);
+    expect(res.headers['retry-after']).toBe(String(PIN_MISS_WINDOW_MS / 1000 - 10));
+    res = await fetchUserData('abc');
+    problem(res, 429); // a 429 is not a miss of its own: the wait does not grow
+    tick(PIN_MISS_WINDOW_MS - 10_000);
+    expect((await fetchUserData(good)).status).toBe(200);
+    // Used and expired PINs count as misses too.
+    for (let i = 0; i < PIN_MISS_LIMIT; i++) problem(await fetchUserData(good), 410);
+    problem(await fetchUserData(good), 429);
+  });
+
+  it('DELETE /v1/contexts/:id → 204; then its routes answer 410, the list omits it, the store keeps its versions and secrets', async () => {
+    const doomed = (await request(paired).post('/v1/contexts').send(input)).body as ContextRecord;
+    await request(paired).put(`/v1/contexts/${doomed.id}`).send({ ...input, name: 'v2' });
+    const pinBefore = await pinOf(doomed.id);
+    const deletedAt = clock.toISOString();
+
+    const res = await request(paired).delete(`/v1/contexts/${doomed.id}`);
+    expect(res.status).toBe(204);
+    expect(res.text).toBe('');
+
+    const gone = (r: Response) => {
+      const p = problem(r, 410);
+      expect(p.detail).toBe(`context "${doomed.id}" was deleted at ${deletedAt}`);
+      expect(r.body).toMatchObject({ deletedAt, type: 'urn:cloudgate:problem:context-deleted' });
+    };
+    gone(await request(paired).get(`/v1/contexts/${doomed.id}`));
+    gone(await request(paired).get(`/v1/contexts/${doomed.id}?version=1`));
+    gone(await request(paired).get(`/v1/contexts/${doomed.id}?version=9`));
+    gone(await request(paired).get(`/v1/contexts/${doomed.id}/versions`));
+    gone(await request(paired).get(`/v1/contexts/${doomed.id}/preview`));
+    gone(await request(paired).put(`/v1/contexts/${doomed.id}`).send(input));
+    gone(await pairing(doomed.id));
+    gone(await request(paired).delete(`/v1/contexts/${doomed.id}`)); // a second DELETE: 410 too
+    // A PIN issued before the delete no longer hands out the user-data.
+    gone(await fetchUserData(pinBefore));
+
+    const list = (await request(paired).get('/v1/contexts')).body as { items: ContextRecord[] };
+    expect(list.items.map((c) => c.id)).not.toContain(doomed.id);
+    expect(list.items.map((c) => c.id)).toContain(ctx.id);
+    expect(store.listContextVersions(doomed.id)).toHaveLength(2);
+
+    // Clusters pinned to a version can still render it.
+    expect(store.getContext(doomed.id, 1)).toEqual({ ...doomed, deletedAt });
+    expect(store.getContextSecrets(doomed.id, 1)).toEqual(input.secrets);
+
+    problem(await request(paired).delete('/v1/contexts/ctx-000000000000'), 404);
+    problem(await request(paired).delete('/v1/contexts/not-an-id'), 404);
+  });
+
+  it('the OpenAPI document declares the new routes', async () => {
+    const doc = (await request(paired).get('/openapi.json')).body as { paths: Record<string, Record<string, { responses: Record<string, unknown> }>> };
+    expect(Object.keys(doc.paths['/v1/contexts/{id}'])).toEqual(expect.arrayContaining(['get', 'put', 'delete']));
+    expect(Object.keys(doc.paths['/v1/contexts/{id}/pairings'].post.responses)).toEqual(expect.arrayContaining(['201', '404', '410']));
+    expect(Object.keys(doc.paths['/v1/pair/{pin}'].get.responses)).toEqual(expect.arrayContaining(['200', '404', '410', '429']));
   });
 });

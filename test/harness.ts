@@ -46,6 +46,8 @@ export interface StackOptions {
   clouds?: CloudConfig[];
   /** Extra environment for a worker process (credentials the registry references). */
   env?: Record<string, string>;
+  /** Stratum-1 URL templates the gateway checks repositories on (default: the config's CERN list). */
+  cvmfsServers?: string[];
   /** Write the worker process's and the API's logs (info level) to worker.log and api.log in the data folder. */
   captureLogs?: boolean;
 }
@@ -88,6 +90,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
     tokenSecret: 'test-secret-0123456789abcdef',
     logLevel: 'warn',
     sim: { bootMs: 300, readyDelayMs: 200, seed: 'test', ...opts.sim },
+    ...(opts.cvmfsServers && { cvmfs: { servers: opts.cvmfsServers.join(';') } }),
   });
   const connection = await Connection.connect({ address: temporal.address });
   const client = new Client({ connection });
@@ -116,6 +119,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
           SIM_SEED: config.sim.seed,
           SIM_RULES: opts.simRules ? JSON.stringify(opts.simRules) : '',
           CLOUDGATE_CLOUDS: cloudsFile ?? '',
+          CLOUDGATE_CVMFS_SERVERS: config.cvmfs.servers.join(';'),
           ...opts.env,
         };
         const log = opts.captureLogs ? openSync(path.join(dataDir, 'worker.log'), 'a') : 'inherit';

@@ -3,8 +3,9 @@
  * diverge. Two sources: histories recorded just now from a real run (scale, failure,
  * replacement and teardown included), and histories committed under
  * test/fixtures/histories/ from earlier versions (refresh them with
- * `RECORD_HISTORIES=1 npm test -- test/replay.test.ts` only when a change is meant to be
- * incompatible, and then version the workflow instead).
+ * `RECORD_HISTORIES=<label> npm test -- test/replay.test.ts`, which adds `<label>-*.json` beside
+ * the earlier versions' files; never rewrite old ones — a change that cannot replay them must
+ * be versioned with `patched()` instead).
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -12,14 +13,20 @@ import path from 'node:path';
 import { Worker } from '@temporalio/worker';
 import { temporal } from '@temporalio/proto';
 import { ROOT, deploy, startStack, waitFor, waitForState, workflowBundle, clusterStatus, type Stack } from './harness.js';
+import { historyText } from './history-text.js';
+import { startStratum1, type FakeStratum1 } from './fakes/stratum1.js';
 
 const FIXTURES = path.join(ROOT, 'test/fixtures/histories');
 let stack: Stack;
+let stratum1: FakeStratum1;
 beforeAll(async () => {
-  stack = await startStack({ simRules: [{ match: '-svc-b-0$', behaviour: 'fail' }] });
+  const now = Date.now();
+  stratum1 = await startStratum1({ 'alice.cern.ch': { revision: 7, publishedAt: new Date(now - 60_000), whitelistExpires: new Date(now + 86_400_000) } });
+  stack = await startStack({ simRules: [{ match: '-svc-b-0$', behaviour: 'fail' }], cvmfsServers: [stratum1.url] });
 });
 afterAll(async () => {
   await stack?.stop();
+  await stratum1?.stop();
 });
 
 async function replay(histories: { workflowId: string; history: temporal.api.history.v1.IHistory }[]) {
@@ -30,11 +37,14 @@ async function replay(histories: { workflowId: string; history: temporal.api.his
 
 describe('workflow replay', () => {
   it('replays freshly recorded histories without nondeterminism', async () => {
+    // svc-b has a context: the stratum-1 check, the pinned render and per-repository readiness are recorded too.
+    const ctx = await stack.http('POST', '/v1/contexts', { name: 'replay', repositories: ['alice.cern.ch'] });
+    expect(ctx.status).toBe(201);
     const id = await deploy(stack, {
       name: 'replay',
       services: [
         { name: 'svc-a', offering: { cpus: 1, memoryMiB: 1024, diskGiB: 10 }, image: 'cernvm', min: 1, max: 4 },
-        { name: 'svc-b', offering: { cpus: 1, memoryMiB: 1024, diskGiB: 10 }, image: 'cernvm', min: 2, dependsOn: ['svc-a'] },
+        { name: 'svc-b', contextId: ctx.body.id, offering: { cpus: 1, memoryMiB: 1024, diskGiB: 10 }, image: 'cernvm', min: 2, dependsOn: ['svc-a'] },
       ],
     });
     await waitForState(stack, id, 'READY');
@@ -53,13 +63,18 @@ describe('workflow replay', () => {
     expect(results.map((r) => r.error)).toEqual(histories.map(() => undefined));
 
     // Phone-home tokens and the secret that signs them never reach workflow history.
-    const recorded = JSON.stringify(histories);
+    const recorded = historyText(histories);
+    expect(recorded).toContain('createInstances'); // the payloads were decoded, so a leak would show
     expect(recorded).not.toContain(stack.config.tokenSecret!);
     expect(recorded).not.toMatch(/Bearer|"token"|x-cloudgate-phone-home/);
 
-    if (process.env.RECORD_HISTORIES) {
+    expect(recorded).toContain('checkCvmfsRepository');
+
+    // RECORD_HISTORIES=<label> adds <label>-cluster.json, <label>-svc-a.json, … beside the earlier versions' files.
+    const label = process.env.RECORD_HISTORIES;
+    if (label) {
       for (const h of histories) {
-        const file = path.join(FIXTURES, `${h.workflowId.split('/').slice(2).join('-') || 'cluster'}.json`);
+        const file = path.join(FIXTURES, `${label}-${h.workflowId.split('/').slice(2).join('-') || 'cluster'}.json`);
         const History = temporal.api.history.v1.History;
         const history = History.toObject(History.fromObject(h.history), { longs: String, enums: String, bytes: String });
         writeFileSync(file, `${JSON.stringify({ workflowId: h.workflowId, history })}\n`);

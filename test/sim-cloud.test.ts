@@ -131,7 +131,13 @@ describe('sim guests phone home', () => {
     const [r] = gateway.received;
     expect(r.instanceId).toBe('c1-workers-0');
     expect(r.auth).toBe('Bearer tok-c1-workers-0');
-    expect(r.body).toEqual({ status: 'ok', checks: { cvmfs: { 'sft.cern.ch': 'OK', 'alice.cern.ch': 'OK' } } });
+    expect(r.body).toEqual({
+      status: 'ok',
+      checks: {
+        cvmfs: { 'sft.cern.ch': 'OK', 'alice.cern.ch': 'OK' },
+        output: { 'sft.cern.ch': 'Probing /cvmfs/sft.cern.ch... OK', 'alice.cern.ch': 'Probing /cvmfs/alice.cern.ch... OK' },
+      },
+    });
     expect(r.at - t0).toBeGreaterThanOrEqual(200);
     expect((await sim.describeInstance(inst.id)).state).toBe('RUNNING');
 
@@ -197,7 +203,11 @@ describe('sim rules and rates', () => {
     await until('two reports', () => gateway.received.length === 2);
     expect(gateway.for('c1-workers-0')[0].body).toEqual({
       status: 'failed',
-      checks: { cvmfs: { 'sft.cern.ch': 'FAILED', 'alice.cern.ch': 'FAILED' }, message: 'simulated probe failure' },
+      checks: {
+        cvmfs: { 'sft.cern.ch': 'FAILED', 'alice.cern.ch': 'FAILED' },
+        output: { 'sft.cern.ch': 'Probing /cvmfs/sft.cern.ch... Failed!', 'alice.cern.ch': 'Probing /cvmfs/alice.cern.ch... Failed!' },
+        message: 'simulated probe failure',
+      },
     });
     expect(gateway.for('c1-workers-1')[0].body.status).toBe('ok');
   });

@@ -23,7 +23,9 @@ import {
   PHONE_HOME_CONTENT_TYPE,
   renderContextUserData,
   renderUserData,
+  measureUserData,
   UCERNVM_CONTENT_TYPE,
+  USER_DATA_LIMITS,
   userDataSize,
   type PhoneHome,
 } from '../model/user-data.js';
@@ -259,6 +261,28 @@ describe('#cloud-config part (yaml)', () => {
     expect(checkCloudConfig(doc)).toEqual([]);
   });
 
+  it("passes Debian's `cloud-init schema` (installed by scripts/setup.mjs), with and without extra cloud-config", async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'cloudgate-cc-'));
+    try {
+      const plain = part((await simpleParser(renderContextUserData(hashContextPasswords(ContextInputSchema.parse({ name: 'p' })), { phoneHome: PHONE_HOME }))).attachments, CLOUD_CONFIG_CONTENT_TYPE);
+      for (const [name, body] of [['full.yaml', text], ['plain.yaml', plain]] as const) {
+        await writeFile(join(dir, name), body);
+        const out = await new Promise<{ code: number; text: string }>((resolve) =>
+          execFile('cloud-init', ['schema', '--config-file', join(dir, name)], (err, stdout, stderr) =>
+            resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, text: `${stdout}${stderr}` }),
+          ),
+        );
+        expect(out).toEqual({ code: 0, text: expect.stringContaining('Valid cloud-config') });
+      }
+      // And it does reject what is not cloud-config, so passing means something.
+      await writeFile(join(dir, 'bad.yaml'), '#cloud-config\nwrite_files:\n  - {path: 3, permissions: 777}\n');
+      const bad = await new Promise<number>((resolve) => execFile('cloud-init', ['schema', '--config-file', join(dir, 'bad.yaml')], (err) => resolve(err ? 1 : 0)));
+      expect(bad).toBe(1);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
   it('creates the users with hashes and keys, keeps the image default user, and creates groups', () => {
     const users = doc.users as (string | Record<string, unknown>)[];
     expect(users[0]).toBe('default');
@@ -325,6 +349,30 @@ describe('phone-home part', () => {
     const legacy = renderUserData({ ...PHONE_HOME, repositories: ['alice.cern.ch'] });
     expect(extractPhoneHome(legacy)).toEqual({ ...PHONE_HOME, repositories: ['alice.cern.ch'] });
     expect(legacy).toContain('\r\n');
+  });
+  it('is left out, with its agent and token file, for a VM no workflow waits for (pairing)', async () => {
+    const text = renderContextUserData(ctx, { secrets: SECRETS });
+    const mail = await simpleParser(text);
+    expect(mail.attachments.map((a) => a.contentType)).toEqual([UCERNVM_CONTENT_TYPE, AMICONFIG_CONTENT_TYPE, CLOUD_CONFIG_CONTENT_TYPE]);
+    expect(extractPhoneHome(text)).toBeUndefined();
+    const doc = parseYaml(mail.attachments[2].content.toString('utf8')) as { write_files: { path: string }[]; runcmd: unknown[] };
+    const paths = doc.write_files.map((f) => f.path);
+    expect(paths).not.toContain(GUEST_PATHS.phoneHomeAgent);
+    expect(paths).not.toContain(GUEST_PATHS.phoneHomeEnv);
+    expect(doc.runcmd).not.toContainEqual([GUEST_PATHS.phoneHomeAgent]);
+    expect(paths).toContain(GUEST_PATHS.secrets);
+  });
+});
+
+describe('per-cloud user-data limits', () => {
+  it('counts EC2 in raw bytes and CloudStack in base64 bytes, as their APIs do', () => {
+    expect(measureUserData('ec2', 'é'.repeat(10))).toEqual({ size: 20, limit: USER_DATA_LIMITS.ec2 });
+    expect(measureUserData('cloudstack', 'abcd')).toEqual({ size: Buffer.from('abcd').toString('base64').length, limit: USER_DATA_LIMITS.cloudstack });
+    for (const n of [0, 1, 2, 3, 100, 24_576, 24_577]) {
+      expect(measureUserData('cloudstack', 'x'.repeat(n))!.size).toBe(Buffer.from('x'.repeat(n)).toString('base64').length);
+    }
+    expect(measureUserData('sim', 'x'.repeat(1e6))).toBeUndefined();
+    expect(measureUserData('libvirt', 'x')).toBeUndefined();
   });
 });
 

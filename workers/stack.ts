@@ -9,6 +9,7 @@ import { createWriteStream, mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Connection } from '@temporalio/client';
+import { startSimStratum1, type SimStratum1 } from '../clouds/sim-stratum1.js';
 import { configFromEnv, publicUrlOf, temporalUiUrlOf } from '../model/config.js';
 import { ensureSearchAttributes, startDevServer, type DevServer } from './dev-server.js';
 
@@ -37,7 +38,15 @@ if (!address) {
   say(`using Temporal at ${address}`);
 }
 
-const env = { ...process.env, TEMPORAL_ADDRESS: address };
+// No stratum-1 named: the demo checks repositories against the sim cloud's own (real
+// formats, every repository healthy), since the real ones may be out of reach.
+let stratum1: SimStratum1 | undefined;
+if (!process.env.CLOUDGATE_CVMFS_SERVERS) {
+  stratum1 = await startSimStratum1();
+  say(`CVMFS checks against the simulated stratum-1 ${stratum1.url} (set CLOUDGATE_CVMFS_SERVERS for real ones)`);
+}
+
+const env = { ...process.env, TEMPORAL_ADDRESS: address, ...(stratum1 && { CLOUDGATE_CVMFS_SERVERS: stratum1.url }) };
 const children: ChildProcess[] = [];
 const startChild = (name: string, entry: string) => {
   const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, entry)], { env, stdio: 'inherit' });
@@ -72,6 +81,7 @@ async function stop(code: number) {
     ),
   );
   await devServer?.stop();
+  await stratum1?.stop();
   say('stopped');
   process.exit(code);
 }

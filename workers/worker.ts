@@ -55,6 +55,8 @@ export async function startWorker(config: Config, opts: StartWorkerOptions = {})
       publicUrl: publicUrlOf(config),
       tokenSecret: loadTokenSecret(config),
       tokenTtlSeconds: config.tokenTtlSeconds,
+      contexts: store,
+      cvmfs: config.cvmfs,
     }),
     maxConcurrentActivityTaskExecutions: 200,
     ...opts.tuning,

@@ -17,8 +17,12 @@ export interface CreateInstancesInput {
   service: string;
   image: string;
   offering: Offering;
-  /** CVMFS repositories the guest probes before it reports ready. */
-  repositories: string[];
+  /**
+   * The pinned context version the instances are contextualized with. The activity reads it
+   * and its secret values from the store and renders the user-data itself, so neither the
+   * secrets nor the per-instance tokens ever enter a workflow's history. Unset: phone-home only.
+   */
+  context?: { id: string; version: number };
   ids: string[];
 }
 
@@ -58,10 +62,31 @@ export interface SweepResult {
   remaining: number;
 }
 
+/** One repository to look up on its stratum-1s before a cluster deploys. */
+export interface CvmfsCheckInput {
+  repo: string;
+  /** The context's stratum-1 URLs; unset: the gateway's configured list. */
+  servers?: string[];
+  minRevision?: number;
+}
+
+/** A repository fit to deploy with (failures are thrown, typed `Cvmfs…`). */
+export interface CvmfsCheckResult {
+  repo: string;
+  /** The stratum-1 that answered, `@fqrn@` substituted. */
+  server: string;
+  revision: number;
+  publishedAt: string;
+  whitelistExpiresAt: string;
+  /** Servers tried first that gave no usable answer (shown in the UI as the fail-over). */
+  attempts: { server: string; error: string }[];
+}
+
 /** The activity functions `createActivities(deps)` returns; workflows proxy these. */
 export interface CloudgateActivities {
   createInstances(input: CreateInstancesInput): Promise<CreatedInstance[]>;
   describeInstances(input: DescribeInstancesInput): Promise<DescribedInstance[]>;
   terminateInstances(input: TerminateInstancesInput): Promise<number>;
   sweepCluster(input: SweepClusterInput): Promise<SweepResult>;
+  checkCvmfsRepository(input: CvmfsCheckInput): Promise<CvmfsCheckResult>;
 }

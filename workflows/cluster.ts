@@ -6,6 +6,7 @@
  * verifies, by the cluster's tag in the cloud, that nothing is left.
  */
 import {
+  ActivityFailure,
   ApplicationFailure,
   CancellationScope,
   ParentClosePolicy,
@@ -21,7 +22,7 @@ import {
   type ChildWorkflowHandle,
 } from '@temporalio/workflow';
 import type { ClusterState } from '../model/status.js';
-import type { CloudgateActivities } from './activity-types.js';
+import type { CloudgateActivities, CvmfsCheckInput } from './activity-types.js';
 import {
   CLUSTER_NOT_ACTIVE,
   SA_CLUSTER_ID,
@@ -50,6 +51,33 @@ const { sweepCluster } = proxyActivities<CloudgateActivities>({
   heartbeatTimeout: '1 minute',
   retry: { initialInterval: '2s', backoffCoefficient: 2, maximumInterval: '5 minutes' },
 });
+
+/**
+ * Stratum-1 lookups: a few quick retries when no server answers (a network blip), none for
+ * a repository that is missing, stale or expired (the activity marks those non-retryable).
+ */
+const { checkCvmfsRepository } = proxyActivities<CloudgateActivities>({
+  startToCloseTimeout: '5 minutes',
+  retry: { initialInterval: '5s', backoffCoefficient: 2, maximumInterval: '30s', maximumAttempts: 5 },
+});
+
+/** One check per distinct repository (and the servers and pin it is checked with). */
+function cvmfsChecks(input: ClusterInput): CvmfsCheckInput[] {
+  const checks = new Map<string, CvmfsCheckInput>();
+  for (const ctx of Object.values(input.contexts ?? {})) {
+    for (const repo of ctx.repositories) {
+      const check: CvmfsCheckInput = { repo, ...(ctx.servers && { servers: ctx.servers }), ...(ctx.minRevision?.[repo] !== undefined && { minRevision: ctx.minRevision[repo] }) };
+      checks.set(JSON.stringify(check), check);
+    }
+  }
+  return [...checks.values()];
+}
+
+/** The activity's own message (it names the repository and the server), not the wrapper's. */
+const checkFailure = (err: unknown): string => {
+  const cause = err instanceof ActivityFailure ? (err.cause ?? err) : err;
+  return cause instanceof ApplicationFailure ? `${cause.type ?? 'Error'}: ${cause.message}` : cause instanceof Error ? cause.message : String(cause);
+};
 
 export async function ClusterWorkflow(input: ClusterInput): Promise<ClusterView> {
   const { clusterId, definition } = input;
@@ -136,13 +164,16 @@ export async function ClusterWorkflow(input: ClusterInput): Promise<ClusterView>
           cloud: input.cloud,
           failurePolicy: definition.failurePolicy,
           service: spec,
+          ...(input.contexts?.[name] && { context: input.contexts[name] }),
           desired: summary.desired,
           parentWorkflowId: clusterWorkflowId(clusterId),
           tuning: input.tuning,
         },
       ],
       parentClosePolicy: ParentClosePolicy.REQUEST_CANCEL,
-      staticSummary: `${name} of cluster ${clusterId}: ${summary.desired} × ${spec.image} on ${input.cloud}`,
+      staticSummary:
+        `${name} of cluster ${clusterId}: ${summary.desired} × ${spec.image} on ${input.cloud}` +
+        (input.contexts?.[name] ? `, context ${input.contexts[name].id} v${input.contexts[name].version} (${input.contexts[name].repositories.join(', ') || 'no repositories'})` : ''),
       typedSearchAttributes: [
         { key: SA_CLUSTER_ID, value: clusterId },
         { key: SA_SERVICE, value: name },
@@ -167,8 +198,25 @@ export async function ClusterWorkflow(input: ClusterInput): Promise<ClusterView>
   const describe = (): string =>
     [...services.values()].map((s) => `${s.name}: ${s.state} ${s.ready}/${s.desired}`).join(', ');
 
+  /** Fails the cluster before any instance exists when a repository is not fit to deploy with. */
+  const checkRepositories = async () => {
+    const checks = cvmfsChecks(input);
+    if (checks.length === 0) return;
+    setCurrentDetails(`**DEPLOYING** — checking ${checks.length} CVMFS ${checks.length === 1 ? 'repository' : 'repositories'} on their stratum-1s`);
+    const results = await Promise.allSettled(
+      checks.map((c) =>
+        checkCvmfsRepository.executeWithOptions({ summary: `CVMFS ${c.repo}: manifest and whitelist on its stratum-1s` }, [c]),
+      ),
+    );
+    const failures = results.flatMap((r) => (r.status === 'rejected' ? [checkFailure(r.reason)] : []));
+    if (failures.length > 0 && !teardown) {
+      teardown = { reason: `CVMFS check failed, nothing was deployed: ${failures.join('; ')}`, rollback: true };
+    }
+  };
+
   try {
     setState('DEPLOYING');
+    await checkRepositories();
     while (!teardown) {
       dirty = false;
       // Start every service whose dependencies all have their minimum ready.

@@ -5,6 +5,7 @@
  */
 import { defineQuery, defineSignal, defineUpdate } from '@temporalio/workflow';
 import { defineSearchAttributeKey, SearchAttributeType } from '@temporalio/common';
+import type { PinnedContext } from '../model/context.js';
 import type { ClusterDefinition, ServiceDefinition, FailurePolicy } from '../model/definition.js';
 import type { ClusterState, ReadinessReport, ServiceState, ServiceStatus } from '../model/status.js';
 
@@ -29,6 +30,8 @@ export interface ClusterInput {
   definition: ClusterDefinition;
   cloud: string;
   owner?: string;
+  /** Per service name: the context version pinned at submission (services without a context are absent). */
+  contexts?: Record<string, PinnedContext>;
   /** Knobs for tests and operators; the API never sets them. */
   tuning?: WorkflowTuning;
 }
@@ -86,6 +89,8 @@ export interface ServiceInput {
   cloud: string;
   failurePolicy: FailurePolicy;
   service: ServiceDefinition;
+  /** The service's pinned context: instances render it, and are ready only when all its repositories probe OK. */
+  context?: PinnedContext;
   desired: number;
   parentWorkflowId: string;
   tuning?: WorkflowTuning;

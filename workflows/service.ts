@@ -24,6 +24,7 @@ import {
   workflowInfo,
   allHandlersFinished,
 } from '@temporalio/workflow';
+import { judgeReadiness } from '../model/readiness.js';
 import type { InstanceState, InstanceStatus, ReadinessReport, ServiceState, ServiceStatus } from '../model/status.js';
 import type { CloudgateActivities, CreatedInstance, DescribedInstance, InstanceRef } from './activity-types.js';
 import {
@@ -50,7 +51,7 @@ const CONTINUE_AS_NEW_EVENTS = 4_000;
 /** Backoff after a service failed under the `keep` policy before it tries again. */
 const KEEP_RETRY_BACKOFF_MS = [30_000, 60_000, 120_000, 300_000, 600_000];
 
-const PERMANENT = ['InvalidCredentials', 'QuotaExceeded', 'InvalidOffering', 'InvalidRequest'];
+const PERMANENT = ['InvalidCredentials', 'QuotaExceeded', 'InvalidOffering', 'InvalidRequest', 'ContextUnavailable'];
 
 const { createInstances } = proxyActivities<CloudgateActivities>({
   startToCloseTimeout: '5 minutes',
@@ -95,6 +96,8 @@ interface Carried {
 
 export async function ServiceWorkflow(input: ServiceInput): Promise<ServiceStatus> {
   const { clusterId, cloud, service } = input;
+  /** What every guest must report OK before it counts as ready. */
+  const repositories = input.context?.repositories ?? [];
   const carried = input.carried as Carried | undefined;
   let desired = input.desired;
   const instances = new Map<string, Instance>((carried?.instances ?? []).map((i) => [i.id, i]));
@@ -178,7 +181,8 @@ export async function ServiceWorkflow(input: ServiceInput): Promise<ServiceStatu
       const inst = instances.get(r.instanceId);
       // Reports from instances already replaced or being removed change nothing.
       if (!inst || inst.state === 'FAILED' || inst.state === 'TERMINATING' || inst.state === 'READY') continue;
-      if (r.status === 'ok') {
+      const verdict = judgeReadiness(r, repositories);
+      if (verdict.ready) {
         inst.state = 'READY';
         inst.readyAt = r.receivedAt;
         inst.deadline = undefined;
@@ -186,7 +190,7 @@ export async function ServiceWorkflow(input: ServiceInput): Promise<ServiceStatu
         consecutiveFailures = 0;
         failedRounds = 0;
       } else {
-        fail(inst, `guest reported failed: ${summarizeChecks(r.checks)}`);
+        fail(inst, verdict.reason);
       }
     }
     dirty = true;
@@ -213,7 +217,7 @@ export async function ServiceWorkflow(input: ServiceInput): Promise<ServiceStatu
               service: service.name,
               image: service.image,
               offering: service.offering,
-              repositories: [],
+              ...(input.context && { context: { id: input.context.id, version: input.context.version } }),
               ids: batch.map((i) => i.id),
             },
           ],
@@ -422,10 +426,4 @@ function failureReason(err: unknown): string {
   const cause = err instanceof ActivityFailure ? (err.cause ?? err) : err;
   if (cause instanceof ApplicationFailure) return `${cause.type ?? 'Error'}: ${cause.message}`;
   return cause instanceof Error ? cause.message : String(cause);
-}
-
-function summarizeChecks(checks: Record<string, unknown> | undefined): string {
-  if (!checks) return 'no details';
-  const text = JSON.stringify(checks);
-  return text.length > 300 ? `${text.slice(0, 297)}...` : text;
 }

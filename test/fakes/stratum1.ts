@@ -9,20 +9,11 @@
  * (including NUL, newlines and a second `--` line) so parsers prove they stop at the first
  * separator. Any path prefix before `/cvmfs/` is accepted, so `@org@` templates can be tested.
  */
-import { createHash } from 'node:crypto';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { manifestFile, whitelistFile, type FakeRepository } from '../../clouds/sim-stratum1.js';
 
-/** One repository as this server should present it. */
-export interface FakeRepository {
-  revision: number;
-  publishedAt: Date;
-  whitelistExpires: Date;
-  /** Serve this name in `N` lines instead of the fqrn (a misconfigured server). */
-  name?: string;
-  /** Answer 404 for this repository. */
-  missing?: boolean;
-}
+export { fakeSignature, manifestFile, whitelistFile, whitelistStamp, type FakeRepository } from '../../clouds/sim-stratum1.js';
 
 export interface Stratum1Options {
   /** Accept connections and destroy them at once, like a crashed or firewalled server. */
@@ -39,53 +30,6 @@ export interface FakeStratum1 {
   /** Request paths seen, in order. */
   requests: string[];
   stop(): Promise<void>;
-}
-
-/** Binary bytes standing in for an RSA signature; contains NUL, CR, LF and `\n--\n`. */
-export function fakeSignature(seed: string): Buffer {
-  const noise = createHash('sha512').update(seed).digest();
-  return Buffer.concat([noise, Buffer.from([0x00, 0xff, 0x0d, 0x0a, 0x2d, 0x2d, 0x0a, 0x80]), Buffer.from(noise).reverse()]);
-}
-
-const hex = (s: string): string => createHash('sha1').update(s).digest('hex');
-
-function signed(head: string, seed: string): Buffer {
-  return Buffer.concat([Buffer.from(`${head}--\n${hex(head)}\n`), fakeSignature(seed)]);
-}
-
-/** A `.cvmfspublished` with every current field, as `cvmfs_server` writes it. */
-export function manifestFile(fqrn: string, repo: FakeRepository): Buffer {
-  const name = repo.name ?? fqrn;
-  const head = [
-    `C${hex(`catalog ${name} ${repo.revision}`)}`,
-    'B59392',
-    'Rd41d8cd98f00b204e9800998ecf8427e',
-    'D240',
-    `S${repo.revision}`,
-    'Gno',
-    'Ano',
-    `N${name}`,
-    `X${hex(`certificate ${name}`)}`,
-    `H${hex(`history ${name} ${repo.revision}`)}`,
-    `T${Math.floor(repo.publishedAt.getTime() / 1000)}`,
-    `M${hex(`meta ${name}`)}`,
-    `Y${hex(`reflog ${name} ${repo.revision}`)}`,
-  ].join('\n');
-  return signed(`${head}\n`, `manifest ${name}`);
-}
-
-/** `YYYYMMDDHHMMSS` in UTC. */
-export function whitelistStamp(d: Date): string {
-  return d.toISOString().replace(/[-:T]/g, '').slice(0, 14);
-}
-
-/** A `.cvmfswhitelist` valid for the usual 30 days up to `whitelistExpires`. */
-export function whitelistFile(fqrn: string, repo: FakeRepository): Buffer {
-  const name = repo.name ?? fqrn;
-  const created = new Date(repo.whitelistExpires.getTime() - 30 * 86_400_000);
-  const fingerprint = hex(`certificate ${name}`).toUpperCase().match(/../g)!.join(':');
-  const head = `${whitelistStamp(created)}\nE${whitelistStamp(repo.whitelistExpires)}\nN${name}\n${fingerprint}\n`;
-  return signed(head, `whitelist ${name}`);
 }
 
 /** Starts the server on an ephemeral port of 127.0.0.1. */

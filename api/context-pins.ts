@@ -1,0 +1,109 @@
+/**
+ * Cluster definitions name a context per service. A definition may only name contexts that
+ * exist; a cluster pins, when it is submitted, the version each service renders (the latest,
+ * or the one the definition names), so later versions never change a running cluster. The
+ * pinned user-data must also fit the target cloud's limit: that is checked here, at
+ * submission, with a real rendering of the largest instance the cluster could have.
+ */
+import { pinContext, type PinnedContext } from '../model/context.js';
+import type { ClusterDefinition } from '../model/definition.js';
+import { signToken } from '../model/token.js';
+import { measureUserData, phoneHomeUrl, renderContextUserData } from '../model/user-data.js';
+import type { CloudRecord, ContextRecord, Store } from '../store/index.js';
+import type { FieldError } from './problem.js';
+
+/** What the size check needs to render user-data the way the create activity does. */
+export interface RenderSettings {
+  publicUrl: string;
+  tokenSecret: string;
+}
+
+/** Longest cluster id the API makes (`<prefix>-<6 base36>`, a 40-character name). */
+const LONGEST_CLUSTER_ID = 'c'.repeat(40);
+/** Ordinals grow with replacements; seven digits cover any cluster's lifetime here. */
+const LONGEST_ORDINAL = 9_999_999;
+/** Token expiry far enough ahead that its digits are as many as any real one's. */
+const LONGEST_EXP = 9_999_999_999;
+
+type Lookup = { rec: ContextRecord } | { error: string };
+
+/** The context version a service names (latest when it names none), or why it cannot be used. */
+function lookup(store: Store, id: string, version: number | undefined): Lookup {
+  const rec = store.getContext(id, version);
+  if (!rec) {
+    const known = version !== undefined && store.getContext(id) !== undefined;
+    return { error: known ? `context "${id}" has no version ${version}` : `no context "${id}"` };
+  }
+  if (rec.deletedAt) return { error: `context "${id}" was deleted (${rec.deletedAt}); name another context` };
+  return { rec };
+}
+
+/** At definition time: each `contextId` (and `contextVersion`) names a context that exists and is not deleted. */
+export function contextReferenceErrors(def: ClusterDefinition, store: Store): FieldError[] {
+  return def.services.flatMap((s, i) => {
+    if (s.contextId === undefined) return [];
+    const found = lookup(store, s.contextId, s.contextVersion);
+    if ('rec' in found) return [];
+    const field = found.error.includes('has no version') ? 'contextVersion' : 'contextId';
+    return [{ field: `services[${i}].${field}`, pointer: `/services/${i}/${field}`, message: found.error }];
+  });
+}
+
+/**
+ * At submission: the version each service's instances will render. A context deleted since
+ * the definition was stored is an error naming the service (pointer `/definitionId`, the
+ * request's own field).
+ */
+export function pinContexts(def: ClusterDefinition, store: Store): { pins: Record<string, PinnedContext>; errors: FieldError[] } {
+  const pins: Record<string, PinnedContext> = {};
+  const errors: FieldError[] = [];
+  for (const s of def.services) {
+    if (s.contextId === undefined) continue;
+    const found = lookup(store, s.contextId, s.contextVersion);
+    if ('rec' in found) pins[s.name] = pinContext(found.rec.id, found.rec.version, found.rec.context);
+    else errors.push({ field: 'definitionId', pointer: '/definitionId', message: `service "${s.name}": ${found.error}` });
+  }
+  return { pins, errors };
+}
+
+/**
+ * Services whose user-data would exceed the cloud's limit, rendered with the pinned version,
+ * its real secret values and the longest instance id and token the cluster could use.
+ */
+export function userDataMisfits(
+  def: ClusterDefinition,
+  cloud: CloudRecord,
+  pins: Record<string, PinnedContext>,
+  store: Store,
+  settings: RenderSettings,
+): FieldError[] {
+  return def.services.flatMap((s) => {
+    const pin = pins[s.name];
+    const rec = pin && store.getContext(pin.id, pin.version);
+    if (!pin || !rec) return [];
+    const instanceId = `${LONGEST_CLUSTER_ID}-${s.name}-${LONGEST_ORDINAL}`;
+    const token = signToken({ iid: instanceId, cluster: LONGEST_CLUSTER_ID, service: s.name, exp: LONGEST_EXP }, settings.tokenSecret);
+    let text: string;
+    try {
+      text = renderContextUserData(rec.context, {
+        phoneHome: { url: phoneHomeUrl(settings.publicUrl, instanceId), instanceId, token, repositories: [] },
+        secrets: store.getContextSecrets(pin.id, pin.version) ?? {},
+      });
+    } catch (err) {
+      return [{ field: 'definitionId', pointer: '/definitionId', message: `service "${s.name}": context ${pin.id} v${pin.version} cannot be rendered: ${(err as Error).message}` }];
+    }
+    const measured = measureUserData(cloud.kind, text);
+    if (!measured || measured.size <= measured.limit.maxBytes) return [];
+    const { size, limit } = measured;
+    return [
+      {
+        field: 'cloud',
+        pointer: '/cloud',
+        message:
+          `user-data of service "${s.name}" (context ${pin.id} v${pin.version}) is ${size} bytes` +
+          `${limit.counted === 'base64' ? ' in base64' : ''}; cloud "${cloud.name}" (${cloud.kind}) accepts at most ` +
+          `${limit.maxBytes} bytes (${limit.stated}): shorten the context's startup script or extra cloud-config, or deploy to another cloud`,
+      },
+    ];
+  });
+}
