@@ -6,7 +6,6 @@
  * verifies, by the cluster's tag in the cloud, that nothing is left.
  */
 import {
-  ActivityFailure,
   ApplicationFailure,
   CancellationScope,
   ParentClosePolicy,
@@ -23,6 +22,7 @@ import {
 } from '@temporalio/workflow';
 import type { ClusterState } from '../model/status.js';
 import type { CloudgateActivities, CvmfsCheckInput } from './activity-types.js';
+import { failureReason } from './failures.js';
 import {
   CLUSTER_NOT_ACTIVE,
   SA_CLUSTER_ID,
@@ -73,11 +73,6 @@ function cvmfsChecks(input: ClusterInput): CvmfsCheckInput[] {
   return [...checks.values()];
 }
 
-/** The activity's own message (it names the repository and the server), not the wrapper's. */
-const checkFailure = (err: unknown): string => {
-  const cause = err instanceof ActivityFailure ? (err.cause ?? err) : err;
-  return cause instanceof ApplicationFailure ? `${cause.type ?? 'Error'}: ${cause.message}` : cause instanceof Error ? cause.message : String(cause);
-};
 
 export async function ClusterWorkflow(input: ClusterInput): Promise<ClusterView> {
   const { clusterId, definition } = input;
@@ -208,7 +203,7 @@ export async function ClusterWorkflow(input: ClusterInput): Promise<ClusterView>
         checkCvmfsRepository.executeWithOptions({ summary: `CVMFS ${c.repo}: manifest and whitelist on its stratum-1s` }, [c]),
       ),
     );
-    const failures = results.flatMap((r) => (r.status === 'rejected' ? [checkFailure(r.reason)] : []));
+    const failures = results.flatMap((r) => (r.status === 'rejected' ? [failureReason(r.reason)] : []));
     if (failures.length > 0 && !teardown) {
       teardown = { reason: `CVMFS check failed, nothing was deployed: ${failures.join('; ')}`, rollback: true };
     }

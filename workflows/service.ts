@@ -27,6 +27,7 @@ import {
 import { judgeReadiness } from '../model/readiness.js';
 import type { InstanceState, InstanceStatus, ReadinessReport, ServiceState, ServiceStatus } from '../model/status.js';
 import type { CloudgateActivities, CreatedInstance, DescribedInstance, InstanceRef } from './activity-types.js';
+import { failureReason } from './failures.js';
 import {
   readinessSignal,
   serviceReportSignal,
@@ -419,11 +420,4 @@ function chunks<T>(items: T[], size: number): T[][] {
 function isPermanent(err: unknown): boolean {
   const cause = err instanceof ActivityFailure ? err.cause : err;
   return cause instanceof ApplicationFailure && (cause.nonRetryable || PERMANENT.includes(cause.type ?? ''));
-}
-
-/** The most useful line of a failure: the activity's own error type and message, not the wrapper's. */
-function failureReason(err: unknown): string {
-  const cause = err instanceof ActivityFailure ? (err.cause ?? err) : err;
-  if (cause instanceof ApplicationFailure) return `${cause.type ?? 'Error'}: ${cause.message}`;
-  return cause instanceof Error ? cause.message : String(cause);
 }
