@@ -6,7 +6,9 @@
  *
  * Instances on these peers run no guest, so a FAKE GUEST AGENT stands in for the booted VM:
  * it reads each instance's user-data back from the cloud (as cloud-init would), finds the
- * phone-home part and reports ready — the same path a CernVM takes, minus the boot.
+ * phone-home part and reports every repository of it probed OK — the same path a CernVM
+ * takes, minus the boot. The workers service has a context (a repository checked on a
+ * test stratum-1, a secret), so the rendered CernVM user-data goes through every adapter.
  * Credentials are referenced by environment variables, and the test finally scans every
  * workflow history and the worker's and API's logs for the secret values.
  */
@@ -16,6 +18,7 @@ import path from 'node:path';
 import { extractPhoneHome } from '../model/user-data.js';
 import { clusterStatus, startStack, threeTier, waitFor, waitForState, type Stack } from './harness.js';
 import { historyText } from './history-text.js';
+import { startStratum1, type FakeStratum1 } from './fakes/stratum1.js';
 import { startCloudStackPeer } from './peers/cloudstack.js';
 import { startLibvirtPeer } from './peers/libvirt.js';
 import { startMotoPeer } from './peers/moto.js';
@@ -33,8 +36,14 @@ interface Peer {
 let stack: Stack;
 const peers = new Map<string, Peer>();
 let agent: { stop(): Promise<void> } | undefined;
+let stratum1: FakeStratum1;
+/** The workers' context: its secret must reach the guests' user-data and nothing else. */
+const CONTEXT_SECRET = 'e2e-context-SECRET-5d0b';
+let contextId: string;
 
 beforeAll(async () => {
+  const now = Date.now();
+  stratum1 = await startStratum1({ 'alice.cern.ch': { revision: 12, publishedAt: new Date(now - 60_000), whitelistExpires: new Date(now + 86_400_000) } });
   const started = await Promise.all([startLibvirtPeer(), startMotoPeer(), startCloudStackPeer(), startOcciPeer()]);
   for (const p of started as Peer[]) peers.set(p.cloudConfig.name, p);
   const env = Object.assign({}, ...started.map((p: Peer) => p.env ?? {}));
@@ -43,7 +52,11 @@ beforeAll(async () => {
     captureLogs: true,
     clouds: [{ name: 'sim', kind: 'sim', images: {} }, ...started.map((p) => p.cloudConfig as any)],
     env,
+    cvmfsServers: [stratum1.url],
   });
+  const ctx = await stack.http('POST', '/v1/contexts', { name: 'workers', repositories: ['alice.cern.ch'], secrets: { GRID_SECRET: CONTEXT_SECRET } });
+  if (ctx.status !== 201) throw new Error(`context rejected: ${JSON.stringify(ctx.body)}`);
+  contextId = ctx.body.id;
   agent = startFakeGuestAgent();
 }, 240_000);
 
@@ -51,6 +64,7 @@ afterAll(async () => {
   await agent?.stop();
   await stack?.stop();
   await Promise.all([...peers.values()].map((p) => p.stop()));
+  await stratum1?.stop();
 });
 
 /** Phones home ok for every instance whose user-data it can read; once per instance. */
@@ -74,7 +88,7 @@ function startFakeGuestAgent(): { stop(): Promise<void> } {
             const res = await fetch(ph.url, {
               method: 'POST',
               headers: { 'content-type': 'application/json', authorization: `Bearer ${ph.token}` },
-              body: JSON.stringify({ status: 'ok', checks: { cvmfs: {} } }),
+              body: JSON.stringify({ status: 'ok', checks: { cvmfs: Object.fromEntries(ph.repositories.map((r) => [r, 'OK'])) } }),
             }).catch(() => undefined);
             if (res && (res.status < 500 || res.status === 410)) done.add(`${cloud}/${ph.instanceId}`);
           }
@@ -98,7 +112,9 @@ const clouds = ['libvirt', 'ec2', 'cloudstack', 'occi'];
 describe.each(clouds)('three-tier cluster on %s', (cloud) => {
   it('deploys, scales and tears down, leaving zero instances', async () => {
     const peer = peers.get(cloud)!;
-    const def = await stack.http('POST', '/v1/cluster-definitions', threeTier({ proxy: 1, head: 1, workers: 2 }));
+    const tiers = threeTier({ proxy: 1, head: 1, workers: 2 });
+    tiers.services[2] = { ...tiers.services[2], contextId };
+    const def = await stack.http('POST', '/v1/cluster-definitions', tiers);
     const c = await stack.http('POST', '/v1/clusters', { definitionId: def.body.id, cloud });
     expect(c.status).toBe(202);
     const id = c.body.id as string;
@@ -107,6 +123,13 @@ describe.each(clouds)('three-tier cluster on %s', (cloud) => {
     expect(ready.services.map((s: any) => s.ready)).toEqual([1, 1, 2]);
     expect(ready.services.flatMap((s: any) => s.instances.map((i: any) => i.cloud))).toEqual(Array(4).fill(cloud));
     expect(await peer.count(id)).toBe(4);
+    // The workers' guests got the rendered context (µCernVM block, secret) through this cloud's API.
+    const contextualized = (await peer.userData(id)).filter((d) => d.includes('[ucernvm-begin]'));
+    expect(contextualized).toHaveLength(2);
+    for (const d of contextualized) {
+      expect(d).toContain(`GRID_SECRET='${CONTEXT_SECRET}'`);
+      expect(extractPhoneHome(d)!.repositories).toEqual(['alice.cern.ch']);
+    }
 
     const up = await stack.http('POST', `/v1/clusters/${id}/services/workers/scale`, { instances: 3 });
     expect(up.status).toBe(200);
@@ -161,9 +184,9 @@ describe('permanent cloud errors', () => {
 });
 
 describe('secrets', () => {
-  it('never appear in workflow histories, worker logs or API logs', async () => {
-    const secrets = [...peers.values()].flatMap((p) => Object.values(p.env ?? {})).filter((v) => v.length >= 8);
-    expect(secrets.length).toBeGreaterThanOrEqual(3);
+  it('never appear in workflow histories, worker logs or API logs (cloud credentials and context secrets)', async () => {
+    const secrets = [...[...peers.values()].flatMap((p) => Object.values(p.env ?? {})).filter((v) => v.length >= 8), CONTEXT_SECRET];
+    expect(secrets.length).toBeGreaterThanOrEqual(4);
     let histories = '';
     for await (const wf of stack.client.workflow.list()) {
       histories += historyText(await stack.client.workflow.getHandle(wf.workflowId, wf.runId).fetchHistory());
