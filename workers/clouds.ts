@@ -6,11 +6,7 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
-import { createCloudStackCloud } from '../clouds/cloudstack.js';
 import type { CloudAdapter } from '../clouds/contract.js';
-import { createEc2Cloud } from '../clouds/ec2.js';
-import { createLibvirtCloud } from '../clouds/libvirt.js';
-import { createOcciCloud } from '../clouds/occi.js';
 import { createSimCloud, type SimCloud, type SimRule } from '../clouds/sim.js';
 import { CloudsFileSchema, DEFAULT_CLOUDS, type CloudConfig, type CloudsFile } from '../model/clouds-config.js';
 import type { Config } from '../model/config.js';
@@ -39,24 +35,29 @@ export interface BuiltClouds {
   sim?: SimCloud;
 }
 
-/** One adapter per configured cloud. */
-export function buildClouds(file: CloudsFile, config: Config, simRules?: SimRule[]): BuiltClouds {
+/**
+ * One adapter per configured cloud. Adapter modules are imported only for the kinds the
+ * registry names: the AWS SDK and the libvirt binding cost a worker ~100 MiB of memory,
+ * which a sim-only worker (the demo, the benchmark) should not pay.
+ */
+export async function buildClouds(file: CloudsFile, config: Config, simRules?: SimRule[]): Promise<BuiltClouds> {
   let sim: SimCloud | undefined;
-  const make = (c: CloudConfig): CloudAdapter => {
+  const make = async (c: CloudConfig): Promise<CloudAdapter> => {
     switch (c.kind) {
       case 'sim':
         sim = createSimCloud({ name: c.name, file: path.join(config.dataDir, `${c.name}-cloud.sqlite`), ...config.sim, rules: simRules });
         return sim;
       case 'libvirt':
-        return createLibvirtCloud(c);
+        return (await import('../clouds/libvirt.js')).createLibvirtCloud(c);
       case 'ec2':
-        return createEc2Cloud(c);
+        return (await import('../clouds/ec2.js')).createEc2Cloud(c);
       case 'cloudstack':
-        return createCloudStackCloud(c);
+        return (await import('../clouds/cloudstack.js')).createCloudStackCloud(c);
       case 'occi':
-        return createOcciCloud(c);
+        return (await import('../clouds/occi.js')).createOcciCloud(c);
     }
   };
-  const adapters = file.clouds.map(make);
+  const adapters: CloudAdapter[] = [];
+  for (const c of file.clouds) adapters.push(await make(c));
   return { adapters, sim };
 }

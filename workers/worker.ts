@@ -40,7 +40,7 @@ export interface RunningWorker {
 export async function startWorker(config: Config, opts: StartWorkerOptions = {}): Promise<RunningWorker> {
   const store = openSqliteStore(path.join(config.dataDir, 'cloudgate.sqlite'));
   const registryFile = loadCloudsFile(config.cloudsFile);
-  const { adapters, sim } = buildClouds(registryFile, config, opts.simRules);
+  const { adapters, sim } = await buildClouds(registryFile, config, opts.simRules);
   const clouds = createCloudRegistry(adapters);
   const registration = registerClouds(store, registryFile, clouds, opts.logger);
   await registration.first;
