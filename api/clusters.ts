@@ -158,8 +158,8 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
     const def = store.getDefinition(existing.definitionId);
     if (def) {
       try {
-        // Only reached when a crash left the row without its workflow: pin the versions now.
-        await startWorkflow(existing, def, pinContexts(def.definition, store).pins);
+        // Only reached when a crash left the row without its workflow: the versions pinned then still hold.
+        await startWorkflow(existing, def, existing.contexts ?? pinContexts(def.definition, store).pins);
       } catch (err) {
         if (!(err instanceof WorkflowExecutionAlreadyStartedError)) throw temporalProblem(err, 'could not start the cluster workflow');
       }
@@ -202,6 +202,7 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
           name,
           definitionId: def.id,
           cloud: body.cloud,
+          ...(Object.keys(pinned.pins).length > 0 && { contexts: pinned.pins }),
           ...(key && { idempotencyKey: key.data, requestHash: hash }),
         });
       } catch (err) {
@@ -249,6 +250,9 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
       cloud: c.cloud,
       state: 'PENDING',
       services: [],
+      ...(c.contexts && {
+        contexts: Object.fromEntries(Object.entries(c.contexts).map(([svc, p]) => [svc, { id: p.id, version: p.version, repositories: p.repositories }])),
+      }),
       links: links(c.id),
     };
     const deadline = () => Date.now() + QUERY_DEADLINE_MS;

@@ -115,6 +115,8 @@ export const ClusterDetailSchema = z.object({
   state: ClusterStateSchema,
   message: z.string().optional(),
   services: z.array(ServiceStatusSchema),
+  /** Per service with a context: the version pinned at submission (what its instances render). */
+  contexts: z.record(z.string(), z.object({ id: z.string(), version: z.number().int(), repositories: z.array(z.string()) })).optional(),
   links: ClusterLinksSchema,
 });
 export type ClusterDetail = z.infer<typeof ClusterDetailSchema>;

@@ -12,7 +12,7 @@ import path from 'node:path';
 import Database from 'better-sqlite3';
 import type { ClusterDefinition } from '../model/definition.js';
 import type { CloudOffering } from '../clouds/contract.js';
-import type { Context } from '../model/context.js';
+import type { Context, PinnedContext } from '../model/context.js';
 import { loadSecretsKey, SECRETS_KEY_BYTES } from './secret.js';
 
 /** A stored cluster definition; `definition` is the parsed (defaults applied) schema output. */
@@ -34,6 +34,8 @@ export interface ClusterRecord {
   idempotencyKey?: string;
   /** Hash of that request's body, to tell a retry from a different request with the same key. */
   requestHash?: string;
+  /** The context version each service was pinned to at submission (a retried create reuses them). */
+  contexts?: Record<string, PinnedContext>;
   createdAt: string;
 }
 
@@ -183,6 +185,7 @@ CREATE TABLE IF NOT EXISTS clusters (
   owner            TEXT,
   idempotency_key  TEXT UNIQUE,
   request_hash     TEXT,
+  contexts         TEXT,
   created_at       TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS clouds (
@@ -233,6 +236,7 @@ interface ClusterRow {
   owner: string | null;
   idempotency_key: string | null;
   request_hash: string | null;
+  contexts: string | null;
   created_at: string;
 }
 interface CloudRow {
@@ -257,6 +261,7 @@ const toCluster = (r: ClusterRow): ClusterRecord => ({
   ...(r.owner !== null && { owner: r.owner }),
   ...(r.idempotency_key !== null && { idempotencyKey: r.idempotency_key }),
   ...(r.request_hash !== null && { requestHash: r.request_hash }),
+  ...(r.contexts !== null && { contexts: JSON.parse(r.contexts) as Record<string, PinnedContext> }),
   createdAt: r.created_at,
 });
 
@@ -362,14 +367,17 @@ export function openSqliteStore(file: string, options: StoreOptions = {}): Store
   // Stores made before contexts could be deleted.
   const contextColumns = db.prepare<[], { name: string }>("SELECT name FROM pragma_table_info('contexts')").all();
   if (!contextColumns.some((c) => c.name === 'deleted_at')) db.exec('ALTER TABLE contexts ADD COLUMN deleted_at TEXT');
+  // Stores made before clusters pinned context versions.
+  const clusterColumns = db.prepare<[], { name: string }>("SELECT name FROM pragma_table_info('clusters')").all();
+  if (!clusterColumns.some((c) => c.name === 'contexts')) db.exec('ALTER TABLE clusters ADD COLUMN contexts TEXT');
 
   const q = {
     insertDef: db.prepare('INSERT INTO cluster_definitions (id, name, definition, created_at) VALUES (?, ?, ?, ?)'),
     getDef: db.prepare<[string], DefinitionRow>('SELECT * FROM cluster_definitions WHERE id = ?'),
     listDefs: db.prepare<[], DefinitionRow>('SELECT * FROM cluster_definitions ORDER BY created_at, id'),
     insertCluster: db.prepare(
-      `INSERT INTO clusters (id, name, definition_id, cloud, owner, idempotency_key, request_hash, created_at)
-       VALUES (@id, @name, @definitionId, @cloud, @owner, @idempotencyKey, @requestHash, @createdAt)`,
+      `INSERT INTO clusters (id, name, definition_id, cloud, owner, idempotency_key, request_hash, contexts, created_at)
+       VALUES (@id, @name, @definitionId, @cloud, @owner, @idempotencyKey, @requestHash, @contexts, @createdAt)`,
     ),
     getCluster: db.prepare<[string], ClusterRow>('SELECT * FROM clusters WHERE id = ?'),
     listClusters: db.prepare<[], ClusterRow>('SELECT * FROM clusters ORDER BY created_at, id'),
@@ -471,6 +479,7 @@ export function openSqliteStore(file: string, options: StoreOptions = {}): Store
           owner: rec.owner ?? null,
           idempotencyKey: rec.idempotencyKey ?? null,
           requestHash: rec.requestHash ?? null,
+          contexts: rec.contexts ? JSON.stringify(rec.contexts) : null,
           createdAt: rec.createdAt,
         });
       } catch (err) {

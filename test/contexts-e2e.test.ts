@@ -99,6 +99,10 @@ describe('a cluster whose services name contexts', () => {
     });
     const ready = await waitForState(stack, clusterId, 'READY', 120_000);
     expect(service(ready, 'analysis').ready).toBe(2);
+    expect(ready.contexts).toEqual({
+      analysis: { id: contextId, version: 1, repositories: ['alice.cern.ch', 'sft.cern.ch'] },
+      flaky: { id: sftOnly, version: 1, repositories: ['sft.cern.ch'] },
+    });
 
     // The cloud got the rendered context: µCernVM block, amiconfig, cloud-config with the secret, phone-home part.
     const data = simUserData(clusterId);

@@ -30,6 +30,9 @@ describe('SQLite store', () => {
 
     const c = store.createCluster({ id: 't3-box-abc123', name: 't3-box', definitionId: def.id, cloud: 'sim', owner: 'alice' });
     expect(c.createdAt).toMatch(/^\d{4}-\d\d-\d\dT/);
+    // The pinned context versions are kept with the row, so a retried create starts the workflow with the same ones.
+    const pins = { workers: { id: 'ctx-0123456789ab', version: 3, repositories: ['alice.cern.ch'], minRevision: { 'alice.cern.ch': 7 } } };
+    const pinned = store.createCluster({ id: 't3-box-pin001', name: 't3-box', definitionId: def.id, cloud: 'sim', contexts: pins });
     store.upsertCloud({ name: 'sim', kind: 'sim', offerings: [{ id: 'small', name: 'small', cpus: 1, memoryMiB: 2048, diskGiB: 20 }] });
     store.upsertCloud({ name: 'sim', kind: 'sim', offerings: [{ id: 'large', name: 'large', cpus: 8, memoryMiB: 16384, diskGiB: 80 }] });
     store.upsertCloud({ name: 'ec2', kind: 'ec2', offerings: [] });
@@ -39,6 +42,8 @@ describe('SQLite store', () => {
     expect(store.listDefinitions()).toEqual([def]);
     expect(store.getDefinition(def.id)?.definition).toEqual(definition);
     expect(store.getCluster(c.id)).toEqual(c);
+    expect(store.getCluster(pinned.id)?.contexts).toEqual(pins);
+    expect(store.deleteCluster(pinned.id)).toBe(true);
     expect(store.listClusters()).toEqual([c]);
     expect(store.listClouds().map((x) => x.name)).toEqual(['ec2', 'sim']);
     expect(store.getCloud('sim')?.offerings.map((o) => o.id)).toEqual(['large']);
