@@ -32,9 +32,9 @@ export interface ActivityDeps {
   /** Cloud calls in flight per activity (a batch of creates must not hammer one API). */
   concurrency?: number;
   /** Where pinned context versions and their secret values are read (the store). */
-  contexts?: ContextSource;
+  contexts: ContextSource;
   /** The stratum-1 check: default servers and the oldest acceptable manifest. */
-  cvmfs?: { servers: string[]; maxAgeSeconds: number; timeoutMs?: number };
+  cvmfs: { servers: string[]; maxAgeSeconds: number; timeoutMs?: number };
 }
 
 /** The store's context reads the create activity needs. */
@@ -120,7 +120,6 @@ export function createActivities(deps: ActivityDeps): CloudgateActivities {
   /** The pinned context version and its secrets, read once per batch. */
   const loadContext = (ref: { id: string; version: number }): { context: CloudgateContext; secrets: Record<string, string> } => {
     const what = `context ${ref.id} version ${ref.version}`;
-    if (!deps.contexts) throw ApplicationFailure.nonRetryable(`${what}: this worker has no context store`, CONTEXT_UNAVAILABLE);
     const rec = deps.contexts.getContext(ref.id, ref.version);
     const secrets = rec && deps.contexts.getContextSecrets(ref.id, ref.version);
     if (!rec || !secrets) throw ApplicationFailure.nonRetryable(`${what} is not in the store`, CONTEXT_UNAVAILABLE);
@@ -206,15 +205,15 @@ export function createActivities(deps: ActivityDeps): CloudgateActivities {
      * repository fails at once with a message naming the repository and the server.
      */
     async checkCvmfsRepository(input: CvmfsCheckInput): Promise<CvmfsCheckResult> {
-      const servers = input.servers?.length ? input.servers : deps.cvmfs?.servers;
-      if (!servers?.length) throw ApplicationFailure.nonRetryable(`no stratum-1 servers configured to check ${input.repo}`, 'CvmfsNoServers');
+      const servers = input.servers?.length ? input.servers : deps.cvmfs.servers;
+      if (!servers.length) throw ApplicationFailure.nonRetryable(`no stratum-1 servers configured to check ${input.repo}`, 'CvmfsNoServers');
       const check = await checkRepository({
         repo: input.repo,
         servers,
         minRevision: input.minRevision,
-        maxAgeSeconds: deps.cvmfs?.maxAgeSeconds ?? 90 * 24 * 3600,
+        maxAgeSeconds: deps.cvmfs.maxAgeSeconds,
         now: new Date(),
-        timeoutMs: deps.cvmfs?.timeoutMs,
+        timeoutMs: deps.cvmfs.timeoutMs,
       });
       if (check.ok) {
         const { repo, server, revision, publishedAt, whitelistExpiresAt, attempts } = check;

@@ -29,6 +29,7 @@ import {
 import { openSqliteStore, type ContextRecord, type Store } from '../store/index.js';
 import { loadSecretsKey } from '../store/secret.js';
 import { startDevServer, type DevServer } from '../workers/dev-server.js';
+import { sshKey } from './ssh-key.js';
 
 const dir = mkdtempSync(path.join(tmpdir(), 'cloudgate-contexts-'));
 const dbFile = path.join(dir, 'store', 'cloudgate.sqlite');
@@ -65,17 +66,6 @@ afterAll(async () => {
 const SECRET = 'S3cr3t-VALUE-never-shown-4f1c';
 const SECRET2 = 'second-SECRET-value-9d2e';
 const PASSWORD = 'plain-PASSWORD-7a3b';
-
-/** An OpenSSH public key line whose blob names its own type, as ssh-keygen writes it. */
-function sshKey(type: string): string {
-  const str = (s: string | Buffer) => {
-    const b = Buffer.from(s);
-    const len = Buffer.alloc(4);
-    len.writeUInt32BE(b.length);
-    return Buffer.concat([len, b]);
-  };
-  return `${type} ${Buffer.concat([str(type), str(Buffer.alloc(32, 7))]).toString('base64')} user@host`;
-}
 
 const input = {
   name: 'ALICE analysis',

@@ -29,16 +29,7 @@ import {
   userDataSize,
   type PhoneHome,
 } from '../model/user-data.js';
-
-function sshKey(type: string, comment: string): string {
-  const str = (s: string | Buffer) => {
-    const b = Buffer.from(s);
-    const len = Buffer.alloc(4);
-    len.writeUInt32BE(b.length);
-    return Buffer.concat([len, b]);
-  };
-  return `${type} ${Buffer.concat([str(type), str(Buffer.alloc(32, 3))]).toString('base64')} ${comment}`;
-}
+import { sshKey } from './ssh-key.js';
 
 const PROXY = 'http://squid1.cern.ch:3128|http://squid2.cern.ch:3128;DIRECT';
 const SECRETS = { DB_PASSWORD: "s3cr'et-db-value", API_KEY: 'api-key-0123456789' };
