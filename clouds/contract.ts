@@ -41,6 +41,12 @@ export const CLOUD_ERROR_KINDS = [
   'QuotaExceeded',
   'InvalidOffering',
   'InvalidRequest',
+  /**
+   * The cloud answered, but not in a form the adapter can read (a rendering it does not
+   * understand, a missing field it needs). Not retried: the same answer would come back;
+   * the message names the call, the answer and what could not be read.
+   */
+  'UnreadableAnswer',
   'NotFound',
   'Throttled',
   'Transient',
