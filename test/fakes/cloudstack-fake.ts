@@ -144,6 +144,57 @@ function javaUrlEncode(s: string): string {
   return out;
 }
 
+/**
+ * Whether a request's signature is right, checked as CloudStack's `ApiServer.verifyRequest`
+ * does: every parameter but `signature`, names sorted as sent, values re-encoded (Java's
+ * `URLEncoder`, `+` as `%20`), lower-cased, HMAC-SHA1 under the secret key, base64.
+ */
+export function verifyCloudStackSignature(params: ReadonlyMap<string, string>, apiKey: string, secretKey: string): boolean {
+  let sentKey: string | undefined;
+  let signature: string | undefined;
+  const parts: string[] = [];
+  for (const name of [...params.keys()].sort()) {
+    const value = params.get(name)!;
+    if (name.toLowerCase() === 'signature') {
+      signature = value;
+      continue;
+    }
+    if (name.toLowerCase() === 'apikey') sentKey = value;
+    parts.push(`${name}=${javaUrlEncode(value).replace(/\+/g, '%20')}`);
+  }
+  if (signature === undefined || sentKey !== apiKey) return false;
+  const computed = createHmac('sha1', secretKey).update(parts.join('&').toLowerCase(), 'utf8').digest('base64');
+  const a = Buffer.from(signature);
+  const b = Buffer.from(computed);
+  return a.length === b.length && timingSafeEqual(a, b);
+}
+
+/** What CloudStack's servlet answers to a request whose signature is wrong (with HTTP and errorcode 401). */
+export const CLOUDSTACK_UNVERIFIED_TEXT = 'unable to verify user credentials and/or request signature';
+
+/**
+ * A request's path and parameters as CloudStack's servlet sees them: GET query string and POST
+ * form body merged, the first value of each name winning, query string first (`getParameter`).
+ */
+export async function readCloudStackRequest(req: http.IncomingMessage): Promise<{ path: string; params: Map<string, string> }> {
+  const url = new URL(req.url ?? '/', 'http://fake');
+  const chunks: Buffer[] = [];
+  for await (const c of req) chunks.push(c as Buffer);
+  const params = new Map<string, string>();
+  for (const [k, v] of url.searchParams) if (!params.has(k)) params.set(k, v);
+  if (req.method === 'POST' && (req.headers['content-type'] ?? '').startsWith('application/x-www-form-urlencoded')) {
+    for (const [k, v] of new URLSearchParams(Buffer.concat(chunks).toString('utf8'))) if (!params.has(k)) params.set(k, v);
+  }
+  return { path: url.pathname, params };
+}
+
+/** Sends a CloudStack error, `{"<command>response": {"errorcode": ..., "errortext": ...}}`, with that HTTP status. */
+export function sendCloudStackError(res: http.ServerResponse, command: string, code: number, text: string): void {
+  const body = JSON.stringify({ [`${command.toLowerCase()}response`]: { uuidList: [], errorcode: code, cserrorcode: 9999, errortext: text } });
+  res.writeHead(code, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(body) });
+  res.end(body);
+}
+
 /** Starts the fake on 127.0.0.1 and a free port. */
 export async function startCloudStackFake(opts: CloudStackFakeOptions): Promise<CloudStackFake> {
   const jobDelay = opts.asyncJobDelayMs ?? 50;
@@ -211,27 +262,6 @@ export async function startCloudStackFake(opts: CloudStackFakeOptions): Promise<
       tags: vm.tags.map((t) => ({ ...t, resourcetype: 'UserVm', resourceid: vm.id, account: 'cloudgate', domain: 'ROOT' })),
       ...(job && { jobid: job.id, jobstatus: job.status }),
     };
-  };
-
-  // ---- signature ----------------------------------------------------------------------
-  const verify = (params: Map<string, string>): boolean => {
-    let apiKey: string | undefined;
-    let signature: string | undefined;
-    const parts: string[] = [];
-    for (const name of [...params.keys()].sort()) {
-      const value = params.get(name)!;
-      if (name.toLowerCase() === 'signature') {
-        signature = value;
-        continue;
-      }
-      if (name.toLowerCase() === 'apikey') apiKey = value;
-      parts.push(`${name}=${javaUrlEncode(value).replace(/\+/g, '%20')}`);
-    }
-    if (signature === undefined || apiKey !== opts.apiKey) return false;
-    const computed = createHmac('sha1', opts.secretKey).update(parts.join('&').toLowerCase(), 'utf8').digest('base64');
-    const a = Buffer.from(signature);
-    const b = Buffer.from(computed);
-    return a.length === b.length && timingSafeEqual(a, b);
   };
 
   // ---- commands -------------------------------------------------------------------------
@@ -425,38 +455,28 @@ export async function startCloudStackFake(opts: CloudStackFakeOptions): Promise<
     res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(text) });
     res.end(text);
   };
-  const sendError = (res: http.ServerResponse, responseName: string, code: number, text: string) =>
-    send(res, code, { [responseName]: { uuidList: [], errorcode: code, cserrorcode: 9999, errortext: text } });
 
   const handle = async (req: http.IncomingMessage, res: http.ServerResponse) => {
-    const url = new URL(req.url ?? '/', 'http://fake');
-    const chunks: Buffer[] = [];
-    for await (const c of req) chunks.push(c as Buffer);
-    if (url.pathname !== '/client/api') {
+    const { path, params } = await readCloudStackRequest(req);
+    if (path !== '/client/api') {
       res.writeHead(404, { 'content-type': 'text/html' }).end('<html><body>Not Found</body></html>');
       return;
     }
-    // First value of each name wins, query string before body, as a servlet's getParameter does.
-    const params = new Map<string, string>();
-    for (const [k, v] of url.searchParams) if (!params.has(k)) params.set(k, v);
-    if (req.method === 'POST' && (req.headers['content-type'] ?? '').startsWith('application/x-www-form-urlencoded')) {
-      for (const [k, v] of new URLSearchParams(Buffer.concat(chunks).toString('utf8'))) if (!params.has(k)) params.set(k, v);
-    }
     const command = params.get('command') ?? '';
     const responseName = `${command.toLowerCase()}response`;
-    if (!verify(params)) {
-      sendError(res, responseName, 401, 'unable to verify user credentials and/or request signature');
+    if (!verifyCloudStackSignature(params, opts.apiKey, opts.secretKey)) {
+      sendCloudStackError(res, command, 401, CLOUDSTACK_UNVERIFIED_TEXT);
       return;
     }
     if (throttle > 0) {
       throttle--;
-      sendError(res, responseName, 429, 'The given user has reached his/her account api limit, please retry after 1000 ms.');
+      sendCloudStackError(res, command, 429, 'The given user has reached his/her account api limit, please retry after 1000 ms.');
       return;
     }
     if (failures && failures.n > 0) {
       const { code } = failures;
       failures.n--;
-      if (API_ERROR_CODES.has(code)) sendError(res, responseName, code, `injected failure ${code}`);
+      if (API_ERROR_CODES.has(code)) sendCloudStackError(res, command, code, `injected failure ${code}`);
       else res.writeHead(code, { 'content-type': 'text/html' }).end(`<html><body><h1>${code}</h1>injected by the fake</body></html>`);
       return;
     }
@@ -479,11 +499,11 @@ export async function startCloudStackFake(opts: CloudStackFakeOptions): Promise<
     log.push({ method: req.method ?? 'GET', command, params: Object.fromEntries([...params].filter(([k]) => k.toLowerCase() !== 'signature')) });
     const run = commands[command];
     if (!run) {
-      sendError(res, responseName, 432, `The given command ${command} does not exist or it is not available for the user (this fake implements ${Object.keys(commands).join(', ')})`);
+      sendCloudStackError(res, command, 432, `The given command ${command} does not exist or it is not available for the user (this fake implements ${Object.keys(commands).join(', ')})`);
       return;
     }
     if (p.get('response') !== 'json') {
-      sendError(res, responseName, 431, 'this fake answers only response=json');
+      sendCloudStackError(res, command, 431, 'this fake answers only response=json');
       return;
     }
     settle();
@@ -492,8 +512,8 @@ export async function startCloudStackFake(opts: CloudStackFakeOptions): Promise<
       settle();
       send(res, 200, { [responseName]: body });
     } catch (err) {
-      if (err instanceof ApiError) sendError(res, responseName, err.code, err.message);
-      else sendError(res, responseName, 530, `internal error in the fake: ${err instanceof Error ? err.message : String(err)}`);
+      if (err instanceof ApiError) sendCloudStackError(res, command, err.code, err.message);
+      else sendCloudStackError(res, command, 530, `internal error in the fake: ${err instanceof Error ? err.message : String(err)}`);
     }
   };
 
