@@ -16,6 +16,14 @@
  * run, it is still found and listed. Teardown copes: it looks again by key and sweeps by tag
  * until nothing is left.
  *
+ * Answers are read, not trusted to have one shape: older releases send ids (of VMs, offerings,
+ * jobs, zones, templates) as numbers, so every id is made a string where it is read; fields
+ * may be left out (a NIC without an address, an empty list without its key or `count`); a
+ * failed job's `jobresult` is an object or, with `jobresulttype: "text"`, the reason itself.
+ * An answer that cannot be read at all (not JSON, no `<command>response`, a VM without an id, a
+ * failed job that says nothing about why) is an `UnreadableAnswer`, which is not retried: the
+ * same answer would come back.
+ *
  * The API key and secret key are read inside each call, never kept, logged or put in messages.
  */
 import { createHmac } from 'node:crypto';
@@ -58,7 +66,14 @@ export type CloudStackParams = Record<string, string>;
 /** A job's state as `queryAsyncJobResult` reports it. */
 export type CloudStackJobStatus =
   | { jobId: string; status: 'pending' }
-  | { jobId: string; status: 'succeeded'; result: Record<string, unknown> }
+  | {
+      jobId: string;
+      status: 'succeeded';
+      /** `jobresult` as CloudStack sent it. */
+      result: Record<string, unknown>;
+      /** The VM in the result (a deploy's, a destroy's), read as a listed one is. */
+      instance?: CloudInstance;
+    }
   | { jobId: string; status: 'failed'; error: CloudError };
 
 /** The CloudStack adapter: the contract, plus a look at CloudStack's async jobs. */
@@ -129,6 +144,9 @@ const KIND_BY_ERROR_CODE: Readonly<Record<number, CloudErrorKind>> = {
   535: 'QuotaExceeded', // RESOURCE_ALLOCATION_ERROR: what the account's resource limits throw
   536: 'Transient', // RESOURCE_IN_USE_ERROR: busy, try again
   537: 'InvalidRequest', // NETWORK_RULE_CONFLICT_ERROR
+  // Older (Cloud.com 2.x) releases' VM_INSUFFICIENT_CAPACITY, as in the developer guide's failed-job
+  // example; their other codes either mean what ApiErrorCode does now or fall to the rules below.
+  551: 'CapacityExhausted',
 };
 
 /** The kind of a CloudStack `errorcode`, or of a bare HTTP status where there is none. */
@@ -166,10 +184,11 @@ export function cloudStackState(state: string | undefined, jobPending = false): 
   }
 }
 
-/** A VM as `listVirtualMachines` returns it (the fields used here). */
+/** A VM of `listVirtualMachines` (or of a job result), as {@link readVm} reads it: ids as strings. */
 interface CsVm {
   id: string;
-  name: string;
+  /** Host name; CloudStack always sends it, but a VM without one is still listed (it can be no key's). */
+  name?: string;
   displayname?: string;
   state?: string;
   created?: string;
@@ -179,10 +198,12 @@ interface CsVm {
   zoneid?: string;
   templateid?: string;
   serviceofferingid?: string;
-  nic?: { ipaddress?: string }[];
-  tags?: { key: string; value: string }[];
+  /** The default NIC's address, else the first a NIC has. */
+  ipaddress?: string;
+  tags: { key: string; value: string }[];
 }
 
+/** A service offering of `listServiceOfferings`, as {@link readOffering} reads it. */
 interface CsOffering {
   id: string;
   name: string;
@@ -190,6 +211,76 @@ interface CsOffering {
   memory?: number;
   rootdisksize?: number;
 }
+
+/** Builds the error for an answer that lacks what the adapter needs (`what`: what is missing or wrong). */
+type Unreadable = (what: string) => CloudError;
+
+const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+/** An id as a string: older releases send numbers (`"id": 2601`), newer ones UUID strings. */
+const idOf = (v: unknown): string | undefined => (typeof v === 'string' && v !== '' ? v : typeof v === 'number' && Number.isFinite(v) ? String(v) : undefined);
+
+/** A number CloudStack may send as a number or a numeric string. */
+const numberOf = (v: unknown): number | undefined => {
+  const n = typeof v === 'number' ? v : typeof v === 'string' && v.trim() !== '' ? Number(v) : NaN;
+  return Number.isFinite(n) ? n : undefined;
+};
+
+const textOf = (v: unknown): string | undefined => (typeof v === 'string' ? v : undefined);
+
+/** Reads a VM; one without an id cannot be described, kept or destroyed, so the answer is unreadable. */
+function readVm(raw: unknown, unreadable: Unreadable): CsVm {
+  if (!isRecord(raw)) throw unreadable(`a virtual machine that is not an object (${JSON.stringify(raw)?.slice(0, 100)})`);
+  const id = idOf(raw.id);
+  if (id === undefined) throw unreadable(`a virtual machine without an "id" (${JSON.stringify(raw).slice(0, 200)})`);
+  const nics = Array.isArray(raw.nic) ? raw.nic.filter(isRecord) : [];
+  // A NIC on a network without addressing has no `ipaddress`; the default NIC's is the one wanted.
+  const ipaddress = [...nics.filter((n) => n.isdefault === true), ...nics].map((n) => textOf(n.ipaddress)).find((ip) => ip);
+  const tags = (Array.isArray(raw.tags) ? raw.tags.filter(isRecord) : []).flatMap((t) =>
+    typeof t.key === 'string' ? [{ key: t.key, value: String(t.value ?? '') }] : [],
+  );
+  return {
+    id,
+    name: textOf(raw.name),
+    displayname: textOf(raw.displayname),
+    state: textOf(raw.state),
+    created: textOf(raw.created),
+    jobid: idOf(raw.jobid),
+    jobstatus: numberOf(raw.jobstatus),
+    instancename: textOf(raw.instancename),
+    zoneid: idOf(raw.zoneid),
+    templateid: idOf(raw.templateid),
+    serviceofferingid: idOf(raw.serviceofferingid),
+    ipaddress,
+    tags,
+  };
+}
+
+/** Reads a service offering; without an id it could not be deployed. */
+function readOffering(raw: unknown, unreadable: Unreadable): CsOffering {
+  if (!isRecord(raw)) throw unreadable(`a service offering that is not an object (${JSON.stringify(raw)?.slice(0, 100)})`);
+  const id = idOf(raw.id);
+  if (id === undefined) throw unreadable(`a service offering without an "id" (${JSON.stringify(raw).slice(0, 200)})`);
+  return {
+    id,
+    name: textOf(raw.name) ?? id,
+    cpunumber: numberOf(raw.cpunumber),
+    memory: numberOf(raw.memory),
+    rootdisksize: numberOf(raw.rootdisksize),
+  };
+}
+
+/** A CloudError for a CloudStack error: its text kept, the kind from its code (without a code, taken as transient). */
+function apiError(what: string, code: number | undefined, text: string | undefined, cause: Record<string, unknown> = {}): CloudError {
+  return new CloudError(
+    code === undefined ? 'Transient' : cloudStackErrorKind(code),
+    `${what}: ${text ?? '(CloudStack gave no reason)'} (${code === undefined ? 'no CloudStack error code' : `CloudStack error ${code}`})`,
+    { cause: { errorcode: code, errortext: text, ...cause } },
+  );
+}
+
+/** The start of an answer, for messages. */
+const excerpt = (text: string) => (text.length > 200 ? `${text.slice(0, 200)}…` : text);
 
 const isLive = (vm: CsVm) => vm.state !== 'Destroyed' && vm.state !== 'Expunging';
 
@@ -221,6 +312,9 @@ export function createCloudStackCloud(cfg: CloudStackCloudConfig, opts: CloudSta
   const pageSize = opts.pageSize ?? DEFAULT_PAGE_SIZE;
   let offeringsCache: { at: number; offerings: CloudOffering[] } | undefined;
 
+  /** An answer to `command` that lacks what is needed; the message names the cloud, the command and what. */
+  const unreadable = (command: string, what: string) => new CloudError('UnreadableAnswer', `${name}: cannot read the answer to ${command}: ${what}`);
+
   /** One signed call; resolves to the body under `<command>response`. */
   const call = async (command: string, params: CloudStackParams = {}, method: 'GET' | 'POST' = 'GET'): Promise<Record<string, unknown>> => {
     const signed = signCloudStackRequest(
@@ -243,44 +337,59 @@ export function createCloudStackCloud(cfg: CloudStackCloudConfig, opts: CloudSta
     } catch (err) {
       throw new CloudError('Transient', `${name}: ${command} to ${url.origin} failed: ${describeError(err)}`, { cause: err });
     }
-    let body: Record<string, unknown> | undefined;
+    const key = `${command.toLowerCase()}response`;
+    let json: unknown;
+    let isJson = true;
     try {
-      const json: unknown = JSON.parse(text);
-      if (json && typeof json === 'object') {
-        const obj = json as Record<string, unknown>;
-        body = (obj[`${command.toLowerCase()}response`] ?? Object.values(obj)[0]) as Record<string, unknown> | undefined;
-      }
+      json = JSON.parse(text);
     } catch {
-      // Not JSON: a proxy's error page, or not CloudStack at all; judged by the status below.
+      // A proxy's error page, or not CloudStack at all: judged by the status below.
+      isJson = false;
     }
-    if (body && body.errorcode !== undefined) {
-      const code = Number(body.errorcode);
-      throw new CloudError(cloudStackErrorKind(code), `${name}: ${command} failed: ${String(body.errortext ?? '(no text)')} (CloudStack error ${code})`, {
-        cause: { errorcode: code, errortext: body.errortext, cserrorcode: body.cserrorcode },
-      });
+    const top = isRecord(json) ? json : undefined;
+    // Errors CloudStack cannot tie to a command (one it does not know) come under `errorresponse`.
+    const error = [top?.[key], top?.errorresponse].find((b) => isRecord(b) && b.errorcode !== undefined) as Record<string, unknown> | undefined;
+    if (error) {
+      throw apiError(`${name}: ${command} failed`, numberOf(error.errorcode) ?? status, textOf(error.errortext), { cserrorcode: error.cserrorcode });
     }
-    if (status < 200 || status >= 300 || !body || typeof body !== 'object') {
+    if (status < 200 || status >= 300) {
       throw new CloudError(cloudStackErrorKind(status), `${name}: ${command} answered HTTP ${status} without a CloudStack response: ${text.slice(0, 200)}`, {
         cause: { status },
       });
+    }
+    // A 2xx answer that is not CloudStack's will not change on a retry: never read it as an empty one.
+    const body = top?.[key];
+    if (!isJson) throw unreadable(command, `it is not JSON (HTTP ${status}): ${excerpt(text)}`);
+    if (!isRecord(body)) {
+      const found = top ? Object.keys(top).map((k) => `"${k}"`).join(', ') || 'nothing' : `a JSON ${Array.isArray(json) ? 'array' : typeof json}`;
+      throw unreadable(command, `no "${key}" object in it (it has ${found}): ${excerpt(text)}`);
     }
     return body;
   };
 
   /** Every page of a list call (CloudStack pages at `default.page.size` whether asked or not). */
-  const listAll = async <T extends { id: string }>(command: string, itemKey: string, params: CloudStackParams = {}): Promise<T[]> => {
+  const listAll = async <T extends { id: string }>(
+    command: string,
+    itemKey: string,
+    read: (raw: unknown, unreadable: Unreadable) => T,
+    params: CloudStackParams = {},
+  ): Promise<T[]> => {
     const byId = new Map<string, T>();
+    const fail: Unreadable = (what) => unreadable(command, what);
     for (let page = 1; ; page++) {
       const r = await call(command, { ...params, page: String(page), pagesize: String(pageSize) });
-      const items = (r[itemKey] as T[] | undefined) ?? [];
+      // An empty list is `{}`: neither the items' key nor `count`.
+      const raw = r[itemKey] ?? [];
+      if (!Array.isArray(raw)) throw fail(`"${itemKey}" is not a list: ${excerpt(JSON.stringify(raw))}`);
+      const items = raw.map((item) => read(item, fail));
       // A VM made or removed between pages shifts the others; ids keep them counted once.
       for (const item of items) byId.set(item.id, item);
-      const count = typeof r.count === 'number' ? r.count : 0;
+      const count = numberOf(r.count) ?? 0;
       if (items.length < pageSize || page * pageSize >= count) return [...byId.values()];
     }
   };
 
-  const listVms = (params: CloudStackParams) => listAll<CsVm>('listVirtualMachines', 'virtualmachine', { ...params, listall: 'true' });
+  const listVms = (params: CloudStackParams) => listAll('listVirtualMachines', 'virtualmachine', readVm, { ...params, listall: 'true' });
 
   /** Live VMs whose host name is the key, earliest first (`name` is a substring match on older CloudStacks). */
   const liveByKey = async (key: string): Promise<CsVm[]> => earliestFirst((await listVms({ name: key })).filter((vm) => vm.name === key && isLive(vm)));
@@ -298,12 +407,12 @@ export function createCloudStackCloud(cfg: CloudStackCloudConfig, opts: CloudSta
 
   const toInstance = (vm: CsVm): CloudInstance => {
     const tags = Object.fromEntries(
-      (vm.tags ?? []).filter((t) => t.key.startsWith(CLOUDSTACK_TAG_PREFIX)).map((t) => [t.key.slice(CLOUDSTACK_TAG_PREFIX.length), t.value]),
+      vm.tags.filter((t) => t.key.startsWith(CLOUDSTACK_TAG_PREFIX)).map((t) => [t.key.slice(CLOUDSTACK_TAG_PREFIX.length), t.value]),
     );
     const created = createdMs(vm);
     return {
       id: vm.id,
-      name: vm.displayname || vm.name,
+      name: vm.displayname || vm.name || vm.id,
       state: cloudStackState(vm.state, vm.jobid !== undefined && (vm.jobstatus ?? 0) === 0),
       idempotencyKey: vm.name,
       tags,
@@ -316,13 +425,13 @@ export function createCloudStackCloud(cfg: CloudStackCloudConfig, opts: CloudSta
         serviceOfferingId: vm.serviceofferingid,
         ...(vm.instancename && { instanceName: vm.instancename }),
         ...(vm.jobid && { jobId: vm.jobid }),
-        ...(vm.nic?.[0]?.ipaddress && { ipAddress: vm.nic[0].ipaddress }),
+        ...(vm.ipaddress && { ipAddress: vm.ipaddress }),
       },
     };
   };
 
   const listOfferings = async (): Promise<CloudOffering[]> => {
-    const raw = await listAll<CsOffering>('listServiceOfferings', 'serviceoffering');
+    const raw = await listAll('listServiceOfferings', 'serviceoffering', readOffering);
     const offerings = raw
       // Customised offerings have no fixed size; deploying one needs cpu and memory details this adapter does not send.
       .filter((o) => typeof o.cpunumber === 'number' && typeof o.memory === 'number')
@@ -404,10 +513,10 @@ export function createCloudStackCloud(cfg: CloudStackCloudConfig, opts: CloudSta
         const offered = offerings.map((f) => `${f.name} ${f.cpus}/${f.memoryMiB}/${f.diskGiB}`).join(', ');
         throw new CloudError('InvalidOffering', `${name}: no service offering fits ${o.cpus} cpus / ${o.memoryMiB} MiB / ${o.diskGiB} GiB (offered: ${offered})`);
       }
-      let deployed: { id: string; jobid?: string };
+      let answered: Record<string, unknown>;
       try {
         // POST: CloudStack takes only 2 KB of user-data in a query string.
-        deployed = (await call(
+        answered = await call(
           'deployVirtualMachine',
           {
             serviceofferingid: offering.id,
@@ -419,7 +528,7 @@ export function createCloudStackCloud(cfg: CloudStackCloudConfig, opts: CloudSta
             ...(cfg.networkIds?.length ? { networkids: cfg.networkIds.join(',') } : {}),
           },
           'POST',
-        )) as { id: string; jobid?: string };
+        );
       } catch (err) {
         // A racing create took the host name first (CloudStack refuses duplicates in a network): that VM is the answer.
         if (err instanceof CloudError && err.kind === 'InvalidRequest') {
@@ -427,6 +536,18 @@ export function createCloudStackCloud(cfg: CloudStackCloudConfig, opts: CloudSta
           if (raced.length > 0) return answer(raced[0], spec);
         }
         throw err;
+      }
+      const deployed = { id: idOf(answered.id), jobid: idOf(answered.jobid) };
+      if (deployed.id === undefined) {
+        // Without the VM's id it cannot be tagged; the host name still finds it, if it was made.
+        const [made] = await liveByKey(idempotencyKey);
+        if (!made) {
+          throw unreadable(
+            'deployVirtualMachine',
+            `no "id" of the new VM in it (job ${deployed.jobid ?? 'not given'}), and no VM has the host name "${idempotencyKey}": ${excerpt(JSON.stringify(answered))}`,
+          );
+        }
+        deployed.id = made.id;
       }
       try {
         await tag(deployed.id, spec.tags);
@@ -474,21 +595,36 @@ export function createCloudStackCloud(cfg: CloudStackCloudConfig, opts: CloudSta
     terminateInstance: terminate,
 
     async jobStatus(jobId) {
+      // CloudStack would answer 431 "missing parameter jobid" (Marvin's recorded error); no need to ask.
+      if (jobId === '') throw new CloudError('InvalidRequest', `${name}: queryAsyncJobResult needs a job id`);
       const r = await call('queryAsyncJobResult', { jobid: jobId });
-      const result = (r.jobresult ?? {}) as Record<string, unknown>;
-      switch (Number(r.jobstatus)) {
+      const fail: Unreadable = (what) => unreadable('queryAsyncJobResult', `job ${jobId}: ${what}`);
+      const result = r.jobresult;
+      switch (numberOf(r.jobstatus)) {
         case 0:
           return { jobId, status: 'pending' };
-        case 1:
-          return { jobId, status: 'succeeded', result };
-        default: {
-          const code = Number(result.errorcode ?? r.jobresultcode ?? 530);
-          const text = String(result.errortext ?? '(no text)');
-          const error = new CloudError(cloudStackErrorKind(code), `${name}: job ${jobId} (${String(r.cmd ?? 'unknown command')}) failed: ${text} (CloudStack error ${code})`, {
-            cause: { errorcode: code, errortext: text },
-          });
+        case 1: {
+          const vm = isRecord(result) && result.virtualmachine !== undefined ? toInstance(readVm(result.virtualmachine, fail)) : undefined;
+          return { jobId, status: 'succeeded', result: isRecord(result) ? result : {}, ...(vm && { instance: vm }) };
+        }
+        case 2: {
+          // `jobresulttype: "object"`: {errorcode, errortext}; `"text"`: the reason itself, its code in `jobresultcode`.
+          const text = typeof result === 'string' ? result : isRecord(result) ? textOf(result.errortext) : undefined;
+          // A `jobresultcode` of 0 is no code at all.
+          const positive = (v: unknown) => {
+            const n = numberOf(v);
+            return n !== undefined && n > 0 ? n : undefined;
+          };
+          const code = (isRecord(result) ? positive(result.errorcode) : undefined) ?? positive(r.jobresultcode);
+          if (text === undefined && code === undefined) {
+            const error = fail(`it failed (jobstatus 2) with neither a jobresult nor a jobresultcode saying why: ${excerpt(JSON.stringify(r))}`);
+            return { jobId, status: 'failed', error };
+          }
+          const error = apiError(`${name}: job ${jobId} (${textOf(r.cmd) ?? 'unknown command'}) failed`, code, text, { jobresultcode: numberOf(r.jobresultcode) });
           return { jobId, status: 'failed', error };
         }
+        default:
+          throw fail(`jobstatus ${JSON.stringify(r.jobstatus) ?? '(none)'} is none of 0 (pending), 1 (succeeded), 2 (failed)`);
       }
     },
   };

@@ -1,6 +1,6 @@
 /**
  * The CloudStack adapter beyond the shared contract: request signing against the developer
- * guide's worked example, credentials, user-data limits, error codes, async jobs, the tag
+ * guide's worked example and Libcloud's vectors (read from ../shared/peer-data), credentials, user-data limits, error codes, async jobs, the tag
  * window, and racing creates. Everything but the signing vectors runs against the CloudStack
  * API FAKE (test/fakes/cloudstack-fake.ts), since no CloudStack runs here.
  */
@@ -16,30 +16,40 @@ import {
   createCloudStackCloud,
   signCloudStackRequest,
   type CloudStackAdapterOptions,
+  type CloudStackParams,
 } from '../clouds/cloudstack.js';
 import { type CloudErrorKind, type InstanceSpec } from '../clouds/contract.js';
 import type { CloudStackCloudConfig } from '../model/clouds-config.js';
 import { FAKE_OFFERINGS, FAKE_TEMPLATES } from './fakes/cloudstack-fake.js';
 import { CLOUDSTACK_KEY_ENV, CLOUDSTACK_SECRET_ENV, startCloudStackPeer, type CloudStackPeer, type CloudStackPeerOptions } from './peers/cloudstack.js';
 import { cloudErrorOf, eventually, instanceSpecs } from './cloud-assertions.js';
+import { peerDataJson } from './peer-data.js';
 
-/** From the CloudStack developer guide, "How to sign an API call with Python". */
-const GUIDE = {
-  apiKey: 'plgWJfZK4gyS3mOMTVmjUVg-X-jlWlnfaUJ9GAbBbf9EdM-kAYMmAiLqzzq1ElZLYq_u38zCm0bewzGUdP66mg',
-  secretKey: 'VDaACYb0LV9eNjTetIOElcVQkvJck_J_QljX_FcHRj87ZKiy0z0ty0ZsYBkoXkY9b7eq1EhwJaw7FF3akA3KBQ',
-  stringToSign: 'apikey=plgwjfzk4gys3momtvmjuvg-x-jlwlnfauj9gabbbf9edm-kaymmailqzzq1elzlyq_u38zcm0bewzgudp66mg&command=listusers&response=json',
-  signature: 'TTpdDq/7j/J58XCRHomKoQXEQds=',
-  url: 'http://localhost:8080/client/api?apikey=plgWJfZK4gyS3mOMTVmjUVg-X-jlWlnfaUJ9GAbBbf9EdM-kAYMmAiLqzzq1ElZLYq_u38zCm0bewzGUdP66mg&command=listUsers&response=json&signature=TTpdDq%2F7j%2FJ58XCRHomKoQXEQds%3D',
-};
-
-
+interface SigningVectors {
+  /** Apache Libcloud's `test_signature_algorithm`: `apiKey` and `response=json` are added before signing. */
+  libcloud: { apiKey: string; secretKey: string; cases: [CloudStackParams, string][] };
+  /** The developer guide's "How to sign an API call with Python". */
+  docs: { apiKey: string; secretKey: string; params: CloudStackParams; signature: string; url: string };
+}
 
 describe('CloudStack request signing', () => {
-  it("matches the developer guide's worked example", () => {
-    const params = { command: 'listUsers', response: 'json', apikey: GUIDE.apiKey };
-    expect(cloudStackStringToSign(params)).toBe(GUIDE.stringToSign);
-    expect(cloudStackSignature(params, GUIDE.secretKey)).toBe(GUIDE.signature);
-    expect(`http://localhost:8080/client/api?${signCloudStackRequest({ command: 'listUsers', response: 'json' }, GUIDE.apiKey, GUIDE.secretKey)}`).toBe(GUIDE.url);
+  const vectors = peerDataJson<SigningVectors>('cloudstack', 'signing-vectors.json');
+
+  it("matches the developer guide's worked example, up to its exact URL", () => {
+    const { apiKey, secretKey, params, signature, url } = vectors.docs;
+    const all = { ...params, apikey: apiKey };
+    expect(cloudStackStringToSign(all)).toBe(`apikey=${apiKey.toLowerCase()}&command=listusers&response=json`);
+    expect(cloudStackSignature(all, secretKey)).toBe(signature);
+    expect(`http://localhost:8080/client/api?${signCloudStackRequest(params, apiKey, secretKey)}`).toBe(url);
+  });
+
+  it("matches Libcloud's vectors, a '+' in a value included", () => {
+    const { apiKey, secretKey, cases } = vectors.libcloud;
+    expect(cases.length).toBeGreaterThan(0);
+    for (const [params, signature] of cases) {
+      expect([params, cloudStackSignature({ ...params, apiKey, response: 'json' }, secretKey)]).toEqual([params, signature]);
+      expect(new URLSearchParams(signCloudStackRequest({ ...params, response: 'json' }, apiKey, secretKey)).get('signature')).toBe(signature);
+    }
   });
 
   it('sorts by lower-cased name and encodes values as CloudStack re-encodes them (spaces as %20)', () => {
@@ -64,6 +74,7 @@ describe('CloudStack error codes and states', () => {
     [535, 'QuotaExceeded'],
     [536, 'Transient'],
     [537, 'InvalidRequest'],
+    [551, 'CapacityExhausted'],
     [403, 'InvalidCredentials'],
     [404, 'InvalidRequest'],
     [502, 'Transient'],
