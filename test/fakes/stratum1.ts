@@ -8,12 +8,20 @@
  * `--`, a hash and binary "signature" bytes. The signatures are deliberately binary
  * (including NUL, newlines and a second `--` line) so parsers prove they stop at the first
  * separator. Any path prefix before `/cvmfs/` is accepted, so `@org@` templates can be tested.
+ * A repository may instead be given as bytes (a {@link VerbatimRepository}, e.g. the real signed
+ * files of ../shared/peer-data/cvmfs), which are served exactly as given.
  */
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { manifestFile, whitelistFile, type FakeRepository } from '../../clouds/sim-stratum1.js';
 
 export { fakeSignature, manifestFile, whitelistFile, whitelistStamp, type FakeRepository } from '../../clouds/sim-stratum1.js';
+
+/** A repository served from the given bytes, unchanged (real files, or deliberately broken ones). */
+export interface VerbatimRepository {
+  published: Buffer;
+  whitelist: Buffer;
+}
 
 export interface Stratum1Options {
   /** Accept connections and destroy them at once, like a crashed or firewalled server. */
@@ -33,7 +41,7 @@ export interface FakeStratum1 {
 }
 
 /** Starts the server on an ephemeral port of 127.0.0.1. */
-export async function startStratum1(repos: Record<string, FakeRepository>, opts: Stratum1Options = {}): Promise<FakeStratum1> {
+export async function startStratum1(repos: Record<string, FakeRepository | VerbatimRepository>, opts: Stratum1Options = {}): Promise<FakeStratum1> {
   const requests: string[] = [];
   const server = createServer((req, res) => {
     const path = new URL(req.url ?? '/', 'http://x').pathname;
@@ -44,11 +52,14 @@ export async function startStratum1(repos: Record<string, FakeRepository>, opts:
     }
     const m = /\/cvmfs\/([^/]+)\/(\.cvmfspublished|\.cvmfswhitelist)$/.exec(path);
     const repo = m ? repos[m[1]] : undefined;
-    if (!m || !repo || repo.missing) {
+    if (!m || !repo || ('missing' in repo && repo.missing)) {
       res.writeHead(404, { 'content-type': 'text/plain' }).end('Not Found\n');
       return;
     }
-    const body = m[2] === '.cvmfspublished' ? manifestFile(m[1], repo) : whitelistFile(m[1], repo);
+    const manifest = m[2] === '.cvmfspublished';
+    let body: Buffer;
+    if ('published' in repo) body = manifest ? repo.published : repo.whitelist;
+    else body = manifest ? manifestFile(m[1], repo) : whitelistFile(m[1], repo);
     res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': body.length }).end(body);
   });
   if (opts.dead) server.on('connection', (socket) => socket.destroy());
