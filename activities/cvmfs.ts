@@ -13,11 +13,18 @@
  *   then a `--` line, then the hash of the lines above and a binary signature.
  * - `.cvmfswhitelist`: a creation time `YYYYMMDDHHMMSS` (UTC), `E<YYYYMMDDHHMMSS>` expiry,
  *   `N<fqrn>`, optional `Vpkcs7` / `Wcachain` lines, certificate fingerprints
- *   (`AA:BB:…`), `--`, then a hash and the master key's signature.
+ *   (`AA:BB:…`, with `-RMD160` / `-SHAKE128` after the digest for those algorithms), `--`,
+ *   then a hash and the master key's signature.
+ *
+ * Lines are split at LF only, as CernVM-FS splits them (`ParseKeyvalMem`, `GetLineMem`).
+ * Where the client would refuse a file, the parsers throw or `checkRepository` fails; where a
+ * file is one no cvmfs tool writes (an impossible date, a non-numeric revision) they may be
+ * stricter than the client and call it malformed.
  *
  * Signatures are not verified: this is a readiness check, not a trust decision — the
  * guests' cvmfs clients verify, with keys the gateway does not hold.
  */
+import { createHash } from 'node:crypto';
 
 /** The fields of a `.cvmfspublished` manifest above its `--` line. */
 export interface Manifest {
@@ -25,7 +32,10 @@ export interface Manifest {
   catalogHash: string;
   /** `B`: size of the root catalog in bytes. */
   catalogSize?: number;
-  /** `R`: MD5 of the root path (almost always `d41d8cd98f00b204e9800998ecf8427e`). */
+  /**
+   * `R`: MD5 of the catalog's root path: {@link ROOT_PATH_HASH} for a repository's manifest;
+   * a nested catalog's own manifest (cvmfs 2.0 layout) carries the MD5 of its mount point.
+   */
   rootPathHash: string;
   /** `D`: root catalog time to live, seconds. */
   ttlSeconds: number;
@@ -47,7 +57,10 @@ export interface Manifest {
   metainfoHash?: string;
   /** `Y`: hash of the reflog checksum. */
   reflogHash?: string;
-  /** Letters this parser does not know (`L`, reserved `Z`, later additions), kept verbatim. */
+  /**
+   * Letters this parser does not know (`L`, reserved `Z`, later additions), kept verbatim;
+   * repeated `Z` lines joined with `|`, as the client joins them.
+   */
   extra: Record<string, string>;
 }
 
@@ -61,11 +74,16 @@ export interface Whitelist {
   expiresAt: Date;
   /** `N`: the repository the whitelist is for. */
   name: string;
-  /** Certificate fingerprints, upper-case `AA:BB:…`, trailing comments dropped. */
+  /**
+   * The certificate fingerprints the client reads, in the notation `cvmfs_server` writes:
+   * upper-case `AA:BB:…` pairs of the digest, followed by the algorithm for those that need
+   * naming (`…:FF-SHAKE128`, `…:FF-RMD160`; SHA-1 and MD5 are told apart by length). Lines
+   * that are no fingerprint of a known length are skipped, as the client skips them.
+   */
   fingerprints: string[];
-  /** `Vpkcs7`: the whitelist is (also) signed as PKCS#7. */
+  /** `Vpkcs7` right after the `N` line: the whitelist is (also) signed as PKCS#7. */
   pkcs7: boolean;
-  /** `Wcachain`: manifest signatures must chain to a CA. */
+  /** `Wcachain` right after `N` or `Vpkcs7`: manifest signatures must chain to a CA. */
   caChain: boolean;
 }
 
@@ -82,8 +100,11 @@ export class ManifestError extends Error {
   }
 }
 
-/** Why a repository is not fit to deploy with. */
-export type CvmfsFailureReason = 'missing' | 'wrong-name' | 'too-old-revision' | 'stale' | 'whitelist-expired' | 'unreachable';
+/**
+ * Why a repository is not fit to deploy with. `root-mismatch`: the server's manifest is a
+ * nested catalog's, not the repository root's (the client's `kFailRootMismatch`).
+ */
+export type CvmfsFailureReason = 'missing' | 'wrong-name' | 'root-mismatch' | 'too-old-revision' | 'stale' | 'whitelist-expired' | 'unreachable';
 
 /** A server that did not give a usable answer, and why. */
 export interface ServerAttempt {
@@ -140,16 +161,25 @@ export interface CheckRepositoryOptions {
 
 const DEFAULT_TIMEOUT_MS = 10_000;
 
+const CRLF = 'CernVM-FS splits lines at LF only and reads the CR into the value, so a CRLF copy (converted in transfer?) fails its name check';
+
 /** Splits the text above the `--` line into lines; the signature below is never decoded. */
 function headLines(input: string | Buffer, file: ManifestError['file']): string[] {
   const buf = typeof input === 'string' ? Buffer.from(input, 'latin1') : input;
   // The separator is a whole line, so look for it at the start or after a newline.
   const at = buf.subarray(0, 3).toString('latin1') === '--\n' ? 0 : buf.indexOf('\n--\n');
   const end = at === -1 && buf.subarray(-3).toString('latin1') === '\n--' ? buf.length - 3 : at;
-  if (end === -1) throw new ManifestError(file, undefined, 'no "--" line: truncated, or not a CVMFS file');
+  if (end === -1) {
+    // "--\r" is no separator to the client either; say why rather than "truncated".
+    if (buf.includes('\r\n--\r\n')) throw new ManifestError(file, undefined, `lines end in CRLF: ${CRLF}`);
+    throw new ManifestError(file, undefined, 'no "--" line: truncated, or not a CVMFS file');
+  }
   // The head is ASCII by the format; latin1 keeps any stray byte one character.
   const text = buf.subarray(0, end).toString('latin1');
-  return text === '' ? [] : text.split('\n').map((l) => l.replace(/\r$/, ''));
+  const lines = text === '' ? [] : text.split('\n');
+  const cr = lines.findIndex((l) => l.endsWith('\r'));
+  if (cr !== -1) throw new ManifestError(file, undefined, `line ${cr + 1} (${JSON.stringify(lines[cr].slice(0, -1))}) ends in CR: ${CRLF}`);
+  return lines;
 }
 
 function integerField(file: ManifestError['file'], key: string, what: string, value: string): number {
@@ -166,10 +196,14 @@ const MANIFEST_REQUIRED: Record<string, string> = {
   T: 'publish timestamp',
 };
 
+/** MD5 of the empty path, the `R` of a repository's root catalog (cvmfs: `Md5(AsciiPtr(""))`). */
+export const ROOT_PATH_HASH = createHash('md5').update('').digest('hex');
+
 /**
  * Parses a `.cvmfspublished` manifest. Requires C, R, D and S (as the cvmfs client does)
  * and also N and T, which every current server writes and the readiness check needs.
- * A repeated letter keeps its last value.
+ * A repeated letter keeps its last value, except `Z`, whose values are joined with `|`
+ * (`ParseKeyvalMem`).
  *
  * @throws {@link ManifestError} naming the missing or malformed field.
  */
@@ -177,7 +211,9 @@ export function parseManifest(text: string | Buffer): Manifest {
   const fields = new Map<string, string>();
   for (const line of headLines(text, '.cvmfspublished')) {
     if (line === '') continue;
-    fields.set(line[0], line.slice(1));
+    const [key, value] = [line[0], line.slice(1)];
+    const before = fields.get(key);
+    fields.set(key, key === 'Z' && before !== undefined ? `${before}|${value}` : value);
   }
   for (const [key, what] of Object.entries(MANIFEST_REQUIRED)) {
     if (!fields.get(key)) throw new ManifestError('.cvmfspublished', key, `missing field ${key} (${what})`);
@@ -221,12 +257,25 @@ function parseStamp(s: string): Date | undefined {
   return date.getUTCMonth() === mo - 1 && date.getUTCDate() === d && h < 24 && mi < 60 && se < 60 ? date : undefined;
 }
 
-const FINGERPRINT = /^([0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2})+)(?:\s.*)?$/;
+/**
+ * A fingerprint as the client reads it (`SignatureManager::MkFromFingerprint`, then
+ * `shash::MkFromHexPtr`): up to the first space, tab or `#`, colons dropped, case ignored;
+ * 32 hex digits are MD5, 40 SHA-1, 40 plus `-rmd160` / `-shake128` those algorithms. Any
+ * other length is no hash to the client, and neither is the all-zero (null) digest.
+ * Returned in `cvmfs_server`'s notation, the algorithm kept after the digest.
+ */
+function readFingerprint(line: string): string | undefined {
+  const token = line.split(/[ \t#]/, 1)[0].replaceAll(':', '').toLowerCase();
+  if (!/^(?:[0-9a-f]{32}|[0-9a-f]{40}(?:-rmd160|-shake128)?)$/.test(token) || /^0+(?:-|$)/.test(token)) return undefined;
+  const [digest, algorithm] = token.split('-');
+  return digest.toUpperCase().match(/../g)!.join(':') + (algorithm ? `-${algorithm.toUpperCase()}` : '');
+}
 
 /**
  * Parses a `.cvmfswhitelist`. Like the cvmfs client it is positional: the creation time,
- * the `E` line and the `N` line come first, in that order; lines that are not
- * fingerprints are skipped, as the client skips them.
+ * the `E` line and the `N` line come first, in that order; then `Vpkcs7`, then `Wcachain`,
+ * each only in that place; then fingerprints, where lines that are not fingerprints are
+ * skipped, as the client skips them.
  *
  * @throws {@link ManifestError} naming the malformed line.
  */
@@ -239,13 +288,16 @@ export function parseWhitelist(text: string | Buffer): Whitelist {
   if (!expiry) throw bad('E', `second line is not E<YYYYMMDDHHMMSS>: "${expires}"`);
   if (!name.startsWith('N') || name.length < 2) throw bad('N', `third line is not N<repository name>: "${name}"`);
   expiry.setUTCMinutes(0, 0, 0); // the client's precision (whitelist.cc: "exact on hours level")
+  // ParseWhitelist looks for Vpkcs7 right after N, and for Wcachain right after that.
+  const pkcs7 = rest[0] === 'Vpkcs7';
+  const caChain = rest[pkcs7 ? 1 : 0] === 'Wcachain';
   return {
     createdAt,
     expiresAt: expiry,
     name: name.slice(1),
-    fingerprints: rest.flatMap((l) => FINGERPRINT.exec(l)?.[1].toUpperCase() ?? []),
-    pkcs7: rest.includes('Vpkcs7'),
-    caChain: rest.includes('Wcachain'),
+    fingerprints: rest.slice(Number(pkcs7) + Number(caChain)).flatMap((l) => readFingerprint(l) ?? []),
+    pkcs7,
+    caChain,
   };
 }
 
@@ -318,6 +370,9 @@ function judge(
   if (m.name !== repo) {
     return fail('wrong-name', `Repository ${repo}: ${server}/.cvmfspublished is the manifest of "${m.name}"; check that the stratum-1 URL ends in /cvmfs/@fqrn@ and the repository name is right.`);
   }
+  if (m.rootPathHash !== ROOT_PATH_HASH) {
+    return fail('root-mismatch', `Repository ${repo}: ${server}/.cvmfspublished is the manifest of a nested catalog (R${m.rootPathHash}, not the root's R${ROOT_PATH_HASH}), which clients refuse to mount; the stratum-1 serves the wrong file at the repository's base — ask its operator to re-replicate ${repo}.`);
+  }
   if (w.name !== repo) {
     return fail('wrong-name', `Repository ${repo}: ${server}/.cvmfswhitelist is the whitelist of "${w.name}"; the stratum-1 serves another repository's whitelist — ask its operator to re-replicate ${repo}.`);
   }
@@ -387,6 +442,7 @@ export function checkRepositories(
 const FAILURE_TYPES: Record<CvmfsFailureReason, string> = {
   missing: 'CvmfsRepositoryMissing',
   'wrong-name': 'CvmfsRepositoryWrongName',
+  'root-mismatch': 'CvmfsRootPathMismatch',
   'too-old-revision': 'CvmfsRevisionTooOld',
   stale: 'CvmfsRepositoryStale',
   'whitelist-expired': 'CvmfsWhitelistExpired',

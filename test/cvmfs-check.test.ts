@@ -23,6 +23,9 @@ const NOW = new Date('2025-06-02T12:30:00Z');
 const minutesAgo = (n: number) => new Date(NOW.getTime() - n * 60_000);
 const daysAhead = (n: number) => new Date(NOW.getTime() + n * 86_400_000);
 
+/** A SHA-1 certificate fingerprint as `cvmfs_server` writes it into a whitelist. */
+const SHA1_FP = '3A:1F:2C:9E:8D:7B:6A:5F:4E:3D:2C:1B:0A:9F:8E:7D:6C:5B:4A:39';
+
 /** Shaped like a current `cvmfs_server` manifest: every field, in its order, then a binary signature. */
 const REAL_MANIFEST = Buffer.concat([
   Buffer.from(
@@ -95,6 +98,12 @@ describe('parseManifest', () => {
     expect(m.extra).toEqual({ L: 'deadbeef', Z: 'tip' });
   });
 
+  it('joins repeated Z lines with "|" as the client does, and keeps the last of any other repeated letter', () => {
+    const m = parseManifest('Cab\nRd41d8cd98f00b204e9800998ecf8427e\nD240\nS3\nS4\nNx.y\nT1\nZtip-a\nZtip-b\n--\n');
+    expect(m.revision).toBe(4);
+    expect(m.extra).toEqual({ Z: 'tip-a|tip-b' });
+  });
+
   it('stops at the first "--" line even when the signature holds another', () => {
     const m = parseManifest(manifestFile('a.b.c', { revision: 7, publishedAt: NOW, whitelistExpires: NOW }));
     expect(m.revision).toBe(7);
@@ -120,6 +129,11 @@ describe('parseManifest', () => {
     expect((err as Error).message).toContain(`missing field ${letter} (${what})`);
   });
 
+  it('does not drop a CR before the LF: the client reads "Nsft.cern.ch\\r", which is not the repository', () => {
+    const text = REAL_MANIFEST.toString('latin1').replace('Nsft.cern.ch\n', 'Nsft.cern.ch\r\n');
+    expect(() => parseManifest(Buffer.from(text, 'latin1'))).toThrow(/line 8 \("Nsft\.cern\.ch"\) ends in CR.*CRLF/);
+  });
+
   it('rejects a non-numeric revision and a file without "--" (an HTML error page, say)', () => {
     expect(() => parseManifest('Cab\nRcd\nD240\nSlatest\nNx.y\nT1\n--\n')).toThrow(/field S \(revision\) is not a whole number/);
     expect(() => parseManifest('<html><body>Service Unavailable</body></html>')).toThrow(/no "--" line/);
@@ -140,8 +154,50 @@ describe('parseWhitelist', () => {
   });
 
   it('notes Vpkcs7 and Wcachain', () => {
-    const w = parseWhitelist('20250101000000\nE20250131000000\nNx.y.z\nVpkcs7\nWcachain\nAA:BB\n--\n');
-    expect(w).toMatchObject({ pkcs7: true, caChain: true, fingerprints: ['AA:BB'] });
+    const w = parseWhitelist(`20250101000000\nE20250131000000\nNx.y.z\nVpkcs7\nWcachain\n${SHA1_FP}\n--\n`);
+    expect(w).toMatchObject({ pkcs7: true, caChain: true, fingerprints: [SHA1_FP] });
+  });
+
+  it('reads Vpkcs7 only right after the N line and Wcachain only after N or Vpkcs7, where the client looks', () => {
+    const head = '20250101000000\nE20250131000000\nNx.y.z\n';
+    expect(parseWhitelist(`${head}Wcachain\nVpkcs7\n${SHA1_FP}\n--\n`)).toMatchObject({ pkcs7: false, caChain: true, fingerprints: [SHA1_FP] });
+    expect(parseWhitelist(`${head}${SHA1_FP}\nVpkcs7\nWcachain\n--\n`)).toMatchObject({ pkcs7: false, caChain: false, fingerprints: [SHA1_FP] });
+  });
+
+  it('reads fingerprint lines as the client does: colons optional, any case, cut at a space, tab or #, of a hash length', () => {
+    const w = parseWhitelist(
+      [
+        '20250101000000',
+        'E20250131000000',
+        'Nx.y.z',
+        '93aba3c489bef9b73e908f42c18aef12bb05c415', // no colons, lower case
+        '5C:65:92:17:07:03:1D:D1:32:DF:9F:AA:9E:81:88:0B:BC:F6:97:96#retired', // comment right after
+        'F2:13:0A:29:6B:AE:67:49:F8:6A:11:AE:0F:AE:B2:79:9E:8D:90:C6\tbackup',
+        'B0:0D:EE:78:13:68:13:B2:3A:B0:B5:0C:9E:35:9C:92', // 16 bytes: an MD5 fingerprint
+        'AA:BB', // no hash is two bytes long: the client drops it
+        '00:00:00:00:00:00:00:00:00:00:00:00:00:00:00:00:00:00:00:00', // the null hash: dropped
+        'AA:BB-SHAKE128', // an algorithm suffix on a digest of the wrong length
+        '--',
+        '',
+      ].join('\n'),
+    );
+    expect(w.fingerprints).toEqual([
+      '93:AB:A3:C4:89:BE:F9:B7:3E:90:8F:42:C1:8A:EF:12:BB:05:C4:15',
+      '5C:65:92:17:07:03:1D:D1:32:DF:9F:AA:9E:81:88:0B:BC:F6:97:96',
+      'F2:13:0A:29:6B:AE:67:49:F8:6A:11:AE:0F:AE:B2:79:9E:8D:90:C6',
+      'B0:0D:EE:78:13:68:13:B2:3A:B0:B5:0C:9E:35:9C:92',
+    ]);
+  });
+
+  it('reads -SHAKE128 and -RMD160 fingerprints (create_whitelist with CVMFS_HASH_ALGORITHM) with their algorithm', () => {
+    const shake128 = '3D:32:4B:0A:DD:20:D3:8E:B4:B7:4E:6B:03:E6:85:97:38:CD:CC:D4-SHAKE128';
+    const rmd160 = '1c:a0:7b:6f:bf:32:41:53:84:05:29:24:c2:17:6c:47:f9:ff:2b:da-rmd160 # rotating in';
+    const w = parseWhitelist(`20250101000000\nE20250131000000\nNx.y.z\n${shake128}\n${rmd160}\n--\n`);
+    expect(w.fingerprints).toEqual([shake128, '1C:A0:7B:6F:BF:32:41:53:84:05:29:24:C2:17:6C:47:F9:FF:2B:DA-RMD160']);
+  });
+
+  it('does not drop a CR before the LF, which the client keeps in the line (so the N line no longer matches)', () => {
+    expect(() => parseWhitelist(`20250101000000\nE20250131000000\nNx.y.z\r\n${SHA1_FP}\n--\n`)).toThrow(/CRLF/);
   });
 
   it.each([
@@ -315,7 +371,8 @@ describe('cvmfsFailureType', () => {
     expect(cvmfsFailureType('missing')).toBe('CvmfsRepositoryMissing');
     expect(cvmfsFailureType('whitelist-expired')).toBe('CvmfsWhitelistExpired');
     expect(cvmfsFailureType('unreachable')).toBe('CvmfsStratum1Unreachable');
-    const reasons = ['missing', 'wrong-name', 'too-old-revision', 'stale', 'whitelist-expired', 'unreachable'] as const;
+    expect(cvmfsFailureType('root-mismatch')).toBe('CvmfsRootPathMismatch');
+    const reasons = ['missing', 'wrong-name', 'root-mismatch', 'too-old-revision', 'stale', 'whitelist-expired', 'unreachable'] as const;
     expect(new Set(reasons.map(cvmfsFailureType)).size).toBe(reasons.length);
     expect(reasons.filter(isRetryableCvmfsFailure)).toEqual(['unreachable']);
   });
