@@ -7,13 +7,16 @@
  *
  * - a query interface at `/-/` (and `/.well-known/org/ogf/occi/-/`) listing kinds (entity,
  *   resource, link, compute, network, storage), compute actions and mixins: os_tpl and
- *   resource_tpl templates, the contextualization mixin `user_data`, the credentials mixin
- *   `ssh_key` and cloudgate's `tags` mixin (a provider mixin defining `org.cloudgate.*`);
+ *   resource_tpl templates, a contextualization mixin (OCCI 1.2's `user_data`, or the
+ *   OpenStack `user_data` mixin EGI FedCloud sites offer instead, or both or neither: see
+ *   {@link OcciFakeOptions.contextualization}), the credentials mixin `ssh_key` and
+ *   cloudgate's `tags` mixin (a provider mixin defining `org.cloudgate.*`);
  *   `Category` filters in the request select categories and those related to them;
  * - `POST /compute/` creates a compute after checking the request like a strict server
  *   would (one compute kind, known mixins, exactly one os_tpl, at most one resource_tpl,
  *   only attributes the kind or applied mixins define, typed values, required ones present,
- *   immutable ones left alone, base64 user-data) and answers `201` with `Location`;
+ *   immutable ones left alone, base64 user-data in either mixin's attribute) and answers
+ *   `201` with `Location`;
  *   anything else is `400` with a text/plain reason;
  * - collections (`/compute/` and every mixin location) list `X-OCCI-Location`s, or a
  *   text/uri-list body when asked, filtered by `Category` and `X-OCCI-Attribute` request headers;
@@ -52,6 +55,13 @@ export interface OcciFakeOptions {
   token?: string;
   /** A compute turns from `inactive` to `active` this long after its create; default 200 ms. */
   activeAfterMs?: number;
+  /**
+   * The contextualization mixins the query interface offers: `occi` is OCCI 1.2's
+   * `compute#user_data` (attribute `occi.compute.userdata`), `openstack` the OpenStack
+   * `instance#user_data` that EGI FedCloud sites offer (attribute `org.openstack.compute.user_data`).
+   * Default `['occi']`; `[]` offers none.
+   */
+  contextualization?: readonly ('occi' | 'openstack')[];
 }
 
 /** A live compute as the fake stores it. */
@@ -177,12 +187,28 @@ const RESOURCE_TEMPLATES: Category[] = (
   ],
 }));
 const USER_DATA: Category = {
-  ...USER_DATA_MIXIN,
+  term: USER_DATA_MIXIN.term,
+  scheme: USER_DATA_MIXIN.scheme,
   class: 'mixin',
   title: 'Contextualization mixin',
   location: '/mixin/user_data/',
   attrs: [s('occi.compute.userdata', { required: true })],
 };
+/**
+ * OpenStack's contextualization mixin as EGI FedCloud sites render it (rOCCI-server, ooi);
+ * written from the recorded rOCCI 5 model (peer-data occi/rocci5-model.txt), not taken from
+ * the adapter, so the adapter's own constant is checked against it.
+ */
+const OPENSTACK_USER_DATA: Category = {
+  term: 'user_data',
+  scheme: 'http://schemas.openstack.org/compute/instance#',
+  class: 'mixin',
+  title: "OpenStack's contextualization extension - user_data",
+  location: '/mixin/openstack/user_data/',
+  attrs: [s('org.openstack.compute.user_data', { required: true })],
+};
+/** The attributes that carry user-data; both take it base64-encoded. */
+const USER_DATA_ATTRIBUTES = ['occi.compute.userdata', 'org.openstack.compute.user_data'];
 const SSH_KEY: Category = {
   term: 'ssh_key',
   scheme: 'http://schemas.ogf.org/occi/infrastructure/credentials#',
@@ -206,9 +232,8 @@ const KINDS: Category[] = [
   { term: 'network', scheme: OCCI_INFRASTRUCTURE, class: 'kind', title: 'Network Resource', rel: `${CORE}resource`, location: '/network/', attrs: [{ name: 'occi.network.vlan', type: 'integer' }, s('occi.network.label'), { name: 'occi.network.state', type: 'enum', values: ['active', 'inactive', 'error'], immutable: true }] },
   { term: 'storage', scheme: OCCI_INFRASTRUCTURE, class: 'kind', title: 'Storage Resource', rel: `${CORE}resource`, location: '/storage/', attrs: [{ name: 'occi.storage.size', type: 'float', required: true }, { name: 'occi.storage.state', type: 'enum', values: ['online', 'offline', 'error'], immutable: true }] },
 ];
-const CATEGORIES: Category[] = [...KINDS, ...ACTIONS, ...TEMPLATE_BASES, ...OS_TEMPLATES, ...RESOURCE_TEMPLATES, USER_DATA, SSH_KEY, TAGS];
-const BY_ID = new Map(CATEGORIES.map((c) => [categoryId(c), c]));
-const FLOATS = new Set(CATEGORIES.flatMap((c) => c.attrs.filter((a) => a.type === 'float').map((a) => a.name)));
+const CONTEXTUALIZATION = { occi: USER_DATA, openstack: OPENSTACK_USER_DATA } as const;
+const FLOATS = new Set([...KINDS, ...RESOURCE_TEMPLATES].flatMap((c) => c.attrs.filter((a) => a.type === 'float').map((a) => a.name)));
 
 const toOcci = (c: Category, full = true): OcciCategory => ({
   term: c.term,
@@ -256,6 +281,17 @@ interface Stored {
 /** Starts the fake on 127.0.0.1 and a free port. */
 export async function startOcciFake(opts: OcciFakeOptions = {}): Promise<OcciFake> {
   const activeAfterMs = opts.activeAfterMs ?? 200;
+  const offered: Category[] = [
+    ...KINDS,
+    ...ACTIONS,
+    ...TEMPLATE_BASES,
+    ...OS_TEMPLATES,
+    ...RESOURCE_TEMPLATES,
+    ...(opts.contextualization ?? ['occi']).map((c) => CONTEXTUALIZATION[c]),
+    SSH_KEY,
+    TAGS,
+  ];
+  const offeredById = new Map(offered.map((c) => [categoryId(c), c]));
   const store = new Map<string, Stored>();
   const log: { method: string; path: string; status: number }[] = [];
   let throttle = 0;
@@ -279,7 +315,7 @@ export async function startOcciFake(opts: OcciFakeOptions = {}): Promise<OcciFak
     if (!accepts(req, 'text/occi')) return send(res, 406, 'this fake renders text/occi only');
     const wanted = parseCategories(lines(req, 'category')).map(categoryId);
     // "related to the given Category": the category itself and those whose rel names it.
-    const shown = wanted.length === 0 ? CATEGORIES : CATEGORIES.filter((c) => wanted.includes(categoryId(c)) || (c.rel !== undefined && wanted.includes(c.rel)));
+    const shown = wanted.length === 0 ? offered : offered.filter((c) => wanted.includes(categoryId(c)) || (c.rel !== undefined && wanted.includes(c.rel)));
     ok(res, { category: shown.map((c) => renderCategory(toOcci(c))) });
   };
 
@@ -287,7 +323,7 @@ export async function startOcciFake(opts: OcciFakeOptions = {}): Promise<OcciFak
     if (!/^text\/occi\b/i.test(req.headers['content-type'] ?? '')) bad('Content-Type must be text/occi: this fake implements the header rendering');
     const categories = parseCategories(lines(req, 'category'));
     const known = categories.map((c) => {
-      const found = BY_ID.get(categoryId(c));
+      const found = offeredById.get(categoryId(c));
       if (!found || found.class !== c.class) bad(`unknown ${c.class} ${categoryId(c)}`);
       return found!;
     });
@@ -310,9 +346,11 @@ export async function startOcciFake(opts: OcciFakeOptions = {}): Promise<OcciFak
     for (const { def, of } of defs.values()) {
       if (def.required && given[def.name] === undefined && def.default === undefined) bad(`attribute ${def.name} is required by ${categoryId(of)}`);
     }
-    const userdata = given['occi.compute.userdata'];
-    if (typeof userdata === 'string' && !/^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/.test(userdata)) {
-      bad('occi.compute.userdata must be base64');
+    for (const attr of USER_DATA_ATTRIBUTES) {
+      const userdata = given[attr];
+      if (typeof userdata === 'string' && !/^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/.test(userdata)) {
+        bad(`${attr} must be base64`);
+      }
     }
 
     const id = randomUUID();
@@ -389,7 +427,7 @@ export async function startOcciFake(opts: OcciFakeOptions = {}): Promise<OcciFak
     const origin = `http://${req.headers.host}`;
     try {
       if (url.pathname === '/-/' || url.pathname === '/.well-known/org/ogf/occi/-/') return queryInterface(req, res);
-      const of = CATEGORIES.find((c) => c.location === url.pathname);
+      const of = offered.find((c) => c.location === url.pathname);
       if (of) return collection(req, res, of, origin);
       const m = /^\/compute\/([^/]+)$/.exec(url.pathname);
       if (m) return entity(req, res, m[1], url.searchParams.get('action'));

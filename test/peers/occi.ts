@@ -33,7 +33,10 @@ export interface OcciPeer {
   stop(): Promise<void>;
 }
 
-/** Starts the fake with a fresh token; `activeAfterMs` defaults to 300 ms. */
+/**
+ * Starts the fake with a fresh token; `activeAfterMs` defaults to 300 ms. The other options
+ * (e.g. which contextualization mixin the fake offers) go to the fake as they are.
+ */
 export async function startOcciPeer(opts: Omit<OcciFakeOptions, 'token'> = {}): Promise<OcciPeer> {
   const token = randomBytes(24).toString('base64url');
   const fake = await startOcciFake({ activeAfterMs: 300, ...opts, token });
@@ -51,7 +54,8 @@ export async function startOcciPeer(opts: Omit<OcciFakeOptions, 'token'> = {}): 
     count: async (clusterId) => ofCluster(clusterId).length,
     userData: async (clusterId) =>
       ofCluster(clusterId).flatMap((c) => {
-        const ud = c.attributes['occi.compute.userdata'];
+        // OCCI 1.2's attribute or OpenStack's, whichever mixin the fake offered; both base64.
+        const ud = c.attributes['occi.compute.userdata'] ?? c.attributes['org.openstack.compute.user_data'];
         return typeof ud === 'string' ? [Buffer.from(ud, 'base64').toString('utf8')] : [];
       }),
     fake,
