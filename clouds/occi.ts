@@ -5,6 +5,12 @@
  * define it. The first half of this file is that rendering (parse and render), exported
  * for tests and for the OCCI fake in test/fakes/.
  *
+ * It also reads what EGI FedCloud's rOCCI servers really send (recorded renderings in
+ * test/occi-rocci.test.ts): resource templates sized only in their titles
+ * ({@link sizeFromTitle}), OpenStack's contextualization mixin instead of OCCI 1.2's
+ * ({@link USER_DATA_MIXINS}), and rOCCI-server 1.x's space-separated link attributes. An
+ * answer it cannot read is a permanent `UnreadableAnswer`, never retried.
+ *
  * OCCI has no client tokens, so idempotency is tag + find: cloudgate's tags travel as
  * attributes of a provider mixin (`org.cloudgate.*`, see {@link CLOUDGATE_TAGS_MIXIN}),
  * a create first looks the key up with a filtered collection GET (HTTP Protocol §
@@ -34,8 +40,22 @@ export const OCCI_INFRASTRUCTURE = 'http://schemas.ogf.org/occi/infrastructure#'
 export const OS_TPL = `${OCCI_INFRASTRUCTURE}os_tpl`;
 /** Parent (`rel`) of every provider resource template (flavor) mixin. */
 export const RESOURCE_TPL = `${OCCI_INFRASTRUCTURE}resource_tpl`;
-/** The OCCI 1.2 contextualization mixin; its `occi.compute.userdata` carries the user-data. */
-export const USER_DATA_MIXIN = { term: 'user_data', scheme: 'http://schemas.ogf.org/occi/infrastructure/compute#' } as const;
+/**
+ * The OCCI 1.2 contextualization mixin (Infrastructure § User Data Mixin); its
+ * `occi.compute.userdata` carries the user-data, base64-encoded: a header's quoted-string
+ * cannot carry multi-line data, and rOCCI-server (what EGI sites ran) hands the value to
+ * OpenNebula with `USERDATA_ENCODING=base64`.
+ */
+export const USER_DATA_MIXIN = { term: 'user_data', scheme: 'http://schemas.ogf.org/occi/infrastructure/compute#', attribute: 'occi.compute.userdata' } as const;
+/**
+ * OpenStack's contextualization mixin, which EGI FedCloud agreed on before OCCI 1.2 had one
+ * and which its sites (rOCCI-server, ooi) offer instead; `org.openstack.compute.user_data`
+ * carries the user-data, base64-encoded as well: rOCCI-cli encodes it, rOCCI-server checks it
+ * is base64, ooi passes it on as nova's `user_data` (base64 in the nova API).
+ */
+export const OPENSTACK_USER_DATA_MIXIN = { term: 'user_data', scheme: 'http://schemas.openstack.org/compute/instance#', attribute: 'org.openstack.compute.user_data' } as const;
+/** The contextualization mixins cloudgate can use, the one it prefers first. */
+export const USER_DATA_MIXINS = [USER_DATA_MIXIN, OPENSTACK_USER_DATA_MIXIN] as const;
 /**
  * The provider mixin whose attributes hold cloudgate's tags. A server must advertise a
  * mixin defining `org.cloudgate.key` (OCCI lets clients define mixins, but not their
@@ -98,6 +118,12 @@ export class OcciSyntaxError extends Error {
 const TERM = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
 const NUMBER = /^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$/;
 
+/**
+ * Offending text as an error shows it: quoted, and cut short, since errors end up in
+ * workflow histories and an attribute value may be a whole (secret-bearing) user-data.
+ */
+const shown = (s: string): string => JSON.stringify(s.length > 160 ? `${s.slice(0, 160)}…` : s);
+
 /** `scheme + term`, the identity OCCI uses for categories. */
 export const categoryId = (c: { scheme: string; term: string }): string => c.scheme + c.term;
 
@@ -132,7 +158,7 @@ export function splitElements(values: string | readonly string[] | undefined): s
       else if (ch === '>') angle = false;
       cur += ch;
     }
-    if (quoted) throw new OcciSyntaxError(`unterminated quoted string in ${JSON.stringify(value)}`);
+    if (quoted) throw new OcciSyntaxError(`unterminated quoted string in ${shown(value)}`);
     out.push(cur);
   }
   return out.map((s) => s.trim()).filter((s) => s !== '');
@@ -146,42 +172,61 @@ function readQuoted(s: string, i: number): [string, number] {
     else if (s[j] === '"') return [text, j + 1];
     else text += s[j];
   }
-  throw new OcciSyntaxError(`unterminated quoted string in ${JSON.stringify(s)}`);
+  throw new OcciSyntaxError(`unterminated quoted string in ${shown(s)}`);
 }
 
-/** `head *( ";" name "=" ( token | quoted-string ) )`, the shape of Category and Link values. */
+/** A parameter's `name=` (its name in group 1). */
+const PARAM_START = /^([^=;\s"]+)\s*=/;
+/** An unquoted parameter value. */
+const UNQUOTED = /^[^;]*?(?=\s+[^=;\s"]+\s*=|;|$)/;
+
+/**
+ * `head *( ";" name "=" ( token | quoted-string ) )`, the shape of Category and Link values.
+ * rOCCI-server 1.x also separates a link's attributes by spaces only
+ * (`category="…";occi.core.id="…" occi.core.title="…"`), so after a value, whitespace and
+ * another `name=` start a parameter too; any other text after a value is an error.
+ */
 function parseParams(element: string): { head: string; params: Map<string, { value: string; quoted: boolean }> } {
-  let i = element.startsWith('<') ? element.indexOf('>') + 1 : 0;
-  if (i === 0 && element.startsWith('<')) throw new OcciSyntaxError(`unterminated <URI> in ${JSON.stringify(element)}`);
+  let i = 0;
+  if (element.startsWith('<')) {
+    i = element.indexOf('>') + 1;
+    if (i === 0) throw new OcciSyntaxError(`unterminated <URI> in ${shown(element)}`);
+  }
   const semi = element.indexOf(';', i);
   const head = element.slice(0, semi < 0 ? element.length : semi).trim();
   const params = new Map<string, { value: string; quoted: boolean }>();
+  const skipSpace = () => {
+    while (element[i] === ' ' || element[i] === '\t') i++;
+  };
   i = semi < 0 ? element.length : semi;
   while (i < element.length) {
-    i++; // past ';'
-    const eq = element.indexOf('=', i);
-    if (eq < 0) {
-      if (element.slice(i).trim() === '') break; // a trailing ';'
-      throw new OcciSyntaxError(`expected name=value after ";" in ${JSON.stringify(element)}`);
+    const start = i;
+    skipSpace();
+    if (i >= element.length) break;
+    if (element[i] === ';') {
+      i++;
+      skipSpace();
+      if (i >= element.length) break; // a trailing ';'
+    } else if (i === start || !PARAM_START.test(element.slice(i))) {
+      throw new OcciSyntaxError(`text after a value in ${shown(element)}`);
     }
-    const name = element.slice(i, eq).trim().toLowerCase();
-    let j = eq + 1;
-    while (element[j] === ' ' || element[j] === '\t') j++;
+    const named = PARAM_START.exec(element.slice(i));
+    if (!named) throw new OcciSyntaxError(`expected name=value after ";" in ${shown(element)}`);
+    const name = named[1].toLowerCase();
+    i += named[0].length;
+    skipSpace();
     let value: string;
     let quoted = false;
-    if (element[j] === '"') {
-      [value, j] = readQuoted(element, j);
+    if (element[i] === '"') {
+      [value, i] = readQuoted(element, i);
       quoted = true;
-      const next = element.indexOf(';', j);
-      if (element.slice(j, next < 0 ? undefined : next).trim() !== '') throw new OcciSyntaxError(`text after a quoted string in ${JSON.stringify(element)}`);
-      j = next < 0 ? element.length : next;
     } else {
-      const next = element.indexOf(';', j);
-      value = element.slice(j, next < 0 ? undefined : next).trim();
-      j = next < 0 ? element.length : next;
+      // A token runs to the next ';', or to the whitespace before a space-separated `name=`.
+      const token = UNQUOTED.exec(element.slice(i))![0];
+      value = token.trim();
+      i += token.length;
     }
     if (!params.has(name)) params.set(name, { value, quoted });
-    i = j;
   }
   return { head, params };
 }
@@ -191,7 +236,7 @@ export function parseValue(text: string): OcciValue {
   const t = text.trim();
   if (t.startsWith('"')) {
     const [value, end] = readQuoted(t, 0);
-    if (end !== t.length) throw new OcciSyntaxError(`text after a quoted string in ${JSON.stringify(text)}`);
+    if (end !== t.length) throw new OcciSyntaxError(`text after a quoted string in ${shown(text)}`);
     return value;
   }
   if (t === 'true' || t === 'false') return t === 'true';
@@ -204,7 +249,7 @@ export function parseValue(text: string): OcciValue {
 function parseAttributeDefs(list: string): OcciAttributeDef[] {
   const defs: OcciAttributeDef[] = [];
   for (const m of list.matchAll(/([^\s{}]+)(?:\{([^}]*)\})?/g)) {
-    if (!TERM.test(m[1])) throw new OcciSyntaxError(`bad attribute name ${JSON.stringify(m[1])}`);
+    if (!TERM.test(m[1])) throw new OcciSyntaxError(`bad attribute name ${shown(m[1])}`);
     const def: OcciAttributeDef = { name: m[1] };
     for (const p of (m[2] ?? '').match(/default=(?:"(?:[^"\\]|\\.)*"|\S+)|\S+/g) ?? []) {
       if (p === 'required') def.required = true;
@@ -224,7 +269,7 @@ function parseAttributeDefs(list: string): OcciAttributeDef[] {
 export function parseCategories(values: string | readonly string[] | undefined): OcciCategory[] {
   return splitElements(values).map((element) => {
     const { head, params } = parseParams(element);
-    if (!TERM.test(head)) throw new OcciSyntaxError(`bad category term ${JSON.stringify(head)} in ${JSON.stringify(element)}`);
+    if (!TERM.test(head)) throw new OcciSyntaxError(`bad category term ${shown(head)} in ${shown(element)}`);
     const scheme = params.get('scheme')?.value;
     const cls = params.get('class')?.value;
     if (!scheme) throw new OcciSyntaxError(`category "${head}" has no scheme`);
@@ -246,8 +291,13 @@ export function parseAttributes(values: string | readonly string[] | undefined):
   for (const element of splitElements(values)) {
     const eq = element.indexOf('=');
     const name = element.slice(0, eq).trim();
-    if (eq < 0 || !TERM.test(name)) throw new OcciSyntaxError(`bad attribute ${JSON.stringify(element)}`);
-    out[name] = parseValue(element.slice(eq + 1));
+    if (eq < 0 || !TERM.test(name)) throw new OcciSyntaxError(`bad attribute ${shown(element)}`);
+    try {
+      out[name] = parseValue(element.slice(eq + 1));
+    } catch (err) {
+      if (!(err instanceof OcciSyntaxError)) throw err;
+      throw new OcciSyntaxError(`attribute ${name}: ${err.message}`);
+    }
   }
   return out;
 }
@@ -256,9 +306,9 @@ export function parseAttributes(values: string | readonly string[] | undefined):
 export function parseLinks(values: string | readonly string[] | undefined): OcciLink[] {
   return splitElements(values).map((element) => {
     const { head, params } = parseParams(element);
-    if (!head.startsWith('<') || !head.endsWith('>')) throw new OcciSyntaxError(`a link starts with <URI>: ${JSON.stringify(element)}`);
+    if (!head.startsWith('<') || !head.endsWith('>')) throw new OcciSyntaxError(`a link starts with <URI>: ${shown(element)}`);
     const rel = params.get('rel')?.value.split(/\s+/).filter(Boolean);
-    if (!rel?.length) throw new OcciSyntaxError(`link without rel: ${JSON.stringify(element)}`);
+    if (!rel?.length) throw new OcciSyntaxError(`link without rel: ${shown(element)}`);
     const link: OcciLink = { target: head.slice(1, -1), rel, attributes: {} };
     for (const [name, { value, quoted }] of params) {
       if (name === 'rel') continue;
@@ -283,7 +333,7 @@ export function parseLocations(values: string | readonly string[] | undefined): 
 export function quote(s: string): string {
   // eslint-disable-next-line no-control-regex
   if (/[\u0000-\u0008\u000a-\u001f\u007f]|[^\u0000-\u00ff]/.test(s)) {
-    throw new OcciSyntaxError(`${JSON.stringify(s.slice(0, 40))} has characters an HTTP header cannot carry`);
+    throw new OcciSyntaxError(`${shown(s.slice(0, 40))} has characters an HTTP header cannot carry`);
   }
   return `"${s.replace(/[\\"]/g, '\\$&')}"`;
 }
@@ -298,7 +348,7 @@ export function renderValue(v: OcciValue, float = false): string {
 
 /** `name=value`, one element of an `X-OCCI-Attribute` header. */
 export function renderAttribute(name: string, value: OcciValue, float = false): string {
-  if (!TERM.test(name)) throw new OcciSyntaxError(`bad attribute name ${JSON.stringify(name)}`);
+  if (!TERM.test(name)) throw new OcciSyntaxError(`bad attribute name ${shown(name)}`);
   return `${name}=${renderValue(value, float)}`;
 }
 
@@ -313,7 +363,7 @@ function renderAttributeDef(d: OcciAttributeDef): string {
 
 /** One `Category` value; join several with ", " (the RECOMMENDED form) or send one per line. */
 export function renderCategory(c: OcciCategory): string {
-  if (!TERM.test(c.term)) throw new OcciSyntaxError(`bad category term ${JSON.stringify(c.term)}`);
+  if (!TERM.test(c.term)) throw new OcciSyntaxError(`bad category term ${shown(c.term)}`);
   const parts = [c.term, `scheme=${quote(c.scheme)}`, `class=${quote(c.class)}`];
   if (c.title !== undefined) parts.push(`title=${quote(c.title)}`);
   if (c.rel?.length) parts.push(`rel=${quote(c.rel.join(' '))}`);
@@ -354,6 +404,32 @@ export function toCloudState(state: OcciValue | undefined, createdAt: string | u
     default:
       return 'UNKNOWN';
   }
+}
+
+/** A resource template's size as its title states it; absent what the title does not say. */
+export interface TitledSize {
+  cores?: number;
+  memoryGiB?: number;
+  diskGiB?: number;
+}
+
+/**
+ * Reads a resource template's size from its title. rOCCI sites (EGI FedCloud) define the
+ * templates' attributes without values and state the size only in the title, e.g.
+ * `Small Instance - 1 core and 1.7 GB of RAM` (rOCCI-server 1.x) or `Universe Instance - 40
+ * cores and 232 GB RAM` (rOCCI 5); a disk, where a title gives one, as `… 20 GB disk`. GB
+ * there are GiB, OCCI's memory unit (rOCCI-server divides OpenNebula's MiB by 1024).
+ */
+export function sizeFromTitle(title: string): TitledSize {
+  const size: TitledSize = {};
+  // (?<![\d.]): "2.5 cores" is no "5 cores".
+  const cores = /(?<![\d.])(\d+)\s*(?:v?cpus?|cores?)\b/i.exec(title);
+  if (cores) size.cores = Number(cores[1]);
+  const memory = /(?<![\d.])(\d+(?:\.\d+)?)\s*(GB|GiB|MB|MiB)\s+(?:of\s+)?(?:RAM|memory)\b/i.exec(title);
+  if (memory) size.memoryGiB = Number(memory[1]) / (/^M/i.test(memory[2]) ? 1024 : 1);
+  const disk = /(?<![\d.])(\d+(?:\.\d+)?)\s*(GB|GiB|TB|TiB)\s+(?:of\s+)?(?:disk|storage|HDD|SSD|ephemeral)\b/i.exec(title);
+  if (disk) size.diskGiB = Number(disk[1]) * (/^T/i.test(disk[2]) ? 1024 : 1);
+  return size;
 }
 
 /**
@@ -407,8 +483,18 @@ interface Model {
   computeUrl: URL;
   offerings: { offering: CloudOffering; mixin: OcciCategory }[];
   osTemplates: OcciCategory[];
-  userData?: OcciCategory;
+  /** The contextualization mixin to use (see {@link USER_DATA_MIXINS}) and its user-data attribute. */
+  userData?: { mixin: OcciCategory; attribute: string };
   tags?: OcciCategory;
+}
+
+/** The first of {@link USER_DATA_MIXINS} the query interface offers, with its attribute. */
+function contextualization(mixins: readonly OcciCategory[]): Model['userData'] {
+  for (const wanted of USER_DATA_MIXINS) {
+    const mixin = mixins.find((m) => categoryId(m) === categoryId(wanted));
+    if (mixin) return { mixin, attribute: wanted.attribute };
+  }
+  return undefined;
 }
 
 /**
@@ -498,19 +584,32 @@ export function createOcciCloud(cfg: OcciCloudConfig): CloudAdapter {
     throw new CloudError(kind, msg + hint, { cause });
   };
 
-  /** Parses an answer, calling a malformed one transient: proxies answer with HTML pages too. */
-  const parse = <T>(what: string, fn: () => T): T => {
+  /**
+   * Reads one header of an answer. What cloudgate cannot read is UnreadableAnswer, not
+   * Transient: the server would send the same rendering again, so retrying cannot help.
+   */
+  const readHeader = <T>(what: string, request: string, header: string, fn: () => T): T => {
     try {
       return fn();
     } catch (err) {
       if (!(err instanceof OcciSyntaxError)) throw err;
-      throw new CloudError('Transient', `${name}: ${what}: unreadable text/occi answer: ${err.message}`, { cause: err });
+      throw new CloudError('UnreadableAnswer', `${name}: ${what}: cannot read the ${header} header of the answer to ${request}: ${err.message}`, { cause: err });
     }
   };
+  /** An answer that is no OCCI rendering at all (a proxy's HTML page, say): also permanent. */
+  const notOcci = (what: string, request: string, res: OcciResponse, missing: string, expected: string) =>
+    new CloudError(
+      'UnreadableAnswer',
+      `${name}: ${what}: the answer to ${request} (HTTP ${res.status}, Content-Type ${res.headers['content-type']?.[0] ?? 'none'}) ${missing}, so it is no ${expected}`,
+    );
 
   const discover = async (): Promise<Model> => {
-    const res = (await call('read the query interface', 'GET', new URL('-/', base), { accept: 'text/occi', on404: 'InvalidRequest' }))!;
-    const categories = parse('read the query interface', () => parseCategories(res.headers.category));
+    const url = new URL('-/', base);
+    const what = 'read the query interface';
+    const request = `GET ${url.pathname}`;
+    const res = (await call(what, 'GET', url, { accept: 'text/occi', on404: 'InvalidRequest' }))!;
+    const categories = readHeader(what, request, 'Category', () => parseCategories(res.headers.category));
+    if (categories.length === 0) throw notOcci(what, request, res, 'has no Category header', 'OCCI query interface');
     const compute = categories.find((c) => c.class === 'kind' && categoryId(c) === `${OCCI_INFRASTRUCTURE}compute`);
     if (!compute) throw new CloudError('InvalidRequest', `${name}: the query interface at ${base.href}-/ offers no compute kind`);
     const mixins = categories.filter((c) => c.class === 'mixin');
@@ -520,11 +619,13 @@ export function createOcciCloud(cfg: OcciCloudConfig): CloudAdapter {
         const v = mixin.attributes?.find((a) => a.name === attr)?.default;
         return typeof v === 'number' && v > 0 ? v : undefined;
       };
-      const cores = preset('occi.compute.cores');
-      const memory = preset('occi.compute.memory');
+      // The attributes' defaults where the server gives them; else what the title says (rOCCI).
+      const titled = sizeFromTitle(mixin.title ?? '');
+      const cores = preset('occi.compute.cores') ?? titled.cores;
+      const memory = preset('occi.compute.memory') ?? titled.memoryGiB;
       // A template that does not state its size cannot be matched to an offering.
       if (cores === undefined || memory === undefined) continue;
-      const disk = preset('occi.compute.ephemeral_storage.size');
+      const disk = preset('occi.compute.ephemeral_storage.size') ?? titled.diskGiB;
       offerings.push({
         mixin,
         offering: {
@@ -541,7 +642,7 @@ export function createOcciCloud(cfg: OcciCloudConfig): CloudAdapter {
       computeUrl: urlOf(compute.location ?? 'compute/'),
       offerings,
       osTemplates: mixins.filter((m) => m.rel?.includes(OS_TPL)),
-      userData: mixins.find((m) => categoryId(m) === categoryId(USER_DATA_MIXIN)),
+      userData: contextualization(mixins),
       tags: mixins.find((m) => m.attributes?.some((a) => a.name === TAG_ATTRIBUTES.key)),
     };
   };
@@ -564,13 +665,21 @@ export function createOcciCloud(cfg: OcciCloudConfig): CloudAdapter {
   /** GET one entity; undefined when it is gone or is not a compute. */
   const getEntity = async (location: string): Promise<Entity | undefined> => {
     const url = urlOf(location);
-    const res = await call('read compute', 'GET', url, { accept: 'text/occi', on404: 'undefined' });
+    const what = `read ${idOf(url)}`;
+    const request = `GET ${idOf(url)}`;
+    const res = await call(what, 'GET', url, { accept: 'text/occi', on404: 'undefined' });
     if (!res) return undefined;
-    return parse(`read ${idOf(url)}`, () => {
-      const categories = parseCategories(res.headers.category);
-      if (!categories.some((c) => c.class === 'kind' && categoryId(c) === `${OCCI_INFRASTRUCTURE}compute`)) return undefined;
-      return { id: idOf(url), url: url.href, categories, attributes: parseAttributes(res.headers['x-occi-attribute']), links: parseLinks(res.headers.link) };
-    });
+    const categories = readHeader(what, request, 'Category', () => parseCategories(res.headers.category));
+    // Without a kind it is no entity rendering; calling it "not a compute" would report a live instance gone.
+    if (!categories.some((c) => c.class === 'kind')) throw notOcci(what, request, res, 'names no kind in a Category header', 'OCCI entity rendering');
+    if (!categories.some((c) => c.class === 'kind' && categoryId(c) === `${OCCI_INFRASTRUCTURE}compute`)) return undefined;
+    return {
+      id: idOf(url),
+      url: url.href,
+      categories,
+      attributes: readHeader(what, request, 'X-OCCI-Attribute', () => parseAttributes(res.headers['x-occi-attribute'])),
+      links: readHeader(what, request, 'Link', () => parseLinks(res.headers.link)),
+    };
   };
 
   /**
@@ -665,19 +774,30 @@ export function createOcciCloud(cfg: OcciCloudConfig): CloudAdapter {
           }${known.length > 20 ? ', …' : ''}`,
         );
       }
-      if (!m.userData) throw new CloudError('InvalidRequest', `${name}: the server offers no contextualization mixin (${categoryId(USER_DATA_MIXIN)}), so guests cannot get their user-data`);
+      // InvalidRequest, not UnreadableAnswer: the query interface was read fine, this site
+      // just cannot deliver what the definition asks for; silently dropping the user-data
+      // would boot guests that never phone home.
+      if (spec.userData !== '' && !m.userData) {
+        throw new CloudError(
+          'InvalidRequest',
+          `${name}: the query interface at ${base.href}-/ offers no contextualization mixin (neither OCCI 1.2's ${categoryId(USER_DATA_MIXIN)} nor OpenStack's ${categoryId(
+            OPENSTACK_USER_DATA_MIXIN,
+          )}), so an instance made here could not get its user-data`,
+        );
+      }
+      const context = spec.userData !== '' ? m.userData : undefined;
       if (!m.tags) throw new CloudError('InvalidRequest', `${name}: the server offers no mixin defining ${TAG_ATTRIBUTES.key}; without tags cloudgate cannot find what it made`);
 
       let headers: Record<string, string>;
       try {
         headers = {
           'content-type': 'text/occi',
-          category: [m.compute, template, os, m.userData, m.tags].map(identity).join(', '),
+          category: [m.compute, template, os, ...(context ? [context.mixin] : []), m.tags].map(identity).join(', '),
           'x-occi-attribute': [
             renderAttribute('occi.core.title', spec.name),
             renderAttribute('occi.compute.hostname', spec.name),
-            // Base64, as rOCCI and EGI FedCloud do: the user-data is multi-line, a header value is not.
-            renderAttribute('occi.compute.userdata', Buffer.from(spec.userData, 'utf8').toString('base64')),
+            // Base64, as both mixins take it (see USER_DATA_MIXINS): the user-data is multi-line, a header value is not.
+            ...(context ? [renderAttribute(context.attribute, Buffer.from(spec.userData, 'utf8').toString('base64'))] : []),
             renderAttribute(TAG_ATTRIBUTES.cluster, spec.tags.cluster),
             renderAttribute(TAG_ATTRIBUTES.service, spec.tags.service),
             renderAttribute(TAG_ATTRIBUTES.key, key),

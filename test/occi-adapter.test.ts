@@ -17,6 +17,7 @@ import {
   PENDING_WINDOW_MS,
   renderAttribute,
   renderCategory,
+  sizeFromTitle,
   splitElements,
   toCloudState,
 } from '../clouds/occi.js';
@@ -136,6 +137,16 @@ describe('text/occi rendering', () => {
     expect(() => parseAttributes('no-equals-sign')).toThrow(OcciSyntaxError);
     expect(() => parseLinks('/no/brackets; rel="http://x#y"')).toThrow(OcciSyntaxError);
     expect(() => renderAttribute('occi.core.title', 'two\nlines')).toThrow(/cannot carry/);
+  });
+
+  it("reads a resource template's size from its title, disk included where the title gives one", () => {
+    // The two forms EGI FedCloud's rOCCI servers write (see test/occi-rocci.test.ts for the recorded models).
+    expect(sizeFromTitle('Small Instance - 1 core and 1.7 GB of RAM')).toEqual({ cores: 1, memoryGiB: 1.7 });
+    expect(sizeFromTitle('Universe Instance - 40 cores and 232 GB RAM')).toEqual({ cores: 40, memoryGiB: 232 });
+    expect(sizeFromTitle('Medium Instance - 2 cores and 4 GB RAM and 40 GB disk')).toEqual({ cores: 2, memoryGiB: 4, diskGiB: 40 });
+    expect(sizeFromTitle('tiny: 1 vCPU, 512 MB RAM, 1 TB HDD')).toEqual({ cores: 1, memoryGiB: 0.5, diskGiB: 1024 });
+    expect(sizeFromTitle('2.5 cores and 4 GB RAM')).toEqual({ memoryGiB: 4 });
+    expect(sizeFromTitle('Atlas')).toEqual({});
   });
 
   it('maps compute states, telling a booting inactive compute from a stopped one', () => {
@@ -346,6 +357,69 @@ describe('OCCI adapter against the OCCI fake', () => {
   });
 });
 
+describe("OCCI adapter: the contextualization mixin the site's query interface offers", () => {
+  const OCCI_USER_DATA = 'http://schemas.ogf.org/occi/infrastructure/compute#user_data';
+  const OPENSTACK_USER_DATA = 'http://schemas.openstack.org/compute/instance#user_data';
+  const userData = '#cloud-config\nruncmd:\n  - echo "ä → ☃"\n';
+  let n = 0;
+  const spec = (over: Partial<InstanceSpec> = {}): InstanceSpec => {
+    const key = `occi-ctx-${n++}`;
+    return { name: key, image: 'cernvm4-micro', offering: { cpus: 1, memoryMiB: 1024, diskGiB: 10 }, userData, tags: { cluster: 'occi-ctx', service: 'svc', key }, ...over };
+  };
+  /** The OCCI fake offering `contextualization`, and an adapter for it. */
+  const withSite = async (contextualization: ('occi' | 'openstack')[], test: (peer: OcciPeer, occi: CloudAdapter) => Promise<void>) => {
+    const peer = await startOcciPeer({ activeAfterMs: 50, contextualization });
+    process.env[OCCI_TOKEN_ENV] = peer.env[OCCI_TOKEN_ENV];
+    const occi = createOcciCloud(peer.cloudConfig);
+    try {
+      await test(peer, occi);
+    } finally {
+      await occi.close?.();
+      await peer.stop();
+      delete process.env[OCCI_TOKEN_ENV];
+    }
+  };
+
+  it("uses OpenStack's user_data mixin when that is all the site offers: the user-data arrives base64 in org.openstack.compute.user_data", () =>
+    withSite(['openstack'], async (peer, occi) => {
+      const s = spec();
+      const made = await occi.createInstance(s, s.tags.key);
+      const [c] = peer.fake.computes();
+      expect(c.location).toBe(made.id);
+      expect(c.mixins).toContain(OPENSTACK_USER_DATA);
+      expect(c.mixins).not.toContain(OCCI_USER_DATA);
+      expect(c.attributes['occi.compute.userdata']).toBeUndefined();
+      expect(Buffer.from(c.attributes['org.openstack.compute.user_data'] as string, 'base64').equals(Buffer.from(userData, 'utf8'))).toBe(true);
+      expect(await peer.userData('occi-ctx')).toEqual([userData]);
+    }));
+
+  it("prefers OCCI 1.2's user_data mixin when the site offers both", () =>
+    withSite(['openstack', 'occi'], async (peer, occi) => {
+      const s = spec();
+      await occi.createInstance(s, s.tags.key);
+      const [c] = peer.fake.computes();
+      expect(c.mixins).toContain(OCCI_USER_DATA);
+      expect(c.mixins).not.toContain(OPENSTACK_USER_DATA);
+      expect(c.attributes['org.openstack.compute.user_data']).toBeUndefined();
+      expect(Buffer.from(c.attributes['occi.compute.userdata'] as string, 'base64').toString('utf8')).toBe(userData);
+    }));
+
+  it('refuses user-data a site without either mixin could not deliver (InvalidRequest, nothing made), and creates without user-data there', () =>
+    withSite([], async (peer, occi) => {
+      const err = await cloudErrorOf(occi.createInstance(spec(), 'occi-ctx-refused'));
+      expect(err.kind).toBe('InvalidRequest');
+      expect(err.message).toContain(OCCI_USER_DATA);
+      expect(err.message).toContain(OPENSTACK_USER_DATA);
+      expect(peer.fake.computes()).toEqual([]);
+
+      const s = spec({ userData: '' });
+      const made = await occi.createInstance(s, s.tags.key);
+      const [c] = peer.fake.computes();
+      expect(c.location).toBe(made.id);
+      expect(c.mixins.filter((m) => m.endsWith('#user_data'))).toEqual([]);
+    }));
+});
+
 describe('OCCI adapter: HTTP answers as CloudErrors', () => {
   let server: Server;
   let endpoint = '';
@@ -393,6 +467,27 @@ describe('OCCI adapter: HTTP answers as CloudErrors', () => {
     try {
       expect((await cloudErrorOf(a.describeInstance('/compute/123'))).kind).toBe('NotFound');
       await a.terminateInstance('/compute/123');
+    } finally {
+      await a.close?.();
+    }
+  });
+
+  it('calls a 200 that is no text/occi rendering (a proxy page) UnreadableAnswer, not a gone compute', async () => {
+    answer = { status: 200, headers: { 'content-type': 'text/html' }, body: '<html><body>Please log in</body></html>' };
+    const a = createOcciCloud(OcciCloudConfigSchema.parse({ name: 'occi-x', kind: 'occi', endpoint }));
+    try {
+      const err = await cloudErrorOf(a.describeInstance('/compute/123'));
+      expect(err.kind).toBe('UnreadableAnswer');
+      // The cloud, the request, what came back and what is missing from it.
+      expect(err.message).toMatch(/^occi-x: /);
+      expect(err.message).toContain('GET /compute/123');
+      expect(err.message).toContain('Content-Type text/html');
+      expect(err.message).toContain('no kind');
+      const model = await cloudErrorOf(a.listOfferings());
+      expect(model.kind).toBe('UnreadableAnswer');
+      expect(model.message).toMatch(/^occi-x: /);
+      expect(model.message).toContain('GET /-/');
+      expect(model.message).toContain('no Category header');
     } finally {
       await a.close?.();
     }
