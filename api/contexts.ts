@@ -8,11 +8,12 @@
 import { randomInt } from 'node:crypto';
 import express, { type Request, type Router } from 'express';
 import { ContextInputSchema, ContextSchema, contextSecrets, hashContextPasswords, type Context, type ContextInput } from '../model/context.js';
-import { phoneHomeUrl, renderContextUserData, type PhoneHome } from '../model/user-data.js';
+import { agentView, type Agent } from '../model/agent-views.js';
+import { multipartUserData, phoneHomeUrl, renderContextParts, renderContextUserData, type PhoneHome } from '../model/user-data.js';
 import type { ContextRecord, ContextVersionInput, PairingRecord, Store } from '../store/index.js';
 import { invalid, notFound, parseOr422, Problem, unavailable, zodFieldErrors } from './problem.js';
 import { bodyOf, param } from './request.js';
-import { ContextVersionQuerySchema, PairingRequestSchema } from './schemas.js';
+import { ContextPreviewQuerySchema, ContextVersionQuerySchema, PairingRequestSchema } from './schemas.js';
 
 /** What the context routes use; `json` is the app's body parser (limit and error mapping). */
 export interface ContextRouteDeps {
@@ -99,9 +100,15 @@ export const previewPhoneHome = (publicUrl: string): PhoneHome => ({
   repositories: [],
 });
 
-/** Renders the masked preview; throws if the context cannot be rendered. */
-const renderPreview = (context: Context, publicUrl: string): string =>
-  renderContextUserData(context, { phoneHome: previewPhoneHome(publicUrl), maskSecrets: true });
+/**
+ * The masked preview: the whole user-data, or what one agent reads of it (`agent`), as the
+ * agent itself reads it (see model/agent-views.ts). Throws if the context cannot be rendered.
+ */
+function renderPreview(context: Context, publicUrl: string, agent?: Agent): string {
+  const parts = renderContextParts(context, { phoneHome: previewPhoneHome(publicUrl), maskSecrets: true });
+  const userData = multipartUserData(parts);
+  return agent ? agentView(agent, userData, parts) : userData;
+}
 
 /** The public shape of a record (the same fields; spelled out so nothing else ever leaks). */
 const view = (r: ContextRecord) => ({ id: r.id, version: r.version, name: r.name, context: r.context, createdAt: r.createdAt });
@@ -191,8 +198,9 @@ export function contextRoutes(deps: ContextRouteDeps): Router {
   });
 
   router.get('/v1/contexts/:id/preview', (req, res) => {
+    const { agent } = parseOr422(ContextPreviewQuerySchema, req.query);
     const rec = recordOf(req);
-    res.type('text/plain; charset=utf-8').send(renderPreview(rec.context, config.publicUrl));
+    res.type('text/plain; charset=utf-8').send(renderPreview(rec.context, config.publicUrl, agent));
   });
 
   // Soft delete: versions and secrets stay for clusters pinned to them. A second DELETE is a

@@ -3,6 +3,7 @@
  */
 import { extendZodWithOpenApi, OpenAPIRegistry, OpenApiGeneratorV31, type ResponseConfig } from '@asteasolutions/zod-to-openapi';
 import { z } from 'zod';
+import { AGENTS } from '../model/agent-views.js';
 import { ContextInputSchema } from '../model/context.js';
 import { ClusterDefinitionSchema } from '../model/definition.js';
 import * as S from './schemas.js';
@@ -145,6 +146,11 @@ export function openApiDocument(serverUrl: string): Doc {
   const versionQuery = z.object({
     version: openapi(z.string().regex(/^[1-9][0-9]*$/).optional(), { description: 'A version number; default the latest' }),
   });
+  const previewQuery = versionQuery.extend({
+    agent: openapi(z.enum(AGENTS).optional(), {
+      description: 'Show what one agent reads instead of the whole user-data: µCernVM its sourced variables, amiconfig its INI sections, cloud-init its cloud-config parts and their merge rules',
+    }),
+  });
   const deleted = problem('The context was deleted (detail and `deletedAt` say when)');
   r.registerPath({
     method: 'post',
@@ -183,13 +189,13 @@ export function openApiDocument(serverUrl: string): Doc {
   r.registerPath({
     method: 'get',
     path: '/v1/contexts/{id}/preview',
-    summary: 'The user-data the context renders to, with secrets and the phone-home token masked',
-    request: { params: contextId, query: versionQuery },
+    summary: 'The user-data the context renders to, or what one agent reads of it, with secrets and the phone-home token masked',
+    request: { params: contextId, query: previewQuery },
     responses: {
-      200: { description: 'Multipart MIME user-data', content: { 'text/plain': { schema: { type: 'string' } } } },
+      200: { description: 'Multipart MIME user-data, or the agent\'s view of it', content: { 'text/plain': { schema: { type: 'string' } } } },
       404: problem('Unknown context or version'),
       410: deleted,
-      422: problem('Bad version'),
+      422: problem('Bad version or agent'),
     },
   });
   r.registerPath({

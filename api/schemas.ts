@@ -3,6 +3,7 @@
  * are documented with them (OpenAPI) and typed by them, so the two cannot drift apart.
  */
 import { z } from 'zod';
+import { AGENTS } from '../model/agent-views.js';
 import { ContextSchema } from '../model/context.js';
 import { ClusterDefinitionSchema, NameSchema, OfferingSchema } from '../model/definition.js';
 import { CLUSTER_STATES, INSTANCE_STATES, SERVICE_STATES } from '../model/status.js';
@@ -44,6 +45,11 @@ export const ContextVersionQuerySchema = z
       .optional(),
   })
   .loose();
+
+/** `GET /v1/contexts/:id/preview`: a version, and optionally the one agent whose reading to show. */
+export const ContextPreviewQuerySchema = ContextVersionQuerySchema.extend({
+  agent: z.enum(AGENTS, { error: `must be one of ${AGENTS.join(', ')}` }).optional(),
+});
 
 // ---- responses ----
 

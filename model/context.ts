@@ -7,7 +7,7 @@
  */
 import { z } from 'zod';
 import { encrypt } from 'unixcrypt';
-import { parse as parseYaml, parseDocument } from 'yaml';
+import { parseDocument } from 'yaml';
 
 // ---- limits: generous for real contexts, small enough that a context fits EC2's 16 KB user-data ----
 const MAX_REPOSITORIES = 50;
@@ -212,12 +212,36 @@ export type ContextUser = z.infer<typeof ContextUserSchema>;
 
 // ---- extra cloud-config ----
 
-/** Keys cloudgate writes itself; extra values for them must be lists so they can be appended. */
+/** Keys cloudgate writes itself; extra values for them must be lists so cloud-init can append them. */
 export const CLOUD_CONFIG_LIST_KEYS = ['users', 'groups', 'write_files', 'runcmd'] as const;
+
+/**
+ * cloud-init's in-payload merge settings. The extra cloud-config travels as its own part
+ * merged by cloudgate's `Merge-Type` (lists appended); a `merge_how` in the payload would
+ * take precedence and could replace cloudgate's users, files and phone-home agent.
+ */
+const MERGE_KEYS = ['merge_how', 'merge_type'] as const;
+
+/**
+ * amiconfig's section pattern (Python 2 `RawConfigParser.SECTCRE`, matched at the start of a
+ * raw line). amiconfig reads every such line of the whole user-data as a section header, and
+ * the µCernVM markers are such lines too.
+ */
+const SECTION_LINE = /^\[[^\]]+\]/;
+
+/**
+ * The first line of `text` that amiconfig would read as an INI section header (and µCernVM
+ * as a marker, if it is one), or undefined. Only cloudgate's own µCernVM and amiconfig parts
+ * may have such lines; anywhere else one would open a section in the middle of the user-data.
+ */
+export function firstSectionLine(text: string): string | undefined {
+  return text.split('\n').find((line) => SECTION_LINE.test(line));
+}
 
 const CloudConfigSchema = z.string().superRefine((text, ctx) => {
   if (byteLength(text) > MAX_SCRIPT_BYTES) return ctx.addIssue({ code: 'custom', message: `must be at most ${MAX_SCRIPT_BYTES} bytes` });
-  const doc = parseDocument(text, { prettyErrors: false });
+  // cloud-init reads YAML 1.1 (PyYAML); the text itself is what reaches it, so check it as such.
+  const doc = parseDocument(text, { prettyErrors: false, version: '1.1' });
   if (doc.errors.length) return ctx.addIssue({ code: 'custom', message: `is not valid YAML: ${doc.errors[0].message.split('\n')[0]}` });
   const value: unknown = doc.toJS();
   if (value === null || typeof value !== 'object' || Array.isArray(value)) {
@@ -227,10 +251,18 @@ const CloudConfigSchema = z.string().superRefine((text, ctx) => {
     const v = (value as Record<string, unknown>)[key];
     if (v !== undefined && !Array.isArray(v)) ctx.addIssue({ code: 'custom', message: `"${key}" must be a list (cloudgate appends it to its own)` });
   }
+  for (const key of MERGE_KEYS) {
+    if (key in value) ctx.addIssue({ code: 'custom', message: `"${key}" is not allowed: cloudgate sets how this part merges (lists appended to cloudgate's own)` });
+  }
+  const lines = text.split('\n');
+  const at = lines.findIndex((line) => SECTION_LINE.test(line));
+  if (at >= 0) {
+    ctx.addIssue({
+      code: 'custom',
+      message: `line ${at + 1} ${JSON.stringify(lines[at].slice(0, 80))} starts with "[": amiconfig (and µCernVM) would read it as their own section header; indent it or quote it`,
+    });
+  }
 });
-
-/** Parses a validated `cloudConfig` into its mapping. */
-export const parseExtraCloudConfig = (text: string): Record<string, unknown> => parseYaml(text) as Record<string, unknown>;
 
 // ---- the context ----
 

@@ -7,7 +7,7 @@
  */
 import { createHash } from 'node:crypto';
 import { stringify as stringifyYaml } from 'yaml';
-import { parseExtraCloudConfig, type Context } from './context.js';
+import { firstSectionLine, type Context } from './context.js';
 
 export interface PhoneHome {
   /** Full URL the guest POSTs its readiness report to. */
@@ -94,12 +94,6 @@ export interface RenderInstance {
   maskSecrets?: boolean;
 }
 
-interface Part {
-  contentType: string;
-  filename: string;
-  body: string;
-}
-
 /** Size as the clouds count it (EC2: 16 KB of user-data bytes before base64). */
 export const userDataSize = (text: string): number => Buffer.byteLength(text, 'utf8');
 
@@ -131,13 +125,42 @@ export function measureUserData(kind: string, text: string): { size: number; lim
 }
 
 /**
- * The whole user-data for one instance of a context: the µCernVM block first (its parser
- * stops at the first `[ucernvm-end]` line it sees), then amiconfig, cloud-config and the
- * phone-home part. Lines end in LF, as Python's email package (amiconfig-mime) writes them:
- * µCernVM compares whole lines and would not see `[ucernvm-begin]\r`.
+ * cloud-init's merge rule for the parts after cloudgate's own cloud-config (cloud-init docs,
+ * "Merging user-data sections"): lists are appended, keys cloudgate already set are kept
+ * (a nested list still appended), strings are not replaced. Without it the later part's
+ * `users`/`write_files`/`runcmd` would replace cloudgate's.
+ */
+export const CLOUD_CONFIG_MERGE_TYPE = 'list(append)+dict(no_replace,recurse_list)+str()';
+
+/** One part of the multipart user-data, in the order the guest reads them. */
+export interface UserDataPart {
+  contentType: string;
+  filename: string;
+  body: string;
+  /** cloud-init's `Merge-Type` header, for cloud-config parts after the first. */
+  mergeType?: string;
+}
+
+/**
+ * The parts of one instance's user-data, in order:
+ * 1. the µCernVM block: its parser reads the raw user-data line by line and stops at the
+ *    first `[ucernvm-end]`, so the block comes first;
+ * 2. cloudgate's `#cloud-config` (users, files, startup script), rendered as YAML 1.1 (what
+ *    cloud-init's PyYAML reads);
+ * 3. the context's extra cloud-config *verbatim*, merged by cloud-init itself
+ *    ({@link CLOUD_CONFIG_MERGE_TYPE}), so every value reaches cloud-init exactly as written
+ *    (a quoted date stays a string, `!!binary` stays bytes);
+ * 4. a last cloud-config part that runs the phone-home agent after everything else;
+ * 5. the phone-home JSON;
+ * 6. the amiconfig INI, last: amiconfig parses the *whole* raw user-data as one INI file,
+ *    keeping every `[section]` line and every `key=value`/`key: value` line after the first
+ *    section. The µCernVM markers open sections that absorb the lines of parts 2-5, so the
+ *    `[amiconfig]` and `[cernvm]` sections hold exactly cloudgate's lines (the boundary
+ *    carries no `=` or `:`, so the closing line is not an option either).
+ * When the context has no extra cloud-config, parts 2 and 4 are one.
  * @throws Error when a declared secret has no value (unless masking) or an undeclared one is given.
  */
-export function renderContextUserData(ctx: Context, instance: RenderInstance): string {
+export function renderContextParts(ctx: Context, instance: RenderInstance): UserDataPart[] {
   const mask = instance.maskSecrets === true;
   const secrets = secretValues(ctx, instance.secrets ?? {}, mask);
   const given = instance.phoneHome;
@@ -146,18 +169,31 @@ export function renderContextUserData(ctx: Context, instance: RenderInstance): s
     repositories: [...new Set([...ctx.repositories, ...given.repositories])],
     token: mask ? MASK : given.token,
   };
-  const parts: Part[] = [
+  const extra = ctx.cloudConfig;
+  const agentRun = phoneHome ? [[GUEST_PATHS.phoneHomeAgent]] : [];
+  const cloudConfig = (config: Record<string, unknown>): string => `#cloud-config\n${stringifyCloudConfig(config)}`;
+  const parts: UserDataPart[] = [
     { contentType: UCERNVM_CONTENT_TYPE, filename: 'ucernvm.txt', body: renderUcernvm(ctx) },
-    { contentType: AMICONFIG_CONTENT_TYPE, filename: 'amiconfig.ini', body: renderAmiconfig(ctx) },
-    { contentType: CLOUD_CONFIG_CONTENT_TYPE, filename: 'cloud-config.yaml', body: renderCloudConfig(ctx, phoneHome, secrets) },
+    { contentType: CLOUD_CONFIG_CONTENT_TYPE, filename: 'cloud-config.yaml', body: cloudConfig(renderCloudConfig(ctx, phoneHome, secrets, extra ? [] : agentRun)) },
   ];
-  if (phoneHome) parts.push({ contentType: PHONE_HOME_CONTENT_TYPE, filename: 'cloudgate-phone-home.json', body: `${JSON.stringify(phoneHome)}\n` });
-  // Only the first part may hold µCernVM's markers as whole lines; others are nested (YAML) or keyed (INI).
-  for (const p of parts.slice(1)) {
-    if (/^\[ucernvm-(?:begin|end)\]$/m.test(p.body)) throw new Error(`the ${p.contentType} part would contain a µCernVM marker line`);
+  if (extra !== undefined) {
+    parts.push({ contentType: CLOUD_CONFIG_CONTENT_TYPE, filename: 'context-cloud-config.yaml', body: extra, mergeType: CLOUD_CONFIG_MERGE_TYPE });
+    if (agentRun.length) {
+      parts.push({ contentType: CLOUD_CONFIG_CONTENT_TYPE, filename: 'cloudgate-phone-home.yaml', body: cloudConfig({ runcmd: agentRun }), mergeType: CLOUD_CONFIG_MERGE_TYPE });
+    }
   }
-  return multipart(parts);
+  if (phoneHome) parts.push({ contentType: PHONE_HOME_CONTENT_TYPE, filename: 'cloudgate-phone-home.json', body: `${JSON.stringify(phoneHome)}\n` });
+  parts.push({ contentType: AMICONFIG_CONTENT_TYPE, filename: 'amiconfig.ini', body: renderAmiconfig(ctx) });
+  // Only the first part may hold µCernVM's markers or INI section lines at the start of a line.
+  for (const p of parts.slice(1, -1)) {
+    const line = firstSectionLine(p.body);
+    if (line !== undefined) throw new Error(`the ${p.filename} part has a line that µCernVM or amiconfig would read as its own: ${JSON.stringify(line)}`);
+  }
+  return parts;
 }
+
+/** The whole user-data for one instance of a context: {@link renderContextParts} as multipart MIME. */
+export const renderContextUserData = (ctx: Context, instance: RenderInstance): string => multipartUserData(renderContextParts(ctx, instance));
 
 function secretValues(ctx: Context, given: Record<string, string>, mask: boolean): Record<string, string> {
   const unknown = Object.keys(given).filter((n) => !ctx.secretNames.includes(n));
@@ -171,23 +207,39 @@ function secretValues(ctx: Context, given: Record<string, string>, mask: boolean
   );
 }
 
-/** Boundary derived from the parts (stable output), lengthened until no part contains it (RFC 2046 §5.1.1). */
-function multipart(parts: Part[]): string {
+/**
+ * Parts whose agent reads the raw user-data rather than the decoded MIME part (µCernVM, amiconfig).
+ * Every other part that is not ASCII goes base64: cloud-init (22.4) reads an 8bit part's
+ * UTF-8 bytes back as Latin-1 and its YAML loader then refuses the text (`unacceptable
+ * character #xdcfc`), dropping the whole part with a warning; base64 arrives intact.
+ */
+const READ_RAW: ReadonlySet<string> = new Set([UCERNVM_CONTENT_TYPE, AMICONFIG_CONTENT_TYPE]);
+
+/**
+ * Boundary derived from the parts (stable output), lengthened until no part contains it
+ * (RFC 2046 §5.1.1). Letters, digits and `-` only: amiconfig would read a closing line with
+ * `=` or `:` in it as an option of the last section.
+ */
+export function multipartUserData(parts: UserDataPart[]): string {
   const digest = createHash('sha256');
   for (const p of parts) digest.update(p.body);
   const seed = digest.digest('hex');
   let boundary = '';
-  for (let n = 0; !boundary || parts.some((p) => p.body.includes(boundary)); n++) boundary = `==cloudgate-${seed.slice(0, 24)}${n || ''}==`;
+  for (let n = 0; !boundary || parts.some((p) => p.body.includes(boundary)); n++) boundary = `cloudgate-${seed.slice(0, 24)}${n ? `-${n}` : ''}`;
   const lines = [`Content-Type: multipart/mixed; boundary="${boundary}"`, 'MIME-Version: 1.0', ''];
   for (const p of parts) {
     const ascii = Buffer.byteLength(p.body, 'utf8') === p.body.length;
+    const encoding = ascii ? '7bit' : READ_RAW.has(p.contentType) ? '8bit' : 'base64';
     lines.push(
       `--${boundary}`,
       `Content-Type: ${p.contentType}; charset="${ascii ? 'us-ascii' : 'utf-8'}"`,
-      `Content-Transfer-Encoding: ${ascii ? '7bit' : '8bit'}`,
+      `Content-Transfer-Encoding: ${encoding}`,
       `Content-Disposition: attachment; filename="${p.filename}"`,
+      ...(p.mergeType ? [`Merge-Type: ${p.mergeType}`] : []),
       '',
-      p.body.endsWith('\n') ? p.body.slice(0, -1) : p.body,
+      // The line break before a boundary belongs to the boundary (RFC 2046 §5.1.1): a body
+      // ending in "\n" keeps it only if another one follows, so parts arrive byte for byte.
+      encoding === 'base64' ? (Buffer.from(p.body, 'utf8').toString('base64').match(/.{1,76}/g) ?? []).join('\n') : p.body,
     );
   }
   lines.push(`--${boundary}--`, '');
@@ -197,9 +249,14 @@ function multipart(parts: Part[]): string {
 /** POSIX shell single quotes: the only character needing care inside is `'` itself. */
 const shq = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
 
-/** Stratum-1 hosts (`host[:port]`) of the context's server URLs, the form µCernVM's `cvmfs_server` takes. */
-const serverHosts = (servers: string[]): string[] => [
-  ...new Set(servers.map((u) => new URL(u.replace(/@fqrn@/g, 'repo.example.org').replace(/@org@/g, 'repo')).host)),
+/**
+ * The stratum-1s µCernVM can use, as `host[:port]`: its bootloader builds
+ * `http://<host>/cvmfs/<branch>` from each (cernvm-micro scripts.d/14cvmfs), so only servers
+ * of exactly that shape (`http://host[:port]/cvmfs/@fqrn@`) mean the same to it; others
+ * (https, another path, `@org@`) are left to CVMFS itself, which reads CVMFS_SERVER_URL.
+ */
+const ucernvmServerHosts = (servers: string[]): string[] => [
+  ...new Set(servers.flatMap((u) => /^http:\/\/([^/@]+)\/cvmfs\/@fqrn@$/.exec(u)?.[1] ?? [])),
 ];
 
 /**
@@ -212,7 +269,8 @@ function renderUcernvm(ctx: Context): string {
   const { proxy, servers, branch, tag } = ctx.cvmfs;
   const lines = ['[ucernvm-begin]'];
   if (proxy) lines.push(`cvmfs_http_proxy="${proxy}"`);
-  if (servers?.length) lines.push(`cvmfs_server=${serverHosts(servers).join(',')}`);
+  const hosts = ucernvmServerHosts(servers ?? []);
+  if (hosts.length) lines.push(`cvmfs_server=${hosts.join(',')}`);
   if (branch) lines.push(`cvmfs_branch=${branch}`);
   if (tag) lines.push(`cvmfs_tag=${tag}`);
   lines.push('[ucernvm-end]', '');
@@ -243,14 +301,14 @@ function renderAmiconfig(ctx: Context): string {
 type WriteFile = { path: string; permissions: string; owner: string; content: string };
 
 /**
- * The `#cloud-config` part. Users keep the image's `default` user (cloud-init creates only
+ * cloudgate's own cloud-config. Users keep the image's `default` user (cloud-init creates only
  * the listed users otherwise), get `passwd` as the stored hash and `lock_passwd: false` only
- * when they have one. Extra cloud-config from the context is merged key by key: its
- * `users`, `groups` and `write_files` are appended after cloudgate's, its `runcmd` runs after
- * the startup script and before the phone-home agent (so readiness covers it), any other key
- * is taken as given unless cloudgate sets it (cloudgate wins).
+ * when they have one. `lastRuncmd` ends the runcmd list (the phone-home agent, when no extra
+ * cloud-config part comes between). The context's extra cloud-config is not merged here but
+ * sent as its own part that cloud-init merges (see {@link renderContextParts}): its lists
+ * are appended, so its `runcmd` runs after the startup script and before the agent.
  */
-function renderCloudConfig(ctx: Context, phoneHome: PhoneHome | undefined, secrets: Record<string, string>): string {
+function renderCloudConfig(ctx: Context, phoneHome: PhoneHome | undefined, secrets: Record<string, string>, lastRuncmd: unknown[]): Record<string, unknown> {
   const files: WriteFile[] = [];
   const file = (path: string, permissions: string, content: string) => files.push({ path, permissions, owner: 'root:root', content });
 
@@ -303,16 +361,21 @@ function renderCloudConfig(ctx: Context, phoneHome: PhoneHome | undefined, secre
     ...(u.sshKeys?.length && { ssh_authorized_keys: u.sshKeys }),
   }));
 
-  const extra = ctx.cloudConfig ? parseExtraCloudConfig(ctx.cloudConfig) : {};
-  const list = (key: string): unknown[] => (Array.isArray(extra[key]) ? (extra[key] as unknown[]) : []);
-  const ours: Record<string, unknown> = {
-    ...(groups.length || list('groups').length ? { groups: [...groups, ...list('groups')] } : {}),
-    users: ['default', ...users, ...list('users')],
-    write_files: [...files, ...list('write_files')],
-    runcmd: [...runcmd, ...list('runcmd'), ...(phoneHome ? [[GUEST_PATHS.phoneHomeAgent]] : [])],
+  return {
+    ...(groups.length ? { groups } : {}),
+    users: ['default', ...users],
+    write_files: files,
+    ...(runcmd.length || lastRuncmd.length ? { runcmd: [...runcmd, ...lastRuncmd] } : {}),
   };
-  return `#cloud-config\n${stringifyYaml({ ...extra, ...ours }, { lineWidth: 0 })}`;
 }
+
+/**
+ * YAML as cloud-init reads it: PyYAML, YAML 1.1. Under 1.1 rules the writer quotes every
+ * string a 1.1 reader would take for something else (`yes`, `on`, `0644`, `2032-09-01`,
+ * `1:20`), which YAML 1.2 output leaves plain: a user named `on` or `no` would otherwise
+ * reach cloud-init as a boolean.
+ */
+const stringifyCloudConfig = (config: Record<string, unknown>): string => stringifyYaml(config, { version: '1.1', lineWidth: 0 });
 
 /**
  * The guest agent: probes each repository with `cvmfs_config probe` (three tries, since

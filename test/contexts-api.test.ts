@@ -398,14 +398,14 @@ describe('soft delete and laptop pairing', () => {
     problem(res, 415);
   });
 
-  it('GET /v1/pair/:pin → the real user-data once (µCernVM, amiconfig, cloud-config; no phone-home), then 410', async () => {
+  it('GET /v1/pair/:pin → the real user-data once (µCernVM, cloud-config, amiconfig; no phone-home), then 410', async () => {
     const pin = await pinOf(ctx.id, { version: 1 });
     const res = await fetchUserData(pin);
     expect(res.status).toBe(200);
     expect(res.headers['content-type']).toBe('text/plain; charset=utf-8');
     expect(res.headers['cache-control']).toBe('no-store');
     const mail = await simpleParser(res.text);
-    expect(mail.attachments.map((a) => a.contentType)).toEqual([UCERNVM_CONTENT_TYPE, AMICONFIG_CONTENT_TYPE, CLOUD_CONFIG_CONTENT_TYPE]);
+    expect(mail.attachments.map((a) => a.contentType)).toEqual([UCERNVM_CONTENT_TYPE, CLOUD_CONFIG_CONTENT_TYPE, AMICONFIG_CONTENT_TYPE]);
     const part = (type: string) => mail.attachments.find((a) => a.contentType === type)?.content.toString('utf8') ?? '';
     expect(part(UCERNVM_CONTENT_TYPE)).toContain('cvmfs_branch=cernvm-prod.cern.ch');
     expect(part(AMICONFIG_CONTENT_TYPE)).toContain('alice.cern.ch');

@@ -1,7 +1,8 @@
 /**
- * The context renderer, read back by parsers that know nothing of it: mailparser for the
- * MIME structure, `yaml` for the cloud-config, a µCernVM-like key=value reader, an INI
- * reader for amiconfig, and dash + curl running the phone-home agent against a local server.
+ * The context renderer's own shape, read back by parsers that know nothing of it: mailparser
+ * for the MIME structure, `yaml` (as YAML 1.1) for cloudgate's cloud-config part, and dash +
+ * curl running the phone-home agent against a local server. How the real agents read it
+ * (amiconfig, µCernVM, cloud-init) is test/real-readers.test.ts.
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { execFile } from 'node:child_process';
@@ -12,11 +13,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { simpleParser, type Attachment } from 'mailparser';
 import { verify } from 'unixcrypt';
-import { parse as parseYaml } from 'yaml';
+import { parse as parseYaml11 } from 'yaml';
 import { ContextInputSchema, hashContextPasswords, type Context, type ContextInputRequest } from '../model/context.js';
 import {
   AMICONFIG_CONTENT_TYPE,
   CLOUD_CONFIG_CONTENT_TYPE,
+  CLOUD_CONFIG_MERGE_TYPE,
   extractPhoneHome,
   GUEST_PATHS,
   MASK,
@@ -29,6 +31,7 @@ import {
   userDataSize,
   type PhoneHome,
 } from '../model/user-data.js';
+import { cloudInitRead } from './agents.js';
 import { sshKey } from './ssh-key.js';
 
 const PROXY = 'http://squid1.cern.ch:3128|http://squid2.cern.ch:3128;DIRECT';
@@ -58,46 +61,6 @@ const PHONE_HOME: PhoneHome = { url: 'https://gw.example.org/v1/instances/c1-wor
 const ctx: Context = hashContextPasswords(ContextInputSchema.parse(INPUT));
 const rendered = renderContextUserData(ctx, { phoneHome: PHONE_HOME, secrets: SECRETS });
 const masked = renderContextUserData(ctx, { phoneHome: PHONE_HOME, secrets: SECRETS, maskSecrets: true });
-
-/** Reads a block the way cernvm-micro's parse_user_data.cc does: raw `\n` lines, upper-cased keys, yes/on/true → 1, no/off/false → 0. */
-function readUcernvm(userData: string): Record<string, string> {
-  const out: Record<string, string> = {};
-  let inside = false;
-  for (const line of userData.split('\n')) {
-    if (line === '[ucernvm-begin]') {
-      inside = true;
-      continue;
-    }
-    if (line === '[ucernvm-end]') break;
-    if (!inside) continue;
-    const at = line.indexOf('=');
-    if (at < 0) continue;
-    let value = line.slice(at + 1);
-    if (['YES', 'ON', 'TRUE'].includes(value.toUpperCase())) value = '1';
-    if (['NO', 'OFF', 'FALSE'].includes(value.toUpperCase())) value = '0';
-    out[line.slice(0, at).toUpperCase()] = value;
-  }
-  return out;
-}
-
-/** A plain INI reader: `[section]`, `key=value` split at the first `=`, blank and `#`/`;` lines skipped. */
-function readIni(text: string): Record<string, Record<string, string>> {
-  const out: Record<string, Record<string, string>> = {};
-  let section: Record<string, string> | undefined;
-  for (const raw of text.split(/\r?\n/)) {
-    const line = raw.trim();
-    if (!line || line.startsWith('#') || line.startsWith(';')) continue;
-    const s = /^\[([^\]]+)\]$/.exec(line);
-    if (s) {
-      section = out[s[1]] = {};
-      continue;
-    }
-    const at = line.indexOf('=');
-    if (!section || at < 0) throw new Error(`not INI: ${raw}`);
-    section[line.slice(0, at).trim()] = line.slice(at + 1).trim();
-  }
-  return out;
-}
 
 /** Only what cloudgate emits, checked the way cloud-init's schema types it. */
 function checkCloudConfig(doc: unknown): string[] {
@@ -129,11 +92,15 @@ function checkCloudConfig(doc: unknown): string[] {
   return errors;
 }
 
-const part = (atts: Attachment[], type: string): string => {
-  const found = atts.find((a) => a.contentType === type);
-  if (!found) throw new Error(`no ${type} part`);
+/** The text of the `nth` part of a type (default the first). */
+const part = (atts: Attachment[], type: string, nth = 0): string => {
+  const found = atts.filter((a) => a.contentType === type)[nth];
+  if (!found) throw new Error(`no ${type} part #${nth}`);
   return found.content.toString('utf8');
 };
+
+/** cloud-init reads YAML 1.1 (PyYAML), so cloudgate's own part is read back as such. */
+const parseYaml = (text: string): unknown => parseYaml11(text, { version: '1.1' });
 
 describe('MIME structure (mailparser)', () => {
   let atts: Attachment[];
@@ -144,26 +111,37 @@ describe('MIME structure (mailparser)', () => {
     headers = mail.headers as Map<string, unknown>;
   });
 
-  it('is multipart/mixed with MIME-Version 1.0 and four typed, named parts in order', () => {
+  it('is multipart/mixed with MIME-Version 1.0: µCernVM first, the cloud-config parts, phone-home, amiconfig last', () => {
     expect((headers.get('content-type') as { value: string }).value).toBe('multipart/mixed');
     expect(headers.get('mime-version')).toBe('1.0');
     expect(atts.map((a) => [a.contentType, a.filename])).toEqual([
       [UCERNVM_CONTENT_TYPE, 'ucernvm.txt'],
-      [AMICONFIG_CONTENT_TYPE, 'amiconfig.ini'],
       [CLOUD_CONFIG_CONTENT_TYPE, 'cloud-config.yaml'],
+      [CLOUD_CONFIG_CONTENT_TYPE, 'context-cloud-config.yaml'],
+      [CLOUD_CONFIG_CONTENT_TYPE, 'cloudgate-phone-home.yaml'],
       [PHONE_HOME_CONTENT_TYPE, 'cloudgate-phone-home.json'],
+      [AMICONFIG_CONTENT_TYPE, 'amiconfig.ini'],
     ]);
   });
 
-  it('uses a boundary that occurs in no part', () => {
-    const boundary = /boundary="([^"]+)"/.exec(rendered)![1];
-    for (const a of atts) expect(a.content.toString('utf8')).not.toContain(boundary);
-    expect(rendered.split('\n').filter((l) => l.startsWith(`--${boundary}`))).toHaveLength(5);
+  it("sends the context's extra cloud-config verbatim, with the Merge-Type that appends its lists", () => {
+    expect(part(atts, CLOUD_CONFIG_CONTENT_TYPE, 1)).toBe(INPUT.cloudConfig);
+    const merges = rendered.split('\n').filter((l) => l.startsWith('Merge-Type: '));
+    expect(merges).toEqual([`Merge-Type: ${CLOUD_CONFIG_MERGE_TYPE}`, `Merge-Type: ${CLOUD_CONFIG_MERGE_TYPE}`]);
   });
 
-  it('declares utf-8 where a part is not ASCII, and the text survives', () => {
-    expect(rendered).toMatch(/Content-Type: text\/cloud-config; charset="utf-8"\nContent-Transfer-Encoding: 8bit/);
+  it('uses a boundary that occurs in no part and holds no "=" or ":" (amiconfig would take its closing line for an option)', () => {
+    const boundary = /boundary="([^"]+)"/.exec(rendered)![1];
+    expect(boundary).toMatch(/^[A-Za-z0-9-]+$/);
+    for (const a of atts) expect(a.content.toString('utf8')).not.toContain(boundary);
+    expect(rendered.split('\n').filter((l) => l.startsWith(`--${boundary}`))).toHaveLength(7);
+  });
+
+  it('declares utf-8 where a part is not ASCII: base64 for cloud-init, raw 8bit where an agent reads the raw bytes; the text survives', () => {
+    expect(rendered).toMatch(/Content-Type: text\/cloud-config; charset="utf-8"\nContent-Transfer-Encoding: base64/);
     expect(part(atts, CLOUD_CONFIG_CONTENT_TYPE)).toContain('grüezi');
+    expect(rendered).toMatch(/Content-Type: text\/amiconfig; charset="utf-8"\nContent-Transfer-Encoding: 8bit/);
+    expect(rendered).toContain('GREETING=grüezi');
   });
 
   it('ends lines in LF only, so µCernVM sees its markers as whole lines', () => {
@@ -174,66 +152,6 @@ describe('MIME structure (mailparser)', () => {
     expect(renderContextUserData(ctx, { phoneHome: PHONE_HOME, secrets: SECRETS })).toBe(rendered);
     expect(userDataSize(rendered)).toBe(Buffer.from(rendered, 'utf8').length);
     expect(userDataSize('ü')).toBe(2);
-  });
-});
-
-describe('µCernVM block', () => {
-  it('the reader behaves as µCernVM: keys upper-cased, yes/no → 1/0, outside lines ignored, stops at the end marker', () => {
-    const sample = 'x=outside\n[ucernvm-begin]\nresize_rootfs=yes\nUseGlideinWMS=No\ncvmfs_tag=on\nnot a pair\n[ucernvm-end]\nafter=ignored\n';
-    expect(readUcernvm(sample)).toEqual({ RESIZE_ROOTFS: '1', USEGLIDEINWMS: '0', CVMFS_TAG: '1' });
-    expect(readUcernvm('[ucernvm-begin]\r\nA=1\r\n[ucernvm-end]\r\n')).toEqual({});
-  });
-
-  it('carries proxy (shell-quoted), stratum-1 hosts, branch and tag, read from the whole user-data', async () => {
-    const fromWhole = readUcernvm(rendered);
-    expect(fromWhole).toEqual({
-      CVMFS_HTTP_PROXY: `"${PROXY}"`,
-      CVMFS_SERVER: 'cvmfs-stratum-one.cern.ch,cvmfs.fnal.gov:8000',
-      CVMFS_BRANCH: 'cernvm-prod.cern.ch',
-      CVMFS_TAG: 'cernvm-system-4.7.1.0',
-    });
-    const { attachments } = await simpleParser(rendered);
-    expect(readUcernvm(`${part(attachments, UCERNVM_CONTENT_TYPE)}\n`)).toEqual(fromWhole);
-  });
-
-  it('is an empty block when the context sets no CVMFS options', () => {
-    const bare = hashContextPasswords(ContextInputSchema.parse({ name: 'bare' }));
-    expect(readUcernvm(renderContextUserData(bare, { phoneHome: PHONE_HOME }))).toEqual({});
-  });
-});
-
-describe('amiconfig part', () => {
-  let ini: Record<string, Record<string, string>>;
-  beforeAll(async () => {
-    ini = readIni(part((await simpleParser(rendered)).attachments, AMICONFIG_CONTENT_TYPE));
-  });
-
-  it('enables the cernvm plugin and lists repositories, proxy and services', () => {
-    expect(Object.keys(ini)).toEqual(['amiconfig', 'cernvm']);
-    expect(ini.amiconfig).toEqual({ plugins: 'cernvm' });
-    expect(ini.cernvm.repositories.split(',')).toEqual(['alice.cern.ch', 'sft.cern.ch']);
-    expect(ini.cernvm.proxy).toBe(`'${PROXY}'`);
-    expect(ini.cernvm.services.split(',')).toEqual(['condor', 'httpd']);
-  });
-
-  it('gives users as name:group:sha512-crypt hash, as the cernvm plugin splits them', () => {
-    const users = ini.cernvm.users.split(',').map((e) => e.split(':'));
-    expect(users.map((u) => u.length)).toEqual([3, 3]);
-    const [alice, bob] = users;
-    expect(alice.slice(0, 2)).toEqual(['alice', 'physics']);
-    expect(verify('correct horse battery', alice[2])).toBe(true);
-    expect(bob).toEqual(['bob', 'bob', '']);
-  });
-
-  it('keeps only environment entries the plugin can split on "," then "="', () => {
-    const env = ini.cernvm.environment.split(',').map((e) => e.split('='));
-    expect(env.every((kv) => kv.length === 2)).toBe(true);
-    expect(Object.fromEntries(env)).toEqual({ ALICE_ROOT: '/cvmfs/alice.cern.ch', GREETING: 'grüezi' });
-  });
-
-  it('never holds a secret or the token', () => {
-    const text = JSON.stringify(ini);
-    for (const v of [...Object.values(SECRETS), TOKEN]) expect(text).not.toContain(v);
   });
 });
 
@@ -301,10 +219,11 @@ describe('#cloud-config part (yaml)', () => {
     expect(files.get(GUEST_PATHS.phoneHomeAgent)).toMatchObject({ permissions: '0700' });
   });
 
-  it('merges the extra cloud-config: new keys kept, lists appended, its runcmd before the phone-home agent', () => {
-    expect(doc.packages).toEqual(['htop']);
-    expect([...files.keys()].at(-1)).toBe('/etc/motd');
-    const runcmd = doc.runcmd as (string | string[])[];
+  it('is merged by cloud-init with the extra cloud-config: new keys kept, lists appended, its runcmd before the phone-home agent', async () => {
+    const merged = (await cloudInitRead(rendered)).config!;
+    expect(merged.packages).toEqual(['htop']);
+    expect((merged.write_files as { path: string }[]).map((f) => f.path)).toEqual([...files.keys(), '/etc/motd']);
+    const runcmd = merged.runcmd as (string | string[])[];
     expect(runcmd.at(-1)).toEqual([GUEST_PATHS.phoneHomeAgent]);
     expect(runcmd.at(-2)).toBe('echo extra');
     expect(runcmd.findIndex((c) => Array.isArray(c) && c.join(' ').includes(GUEST_PATHS.startupScript))).toBeLessThan(runcmd.length - 2);
@@ -318,7 +237,7 @@ describe('#cloud-config part (yaml)', () => {
 
   it('turns CRLF startup scripts into LF and keeps their own #! line', () => {
     const crlf = hashContextPasswords(ContextInputSchema.parse({ name: 'w', startupScript: '#!/bin/bash\r\necho hi\r\n' }));
-    const doc = parseYaml(/#cloud-config\n[\s\S]*?(?=\n--==cloudgate)/.exec(renderContextUserData(crlf, { phoneHome: PHONE_HOME }))![0]) as {
+    const doc = parseYaml(/#cloud-config\n[\s\S]*?(?=\n--cloudgate)/.exec(renderContextUserData(crlf, { phoneHome: PHONE_HOME }))![0]) as {
       write_files: { path: string; content: string }[];
     };
     expect(doc.write_files.find((f) => f.path === GUEST_PATHS.startupScript)!.content).toBe('#!/bin/bash\necho hi\n');
@@ -344,9 +263,9 @@ describe('phone-home part', () => {
   it('is left out, with its agent and token file, for a VM no workflow waits for (pairing)', async () => {
     const text = renderContextUserData(ctx, { secrets: SECRETS });
     const mail = await simpleParser(text);
-    expect(mail.attachments.map((a) => a.contentType)).toEqual([UCERNVM_CONTENT_TYPE, AMICONFIG_CONTENT_TYPE, CLOUD_CONFIG_CONTENT_TYPE]);
+    expect(mail.attachments.map((a) => a.contentType)).toEqual([UCERNVM_CONTENT_TYPE, CLOUD_CONFIG_CONTENT_TYPE, CLOUD_CONFIG_CONTENT_TYPE, AMICONFIG_CONTENT_TYPE]);
     expect(extractPhoneHome(text)).toBeUndefined();
-    const doc = parseYaml(mail.attachments[2].content.toString('utf8')) as { write_files: { path: string }[]; runcmd: unknown[] };
+    const doc = parseYaml(mail.attachments[1].content.toString('utf8')) as { write_files: { path: string }[]; runcmd: unknown[] };
     const paths = doc.write_files.map((f) => f.path);
     expect(paths).not.toContain(GUEST_PATHS.phoneHomeAgent);
     expect(paths).not.toContain(GUEST_PATHS.phoneHomeEnv);
@@ -368,9 +287,10 @@ describe('per-cloud user-data limits', () => {
 });
 
 describe('secrets and masking', () => {
-  it('renders every secret and the token unmasked only where they belong', () => {
-    expect(rendered.split(TOKEN)).toHaveLength(3); // phone-home env file and phone-home part
-    expect(rendered.split('api-key-0123456789')).toHaveLength(2); // secrets file only
+  it('renders every secret and the token unmasked only where they belong', async () => {
+    const decoded = (await simpleParser(rendered)).attachments.map((a) => a.content.toString('utf8')).join('\n');
+    expect(decoded.split(TOKEN)).toHaveLength(3); // phone-home env file and phone-home part
+    expect(decoded.split('api-key-0123456789')).toHaveLength(2); // secrets file only
   });
 
   it('masks every secret value and the token for previews', async () => {
