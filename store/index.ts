@@ -405,7 +405,7 @@ export function openSqliteStore(file: string, options: StoreOptions = {}): Store
       `SELECT ${CONTEXT_COLUMNS}
        FROM contexts c JOIN context_versions v ON v.context_id = c.id
        WHERE c.deleted_at IS NULL AND v.version = (SELECT MAX(version) FROM context_versions WHERE context_id = c.id)
-       ORDER BY c.created_at, c.id`,
+       ORDER BY c.created_at, c.rowid`, // rowid: creation order within one millisecond (ids are random)
     ),
     listContextVersions: db.prepare<[string], ContextRow>(
       `SELECT ${CONTEXT_COLUMNS} FROM context_versions v JOIN contexts c ON c.id = v.context_id WHERE v.context_id = ? ORDER BY v.version`,

@@ -225,7 +225,16 @@ describe('cloudConfig', () => {
     ['', 'must be a YAML mapping'],
     ['users: alice\n', '"users" must be a list'],
     ['write_files: {path: /x}\n', '"write_files" must be a list'],
+    // cloud-init would let an in-payload merge rule replace cloudgate's users, files and agent
+    ['merge_how: dict(replace)+list(replace)\nruncmd: [ls]\n', '"merge_how" is not allowed'],
+    ['merge_type: list(replace)\n', '"merge_type" is not allowed'],
+    // amiconfig reads such a line of the raw user-data as a section header, µCernVM as a marker
+    ['[cernvm]: x\n', 'line 1 "[cernvm]: x" starts with "[": amiconfig (and µCernVM) would read it'],
+    ['a: 1\n[ucernvm-end]: 2\n', 'line 2 "[ucernvm-end]: 2" starts with "["'],
   ])('rejects %j', (cloudConfig, message) => rejects({ cloudConfig }, 'cloudConfig', message));
+  it('takes section-like text indented, as file content', () => {
+    accepts({ cloudConfig: 'write_files:\n  - path: /etc/x.ini\n    content: |\n      [cernvm]\n      users=a:b:c\n' });
+  });
   it('bounds it to 16 KB', () => rejects({ cloudConfig: `a: "${'x'.repeat(16 * 1024)}"` }, 'cloudConfig', 'at most 16384 bytes'));
 });
 

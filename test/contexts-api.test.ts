@@ -29,6 +29,7 @@ import {
 import { openSqliteStore, type ContextRecord, type Store } from '../store/index.js';
 import { loadSecretsKey } from '../store/secret.js';
 import { startDevServer, type DevServer } from '../workers/dev-server.js';
+import { ucernvmRead } from './agents.js';
 import { sshKey } from './ssh-key.js';
 
 const dir = mkdtempSync(path.join(tmpdir(), 'cloudgate-contexts-'));
@@ -190,6 +191,32 @@ describe('context portal routes', () => {
     // The placeholder token is masked too.
     expect(res.text).toContain(`"token":"${MASK}"`);
     expect(res.text).toContain('"instanceId":"preview"');
+  });
+
+  it('GET /v1/contexts/:id/preview?agent= shows what µCernVM, amiconfig and cloud-init each read, masked', async () => {
+    const ucernvm = await request(app).get(`/v1/contexts/${created.id}/preview?agent=ucernvm`);
+    expect(ucernvm.status).toBe(200);
+    expect(ucernvm.headers['content-type']).toMatch(/^text\/plain/);
+    expect(ucernvm.text.split('\n').filter((l) => l.startsWith('_UCONTEXT_'))).toEqual(
+      (await ucernvmRead((await request(app).get(`/v1/contexts/${created.id}/preview`)).text)).ucontext,
+    );
+
+    const amiconfig = await request(app).get(`/v1/contexts/${created.id}/preview?agent=amiconfig&version=1`);
+    expect(amiconfig.status).toBe(200);
+    expect(amiconfig.text).toMatch(/\n\[cernvm\]\nrepositories = alice\.cern\.ch/);
+    expect(amiconfig.text).toMatch(/\nusers = alice:physics:\$6\$/);
+    noLeak(amiconfig);
+
+    const cloudInit = await request(app).get(`/v1/contexts/${created.id}/preview?agent=cloud-init`);
+    expect(cloudInit.status).toBe(200);
+    expect(cloudInit.text).toContain('(text/cloud-config): cloud-config\n#cloud-config\n');
+    expect(cloudInit.text).toContain('left to amiconfig');
+    expect(cloudInit.text).toContain(MASK);
+    noLeak(cloudInit);
+
+    const bad = problem(await request(app).get(`/v1/contexts/${created.id}/preview?agent=puppet`), 422);
+    expect(bad.errors?.map((e: { field: string }) => e.field)).toEqual(['agent']);
+    expect(bad.detail).toMatch(/ucernvm, amiconfig, cloud-init/);
   });
 
   it('bad input → 422 naming the field (proxy member, repository name, unknown field)', async () => {
