@@ -20,8 +20,12 @@ const DEBIAN_PACKAGES = {
   // libvirtd hosts the test hypervisor for the tests, so a killed worker's successor sees the same domains.
   'libvirt-daemon': '/usr/sbin/libvirtd',
   xorriso: '/usr/bin/xorriso',
-  // `cloud-init schema` validates the rendered #cloud-config parts in the tests.
+  // The tests read the rendered user-data with Debian's cloud-init itself (MIME handlers, YAML
+  // loader, `cloud-init schema`) and validate it with jsonschema against cloud-init's current
+  // schema; dash sources µCernVM's parsed context as its bootloader's shell would.
   'cloud-init': '/usr/bin/cloud-init',
+  'python3-jsonschema': '/usr/lib/python3/dist-packages/jsonschema/__init__.py',
+  dash: '/bin/dash',
 };
 const missingDebs = Object.entries(DEBIAN_PACKAGES).filter(([, file]) => !existsSync(file)).map(([pkg]) => pkg);
 if (missingDebs.length > 0) {
