@@ -200,9 +200,10 @@ export function createActivities(deps: ActivityDeps): CloudgateActivities {
     },
 
     /**
-     * Looks the repository up on its stratum-1s (manifest name, revision, age; whitelist
-     * expiry). Only "no server answered" is retried; a missing, stale, renamed or expired
-     * repository fails at once with a message naming the repository and the server.
+     * Looks the repository up on its stratum-1s (manifest name, root path, revision, age;
+     * whitelist expiry). Only "no server answered" is retried; a missing, stale, renamed or
+     * expired repository, or a nested catalog's manifest served as the root's, fails at once
+     * with a message naming the repository and the server (types: `cvmfsFailureType`).
      */
     async checkCvmfsRepository(input: CvmfsCheckInput): Promise<CvmfsCheckResult> {
       const servers = input.servers?.length ? input.servers : deps.cvmfs.servers;
