@@ -52,7 +52,8 @@ const CONTINUE_AS_NEW_EVENTS = 4_000;
 /** Backoff after a service failed under the `keep` policy before it tries again. */
 const KEEP_RETRY_BACKOFF_MS = [30_000, 60_000, 120_000, 300_000, 600_000];
 
-const PERMANENT = ['InvalidCredentials', 'QuotaExceeded', 'InvalidOffering', 'InvalidRequest', 'ContextUnavailable'];
+/** Cloud error kinds (clouds/contract.ts) and activity failures no retry will mend. */
+const PERMANENT = ['InvalidCredentials', 'QuotaExceeded', 'InvalidOffering', 'InvalidRequest', 'UnreadableAnswer', 'ContextUnavailable'];
 
 const { createInstances } = proxyActivities<CloudgateActivities>({
   startToCloseTimeout: '5 minutes',
