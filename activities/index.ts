@@ -6,7 +6,7 @@
 import { ApplicationFailure, Context } from '@temporalio/activity';
 import { CloudError, RETRYABLE_KINDS, type CloudAdapter, type InstanceSpec } from '../clouds/contract.js';
 import { signToken } from '../model/token.js';
-import { phoneHomeUrl, renderContextUserData, renderUserData, type PhoneHome } from '../model/user-data.js';
+import { NO_CONTEXT, phoneHomeUrl, renderContextUserData, type PhoneHome } from '../model/user-data.js';
 import type { Context as CloudgateContext } from '../model/context.js';
 import { checkRepository, cvmfsFailureType, isRetryableCvmfsFailure } from './cvmfs.js';
 import type {
@@ -139,7 +139,7 @@ export function createActivities(deps: ActivityDeps): CloudgateActivities {
     };
     let userData: string;
     try {
-      userData = ctx ? renderContextUserData(ctx.context, { phoneHome, secrets: ctx.secrets }) : renderUserData(phoneHome);
+      userData = renderContextUserData(ctx?.context ?? NO_CONTEXT, { phoneHome, secrets: ctx?.secrets });
     } catch (err) {
       throw ApplicationFailure.nonRetryable(`cannot render the user-data of ${id}: ${(err as Error).message}`, CONTEXT_UNAVAILABLE);
     }

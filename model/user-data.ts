@@ -3,11 +3,12 @@
  * MIME user-data a CernVM reads at first boot. Each agent on the guest picks its own part:
  * the µCernVM bootloader its `[ucernvm-begin]` block, amiconfig its INI sections, cloud-init
  * its `#cloud-config`, cloudgate's guest agent (and the sim cloud) the phone-home JSON.
- * `renderUserData` is the context-less form (phone-home part only) for existing callers.
+ * A service without a context renders {@link NO_CONTEXT}: its guests still get the
+ * phone-home agent, or a real VM would never report ready.
  */
 import { createHash } from 'node:crypto';
 import { stringify as stringifyYaml } from 'yaml';
-import { firstSectionLine, type Context } from './context.js';
+import { ContextSchema, firstSectionLine, type Context } from './context.js';
 
 export interface PhoneHome {
   /** Full URL the guest POSTs its readiness report to. */
@@ -24,23 +25,6 @@ export const phoneHomeUrl = (publicUrl: string, instanceId: string): string =>
 
 /** cloudgate's own part: a private type, so cloud-init and amiconfig leave it alone. */
 export const PHONE_HOME_CONTENT_TYPE = 'text/x-cloudgate-phone-home';
-
-/** User-data with the phone-home part only (CRLF lines), for callers without a context. */
-export function renderUserData(phoneHome: PhoneHome): string {
-  const boundary = `==cloudgate-${phoneHome.instanceId}==`;
-  return [
-    `Content-Type: multipart/mixed; boundary="${boundary}"`,
-    'MIME-Version: 1.0',
-    '',
-    `--${boundary}`,
-    `Content-Type: ${PHONE_HOME_CONTENT_TYPE}; charset="utf-8"`,
-    'Content-Disposition: attachment; filename="cloudgate-phone-home.json"',
-    '',
-    JSON.stringify(phoneHome),
-    `--${boundary}--`,
-    '',
-  ].join('\r\n');
-}
 
 /** What a guest agent does at boot: find its phone-home part in the user-data. */
 export function extractPhoneHome(userData: string): PhoneHome | undefined {
@@ -80,6 +64,12 @@ export const GUEST_PATHS = {
   startupScript: '/usr/local/sbin/cloudgate-startup',
   phoneHomeAgent: '/usr/local/sbin/cloudgate-phone-home',
 } as const;
+
+/**
+ * The context of a service that names none: nothing for the agents but the phone-home agent
+ * (and the image's default user), which reports the instance ready once it has booted.
+ */
+export const NO_CONTEXT: Context = ContextSchema.parse({ name: 'no context' });
 
 /** One instance's side of the rendering; secrets come separately from the context so callers can mask them. */
 export interface RenderInstance {

@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { CloudError, type InstanceSpec } from '../clouds/contract.js';
 import { SimRulesSchema, createSimCloud, type SimCloud, type SimCloudOptions } from '../clouds/sim.js';
-import { renderUserData } from '../model/user-data.js';
+import { NO_CONTEXT, renderContextUserData } from '../model/user-data.js';
 
 interface Received {
   instanceId: string;
@@ -89,7 +89,7 @@ function spec(key: string, cluster = 'c1', service = 'workers'): InstanceSpec {
     name: key,
     image: 'cernvm4',
     offering: { cpus: 1, memoryMiB: 2048, diskGiB: 20 },
-    userData: renderUserData({ url: `${gateway.url}/ready/${key}`, instanceId: key, token: `tok-${key}`, repositories: REPOS }),
+    userData: renderContextUserData(NO_CONTEXT, { phoneHome: { url: `${gateway.url}/ready/${key}`, instanceId: key, token: `tok-${key}`, repositories: REPOS } }),
     tags: { cluster, service, key },
   };
 }

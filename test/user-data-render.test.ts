@@ -24,7 +24,7 @@ import {
   MASK,
   PHONE_HOME_CONTENT_TYPE,
   renderContextUserData,
-  renderUserData,
+  NO_CONTEXT,
   measureUserData,
   UCERNVM_CONTENT_TYPE,
   USER_DATA_LIMITS,
@@ -255,10 +255,13 @@ describe('phone-home part', () => {
   it('is still found by extractPhoneHome, with the context repositories to probe', () => {
     expect(extractPhoneHome(rendered)).toEqual({ ...PHONE_HOME, repositories: ['alice.cern.ch', 'sft.cern.ch'] });
   });
-  it('keeps renderUserData(phoneHome) working for existing callers', () => {
-    const legacy = renderUserData({ ...PHONE_HOME, repositories: ['alice.cern.ch'] });
-    expect(extractPhoneHome(legacy)).toEqual({ ...PHONE_HOME, repositories: ['alice.cern.ch'] });
-    expect(legacy).toContain('\r\n');
+  it('goes, with its agent, to a service without a context too, so a real VM reports ready', async () => {
+    const bare = renderContextUserData(NO_CONTEXT, { phoneHome: { ...PHONE_HOME, repositories: ['alice.cern.ch'] } });
+    expect(extractPhoneHome(bare)).toEqual({ ...PHONE_HOME, repositories: ['alice.cern.ch'] });
+    const r = await cloudInitRead(bare);
+    expect(r.schemaErrors).toEqual([]);
+    expect((r.config!.runcmd as unknown[]).at(-1)).toEqual([GUEST_PATHS.phoneHomeAgent]);
+    expect((r.config!.write_files as { path: string }[]).map((f) => f.path)).toEqual([GUEST_PATHS.phoneHomeEnv, GUEST_PATHS.phoneHomeAgent]);
   });
   it('is left out, with its agent and token file, for a VM no workflow waits for (pairing)', async () => {
     const text = renderContextUserData(ctx, { secrets: SECRETS });
