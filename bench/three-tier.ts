@@ -1,5 +1,5 @@
 /**
- * `npm run bench`: the fixed benchmark of DESIGN.md. One three-tier cluster on `sim` —
+ * `npm run bench`: the project's fixed benchmark (README, "npm run bench"). One three-tier cluster on `sim` —
  * proxy 10, head 40 (after proxy), workers 950 (after head) — every guest booting in
  * exactly 20 s and phoning home ready 5 s later, no injected failures. Prints wall time,
  * ideal time (levels × (boot + readiness)), their ratio, the largest workflow history,

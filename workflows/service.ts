@@ -4,7 +4,7 @@
  * that fail, stay silent or vanish, scales on request, tears down on request, and
  * continues-as-new before its history grows large.
  *
- * Cost model (see DESIGN.md "The benchmark"): per-instance work is batched — one create
+ * Cost model (the benchmark, `npm run bench`): per-instance work is batched — one create
  * activity per {@link CREATE_BATCH} instances, readiness reports arrive batched per signal,
  * one timer serves every deadline — so a 1,000-instance service needs a few hundred events.
  */
