@@ -272,8 +272,9 @@ function renderUcernvm(ctx: Context): string {
  * `name:group:password` (a `$6$` hash is passed on to /etc/cernvm/config; an empty one makes
  * the plugin pick a random password); `repositories` becomes CVMFS_REPOSITORIES verbatim, so
  * fully qualified names work for every domain. `environment` is split on `,` then `=`, so a
- * value holding either (or `%`, which INI readers may interpolate) is left to the
- * cloud-config environment file only.
+ * value holding either (or `%`, which INI readers may interpolate, or whitespace before `;`,
+ * where Python 2's ConfigParser starts a comment) is left to the cloud-config environment
+ * file only.
  */
 function renderAmiconfig(ctx: Context): string {
   const lines = ['[amiconfig]', 'plugins=cernvm', '', '[cernvm]'];
@@ -282,7 +283,8 @@ function renderAmiconfig(ctx: Context): string {
   // Quoted: the plugin writes CVMFS_HTTP_PROXY=<value> into /etc/cvmfs/site.conf, sourced by /bin/sh.
   if (ctx.cvmfs.proxy) lines.push(`proxy='${ctx.cvmfs.proxy}'`);
   if (ctx.services.length) lines.push(`services=${ctx.services.join(',')}`);
-  const env = Object.entries(ctx.environment).filter(([, v]) => !/[,=%]/.test(v) && v.trim() === v);
+  // ConfigParser also cuts a value at whitespace followed by ";" (an inline comment).
+  const env = Object.entries(ctx.environment).filter(([, v]) => !/[,=%]|\s;/.test(v) && v.trim() === v);
   if (env.length) lines.push(`environment=${env.map(([k, v]) => `${k}=${v}`).join(',')}`);
   lines.push('');
   return lines.join('\n');

@@ -25,9 +25,15 @@ const CONTEXTS = peerDataJson<{ contexts: Record<string, PeerContext> }>('contex
 const EXAMPLES = readdirSync(peerDataPath('cloudinit', 'examples')).filter((f) => f.endsWith('.txt')).sort();
 const PHONE_HOME: PhoneHome = { url: 'https://gw.example.org/v1/instances/c1-w-0/readiness', instanceId: 'c1-w-0', token: 'tok', repositories: [] };
 
+/**
+ * The environment entries amiconfig can carry unaltered: its plugin splits on "," then "=",
+ * and ConfigParser cuts a value at whitespace + ";" and trims it.
+ */
+const amiconfigEnv = (ctx: Context): [string, string][] => Object.entries(ctx.environment).filter(([, v]) => !/[,=%]|\s;/.test(v) && v.trim() === v);
+
 /** What the cernvm plugin must find in [cernvm]: exactly cloudgate's keys for the context. */
 function expectedCernvm(ctx: Context): Record<string, string> {
-  const env = Object.entries(ctx.environment).filter(([, v]) => !/[,=%]/.test(v) && v.trim() === v);
+  const env = amiconfigEnv(ctx);
   return {
     ...(ctx.repositories.length && { repositories: ctx.repositories.join(',') }),
     ...(ctx.users.length && { users: ctx.users.map((u) => `${u.name}:${u.group ?? u.name}:${u.passwordHash ?? ''}`).join(',') }),
@@ -80,9 +86,7 @@ describe.each(Object.entries(CONTEXTS))('peer-data context %s, rendered and read
     it('hands the cernvm plugin every user as name:group:password and every environment entry as var=value', () => {
       for (const r of readings) {
         expect(r.cernvm?.users ?? []).toEqual(ctx.users.map((u) => [u.name, u.group ?? u.name, u.passwordHash ?? '']));
-        expect(Object.fromEntries(r.cernvm?.environment ?? [])).toEqual(
-          Object.fromEntries(Object.entries(ctx.environment).filter(([, v]) => !/[,=%]/.test(v))),
-        );
+        expect(r.cernvm?.environment ?? []).toEqual(amiconfigEnv(ctx));
       }
     });
 
@@ -200,7 +204,7 @@ describe('every agent sees exactly its own settings, whatever the context holds'
     name: 'hostile',
     repositories: ['alice.cern.ch'],
     users: [{ name: 'alice', group: 'physics' }],
-    environment: { NOTE: 'users=mallory:x:y [cernvm] a: b', GREETING: 'grüezi' },
+    environment: { NOTE: 'users=mallory:x:y [cernvm] a: b', GREETING: 'grüezi', SEMI: 'before ;after', QUOTES: '""' },
     startupScript: '#!/bin/sh\n[cernvm]\nusers=mallory:wheel:\n[ucernvm-begin]\ncvmfs_branch=evil.cern.ch\n[ucernvm-end]\n',
     cloudConfig: '#cloud-config\nwrite_files:\n  - path: /etc/evil.ini\n    content: |\n      [cernvm]\n      users=mallory:wheel:\n      [amiconfig]\n      plugins=evil\n',
   });
@@ -213,6 +217,9 @@ describe('every agent sees exactly its own settings, whatever the context holds'
       expect(r.sections.amiconfig).toEqual({ plugins: 'cernvm' });
       expect(r.sections.cernvm).toEqual(expectedCernvm(hostile));
       expect(r.cernvm?.users).toEqual([['alice', 'physics', '']]);
+      // Whatever environment amiconfig reads, it reads unaltered (ConfigParser cuts " ;…" and reads '""' as empty).
+      for (const [name, value] of r.cernvm?.environment ?? []) expect({ name, value }).toEqual({ name, value: hostile.environment[name] });
+      expect(r.cernvm?.environment?.map(([name]) => name)).toEqual(['GREETING', 'QUOTES']);
     }
   });
 
