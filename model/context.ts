@@ -241,7 +241,8 @@ export function firstSectionLine(text: string): string | undefined {
 const CloudConfigSchema = z.string().superRefine((text, ctx) => {
   if (byteLength(text) > MAX_SCRIPT_BYTES) return ctx.addIssue({ code: 'custom', message: `must be at most ${MAX_SCRIPT_BYTES} bytes` });
   // cloud-init reads YAML 1.1 (PyYAML); the text itself is what reaches it, so check it as such.
-  const doc = parseDocument(text, { prettyErrors: false, version: '1.1' });
+  // logLevel error: a collection as a key (`[a]: b`) is refused below with a clearer message than YAML's warning.
+  const doc = parseDocument(text, { prettyErrors: false, version: '1.1', logLevel: 'error' });
   if (doc.errors.length) return ctx.addIssue({ code: 'custom', message: `is not valid YAML: ${doc.errors[0].message.split('\n')[0]}` });
   const value: unknown = doc.toJS();
   if (value === null || typeof value !== 'object' || Array.isArray(value)) {

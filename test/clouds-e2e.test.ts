@@ -15,7 +15,7 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { extractPhoneHome } from '../model/user-data.js';
+import { extractPhoneHome, GUEST_PATHS } from '../model/user-data.js';
 import { clusterStatus, startStack, threeTier, waitFor, waitForState, type Stack } from './harness.js';
 import { historyText } from './history-text.js';
 import { startStratum1, type FakeStratum1 } from './fakes/stratum1.js';
@@ -123,12 +123,18 @@ describe.each(clouds)('three-tier cluster on %s', (cloud) => {
     expect(ready.services.map((s: any) => s.ready)).toEqual([1, 1, 2]);
     expect(ready.services.flatMap((s: any) => s.instances.map((i: any) => i.cloud))).toEqual(Array(4).fill(cloud));
     expect(await peer.count(id)).toBe(4);
-    // The workers' guests got the rendered context (µCernVM block, secret) through this cloud's API.
-    const contextualized = (await peer.userData(id)).filter((d) => d.includes('[ucernvm-begin]'));
+    // Every guest got CernVM user-data with the phone-home agent through this cloud's API; the
+    // workers' (and only theirs) carry the rendered context: its secret and repository.
+    const userData = await peer.userData(id);
+    expect(userData).toHaveLength(4);
+    for (const d of userData) {
+      expect(d).toContain('[ucernvm-begin]');
+      expect(d).toContain(GUEST_PATHS.phoneHomeAgent);
+    }
+    const contextualized = userData.filter((d) => d.includes(`GRID_SECRET='${CONTEXT_SECRET}'`));
     expect(contextualized).toHaveLength(2);
-    for (const d of contextualized) {
-      expect(d).toContain(`GRID_SECRET='${CONTEXT_SECRET}'`);
-      expect(extractPhoneHome(d)!.repositories).toEqual(['alice.cern.ch']);
+    for (const d of userData) {
+      expect(extractPhoneHome(d)!.repositories).toEqual(contextualized.includes(d) ? ['alice.cern.ch'] : []);
     }
 
     const up = await stack.http('POST', `/v1/clusters/${id}/services/workers/scale`, { instances: 3 });
