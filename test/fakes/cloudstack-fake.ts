@@ -23,7 +23,7 @@
  */
 import { createHmac, randomUUID, timingSafeEqual } from 'node:crypto';
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { listenOnLoopback } from './listen.js';
 
 export interface CloudStackFakeOptions {
   apiKey: string;
@@ -522,14 +522,10 @@ export async function startCloudStackFake(opts: CloudStackFakeOptions): Promise<
       if (!res.headersSent) res.writeHead(500).end(String(err));
     });
   });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => resolve());
-  });
-  const { port } = server.address() as AddressInfo;
+  const origin = await listenOnLoopback(server);
 
   return {
-    endpoint: `http://127.0.0.1:${port}/client/api`,
+    endpoint: `${origin}/client/api`,
     vms() {
       settle();
       return [...vms.values()].map((vm) => ({ ...vm, networkids: [...vm.networkids], tags: vm.tags.map((t) => ({ ...t })) }));

@@ -11,7 +11,7 @@
  * CloudStack's 401.
  */
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { listenOnLoopback } from './listen.js';
 import { peerDataBytes } from '../peer-data.js';
 import { CLOUDSTACK_UNVERIFIED_TEXT, readCloudStackRequest, sendCloudStackError, verifyCloudStackSignature, type FakeRequest } from './cloudstack-fake.js';
 
@@ -100,14 +100,10 @@ export async function startRecordedCloudStack(opts: RecordedCloudStackOptions): 
       if (!res.headersSent) res.writeHead(500).end(String(err));
     });
   });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => resolve());
-  });
-  const { port } = server.address() as AddressInfo;
+  const origin = await listenOnLoopback(server);
 
   return {
-    endpoint: `http://127.0.0.1:${port}/client/api`,
+    endpoint: `${origin}/client/api`,
     answer(command, a) {
       answers.set(command, a);
     },

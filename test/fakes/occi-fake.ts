@@ -31,7 +31,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { listenOnLoopback } from './listen.js';
 import {
   categoryId,
   CLOUDGATE_TAGS_MIXIN,
@@ -440,8 +440,7 @@ export async function startOcciFake(opts: OcciFakeOptions = {}): Promise<OcciFak
 
   // Room for real user-data in headers, as an OCCI server fronted by a tuned proxy would allow.
   const server = createServer({ maxHeaderSize: 256 * 1024 }, handle);
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const endpoint = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const endpoint = await listenOnLoopback(server);
 
   return {
     endpoint,

@@ -17,7 +17,7 @@
  * It checks nothing else: every request is kept, headers included, for the test to inspect.
  */
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { listenOnLoopback } from './listen.js';
 import { peerDataText } from '../peer-data.js';
 
 /** The text of a recorded rendering under peer-data `occi/` (e.g. `rocci5-model.txt`). */
@@ -103,9 +103,9 @@ export async function startRecordedOcci(opts: RecordedOcciOptions): Promise<Reco
   };
 
   const server = createServer(handle);
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const endpoint = await listenOnLoopback(server);
   return {
-    endpoint: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    endpoint,
     requests: () => log.map((r) => ({ ...r })),
     async stop() {
       server.closeAllConnections();

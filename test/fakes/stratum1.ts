@@ -12,7 +12,7 @@
  * files of ../shared/peer-data/cvmfs), which are served exactly as given.
  */
 import { createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { listenOnLoopback } from './listen.js';
 import { manifestFile, whitelistFile, type FakeRepository } from '../../clouds/sim-stratum1.js';
 
 export { fakeSignature, manifestFile, whitelistFile, whitelistStamp, type FakeRepository } from '../../clouds/sim-stratum1.js';
@@ -63,8 +63,7 @@ export async function startStratum1(repos: Record<string, FakeRepository | Verba
     res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': body.length }).end(body);
   });
   if (opts.dead) server.on('connection', (socket) => socket.destroy());
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const origin = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const origin = await listenOnLoopback(server);
   return {
     url: `${origin}/cvmfs/@fqrn@`,
     origin,
