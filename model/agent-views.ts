@@ -4,6 +4,7 @@
  * preview's `?agent=`). The test suite checks these views against the real readers
  * (`test/readers/`: amiconfig under Python 2.7, µCernVM's parser, Debian's cloud-init).
  */
+import { SECTION_LINE } from './context.js';
 import { AMICONFIG_CONTENT_TYPE, CLOUD_CONFIG_CONTENT_TYPE, PHONE_HOME_CONTENT_TYPE, UCERNVM_CONTENT_TYPE, type UserDataPart } from './user-data.js';
 
 /** The agents a preview can show. */
@@ -40,7 +41,7 @@ export function ucernvmReads(userData: string): string[] {
 }
 
 /** Python 2.7's RawConfigParser.SECTCRE and OPTCRE, the patterns amiconfig filters lines with. */
-const SECTCRE = /^\[([^\]]+)\]/;
+const SECTCRE = SECTION_LINE;
 const OPTCRE = /^([^:=\s][^:=]*?)\s*([:=])\s*([^\n]*)$/; // [^\n]: Python's "." takes "\r", JavaScript's does not
 
 /**

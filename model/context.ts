@@ -224,10 +224,10 @@ const MERGE_KEYS = ['merge_how', 'merge_type'] as const;
 
 /**
  * amiconfig's section pattern (Python 2 `RawConfigParser.SECTCRE`, matched at the start of a
- * raw line). amiconfig reads every such line of the whole user-data as a section header, and
- * the µCernVM markers are such lines too.
+ * raw line; the section name in group 1). amiconfig reads every such line of the whole
+ * user-data as a section header, and the µCernVM markers are such lines too.
  */
-const SECTION_LINE = /^\[[^\]]+\]/;
+export const SECTION_LINE = /^\[([^\]]+)\]/;
 
 /**
  * The first line of `text` that amiconfig would read as an INI section header (and µCernVM
