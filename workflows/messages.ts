@@ -7,6 +7,7 @@ import { defineQuery, defineSignal, defineUpdate } from '@temporalio/workflow';
 import { defineSearchAttributeKey, SearchAttributeType } from '@temporalio/common';
 import type { PinnedContext } from '../model/context.js';
 import type { ClusterDefinition, ServiceDefinition, FailurePolicy } from '../model/definition.js';
+import type { InstanceRecord } from '../model/service-plan.js';
 import type { ClusterState, ReadinessReport, ServiceState, ServiceStatus } from '../model/status.js';
 
 export const TASK_QUEUE = 'cloudgate';
@@ -94,7 +95,23 @@ export interface ServiceInput {
   desired: number;
   parentWorkflowId: string;
   tuning?: WorkflowTuning;
-  carried?: unknown;
+  /** Set only on continue-as-new. */
+  carried?: ServiceCarried;
+}
+
+/** What a service workflow hands its next run on continue-as-new. */
+export interface ServiceCarried {
+  instances: InstanceRecord[];
+  nextOrdinal: number;
+  replacements: number;
+  consecutiveFailures: number;
+  everReady: boolean;
+  /** Lost ready instances since it was last fully ready (as opposed to merely scaling up). */
+  degraded: boolean;
+  /** Keep-policy rounds failed in a row (picks the backoff). */
+  failedRounds: number;
+  message?: string;
+  tearingDown: boolean;
 }
 
 export const serviceStatusQuery = defineQuery<ServiceStatus>('serviceStatus');

@@ -25,7 +25,21 @@ import {
   allHandlersFinished,
 } from '@temporalio/workflow';
 import { judgeReadiness } from '../model/readiness.js';
-import type { InstanceState, InstanceStatus, ReadinessReport, ServiceState, ServiceStatus } from '../model/status.js';
+import {
+  chunks,
+  countIn,
+  healthCheckTargets,
+  instanceId,
+  keepRetryBackoffMs,
+  liveInstances,
+  MAX_CONSECUTIVE_FAILURES,
+  nextWakeMs,
+  overdueInstances,
+  scalePlan,
+  serviceState,
+  type InstanceRecord,
+} from '../model/service-plan.js';
+import type { InstanceStatus, ReadinessReport, ServiceState, ServiceStatus } from '../model/status.js';
 import type { CloudgateActivities, CreatedInstance, DescribedInstance, InstanceRef } from './activity-types.js';
 import { failureReason } from './failures.js';
 import {
@@ -35,6 +49,7 @@ import {
   serviceTeardownSignal,
   setDesiredSignal,
   SA_STATE,
+  type ServiceCarried,
   type ServiceInput,
   type ServiceSummary,
 } from './messages.js';
@@ -43,14 +58,10 @@ import {
 export const CREATE_BATCH = 50;
 /** Instances per terminate / describe activity. */
 const CLOUD_BATCH = 200;
-/** Failures in a row (no instance becoming ready in between) before the service is FAILED. */
-export const MAX_CONSECUTIVE_FAILURES = 5;
 /** How often (at most) the cloud is asked whether instances still exist (vanished guests). */
 const HEALTH_CHECK_MAX_MS = 30_000;
 /** Continue-as-new well before Temporal's 51,200-event limit and our own 10,240 target. */
 const CONTINUE_AS_NEW_EVENTS = 4_000;
-/** Backoff after a service failed under the `keep` policy before it tries again. */
-const KEEP_RETRY_BACKOFF_MS = [30_000, 60_000, 120_000, 300_000, 600_000];
 
 /** Cloud error kinds (clouds/contract.ts) and activity failures no retry will mend. */
 const PERMANENT = ['InvalidCredentials', 'QuotaExceeded', 'InvalidOffering', 'InvalidRequest', 'UnreadableAnswer', 'ContextUnavailable'];
@@ -71,351 +82,336 @@ const { terminateInstances } = proxyActivities<CloudgateActivities>({
   retry: { initialInterval: '2s', backoffCoefficient: 2, maximumInterval: '5 minutes' },
 });
 
-interface Instance {
-  id: string;
-  ordinal: number;
-  state: InstanceState;
-  cloudInstanceId?: string;
-  createdAt?: string;
-  readyAt?: string;
-  /** Workflow-clock ms by which the guest must have phoned home. */
-  deadline?: number;
-  message?: string;
+/** Everything a service workflow knows, in one object; what continue-as-new carries is {@link ServiceCarried}. */
+interface ServiceRunState extends ServiceCarried {
+  desired: number;
+  /** Cloud activities still running. */
+  inFlight: number;
+  /** Something changed since the last reconcile. */
+  dirty: boolean;
+  /** Workflow-clock ms at which a FAILED service under `keep` tries again (0: not waiting). */
+  failedUntil: number;
+  nextHealthCheck: number;
+  /** The last report sent to the cluster workflow (only changes are sent). */
+  lastReport: string;
+  /** The state last written to the search attribute. */
+  reportedState: ServiceState;
 }
 
-/** State carried across continue-as-new. */
-interface Carried {
-  instances: Instance[];
-  nextOrdinal: number;
-  replacements: number;
-  consecutiveFailures: number;
-  everReady: boolean;
-  degraded: boolean;
-  failedRounds: number;
-  message?: string;
-  tearingDown: boolean;
-}
+/** One run of a service workflow: its state, message handlers, reconcile step and main loop. */
+class ServiceRun {
+  private readonly s: ServiceRunState;
+  private readonly instances: Map<string, InstanceRecord>;
+  private readonly repositories: string[];
+  private readonly healthCheckMs: number;
+  private readonly historyLimit: number;
 
-export async function ServiceWorkflow(input: ServiceInput): Promise<ServiceStatus> {
-  const { clusterId, cloud, service } = input;
-  /** What every guest must report OK before it counts as ready. */
-  const repositories = input.context?.repositories ?? [];
-  const carried = input.carried as Carried | undefined;
-  let desired = input.desired;
-  const instances = new Map<string, Instance>((carried?.instances ?? []).map((i) => [i.id, i]));
-  let nextOrdinal = carried?.nextOrdinal ?? 0;
-  let replacements = carried?.replacements ?? 0;
-  let consecutiveFailures = carried?.consecutiveFailures ?? 0;
-  let everReady = carried?.everReady ?? false;
-  /** Lost ready instances since it was last fully ready (as opposed to merely scaling up). */
-  let degraded = carried?.degraded ?? false;
-  let failedRounds = carried?.failedRounds ?? 0;
-  let message = carried?.message;
-  let tearingDown = carried?.tearingDown ?? false;
-  let inFlight = 0;
-  let dirty = true;
-  let failedUntil = 0;
-  // Often enough that a vanished guest is noticed before its readiness timeout would.
-  const healthCheckMs = Math.min(HEALTH_CHECK_MAX_MS, (service.readinessTimeoutSeconds * 1000) / 2);
-  let nextHealthCheck = Date.now() + healthCheckMs;
-  let lastReport = '';
-  let serviceState: ServiceState = 'DEPLOYING';
+  constructor(private readonly input: ServiceInput) {
+    const carried = input.carried;
+    this.instances = new Map((carried?.instances ?? []).map((i) => [i.id, i]));
+    /** What every guest must report OK before it counts as ready. */
+    this.repositories = input.context?.repositories ?? [];
+    // Often enough that a vanished guest is noticed before its readiness timeout would.
+    this.healthCheckMs = Math.min(HEALTH_CHECK_MAX_MS, (input.service.readinessTimeoutSeconds * 1000) / 2);
+    this.historyLimit = input.tuning?.serviceHistoryLimit ?? CONTINUE_AS_NEW_EVENTS;
+    this.s = {
+      instances: [],
+      nextOrdinal: carried?.nextOrdinal ?? 0,
+      replacements: carried?.replacements ?? 0,
+      consecutiveFailures: carried?.consecutiveFailures ?? 0,
+      everReady: carried?.everReady ?? false,
+      degraded: carried?.degraded ?? false,
+      failedRounds: carried?.failedRounds ?? 0,
+      message: carried?.message,
+      tearingDown: carried?.tearingDown ?? false,
+      desired: input.desired,
+      inFlight: 0,
+      dirty: true,
+      failedUntil: 0,
+      nextHealthCheck: Date.now() + this.healthCheckMs,
+      lastReport: '',
+      reportedState: 'DEPLOYING',
+    };
+    setHandler(serviceStatusQuery, () => this.view());
+    setHandler(setDesiredSignal, (n) => {
+      this.s.desired = n;
+      this.s.dirty = true;
+    });
+    setHandler(serviceTeardownSignal, () => {
+      this.s.tearingDown = true;
+      this.s.dirty = true;
+    });
+    setHandler(readinessSignal, (reports) => this.onReadiness(reports));
+  }
 
-  const count = (...states: InstanceState[]) => [...instances.values()].filter((i) => states.includes(i.state)).length;
-  const readyCount = () => count('READY');
-  const live = () => [...instances.values()].filter((i) => i.state !== 'FAILED' && i.state !== 'TERMINATING');
+  private get name(): string {
+    return this.input.service.name;
+  }
 
-  const computeState = (): ServiceState => {
-    if (tearingDown) return instances.size === 0 && inFlight === 0 ? 'TERMINATED' : 'TERMINATING';
-    if (consecutiveFailures >= MAX_CONSECUTIVE_FAILURES) return 'FAILED';
-    const ready = readyCount();
-    if (ready >= desired) return 'READY';
-    return degraded ? 'DEGRADED' : 'DEPLOYING';
-  };
+  private readyCount(): number {
+    return countIn(this.instances.values(), 'READY');
+  }
 
-  const view = (): ServiceStatus => ({
-    name: service.name,
-    state: computeState(),
-    desired,
-    ready: readyCount(),
-    replacements,
-    message,
-    instances: [...instances.values()]
-      .sort((a, b) => a.ordinal - b.ordinal)
-      .map(
-        (i): InstanceStatus => ({
-          id: i.id,
-          name: i.id,
-          state: i.state,
-          cloud,
-          cloudInstanceId: i.cloudInstanceId,
-          createdAt: i.createdAt,
-          readyAt: i.readyAt,
-          message: i.message,
-        }),
-      ),
-  });
+  state(): ServiceState {
+    const { desired, inFlight, consecutiveFailures, tearingDown, degraded } = this.s;
+    return serviceState({ desired, ready: this.readyCount(), held: this.instances.size, inFlight, consecutiveFailures, tearingDown, degraded });
+  }
 
-  /** Marks an instance failed; the reconcile step terminates it and creates a replacement. */
-  const fail = (inst: Instance, reason: string) => {
-    if (inst.state === 'FAILED' || inst.state === 'TERMINATING') return;
-    inst.state = 'FAILED';
-    inst.message = reason;
-    message = `${inst.id}: ${reason}`;
-    consecutiveFailures++;
-    replacements++;
-    if (everReady) degraded = true;
-    log.warn('instance failed; replacing it', { instance: inst.id, reason });
-    dirty = true;
-  };
+  view(): ServiceStatus {
+    const { cloud } = this.input;
+    return {
+      name: this.name,
+      state: this.state(),
+      desired: this.s.desired,
+      ready: this.readyCount(),
+      replacements: this.s.replacements,
+      message: this.s.message,
+      instances: [...this.instances.values()]
+        .sort((a, b) => a.ordinal - b.ordinal)
+        .map(
+          (i): InstanceStatus => ({
+            id: i.id,
+            name: i.id,
+            state: i.state,
+            cloud,
+            cloudInstanceId: i.cloudInstanceId,
+            createdAt: i.createdAt,
+            readyAt: i.readyAt,
+            message: i.message,
+          }),
+        ),
+    };
+  }
 
-  setHandler(serviceStatusQuery, view);
-  setHandler(setDesiredSignal, (n) => {
-    desired = n;
-    dirty = true;
-  });
-  setHandler(serviceTeardownSignal, () => {
-    tearingDown = true;
-    dirty = true;
-  });
-  setHandler(readinessSignal, (reports: ReadinessReport[]) => {
+  /** Phone-home reports: ready, or failed with the verdict's reason. Reports of replaced or leaving instances change nothing. */
+  private onReadiness(reports: ReadinessReport[]): void {
     for (const r of reports) {
-      const inst = instances.get(r.instanceId);
-      // Reports from instances already replaced or being removed change nothing.
+      const inst = this.instances.get(r.instanceId);
       if (!inst || inst.state === 'FAILED' || inst.state === 'TERMINATING' || inst.state === 'READY') continue;
-      const verdict = judgeReadiness(r, repositories);
+      const verdict = judgeReadiness(r, this.repositories);
       if (verdict.ready) {
         inst.state = 'READY';
         inst.readyAt = r.receivedAt;
         inst.deadline = undefined;
         inst.message = undefined;
-        consecutiveFailures = 0;
-        failedRounds = 0;
+        this.s.consecutiveFailures = 0;
+        this.s.failedRounds = 0;
       } else {
-        fail(inst, verdict.reason);
+        this.fail(inst, verdict.reason);
       }
     }
-    dirty = true;
-  });
+    this.s.dirty = true;
+  }
+
+  /** Marks an instance failed; the reconcile step terminates it and creates a replacement. */
+  private fail(inst: InstanceRecord, reason: string): void {
+    if (inst.state === 'FAILED' || inst.state === 'TERMINATING') return;
+    inst.state = 'FAILED';
+    inst.message = reason;
+    this.s.message = `${inst.id}: ${reason}`;
+    this.s.consecutiveFailures++;
+    this.s.replacements++;
+    if (this.s.everReady) this.s.degraded = true;
+    log.warn('instance failed; replacing it', { instance: inst.id, reason });
+    this.s.dirty = true;
+  }
 
   /** Runs one cloud activity without blocking the loop; its outcome is folded into state. */
-  const launch = (work: () => Promise<void>) => {
-    inFlight++;
+  private launch(work: () => Promise<void>): void {
+    this.s.inFlight++;
     void work().finally(() => {
-      inFlight--;
-      dirty = true;
+      this.s.inFlight--;
+      this.s.dirty = true;
     });
-  };
+  }
 
-  const createBatch = (batch: Instance[]) =>
-    launch(async () => {
+  private createBatch(batch: InstanceRecord[]): void {
+    const { input } = this;
+    this.launch(async () => {
       try {
         const created = await createInstances.executeWithOptions(
-          { summary: `create ${batch.length} × ${service.name} (${batch[0].id} … ${batch[batch.length - 1].id})` },
+          { summary: `create ${batch.length} × ${this.name} (${batch[0].id} … ${batch[batch.length - 1].id})` },
           [
             {
-              cloud,
-              clusterId,
-              service: service.name,
-              image: service.image,
-              offering: service.offering,
+              cloud: input.cloud,
+              clusterId: input.clusterId,
+              service: this.name,
+              image: input.service.image,
+              offering: input.service.offering,
               ...(input.context && { context: { id: input.context.id, version: input.context.version } }),
               ids: batch.map((i) => i.id),
             },
           ],
         );
-        onCreated(created);
+        this.onCreated(created);
       } catch (err) {
         const reason = failureReason(err);
-        for (const inst of batch) if (inst.state === 'CREATING') fail(inst, `create failed: ${reason}`);
-        if (isPermanent(err)) consecutiveFailures = Math.max(consecutiveFailures, MAX_CONSECUTIVE_FAILURES);
+        for (const inst of batch) if (inst.state === 'CREATING') this.fail(inst, `create failed: ${reason}`);
+        if (isPermanent(err)) this.s.consecutiveFailures = Math.max(this.s.consecutiveFailures, MAX_CONSECUTIVE_FAILURES);
       }
     });
+  }
 
-  const onCreated = (created: CreatedInstance[]) => {
+  private onCreated(created: CreatedInstance[]): void {
     const now = Date.now();
     for (const c of created) {
-      const inst = instances.get(c.id);
+      const inst = this.instances.get(c.id);
       if (!inst) continue;
       inst.cloudInstanceId = c.cloudInstanceId;
       inst.createdAt = c.createdAt;
       if (inst.state === 'CREATING') {
         inst.state = c.cloudState === 'RUNNING' ? 'RUNNING' : 'BOOTING';
-        inst.deadline = now + service.readinessTimeoutSeconds * 1000;
+        inst.deadline = now + this.input.service.readinessTimeoutSeconds * 1000;
       }
     }
-  };
+  }
 
-  const terminate = (batch: Instance[], why: string) =>
-    launch(async () => {
-      const what = batch.length === 1 ? batch[0].id : `${batch.length} × ${service.name}`;
+  private terminate(batch: InstanceRecord[], why: string): void {
+    this.launch(async () => {
+      const what = batch.length === 1 ? batch[0].id : `${batch.length} × ${this.name}`;
       const refs: InstanceRef[] = batch.map((i) => ({ id: i.id, cloudInstanceId: i.cloudInstanceId }));
       try {
-        await terminateInstances.executeWithOptions({ summary: `terminate ${what}: ${why}` }, [
-          { cloud, instances: refs },
-        ]);
-        for (const i of batch) instances.delete(i.id);
+        await terminateInstances.executeWithOptions({ summary: `terminate ${what}: ${why}` }, [{ cloud: this.input.cloud, instances: refs }]);
+        for (const i of batch) this.instances.delete(i.id);
       } catch (err) {
         // Only cancellation ends an unlimited retry; hand the instances back so teardown tries again.
         log.warn('terminate did not finish; will try again', { error: failureReason(err) });
-        for (const i of batch) if (instances.get(i.id)?.state === 'TERMINATING') instances.get(i.id)!.state = 'FAILED';
+        for (const i of batch) if (this.instances.get(i.id)?.state === 'TERMINATING') this.instances.get(i.id)!.state = 'FAILED';
       }
     });
+  }
 
-  const healthCheck = (batch: Instance[]) =>
-    launch(async () => {
+  private healthCheck(batch: InstanceRecord[]): void {
+    this.launch(async () => {
       let described: DescribedInstance[];
       try {
-        described = await describeInstances.executeWithOptions({ summary: `check ${batch.length} × ${service.name} still exist` }, [
-          { cloud, instances: batch.map((i) => ({ id: i.id, cloudInstanceId: i.cloudInstanceId! })) },
+        described = await describeInstances.executeWithOptions({ summary: `check ${batch.length} × ${this.name} still exist` }, [
+          { cloud: this.input.cloud, instances: batch.map((i) => ({ id: i.id, cloudInstanceId: i.cloudInstanceId! })) },
         ]);
       } catch (err) {
         log.warn('health check failed; will try again', { error: failureReason(err) });
         return;
       }
       for (const d of described) {
-        const inst = instances.get(d.id);
+        const inst = this.instances.get(d.id);
         if (!inst || !['BOOTING', 'RUNNING', 'READY'].includes(inst.state)) continue;
         if (d.cloudState === 'GONE' || d.cloudState === 'TERMINATED' || d.cloudState === 'ERROR' || d.cloudState === 'STOPPED') {
-          fail(inst, d.cloudState === 'GONE' ? 'vanished from the cloud' : `cloud reports it ${d.cloudState}`);
+          this.fail(inst, d.cloudState === 'GONE' ? 'vanished from the cloud' : `cloud reports it ${d.cloudState}`);
         } else if (d.cloudState === 'RUNNING' && inst.state === 'BOOTING') {
           inst.state = 'RUNNING';
         }
       }
     });
+  }
 
   /** One pass of "make the world match the wish". Starts activities; never waits for them. */
-  const reconcile = () => {
+  reconcile(): void {
     const now = Date.now();
-    if (tearingDown) {
+    const all = () => this.instances.values();
+    if (this.s.tearingDown) {
       // CREATING instances are picked up once their create returns (or fails, then by key).
-      const rest = [...instances.values()].filter((i) => i.state !== 'TERMINATING' && i.state !== 'CREATING');
+      const rest = [...all()].filter((i) => i.state !== 'TERMINATING' && i.state !== 'CREATING');
       for (const inst of rest) inst.state = 'TERMINATING';
-      for (const batch of chunks(rest, CLOUD_BATCH)) terminate(batch, 'teardown');
+      for (const batch of chunks(rest, CLOUD_BATCH)) this.terminate(batch, 'teardown');
       return;
     }
-    // Guests that did not phone home in time.
-    for (const inst of instances.values()) {
-      if ((inst.state === 'BOOTING' || inst.state === 'RUNNING') && inst.deadline !== undefined && inst.deadline <= now) {
-        fail(inst, `no readiness report within ${service.readinessTimeoutSeconds} s`);
-      }
-    }
+    for (const inst of overdueInstances(all(), now)) this.fail(inst, `no readiness report within ${this.input.service.readinessTimeoutSeconds} s`);
     // Failed instances go away (a replacement is created below).
-    const failed = [...instances.values()].filter((i) => i.state === 'FAILED');
+    const failed = [...all()].filter((i) => i.state === 'FAILED');
     for (const inst of failed) inst.state = 'TERMINATING';
-    for (const batch of chunks(failed, CLOUD_BATCH)) terminate(batch, batch.length === 1 ? `replace it (${batch[0].message})` : 'replace failed instances');
+    for (const batch of chunks(failed, CLOUD_BATCH)) this.terminate(batch, batch.length === 1 ? `replace it (${batch[0].message})` : 'replace failed instances');
 
-    const current = live();
-    if (current.length > desired) {
-      // Scale down: drop instances that are not ready first, then the newest.
-      const victims = [...current]
-        .filter((i) => i.state !== 'CREATING')
-        .sort((a, b) => Number(a.state === 'READY') - Number(b.state === 'READY') || b.ordinal - a.ordinal)
-        .slice(0, current.length - desired);
-      for (const inst of victims) inst.state = 'TERMINATING';
-      for (const batch of chunks(victims, CLOUD_BATCH)) terminate(batch, `scale down to ${desired}`);
-    } else if (current.length < desired && computeState() !== 'FAILED') {
-      const fresh: Instance[] = [];
-      for (let n = current.length; n < desired; n++) {
-        const ordinal = nextOrdinal++;
-        const inst: Instance = { id: `${clusterId}-${service.name}-${ordinal}`, ordinal, state: 'CREATING' };
-        instances.set(inst.id, inst);
-        fresh.push(inst);
-      }
-      for (const batch of chunks(fresh, CREATE_BATCH)) createBatch(batch);
-    }
+    const plan = scalePlan(liveInstances(all()), this.s.desired, this.s.nextOrdinal, this.state() === 'FAILED');
+    for (const inst of plan.terminate) inst.state = 'TERMINATING';
+    for (const batch of chunks(plan.terminate, CLOUD_BATCH)) this.terminate(batch, `scale down to ${this.s.desired}`);
+    const fresh = plan.create.map((ordinal): InstanceRecord => ({ id: instanceId(this.input.clusterId, this.name, ordinal), ordinal, state: 'CREATING' }));
+    for (const inst of fresh) this.instances.set(inst.id, inst);
+    this.s.nextOrdinal += fresh.length;
+    for (const batch of chunks(fresh, CREATE_BATCH)) this.createBatch(batch);
 
-    if (now >= nextHealthCheck) {
-      nextHealthCheck = now + healthCheckMs;
-      const known = [...instances.values()].filter((i) => i.cloudInstanceId && ['BOOTING', 'RUNNING', 'READY'].includes(i.state));
-      for (const batch of chunks(known, CLOUD_BATCH)) healthCheck(batch);
+    if (now >= this.s.nextHealthCheck) {
+      this.s.nextHealthCheck = now + this.healthCheckMs;
+      for (const batch of chunks(healthCheckTargets(all()), CLOUD_BATCH)) this.healthCheck(batch);
     }
-  };
+  }
 
   /** Tells the cluster workflow about state changes (not every count change: its history stays small). */
-  const report = async () => {
-    const state = computeState();
-    const minReached = readyCount() >= service.min;
-    const key = `${state}|${minReached}|${desired}|${state === 'FAILED' ? message : ''}`;
-    if (key === lastReport) return;
-    lastReport = key;
-    if (state !== serviceState) {
-      serviceState = state;
+  private async report(): Promise<void> {
+    const state = this.state();
+    const ready = this.readyCount();
+    const { desired, replacements, message } = this.s;
+    const key = `${state}|${ready >= this.input.service.min}|${desired}|${state === 'FAILED' ? message : ''}`;
+    if (key === this.s.lastReport) return;
+    this.s.lastReport = key;
+    if (state !== this.s.reportedState) {
+      this.s.reportedState = state;
       upsertSearchAttributes([{ key: SA_STATE, value: state }]);
     }
-    setCurrentDetails(`**${service.name}**: ${state}, ${readyCount()}/${desired} ready, ${replacements} replaced${message ? `\n\nlast problem: ${message}` : ''}`);
-    const summary: Omit<ServiceSummary, 'workflowId'> = { name: service.name, state, desired, ready: readyCount(), replacements, message };
+    setCurrentDetails(`**${this.name}**: ${state}, ${ready}/${desired} ready, ${replacements} replaced${message ? `\n\nlast problem: ${message}` : ''}`);
+    const summary: Omit<ServiceSummary, 'workflowId'> = { name: this.name, state, desired, ready, replacements, message };
     try {
-      await getExternalWorkflowHandle(input.parentWorkflowId).signal(serviceReportSignal, summary);
+      await getExternalWorkflowHandle(this.input.parentWorkflowId).signal(serviceReportSignal, summary);
     } catch (err) {
       log.warn('could not report to the cluster workflow', { error: failureReason(err) });
     }
-  };
-
-  const nextWake = (): number => {
-    let wake = nextHealthCheck;
-    for (const i of instances.values()) if (i.deadline !== undefined && i.deadline < wake) wake = i.deadline;
-    if (failedUntil > Date.now() && failedUntil < wake) wake = failedUntil;
-    return Math.max(1000, wake - Date.now() + 1);
-  };
-
-  const historyLimit = input.tuning?.serviceHistoryLimit ?? CONTINUE_AS_NEW_EVENTS;
-  const shouldContinueAsNew = () => workflowInfo().continueAsNewSuggested || workflowInfo().historyLength > historyLimit;
-
-  try {
-    for (;;) {
-      dirty = false;
-      if (!tearingDown && computeState() === 'FAILED' && input.failurePolicy === 'keep') {
-        // Keep what succeeded and start a new round of attempts after a growing pause.
-        if (failedUntil === 0) failedUntil = Date.now() + KEEP_RETRY_BACKOFF_MS[Math.min(failedRounds++, KEEP_RETRY_BACKOFF_MS.length - 1)];
-        else if (Date.now() >= failedUntil) {
-          failedUntil = 0;
-          consecutiveFailures = 0;
-        }
-      }
-      if (!shouldContinueAsNew() || tearingDown) reconcile();
-      if (readyCount() >= desired) {
-        everReady = true;
-        degraded = false;
-      }
-      await report();
-      if (tearingDown && instances.size === 0 && inFlight === 0) break;
-      if (shouldContinueAsNew() && inFlight === 0 && !tearingDown) {
-        await condition(allHandlersFinished);
-        const next: Carried = {
-          instances: [...instances.values()],
-          nextOrdinal,
-          replacements,
-          consecutiveFailures,
-          everReady,
-          degraded,
-          failedRounds,
-          message,
-          tearingDown,
-        };
-        await continueAsNew<typeof ServiceWorkflow>({ ...input, desired, carried: next });
-      }
-      if (!dirty) await condition(() => dirty, nextWake());
-    }
-  } catch (err) {
-    if (!isCancellation(err)) throw err;
-    // Cancelled (the cluster workflow closed, or an operator cancelled): leave nothing behind.
-    tearingDown = true;
-    await CancellationScope.nonCancellable(async () => {
-      while (instances.size > 0 || inFlight > 0) {
-        dirty = false;
-        reconcile();
-        await condition(() => dirty);
-      }
-    });
   }
-  return view();
+
+  /** Under `keep`, a FAILED service starts a new round of attempts after a growing pause. */
+  private keepPolicy(): void {
+    if (this.s.tearingDown || this.state() !== 'FAILED' || this.input.failurePolicy !== 'keep') return;
+    if (this.s.failedUntil === 0) this.s.failedUntil = Date.now() + keepRetryBackoffMs(this.s.failedRounds++);
+    else if (Date.now() >= this.s.failedUntil) {
+      this.s.failedUntil = 0;
+      this.s.consecutiveFailures = 0;
+    }
+  }
+
+  private shouldContinueAsNew(): boolean {
+    return workflowInfo().continueAsNewSuggested || workflowInfo().historyLength > this.historyLimit;
+  }
+
+  private carried(): ServiceCarried {
+    const { nextOrdinal, replacements, consecutiveFailures, everReady, degraded, failedRounds, message, tearingDown } = this.s;
+    return { instances: [...this.instances.values()], nextOrdinal, replacements, consecutiveFailures, everReady, degraded, failedRounds, message, tearingDown };
+  }
+
+  async run(): Promise<ServiceStatus> {
+    const { s } = this;
+    try {
+      for (;;) {
+        s.dirty = false;
+        this.keepPolicy();
+        if (!this.shouldContinueAsNew() || s.tearingDown) this.reconcile();
+        if (this.readyCount() >= s.desired) {
+          s.everReady = true;
+          s.degraded = false;
+        }
+        await this.report();
+        if (s.tearingDown && this.instances.size === 0 && s.inFlight === 0) break;
+        if (this.shouldContinueAsNew() && s.inFlight === 0 && !s.tearingDown) {
+          await condition(allHandlersFinished);
+          await continueAsNew<typeof ServiceWorkflow>({ ...this.input, desired: s.desired, carried: this.carried() });
+        }
+        if (!s.dirty) await condition(() => s.dirty, nextWakeMs(Date.now(), s.nextHealthCheck, this.instances.values(), s.failedUntil));
+      }
+    } catch (err) {
+      if (!isCancellation(err)) throw err;
+      // Cancelled (the cluster workflow closed, or an operator cancelled): leave nothing behind.
+      s.tearingDown = true;
+      await CancellationScope.nonCancellable(async () => {
+        while (this.instances.size > 0 || s.inFlight > 0) {
+          s.dirty = false;
+          this.reconcile();
+          await condition(() => s.dirty);
+        }
+      });
+    }
+    return this.view();
+  }
 }
 
-function chunks<T>(items: T[], size: number): T[][] {
-  const out: T[][] = [];
-  for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size));
-  return out;
+export async function ServiceWorkflow(input: ServiceInput): Promise<ServiceStatus> {
+  return new ServiceRun(input).run();
 }
 
 function isPermanent(err: unknown): boolean {

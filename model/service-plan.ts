@@ -1,0 +1,120 @@
+/**
+ * The decisions of a service workflow as pure functions: which instances are overdue, what to
+ * terminate and create to reach the desired count, which instances a health check asks
+ * about, what state the service is in, and when the workflow must wake next. The workflow
+ * (workflows/service.ts) holds the state and runs the activities; these decide.
+ */
+import type { InstanceState, ServiceState } from './status.js';
+
+/** cloudgate's id of an instance, also its idempotency key in every cloud: `<clusterId>-<service>-<ordinal>`. */
+export const instanceId = (clusterId: string, service: string, ordinal: number): string => `${clusterId}-${service}-${ordinal}`;
+
+/** One instance as a service workflow keeps it. */
+export interface InstanceRecord {
+  id: string;
+  ordinal: number;
+  state: InstanceState;
+  cloudInstanceId?: string;
+  createdAt?: string;
+  readyAt?: string;
+  /** Workflow-clock ms by which the guest must have phoned home. */
+  deadline?: number;
+  message?: string;
+}
+
+/** Failures in a row (no instance becoming ready in between) before the service is FAILED. */
+export const MAX_CONSECUTIVE_FAILURES = 5;
+
+/** Backoff after a service failed under the `keep` policy before it tries again, by round. */
+export const KEEP_RETRY_BACKOFF_MS = [30_000, 60_000, 120_000, 300_000, 600_000];
+
+/** The pause before the next round of attempts of a FAILED service under `keep` (round counts from 0). */
+export const keepRetryBackoffMs = (round: number, table: readonly number[] = KEEP_RETRY_BACKOFF_MS): number =>
+  table[Math.min(round, table.length - 1)];
+
+/** Instances not failed and not on their way out: the ones that count towards the desired number. */
+export const liveInstances = (instances: Iterable<InstanceRecord>): InstanceRecord[] =>
+  [...instances].filter((i) => i.state !== 'FAILED' && i.state !== 'TERMINATING');
+
+/** How many instances are in one of `states`. */
+export const countIn = (instances: Iterable<InstanceRecord>, ...states: InstanceState[]): number =>
+  [...instances].filter((i) => states.includes(i.state)).length;
+
+/** Booted guests whose readiness deadline has passed without a report. */
+export const overdueInstances = (instances: Iterable<InstanceRecord>, now: number): InstanceRecord[] =>
+  [...instances].filter((i) => (i.state === 'BOOTING' || i.state === 'RUNNING') && i.deadline !== undefined && i.deadline <= now);
+
+/** What the counts of a service say about it. */
+export interface ServiceCounts {
+  desired: number;
+  ready: number;
+  /** Instances the workflow still holds (any state). */
+  held: number;
+  /** Cloud activities still running. */
+  inFlight: number;
+  consecutiveFailures: number;
+  tearingDown: boolean;
+  /** Lost ready instances since it was last fully ready. */
+  degraded: boolean;
+}
+
+/**
+ * A service's state: TERMINATING until nothing is held or in flight after a teardown; FAILED
+ * once {@link MAX_CONSECUTIVE_FAILURES} failures came in a row; READY with the desired number
+ * ready; DEGRADED after losing ready instances; DEPLOYING otherwise (including scaling up).
+ */
+export function serviceState(c: ServiceCounts): ServiceState {
+  if (c.tearingDown) return c.held === 0 && c.inFlight === 0 ? 'TERMINATED' : 'TERMINATING';
+  if (c.consecutiveFailures >= MAX_CONSECUTIVE_FAILURES) return 'FAILED';
+  if (c.ready >= c.desired) return 'READY';
+  return c.degraded ? 'DEGRADED' : 'DEPLOYING';
+}
+
+/** How to get from the live instances to the desired number. */
+export interface ScalePlan {
+  /** Instances to terminate (scale down). */
+  terminate: InstanceRecord[];
+  /** Ordinals of the instances to create (scale up). */
+  create: number[];
+}
+
+/**
+ * Scale down by dropping instances that are not ready first, then the newest (never one whose
+ * create is still in flight); scale up with fresh ordinals from `nextOrdinal`, unless the
+ * service is FAILED (it waits for its next round).
+ */
+export function scalePlan(live: InstanceRecord[], desired: number, nextOrdinal: number, failed: boolean): ScalePlan {
+  if (live.length > desired) {
+    const terminate = live
+      .filter((i) => i.state !== 'CREATING')
+      .sort((a, b) => Number(a.state === 'READY') - Number(b.state === 'READY') || b.ordinal - a.ordinal)
+      .slice(0, live.length - desired);
+    return { terminate, create: [] };
+  }
+  if (live.length < desired && !failed) {
+    return { terminate: [], create: Array.from({ length: desired - live.length }, (_, n) => nextOrdinal + n) };
+  }
+  return { terminate: [], create: [] };
+}
+
+/** Instances a health check asks the cloud about: those the cloud has accepted and that are not going away. */
+export const healthCheckTargets = (instances: Iterable<InstanceRecord>): InstanceRecord[] =>
+  [...instances].filter((i) => i.cloudInstanceId && (i.state === 'BOOTING' || i.state === 'RUNNING' || i.state === 'READY'));
+
+/**
+ * Milliseconds until the workflow must look again: the next health check, the earliest
+ * readiness deadline, or the end of a keep-policy backoff, whichever comes first (at least 1 s).
+ */
+export function nextWakeMs(now: number, nextHealthCheck: number, instances: Iterable<InstanceRecord>, retryAt: number): number {
+  let wake = nextHealthCheck;
+  for (const i of instances) if (i.deadline !== undefined && i.deadline < wake) wake = i.deadline;
+  if (retryAt > now && retryAt < wake) wake = retryAt;
+  return Math.max(1000, wake - now + 1);
+}
+
+/** `items` in runs of at most `size`. */
+export function chunks<T>(items: T[], size: number): T[][] {
+  const out: T[][] = [];
+  for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size));
+  return out;
+}

@@ -1,0 +1,110 @@
+/** The service workflow's decisions (model/service-plan.ts), as pure functions. */
+import { describe, expect, it } from '@jest/globals';
+import {
+  chunks,
+  healthCheckTargets,
+  instanceId,
+  keepRetryBackoffMs,
+  liveInstances,
+  MAX_CONSECUTIVE_FAILURES,
+  nextWakeMs,
+  overdueInstances,
+  scalePlan,
+  serviceState,
+  type InstanceRecord,
+  type ServiceCounts,
+} from '../model/service-plan.js';
+import type { InstanceState } from '../model/status.js';
+
+const inst = (ordinal: number, state: InstanceState, extra: Partial<InstanceRecord> = {}): InstanceRecord => ({
+  id: instanceId('c1', 'workers', ordinal),
+  ordinal,
+  state,
+  ...extra,
+});
+
+describe('instanceId', () => {
+  it('is <clusterId>-<service>-<ordinal>, the idempotency key every cloud finds the instance by', () => {
+    expect(instanceId('t3-abc123', 'workers', 17)).toBe('t3-abc123-workers-17');
+  });
+});
+
+describe('serviceState', () => {
+  const base: ServiceCounts = { desired: 3, ready: 0, held: 3, inFlight: 0, consecutiveFailures: 0, tearingDown: false, degraded: false };
+  it.each([
+    ['DEPLOYING while fewer than desired are ready', {}, 'DEPLOYING'],
+    ['READY with the desired number ready', { ready: 3 }, 'READY'],
+    ['READY above the desired number (scaling down)', { ready: 4, desired: 3 }, 'READY'],
+    ['DEGRADED after losing ready instances', { ready: 2, degraded: true }, 'DEGRADED'],
+    ['FAILED after the failure budget', { consecutiveFailures: MAX_CONSECUTIVE_FAILURES }, 'FAILED'],
+    ['FAILED wins over READY counts', { ready: 3, consecutiveFailures: MAX_CONSECUTIVE_FAILURES }, 'FAILED'],
+    ['TERMINATING while instances are held', { tearingDown: true }, 'TERMINATING'],
+    ['TERMINATING while an activity is in flight', { tearingDown: true, held: 0, inFlight: 1 }, 'TERMINATING'],
+    ['TERMINATED when nothing is held or in flight', { tearingDown: true, held: 0 }, 'TERMINATED'],
+  ] as const)('%s', (_what, counts, state) => {
+    expect(serviceState({ ...base, ...counts })).toBe(state);
+  });
+});
+
+describe('scalePlan', () => {
+  it('creates the missing instances with fresh ordinals', () => {
+    expect(scalePlan([inst(0, 'READY')], 3, 5, false)).toEqual({ terminate: [], create: [5, 6] });
+  });
+  it('creates nothing while the service is FAILED (it waits for its next round)', () => {
+    expect(scalePlan([inst(0, 'READY')], 3, 5, true)).toEqual({ terminate: [], create: [] });
+  });
+  it('scales down not-ready instances first, then the newest, never one still being created', () => {
+    const live = [inst(0, 'READY'), inst(1, 'READY'), inst(2, 'BOOTING'), inst(3, 'READY'), inst(4, 'CREATING')];
+    expect(scalePlan(live, 2, 5, false).terminate.map((i) => i.ordinal)).toEqual([2, 3, 1]);
+    expect(scalePlan(live, 4, 5, false).terminate.map((i) => i.ordinal)).toEqual([2]);
+  });
+  it('scales down even when FAILED, and does nothing at the desired number', () => {
+    expect(scalePlan([inst(0, 'READY'), inst(1, 'READY')], 1, 2, true).terminate.map((i) => i.ordinal)).toEqual([1]);
+    expect(scalePlan([inst(0, 'READY')], 1, 1, false)).toEqual({ terminate: [], create: [] });
+  });
+});
+
+describe('instance selections', () => {
+  const all = [
+    inst(0, 'CREATING'),
+    inst(1, 'BOOTING', { cloudInstanceId: 'i-1', deadline: 1000 }),
+    inst(2, 'RUNNING', { cloudInstanceId: 'i-2', deadline: 5000 }),
+    inst(3, 'READY', { cloudInstanceId: 'i-3' }),
+    inst(4, 'FAILED', { cloudInstanceId: 'i-4' }),
+    inst(5, 'TERMINATING', { cloudInstanceId: 'i-5' }),
+  ];
+  it('live: everything not failed or leaving', () => {
+    expect(liveInstances(all).map((i) => i.ordinal)).toEqual([0, 1, 2, 3]);
+  });
+  it('overdue: booted guests past their deadline, at the deadline included', () => {
+    expect(overdueInstances(all, 999)).toEqual([]);
+    expect(overdueInstances(all, 1000).map((i) => i.ordinal)).toEqual([1]);
+    expect(overdueInstances(all, 9999).map((i) => i.ordinal)).toEqual([1, 2]);
+  });
+  it('health check: instances the cloud accepted and that are staying', () => {
+    expect(healthCheckTargets(all).map((i) => i.ordinal)).toEqual([1, 2, 3]);
+  });
+});
+
+describe('nextWakeMs', () => {
+  const now = 10_000;
+  it('wakes for the health check, an earlier deadline, or the end of a keep-policy backoff', () => {
+    expect(nextWakeMs(now, now + 30_000, [], 0)).toBe(30_001);
+    expect(nextWakeMs(now, now + 30_000, [inst(1, 'BOOTING', { deadline: now + 5_000 })], 0)).toBe(5_001);
+    expect(nextWakeMs(now, now + 30_000, [], now + 2_000)).toBe(2_001);
+    expect(nextWakeMs(now, now + 30_000, [], now - 1)).toBe(30_001); // a backoff already over does not count
+  });
+  it('never sooner than a second', () => {
+    expect(nextWakeMs(now, now - 5_000, [], 0)).toBe(1000);
+  });
+});
+
+describe('keepRetryBackoffMs and chunks', () => {
+  it('grows per failed round and stays at the last step', () => {
+    expect([0, 1, 2, 3, 4, 5, 9].map((r) => keepRetryBackoffMs(r))).toEqual([30_000, 60_000, 120_000, 300_000, 600_000, 600_000, 600_000]);
+  });
+  it('splits into runs of at most n', () => {
+    expect(chunks([1, 2, 3, 4, 5], 2)).toEqual([[1, 2], [3, 4], [5]]);
+    expect(chunks([], 3)).toEqual([]);
+  });
+});
