@@ -273,6 +273,7 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
           ready: s.ready,
           replacements: s.replacements,
           ...(s.message !== undefined && { message: s.message }),
+          ...(s.retryingAt !== undefined && { retryingAt: s.retryingAt }),
           instances: [],
         };
         if (!s.workflowId) return fallback;

@@ -110,6 +110,7 @@ export const ServiceStatusSchema = z.object({
   ready: z.number().int(),
   replacements: z.number().int(),
   message: z.string().optional(),
+  retryingAt: z.string().optional().describe('A FAILED service under failurePolicy keep: when its next round of attempts starts'),
   instances: z.array(InstanceStatusSchema),
 });
 

@@ -56,16 +56,20 @@ export interface ServiceCounts {
   tearingDown: boolean;
   /** Lost ready instances since it was last fully ready. */
   degraded: boolean;
+  /** The failure budget was used up and nothing became ready since (latched; backing off or retrying). */
+  failing?: boolean;
 }
 
 /**
  * A service's state: TERMINATING until nothing is held or in flight after a teardown; FAILED
- * once {@link MAX_CONSECUTIVE_FAILURES} failures came in a row; READY with the desired number
- * ready; DEGRADED after losing ready instances; DEPLOYING otherwise (including scaling up).
+ * once {@link MAX_CONSECUTIVE_FAILURES} failures came in a row, and (`failing`) until an
+ * instance becomes ready again, through every backoff and retry of the `keep` policy; READY
+ * with the desired number ready; DEGRADED after losing ready instances; DEPLOYING otherwise
+ * (including scaling up).
  */
 export function serviceState(c: ServiceCounts): ServiceState {
   if (c.tearingDown) return c.held === 0 && c.inFlight === 0 ? 'TERMINATED' : 'TERMINATING';
-  if (c.consecutiveFailures >= MAX_CONSECUTIVE_FAILURES) return 'FAILED';
+  if (c.failing || c.consecutiveFailures >= MAX_CONSECUTIVE_FAILURES) return 'FAILED';
   if (c.ready >= c.desired) return 'READY';
   return c.degraded ? 'DEGRADED' : 'DEPLOYING';
 }

@@ -37,6 +37,8 @@ export interface ServiceStatus {
   /** Instances replaced so far, and the latest reason. */
   replacements: number;
   message?: string;
+  /** A FAILED service under `keep` waiting for its next round of attempts: when that round starts (ISO). */
+  retryingAt?: string;
   instances: InstanceStatus[];
 }
 

@@ -38,6 +38,8 @@ describe('serviceState', () => {
     ['DEGRADED after losing ready instances', { ready: 2, degraded: true }, 'DEGRADED'],
     ['FAILED after the failure budget', { consecutiveFailures: MAX_CONSECUTIVE_FAILURES }, 'FAILED'],
     ['FAILED wins over READY counts', { ready: 3, consecutiveFailures: MAX_CONSECUTIVE_FAILURES }, 'FAILED'],
+    ['FAILED while failing (latched), even with the budget reset for a new round', { failing: true }, 'FAILED'],
+    ['TERMINATING wins over failing', { failing: true, tearingDown: true }, 'TERMINATING'],
     ['TERMINATING while instances are held', { tearingDown: true }, 'TERMINATING'],
     ['TERMINATING while an activity is in flight', { tearingDown: true, held: 0, inFlight: 1 }, 'TERMINATING'],
     ['TERMINATED when nothing is held or in flight', { tearingDown: true, held: 0 }, 'TERMINATED'],

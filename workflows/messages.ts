@@ -40,6 +40,8 @@ export interface ClusterInput {
 export interface WorkflowTuning {
   /** A service workflow continues-as-new once its history has this many events (default 4,000). */
   serviceHistoryLimit?: number;
+  /** Pauses between rounds of attempts of a FAILED service under `keep` (default KEEP_RETRY_BACKOFF_MS). */
+  keepRetryBackoffMs?: number[];
 }
 
 /** What the cluster workflow knows of each service (children report transitions). */
@@ -50,6 +52,8 @@ export interface ServiceSummary {
   ready: number;
   replacements: number;
   message?: string;
+  /** FAILED under `keep`: when the next round of attempts starts (ISO). */
+  retryingAt?: string;
   /** Set once the service's workflow has been started. */
   workflowId?: string;
 }
@@ -112,6 +116,11 @@ export interface ServiceCarried {
   failedRounds: number;
   message?: string;
   tearingDown: boolean;
+  /**
+   * The failure budget was used up and no instance has become ready since: the service is
+   * FAILED, whether it is backing off or trying again (absent in runs before this existed).
+   */
+  failing?: boolean;
 }
 
 export const serviceStatusQuery = defineQuery<ServiceStatus>('serviceStatus');

@@ -17,6 +17,7 @@ import {
   getExternalWorkflowHandle,
   isCancellation,
   log,
+  patched,
   proxyActivities,
   setCurrentDetails,
   setHandler,
@@ -63,6 +64,9 @@ const HEALTH_CHECK_MAX_MS = 30_000;
 /** Continue-as-new well before Temporal's 51,200-event limit and our own 10,240 target. */
 const CONTINUE_AS_NEW_EVENTS = 4_000;
 
+/** The `patched()` id of honest FAILED states (see {@link ServiceRun.honestFailure}). */
+const HONEST_FAILURE_PATCH = 'service-failed-until-ready';
+
 /** Cloud error kinds (clouds/contract.ts) and activity failures no retry will mend. */
 const PERMANENT = ['InvalidCredentials', 'QuotaExceeded', 'InvalidOffering', 'InvalidRequest', 'UnreadableAnswer', 'ContextUnavailable'];
 
@@ -105,6 +109,12 @@ class ServiceRun {
   private readonly repositories: string[];
   private readonly healthCheckMs: number;
   private readonly historyLimit: number;
+  /**
+   * A service that used up its failure budget stays FAILED until an instance becomes ready
+   * (through every backoff and retry), with `retryingAt` while it waits. Runs started before
+   * this existed keep flipping back to DEPLOYING for each new round, as their histories say.
+   */
+  private readonly honestFailure: boolean;
 
   constructor(private readonly input: ServiceInput) {
     const carried = input.carried;
@@ -114,6 +124,7 @@ class ServiceRun {
     // Often enough that a vanished guest is noticed before its readiness timeout would.
     this.healthCheckMs = Math.min(HEALTH_CHECK_MAX_MS, (input.service.readinessTimeoutSeconds * 1000) / 2);
     this.historyLimit = input.tuning?.serviceHistoryLimit ?? CONTINUE_AS_NEW_EVENTS;
+    this.honestFailure = patched(HONEST_FAILURE_PATCH);
     this.s = {
       instances: [],
       nextOrdinal: carried?.nextOrdinal ?? 0,
@@ -124,6 +135,7 @@ class ServiceRun {
       failedRounds: carried?.failedRounds ?? 0,
       message: carried?.message,
       tearingDown: carried?.tearingDown ?? false,
+      failing: carried?.failing ?? false,
       desired: input.desired,
       inFlight: 0,
       dirty: true,
@@ -154,7 +166,14 @@ class ServiceRun {
 
   state(): ServiceState {
     const { desired, inFlight, consecutiveFailures, tearingDown, degraded } = this.s;
-    return serviceState({ desired, ready: this.readyCount(), held: this.instances.size, inFlight, consecutiveFailures, tearingDown, degraded });
+    const failing = this.honestFailure && this.s.failing === true;
+    return serviceState({ desired, ready: this.readyCount(), held: this.instances.size, inFlight, consecutiveFailures, tearingDown, degraded, failing });
+  }
+
+  /** When a FAILED service under `keep` starts its next round of attempts (ISO), while it waits for it. */
+  private retryingAt(): string | undefined {
+    const { failedUntil, consecutiveFailures } = this.s;
+    return this.honestFailure && failedUntil > 0 && consecutiveFailures >= MAX_CONSECUTIVE_FAILURES ? new Date(failedUntil).toISOString() : undefined;
   }
 
   view(): ServiceStatus {
@@ -166,6 +185,7 @@ class ServiceRun {
       ready: this.readyCount(),
       replacements: this.s.replacements,
       message: this.s.message,
+      ...(this.retryingAt() && { retryingAt: this.retryingAt() }),
       instances: [...this.instances.values()]
         .sort((a, b) => a.ordinal - b.ordinal)
         .map(
@@ -196,6 +216,7 @@ class ServiceRun {
         inst.message = undefined;
         this.s.consecutiveFailures = 0;
         this.s.failedRounds = 0;
+        this.s.failing = false;
       } else {
         this.fail(inst, verdict.reason);
       }
@@ -321,7 +342,9 @@ class ServiceRun {
     for (const inst of failed) inst.state = 'TERMINATING';
     for (const batch of chunks(failed, CLOUD_BATCH)) this.terminate(batch, batch.length === 1 ? `replace it (${batch[0].message})` : 'replace failed instances');
 
-    const plan = scalePlan(liveInstances(all()), this.s.desired, this.s.nextOrdinal, this.state() === 'FAILED');
+    // No new instances while the failure budget is used up (a keep-policy backoff, or a rollback to come).
+    const holdCreates = this.honestFailure ? this.s.consecutiveFailures >= MAX_CONSECUTIVE_FAILURES : this.state() === 'FAILED';
+    const plan = scalePlan(liveInstances(all()), this.s.desired, this.s.nextOrdinal, holdCreates);
     for (const inst of plan.terminate) inst.state = 'TERMINATING';
     for (const batch of chunks(plan.terminate, CLOUD_BATCH)) this.terminate(batch, `scale down to ${this.s.desired}`);
     const fresh = plan.create.map((ordinal): InstanceRecord => ({ id: instanceId(this.input.clusterId, this.name, ordinal), ordinal, state: 'CREATING' }));
@@ -340,15 +363,17 @@ class ServiceRun {
     const state = this.state();
     const ready = this.readyCount();
     const { desired, replacements, message } = this.s;
-    const key = `${state}|${ready >= this.input.service.min}|${desired}|${state === 'FAILED' ? message : ''}`;
+    const retryingAt = this.retryingAt();
+    const key = `${state}|${ready >= this.input.service.min}|${desired}|${state === 'FAILED' ? message : ''}${this.honestFailure ? `|${retryingAt ?? ''}` : ''}`;
     if (key === this.s.lastReport) return;
     this.s.lastReport = key;
     if (state !== this.s.reportedState) {
       this.s.reportedState = state;
       upsertSearchAttributes([{ key: SA_STATE, value: state }]);
     }
-    setCurrentDetails(`**${this.name}**: ${state}, ${ready}/${desired} ready, ${replacements} replaced${message ? `\n\nlast problem: ${message}` : ''}`);
-    const summary: Omit<ServiceSummary, 'workflowId'> = { name: this.name, state, desired, ready, replacements, message };
+    const retrying = retryingAt ? `, next attempt at ${retryingAt}` : '';
+    setCurrentDetails(`**${this.name}**: ${state}${retrying}, ${ready}/${desired} ready, ${replacements} replaced${message ? `\n\nlast problem: ${message}` : ''}`);
+    const summary: Omit<ServiceSummary, 'workflowId'> = { name: this.name, state, desired, ready, replacements, message, ...(retryingAt && { retryingAt }) };
     try {
       await getExternalWorkflowHandle(this.input.parentWorkflowId).signal(serviceReportSignal, summary);
     } catch (err) {
@@ -358,8 +383,11 @@ class ServiceRun {
 
   /** Under `keep`, a FAILED service starts a new round of attempts after a growing pause. */
   private keepPolicy(): void {
-    if (this.s.tearingDown || this.state() !== 'FAILED' || this.input.failurePolicy !== 'keep') return;
-    if (this.s.failedUntil === 0) this.s.failedUntil = Date.now() + keepRetryBackoffMs(this.s.failedRounds++);
+    const budgetUsed = this.s.consecutiveFailures >= MAX_CONSECUTIVE_FAILURES;
+    if (this.honestFailure && budgetUsed && !this.s.tearingDown) this.s.failing = true;
+    if (this.s.tearingDown || this.input.failurePolicy !== 'keep') return;
+    if (this.honestFailure ? !budgetUsed : this.state() !== 'FAILED') return;
+    if (this.s.failedUntil === 0) this.s.failedUntil = Date.now() + keepRetryBackoffMs(this.s.failedRounds++, this.input.tuning?.keepRetryBackoffMs);
     else if (Date.now() >= this.s.failedUntil) {
       this.s.failedUntil = 0;
       this.s.consecutiveFailures = 0;
@@ -371,8 +399,8 @@ class ServiceRun {
   }
 
   private carried(): ServiceCarried {
-    const { nextOrdinal, replacements, consecutiveFailures, everReady, degraded, failedRounds, message, tearingDown } = this.s;
-    return { instances: [...this.instances.values()], nextOrdinal, replacements, consecutiveFailures, everReady, degraded, failedRounds, message, tearingDown };
+    const { nextOrdinal, replacements, consecutiveFailures, everReady, degraded, failedRounds, message, tearingDown, failing } = this.s;
+    return { instances: [...this.instances.values()], nextOrdinal, replacements, consecutiveFailures, everReady, degraded, failedRounds, message, tearingDown, failing };
   }
 
   async run(): Promise<ServiceStatus> {
@@ -385,6 +413,12 @@ class ServiceRun {
         if (this.readyCount() >= s.desired) {
           s.everReady = true;
           s.degraded = false;
+          if (this.honestFailure && s.failing) {
+            // Scaled down to what is ready: nothing is failing any more.
+            s.failing = false;
+            s.consecutiveFailures = 0;
+            s.failedUntil = 0;
+          }
         }
         await this.report();
         if (s.tearingDown && this.instances.size === 0 && s.inFlight === 0) break;
