@@ -116,6 +116,27 @@ export function nextWakeMs(now: number, nextHealthCheck: number, instances: Iter
   return Math.max(1000, wake - now + 1);
 }
 
+/** The longest pause between health checks of a steady READY service. */
+export const HEALTH_CHECK_STEADY_MAX_MS = 10 * 60_000;
+
+/**
+ * The pause before the next health check: the base interval while anything is in motion; for
+ * a READY service whose last check found every instance in place, twice the last pause, up
+ * to {@link HEALTH_CHECK_STEADY_MAX_MS} (a steady service is quiet in its history).
+ */
+export function nextHealthCheckMs(base: number, last: number, steady: boolean, max = HEALTH_CHECK_STEADY_MAX_MS): number {
+  return steady ? Math.max(base, Math.min(max, last * 2)) : base;
+}
+
+/** What the workflow waits for when it sleeps `ms` (timer summaries in the Temporal UI). */
+export function wakeReason(now: number, nextHealthCheck: number, instances: Iterable<InstanceRecord>, retryAt: number): string {
+  const ms = nextWakeMs(now, nextHealthCheck, instances, retryAt);
+  const at = now + ms - 1;
+  if (retryAt > now && retryAt <= at) return `next round of attempts in ${Math.round(ms / 1000)} s`;
+  if (nextHealthCheck <= at) return `next health check in ${Math.round(ms / 1000)} s`;
+  return `readiness deadline in ${Math.round(ms / 1000)} s`;
+}
+
 /** `items` in runs of at most `size`. */
 export function chunks<T>(items: T[], size: number): T[][] {
   const out: T[][] = [];

@@ -7,10 +7,13 @@ import {
   keepRetryBackoffMs,
   liveInstances,
   MAX_CONSECUTIVE_FAILURES,
+  HEALTH_CHECK_STEADY_MAX_MS,
+  nextHealthCheckMs,
   nextWakeMs,
   overdueInstances,
   scalePlan,
   serviceState,
+  wakeReason,
   type InstanceRecord,
   type ServiceCounts,
 } from '../model/service-plan.js';
@@ -108,5 +111,27 @@ describe('keepRetryBackoffMs and chunks', () => {
   it('splits into runs of at most n', () => {
     expect(chunks([1, 2, 3, 4, 5], 2)).toEqual([[1, 2], [3, 4], [5]]);
     expect(chunks([], 3)).toEqual([]);
+  });
+});
+
+describe('health checks of a steady service', () => {
+  it('double the pause while steady, up to the maximum, and go back to the base interval on any change', () => {
+    const pauses: number[] = [];
+    let last = 15_000;
+    for (let n = 0; n < 8; n++) pauses.push((last = nextHealthCheckMs(15_000, last, true)));
+    expect(pauses).toEqual([30_000, 60_000, 120_000, 240_000, 480_000, HEALTH_CHECK_STEADY_MAX_MS, HEALTH_CHECK_STEADY_MAX_MS, HEALTH_CHECK_STEADY_MAX_MS]);
+    expect(nextHealthCheckMs(15_000, HEALTH_CHECK_STEADY_MAX_MS, false)).toBe(15_000);
+  });
+  it('never pause less than the base interval', () => {
+    expect(nextHealthCheckMs(15_000, 1_000, true)).toBe(15_000);
+  });
+});
+
+describe('wakeReason', () => {
+  const now = 10_000;
+  it('names what the workflow sleeps for, for the timer summary in the UI', () => {
+    expect(wakeReason(now, now + 30_000, [], 0)).toBe('next health check in 30 s');
+    expect(wakeReason(now, now + 30_000, [inst(1, 'BOOTING', { deadline: now + 5_000 })], 0)).toBe('readiness deadline in 5 s');
+    expect(wakeReason(now, now + 30_000, [], now + 2_000)).toBe('next round of attempts in 2 s');
   });
 });

@@ -1,6 +1,7 @@
 /**
  * The service workflow under harder conditions: a cloud that throttles create calls, and
- * histories long enough to continue-as-new (with a lowered limit, so the test stays short).
+ * histories long enough to continue-as-new (with a lowered limit, so the test stays short);
+ * and a steady service, whose history must grow slowly.
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import {
@@ -15,6 +16,7 @@ import {
 } from '../workflows/messages.js';
 import { ClusterDefinitionSchema } from '../model/definition.js';
 import { deploy, startStack, threeTier, waitFor, waitForState, type Stack } from './harness.js';
+import { historyText } from './history-text.js';
 
 let stack: Stack;
 beforeAll(async () => {
@@ -65,4 +67,21 @@ describe('service workflow', () => {
     expect(final.state).toBe('TERMINATED');
     expect(stack.worker!.sim!.count({ cluster: clusterId })).toBe(0);
   });
+
+  it('goes quiet once steady: health checks back off, and its timers say what they wait for', async () => {
+    // Readiness timeout 10 s: health checks start every 5 s (half of it) while anything moves.
+    const offering = { cpus: 1, memoryMiB: 1024, diskGiB: 10 };
+    const id = await deploy(stack, { name: 'quiet', services: [{ name: 'svc', image: 'cernvm', offering, min: 2, readinessTimeoutSeconds: 10 }] });
+    await waitForState(stack, id, 'READY', 60_000);
+    await new Promise((r) => setTimeout(r, 45_000));
+    const service = stack.client.workflow.getHandle(serviceWorkflowId(id, 'svc'));
+    const history = await service.fetchHistory();
+    const checks = (history.events ?? []).filter((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'describeInstances');
+    // A fixed 5 s interval makes 9 or more checks in 45 s; pauses of 5, 10, 20, 40 s make at most 5.
+    expect(checks.length).toBeGreaterThanOrEqual(2);
+    expect(checks.length).toBeLessThanOrEqual(5);
+    expect(historyText([{ workflowId: service.workflowId, history }])).toContain('next health check in');
+    await stack.http('DELETE', `/v1/clusters/${id}`);
+    await waitForState(stack, id, 'TERMINATED');
+  }, 120_000);
 });

@@ -34,10 +34,12 @@ import {
   keepRetryBackoffMs,
   liveInstances,
   MAX_CONSECUTIVE_FAILURES,
+  nextHealthCheckMs,
   nextWakeMs,
   overdueInstances,
   scalePlan,
   serviceState,
+  wakeReason,
   type InstanceRecord,
 } from '../model/service-plan.js';
 import type { InstanceStatus, ReadinessReport, ServiceState, ServiceStatus } from '../model/status.js';
@@ -66,6 +68,8 @@ const CONTINUE_AS_NEW_EVENTS = 4_000;
 
 /** The `patched()` id of honest FAILED states (see {@link ServiceRun.honestFailure}). */
 const HONEST_FAILURE_PATCH = 'service-failed-until-ready';
+/** The `patched()` id of health checks that back off while a service is steady. */
+const QUIET_HEALTH_CHECKS_PATCH = 'service-quiet-health-checks';
 
 /** Cloud error kinds (clouds/contract.ts) and activity failures no retry will mend. */
 const PERMANENT = ['InvalidCredentials', 'QuotaExceeded', 'InvalidOffering', 'InvalidRequest', 'UnreadableAnswer', 'ContextUnavailable'];
@@ -96,6 +100,10 @@ interface ServiceRunState extends ServiceCarried {
   /** Workflow-clock ms at which a FAILED service under `keep` tries again (0: not waiting). */
   failedUntil: number;
   nextHealthCheck: number;
+  /** The pause before the last scheduled health check (grows while the service is steady). */
+  healthCheckPauseMs: number;
+  /** The last health check found every instance where it should be. */
+  lastCheckClean: boolean;
   /** The last report sent to the cluster workflow (only changes are sent). */
   lastReport: string;
   /** The state last written to the search attribute. */
@@ -115,6 +123,8 @@ class ServiceRun {
    * this existed keep flipping back to DEPLOYING for each new round, as their histories say.
    */
   private readonly honestFailure: boolean;
+  /** Health checks back off while the service is steady (runs started before keep the fixed interval). */
+  private readonly quietHealthChecks: boolean;
 
   constructor(private readonly input: ServiceInput) {
     const carried = input.carried;
@@ -125,6 +135,7 @@ class ServiceRun {
     this.healthCheckMs = Math.min(HEALTH_CHECK_MAX_MS, (input.service.readinessTimeoutSeconds * 1000) / 2);
     this.historyLimit = input.tuning?.serviceHistoryLimit ?? CONTINUE_AS_NEW_EVENTS;
     this.honestFailure = patched(HONEST_FAILURE_PATCH);
+    this.quietHealthChecks = patched(QUIET_HEALTH_CHECKS_PATCH);
     this.s = {
       instances: [],
       nextOrdinal: carried?.nextOrdinal ?? 0,
@@ -141,12 +152,15 @@ class ServiceRun {
       dirty: true,
       failedUntil: 0,
       nextHealthCheck: Date.now() + this.healthCheckMs,
+      healthCheckPauseMs: this.healthCheckMs,
+      lastCheckClean: false,
       lastReport: '',
       reportedState: 'DEPLOYING',
     };
     setHandler(serviceStatusQuery, () => this.view());
     setHandler(setDesiredSignal, (n) => {
       this.s.desired = n;
+      this.s.lastCheckClean = false;
       this.s.dirty = true;
     });
     setHandler(serviceTeardownSignal, () => {
@@ -233,6 +247,7 @@ class ServiceRun {
     this.s.consecutiveFailures++;
     this.s.replacements++;
     if (this.s.everReady) this.s.degraded = true;
+    this.s.lastCheckClean = false;
     log.warn('instance failed; replacing it', { instance: inst.id, reason });
     this.s.dirty = true;
   }
@@ -311,6 +326,7 @@ class ServiceRun {
         ]);
       } catch (err) {
         log.warn('health check failed; will try again', { error: failureReason(err) });
+        this.s.lastCheckClean = false;
         return;
       }
       for (const d of described) {
@@ -353,8 +369,13 @@ class ServiceRun {
     for (const batch of chunks(fresh, CREATE_BATCH)) this.createBatch(batch);
 
     if (now >= this.s.nextHealthCheck) {
-      this.s.nextHealthCheck = now + this.healthCheckMs;
-      for (const batch of chunks(healthCheckTargets(all()), CLOUD_BATCH)) this.healthCheck(batch);
+      const steady = this.quietHealthChecks && this.s.lastCheckClean && this.state() === 'READY';
+      this.s.healthCheckPauseMs = nextHealthCheckMs(this.healthCheckMs, this.s.healthCheckPauseMs, steady);
+      this.s.nextHealthCheck = now + this.s.healthCheckPauseMs;
+      const targets = healthCheckTargets(all());
+      // Clean until a batch finds an instance gone or cannot ask (fail() and the error path clear it).
+      this.s.lastCheckClean = targets.length > 0;
+      for (const batch of chunks(targets, CLOUD_BATCH)) this.healthCheck(batch);
     }
   }
 
@@ -426,7 +447,11 @@ class ServiceRun {
           await condition(allHandlersFinished);
           await continueAsNew<typeof ServiceWorkflow>({ ...this.input, desired: s.desired, carried: this.carried() });
         }
-        if (!s.dirty) await condition(() => s.dirty, nextWakeMs(Date.now(), s.nextHealthCheck, this.instances.values(), s.failedUntil));
+        if (!s.dirty) {
+          const now = Date.now();
+          const wake = nextWakeMs(now, s.nextHealthCheck, this.instances.values(), s.failedUntil);
+          await condition(() => s.dirty, wake, { summary: wakeReason(now, s.nextHealthCheck, this.instances.values(), s.failedUntil) });
+        }
       }
     } catch (err) {
       if (!isCancellation(err)) throw err;
