@@ -8,6 +8,7 @@ import { CloudError, RETRYABLE_KINDS, type CloudAdapter, type InstanceSpec } fro
 import { signToken } from '../model/token.js';
 import { NO_CONTEXT, phoneHomeUrl, renderContextUserData, type PhoneHome } from '../model/user-data.js';
 import type { Context as CloudgateContext } from '../model/context.js';
+import { MAX_PUBLISHED_INSTANCES } from '../model/read-model.js';
 import { checkRepository, cvmfsFailureType, isRetryableCvmfsFailure } from './cvmfs.js';
 import type {
   CloudgateActivities,
@@ -17,6 +18,8 @@ import type {
   CreateInstancesInput,
   DescribedInstance,
   DescribeInstancesInput,
+  PublishClusterInput,
+  PublishServiceInput,
   SweepClusterInput,
   SweepResult,
   TerminateInstancesInput,
@@ -35,6 +38,8 @@ export interface ActivityDeps {
   contexts: ContextSource;
   /** The stratum-1 check: default servers and the oldest acceptable manifest. */
   cvmfs: { servers: string[]; maxAgeSeconds: number; timeoutMs?: number };
+  /** Where the workflows' published state goes for the API to read (the store). */
+  readModel: ReadModelSink;
 }
 
 /** The store's context reads the create activity needs. */
@@ -42,6 +47,18 @@ export interface ContextSource {
   getContext(id: string, version?: number): { context: CloudgateContext } | undefined;
   getContextSecrets(id: string, version: number): Record<string, string> | undefined;
 }
+
+/**
+ * The store's read-model writes. Each compares the publish's seq with the stored one and
+ * writes all or nothing in one transaction, so the publish activities are idempotent.
+ */
+export interface ReadModelSink {
+  publishCluster(input: PublishClusterInput): boolean;
+  publishService(input: PublishServiceInput): boolean;
+}
+
+/** Failure type of a service publish carrying more instances than {@link MAX_PUBLISHED_INSTANCES}: a workflow bug, not retried. */
+export const PUBLISH_TOO_LARGE = 'PublishTooLarge';
 
 /** Failure types of a context the create activity cannot render: retrying will not help. */
 export const CONTEXT_UNAVAILABLE = 'ContextUnavailable';
@@ -225,6 +242,27 @@ export function createActivities(deps: ActivityDeps): CloudgateActivities {
       throw isRetryableCvmfsFailure(check.reason)
         ? ApplicationFailure.create({ message: check.message, type, details: [details] })
         : ApplicationFailure.create({ message: check.message, type, nonRetryable: true, details: [details] });
+    },
+
+    /**
+     * Writes the cluster's state to the read model. Retries are safe: a publish whose seq the
+     * store already has (or has passed) changes nothing and returns false. Store errors (a
+     * busy database) are thrown as they are and retried by the activity's policy.
+     */
+    async publishCluster(input: PublishClusterInput): Promise<boolean> {
+      return deps.readModel.publishCluster(input);
+    },
+
+    /** Writes a service's summary and changed instances to the read model; idempotent like {@link publishCluster}. */
+    async publishService(input: PublishServiceInput): Promise<boolean> {
+      if (input.upserts.length > MAX_PUBLISHED_INSTANCES) {
+        // The same input would fail again; the workflow must split its changes over several publishes.
+        throw ApplicationFailure.nonRetryable(
+          `publish of ${input.clusterId}/${input.service} seq ${input.seq} carries ${input.upserts.length} instances, more than ${MAX_PUBLISHED_INSTANCES}`,
+          PUBLISH_TOO_LARGE,
+        );
+      }
+      return deps.readModel.publishService(input);
     },
 
     /** Terminates whatever still carries the cluster's tag, then checks that nothing does. */

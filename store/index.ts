@@ -13,6 +13,8 @@ import Database from 'better-sqlite3';
 import type { ClusterDefinition } from '../model/definition.js';
 import type { CloudOffering } from '../clouds/contract.js';
 import type { Context, PinnedContext } from '../model/context.js';
+import type { ClusterEvent, PublishClusterInput, PublishedInstance, PublishedService, PublishServiceInput } from '../model/read-model.js';
+import type { ClusterState, InstanceState } from '../model/status.js';
 import { loadSecretsKey, SECRETS_KEY_BYTES } from './secret.js';
 
 /** A stored cluster definition; `definition` is the parsed (defaults applied) schema output. */
@@ -109,6 +111,55 @@ export class DuplicateKeyError extends Error {
   }
 }
 
+/** What the cluster workflow last published ({@link Store.publishCluster}). */
+export interface ClusterViewRecord {
+  clusterId: string;
+  seq: number;
+  observedAt: string;
+  state: ClusterState;
+  message?: string;
+  /** The services as the cluster workflow knows them (from its services' reports). */
+  services: PublishedService[];
+}
+
+/** What one service workflow last published about itself ({@link Store.publishService}). */
+export interface ServiceViewRecord {
+  clusterId: string;
+  service: string;
+  seq: number;
+  observedAt: string;
+  summary: PublishedService;
+}
+
+/** One page of a list; `next` (opaque) is present only when more items follow. */
+export interface Page<T> {
+  items: T[];
+  next?: string;
+}
+
+/** Which instances {@link Store.listInstances} returns. */
+export interface InstanceQuery {
+  service?: string;
+  state?: InstanceState;
+  /** `next` of the previous page, made with the same query. */
+  cursor?: string;
+  limit: number;
+}
+
+/** Which events {@link Store.listEvents} returns. */
+export interface EventQuery {
+  cursor?: string;
+  limit: number;
+}
+
+/** Thrown by the list methods for a cursor they did not make (the API answers 422). */
+export class InvalidCursorError extends Error {
+  constructor(message = 'not a cursor this list made') {
+    super(message);
+    this.name = 'InvalidCursorError';
+  }
+}
+
 export interface Store {
   createDefinition(input: { name: string; definition: ClusterDefinition }): ClusterDefinitionRecord;
   getDefinition(id: string): ClusterDefinitionRecord | undefined;
@@ -165,6 +216,33 @@ export interface Store {
   /** Forgets a cloud the worker no longer has. */
   deleteCloud(name: string): boolean;
 
+  /**
+   * The read model. The workflows publish through activities; the API reads only these, so
+   * reads never wait for a worker. A publish is kept only if its `seq` is higher than the one
+   * stored for its cluster (cluster publishes) or its service (service publishes); otherwise
+   * nothing at all is written and the result is false. So a retried or late publish is
+   * harmless, and a publish and its events are written together or not at all.
+   */
+  publishCluster(input: PublishClusterInput): boolean;
+  /**
+   * Keeps the service's summary, inserts or replaces `upserts` and deletes `removed` (only
+   * among the service's own instances), appends `events`; all or nothing, under the same
+   * seq rule as {@link publishCluster}. Instances are stored under `input.service`.
+   */
+  publishService(input: PublishServiceInput): boolean;
+  /** The cluster workflow's last publish; undefined before its first. */
+  getClusterView(clusterId: string): ClusterViewRecord | undefined;
+  /** Each service's last own publish, by service name; empty before the first. */
+  getServiceViews(clusterId: string): ServiceViewRecord[];
+  /** Published instances ordered by service, then ordinal; filters combine with AND. Throws {@link InvalidCursorError}. */
+  listInstances(clusterId: string, query: InstanceQuery): Page<PublishedInstance>;
+  /**
+   * Events oldest first, in the order they were accepted (a log, read forward like the
+   * history it summarises; a page boundary never moves as new events arrive). Throws
+   * {@link InvalidCursorError}.
+   */
+  listEvents(clusterId: string, query: EventQuery): Page<ClusterEvent>;
+
   /** Cheap liveness check for health endpoints; throws if the database is unusable. */
   ping(): void;
   close(): void;
@@ -220,6 +298,50 @@ CREATE TABLE IF NOT EXISTS pairings (
   used_at     TEXT,
   FOREIGN KEY (context_id, version) REFERENCES context_versions(context_id, version)
 );
+-- The read model (publishCluster / publishService). No foreign keys to clusters: a publish
+-- must never fail (and be retried forever) because of a row the API owns.
+CREATE TABLE IF NOT EXISTS cluster_views (
+  cluster_id   TEXT PRIMARY KEY,
+  seq          INTEGER NOT NULL,
+  observed_at  TEXT NOT NULL,
+  state        TEXT NOT NULL,
+  message      TEXT,
+  services     TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS service_views (
+  cluster_id   TEXT NOT NULL,
+  service      TEXT NOT NULL,
+  seq          INTEGER NOT NULL,
+  observed_at  TEXT NOT NULL,
+  summary      TEXT NOT NULL,
+  PRIMARY KEY (cluster_id, service)
+);
+CREATE TABLE IF NOT EXISTS instances (
+  cluster_id         TEXT NOT NULL,
+  id                 TEXT NOT NULL,
+  service            TEXT NOT NULL,
+  ordinal            INTEGER NOT NULL,
+  name               TEXT NOT NULL,
+  state              TEXT NOT NULL,
+  cloud              TEXT NOT NULL,
+  cloud_instance_id  TEXT,
+  created_at         TEXT,
+  ready_at           TEXT,
+  message            TEXT,
+  PRIMARY KEY (cluster_id, id)
+);
+-- The listing order, and the keyset its cursors continue from.
+CREATE INDEX IF NOT EXISTS instances_by_service ON instances (cluster_id, service, ordinal);
+CREATE TABLE IF NOT EXISTS cluster_events (
+  id          INTEGER PRIMARY KEY AUTOINCREMENT,
+  cluster_id  TEXT NOT NULL,
+  at          TEXT NOT NULL,
+  kind        TEXT NOT NULL,
+  service     TEXT,
+  instance    TEXT,
+  message     TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS cluster_events_by_cluster ON cluster_events (cluster_id, id);
 `;
 
 interface DefinitionRow {
@@ -297,6 +419,121 @@ interface PairingRow {
   created_at: string;
   expires_at: string;
   used_at: string | null;
+}
+
+interface ClusterViewRow {
+  cluster_id: string;
+  seq: number;
+  observed_at: string;
+  state: string;
+  message: string | null;
+  services: string;
+}
+interface ServiceViewRow {
+  cluster_id: string;
+  service: string;
+  seq: number;
+  observed_at: string;
+  summary: string;
+}
+interface InstanceRow {
+  cluster_id: string;
+  id: string;
+  service: string;
+  ordinal: number;
+  name: string;
+  state: string;
+  cloud: string;
+  cloud_instance_id: string | null;
+  created_at: string | null;
+  ready_at: string | null;
+  message: string | null;
+}
+interface EventRow {
+  id: number;
+  cluster_id: string;
+  at: string;
+  kind: string;
+  service: string | null;
+  instance: string | null;
+  message: string;
+}
+
+const toClusterView = (r: ClusterViewRow): ClusterViewRecord => ({
+  clusterId: r.cluster_id,
+  seq: r.seq,
+  observedAt: r.observed_at,
+  state: r.state as ClusterState,
+  ...(r.message !== null && { message: r.message }),
+  services: JSON.parse(r.services) as PublishedService[],
+});
+
+const toServiceView = (r: ServiceViewRow): ServiceViewRecord => ({
+  clusterId: r.cluster_id,
+  service: r.service,
+  seq: r.seq,
+  observedAt: r.observed_at,
+  summary: JSON.parse(r.summary) as PublishedService,
+});
+
+const toInstance = (r: InstanceRow): PublishedInstance => ({
+  id: r.id,
+  name: r.name,
+  service: r.service,
+  ordinal: r.ordinal,
+  state: r.state as InstanceState,
+  cloud: r.cloud,
+  ...(r.cloud_instance_id !== null && { cloudInstanceId: r.cloud_instance_id }),
+  ...(r.created_at !== null && { createdAt: r.created_at }),
+  ...(r.ready_at !== null && { readyAt: r.ready_at }),
+  ...(r.message !== null && { message: r.message }),
+});
+
+const toEvent = (r: EventRow): ClusterEvent => ({
+  at: r.at,
+  kind: r.kind as ClusterEvent['kind'],
+  ...(r.service !== null && { service: r.service }),
+  ...(r.instance !== null && { instance: r.instance }),
+  message: r.message,
+});
+
+/**
+ * Cursors are the keyset of the last item returned, base64url JSON: opaque to clients, and
+ * stable under inserts (a page boundary does not shift when instances or events are added).
+ */
+const encodeCursor = (key: unknown[]): string => Buffer.from(JSON.stringify(key), 'utf8').toString('base64url');
+
+function decodeCursor(cursor: string): unknown[] {
+  try {
+    const key: unknown = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8'));
+    if (Array.isArray(key)) return key;
+  } catch {
+    // Falls through to the same error as a well-formed non-cursor.
+  }
+  throw new InvalidCursorError();
+}
+
+/** `[service, ordinal]` after which an instance page starts. */
+function instanceCursor(cursor: string): { service: string; ordinal: number } {
+  const [service, ordinal, ...rest] = decodeCursor(cursor);
+  if (typeof service !== 'string' || !Number.isSafeInteger(ordinal) || rest.length > 0) throw new InvalidCursorError();
+  return { service, ordinal: ordinal as number };
+}
+
+/** `[eventId]` after which an event page starts. */
+function eventCursor(cursor: string): number {
+  const [id, ...rest] = decodeCursor(cursor);
+  if (!Number.isSafeInteger(id) || rest.length > 0) throw new InvalidCursorError();
+  return id as number;
+}
+
+/** Reads one more row than asked, to know whether a `next` page exists without a count. */
+function pageOf<R, T>(rows: R[], limit: number, map: (r: R) => T, keyOf: (r: R) => unknown[]): Page<T> {
+  const items = rows.slice(0, limit);
+  return {
+    items: items.map(map),
+    ...(rows.length > limit && { next: encodeCursor(keyOf(items[items.length - 1])) }),
+  };
 }
 
 const SECRETS_FORMAT = 'v1:';
@@ -424,7 +661,97 @@ export function openSqliteStore(file: string, options: StoreOptions = {}): Store
     purgePairings: db.prepare('DELETE FROM pairings WHERE expires_at < ?'),
     getContextSecrets: db.prepare<[string, number], { secrets: string }>('SELECT secrets FROM context_versions WHERE context_id = ? AND version = ?'),
     ping: db.prepare('SELECT 1'),
+
+    clusterViewSeq: db.prepare<[string], { seq: number }>('SELECT seq FROM cluster_views WHERE cluster_id = ?'),
+    upsertClusterView: db.prepare(
+      `INSERT INTO cluster_views (cluster_id, seq, observed_at, state, message, services) VALUES (@clusterId, @seq, @observedAt, @state, @message, @services)
+       ON CONFLICT(cluster_id) DO UPDATE SET seq = excluded.seq, observed_at = excluded.observed_at, state = excluded.state,
+         message = excluded.message, services = excluded.services`,
+    ),
+    getClusterView: db.prepare<[string], ClusterViewRow>('SELECT * FROM cluster_views WHERE cluster_id = ?'),
+    serviceViewSeq: db.prepare<[string, string], { seq: number }>('SELECT seq FROM service_views WHERE cluster_id = ? AND service = ?'),
+    upsertServiceView: db.prepare(
+      `INSERT INTO service_views (cluster_id, service, seq, observed_at, summary) VALUES (@clusterId, @service, @seq, @observedAt, @summary)
+       ON CONFLICT(cluster_id, service) DO UPDATE SET seq = excluded.seq, observed_at = excluded.observed_at, summary = excluded.summary`,
+    ),
+    getServiceViews: db.prepare<[string], ServiceViewRow>('SELECT * FROM service_views WHERE cluster_id = ? ORDER BY service'),
+    upsertInstance: db.prepare(
+      `INSERT INTO instances (cluster_id, id, service, ordinal, name, state, cloud, cloud_instance_id, created_at, ready_at, message)
+       VALUES (@clusterId, @id, @service, @ordinal, @name, @state, @cloud, @cloudInstanceId, @createdAt, @readyAt, @message)
+       ON CONFLICT(cluster_id, id) DO UPDATE SET service = excluded.service, ordinal = excluded.ordinal, name = excluded.name,
+         state = excluded.state, cloud = excluded.cloud, cloud_instance_id = excluded.cloud_instance_id, created_at = excluded.created_at,
+         ready_at = excluded.ready_at, message = excluded.message`,
+    ),
+    deleteInstance: db.prepare('DELETE FROM instances WHERE cluster_id = ? AND service = ? AND id = ?'),
+    // A NULL parameter switches its filter off; (service, ordinal) > cursor continues the keyset.
+    listInstances: db.prepare<
+      { clusterId: string; service: string | null; state: string | null; afterService: string | null; afterOrdinal: number | null; limit: number },
+      InstanceRow
+    >(
+      `SELECT * FROM instances
+       WHERE cluster_id = @clusterId
+         AND (@service IS NULL OR service = @service)
+         AND (@state IS NULL OR state = @state)
+         AND (@afterService IS NULL OR (service, ordinal) > (@afterService, @afterOrdinal))
+       ORDER BY service, ordinal
+       LIMIT @limit`,
+    ),
+    insertEvent: db.prepare(
+      'INSERT INTO cluster_events (cluster_id, at, kind, service, instance, message) VALUES (@clusterId, @at, @kind, @service, @instance, @message)',
+    ),
+    listEvents: db.prepare<[string, number, number], EventRow>('SELECT * FROM cluster_events WHERE cluster_id = ? AND id > ? ORDER BY id LIMIT ?'),
   };
+
+  const appendEvents = (clusterId: string, events: ClusterEvent[]) => {
+    for (const e of events) {
+      q.insertEvent.run({ clusterId, at: e.at, kind: e.kind, service: e.service ?? null, instance: e.instance ?? null, message: e.message });
+    }
+  };
+  // Compare and write in one IMMEDIATE transaction: two writers (retried activity, second
+  // worker) cannot both pass the seq check, and a reader never sees half a publish.
+  const publishClusterTx = db.transaction((input: PublishClusterInput): boolean => {
+    const stored = q.clusterViewSeq.get(input.clusterId);
+    if (stored && stored.seq >= input.seq) return false;
+    q.upsertClusterView.run({
+      clusterId: input.clusterId,
+      seq: input.seq,
+      observedAt: input.observedAt,
+      state: input.state,
+      message: input.message ?? null,
+      services: JSON.stringify(input.services),
+    });
+    appendEvents(input.clusterId, input.events);
+    return true;
+  });
+  const publishServiceTx = db.transaction((input: PublishServiceInput): boolean => {
+    const stored = q.serviceViewSeq.get(input.clusterId, input.service);
+    if (stored && stored.seq >= input.seq) return false;
+    q.upsertServiceView.run({
+      clusterId: input.clusterId,
+      service: input.service,
+      seq: input.seq,
+      observedAt: input.observedAt,
+      summary: JSON.stringify(input.summary),
+    });
+    for (const i of input.upserts) {
+      q.upsertInstance.run({
+        clusterId: input.clusterId,
+        id: i.id,
+        service: input.service,
+        ordinal: i.ordinal,
+        name: i.name,
+        state: i.state,
+        cloud: i.cloud,
+        cloudInstanceId: i.cloudInstanceId ?? null,
+        createdAt: i.createdAt ?? null,
+        readyAt: i.readyAt ?? null,
+        message: i.message ?? null,
+      });
+    }
+    for (const id of input.removed) q.deleteInstance.run(input.clusterId, input.service, id);
+    appendEvents(input.clusterId, input.events);
+    return true;
+  });
 
   const insertVersion = (id: string, version: number, input: ContextVersionInput, createdAt: string): ContextRecord => {
     const rec: ContextRecord = { id, version, name: input.name, context: input.context, createdAt };
@@ -535,6 +862,30 @@ export function openSqliteStore(file: string, options: StoreOptions = {}): Store
     getCloud: (name) => {
       const r = q.getCloud.get(name);
       return r && toCloud(r);
+    },
+
+    publishCluster: (input) => publishClusterTx.immediate(input),
+    publishService: (input) => publishServiceTx.immediate(input),
+    getClusterView: (clusterId) => {
+      const r = q.getClusterView.get(clusterId);
+      return r && toClusterView(r);
+    },
+    getServiceViews: (clusterId) => q.getServiceViews.all(clusterId).map(toServiceView),
+    listInstances(clusterId, { service, state, cursor, limit }) {
+      const after = cursor === undefined ? undefined : instanceCursor(cursor);
+      const rows = q.listInstances.all({
+        clusterId,
+        service: service ?? null,
+        state: state ?? null,
+        afterService: after?.service ?? null,
+        afterOrdinal: after?.ordinal ?? null,
+        limit: limit + 1,
+      });
+      return pageOf(rows, limit, toInstance, (r) => [r.service, r.ordinal]);
+    },
+    listEvents(clusterId, { cursor, limit }) {
+      const rows = q.listEvents.all(clusterId, cursor === undefined ? 0 : eventCursor(cursor), limit + 1);
+      return pageOf(rows, limit, toEvent, (r) => [r.id]);
     },
 
     ping: () => void q.ping.get(),

@@ -57,6 +57,7 @@ export async function startWorker(config: Config, opts: StartWorkerOptions = {})
       tokenTtlSeconds: config.tokenTtlSeconds,
       contexts: store,
       cvmfs: config.cvmfs,
+      readModel: store,
     }),
     maxConcurrentActivityTaskExecutions: 200,
     ...opts.tuning,

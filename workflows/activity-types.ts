@@ -3,6 +3,9 @@
  * activities/ (which implement them). No runtime code: workflows import it with `import type`.
  */
 import type { Offering } from '../model/definition.js';
+import type { PublishClusterInput, PublishServiceInput } from '../model/read-model.js';
+
+export type { PublishClusterInput, PublishServiceInput };
 
 export interface InstanceRef {
   /** cloudgate id = idempotency key `<clusterId>-<service>-<ordinal>`. */
@@ -89,4 +92,8 @@ export interface CloudgateActivities {
   terminateInstances(input: TerminateInstancesInput): Promise<number>;
   sweepCluster(input: SweepClusterInput): Promise<SweepResult>;
   checkCvmfsRepository(input: CvmfsCheckInput): Promise<CvmfsCheckResult>;
+  /** Writes the cluster's state to the read model; false when the store had a newer one (nothing written). */
+  publishCluster(input: PublishClusterInput): Promise<boolean>;
+  /** Writes a service's summary and changed instances to the read model; false when the store had a newer one. */
+  publishService(input: PublishServiceInput): Promise<boolean>;
 }

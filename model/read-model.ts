@@ -1,0 +1,69 @@
+/**
+ * The read model: what the workflows publish (through activities) for the API to read from
+ * the store, so that reads never go through the worker and still answer when no worker runs.
+ * Every publish carries a sequence number that grows along a workflow's runs (continue-as-new
+ * carries it); the store keeps a publish only if its number is higher than the one it has,
+ * so a late or retried write never overwrites a newer one.
+ */
+import type { ClusterState, InstanceStatus, ServiceState } from './status.js';
+
+/** What happened, for `GET /v1/clusters/:id/events`. */
+export const CLUSTER_EVENT_KINDS = ['state', 'scale', 'replace', 'failure', 'retry', 'teardown'] as const;
+export type ClusterEventKind = (typeof CLUSTER_EVENT_KINDS)[number];
+
+/** One thing that happened to a cluster or one of its services. */
+export interface ClusterEvent {
+  /** ISO time (workflow clock). */
+  at: string;
+  kind: ClusterEventKind;
+  service?: string;
+  instance?: string;
+  /** A sentence a user can read: what happened and why. */
+  message: string;
+}
+
+/** A service as the cluster answer shows it: counts, no instances. */
+export interface PublishedService {
+  name: string;
+  state: ServiceState;
+  desired: number;
+  ready: number;
+  replacements: number;
+  message?: string;
+  retryingAt?: string;
+}
+
+/** One instance as `GET /v1/clusters/:id/instances` lists it. */
+export interface PublishedInstance extends InstanceStatus {
+  service: string;
+  ordinal: number;
+}
+
+/** The cluster workflow's publish: its state and its services' summaries. */
+export interface PublishClusterInput {
+  clusterId: string;
+  seq: number;
+  /** When the workflow saw this state (ISO, workflow clock). */
+  observedAt: string;
+  state: ClusterState;
+  message?: string;
+  services: PublishedService[];
+  events: ClusterEvent[];
+}
+
+/** Most instances one service publish carries (keeps each activity payload far below 512 KB). */
+export const MAX_PUBLISHED_INSTANCES = 1000;
+
+/** A service workflow's publish: its summary and the instances that changed since its last publish. */
+export interface PublishServiceInput {
+  clusterId: string;
+  service: string;
+  seq: number;
+  observedAt: string;
+  summary: PublishedService;
+  /** Instances added or changed since the last publish, whole (at most {@link MAX_PUBLISHED_INSTANCES}). */
+  upserts: PublishedInstance[];
+  /** Ids of instances gone since the last publish. */
+  removed: string[];
+  events: ClusterEvent[];
+}
