@@ -20,8 +20,10 @@ import {
   allHandlersFinished,
   type ChildWorkflowHandle,
 } from '@temporalio/workflow';
+import { clusterVerdict, cvmfsChecks, startableServices } from '../model/cluster-plan.js';
+import type { ServiceDefinition } from '../model/definition.js';
 import type { ClusterState } from '../model/status.js';
-import type { CloudgateActivities, CvmfsCheckInput } from './activity-types.js';
+import type { CloudgateActivities } from './activity-types.js';
 import { failureReason } from './failures.js';
 import {
   CLUSTER_NOT_ACTIVE,
@@ -41,6 +43,7 @@ import {
   type ClusterInput,
   type ClusterView,
   type ScaleRequest,
+  type ScaleResult,
   type ServiceSummary,
 } from './messages.js';
 import { ServiceWorkflow } from './service.js';
@@ -61,105 +64,120 @@ const { checkCvmfsRepository } = proxyActivities<CloudgateActivities>({
   retry: { initialInterval: '5s', backoffCoefficient: 2, maximumInterval: '30s', maximumAttempts: 5 },
 });
 
-/** One check per distinct repository (and the servers and pin it is checked with). */
-function cvmfsChecks(input: ClusterInput): CvmfsCheckInput[] {
-  const checks = new Map<string, CvmfsCheckInput>();
-  for (const ctx of Object.values(input.contexts ?? {})) {
-    for (const repo of ctx.repositories) {
-      const check: CvmfsCheckInput = { repo, ...(ctx.servers && { servers: ctx.servers }), ...(ctx.minRevision?.[repo] !== undefined && { minRevision: ctx.minRevision[repo] }) };
-      checks.set(JSON.stringify(check), check);
-    }
-  }
-  return [...checks.values()];
+/** Everything a cluster workflow knows, in one object. */
+interface ClusterRunState {
+  /** What each service reported last (children report transitions). */
+  services: Map<string, ServiceSummary>;
+  /** Latched: once a service had its minimum ready, its dependents may start (and keep running). */
+  minReached: Set<string>;
+  /** The desired count last sent to each running service. */
+  sentDesired: Map<string, number>;
+  state: ClusterState;
+  message?: string;
+  teardown?: { reason: string; rollback: boolean };
+  everReady: boolean;
+  dirty: boolean;
 }
 
+/** One run of a cluster workflow: its state, message handlers, services and teardown. */
+class ClusterRun {
+  private readonly s: ClusterRunState;
+  private readonly specs: Map<string, ServiceDefinition>;
+  private readonly children = new Map<string, ChildWorkflowHandle<typeof ServiceWorkflow>>();
 
-export async function ClusterWorkflow(input: ClusterInput): Promise<ClusterView> {
-  const { clusterId, definition } = input;
-  const specs = new Map(definition.services.map((s) => [s.name, s]));
-  const services = new Map<string, ServiceSummary>(
-    definition.services.map((s) => [s.name, { name: s.name, state: 'WAITING', desired: s.min, ready: 0, replacements: 0 }]),
-  );
-  /** Latched: once a service had its minimum ready, its dependents may start (and keep running). */
-  const minReached = new Set<string>();
-  const children = new Map<string, ChildWorkflowHandle<typeof ServiceWorkflow>>();
-  const sentDesired = new Map<string, number>();
-  let state: ClusterState = 'PENDING';
-  let message: string | undefined;
-  let teardown: { reason: string; rollback: boolean } | undefined;
-  let everReady = false;
-  let dirty = true;
+  constructor(private readonly input: ClusterInput) {
+    const { definition } = input;
+    this.specs = new Map(definition.services.map((s) => [s.name, s]));
+    this.s = {
+      services: new Map(definition.services.map((s) => [s.name, { name: s.name, state: 'WAITING', desired: s.min, ready: 0, replacements: 0 }])),
+      minReached: new Set(),
+      sentDesired: new Map(),
+      state: 'PENDING',
+      everReady: false,
+      dirty: true,
+    };
+    setHandler(clusterStatusQuery, () => this.view());
+    setHandler(teardownSignal, (req) => {
+      this.s.teardown ??= { reason: req?.reason ?? 'teardown requested', rollback: false };
+      this.s.dirty = true;
+    });
+    setHandler(serviceReportSignal, (report) => this.onServiceReport(report));
+    setHandler(scaleUpdate, (req) => this.scale(req), { validator: (req) => this.validateScale(req) });
+  }
 
-  const view = (): ClusterView => ({
-    clusterId,
-    name: input.name,
-    definitionId: input.definitionId,
-    cloud: input.cloud,
-    state,
-    message,
-    services: [...services.values()].map((s) => ({ ...s })),
-  });
-  const setState = (next: ClusterState, why?: string) => {
-    if (why !== undefined) message = why;
-    if (next === state) return;
-    log.info('cluster state', { from: state, to: next, why });
-    state = next;
+  private get clusterId(): string {
+    return this.input.clusterId;
+  }
+
+  view(): ClusterView {
+    const { input, s } = this;
+    return {
+      clusterId: input.clusterId,
+      name: input.name,
+      definitionId: input.definitionId,
+      cloud: input.cloud,
+      state: s.state,
+      message: s.message,
+      services: [...s.services.values()].map((x) => ({ ...x })),
+    };
+  }
+
+  private setState(next: ClusterState, why?: string): void {
+    if (why !== undefined) this.s.message = why;
+    if (next === this.s.state) return;
+    log.info('cluster state', { from: this.s.state, to: next, why });
+    this.s.state = next;
     upsertSearchAttributes([{ key: SA_STATE, value: next }]);
-  };
+  }
 
-  setHandler(clusterStatusQuery, view);
-  setHandler(teardownSignal, (req) => {
-    teardown ??= { reason: req?.reason ?? 'teardown requested', rollback: false };
-    dirty = true;
-  });
-  setHandler(serviceReportSignal, (report) => {
-    const s = services.get(report.name);
-    if (!s) return;
-    Object.assign(s, report);
-    const spec = specs.get(report.name)!;
-    if (report.ready >= spec.min) minReached.add(report.name);
-    dirty = true;
-  });
-  setHandler(
-    scaleUpdate,
-    ({ service, instances }: ScaleRequest) => {
-      services.get(service)!.desired = instances;
-      dirty = true;
-      return { service, desired: instances };
-    },
-    {
-      // Rejections here are written nowhere: the update never reaches history.
-      validator: ({ service, instances }: ScaleRequest) => {
-        const spec = specs.get(service);
-        if (!spec) throw ApplicationFailure.nonRetryable(`cluster ${clusterId} has no service "${service}"`, UNKNOWN_SERVICE);
-        if (!Number.isInteger(instances) || instances < spec.min || (spec.max !== undefined && instances > spec.max)) {
-          throw ApplicationFailure.nonRetryable(
-            `instances must be an integer from ${spec.min} (min) to ${spec.max ?? 'unbounded'} (max) for service "${service}"; got ${instances}`,
-            SCALE_OUT_OF_BOUNDS,
-          );
-        }
-        if (teardown || state === 'TERMINATING' || state === 'TERMINATED') {
-          throw ApplicationFailure.nonRetryable(`cluster ${clusterId} is ${state === 'TERMINATED' ? 'terminated' : 'being torn down'}`, CLUSTER_NOT_ACTIVE);
-        }
-      },
-    },
-  );
+  private onServiceReport(report: Omit<ServiceSummary, 'workflowId'>): void {
+    const summary = this.s.services.get(report.name);
+    if (!summary) return;
+    Object.assign(summary, report);
+    if (report.ready >= this.specs.get(report.name)!.min) this.s.minReached.add(report.name);
+    this.s.dirty = true;
+  }
 
-  const startService = async (name: string) => {
-    const spec = specs.get(name)!;
-    const summary = services.get(name)!;
+  private scale({ service, instances }: ScaleRequest): ScaleResult {
+    this.s.services.get(service)!.desired = instances;
+    this.s.dirty = true;
+    return { service, desired: instances };
+  }
+
+  /** Rejections here are written nowhere: the update never reaches history. */
+  private validateScale({ service, instances }: ScaleRequest): void {
+    const spec = this.specs.get(service);
+    const { clusterId } = this;
+    if (!spec) throw ApplicationFailure.nonRetryable(`cluster ${clusterId} has no service "${service}"`, UNKNOWN_SERVICE);
+    if (!Number.isInteger(instances) || instances < spec.min || (spec.max !== undefined && instances > spec.max)) {
+      throw ApplicationFailure.nonRetryable(
+        `instances must be an integer from ${spec.min} (min) to ${spec.max ?? 'unbounded'} (max) for service "${service}"; got ${instances}`,
+        SCALE_OUT_OF_BOUNDS,
+      );
+    }
+    const { state, teardown } = this.s;
+    if (teardown || state === 'TERMINATING' || state === 'TERMINATED') {
+      throw ApplicationFailure.nonRetryable(`cluster ${clusterId} is ${state === 'TERMINATED' ? 'terminated' : 'being torn down'}`, CLUSTER_NOT_ACTIVE);
+    }
+  }
+
+  private async startService(name: string): Promise<void> {
+    const { input, clusterId } = this;
+    const spec = this.specs.get(name)!;
+    const summary = this.s.services.get(name)!;
     const workflowId = serviceWorkflowId(clusterId, name);
+    const context = input.contexts?.[name];
     summary.state = 'DEPLOYING';
-    sentDesired.set(name, summary.desired);
+    this.s.sentDesired.set(name, summary.desired);
     const handle = await startChild(ServiceWorkflow, {
       workflowId,
       args: [
         {
           clusterId,
           cloud: input.cloud,
-          failurePolicy: definition.failurePolicy,
+          failurePolicy: input.definition.failurePolicy,
           service: spec,
-          ...(input.contexts?.[name] && { context: input.contexts[name] }),
+          ...(context && { context }),
           desired: summary.desired,
           parentWorkflowId: clusterWorkflowId(clusterId),
           tuning: input.tuning,
@@ -168,7 +186,7 @@ export async function ClusterWorkflow(input: ClusterInput): Promise<ClusterView>
       parentClosePolicy: ParentClosePolicy.REQUEST_CANCEL,
       staticSummary:
         `${name} of cluster ${clusterId}: ${summary.desired} × ${spec.image} on ${input.cloud}` +
-        (input.contexts?.[name] ? `, context ${input.contexts[name].id} v${input.contexts[name].version} (${input.contexts[name].repositories.join(', ') || 'no repositories'})` : ''),
+        (context ? `, context ${context.id} v${context.version} (${context.repositories.join(', ') || 'no repositories'})` : ''),
       typedSearchAttributes: [
         { key: SA_CLUSTER_ID, value: clusterId },
         { key: SA_SERVICE, value: name },
@@ -176,103 +194,112 @@ export async function ClusterWorkflow(input: ClusterInput): Promise<ClusterView>
       ],
     });
     summary.workflowId = workflowId;
-    children.set(name, handle);
+    this.children.set(name, handle);
     // A service workflow only ends on teardown; ending otherwise is a failure the cluster must show.
     void handle.result().then(
       () => undefined,
       (err: unknown) => {
-        if (teardown) return;
+        if (this.s.teardown) return;
         summary.state = 'FAILED';
         summary.message = `service workflow ${workflowId} failed: ${err instanceof Error ? (err.cause?.toString() ?? err.message) : String(err)}`;
-        dirty = true;
+        this.s.dirty = true;
       },
     );
-    dirty = true;
-  };
+    this.s.dirty = true;
+  }
 
-  const describe = (): string =>
-    [...services.values()].map((s) => `${s.name}: ${s.state} ${s.ready}/${s.desired}`).join(', ');
+  private describe(): string {
+    return [...this.s.services.values()].map((x) => `${x.name}: ${x.state} ${x.ready}/${x.desired}`).join(', ');
+  }
 
   /** Fails the cluster before any instance exists when a repository is not fit to deploy with. */
-  const checkRepositories = async () => {
-    const checks = cvmfsChecks(input);
+  private async checkRepositories(): Promise<void> {
+    const checks = cvmfsChecks(this.input.contexts);
     if (checks.length === 0) return;
     setCurrentDetails(`**DEPLOYING** — checking ${checks.length} CVMFS ${checks.length === 1 ? 'repository' : 'repositories'} on their stratum-1s`);
     const results = await Promise.allSettled(
-      checks.map((c) =>
-        checkCvmfsRepository.executeWithOptions({ summary: `CVMFS ${c.repo}: manifest and whitelist on its stratum-1s` }, [c]),
-      ),
+      checks.map((c) => checkCvmfsRepository.executeWithOptions({ summary: `CVMFS ${c.repo}: manifest and whitelist on its stratum-1s` }, [c])),
     );
     const failures = results.flatMap((r) => (r.status === 'rejected' ? [failureReason(r.reason)] : []));
-    if (failures.length > 0 && !teardown) {
-      teardown = { reason: `CVMFS check failed, nothing was deployed: ${failures.join('; ')}`, rollback: true };
+    if (failures.length > 0 && !this.s.teardown) {
+      this.s.teardown = { reason: `CVMFS check failed, nothing was deployed: ${failures.join('; ')}`, rollback: true };
     }
-  };
-
-  try {
-    setState('DEPLOYING');
-    await checkRepositories();
-    while (!teardown) {
-      dirty = false;
-      // Start every service whose dependencies all have their minimum ready.
-      const startable = definition.services.filter(
-        (s) => services.get(s.name)!.state === 'WAITING' && s.dependsOn.every((d) => minReached.has(d)),
-      );
-      await Promise.all(startable.map((s) => startService(s.name)));
-      // Pass scale requests on to running services.
-      for (const [name, handle] of children) {
-        const want = services.get(name)!.desired;
-        if (sentDesired.get(name) !== want) {
-          sentDesired.set(name, want);
-          await handle.signal(setDesiredSignal, want);
-        }
-      }
-      const all = [...services.values()];
-      const failed = all.find((s) => s.state === 'FAILED');
-      if (failed && definition.failurePolicy === 'rollback') {
-        teardown = { reason: `rolled back: service ${failed.name} failed: ${failed.message ?? 'unknown reason'}`, rollback: true };
-        break;
-      }
-      if (all.every((s) => s.state === 'READY')) {
-        everReady = true;
-        setState('READY', undefined);
-        message = undefined;
-      } else if (failed) {
-        setState(everReady || all.some((s) => s.state === 'READY') ? 'DEGRADED' : 'FAILED', `service ${failed.name} failed (retrying, policy keep): ${failed.message ?? ''}`);
-      } else {
-        // Scaling up is DEPLOYING; losing ready instances is DEGRADED.
-        setState(all.some((s) => s.state === 'DEGRADED') ? 'DEGRADED' : 'DEPLOYING');
-      }
-      setCurrentDetails(`**${state}** — ${describe()}${message ? `\n\n${message}` : ''}`);
-      await condition(() => dirty || teardown !== undefined);
-    }
-  } catch (err) {
-    if (!isCancellation(err)) throw err;
-    teardown = { reason: 'cluster workflow cancelled', rollback: false };
   }
 
-  // Teardown (requested, rollback or cancel): nothing may be left behind, so no cancellation from here on.
-  const { reason, rollback } = teardown!;
-  return await CancellationScope.nonCancellable(async () => {
-    setState('TERMINATING', reason);
-    setCurrentDetails(`**TERMINATING** — ${reason}`);
-    for (const s of services.values()) if (s.state === 'WAITING') s.state = 'TERMINATED';
-    await Promise.all(
-      [...children.entries()].map(async ([name, child]) => {
-        // A child that already finished cannot take the signal; its result still tells.
-        await child.signal(serviceTeardownSignal).catch(() => undefined);
-        const final = await child.result().catch(() => undefined);
-        Object.assign(services.get(name)!, { state: 'TERMINATED', ready: 0, ...(final ? { replacements: final.replacements } : {}) });
-      }),
-    );
-    const sweep = await sweepCluster.executeWithOptions({ summary: `verify no instance of ${clusterId} is left on ${input.cloud}` }, [
-      { cloud: input.cloud, clusterId },
-    ]);
-    if (sweep.terminated.length > 0) log.warn('sweep found leftover instances and terminated them', { instances: sweep.terminated });
-    for (const s of services.values()) s.state = 'TERMINATED';
-    setState(rollback ? 'FAILED' : 'TERMINATED', reason);
-    setCurrentDetails(`**${state}** — ${reason}; ${sweep.remaining} instances left in ${input.cloud}`);
-    await condition(allHandlersFinished);
-    return view();
-  });
+  /** One pass: start what may start, pass scale requests on, judge the cluster. */
+  private async reconcile(): Promise<void> {
+    const { s } = this;
+    const startable = startableServices(this.input.definition.services, (name) => s.services.get(name)!.state, s.minReached);
+    await Promise.all(startable.map((spec) => this.startService(spec.name)));
+    for (const [name, handle] of this.children) {
+      const want = s.services.get(name)!.desired;
+      if (s.sentDesired.get(name) !== want) {
+        s.sentDesired.set(name, want);
+        await handle.signal(setDesiredSignal, want);
+      }
+    }
+    const verdict = clusterVerdict([...s.services.values()], this.input.definition.failurePolicy, s.everReady);
+    if (verdict.rollback) {
+      s.teardown = { reason: verdict.reason, rollback: true };
+      return;
+    }
+    if (verdict.state === 'READY') {
+      s.everReady = true;
+      this.setState('READY', undefined);
+      s.message = undefined;
+    } else {
+      this.setState(verdict.state, verdict.message);
+    }
+    setCurrentDetails(`**${s.state}** — ${this.describe()}${s.message ? `\n\n${s.message}` : ''}`);
+  }
+
+  /** Teardown (requested, rollback or cancel): nothing may be left behind, so no cancellation from here on. */
+  private async tearDown(): Promise<ClusterView> {
+    const { input, s, clusterId } = this;
+    const { reason, rollback } = s.teardown!;
+    return await CancellationScope.nonCancellable(async () => {
+      this.setState('TERMINATING', reason);
+      setCurrentDetails(`**TERMINATING** — ${reason}`);
+      for (const x of s.services.values()) if (x.state === 'WAITING') x.state = 'TERMINATED';
+      await Promise.all(
+        [...this.children.entries()].map(async ([name, child]) => {
+          // A child that already finished cannot take the signal; its result still tells.
+          await child.signal(serviceTeardownSignal).catch(() => undefined);
+          const final = await child.result().catch(() => undefined);
+          Object.assign(s.services.get(name)!, { state: 'TERMINATED', ready: 0, ...(final ? { replacements: final.replacements } : {}) });
+        }),
+      );
+      const sweep = await sweepCluster.executeWithOptions({ summary: `verify no instance of ${clusterId} is left on ${input.cloud}` }, [
+        { cloud: input.cloud, clusterId },
+      ]);
+      if (sweep.terminated.length > 0) log.warn('sweep found leftover instances and terminated them', { instances: sweep.terminated });
+      for (const x of s.services.values()) x.state = 'TERMINATED';
+      this.setState(rollback ? 'FAILED' : 'TERMINATED', reason);
+      setCurrentDetails(`**${s.state}** — ${reason}; ${sweep.remaining} instances left in ${input.cloud}`);
+      await condition(allHandlersFinished);
+      return this.view();
+    });
+  }
+
+  async run(): Promise<ClusterView> {
+    const { s } = this;
+    try {
+      this.setState('DEPLOYING');
+      await this.checkRepositories();
+      while (!s.teardown) {
+        s.dirty = false;
+        await this.reconcile();
+        if (s.teardown) break;
+        await condition(() => s.dirty || s.teardown !== undefined);
+      }
+    } catch (err) {
+      if (!isCancellation(err)) throw err;
+      s.teardown = { reason: 'cluster workflow cancelled', rollback: false };
+    }
+    return this.tearDown();
+  }
+}
+
+export async function ClusterWorkflow(input: ClusterInput): Promise<ClusterView> {
+  return new ClusterRun(input).run();
 }
