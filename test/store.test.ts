@@ -5,7 +5,9 @@ import { afterAll, describe, expect, it } from '@jest/globals';
 import Database from 'better-sqlite3';
 import { ContextInputSchema, contextSecrets, hashContextPasswords } from '../model/context.js';
 import { ClusterDefinitionSchema } from '../model/definition.js';
-import { DuplicateKeyError, openSqliteStore, type ContextVersionInput } from '../store/index.js';
+import type { ClusterEvent, PublishClusterInput, PublishedInstance, PublishedService, PublishServiceInput } from '../model/read-model.js';
+import type { InstanceState } from '../model/status.js';
+import { DuplicateKeyError, InvalidCursorError, openSqliteStore, type ContextVersionInput, type Store } from '../store/index.js';
 import { loadTokenSecret } from '../store/secret.js';
 
 const dir = mkdtempSync(path.join(tmpdir(), 'cloudgate-store-'));
@@ -239,5 +241,244 @@ describe('pairings', () => {
     }
     one.close();
     two.close();
+  });
+});
+
+describe('read model', () => {
+  const cid = 'rm-abc123';
+  const at = (s: number) => new Date(Date.UTC(2030, 0, 1, 12, 0, s)).toISOString();
+  const summary = (name: string, extra: Partial<PublishedService> = {}): PublishedService => ({
+    name,
+    state: 'DEPLOYING',
+    desired: 2,
+    ready: 0,
+    replacements: 0,
+    ...extra,
+  });
+  const inst = (service: string, ordinal: number, state: InstanceState = 'BOOTING', extra: Partial<PublishedInstance> = {}): PublishedInstance => ({
+    id: `${cid}-${service}-${ordinal}`,
+    name: `${cid}-${service}-${ordinal}`,
+    service,
+    ordinal,
+    state,
+    cloud: 'sim',
+    ...extra,
+  });
+  const event = (message: string, extra: Partial<ClusterEvent> = {}): ClusterEvent => ({ at: at(0), kind: 'state', message, ...extra });
+  const clusterPublish = (seq: number, extra: Partial<PublishClusterInput> = {}): PublishClusterInput => ({
+    clusterId: cid,
+    seq,
+    observedAt: at(seq),
+    state: 'DEPLOYING',
+    services: [summary('proxy'), summary('workers', { state: 'WAITING' })],
+    events: [],
+    ...extra,
+  });
+  const servicePublish = (service: string, seq: number, extra: Partial<PublishServiceInput> = {}): PublishServiceInput => ({
+    clusterId: cid,
+    service,
+    seq,
+    observedAt: at(seq),
+    summary: summary(service),
+    upserts: [],
+    removed: [],
+    events: [],
+    ...extra,
+  });
+  /** Every page of a list, following `next`; also checks that no page is over the limit. */
+  const allPages = <T>(list: (cursor?: string) => { items: T[]; next?: string }, limit: number): T[][] => {
+    const pages: T[][] = [];
+    let cursor: string | undefined;
+    do {
+      const page = list(cursor);
+      expect(page.items.length).toBeLessThanOrEqual(limit);
+      pages.push(page.items);
+      cursor = page.next;
+    } while (cursor !== undefined);
+    return pages;
+  };
+  const ids = (items: { id: string }[]) => items.map((i) => i.id);
+  const messages = (store: Store, clusterId = cid) => store.listEvents(clusterId, { limit: 1000 }).items.map((e) => e.message);
+
+  it('has no views, instances or events before the first publish', () => {
+    const store = openSqliteStore(':memory:');
+    expect(store.getClusterView(cid)).toBeUndefined();
+    expect(store.getServiceViews(cid)).toEqual([]);
+    expect(store.listInstances(cid, { limit: 10 })).toEqual({ items: [] });
+    expect(store.listEvents(cid, { limit: 10 })).toEqual({ items: [] });
+    store.close();
+  });
+
+  it('keeps a cluster publish only if its seq is higher; a rejected one changes nothing and appends no events', () => {
+    const store = openSqliteStore(':memory:');
+    expect(store.publishCluster(clusterPublish(2, { state: 'DEPLOYING', events: [event('deploying')] }))).toBe(true);
+    const first = store.getClusterView(cid);
+    expect(first).toEqual({
+      clusterId: cid,
+      seq: 2,
+      observedAt: at(2),
+      state: 'DEPLOYING',
+      services: [summary('proxy'), summary('workers', { state: 'WAITING' })],
+    });
+    // Lower and equal seqs: a late write and a retried one.
+    expect(store.publishCluster(clusterPublish(1, { state: 'FAILED', message: 'late', services: [], events: [event('late')] }))).toBe(false);
+    expect(store.publishCluster(clusterPublish(2, { state: 'READY', events: [event('retried')] }))).toBe(false);
+    expect(store.getClusterView(cid)).toEqual(first);
+    expect(messages(store)).toEqual(['deploying']);
+
+    expect(store.publishCluster(clusterPublish(5, { state: 'DEGRADED', message: 'workers lost 1 of 2', events: [event('degraded')] }))).toBe(true);
+    expect(store.getClusterView(cid)).toMatchObject({ seq: 5, observedAt: at(5), state: 'DEGRADED', message: 'workers lost 1 of 2' });
+    // An absent message clears the one before.
+    expect(store.publishCluster(clusterPublish(6, { state: 'READY' }))).toBe(true);
+    expect(store.getClusterView(cid)).not.toHaveProperty('message');
+    expect(messages(store)).toEqual(['deploying', 'degraded']);
+    store.close();
+  });
+
+  it('keeps a service publish only if its seq is higher than that service’s, whatever the cluster’s or other services’ seqs', () => {
+    const store = openSqliteStore(':memory:');
+    expect(store.publishCluster(clusterPublish(10))).toBe(true);
+    expect(store.publishService(servicePublish('proxy', 1, { upserts: [inst('proxy', 0)], events: [event('proxy created')] }))).toBe(true);
+    expect(store.publishService(servicePublish('workers', 1, { upserts: [inst('workers', 0)] }))).toBe(true);
+    expect(store.publishService(servicePublish('proxy', 3, { summary: summary('proxy', { state: 'READY', ready: 1 }), upserts: [inst('proxy', 0, 'READY')] }))).toBe(true);
+
+    const before = { views: store.getServiceViews(cid), instances: store.listInstances(cid, { limit: 100 }), events: messages(store) };
+    // A stale publish with a different summary, an upsert, a removal and events: none of it lands.
+    const stale = servicePublish('proxy', 2, {
+      summary: summary('proxy', { state: 'FAILED', message: 'stale' }),
+      upserts: [inst('proxy', 0, 'FAILED'), inst('proxy', 1)],
+      removed: [`${cid}-proxy-0`],
+      events: [event('stale')],
+    });
+    expect(store.publishService(stale)).toBe(false);
+    expect(store.publishService({ ...stale, seq: 3 })).toBe(false);
+    expect({ views: store.getServiceViews(cid), instances: store.listInstances(cid, { limit: 100 }), events: messages(store) }).toEqual(before);
+
+    expect(store.getServiceViews(cid)).toEqual([
+      { clusterId: cid, service: 'proxy', seq: 3, observedAt: at(3), summary: summary('proxy', { state: 'READY', ready: 1 }) },
+      { clusterId: cid, service: 'workers', seq: 1, observedAt: at(1), summary: summary('workers') },
+    ]);
+    store.close();
+  });
+
+  it('upserts instances whole, then removes them, only among the publishing service’s own', () => {
+    const store = openSqliteStore(':memory:');
+    const made = inst('workers', 0, 'BOOTING', { cloudInstanceId: 'i-0', createdAt: at(1), message: 'booting' });
+    expect(store.publishService(servicePublish('workers', 1, { upserts: [made, inst('workers', 1)] }))).toBe(true);
+    expect(store.publishService(servicePublish('proxy', 1, { upserts: [inst('proxy', 0)] }))).toBe(true);
+    expect(store.listInstances(cid, { limit: 10, service: 'workers' }).items).toEqual([made, inst('workers', 1)]);
+
+    // An upsert replaces the whole instance: fields it leaves out are gone (the message here).
+    const ready = inst('workers', 0, 'READY', { cloudInstanceId: 'i-0', createdAt: at(1), readyAt: at(2) });
+    expect(store.publishService(servicePublish('workers', 2, { upserts: [ready] }))).toBe(true);
+    expect(store.listInstances(cid, { limit: 10, service: 'workers' }).items).toEqual([ready, inst('workers', 1)]);
+
+    // Removal: the service's own instance goes; another service's id in `removed` is left alone.
+    expect(store.publishService(servicePublish('workers', 3, { removed: [`${cid}-workers-1`, `${cid}-proxy-0`, `${cid}-workers-99`] }))).toBe(true);
+    expect(ids(store.listInstances(cid, { limit: 10 }).items)).toEqual([`${cid}-proxy-0`, `${cid}-workers-0`]);
+
+    // A replacement gets a new ordinal; upsert and removal in one publish.
+    expect(store.publishService(servicePublish('workers', 4, { upserts: [inst('workers', 2)], removed: [`${cid}-workers-0`] }))).toBe(true);
+    expect(ids(store.listInstances(cid, { limit: 10, service: 'workers' }).items)).toEqual([`${cid}-workers-2`]);
+    // Clusters do not see each other's instances.
+    expect(store.listInstances('other-abc123', { limit: 10 })).toEqual({ items: [] });
+    store.close();
+  });
+
+  it('pages instances by service, then ordinal (numerically), with filters and cursors that survive inserts', () => {
+    const store = openSqliteStore(':memory:');
+    const states: InstanceState[] = ['READY', 'BOOTING', 'READY', 'FAILED'];
+    const workers = Array.from({ length: 12 }, (_, n) => inst('workers', n, states[n % states.length]));
+    // Published out of order, in two batches: the order comes from the store, not the publish.
+    expect(store.publishService(servicePublish('workers', 1, { upserts: workers.slice(6).reverse() }))).toBe(true);
+    expect(store.publishService(servicePublish('workers', 2, { upserts: workers.slice(0, 6) }))).toBe(true);
+    expect(store.publishService(servicePublish('proxy', 1, { upserts: [inst('proxy', 0, 'READY'), inst('proxy', 1, 'READY')] }))).toBe(true);
+    const all = [`${cid}-proxy-0`, `${cid}-proxy-1`, ...workers.map((w) => w.id)];
+
+    for (const limit of [1, 5, 14, 100]) {
+      const pages = allPages((cursor) => store.listInstances(cid, { limit, cursor }), limit);
+      expect(pages.flat().map((i) => i.id)).toEqual(all);
+      expect(pages.length).toBe(Math.max(1, Math.ceil(all.length / limit)));
+    }
+    // No `next` on a page that happens to end exactly at the last item.
+    expect(store.listInstances(cid, { limit: all.length }).next).toBeUndefined();
+
+    const readyWorkers = workers.filter((w) => w.state === 'READY').map((w) => w.id);
+    expect(allPages((cursor) => store.listInstances(cid, { service: 'workers', state: 'READY', limit: 2, cursor }), 2).flat().map((i) => i.id)).toEqual(readyWorkers);
+    expect(store.listInstances(cid, { state: 'READY', limit: 100 }).items.map((i) => i.id)).toEqual([`${cid}-proxy-0`, `${cid}-proxy-1`, ...readyWorkers]);
+    expect(store.listInstances(cid, { service: 'nope', limit: 100 })).toEqual({ items: [] });
+    expect(store.listInstances(cid, { state: 'TERMINATING', limit: 100 })).toEqual({ items: [] });
+
+    // A page boundary holds while instances come and go: the next page starts after the last item seen.
+    const first = store.listInstances(cid, { service: 'workers', limit: 5 });
+    expect(ids(first.items)).toEqual(workers.slice(0, 5).map((w) => w.id));
+    expect(store.publishService(servicePublish('workers', 3, { upserts: [inst('workers', 12)], removed: [workers[0].id, workers[5].id] }))).toBe(true);
+    const second = store.listInstances(cid, { service: 'workers', limit: 5, cursor: first.next });
+    expect(ids(second.items)).toEqual([6, 7, 8, 9, 10].map((n) => `${cid}-workers-${n}`));
+    store.close();
+  });
+
+  it('refuses cursors it did not make', () => {
+    const store = openSqliteStore(':memory:');
+    const bad = ['', 'not-base64!', Buffer.from('{"a":1}').toString('base64url'), Buffer.from('["w"]').toString('base64url'), Buffer.from('[1.5]').toString('base64url')];
+    for (const cursor of bad) {
+      expect(() => store.listInstances(cid, { limit: 10, cursor })).toThrow(InvalidCursorError);
+      expect(() => store.listEvents(cid, { limit: 10, cursor })).toThrow(InvalidCursorError);
+    }
+    store.close();
+  });
+
+  it('appends the events of each accepted publish once, in order, and lists them oldest first with cursors', () => {
+    const store = openSqliteStore(':memory:');
+    expect(store.publishCluster(clusterPublish(1, { events: [event('e1'), event('e2', { kind: 'scale', service: 'workers' })] }))).toBe(true);
+    expect(store.publishService(servicePublish('workers', 1, { events: [event('e3', { kind: 'replace', service: 'workers', instance: `${cid}-workers-0` })] }))).toBe(true);
+    // Retried publishes (same seq) append nothing.
+    expect(store.publishCluster(clusterPublish(1, { events: [event('e1'), event('e2')] }))).toBe(false);
+    expect(store.publishService(servicePublish('workers', 1, { events: [event('e3')] }))).toBe(false);
+    expect(store.publishCluster(clusterPublish(2, { events: [event('e4', { kind: 'teardown', at: at(9) })] }))).toBe(true);
+    expect(store.publishCluster({ ...clusterPublish(3), clusterId: 'other-abc123', events: [event('elsewhere')] })).toBe(true);
+
+    const events = store.listEvents(cid, { limit: 100 });
+    expect(events).toEqual({
+      items: [
+        event('e1'),
+        event('e2', { kind: 'scale', service: 'workers' }),
+        event('e3', { kind: 'replace', service: 'workers', instance: `${cid}-workers-0` }),
+        event('e4', { kind: 'teardown', at: at(9) }),
+      ],
+    });
+    for (const limit of [1, 3, 4]) {
+      expect(allPages((cursor) => store.listEvents(cid, { limit, cursor }), limit).flat()).toEqual(events.items);
+    }
+    // A cursor taken at the end of a page continues with what was appended after it.
+    const page = store.listEvents(cid, { limit: 3 });
+    expect(store.publishCluster(clusterPublish(4, { events: [event('e5')] }))).toBe(true);
+    expect(store.listEvents(cid, { limit: 3, cursor: page.next }).items.map((e) => e.message)).toEqual(['e4', 'e5']);
+    expect(messages(store, 'other-abc123')).toEqual(['elsewhere']);
+    store.close();
+  });
+
+  it('of two publishes with one seq, even through two connections to one file, exactly one is kept; views survive a reopen', () => {
+    const file = path.join(dir, 'read-model', 'cloudgate.sqlite');
+    const one = openSqliteStore(file);
+    const two = openSqliteStore(file);
+    for (let seq = 1; seq <= 4; seq++) {
+      const [first, second] = seq % 2 ? [two, one] : [one, two];
+      const results = [
+        first.publishService(servicePublish('workers', seq, { upserts: [inst('workers', seq)], events: [event(`a${seq}`)] })),
+        second.publishService(servicePublish('workers', seq, { upserts: [inst('workers', seq + 100)], events: [event(`b${seq}`)] })),
+      ];
+      expect(results).toEqual([true, false]);
+    }
+    expect(messages(two)).toEqual(['a1', 'a2', 'a3', 'a4']);
+    expect(one.publishCluster(clusterPublish(1))).toBe(true);
+    one.close();
+    two.close();
+
+    const again = openSqliteStore(file);
+    expect(again.getClusterView(cid)).toMatchObject({ seq: 1, state: 'DEPLOYING' });
+    expect(again.getServiceViews(cid).map((v) => v.seq)).toEqual([4]);
+    expect(ids(again.listInstances(cid, { limit: 10 }).items)).toEqual([1, 2, 3, 4].map((n) => `${cid}-workers-${n}`));
+    again.close();
   });
 });
