@@ -107,12 +107,13 @@ export const healthCheckTargets = (instances: Iterable<InstanceRecord>): Instanc
 
 /**
  * Milliseconds until the workflow must look again: the next health check, the earliest
- * readiness deadline, or the end of a keep-policy backoff, whichever comes first (at least 1 s).
+ * readiness deadline, the end of a keep-policy backoff (`retryAt`) or a publish that is due
+ * (`publishAt`), whichever comes first (at least 1 s). Times not in the future are ignored.
  */
-export function nextWakeMs(now: number, nextHealthCheck: number, instances: Iterable<InstanceRecord>, retryAt: number): number {
+export function nextWakeMs(now: number, nextHealthCheck: number, instances: Iterable<InstanceRecord>, retryAt: number, publishAt = 0): number {
   let wake = nextHealthCheck;
   for (const i of instances) if (i.deadline !== undefined && i.deadline < wake) wake = i.deadline;
-  if (retryAt > now && retryAt < wake) wake = retryAt;
+  for (const at of [retryAt, publishAt]) if (at > now && at < wake) wake = at;
   return Math.max(1000, wake - now + 1);
 }
 
@@ -128,14 +129,18 @@ export function nextHealthCheckMs(base: number, last: number, steady: boolean, m
   return steady ? Math.max(base, Math.min(max, last * 2)) : base;
 }
 
-/** What the workflow waits for when it sleeps `ms` (timer summaries in the Temporal UI). */
-export function wakeReason(now: number, nextHealthCheck: number, instances: Iterable<InstanceRecord>, retryAt: number): string {
-  const ms = nextWakeMs(now, nextHealthCheck, instances, retryAt);
+/** What the workflow waits for when it sleeps (timer summaries in the Temporal UI); arguments as {@link nextWakeMs}. */
+export function wakeReason(now: number, nextHealthCheck: number, instances: Iterable<InstanceRecord>, retryAt: number, publishAt = 0): string {
+  const ms = nextWakeMs(now, nextHealthCheck, instances, retryAt, publishAt);
   const at = now + ms - 1;
   if (retryAt > now && retryAt <= at) return `next round of attempts in ${Math.round(ms / 1000)} s`;
+  if (publishAt > now && publishAt <= at) return `publish instance changes in ${Math.round(ms / 1000)} s`;
   if (nextHealthCheck <= at) return `next health check in ${Math.round(ms / 1000)} s`;
   return `readiness deadline in ${Math.round(ms / 1000)} s`;
 }
+
+/** An instance's published fields in one string: a publish sends the instances whose fingerprint changed. */
+export const instanceFingerprint = (i: InstanceRecord): string => [i.state, i.cloudInstanceId ?? '', i.createdAt ?? '', i.readyAt ?? '', i.message ?? ''].join('\u0000');
 
 /** `items` in runs of at most `size`. */
 export function chunks<T>(items: T[], size: number): T[][] {

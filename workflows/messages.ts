@@ -121,6 +121,8 @@ export interface ServiceCarried {
    * FAILED, whether it is backing off or trying again (absent in runs before this existed).
    */
   failing?: boolean;
+  /** The sequence number of the last publish to the read model (the next run continues from it). */
+  pubSeq?: number;
 }
 
 export const serviceStatusQuery = defineQuery<ServiceStatus>('serviceStatus');

@@ -19,6 +19,7 @@ import {
   log,
   patched,
   proxyActivities,
+  proxyLocalActivities,
   setCurrentDetails,
   setHandler,
   upsertSearchAttributes,
@@ -30,6 +31,7 @@ import {
   chunks,
   countIn,
   healthCheckTargets,
+  instanceFingerprint,
   instanceId,
   keepRetryBackoffMs,
   liveInstances,
@@ -42,6 +44,7 @@ import {
   wakeReason,
   type InstanceRecord,
 } from '../model/service-plan.js';
+import { MAX_PUBLISHED_INSTANCES, type ClusterEvent, type ClusterEventKind, type PublishedInstance, type PublishedService } from '../model/read-model.js';
 import type { InstanceStatus, ReadinessReport, ServiceState, ServiceStatus } from '../model/status.js';
 import type { CloudgateActivities, CreatedInstance, DescribedInstance, InstanceRef } from './activity-types.js';
 import { failureReason } from './failures.js';
@@ -70,6 +73,8 @@ const CONTINUE_AS_NEW_EVENTS = 4_000;
 const HONEST_FAILURE_PATCH = 'service-failed-until-ready';
 /** The `patched()` id of health checks that back off while a service is steady. */
 const QUIET_HEALTH_CHECKS_PATCH = 'service-quiet-health-checks';
+/** The `patched()` id of publishing to the read model. */
+const READ_MODEL_PATCH = 'service-read-model';
 
 /** Cloud error kinds (clouds/contract.ts) and activity failures no retry will mend. */
 const PERMANENT = ['InvalidCredentials', 'QuotaExceeded', 'InvalidOffering', 'InvalidRequest', 'UnreadableAnswer', 'ContextUnavailable'];
@@ -90,6 +95,17 @@ const { terminateInstances } = proxyActivities<CloudgateActivities>({
   retry: { initialInterval: '2s', backoffCoefficient: 2, maximumInterval: '5 minutes' },
 });
 
+/**
+ * Writes to the read model run in the worker as local activities (one marker event each, no
+ * task queue round trip); the store's sequence check makes a retried write harmless.
+ */
+const { publishService } = proxyLocalActivities<CloudgateActivities>({
+  startToCloseTimeout: '10 seconds',
+  retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '30s', maximumAttempts: 10 },
+});
+/** Instance-only changes (counts and states unchanged) are published at most this often. */
+const PUBLISH_INTERVAL_MS = 2_000;
+
 /** Everything a service workflow knows, in one object; what continue-as-new carries is {@link ServiceCarried}. */
 interface ServiceRunState extends ServiceCarried {
   desired: number;
@@ -108,6 +124,13 @@ interface ServiceRunState extends ServiceCarried {
   lastReport: string;
   /** The state last written to the search attribute. */
   reportedState: ServiceState;
+  pubSeq: number;
+  /** What the read model was last sent: each instance's fingerprint, the summary, when. */
+  published: Map<string, string>;
+  publishedSummary: string;
+  lastPublishAt: number;
+  /** What happened since the last publish. */
+  events: ClusterEvent[];
 }
 
 /** One run of a service workflow: its state, message handlers, reconcile step and main loop. */
@@ -125,6 +148,8 @@ class ServiceRun {
   private readonly honestFailure: boolean;
   /** Health checks back off while the service is steady (runs started before keep the fixed interval). */
   private readonly quietHealthChecks: boolean;
+  /** The service publishes its state to the read model (runs started before do not). */
+  private readonly readModel: boolean;
 
   constructor(private readonly input: ServiceInput) {
     const carried = input.carried;
@@ -136,6 +161,7 @@ class ServiceRun {
     this.historyLimit = input.tuning?.serviceHistoryLimit ?? CONTINUE_AS_NEW_EVENTS;
     this.honestFailure = patched(HONEST_FAILURE_PATCH);
     this.quietHealthChecks = patched(QUIET_HEALTH_CHECKS_PATCH);
+    this.readModel = patched(READ_MODEL_PATCH);
     this.s = {
       instances: [],
       nextOrdinal: carried?.nextOrdinal ?? 0,
@@ -154,16 +180,23 @@ class ServiceRun {
       nextHealthCheck: Date.now() + this.healthCheckMs,
       healthCheckPauseMs: this.healthCheckMs,
       lastCheckClean: false,
+      pubSeq: carried?.pubSeq ?? 0,
+      published: new Map(),
+      publishedSummary: '',
+      lastPublishAt: 0,
+      events: [],
       lastReport: '',
       reportedState: 'DEPLOYING',
     };
     setHandler(serviceStatusQuery, () => this.view());
     setHandler(setDesiredSignal, (n) => {
+      if (n !== this.s.desired) this.emit('scale', `desired instances ${this.s.desired} → ${n}`);
       this.s.desired = n;
       this.s.lastCheckClean = false;
       this.s.dirty = true;
     });
     setHandler(serviceTeardownSignal, () => {
+      if (!this.s.tearingDown) this.emit('teardown', 'tearing down: terminating every instance');
       this.s.tearingDown = true;
       this.s.dirty = true;
     });
@@ -191,7 +224,6 @@ class ServiceRun {
   }
 
   view(): ServiceStatus {
-    const { cloud } = this.input;
     return {
       name: this.name,
       state: this.state(),
@@ -200,20 +232,20 @@ class ServiceRun {
       replacements: this.s.replacements,
       message: this.s.message,
       ...(this.retryingAt() && { retryingAt: this.retryingAt() }),
-      instances: [...this.instances.values()]
-        .sort((a, b) => a.ordinal - b.ordinal)
-        .map(
-          (i): InstanceStatus => ({
-            id: i.id,
-            name: i.id,
-            state: i.state,
-            cloud,
-            cloudInstanceId: i.cloudInstanceId,
-            createdAt: i.createdAt,
-            readyAt: i.readyAt,
-            message: i.message,
-          }),
-        ),
+      instances: [...this.instances.values()].sort((a, b) => a.ordinal - b.ordinal).map((i) => this.instanceStatus(i)),
+    };
+  }
+
+  private instanceStatus(i: InstanceRecord): InstanceStatus {
+    return {
+      id: i.id,
+      name: i.id,
+      state: i.state,
+      cloud: this.input.cloud,
+      cloudInstanceId: i.cloudInstanceId,
+      createdAt: i.createdAt,
+      readyAt: i.readyAt,
+      message: i.message,
     };
   }
 
@@ -248,6 +280,7 @@ class ServiceRun {
     this.s.replacements++;
     if (this.s.everReady) this.s.degraded = true;
     this.s.lastCheckClean = false;
+    this.emit('replace', `${inst.id} failed: ${reason}; replacing it`, inst.id);
     log.warn('instance failed; replacing it', { instance: inst.id, reason });
     this.s.dirty = true;
   }
@@ -389,6 +422,7 @@ class ServiceRun {
     if (key === this.s.lastReport) return;
     this.s.lastReport = key;
     if (state !== this.s.reportedState) {
+      this.emit(state === 'FAILED' ? 'failure' : 'state', `${this.name}: ${this.s.reportedState} → ${state}${state === 'FAILED' && message ? ` (${message})` : ''}`);
       this.s.reportedState = state;
       upsertSearchAttributes([{ key: SA_STATE, value: state }]);
     }
@@ -402,6 +436,64 @@ class ServiceRun {
     }
   }
 
+  /** Notes what happened, for the read model's event list (nothing in runs without it). */
+  private emit(kind: ClusterEventKind, message: string, instance?: string): void {
+    if (!this.readModel) return;
+    this.s.events.push({ at: new Date().toISOString(), kind, service: this.name, ...(instance && { instance }), message });
+  }
+
+  private publishedSummary(): PublishedService {
+    const { desired, replacements, message } = this.s;
+    const retryingAt = this.retryingAt();
+    return { name: this.name, state: this.state(), desired, ready: this.readyCount(), replacements, ...(message && { message }), ...(retryingAt && { retryingAt }) };
+  }
+
+  /** When instance-only changes wait to be published (0: nothing waits). */
+  private publishDueAt(): number {
+    const { s } = this;
+    if (!this.readModel) return 0;
+    const pending = [...this.instances.values()].some((i) => s.published.get(i.id) !== instanceFingerprint(i)) || [...s.published.keys()].some((id) => !this.instances.has(id));
+    return pending ? s.lastPublishAt + PUBLISH_INTERVAL_MS : 0;
+  }
+
+  /**
+   * Sends what changed to the read model: the summary and events at once when they changed,
+   * instance changes at most every {@link PUBLISH_INTERVAL_MS} (or all of them when `flush`),
+   * in runs of {@link MAX_PUBLISHED_INSTANCES}. A write that fails is tried again next time.
+   */
+  private async publish(flush = false): Promise<void> {
+    const { s, input } = this;
+    if (!this.readModel) return;
+    const summary = this.publishedSummary();
+    const summaryKey = JSON.stringify(summary);
+    const now = Date.now();
+    const urgent = flush || summaryKey !== s.publishedSummary || s.events.length > 0;
+    if (!urgent && (this.publishDueAt() === 0 || now < s.lastPublishAt + PUBLISH_INTERVAL_MS)) return;
+    const upserts: PublishedInstance[] = [...this.instances.values()]
+      .filter((i) => s.published.get(i.id) !== instanceFingerprint(i))
+      .map((i) => ({ ...this.instanceStatus(i), service: this.name, ordinal: i.ordinal }));
+    const removed = [...s.published.keys()].filter((id) => !this.instances.has(id));
+    const events = s.events.splice(0);
+    const runs = Math.max(1, Math.ceil(upserts.length / MAX_PUBLISHED_INSTANCES), Math.ceil(removed.length / MAX_PUBLISHED_INSTANCES));
+    for (let n = 0; n < runs; n++) {
+      const up = upserts.slice(n * MAX_PUBLISHED_INSTANCES, (n + 1) * MAX_PUBLISHED_INSTANCES);
+      const gone = removed.slice(n * MAX_PUBLISHED_INSTANCES, (n + 1) * MAX_PUBLISHED_INSTANCES);
+      try {
+        await publishService.executeWithOptions({ summary: `publish ${this.name}: ${summary.state}, ${summary.ready}/${summary.desired} ready, ${up.length} instance changes` }, [
+          { clusterId: input.clusterId, service: this.name, seq: ++s.pubSeq, observedAt: new Date(now).toISOString(), summary, upserts: up, removed: gone, events: n === 0 ? events : [] },
+        ]);
+      } catch (err) {
+        log.warn('could not publish to the read model; will try again', { error: failureReason(err) });
+        if (n === 0) s.events.unshift(...events);
+        return;
+      }
+      for (const i of up) s.published.set(i.id, instanceFingerprint(this.instances.get(i.id)!));
+      for (const id of gone) s.published.delete(id);
+    }
+    s.publishedSummary = summaryKey;
+    s.lastPublishAt = now;
+  }
+
   /** Under `keep`, a FAILED service starts a new round of attempts after a growing pause. */
   private keepPolicy(): void {
     const budgetUsed = this.s.consecutiveFailures >= MAX_CONSECUTIVE_FAILURES;
@@ -410,6 +502,7 @@ class ServiceRun {
     if (this.honestFailure ? !budgetUsed : this.state() !== 'FAILED') return;
     if (this.s.failedUntil === 0) this.s.failedUntil = Date.now() + keepRetryBackoffMs(this.s.failedRounds++, this.input.tuning?.keepRetryBackoffMs);
     else if (Date.now() >= this.s.failedUntil) {
+      this.emit('retry', `${this.name}: a new round of attempts (round ${this.s.failedRounds + 1})`);
       this.s.failedUntil = 0;
       this.s.consecutiveFailures = 0;
     }
@@ -420,8 +513,8 @@ class ServiceRun {
   }
 
   private carried(): ServiceCarried {
-    const { nextOrdinal, replacements, consecutiveFailures, everReady, degraded, failedRounds, message, tearingDown, failing } = this.s;
-    return { instances: [...this.instances.values()], nextOrdinal, replacements, consecutiveFailures, everReady, degraded, failedRounds, message, tearingDown, failing };
+    const { nextOrdinal, replacements, consecutiveFailures, everReady, degraded, failedRounds, message, tearingDown, failing, pubSeq } = this.s;
+    return { instances: [...this.instances.values()], nextOrdinal, replacements, consecutiveFailures, everReady, degraded, failedRounds, message, tearingDown, failing, pubSeq };
   }
 
   async run(): Promise<ServiceStatus> {
@@ -442,15 +535,20 @@ class ServiceRun {
           }
         }
         await this.report();
-        if (s.tearingDown && this.instances.size === 0 && s.inFlight === 0) break;
+        const leaving = s.tearingDown && this.instances.size === 0 && s.inFlight === 0;
+        await this.publish(leaving);
+        if (leaving) break;
         if (this.shouldContinueAsNew() && s.inFlight === 0 && !s.tearingDown) {
           await condition(allHandlersFinished);
+          // The next run starts with nothing published in its memory: it sends every instance once.
+          await this.publish(true);
           await continueAsNew<typeof ServiceWorkflow>({ ...this.input, desired: s.desired, carried: this.carried() });
         }
         if (!s.dirty) {
           const now = Date.now();
-          const wake = nextWakeMs(now, s.nextHealthCheck, this.instances.values(), s.failedUntil);
-          await condition(() => s.dirty, wake, { summary: wakeReason(now, s.nextHealthCheck, this.instances.values(), s.failedUntil) });
+          const publishAt = this.publishDueAt();
+          const wake = nextWakeMs(now, s.nextHealthCheck, this.instances.values(), s.failedUntil, publishAt);
+          await condition(() => s.dirty, wake, { summary: wakeReason(now, s.nextHealthCheck, this.instances.values(), s.failedUntil, publishAt) });
         }
       }
     } catch (err) {
@@ -463,6 +561,7 @@ class ServiceRun {
           this.reconcile();
           await condition(() => s.dirty);
         }
+        await this.publish(true);
       });
     }
     return this.view();
