@@ -12,7 +12,9 @@ import {
   condition,
   isCancellation,
   log,
+  patched,
   proxyActivities,
+  proxyLocalActivities,
   setCurrentDetails,
   setHandler,
   startChild,
@@ -22,6 +24,7 @@ import {
 } from '@temporalio/workflow';
 import { clusterVerdict, cvmfsChecks, startableServices } from '../model/cluster-plan.js';
 import type { ServiceDefinition } from '../model/definition.js';
+import type { ClusterEvent, ClusterEventKind, PublishedService } from '../model/read-model.js';
 import type { ClusterState } from '../model/status.js';
 import type { CloudgateActivities } from './activity-types.js';
 import { failureReason } from './failures.js';
@@ -64,6 +67,15 @@ const { checkCvmfsRepository } = proxyActivities<CloudgateActivities>({
   retry: { initialInterval: '5s', backoffCoefficient: 2, maximumInterval: '30s', maximumAttempts: 5 },
 });
 
+/** Writes to the read model: local activities in the worker (see the service workflow's). */
+const { publishCluster } = proxyLocalActivities<CloudgateActivities>({
+  startToCloseTimeout: '10 seconds',
+  retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '30s', maximumAttempts: 10 },
+});
+
+/** The `patched()` id of publishing to the read model (runs started before do not). */
+const READ_MODEL_PATCH = 'cluster-read-model';
+
 /** Everything a cluster workflow knows, in one object. */
 interface ClusterRunState {
   /** What each service reported last (children report transitions). */
@@ -77,6 +89,10 @@ interface ClusterRunState {
   teardown?: { reason: string; rollback: boolean };
   everReady: boolean;
   dirty: boolean;
+  /** The read model: the last publish's sequence number and content, and what happened since. */
+  pubSeq: number;
+  published: string;
+  events: ClusterEvent[];
 }
 
 /** One run of a cluster workflow: its state, message handlers, services and teardown. */
@@ -84,6 +100,7 @@ class ClusterRun {
   private readonly s: ClusterRunState;
   private readonly specs: Map<string, ServiceDefinition>;
   private readonly children = new Map<string, ChildWorkflowHandle<typeof ServiceWorkflow>>();
+  private readonly readModel: boolean;
 
   constructor(private readonly input: ClusterInput) {
     const { definition } = input;
@@ -95,9 +112,14 @@ class ClusterRun {
       state: 'PENDING',
       everReady: false,
       dirty: true,
+      pubSeq: 0,
+      published: '',
+      events: [],
     };
+    this.readModel = patched(READ_MODEL_PATCH);
     setHandler(clusterStatusQuery, () => this.view());
     setHandler(teardownSignal, (req) => {
+      if (!this.s.teardown) this.emit('teardown', req?.reason ?? 'teardown requested');
       this.s.teardown ??= { reason: req?.reason ?? 'teardown requested', rollback: false };
       this.s.dirty = true;
     });
@@ -125,6 +147,7 @@ class ClusterRun {
   private setState(next: ClusterState, why?: string): void {
     if (why !== undefined) this.s.message = why;
     if (next === this.s.state) return;
+    this.emit('state', `${this.s.state} → ${next}${why ? `: ${why}` : ''}`);
     log.info('cluster state', { from: this.s.state, to: next, why });
     this.s.state = next;
     upsertSearchAttributes([{ key: SA_STATE, value: next }]);
@@ -139,6 +162,7 @@ class ClusterRun {
   }
 
   private scale({ service, instances }: ScaleRequest): ScaleResult {
+    this.emit('scale', `scale ${service} to ${instances} instances (was ${this.s.services.get(service)!.desired})`, service);
     this.s.services.get(service)!.desired = instances;
     this.s.dirty = true;
     return { service, desired: instances };
@@ -208,6 +232,39 @@ class ClusterRun {
     this.s.dirty = true;
   }
 
+  /** Notes what happened, for the read model's event list (nothing in runs without it). */
+  private emit(kind: ClusterEventKind, message: string, service?: string): void {
+    if (!this.readModel) return;
+    this.s.events.push({ at: new Date().toISOString(), kind, ...(service && { service }), message });
+  }
+
+  /** Sends the cluster's state, its services' summaries and its events to the read model when any changed. */
+  private async publish(): Promise<void> {
+    const { s, input } = this;
+    if (!this.readModel) return;
+    const services: PublishedService[] = [...s.services.values()].map(({ name, state, desired, ready, replacements, message, retryingAt }) => ({
+      name,
+      state,
+      desired,
+      ready,
+      replacements,
+      ...(message !== undefined && { message }),
+      ...(retryingAt !== undefined && { retryingAt }),
+    }));
+    const content = JSON.stringify([s.state, s.message, services]);
+    if (content === s.published && s.events.length === 0) return;
+    const events = s.events.splice(0);
+    try {
+      await publishCluster.executeWithOptions({ summary: `publish ${this.clusterId}: ${s.state}` }, [
+        { clusterId: input.clusterId, seq: ++s.pubSeq, observedAt: new Date().toISOString(), state: s.state, ...(s.message !== undefined && { message: s.message }), services, events },
+      ]);
+      s.published = content;
+    } catch (err) {
+      log.warn('could not publish to the read model; will try again', { error: failureReason(err) });
+      s.events.unshift(...events);
+    }
+  }
+
   private describe(): string {
     return [...this.s.services.values()].map((x) => `${x.name}: ${x.state} ${x.ready}/${x.desired}`).join(', ');
   }
@@ -251,6 +308,7 @@ class ClusterRun {
       this.setState(verdict.state, verdict.message);
     }
     setCurrentDetails(`**${s.state}** — ${this.describe()}${s.message ? `\n\n${s.message}` : ''}`);
+    await this.publish();
   }
 
   /** Teardown (requested, rollback or cancel): nothing may be left behind, so no cancellation from here on. */
@@ -261,6 +319,7 @@ class ClusterRun {
       this.setState('TERMINATING', reason);
       setCurrentDetails(`**TERMINATING** — ${reason}`);
       for (const x of s.services.values()) if (x.state === 'WAITING') x.state = 'TERMINATED';
+      await this.publish();
       await Promise.all(
         [...this.children.entries()].map(async ([name, child]) => {
           // A child that already finished cannot take the signal; its result still tells.
@@ -276,6 +335,7 @@ class ClusterRun {
       for (const x of s.services.values()) x.state = 'TERMINATED';
       this.setState(rollback ? 'FAILED' : 'TERMINATED', reason);
       setCurrentDetails(`**${s.state}** — ${reason}; ${sweep.remaining} instances left in ${input.cloud}`);
+      await this.publish();
       await condition(allHandlersFinished);
       return this.view();
     });
@@ -285,6 +345,7 @@ class ClusterRun {
     const { s } = this;
     try {
       this.setState('DEPLOYING');
+      await this.publish();
       await this.checkRepositories();
       while (!s.teardown) {
         s.dirty = false;
