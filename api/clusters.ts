@@ -1,6 +1,7 @@
 /**
- * Cluster routes: create (start a ClusterWorkflow), list, show (queries), scale (update)
- * and tear down (signal). The store holds what was asked for; the workflows hold what is.
+ * Cluster routes: create (start a ClusterWorkflow), list, show, instances and events (the
+ * read model), scale (update) and tear down (signal). The store holds what was asked for and
+ * what the workflows last published of what is; reads answer from it without a worker.
  */
 import { createHash, randomInt } from 'node:crypto';
 import express, { type Router } from 'express';
@@ -13,12 +14,23 @@ import {
 } from '@temporalio/client';
 import type { SearchAttributePair } from '@temporalio/common';
 import { NameSchema } from '../model/definition.js';
-import { CLUSTER_STATES, type ClusterState, type ServiceStatus } from '../model/status.js';
+import type { ServiceDefinition } from '../model/definition.js';
+import type { PublishedService } from '../model/read-model.js';
+import { CLUSTER_STATES, type ClusterState } from '../model/status.js';
 import { smallestFit } from '../model/placement.js';
-import { DuplicateKeyError, type CloudRecord, type ClusterDefinitionRecord, type ClusterRecord, type Store } from '../store/index.js';
+import {
+  DuplicateKeyError,
+  InvalidCursorError,
+  type CloudRecord,
+  type ClusterDefinitionRecord,
+  type ClusterRecord,
+  type ClusterViewRecord,
+  type Page,
+  type ServiceViewRecord,
+  type Store,
+} from '../store/index.js';
 import {
   CLUSTER_NOT_ACTIVE,
-  clusterStatusQuery,
   clusterWorkflowId,
   SA_CLUSTER_ID,
   SA_DEFINITION,
@@ -26,7 +38,6 @@ import {
   SA_STATE,
   scaleUpdate,
   SCALE_OUT_OF_BOUNDS,
-  serviceStatusQuery,
   teardownSignal,
   UNKNOWN_SERVICE,
   type ClusterInput,
@@ -34,7 +45,15 @@ import {
 import { conflict, invalid, notFound, parseOr422, unavailable, type FieldError, type Problem } from './problem.js';
 import { pinContexts, userDataMisfits } from './context-pins.js';
 import { bodyOf, param } from './request.js';
-import { CreateClusterRequestSchema, IdempotencyKeySchema, ScaleRequestSchema, type ClusterDetail, type CreateClusterRequest } from './schemas.js';
+import {
+  CreateClusterRequestSchema,
+  IdempotencyKeySchema,
+  InstancesQuerySchema,
+  PageQuerySchema,
+  ScaleRequestSchema,
+  type ClusterDetail,
+  type CreateClusterRequest,
+} from './schemas.js';
 import { isWorkflowGone, QUERY_DEADLINE_MS, SIGNAL_DEADLINE_MS, temporalProblem, UPDATE_DEADLINE_MS } from './temporal-errors.js';
 
 /** What the cluster routes use; `json` is the app's body parser (limit and error mapping). */
@@ -77,7 +96,41 @@ export function stateOf(desc: WorkflowExecutionDescription): ClusterState {
   return desc.status.name === 'COMPLETED' ? 'TERMINATED' : 'FAILED';
 }
 
-/** `POST/GET /v1/clusters`, `GET/DELETE /v1/clusters/:id` and the scale route. */
+/**
+ * The services of the cluster answer: the cluster workflow's list (its order, and services
+ * not started yet), each replaced by the service workflow's own publish when there is one,
+ * because a service reports its counts to the cluster workflow only when its state changes.
+ * Services that published before the cluster listed them come last, by name.
+ */
+export function mergeServices(clusterServices: PublishedService[], serviceViews: ServiceViewRecord[]): PublishedService[] {
+  const own = new Map(serviceViews.map((v) => [v.service, v.summary]));
+  const listed = new Set(clusterServices.map((s) => s.name));
+  return [...clusterServices.map((s) => own.get(s.name) ?? s), ...serviceViews.filter((v) => !listed.has(v.service)).map((v) => v.summary)];
+}
+
+/**
+ * Weak ETag of a cluster answer built from the read model. Everything else in the answer
+ * (name, definition, cloud, pinned contexts, links) never changes for a cluster, so the
+ * seqs of the cluster's and its services' publishes identify the answer.
+ */
+export function readModelEtag(view: ClusterViewRecord, serviceViews: ServiceViewRecord[]): string {
+  const key = JSON.stringify([view.seq, serviceViews.map((v) => [v.service, v.seq])]);
+  return `W/"${createHash('sha256').update(key).digest('base64url').slice(0, 22)}"`;
+}
+
+/** A store page, with a cursor the store did not make as a 422 naming `cursor`. */
+function pageOr422<T>(list: () => Page<T>): Page<T> {
+  try {
+    return list();
+  } catch (err) {
+    if (err instanceof InvalidCursorError) {
+      throw invalid([{ field: 'cursor', pointer: '/cursor', message: 'is not a cursor of this list; pass the `next` of a previous page' }]);
+    }
+    throw err;
+  }
+}
+
+/** `POST/GET /v1/clusters`, `GET/DELETE /v1/clusters/:id`, its instances and events, and the scale route. */
 export function clusterRoutes(deps: ClusterRouteDeps): Router {
   const { store, temporal, config, json } = deps;
   const router = express.Router();
@@ -116,6 +169,27 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
     if (!c) throw notFound(`no cluster "${id}"`);
     return c;
   };
+
+  /** A service of the cluster's definition, else 404. */
+  const serviceOr404 = (c: ClusterRecord, service: string): ServiceDefinition => {
+    const s = isName(service) ? store.getDefinition(c.definitionId)?.definition.services.find((x) => x.name === service) : undefined;
+    if (!s) throw notFound(`cluster "${c.id}" has no service "${service}"`);
+    return s;
+  };
+
+  /**
+   * The state of a cluster whose workflow has published none yet (just submitted, or started
+   * before workflows published): its `CloudgateState` search attribute. A describe is
+   * answered by Temporal itself, so this too works with no worker running.
+   */
+  async function workflowState(id: string): Promise<{ state: ClusterState; gone: boolean }> {
+    try {
+      return { state: stateOf(await temporal.workflow.getHandle(clusterWorkflowId(id)).describe()), gone: false };
+    } catch (err) {
+      if (isWorkflowGone(err)) return { state: 'PENDING', gone: true };
+      throw temporalProblem(err, `could not read the state of cluster "${id}"`);
+    }
+  }
 
   /** Starts (or finds) the cluster's workflow. A closed one is never started again. */
   async function startWorkflow(c: ClusterRecord, def: ClusterDefinitionRecord, contexts: ClusterInput['contexts']): Promise<void> {
@@ -225,81 +299,86 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
     res.status(202).location(links(cluster.id).self).json(created(cluster));
   });
 
+  /** Each cluster's state from the read model; only clusters that have published none cost a describe. */
   router.get('/v1/clusters', async (_req, res) => {
     const rows = store.listClusters();
     const items = await Promise.all(
       rows.map(async (c) => {
-        let state: ClusterState = 'PENDING';
-        try {
-          state = stateOf(await temporal.workflow.getHandle(clusterWorkflowId(c.id)).describe());
-        } catch (err) {
-          if (!isWorkflowGone(err)) throw temporalProblem(err, 'could not read cluster states');
-        }
+        const state = store.getClusterView(c.id)?.state ?? (await workflowState(c.id)).state;
         return { id: c.id, name: c.name, definitionId: c.definitionId, cloud: c.cloud, state, createdAt: c.createdAt };
       }),
     );
     res.json({ items });
   });
 
+  /**
+   * The cluster as its workflows last published it, from the store: no query, no worker.
+   * Published answers carry a weak ETag ({@link readModelEtag}) and answer `If-None-Match`
+   * with 304. Before the cluster workflow's first publish the answer has the same shape with
+   * the state of its search attribute (PENDING for a cluster just submitted; see
+   * `workflowState`), a message saying so, the services published so far (usually none),
+   * `seq` 0, no `observedAt` and no ETag.
+   */
   router.get('/v1/clusters/:id', async (req, res) => {
     const c = clusterOr404(param(req, 'id'));
-    const detail: ClusterDetail = {
+    const view = store.getClusterView(c.id);
+    const serviceViews = store.getServiceViews(c.id);
+    const fixed = {
       id: c.id,
       name: c.name,
       definitionId: c.definitionId,
       cloud: c.cloud,
-      state: 'PENDING',
-      services: [],
       ...(c.contexts && {
         contexts: Object.fromEntries(Object.entries(c.contexts).map(([svc, p]) => [svc, { id: p.id, version: p.version, repositories: p.repositories }])),
       }),
-      links: links(c.id),
+      links: { ...links(c.id), instances: `/v1/clusters/${c.id}/instances`, events: `/v1/clusters/${c.id}/events` },
     };
-    const deadline = () => Date.now() + QUERY_DEADLINE_MS;
-    await requireWorker();
-    let view;
-    try {
-      view = await temporal.withDeadline(deadline(), () => temporal.workflow.getHandle(clusterWorkflowId(c.id)).query(clusterStatusQuery));
-    } catch (err) {
-      if (isWorkflowGone(err)) return void res.json({ ...detail, message: 'the cluster workflow has not started (or was removed after retention)' });
-      throw temporalProblem(err, `could not query cluster "${c.id}"`);
+    if (!view) {
+      const { state, gone } = await workflowState(c.id);
+      const detail: ClusterDetail = {
+        ...fixed,
+        state,
+        message: gone
+          ? 'the cluster workflow has not started (or was removed after retention)'
+          : 'the cluster workflow has not published its state yet; the state is its search attribute',
+        services: mergeServices([], serviceViews),
+        seq: 0,
+      };
+      return void res.set('Cache-Control', 'no-cache').json(detail);
     }
-    const services = await Promise.all(
-      view.services.map(async (s): Promise<ServiceStatus> => {
-        const fallback: ServiceStatus = {
-          name: s.name,
-          state: s.state,
-          desired: s.desired,
-          ready: s.ready,
-          replacements: s.replacements,
-          ...(s.message !== undefined && { message: s.message }),
-          ...(s.retryingAt !== undefined && { retryingAt: s.retryingAt }),
-          instances: [],
-        };
-        if (!s.workflowId) return fallback;
-        const wfId = s.workflowId;
-        try {
-          return await temporal.withDeadline(deadline(), () => temporal.workflow.getHandle(wfId).query(serviceStatusQuery));
-        } catch (err) {
-          if (isWorkflowGone(err)) return fallback;
-          throw temporalProblem(err, `could not query service "${s.name}" of cluster "${c.id}"`);
-        }
-      }),
-    );
-    res.json({
-      ...detail,
+    res.set({ ETag: readModelEtag(view, serviceViews), 'Cache-Control': 'no-cache' });
+    // req.fresh compares If-None-Match with the ETag just set (weakly, as RFC 9110 says for GET).
+    if (req.fresh) return void res.status(304).end();
+    const detail: ClusterDetail = {
+      ...fixed,
       state: view.state,
       ...(view.message !== undefined && { message: view.message }),
-      services: services.map((s) => ({ ...s, instances: s.instances ?? [] })),
-    });
+      services: mergeServices(view.services, serviceViews),
+      observedAt: view.observedAt,
+      seq: view.seq,
+    };
+    res.json(detail);
+  });
+
+  /** The cluster's published instances, by service then ordinal, a page at a time. */
+  router.get('/v1/clusters/:id/instances', (req, res) => {
+    const c = clusterOr404(param(req, 'id'));
+    const { service, state, cursor, limit } = parseOr422(InstancesQuerySchema, req.query);
+    if (service !== undefined) serviceOr404(c, service);
+    res.set('Cache-Control', 'no-cache').json(pageOr422(() => store.listInstances(c.id, { service, state, cursor, limit })));
+  });
+
+  /** What happened to the cluster, oldest first, a page at a time. */
+  router.get('/v1/clusters/:id/events', (req, res) => {
+    const c = clusterOr404(param(req, 'id'));
+    const { cursor, limit } = parseOr422(PageQuerySchema, req.query);
+    res.set('Cache-Control', 'no-cache').json(pageOr422(() => store.listEvents(c.id, { cursor, limit })));
   });
 
   router.post('/v1/clusters/:id/services/:service/scale', json, async (req, res) => {
     const c = clusterOr404(param(req, 'id'));
     const service = param(req, 'service');
-    const def = store.getDefinition(c.definitionId);
-    const s = isName(service) ? def?.definition.services.find((x) => x.name === service) : undefined;
-    if (!s) throw notFound(`cluster "${c.id}" has no service "${service}"`);
+    const s = serviceOr404(c, service);
     const { instances } = parseOr422(ScaleRequestSchema, bodyOf(req));
     const max = s.max ?? HARD_MAX_INSTANCES;
     if (instances < s.min) throw invalid([{ field: 'instances', pointer: '/instances', message: `must be at least the service's min (${s.min})` }]);

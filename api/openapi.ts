@@ -6,6 +6,7 @@ import { z } from 'zod';
 import { AGENTS } from '../model/agent-views.js';
 import { ContextInputSchema } from '../model/context.js';
 import { ClusterDefinitionSchema } from '../model/definition.js';
+import { INSTANCE_STATES } from '../model/status.js';
 import * as S from './schemas.js';
 
 // Adds `.openapi()` to zod's prototype. Idempotent.
@@ -39,6 +40,8 @@ export function openApiDocument(serverUrl: string): Doc {
   const ClusterCreated = register('ClusterCreated', S.ClusterCreatedSchema);
   const ClusterSummary = register('ClusterSummary', S.ClusterSummarySchema);
   const ClusterDetail = register('ClusterDetail', S.ClusterDetailSchema);
+  const PublishedInstance = register('PublishedInstance', S.PublishedInstanceSchema);
+  const ClusterEvent = register('ClusterEvent', S.ClusterEventSchema);
   const Scale = register('ScaleRequest', S.ScaleRequestSchema);
   const ScaleResponse = register('ScaleResponse', S.ScaleResponseSchema);
   const Teardown = register('TeardownResponse', S.TeardownResponseSchema);
@@ -101,12 +104,64 @@ export function openApiDocument(serverUrl: string): Doc {
     summary: 'List clusters with their states',
     responses: { 200: json(S.listOf(ClusterSummary), 'All clusters, oldest first'), 503: unavailable },
   });
+  const limitQuery = openapi(z.string().regex(/^[0-9]+$/).optional(), {
+    description: `Items per page, 1 to ${S.PAGE_LIMIT_MAX}; default ${S.PAGE_LIMIT_DEFAULT}`,
+  });
+  const cursorQuery = openapi(z.string().optional(), { description: 'The `next` of the previous page (opaque)' });
+  const noCache = { 'Cache-Control': { description: 'no-cache: revalidate before reusing', schema: { type: 'string' as const } } };
   r.registerPath({
     method: 'get',
     path: '/v1/clusters/{id}',
-    summary: 'Cluster status with services and instances',
-    request: { params: clusterId },
-    responses: { 200: json(ClusterDetail, 'Live status from the workflows'), 404: problem('Unknown cluster'), 503: unavailable },
+    summary: "Cluster status with each service's counts, as the workflows last published it (answers without a worker)",
+    description:
+      'Read from the store, never from the workflows. Before the cluster workflow has published, the state is its search attribute ' +
+      '(PENDING when just submitted), `seq` is 0 and `observedAt` and the ETag are absent. Instances: `links.instances`; events: `links.events`.',
+    request: {
+      params: clusterId,
+      headers: z.object({ 'If-None-Match': openapi(z.string().optional(), { description: 'An ETag of an earlier answer: 304 if unchanged' }) }),
+    },
+    responses: {
+      200: {
+        ...json(ClusterDetail, 'The published status'),
+        headers: {
+          ETag: { description: 'Weak; changes with every publish of the cluster or one of its services', schema: { type: 'string' } },
+          ...noCache,
+        },
+      },
+      304: { description: 'Unchanged since the ETag in If-None-Match' },
+      404: problem('Unknown cluster'),
+      503: problem('Temporal is not reachable (only asked before the cluster workflow has published)'),
+    },
+  });
+  r.registerPath({
+    method: 'get',
+    path: '/v1/clusters/{id}/instances',
+    summary: "The cluster's instances, by service then ordinal, a page at a time (answers without a worker)",
+    request: {
+      params: clusterId,
+      query: z.object({
+        service: openapi(z.string().optional(), { description: 'Only this service’s instances' }),
+        state: openapi(z.enum(INSTANCE_STATES).optional(), { description: 'Only instances in this state' }),
+        cursor: cursorQuery,
+        limit: limitQuery,
+      }),
+    },
+    responses: {
+      200: { ...json(S.pageOf(PublishedInstance), 'One page of instances'), headers: noCache },
+      404: problem('Unknown cluster, or a service its definition does not have'),
+      422: problem('Bad state, limit or cursor'),
+    },
+  });
+  r.registerPath({
+    method: 'get',
+    path: '/v1/clusters/{id}/events',
+    summary: 'What happened to the cluster and its services, oldest first, a page at a time (answers without a worker)',
+    request: { params: clusterId, query: z.object({ cursor: cursorQuery, limit: limitQuery }) },
+    responses: {
+      200: { ...json(S.pageOf(ClusterEvent), 'One page of events'), headers: noCache },
+      404: problem('Unknown cluster'),
+      422: problem('Bad limit or cursor'),
+    },
   });
   r.registerPath({
     method: 'post',

@@ -6,6 +6,7 @@ import { z } from 'zod';
 import { AGENTS } from '../model/agent-views.js';
 import { ContextSchema } from '../model/context.js';
 import { ClusterDefinitionSchema, NameSchema, OfferingSchema } from '../model/definition.js';
+import { CLUSTER_EVENT_KINDS } from '../model/read-model.js';
 import { CLUSTER_STATES, INSTANCE_STATES, SERVICE_STATES } from '../model/status.js';
 
 // ---- requests ----
@@ -49,6 +50,33 @@ export const ContextVersionQuerySchema = z
 /** `GET /v1/contexts/:id/preview`: a version, and optionally the one agent whose reading to show. */
 export const ContextPreviewQuerySchema = ContextVersionQuerySchema.extend({
   agent: z.enum(AGENTS, { error: `must be one of ${AGENTS.join(', ')}` }).optional(),
+});
+
+/** Items per page of the list routes when `limit` is not given, and the most a client may ask for. */
+export const PAGE_LIMIT_DEFAULT = 100;
+export const PAGE_LIMIT_MAX = 1000;
+
+/**
+ * `?cursor=&limit=` of the paged routes. The cursor is the `next` of the page before, opaque
+ * (the store checks that it made it); the limit is 1 to {@link PAGE_LIMIT_MAX}.
+ */
+export const PageQuerySchema = z
+  .object({
+    cursor: z.string().min(1, 'must be the `next` of a previous page').max(1000, 'must be the `next` of a previous page').optional(),
+    limit: z
+      .string()
+      .regex(/^[0-9]{1,9}$/, `must be an integer from 1 to ${PAGE_LIMIT_MAX}`)
+      .transform(Number)
+      .refine((n) => n >= 1 && n <= PAGE_LIMIT_MAX, `must be an integer from 1 to ${PAGE_LIMIT_MAX}`)
+      .default(PAGE_LIMIT_DEFAULT),
+  })
+  .loose();
+
+/** `GET /v1/clusters/:id/instances`: a page, optionally only one service's and/or one state's instances. */
+export const InstancesQuerySchema = PageQuerySchema.extend({
+  /** A service of the cluster's definition; any other name is a 404, like the scale route's. */
+  service: z.string().optional(),
+  state: z.enum(INSTANCE_STATES, { error: `must be one of ${INSTANCE_STATES.join(', ')}` }).optional(),
 });
 
 // ---- responses ----
@@ -103,7 +131,14 @@ export const InstanceStatusSchema = z.object({
   message: z.string().optional(),
 });
 
-export const ServiceStatusSchema = z.object({
+/** One instance as the read model lists it (`PublishedInstance`, model/read-model.ts). */
+export const PublishedInstanceSchema = InstanceStatusSchema.extend({
+  service: z.string(),
+  ordinal: z.number().int().describe('Grows with each instance of the service; a replacement gets a new one'),
+});
+
+/** A service in the cluster answer: counts, no instances (`PublishedService`, model/read-model.ts). */
+export const PublishedServiceSchema = z.object({
   name: z.string(),
   state: z.enum(SERVICE_STATES),
   desired: z.number().int(),
@@ -111,7 +146,15 @@ export const ServiceStatusSchema = z.object({
   replacements: z.number().int(),
   message: z.string().optional(),
   retryingAt: z.string().optional().describe('A FAILED service under failurePolicy keep: when its next round of attempts starts'),
-  instances: z.array(InstanceStatusSchema),
+});
+
+/** One thing that happened to a cluster (`ClusterEvent`, model/read-model.ts). */
+export const ClusterEventSchema = z.object({
+  at: z.string().describe('When, by the workflow clock (ISO)'),
+  kind: z.enum(CLUSTER_EVENT_KINDS),
+  service: z.string().optional(),
+  instance: z.string().optional(),
+  message: z.string(),
 });
 
 export const ClusterDetailSchema = z.object({
@@ -121,10 +164,12 @@ export const ClusterDetailSchema = z.object({
   cloud: z.string(),
   state: ClusterStateSchema,
   message: z.string().optional(),
-  services: z.array(ServiceStatusSchema),
+  services: z.array(PublishedServiceSchema),
   /** Per service with a context: the version pinned at submission (what its instances render). */
   contexts: z.record(z.string(), z.object({ id: z.string(), version: z.number().int(), repositories: z.array(z.string()) })).optional(),
-  links: ClusterLinksSchema,
+  links: ClusterLinksSchema.extend({ instances: z.string(), events: z.string() }),
+  observedAt: z.string().optional().describe('When the cluster workflow saw this state (workflow clock); absent until it has published one'),
+  seq: z.number().int().min(0).describe("The cluster workflow's publish sequence number; 0 until it has published"),
 });
 export type ClusterDetail = z.infer<typeof ClusterDetailSchema>;
 
@@ -157,6 +202,10 @@ export const ProblemSchema = z.object({
 
 /** `{items: [...]}`: list responses leave room for paging fields later. */
 export const listOf = <T extends z.ZodType>(item: T) => z.object({ items: z.array(item) });
+
+/** `{items, next?}` of the paged routes: `next` is the cursor of the following page, absent on the last. */
+export const pageOf = <T extends z.ZodType>(item: T) =>
+  listOf(item).extend({ next: z.string().optional().describe('Pass as ?cursor= for the next page; absent on the last page') });
 
 // ---- pairing a laptop CernVM ----
 

@@ -2,7 +2,7 @@
  * The API against a real Temporal dev server and no worker: every bad input gets its 4xx
  * problem+json naming the field or rule, and leaves nothing behind (no store rows, no
  * workflows). Then the cluster lifecycle calls that need no worker (create, idempotent
- * replay, list, 503 for status, teardown, rollback when the start fails).
+ * replay, list, status from the store, teardown, rollback when the start fails).
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -349,9 +349,10 @@ describe('definitions, scale checks and cluster creation', () => {
     expect(items[0]).toMatchObject({ id: clusterId, name: 'qa', definitionId: defId, cloud: 'sim', state: 'PENDING', createdAt: expect.any(String) });
   });
 
-  it('status without a worker → 503 saying the worker is not reachable', async () => {
-    const p = problem(await request(app).get(`/v1/clusters/${clusterId}`), 503);
-    expect(p.detail).toMatch(/worker is not reachable/);
+  it('status without a worker → 200 from the store (PENDING until the workflow publishes)', async () => {
+    const res = await request(app).get(`/v1/clusters/${clusterId}`);
+    expect(res.status).toBe(200);
+    expect(res.body).toMatchObject({ id: clusterId, state: 'PENDING', services: [], seq: 0 });
   });
 
   it('teardown → 202 TERMINATING (a signal needs no worker)', async () => {
@@ -409,6 +410,8 @@ describe('service endpoints', () => {
         'POST /v1/clusters',
         'GET /v1/clusters',
         'GET /v1/clusters/{id}',
+        'GET /v1/clusters/{id}/instances',
+        'GET /v1/clusters/{id}/events',
         'DELETE /v1/clusters/{id}',
         'POST /v1/clusters/{id}/services/{service}/scale',
         'POST /v1/instances/{instanceId}/readiness',
