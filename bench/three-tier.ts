@@ -23,6 +23,8 @@ const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const bootMs = Number(process.env.BENCH_BOOT_MS ?? 20_000);
 const readyMs = Number(process.env.BENCH_READY_MS ?? 5_000);
 const scale = Number(process.env.BENCH_SCALE ?? 1);
+/** Reads of the cluster answer per second during the deployment (0: none). */
+const readRate = Number(process.env.BENCH_READ_RATE ?? 200);
 const counts = { proxy: Math.round(10 * scale), head: Math.round(40 * scale), workers: Math.round(950 * scale) };
 const total = counts.proxy + counts.head + counts.workers;
 const log = (msg: string) => console.error(`[bench] ${msg}`);
@@ -84,6 +86,20 @@ try {
   const t0 = Date.now();
   const cluster = await post('/v1/clusters', { definitionId: def.id });
   const handle = client.workflow.getHandle(clusterWorkflowId(cluster.id));
+  // A reader in its own process asks for the cluster at a fixed rate all through the deployment.
+  const reader =
+    readRate > 0
+      ? spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'bench/read-load.ts'), `${api.url}/v1/clusters/${cluster.id}`, String(readRate)], {
+          stdio: ['pipe', 'pipe', 'inherit'],
+        })
+      : undefined;
+  const readFigures = reader
+    ? new Promise<string>((resolve) => {
+        let out = '';
+        reader.stdout!.on('data', (d: Buffer) => (out += d.toString('utf8')));
+        reader.once('exit', () => resolve(out.trim()));
+      })
+    : Promise.resolve('');
   let lastLine = '';
   for (;;) {
     const view = await handle.query(clusterStatusQuery);
@@ -96,6 +112,8 @@ try {
   }
   const wall = (Date.now() - t0) / 1000;
   const ideal = (3 * (bootMs + readyMs)) / 1000;
+  reader?.stdin!.end();
+  const reads = readRate > 0 ? (JSON.parse((await readFigures) || '{}') as Record<string, number>) : undefined;
 
   // Every run of every workflow of this cluster, continue-as-new runs included.
   let largest = { id: '', events: 0 };
@@ -119,6 +137,12 @@ try {
     ['wall time to READY', `${wall.toFixed(1)} s`],
     ['ideal (3 levels × (boot + readiness))', `${ideal.toFixed(1)} s`],
     ['ratio wall / ideal', (wall / ideal).toFixed(3)],
+    ...(reads
+      ? ([
+          [`GET /v1/clusters/:id at ${readRate}/s during deploy`, `p50 ${reads.p50} ms, p99 ${reads.p99} ms, max ${reads.max} ms`],
+          ['  reads answered', `${reads.answered} of ${reads.sent} (${reads.perSecond}/s), ${reads.non2xx} non-2xx, ${reads.errors} errors`],
+        ] as [string, string][])
+      : []),
     ['largest workflow history', `${largest.events} events — ${largest.id}`],
     ['workflow runs (incl. continue-as-new)', String(runs)],
     ['events per instance (all histories)', (events / total).toFixed(2)],

@@ -1,0 +1,66 @@
+/**
+ * A fixed-rate reader for the benchmark, run as its own process so its work does not share
+ * the API's event loop: `GET <url>` at `<rate>` requests per second (open loop: a request
+ * starts on schedule whether or not earlier ones answered) until stdin closes, then prints
+ * one JSON line: requests sent and answered, non-2xx answers, errors, p50/p90/p99/max in ms.
+ *
+ * Usage: node --import tsx bench/read-load.ts <url> <rate>
+ */
+const [url, rateArg] = process.argv.slice(2);
+const rate = Number(rateArg ?? 200);
+if (!url || !(rate > 0)) throw new Error('usage: read-load <url> <requests per second>');
+
+const latencies: number[] = [];
+let sent = 0;
+let bad = 0;
+let errors = 0;
+let inFlight = 0;
+
+const once = async () => {
+  sent++;
+  inFlight++;
+  const t0 = performance.now();
+  try {
+    const res = await fetch(url);
+    await res.arrayBuffer();
+    if (!res.ok) bad++;
+    latencies.push(performance.now() - t0);
+  } catch {
+    errors++;
+  } finally {
+    inFlight--;
+  }
+};
+
+// Ticks of 10 ms, each firing the requests due by then: 200 req/s is two per tick.
+const started = performance.now();
+const timer = setInterval(() => {
+  const due = Math.floor(((performance.now() - started) / 1000) * rate);
+  while (sent < due) void once();
+}, 10);
+
+const quantile = (sorted: number[], q: number) => (sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] : NaN);
+
+process.stdin.resume();
+process.stdin.on('end', () => {
+  clearInterval(timer);
+  const seconds = (performance.now() - started) / 1000;
+  const sorted = [...latencies].sort((a, b) => a - b);
+  const round = (n: number) => Math.round(n * 10) / 10;
+  process.stdout.write(
+    `${JSON.stringify({
+      seconds: round(seconds),
+      sent,
+      answered: latencies.length,
+      perSecond: round(latencies.length / seconds),
+      non2xx: bad,
+      errors,
+      unanswered: inFlight,
+      p50: round(quantile(sorted, 0.5)),
+      p90: round(quantile(sorted, 0.9)),
+      p99: round(quantile(sorted, 0.99)),
+      max: round(sorted.at(-1) ?? NaN),
+    })}\n`,
+  );
+  process.exit(0);
+});
