@@ -16,7 +16,7 @@ import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { extractPhoneHome, GUEST_PATHS } from '../model/user-data.js';
-import { clusterStatus, startStack, threeTier, waitFor, waitForState, type Stack } from './harness.js';
+import { clusterInstances, clusterStatus, startStack, threeTier, waitFor, waitForState, type Stack } from './harness.js';
 import { historyText } from './history-text.js';
 import { startStratum1, type FakeStratum1 } from './fakes/stratum1.js';
 import { startCloudStackPeer } from './peers/cloudstack.js';
@@ -121,7 +121,7 @@ describe.each(clouds)('three-tier cluster on %s', (cloud) => {
     watchCluster(id);
     const ready = await waitForState(stack, id, 'READY', 120_000);
     expect(ready.services.map((s: any) => s.ready)).toEqual([1, 1, 2]);
-    expect(ready.services.flatMap((s: any) => s.instances.map((i: any) => i.cloud))).toEqual(Array(4).fill(cloud));
+    expect((await clusterInstances(stack, id)).map((i) => i.cloud)).toEqual(Array(4).fill(cloud));
     expect(await peer.count(id)).toBe(4);
     // Every guest got CernVM user-data with the phone-home agent through this cloud's API; the
     // workers' (and only theirs) carry the rendered context: its secret and repository.
@@ -158,11 +158,11 @@ describe.each(['ec2', 'libvirt'])('worker killed mid-deployment on %s', (cloud) 
     const c = await stack.http('POST', '/v1/clusters', { definitionId: def.body.id, cloud });
     const id = c.body.id as string;
     watchCluster(id);
-    await waitFor(async () => (await clusterStatus(stack, id)).services[0].instances.length > 0, 120_000, 'first creates');
+    await waitFor(async () => (await clusterInstances(stack, id, 'proxy')).length > 0, 120_000, 'first creates');
     await stack.killWorker();
     await stack.startWorker();
-    const ready = await waitForState(stack, id, 'READY', 180_000);
-    const listed = ready.services.flatMap((s: any) => s.instances.map((i: any) => i.id));
+    await waitForState(stack, id, 'READY', 180_000);
+    const listed = (await clusterInstances(stack, id)).map((i) => i.id);
     expect(listed).toHaveLength(9);
     expect(await peer.count(id)).toBe(9);
     await stack.http('DELETE', `/v1/clusters/${id}`);

@@ -4,7 +4,8 @@
  * replacement of failed and silent guests, rollback and teardown.
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
-import { clusterStatus, deploy, startStack, threeTier, waitFor, waitForState, type Stack } from './harness.js';
+import type { PublishedInstance } from '../model/read-model.js';
+import { clusterInstances, clusterStatus, deploy, startStack, threeTier, waitFor, waitForState, type Stack } from './harness.js';
 
 let stack: Stack;
 beforeAll(async () => {
@@ -34,14 +35,19 @@ const service = (name: string, dependsOn: string[] = [], min = 1, extra: Record<
 });
 
 const ms = (iso: string) => new Date(iso).getTime();
-/** When a service first had its `min` instances ready: the min-th earliest readyAt. */
-const minReadyAt = (svc: any, min: number) =>
-  svc.instances
-    .filter((i: any) => i.readyAt)
-    .map((i: any) => ms(i.readyAt))
-    .sort((a: number, b: number) => a - b)[min - 1];
-const firstCreatedAt = (svc: any) => Math.min(...svc.instances.map((i: any) => ms(i.createdAt)));
+/** When a service first had its `min` instances ready: the min-th earliest readyAt of its instances. */
+const minReadyAt = (instances: PublishedInstance[], min: number) =>
+  instances
+    .filter((i) => i.readyAt)
+    .map((i) => ms(i.readyAt!))
+    .sort((a, b) => a - b)[min - 1];
+const firstCreatedAt = (instances: PublishedInstance[]) => Math.min(...instances.map((i) => ms(i.createdAt!)));
 const byName = (status: any, name: string) => status.services.find((s: any) => s.name === name);
+/** The cluster's instances grouped by service (one paged read of the instances route). */
+async function instancesByService(clusterId: string): Promise<(service: string) => PublishedInstance[]> {
+  const all = await clusterInstances(stack, clusterId);
+  return (service) => all.filter((i) => i.service === service);
+}
 
 async function cloudCount(clusterId: string): Promise<number> {
   return stack.worker!.sim!.count({ cluster: clusterId });
@@ -53,15 +59,16 @@ describe('cluster lifecycle', () => {
     const ready = await waitForState(stack, id, 'READY');
     const [proxy, head, workers] = ['proxy', 'head', 'workers'].map((n) => byName(ready, n));
     expect([proxy.ready, head.ready, workers.ready]).toEqual([2, 1, 4]);
-    for (const s of [proxy, head, workers]) {
-      expect(s.state).toBe('READY');
-      for (const i of s.instances) expect(i).toMatchObject({ state: 'READY', cloud: 'sim' });
+    for (const s of [proxy, head, workers]) expect(s.state).toBe('READY');
+    const of = await instancesByService(id);
+    for (const name of ['proxy', 'head', 'workers']) {
+      for (const i of of(name)) expect(i).toMatchObject({ state: 'READY', cloud: 'sim' });
     }
     // No instance of a service is created before its dependency has its minimum ready.
-    expect(firstCreatedAt(head)).toBeGreaterThanOrEqual(minReadyAt(proxy, 2));
-    expect(firstCreatedAt(workers)).toBeGreaterThanOrEqual(minReadyAt(head, 1));
+    expect(firstCreatedAt(of('head'))).toBeGreaterThanOrEqual(minReadyAt(of('proxy'), 2));
+    expect(firstCreatedAt(of('workers'))).toBeGreaterThanOrEqual(minReadyAt(of('head'), 1));
     expect(await cloudCount(id)).toBe(7);
-    expect(proxy.instances.map((i: any) => i.id)).toEqual([`${id}-proxy-0`, `${id}-proxy-1`]);
+    expect(of('proxy').map((i) => i.id)).toEqual([`${id}-proxy-0`, `${id}-proxy-1`]);
 
     const del = await stack.http('DELETE', `/v1/clusters/${id}`);
     expect(del.status).toBe(202);
@@ -75,8 +82,9 @@ describe('cluster lifecycle', () => {
       name: 'diamond',
       services: [service('base'), service('left', ['base']), service('right', ['base']), service('top', ['left', 'right']), service('solo')],
     });
-    const s = await waitForState(stack, id, 'READY');
-    const [base, left, right, top, solo] = ['base', 'left', 'right', 'top', 'solo'].map((n) => byName(s, n));
+    await waitForState(stack, id, 'READY');
+    const of = await instancesByService(id);
+    const [base, left, right, top, solo] = ['base', 'left', 'right', 'top', 'solo'].map((n) => of(n));
     expect(firstCreatedAt(left)).toBeGreaterThanOrEqual(minReadyAt(base, 1));
     expect(firstCreatedAt(right)).toBeGreaterThanOrEqual(minReadyAt(base, 1));
     expect(firstCreatedAt(top)).toBeGreaterThanOrEqual(Math.max(minReadyAt(left, 1), minReadyAt(right, 1)));
@@ -103,7 +111,7 @@ describe('cluster lifecycle', () => {
 
     const down = await stack.http('POST', `/v1/clusters/${id}/services/workers/scale`, { instances: 2 });
     expect(down).toMatchObject({ status: 200, body: { desired: 2 } });
-    await waitFor(async () => byName(await clusterStatus(stack, id), 'workers').instances.length === 2 && (await cloudCount(id)) === 4, 60_000, 'scale down to 2');
+    await waitFor(async () => (await clusterInstances(stack, id, 'workers')).length === 2 && (await cloudCount(id)) === 4, 60_000, 'scale down to 2');
 
     for (const [n, rule] of [
       [1, 'min'],
@@ -154,7 +162,7 @@ describe('cluster lifecycle', () => {
       const svc = byName(s, name);
       expect(svc.ready).toBe(1);
       expect(svc.replacements).toBeGreaterThanOrEqual(1);
-      expect(svc.instances.map((i: any) => i.id)).toEqual([`${id}-${name}-1`]);
+      expect((await clusterInstances(stack, id, name)).map((i) => i.id)).toEqual([`${id}-${name}-1`]);
     }
     expect(byName(s, 'bad').message).toMatch(/guest reported failed/);
     expect(byName(s, 'quiet').message).toMatch(/no readiness report within 5 s/);

@@ -12,7 +12,7 @@ import path from 'node:path';
 import Database from 'better-sqlite3';
 import { openSqliteStore } from '../store/index.js';
 import { extractPhoneHome } from '../model/user-data.js';
-import { clusterStatus, deploy, startStack, waitFor, waitForState, type Stack } from './harness.js';
+import { clusterInstances, clusterStatus, deploy, startStack, waitFor, waitForState, type Stack } from './harness.js';
 import { historyText } from './history-text.js';
 import { startStratum1, type FakeStratum1 } from './fakes/stratum1.js';
 
@@ -121,7 +121,7 @@ describe('a cluster whose services name contexts', () => {
     expect(flaky.state).toBe('READY');
     expect(flaky.replacements).toBe(1);
     expect(flaky.message).toBe(`${clusterId}-flaky-0: CVMFS probe failed: sft.cern.ch FAILED (Probing /cvmfs/sft.cern.ch... Failed!)`);
-    expect(flaky.instances.map((i: { id: string }) => i.id)).toEqual([`${clusterId}-flaky-1`]);
+    expect((await clusterInstances(stack, clusterId, 'flaky')).map((i) => i.id)).toEqual([`${clusterId}-flaky-1`]);
   });
 
   it('ran one stratum-1 check per repository as activities in the cluster workflow, failing over the dead server', async () => {
@@ -191,7 +191,7 @@ describe('a repository that is not fit to deploy with', () => {
     expect(failed.message).toContain(type);
     expect(failed.message).toMatch(text);
     expect(failed.message).toContain(good.url.replace('@fqrn@', repo));
-    expect(service(failed, 'svc').instances).toEqual([]);
+    expect(await clusterInstances(stack, id, 'svc')).toEqual([]);
     expect(stack.worker!.sim!.count({ cluster: id })).toBe(0);
     // Non-retryable: one attempt, visible in the history.
     const [cluster] = (await histories(id)).filter((h) => h.workflowId === `cluster/${id}`);

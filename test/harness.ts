@@ -17,6 +17,7 @@ import type { SimRule } from '../clouds/sim.js';
 import type { CloudConfig } from '../model/clouds-config.js';
 import { ConfigSchema, type Config } from '../model/config.js';
 import type { ClusterDefinitionInput } from '../model/definition.js';
+import type { PublishedInstance } from '../model/read-model.js';
 import { freePort, startDevServer, type DevServer } from '../workers/dev-server.js';
 import { startWorker, WORKFLOWS_PATH, type RunningWorker } from '../workers/worker.js';
 
@@ -221,6 +222,24 @@ export async function clusterStatus(stack: Stack, id: string): Promise<any> {
   const r = await stack.http('GET', `/v1/clusters/${id}`);
   if (r.status !== 200) throw new Error(`GET cluster ${id}: ${r.status} ${JSON.stringify(r.body)}`);
   return r.body;
+}
+
+/**
+ * A cluster's published instances (of one service, if named), by service then ordinal, from
+ * `GET /v1/clusters/:id/instances`, following its cursors to the last page. The cluster
+ * answer carries counts only; suites read instances through this one helper.
+ */
+export async function clusterInstances(stack: Stack, id: string, service?: string): Promise<PublishedInstance[]> {
+  const items: PublishedInstance[] = [];
+  let cursor: string | undefined;
+  do {
+    const query = new URLSearchParams({ ...(service !== undefined && { service }), ...(cursor !== undefined && { cursor }) });
+    const r = await stack.http<{ items: PublishedInstance[]; next?: string }>('GET', `/v1/clusters/${id}/instances?${query}`);
+    if (r.status !== 200) throw new Error(`GET instances of ${id}${service ? ` (${service})` : ''}: ${r.status} ${JSON.stringify(r.body)}`);
+    items.push(...r.body.items);
+    cursor = r.body.next;
+  } while (cursor !== undefined);
+  return items;
 }
 
 export function waitForState(stack: Stack, id: string, state: string, timeoutMs = 90_000): Promise<any> {

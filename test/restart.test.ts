@@ -6,7 +6,7 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import path from 'node:path';
 import { createSimCloud } from '../clouds/sim.js';
-import { clusterStatus, deploy, startStack, threeTier, waitFor, waitForState, type Stack } from './harness.js';
+import { clusterInstances, clusterStatus, deploy, startStack, threeTier, waitFor, waitForState, type Stack } from './harness.js';
 
 let stack: Stack;
 beforeAll(async () => {
@@ -27,10 +27,10 @@ async function countInCloud(clusterId: string): Promise<{ count: number; names: 
   }
 }
 
-const expectExactly = async (id: string, status: any, total: number) => {
+const expectExactly = async (id: string, total: number) => {
   const { count, names } = await countInCloud(id);
   expect(count).toBe(total);
-  const listed = status.services.flatMap((s: any) => s.instances.map((i: any) => i.id)).sort();
+  const listed = (await clusterInstances(stack, id)).map((i) => i.id).sort();
   expect(names).toEqual(listed);
   expect(new Set(names).size).toBe(total);
 };
@@ -42,8 +42,8 @@ describe('restarts mid-deployment', () => {
     await stack.killWorker();
     await new Promise((r) => setTimeout(r, 1_000));
     await stack.startWorker();
-    const status = await waitForState(stack, id, 'READY', 180_000);
-    await expectExactly(id, status, 17);
+    await waitForState(stack, id, 'READY', 180_000);
+    await expectExactly(id, 17);
     await stack.http('DELETE', `/v1/clusters/${id}`);
     await waitForState(stack, id, 'TERMINATED', 120_000);
     expect((await countInCloud(id)).count).toBe(0);
@@ -53,8 +53,8 @@ describe('restarts mid-deployment', () => {
     const id = await deploy(stack, threeTier({ proxy: 2, head: 2, workers: 10 }));
     await waitFor(async () => (await clusterStatus(stack, id)).services[1].state === 'DEPLOYING', 120_000, 'head deploying');
     await stack.restartTemporal();
-    const status = await waitForState(stack, id, 'READY', 180_000);
-    await expectExactly(id, status, 14);
+    await waitForState(stack, id, 'READY', 180_000);
+    await expectExactly(id, 14);
     await stack.http('DELETE', `/v1/clusters/${id}`);
     await waitForState(stack, id, 'TERMINATED', 120_000);
     expect((await countInCloud(id)).count).toBe(0);
