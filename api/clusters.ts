@@ -97,15 +97,24 @@ export function stateOf(desc: WorkflowExecutionDescription): ClusterState {
 }
 
 /**
- * The services of the cluster answer: the cluster workflow's list (its order, and services
- * not started yet), each replaced by the service workflow's own publish when there is one,
- * because a service reports its counts to the cluster workflow only when its state changes.
- * Services that published before the cluster listed them come last, by name.
+ * The services of the cluster answer, in the cluster workflow's list (its order, and services
+ * not started yet). Each service's state, message and `retryingAt` are the cluster
+ * workflow's copy, so they always agree with the cluster's own state (the cluster workflow
+ * may publish a service's new state before that service's own publish lands); its counts
+ * (desired, ready, replacements) are the service's own publish when there is one, because a
+ * service reports counts to the cluster workflow only along with a state change. Services
+ * that published before the cluster listed them come last, by name, as they published.
  */
 export function mergeServices(clusterServices: PublishedService[], serviceViews: ServiceViewRecord[]): PublishedService[] {
   const own = new Map(serviceViews.map((v) => [v.service, v.summary]));
   const listed = new Set(clusterServices.map((s) => s.name));
-  return [...clusterServices.map((s) => own.get(s.name) ?? s), ...serviceViews.filter((v) => !listed.has(v.service)).map((v) => v.summary)];
+  return [
+    ...clusterServices.map((s) => {
+      const counts = own.get(s.name);
+      return counts ? { ...s, desired: counts.desired, ready: counts.ready, replacements: counts.replacements } : s;
+    }),
+    ...serviceViews.filter((v) => !listed.has(v.service)).map((v) => v.summary),
+  ];
 }
 
 /**

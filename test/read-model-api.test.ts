@@ -164,17 +164,22 @@ describe('GET /v1/clusters/:id from the read model, with no worker', () => {
     store.deleteCluster('orphan-aaaaaa');
   });
 
-  it('answers what was published: cluster state, each service’s own summary over the cluster’s copy, no instances', async () => {
+  it('answers what was published: states from the cluster workflow, counts from each service’s own publish, no instances', async () => {
     const id = await submit('shown');
     expect(
       publishCluster(id, 3, {
-        state: 'DEGRADED',
-        message: 'workers: 1 of 2 ready',
-        services: [summary('proxy', { state: 'READY', ready: 1 }), summary('workers', { desired: 2 }), summary('monitor', { state: 'WAITING' })],
+        state: 'FAILED',
+        message: 'service workers failed',
+        services: [
+          summary('proxy', { state: 'READY', ready: 1 }),
+          summary('workers', { state: 'FAILED', desired: 2, message: 'create failed: InvalidRequest' }),
+          summary('monitor', { state: 'WAITING' }),
+        ],
       }),
     ).toBe(true);
-    // The service workflows' own publishes are newer than what they reported to the cluster workflow.
-    expect(publishService(id, 'workers', 7, { summary: summary('workers', { state: 'DEGRADED', desired: 2, ready: 1, replacements: 1, message: 'one guest never phoned home' }), upserts: [instance(id, 'workers', 0, 'READY'), instance(id, 'workers', 2)] })).toBe(true);
+    // The workers' own last publish is older in state (the cluster heard of the failure first)
+    // and newer in counts (counts reach the cluster workflow only with a state change).
+    expect(publishService(id, 'workers', 7, { summary: summary('workers', { state: 'DEPLOYING', desired: 3, ready: 1, replacements: 1, message: 'one guest never phoned home' }), upserts: [instance(id, 'workers', 0, 'READY'), instance(id, 'workers', 2)] })).toBe(true);
     expect(publishService(id, 'proxy', 2, { summary: summary('proxy', { state: 'READY', ready: 1 }), upserts: [instance(id, 'proxy', 0, 'READY')] })).toBe(true);
 
     const res = await request(app).get(`/v1/clusters/${id}`);
@@ -184,11 +189,11 @@ describe('GET /v1/clusters/:id from the read model, with no worker', () => {
       name: 'shown',
       definitionId: defId,
       cloud: 'sim',
-      state: 'DEGRADED',
-      message: 'workers: 1 of 2 ready',
+      state: 'FAILED',
+      message: 'service workers failed',
       services: [
         summary('proxy', { state: 'READY', ready: 1 }),
-        summary('workers', { state: 'DEGRADED', desired: 2, ready: 1, replacements: 1, message: 'one guest never phoned home' }),
+        summary('workers', { state: 'FAILED', desired: 3, ready: 1, replacements: 1, message: 'create failed: InvalidRequest' }),
         summary('monitor', { state: 'WAITING' }),
       ],
       links: expect.objectContaining({ self: `/v1/clusters/${id}`, instances: `/v1/clusters/${id}/instances` }),
@@ -200,7 +205,17 @@ describe('GET /v1/clusters/:id from the read model, with no worker', () => {
     // The list takes the state from the store too.
     const list = await request(app).get('/v1/clusters');
     const items = (list.body as { items: { id: string; state: string }[] }).items;
-    expect(items.find((c) => c.id === id)?.state).toBe('DEGRADED');
+    expect(items.find((c) => c.id === id)?.state).toBe('FAILED');
+  });
+
+  it('shows a service that published before the cluster workflow listed it as it published itself', async () => {
+    const id = await submit('early');
+    expect(publishService(id, 'proxy', 1, { summary: summary('proxy', { state: 'DEPLOYING', desired: 2 }) })).toBe(true);
+    const before = await request(app).get(`/v1/clusters/${id}`);
+    expect(before.body).toMatchObject({ state: 'PENDING', seq: 0, services: [summary('proxy', { state: 'DEPLOYING', desired: 2 })] });
+    expect(publishCluster(id, 1, { services: [summary('workers', { state: 'WAITING' })] })).toBe(true);
+    const after = await request(app).get(`/v1/clusters/${id}`);
+    expect((after.body as { services: PublishedService[] }).services).toEqual([summary('workers', { state: 'WAITING' }), summary('proxy', { state: 'DEPLOYING', desired: 2 })]);
   });
 
   it('carries a weak ETag that changes with every accepted publish; If-None-Match → 304', async () => {
@@ -229,7 +244,7 @@ describe('GET /v1/clusters/:id from the read model, with no worker', () => {
     const afterService = await request(app).get(`/v1/clusters/${id}`).set('If-None-Match', etag);
     expect(afterService.status).toBe(200);
     expect(afterService.headers.etag).not.toBe(etag);
-    expect((afterService.body as { services: PublishedService[] }).services[0]).toMatchObject({ state: 'READY', ready: 1 });
+    expect((afterService.body as { services: PublishedService[] }).services[0]).toMatchObject({ ready: 1 });
 
     expect(publishCluster(id, 2, { state: 'READY', services: [summary('proxy', { state: 'READY', ready: 1 })] })).toBe(true);
     const afterCluster = await request(app).get(`/v1/clusters/${id}`).set('If-None-Match', afterService.headers.etag);
