@@ -98,22 +98,25 @@ export function stateOf(desc: WorkflowExecutionDescription): ClusterState {
 
 /**
  * The services of the cluster answer, in the cluster workflow's list (its order, and services
- * not started yet). Each service's state, message and `retryingAt` are the cluster
- * workflow's copy, so they always agree with the cluster's own state (the cluster workflow
- * may publish a service's new state before that service's own publish lands); its counts
- * (desired, ready, replacements) are the service's own publish when there is one, because a
- * service reports counts to the cluster workflow only along with a state change. Services
- * that published before the cluster listed them come last, by name, as they published.
+ * not started yet), each summary whole from one source. A service's own publish is fresher
+ * for counts (it reports to the cluster workflow only when its state, "minimum reached",
+ * desired count or failure changes), so it is used, unless it shows another state than the
+ * cluster workflow's copy and is older than the cluster's publish: a service signals the
+ * cluster workflow before its own publish lands, and without this a FAILED or READY cluster
+ * could show the service that made it so still DEPLOYING. Services that published before
+ * the cluster listed them come last, by name.
  */
-export function mergeServices(clusterServices: PublishedService[], serviceViews: ServiceViewRecord[]): PublishedService[] {
-  const own = new Map(serviceViews.map((v) => [v.service, v.summary]));
-  const listed = new Set(clusterServices.map((s) => s.name));
+export function mergeServices(view: ClusterViewRecord | undefined, serviceViews: ServiceViewRecord[]): PublishedService[] {
+  const own = new Map(serviceViews.map((v) => [v.service, v]));
+  const listed = view?.services ?? [];
+  const names = new Set(listed.map((s) => s.name));
   return [
-    ...clusterServices.map((s) => {
-      const counts = own.get(s.name);
-      return counts ? { ...s, desired: counts.desired, ready: counts.ready, replacements: counts.replacements } : s;
+    ...listed.map((copy) => {
+      const o = own.get(copy.name);
+      const behind = o !== undefined && o.summary.state !== copy.state && Date.parse(o.observedAt) < Date.parse(view!.observedAt);
+      return o && !behind ? o.summary : copy;
     }),
-    ...serviceViews.filter((v) => !listed.has(v.service)).map((v) => v.summary),
+    ...serviceViews.filter((v) => !names.has(v.service)).map((v) => v.summary),
   ];
 }
 
@@ -350,7 +353,7 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
         message: gone
           ? 'the cluster workflow has not started (or was removed after retention)'
           : 'the cluster workflow has not published its state yet; the state is its search attribute',
-        services: mergeServices([], serviceViews),
+        services: mergeServices(undefined, serviceViews),
         seq: 0,
       };
       return void res.set('Cache-Control', 'no-cache').json(detail);
@@ -362,7 +365,7 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
       ...fixed,
       state: view.state,
       ...(view.message !== undefined && { message: view.message }),
-      services: mergeServices(view.services, serviceViews),
+      services: mergeServices(view, serviceViews),
       observedAt: view.observedAt,
       seq: view.seq,
     };

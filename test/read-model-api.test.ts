@@ -164,10 +164,11 @@ describe('GET /v1/clusters/:id from the read model, with no worker', () => {
     store.deleteCluster('orphan-aaaaaa');
   });
 
-  it('answers what was published: states from the cluster workflow, counts from each service’s own publish, no instances', async () => {
+  it('answers what was published, each service from its own publish unless that is behind the cluster’s; no instances', async () => {
     const id = await submit('shown');
     expect(
       publishCluster(id, 3, {
+        observedAt: at(10),
         state: 'FAILED',
         message: 'service workers failed',
         services: [
@@ -177,10 +178,14 @@ describe('GET /v1/clusters/:id from the read model, with no worker', () => {
         ],
       }),
     ).toBe(true);
-    // The workers' own last publish is older in state (the cluster heard of the failure first)
-    // and newer in counts (counts reach the cluster workflow only with a state change).
-    expect(publishService(id, 'workers', 7, { summary: summary('workers', { state: 'DEPLOYING', desired: 3, ready: 1, replacements: 1, message: 'one guest never phoned home' }), upserts: [instance(id, 'workers', 0, 'READY'), instance(id, 'workers', 2)] })).toBe(true);
-    expect(publishService(id, 'proxy', 2, { summary: summary('proxy', { state: 'READY', ready: 1 }), upserts: [instance(id, 'proxy', 0, 'READY')] })).toBe(true);
+    // proxy: same state as the cluster's copy, fresher counts → its own publish.
+    const proxy = summary('proxy', { state: 'READY', ready: 1, replacements: 2, message: 'proxy-0 never phoned home' });
+    expect(publishService(id, 'proxy', 2, { observedAt: at(5), summary: proxy, upserts: [instance(id, 'proxy', 1, 'READY')] })).toBe(true);
+    // workers: another state than the cluster's copy and older than the cluster's publish (the
+    // cluster heard of the failure before the workers' own publish landed) → the cluster's copy.
+    expect(publishService(id, 'workers', 7, { observedAt: at(4), summary: summary('workers', { state: 'DEPLOYING', desired: 2, ready: 1 }), upserts: [instance(id, 'workers', 0, 'READY')] })).toBe(true);
+    // monitor: another state, but newer than the cluster's publish (its report is on its way) → its own.
+    expect(publishService(id, 'monitor', 1, { observedAt: at(11), summary: summary('monitor', { state: 'DEPLOYING' }) })).toBe(true);
 
     const res = await request(app).get(`/v1/clusters/${id}`);
     expect(res.status).toBe(200);
@@ -191,13 +196,9 @@ describe('GET /v1/clusters/:id from the read model, with no worker', () => {
       cloud: 'sim',
       state: 'FAILED',
       message: 'service workers failed',
-      services: [
-        summary('proxy', { state: 'READY', ready: 1 }),
-        summary('workers', { state: 'FAILED', desired: 3, ready: 1, replacements: 1, message: 'create failed: InvalidRequest' }),
-        summary('monitor', { state: 'WAITING' }),
-      ],
+      services: [proxy, summary('workers', { state: 'FAILED', desired: 2, message: 'create failed: InvalidRequest' }), summary('monitor', { state: 'DEPLOYING' })],
       links: expect.objectContaining({ self: `/v1/clusters/${id}`, instances: `/v1/clusters/${id}/instances` }),
-      observedAt: at(3),
+      observedAt: at(10),
       seq: 3,
     });
     expect(JSON.stringify(res.body)).not.toContain('"instances":[');
