@@ -24,7 +24,7 @@ import {
 } from '@temporalio/workflow';
 import { clusterVerdict, cvmfsChecks, startableServices } from '../model/cluster-plan.js';
 import type { ServiceDefinition } from '../model/definition.js';
-import type { ClusterEvent, ClusterEventKind, PublishedService } from '../model/read-model.js';
+import type { ClusterEvent, ClusterEventKind, PublishClusterInput, PublishedService } from '../model/read-model.js';
 import type { ClusterState } from '../model/status.js';
 import type { CloudgateActivities } from './activity-types.js';
 import { failureReason } from './failures.js';
@@ -101,6 +101,8 @@ class ClusterRun {
   private readonly specs: Map<string, ServiceDefinition>;
   private readonly children = new Map<string, ChildWorkflowHandle<typeof ServiceWorkflow>>();
   private readonly readModel: boolean;
+  /** A write to the read model that failed, to send again first. */
+  private pendingPublish?: PublishClusterInput;
 
   constructor(private readonly input: ClusterInput) {
     const { definition } = input;
@@ -251,17 +253,32 @@ class ClusterRun {
       ...(message !== undefined && { message }),
       ...(retryingAt !== undefined && { retryingAt }),
     }));
+    // A write that failed is sent again first, unchanged (same seq): the store refuses it if it had landed.
+    if (this.pendingPublish && !(await this.send(this.pendingPublish))) return;
     const content = JSON.stringify([s.state, s.message, services]);
     if (content === s.published && s.events.length === 0) return;
-    const events = s.events.splice(0);
+    const write: PublishClusterInput = {
+      clusterId: input.clusterId,
+      seq: ++s.pubSeq,
+      observedAt: new Date().toISOString(),
+      state: s.state,
+      ...(s.message !== undefined && { message: s.message }),
+      services,
+      events: s.events.splice(0),
+    };
+    if (await this.send(write)) s.published = content;
+  }
+
+  /** One write to the read model; a failed one is kept in {@link pendingPublish}. */
+  private async send(write: PublishClusterInput): Promise<boolean> {
     try {
-      await publishCluster.executeWithOptions({ summary: `publish ${this.clusterId}: ${s.state}` }, [
-        { clusterId: input.clusterId, seq: ++s.pubSeq, observedAt: new Date().toISOString(), state: s.state, ...(s.message !== undefined && { message: s.message }), services, events },
-      ]);
-      s.published = content;
+      await publishCluster.executeWithOptions({ summary: `publish ${this.clusterId}: ${write.state}` }, [write]);
+      this.pendingPublish = undefined;
+      return true;
     } catch (err) {
       log.warn('could not publish to the read model; will try again', { error: failureReason(err) });
-      s.events.unshift(...events);
+      this.pendingPublish = write;
+      return false;
     }
   }
 

@@ -44,7 +44,14 @@ import {
   wakeReason,
   type InstanceRecord,
 } from '../model/service-plan.js';
-import { MAX_PUBLISHED_INSTANCES, type ClusterEvent, type ClusterEventKind, type PublishedInstance, type PublishedService } from '../model/read-model.js';
+import {
+  MAX_PUBLISHED_INSTANCES,
+  type ClusterEvent,
+  type ClusterEventKind,
+  type PublishedInstance,
+  type PublishedService,
+  type PublishServiceInput,
+} from '../model/read-model.js';
 import type { InstanceStatus, ReadinessReport, ServiceState, ServiceStatus } from '../model/status.js';
 import type { CloudgateActivities, CreatedInstance, DescribedInstance, InstanceRef } from './activity-types.js';
 import { failureReason } from './failures.js';
@@ -150,6 +157,8 @@ class ServiceRun {
   private readonly quietHealthChecks: boolean;
   /** The service publishes its state to the read model (runs started before do not). */
   private readonly readModel: boolean;
+  /** A write to the read model that failed, to send again first. */
+  private pendingPublish?: { input: PublishServiceInput; done: () => void };
 
   constructor(private readonly input: ServiceInput) {
     const carried = input.carried;
@@ -429,6 +438,8 @@ class ServiceRun {
     const retrying = retryingAt ? `, next attempt at ${retryingAt}` : '';
     setCurrentDetails(`**${this.name}**: ${state}${retrying}, ${ready}/${desired} ready, ${replacements} replaced${message ? `\n\nlast problem: ${message}` : ''}`);
     const summary: Omit<ServiceSummary, 'workflowId'> = { name: this.name, state, desired, ready, replacements, message, ...(retryingAt && { retryingAt }) };
+    // The service's own view first: the cluster publishes what it is told, and must not be ahead of it.
+    await this.publish(true);
     try {
       await getExternalWorkflowHandle(this.input.parentWorkflowId).signal(serviceReportSignal, summary);
     } catch (err) {
@@ -457,38 +468,69 @@ class ServiceRun {
   }
 
   /**
+   * One write to the read model. A write that fails (after the local activity's retries) is
+   * kept and sent again, unchanged and with the same sequence number, before anything newer:
+   * if it had landed after all, the store refuses the copy, so no event is written twice.
+   */
+  private async send(input: PublishServiceInput, done: () => void): Promise<boolean> {
+    try {
+      await publishService.executeWithOptions(
+        { summary: `publish ${this.name}: ${input.summary.state}, ${input.summary.ready}/${input.summary.desired} ready, ${input.upserts.length} instance changes` },
+        [input],
+      );
+    } catch (err) {
+      log.warn('could not publish to the read model; will try again', { error: failureReason(err) });
+      this.pendingPublish = { input, done };
+      return false;
+    }
+    done();
+    return true;
+  }
+
+  /**
    * Sends what changed to the read model: the summary and events at once when they changed,
    * instance changes at most every {@link PUBLISH_INTERVAL_MS} (or all of them when `flush`),
-   * in runs of {@link MAX_PUBLISHED_INSTANCES}. A write that fails is tried again next time.
+   * in runs of {@link MAX_PUBLISHED_INSTANCES}, each instance with the fingerprint it had when
+   * it was sent (a change during the write is sent next time).
    */
   private async publish(flush = false): Promise<void> {
     const { s, input } = this;
     if (!this.readModel) return;
+    if (this.pendingPublish) {
+      const { input: again, done } = this.pendingPublish;
+      this.pendingPublish = undefined;
+      if (!(await this.send(again, done))) return;
+    }
     const summary = this.publishedSummary();
     const summaryKey = JSON.stringify(summary);
     const now = Date.now();
     const urgent = flush || summaryKey !== s.publishedSummary || s.events.length > 0;
     if (!urgent && (this.publishDueAt() === 0 || now < s.lastPublishAt + PUBLISH_INTERVAL_MS)) return;
-    const upserts: PublishedInstance[] = [...this.instances.values()]
-      .filter((i) => s.published.get(i.id) !== instanceFingerprint(i))
-      .map((i) => ({ ...this.instanceStatus(i), service: this.name, ordinal: i.ordinal }));
+    const changed = [...this.instances.values()]
+      .map((i) => ({ i, fp: instanceFingerprint(i) }))
+      .filter(({ i, fp }) => s.published.get(i.id) !== fp);
     const removed = [...s.published.keys()].filter((id) => !this.instances.has(id));
     const events = s.events.splice(0);
-    const runs = Math.max(1, Math.ceil(upserts.length / MAX_PUBLISHED_INSTANCES), Math.ceil(removed.length / MAX_PUBLISHED_INSTANCES));
+    const runs = Math.max(1, Math.ceil(changed.length / MAX_PUBLISHED_INSTANCES), Math.ceil(removed.length / MAX_PUBLISHED_INSTANCES));
     for (let n = 0; n < runs; n++) {
-      const up = upserts.slice(n * MAX_PUBLISHED_INSTANCES, (n + 1) * MAX_PUBLISHED_INSTANCES);
+      const up = changed.slice(n * MAX_PUBLISHED_INSTANCES, (n + 1) * MAX_PUBLISHED_INSTANCES);
       const gone = removed.slice(n * MAX_PUBLISHED_INSTANCES, (n + 1) * MAX_PUBLISHED_INSTANCES);
-      try {
-        await publishService.executeWithOptions({ summary: `publish ${this.name}: ${summary.state}, ${summary.ready}/${summary.desired} ready, ${up.length} instance changes` }, [
-          { clusterId: input.clusterId, service: this.name, seq: ++s.pubSeq, observedAt: new Date(now).toISOString(), summary, upserts: up, removed: gone, events: n === 0 ? events : [] },
-        ]);
-      } catch (err) {
-        log.warn('could not publish to the read model; will try again', { error: failureReason(err) });
-        if (n === 0) s.events.unshift(...events);
-        return;
-      }
-      for (const i of up) s.published.set(i.id, instanceFingerprint(this.instances.get(i.id)!));
-      for (const id of gone) s.published.delete(id);
+      const upserts: PublishedInstance[] = up.map(({ i }) => ({ ...this.instanceStatus(i), service: this.name, ordinal: i.ordinal }));
+      const write: PublishServiceInput = {
+        clusterId: input.clusterId,
+        service: this.name,
+        seq: ++s.pubSeq,
+        observedAt: new Date(now).toISOString(),
+        summary,
+        upserts,
+        removed: gone,
+        events: n === 0 ? events : [],
+      };
+      const done = () => {
+        for (const { i, fp } of up) s.published.set(i.id, fp);
+        for (const id of gone) s.published.delete(id);
+      };
+      if (!(await this.send(write, done))) return;
     }
     s.publishedSummary = summaryKey;
     s.lastPublishAt = now;
