@@ -18,6 +18,7 @@ import type {
   CreateInstancesInput,
   DescribedInstance,
   DescribeInstancesInput,
+  InstanceRef,
   PublishClusterInput,
   PublishServiceInput,
   SweepClusterInput,
@@ -55,6 +56,8 @@ export interface ContextSource {
 export interface ReadModelSink {
   publishCluster(input: PublishClusterInput): boolean;
   publishService(input: PublishServiceInput): boolean;
+  /** Provider ids of published instances: a service workflow does not carry them across continue-as-new. */
+  cloudInstanceIds(clusterId: string, ids: readonly string[]): Record<string, string>;
 }
 
 /** Failure type of a service publish carrying more instances than {@link MAX_PUBLISHED_INSTANCES}: a workflow bug, not retried. */
@@ -134,6 +137,16 @@ function heartbeat(progress: number): void {
 export function createActivities(deps: ActivityDeps): CloudgateActivities {
   const limit = deps.concurrency ?? 16;
 
+  /**
+   * Provider ids of the instances of a describe or terminate: those the workflow sent, else
+   * what the read model has (a service workflow drops them on continue-as-new).
+   */
+  const providerIds = (input: { clusterId?: string; instances: InstanceRef[] }): Record<string, string> => {
+    const given = Object.fromEntries(input.instances.flatMap((r) => (r.cloudInstanceId ? [[r.id, r.cloudInstanceId]] : [])));
+    const missing = input.instances.filter((r) => !r.cloudInstanceId).map((r) => r.id);
+    return missing.length && input.clusterId ? { ...deps.readModel.cloudInstanceIds(input.clusterId, missing), ...given } : given;
+  };
+
   /** The pinned context version and its secrets, read once per batch. */
   const loadContext = (ref: { id: string; version: number }): { context: CloudgateContext; secrets: Record<string, string> } => {
     const what = `context ${ref.id} version ${ref.version}`;
@@ -187,9 +200,13 @@ export function createActivities(deps: ActivityDeps): CloudgateActivities {
 
     async describeInstances(input: DescribeInstancesInput) {
       const cloud = deps.clouds.get(input.cloud);
+      const known = providerIds(input);
       return forEachLimited(input.instances, limit, async (ref): Promise<DescribedInstance> => {
         try {
-          const inst = await withLocalRetry(() => cloud.describeInstance(ref.cloudInstanceId));
+          // Without a provider id anywhere, the key finds the instance (or nothing: it is gone).
+          const cloudId = known[ref.id] ?? (await withLocalRetry(() => cloud.findInstance(ref.id)))?.id;
+          if (!cloudId) return { id: ref.id, cloudState: 'GONE' };
+          const inst = await withLocalRetry(() => cloud.describeInstance(cloudId));
           return { id: ref.id, cloudState: inst.state };
         } catch (err) {
           if (err instanceof CloudError && err.kind === 'NotFound') return { id: ref.id, cloudState: 'GONE' };
@@ -200,10 +217,11 @@ export function createActivities(deps: ActivityDeps): CloudgateActivities {
 
     async terminateInstances(input: TerminateInstancesInput) {
       const cloud = deps.clouds.get(input.cloud);
+      const known = providerIds(input);
       const gone = await forEachLimited(input.instances, limit, async (ref) => {
         try {
           // Without the provider id (create failed midway) the key finds what may have been made.
-          const id = ref.cloudInstanceId ?? (await withLocalRetry(() => cloud.findInstance(ref.id)))?.id;
+          const id = known[ref.id] ?? (await withLocalRetry(() => cloud.findInstance(ref.id)))?.id;
           if (id) await withLocalRetry(() => cloud.terminateInstance(id));
           // A create retried after we looked may have made another one with the same key.
           const again = await withLocalRetry(() => cloud.findInstance(ref.id));

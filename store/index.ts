@@ -225,11 +225,15 @@ export interface Store {
    */
   publishCluster(input: PublishClusterInput): boolean;
   /**
-   * Keeps the service's summary, inserts or replaces `upserts` and deletes `removed` (only
+   * Keeps the service's summary, inserts or updates `upserts` and deletes `removed` (only
    * among the service's own instances), appends `events`; all or nothing, under the same
-   * seq rule as {@link publishCluster}. Instances are stored under `input.service`.
+   * seq rule as {@link publishCluster}. Instances are stored under `input.service`. An update
+   * keeps the provider id, creation and ready times it has when the upsert leaves them out:
+   * a service workflow does not carry them across continue-as-new (they live here).
    */
   publishService(input: PublishServiceInput): boolean;
+  /** The provider ids of published instances, by instance id (ids without one are absent). */
+  cloudInstanceIds(clusterId: string, ids: readonly string[]): Record<string, string>;
   /** The cluster workflow's last publish; undefined before its first. */
   getClusterView(clusterId: string): ClusterViewRecord | undefined;
   /** Each service's last own publish, by service name; empty before the first. */
@@ -679,8 +683,12 @@ export function openSqliteStore(file: string, options: StoreOptions = {}): Store
       `INSERT INTO instances (cluster_id, id, service, ordinal, name, state, cloud, cloud_instance_id, created_at, ready_at, message)
        VALUES (@clusterId, @id, @service, @ordinal, @name, @state, @cloud, @cloudInstanceId, @createdAt, @readyAt, @message)
        ON CONFLICT(cluster_id, id) DO UPDATE SET service = excluded.service, ordinal = excluded.ordinal, name = excluded.name,
-         state = excluded.state, cloud = excluded.cloud, cloud_instance_id = excluded.cloud_instance_id, created_at = excluded.created_at,
-         ready_at = excluded.ready_at, message = excluded.message`,
+         state = excluded.state, cloud = excluded.cloud, cloud_instance_id = COALESCE(excluded.cloud_instance_id, instances.cloud_instance_id),
+         created_at = COALESCE(excluded.created_at, instances.created_at), ready_at = COALESCE(excluded.ready_at, instances.ready_at),
+         message = excluded.message`,
+    ),
+    cloudInstanceId: db.prepare<[string, string], { cloud_instance_id: string | null }>(
+      'SELECT cloud_instance_id FROM instances WHERE cluster_id = ? AND id = ?',
     ),
     deleteInstance: db.prepare('DELETE FROM instances WHERE cluster_id = ? AND service = ? AND id = ?'),
     // A NULL parameter switches its filter off; (service, ordinal) > cursor continues the keyset.
@@ -871,6 +879,14 @@ export function openSqliteStore(file: string, options: StoreOptions = {}): Store
       return r && toClusterView(r);
     },
     getServiceViews: (clusterId) => q.getServiceViews.all(clusterId).map(toServiceView),
+    cloudInstanceIds(clusterId, ids) {
+      const out: Record<string, string> = {};
+      for (const id of ids) {
+        const found = q.cloudInstanceId.get(clusterId, id)?.cloud_instance_id;
+        if (found) out[id] = found;
+      }
+      return out;
+    },
     listInstances(clusterId, { service, state, cursor, limit }) {
       const after = cursor === undefined ? undefined : instanceCursor(cursor);
       const rows = q.listInstances.all({

@@ -2,6 +2,8 @@
 import { describe, expect, it } from '@jest/globals';
 import {
   chunks,
+  compactInstance,
+  expandInstance,
   healthCheckTargets,
   instanceId,
   keepRetryBackoffMs,
@@ -133,5 +135,35 @@ describe('wakeReason', () => {
     expect(wakeReason(now, now + 30_000, [], 0)).toBe('next health check in 30 s');
     expect(wakeReason(now, now + 30_000, [inst(1, 'BOOTING', { deadline: now + 5_000 })], 0)).toBe('readiness deadline in 5 s');
     expect(wakeReason(now, now + 30_000, [], now + 2_000)).toBe('next round of attempts in 2 s');
+  });
+});
+
+describe('what a service workflow carries across continue-as-new', () => {
+  it('is [ordinal, state code, deadline?] and expands back to the instance (id from the ordinal)', () => {
+    const booting = inst(7, 'BOOTING', { cloudInstanceId: 'i-7', createdAt: '2026-12-01T00:00:00Z', deadline: 123_456 });
+    const ready = inst(8, 'READY', { cloudInstanceId: 'i-8', readyAt: '2026-12-01T00:01:00Z' });
+    expect(compactInstance(booting)).toEqual([7, 'B', 123_456]);
+    expect(compactInstance(ready)).toEqual([8, 'Y']);
+    expect(expandInstance(compactInstance(booting), 'c1', 'workers')).toEqual({ id: 'c1-workers-7', ordinal: 7, state: 'BOOTING', deadline: 123_456 });
+    for (const state of ['CREATING', 'BOOTING', 'RUNNING', 'READY', 'FAILED', 'TERMINATING'] as const) {
+      expect(expandInstance(compactInstance(inst(1, state)), 'c1', 'workers').state).toBe(state);
+    }
+    // Runs from before the compact form carried whole records; they still expand.
+    expect(expandInstance(ready, 'c1', 'workers')).toBe(ready);
+    expect(() => expandInstance([1, 'Z'], 'c1', 'workers')).toThrow('unknown state code "Z"');
+  });
+
+  it('stays far below 512 KB at 10,000 instances of one service (whole records took 1.8 MB)', () => {
+    const instances = Array.from({ length: 10_000 }, (_, n) =>
+      inst(n, n % 50 === 0 ? 'BOOTING' : 'READY', {
+        cloudInstanceId: `a3f0c2e4-5b6d-4e7f-8a9b-${String(n).padStart(12, '0')}`,
+        createdAt: '2026-12-01T10:00:00.000Z',
+        ...(n % 50 === 0 ? { deadline: 1_796_144_600_616 } : { readyAt: '2026-12-01T10:00:25.000Z' }),
+      }),
+    );
+    const compact = Buffer.byteLength(JSON.stringify(instances.map(compactInstance)));
+    const whole = Buffer.byteLength(JSON.stringify(instances));
+    expect(compact).toBeLessThan(200 * 1024);
+    expect(whole).toBeGreaterThan(1.5 * 1024 * 1024);
   });
 });

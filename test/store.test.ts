@@ -309,6 +309,18 @@ describe('read model', () => {
     store.close();
   });
 
+  it('keeps provider id and times an update leaves out (a workflow does not carry them across continue-as-new), and finds provider ids by instance', () => {
+    const store = openSqliteStore(':memory:');
+    const full = { cloudInstanceId: 'i-0123', createdAt: at(1), readyAt: at(2) };
+    expect(store.publishService(servicePublish('workers', 1, { upserts: [inst('workers', 0, 'READY', full), inst('workers', 1)] }))).toBe(true);
+    // The next run knows only ordinal and state; the instance then fails.
+    expect(store.publishService(servicePublish('workers', 2, { upserts: [inst('workers', 0, 'FAILED', { message: 'vanished from the cloud' })] }))).toBe(true);
+    expect(store.listInstances(cid, { limit: 10 }).items[0]).toMatchObject({ ...full, state: 'FAILED', message: 'vanished from the cloud' });
+    expect(store.cloudInstanceIds(cid, [`${cid}-workers-0`, `${cid}-workers-1`, `${cid}-workers-9`])).toEqual({ [`${cid}-workers-0`]: 'i-0123' });
+    expect(store.cloudInstanceIds('other-cluster', [`${cid}-workers-0`])).toEqual({});
+    store.close();
+  });
+
   it('keeps a cluster publish only if its seq is higher; a rejected one changes nothing and appends no events', () => {
     const store = openSqliteStore(':memory:');
     expect(store.publishCluster(clusterPublish(2, { state: 'DEPLOYING', events: [event('deploying')] }))).toBe(true);

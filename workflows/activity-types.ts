@@ -39,7 +39,9 @@ export interface CreatedInstance {
 
 export interface DescribeInstancesInput {
   cloud: string;
-  instances: Required<InstanceRef>[];
+  /** Where instances without a provider id are looked up (the read model), else found by key. */
+  clusterId?: string;
+  instances: InstanceRef[];
 }
 
 /** `GONE` when the cloud no longer knows the instance. */
@@ -50,6 +52,8 @@ export interface DescribedInstance {
 
 export interface TerminateInstancesInput {
   cloud: string;
+  /** Where instances without a provider id are looked up (the read model), else found by key. */
+  clusterId?: string;
   instances: InstanceRef[];
 }
 

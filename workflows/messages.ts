@@ -7,7 +7,7 @@ import { defineQuery, defineSignal, defineUpdate } from '@temporalio/workflow';
 import { defineSearchAttributeKey, SearchAttributeType } from '@temporalio/common';
 import type { PinnedContext } from '../model/context.js';
 import type { ClusterDefinition, ServiceDefinition, FailurePolicy } from '../model/definition.js';
-import type { InstanceRecord } from '../model/service-plan.js';
+import type { CarriedInstance, InstanceRecord } from '../model/service-plan.js';
 import type { ClusterState, ReadinessReport, ServiceState, ServiceStatus } from '../model/status.js';
 
 export const TASK_QUEUE = 'cloudgate';
@@ -105,7 +105,8 @@ export interface ServiceInput {
 
 /** What a service workflow hands its next run on continue-as-new. */
 export interface ServiceCarried {
-  instances: InstanceRecord[];
+  /** Compact records (runs since the read model), or whole ones (runs before it). */
+  instances: (CarriedInstance | InstanceRecord)[];
   nextOrdinal: number;
   replacements: number;
   consecutiveFailures: number;

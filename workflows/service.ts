@@ -29,7 +29,9 @@ import {
 import { judgeReadiness } from '../model/readiness.js';
 import {
   chunks,
+  compactInstance,
   countIn,
+  expandInstance,
   healthCheckTargets,
   instanceFingerprint,
   instanceId,
@@ -162,7 +164,7 @@ class ServiceRun {
 
   constructor(private readonly input: ServiceInput) {
     const carried = input.carried;
-    this.instances = new Map((carried?.instances ?? []).map((i) => [i.id, i]));
+    this.instances = new Map((carried?.instances ?? []).map((c) => expandInstance(c, input.clusterId, input.service.name)).map((i) => [i.id, i]));
     /** What every guest must report OK before it counts as ready. */
     this.repositories = input.context?.repositories ?? [];
     // Often enough that a vanished guest is noticed before its readiness timeout would.
@@ -197,6 +199,9 @@ class ServiceRun {
       lastReport: '',
       reportedState: 'DEPLOYING',
     };
+    // The previous run published everything before it continued as new: its instances are in
+    // the read model as they are here (minus what is not carried, which the store keeps).
+    if (this.readModel && (carried?.pubSeq ?? 0) > 0) for (const i of this.instances.values()) this.s.published.set(i.id, instanceFingerprint(i));
     setHandler(serviceStatusQuery, () => this.view());
     setHandler(setDesiredSignal, (n) => {
       if (n !== this.s.desired) this.emit('scale', `desired instances ${this.s.desired} → ${n}`);
@@ -349,7 +354,7 @@ class ServiceRun {
       const what = batch.length === 1 ? batch[0].id : `${batch.length} × ${this.name}`;
       const refs: InstanceRef[] = batch.map((i) => ({ id: i.id, cloudInstanceId: i.cloudInstanceId }));
       try {
-        await terminateInstances.executeWithOptions({ summary: `terminate ${what}: ${why}` }, [{ cloud: this.input.cloud, instances: refs }]);
+        await terminateInstances.executeWithOptions({ summary: `terminate ${what}: ${why}` }, [{ cloud: this.input.cloud, clusterId: this.input.clusterId, instances: refs }]);
         for (const i of batch) this.instances.delete(i.id);
       } catch (err) {
         // Only cancellation ends an unlimited retry; hand the instances back so teardown tries again.
@@ -364,7 +369,7 @@ class ServiceRun {
       let described: DescribedInstance[];
       try {
         described = await describeInstances.executeWithOptions({ summary: `check ${batch.length} × ${this.name} still exist` }, [
-          { cloud: this.input.cloud, instances: batch.map((i) => ({ id: i.id, cloudInstanceId: i.cloudInstanceId! })) },
+          { cloud: this.input.cloud, clusterId: this.input.clusterId, instances: batch.map((i) => ({ id: i.id, ...(i.cloudInstanceId && { cloudInstanceId: i.cloudInstanceId }) })) },
         ]);
       } catch (err) {
         log.warn('health check failed; will try again', { error: failureReason(err) });
@@ -556,7 +561,9 @@ class ServiceRun {
 
   private carried(): ServiceCarried {
     const { nextOrdinal, replacements, consecutiveFailures, everReady, degraded, failedRounds, message, tearingDown, failing, pubSeq } = this.s;
-    return { instances: [...this.instances.values()], nextOrdinal, replacements, consecutiveFailures, everReady, degraded, failedRounds, message, tearingDown, failing, pubSeq };
+    // With the read model, instances travel compact (what decisions need); before it, whole.
+    const instances = [...this.instances.values()].map((i) => (this.readModel ? compactInstance(i) : i));
+    return { instances, nextOrdinal, replacements, consecutiveFailures, everReady, degraded, failedRounds, message, tearingDown, failing, pubSeq };
   }
 
   async run(): Promise<ServiceStatus> {
