@@ -589,7 +589,7 @@ class ServiceRun {
         if (leaving) break;
         if (this.shouldContinueAsNew() && s.inFlight === 0 && !s.tearingDown) {
           await condition(allHandlersFinished);
-          // The next run starts with nothing published in its memory: it sends every instance once.
+          // Everything goes to the read model first: the next run counts its carried instances as published.
           await this.publish(true);
           await continueAsNew<typeof ServiceWorkflow>({ ...this.input, desired: s.desired, carried: this.carried() });
         }
