@@ -5,6 +5,7 @@
  */
 import { ApplicationFailure, Context } from '@temporalio/activity';
 import { CloudError, RETRYABLE_KINDS, type CloudAdapter, type InstanceSpec } from '../clouds/contract.js';
+import { CONTEXT_UNAVAILABLE } from '../model/cloud-errors.js';
 import { signToken } from '../model/token.js';
 import { NO_CONTEXT, phoneHomeUrl, renderContextUserData, type PhoneHome } from '../model/user-data.js';
 import type { Context as CloudgateContext } from '../model/context.js';
@@ -63,8 +64,7 @@ export interface ReadModelSink {
 /** Failure type of a service publish carrying more instances than {@link MAX_PUBLISHED_INSTANCES}: a workflow bug, not retried. */
 export const PUBLISH_TOO_LARGE = 'PublishTooLarge';
 
-/** Failure types of a context the create activity cannot render: retrying will not help. */
-export const CONTEXT_UNAVAILABLE = 'ContextUnavailable';
+export { CONTEXT_UNAVAILABLE };
 
 /** Maps a cloud error to a Temporal failure the retry policy understands. */
 export function toFailure(err: unknown, what: string): Error {

@@ -7,6 +7,7 @@
  */
 import { pinContext, type PinnedContext } from '../model/context.js';
 import type { ClusterDefinition } from '../model/definition.js';
+import { instanceId } from '../model/service-plan.js';
 import { signToken } from '../model/token.js';
 import { measureUserData, phoneHomeUrl, renderContextUserData } from '../model/user-data.js';
 import type { CloudRecord, ContextRecord, Store } from '../store/index.js';
@@ -81,12 +82,12 @@ export function userDataMisfits(
     const pin = pins[s.name];
     const rec = pin && store.getContext(pin.id, pin.version);
     if (!pin || !rec) return [];
-    const instanceId = `${LONGEST_CLUSTER_ID}-${s.name}-${LONGEST_ORDINAL}`;
-    const token = signToken({ iid: instanceId, cluster: LONGEST_CLUSTER_ID, service: s.name, exp: LONGEST_EXP }, settings.tokenSecret);
+    const id = instanceId(LONGEST_CLUSTER_ID, s.name, LONGEST_ORDINAL);
+    const token = signToken({ iid: id, cluster: LONGEST_CLUSTER_ID, service: s.name, exp: LONGEST_EXP }, settings.tokenSecret);
     let text: string;
     try {
       text = renderContextUserData(rec.context, {
-        phoneHome: { url: phoneHomeUrl(settings.publicUrl, instanceId), instanceId, token, repositories: [] },
+        phoneHome: { url: phoneHomeUrl(settings.publicUrl, id), instanceId: id, token, repositories: [] },
         secrets: store.getContextSecrets(pin.id, pin.version) ?? {},
       });
     } catch (err) {

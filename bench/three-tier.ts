@@ -30,7 +30,14 @@ const total = counts.proxy + counts.head + counts.workers;
 const log = (msg: string) => console.error(`[bench] ${msg}`);
 
 const dataDir = mkdtempSync(path.join(os.tmpdir(), 'cloudgate-bench-'));
-const temporal = await startDevServer({ dbFile: path.join(dataDir, 'temporal.sqlite') });
+/** The server warns of payloads and histories over its limits (512 KB blobs: "blob size"); count them. */
+let sizeWarnings = 0;
+const temporal = await startDevServer({
+  dbFile: path.join(dataDir, 'temporal.sqlite'),
+  onOutput: (text) => {
+    for (const line of text.split('\n')) if (/blob size|history size|history count/i.test(line)) sizeWarnings++;
+  },
+});
 const config = ConfigSchema.parse({
   dataDir,
   apiPort: await freePort(),
@@ -54,7 +61,8 @@ const worker = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'work
   },
   stdio: ['ignore', 'inherit', 'inherit'],
 });
-const connection = await Connection.connect({ address: temporal.address });
+// Histories of a 10,000-instance service come in pages over gRPC's default 4 MB.
+const connection = await Connection.connect({ address: temporal.address, channelArgs: { 'grpc.max_receive_message_length': 64 * 1024 * 1024 } });
 const client = new Client({ connection });
 
 const post = async (url: string, body: unknown) => {
@@ -147,6 +155,7 @@ try {
     ['workflow runs (incl. continue-as-new)', String(runs)],
     ['events per instance (all histories)', (events / total).toFixed(2)],
     ['peak worker RSS', `${peakRssMiB.toFixed(0)} MiB`],
+    ['server warnings of payload or history size', String(sizeWarnings)],
     ['teardown to TERMINATED', `${teardown.toFixed(1)} s (${final.state})`],
   ];
   const w = Math.max(...rows.map(([k]) => k.length));

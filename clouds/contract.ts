@@ -3,6 +3,7 @@
  * Adapters normalise provider states to {@link CloudInstanceState} and provider errors to
  * {@link CloudError} kinds; the activity layer maps kinds to retryable or not.
  */
+import { CLOUD_ERROR_KINDS, RETRYABLE_KINDS, type CloudErrorKind } from '../model/cloud-errors.js';
 import type { Offering } from '../model/definition.js';
 
 export const CLOUD_INSTANCE_STATES = ['PENDING', 'RUNNING', 'STOPPED', 'TERMINATED', 'ERROR', 'UNKNOWN'] as const;
@@ -35,26 +36,8 @@ export interface CloudInstance {
   extra?: Record<string, unknown>;
 }
 
-export const CLOUD_ERROR_KINDS = [
-  'InvalidCredentials',
-  'CapacityExhausted',
-  'QuotaExceeded',
-  'InvalidOffering',
-  'InvalidRequest',
-  /**
-   * The cloud answered, but not in a form the adapter can read (a rendering it does not
-   * understand, a missing field it needs). Not retried: the same answer would come back;
-   * the message names the call, the answer and what could not be read.
-   */
-  'UnreadableAnswer',
-  'NotFound',
-  'Throttled',
-  'Transient',
-] as const;
-export type CloudErrorKind = (typeof CLOUD_ERROR_KINDS)[number];
-
-/** Kinds worth retrying with backoff; the rest need a human (or a different definition). */
-export const RETRYABLE_KINDS: ReadonlySet<CloudErrorKind> = new Set(['Throttled', 'Transient', 'CapacityExhausted']);
+/** The error kinds and which are retried are defined once, in model/cloud-errors.ts. */
+export { CLOUD_ERROR_KINDS, RETRYABLE_KINDS, type CloudErrorKind };
 
 export class CloudError extends Error {
   constructor(

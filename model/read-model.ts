@@ -22,7 +22,10 @@ export interface ClusterEvent {
   message: string;
 }
 
-/** A service as the cluster answer shows it: counts, no instances. */
+/**
+ * A service in brief — counts, no instances: what the cluster answer shows, what a service
+ * workflow reports to its cluster (`ServiceSummary` adds the workflow id) and publishes.
+ */
 export interface PublishedService {
   name: string;
   state: ServiceState;
@@ -30,6 +33,7 @@ export interface PublishedService {
   ready: number;
   replacements: number;
   message?: string;
+  /** FAILED under `keep`: when the next round of attempts starts (ISO). */
   retryingAt?: string;
 }
 

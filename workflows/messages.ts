@@ -7,8 +7,9 @@ import { defineQuery, defineSignal, defineUpdate } from '@temporalio/workflow';
 import { defineSearchAttributeKey, SearchAttributeType } from '@temporalio/common';
 import type { PinnedContext } from '../model/context.js';
 import type { ClusterDefinition, ServiceDefinition, FailurePolicy } from '../model/definition.js';
+import type { PublishedService } from '../model/read-model.js';
 import type { CarriedInstance, InstanceRecord } from '../model/service-plan.js';
-import type { ClusterState, ReadinessReport, ServiceState, ServiceStatus } from '../model/status.js';
+import type { ClusterState, ReadinessReport, ServiceStatus } from '../model/status.js';
 
 export const TASK_QUEUE = 'cloudgate';
 
@@ -45,15 +46,7 @@ export interface WorkflowTuning {
 }
 
 /** What the cluster workflow knows of each service (children report transitions). */
-export interface ServiceSummary {
-  name: string;
-  state: ServiceState;
-  desired: number;
-  ready: number;
-  replacements: number;
-  message?: string;
-  /** FAILED under `keep`: when the next round of attempts starts (ISO). */
-  retryingAt?: string;
+export interface ServiceSummary extends PublishedService {
   /** Set once the service's workflow has been started. */
   workflowId?: string;
 }

@@ -26,6 +26,7 @@ import {
   workflowInfo,
   allHandlersFinished,
 } from '@temporalio/workflow';
+import { PERMANENT_CREATE_FAILURES } from '../model/cloud-errors.js';
 import { judgeReadiness } from '../model/readiness.js';
 import {
   chunks,
@@ -85,8 +86,8 @@ const QUIET_HEALTH_CHECKS_PATCH = 'service-quiet-health-checks';
 /** The `patched()` id of publishing to the read model. */
 const READ_MODEL_PATCH = 'service-read-model';
 
-/** Cloud error kinds (clouds/contract.ts) and activity failures no retry will mend. */
-const PERMANENT = ['InvalidCredentials', 'QuotaExceeded', 'InvalidOffering', 'InvalidRequest', 'UnreadableAnswer', 'ContextUnavailable'];
+/** Cloud error kinds and activity failures no retry will mend (model/cloud-errors.ts). */
+const PERMANENT = [...PERMANENT_CREATE_FAILURES];
 
 const { createInstances } = proxyActivities<CloudgateActivities>({
   startToCloseTimeout: '5 minutes',
