@@ -117,7 +117,7 @@ const { publishService } = proxyLocalActivities<CloudgateActivities>({
 const PUBLISH_INTERVAL_MS = 2_000;
 
 /** Everything a service workflow knows, in one object; what continue-as-new carries is {@link ServiceCarried}. */
-interface ServiceRunState extends ServiceCarried {
+interface ServiceRunState extends Omit<ServiceCarried, 'instances'> {
   desired: number;
   /** Cloud activities still running. */
   inFlight: number;
@@ -175,7 +175,6 @@ class ServiceRun {
     this.quietHealthChecks = patched(QUIET_HEALTH_CHECKS_PATCH);
     this.readModel = patched(READ_MODEL_PATCH);
     this.s = {
-      instances: [],
       nextOrdinal: carried?.nextOrdinal ?? 0,
       replacements: carried?.replacements ?? 0,
       consecutiveFailures: carried?.consecutiveFailures ?? 0,
