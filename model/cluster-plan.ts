@@ -6,18 +6,11 @@
  */
 import type { PinnedContext } from './context.js';
 import type { FailurePolicy, ServiceDefinition } from './definition.js';
-import type { ClusterState, ServiceState } from './status.js';
+import type { ClusterState, ServiceBrief, ServiceState } from './status.js';
 
 /** The services a definition lists whose dependencies have all had their minimum ready (and that have not started). */
 export function startableServices(services: readonly ServiceDefinition[], stateOf: (name: string) => ServiceState, minReached: ReadonlySet<string>): ServiceDefinition[] {
   return services.filter((s) => stateOf(s.name) === 'WAITING' && s.dependsOn.every((d) => minReached.has(d)));
-}
-
-/** What the cluster knows of one service for judging itself. */
-export interface ServiceBrief {
-  name: string;
-  state: ServiceState;
-  message?: string;
 }
 
 /** The cluster's verdict on its services. */
@@ -32,7 +25,7 @@ export type ClusterVerdict =
  * DEGRADED while a service replaces lost instances; DEPLOYING otherwise (including scale-ups).
  * `message` is set only where the state needs one (a failure), undefined clears it.
  */
-export function clusterVerdict(services: readonly ServiceBrief[], policy: FailurePolicy, everReady: boolean): ClusterVerdict {
+export function clusterVerdict(services: readonly Pick<ServiceBrief, 'name' | 'state' | 'message'>[], policy: FailurePolicy, everReady: boolean): ClusterVerdict {
   const failed = services.find((s) => s.state === 'FAILED');
   if (failed && policy === 'rollback') return { rollback: true, reason: `rolled back: service ${failed.name} failed: ${failed.message ?? 'unknown reason'}` };
   if (services.every((s) => s.state === 'READY')) return { rollback: false, state: 'READY' };

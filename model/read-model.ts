@@ -5,7 +5,7 @@
  * carries it); the store keeps a publish only if its number is higher than the one it has,
  * so a late or retried write never overwrites a newer one.
  */
-import type { ClusterState, InstanceStatus, ServiceState } from './status.js';
+import type { ClusterState, InstanceStatus, ServiceBrief } from './status.js';
 
 /** What happened, for `GET /v1/clusters/:id/events`. */
 export const CLUSTER_EVENT_KINDS = ['state', 'scale', 'replace', 'failure', 'retry', 'teardown'] as const;
@@ -22,20 +22,8 @@ export interface ClusterEvent {
   message: string;
 }
 
-/**
- * A service in brief — counts, no instances: what the cluster answer shows, what a service
- * workflow reports to its cluster (`ServiceSummary` adds the workflow id) and publishes.
- */
-export interface PublishedService {
-  name: string;
-  state: ServiceState;
-  desired: number;
-  ready: number;
-  replacements: number;
-  message?: string;
-  /** FAILED under `keep`: when the next round of attempts starts (ISO). */
-  retryingAt?: string;
-}
+/** A service as published: its brief (model/status.ts), the one shape of a service's counts and state. */
+export type PublishedService = ServiceBrief;
 
 /** One instance as `GET /v1/clusters/:id/instances` lists it. */
 export interface PublishedInstance extends InstanceStatus {

@@ -29,7 +29,11 @@ export interface InstanceStatus {
   message?: string;
 }
 
-export interface ServiceStatus {
+/**
+ * A service in brief — counts, no instances: what the cluster answer shows, what a service
+ * workflow reports to its cluster (`ServiceSummary` adds the workflow id) and publishes.
+ */
+export interface ServiceBrief {
   name: string;
   state: ServiceState;
   desired: number;
@@ -39,6 +43,10 @@ export interface ServiceStatus {
   message?: string;
   /** A FAILED service under `keep` waiting for its next round of attempts: when that round starts (ISO). */
   retryingAt?: string;
+}
+
+/** A service with its instances (the service workflow's query). */
+export interface ServiceStatus extends ServiceBrief {
   instances: InstanceStatus[];
 }
 

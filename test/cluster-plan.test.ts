@@ -1,8 +1,8 @@
 /** The cluster workflow's decisions (model/cluster-plan.ts), as pure functions. */
 import { describe, expect, it } from '@jest/globals';
-import { clusterVerdict, cvmfsChecks, startableServices, type ServiceBrief } from '../model/cluster-plan.js';
+import { clusterVerdict, cvmfsChecks, startableServices } from '../model/cluster-plan.js';
 import { ClusterDefinitionSchema } from '../model/definition.js';
-import type { ServiceState } from '../model/status.js';
+import type { ServiceBrief, ServiceState } from '../model/status.js';
 
 const offering = { cpus: 1, memoryMiB: 1024, diskGiB: 10 };
 const def = ClusterDefinitionSchema.parse({
@@ -31,7 +31,7 @@ describe('startableServices', () => {
 });
 
 describe('clusterVerdict', () => {
-  const svc = (name: string, state: ServiceState, message?: string): ServiceBrief => ({ name, state, ...(message && { message }) });
+  const svc = (name: string, state: ServiceState, message?: string): ServiceBrief => ({ name, state, desired: 1, ready: 0, replacements: 0, ...(message && { message }) });
   it('READY when every service is', () => {
     expect(clusterVerdict([svc('a', 'READY'), svc('b', 'READY')], 'keep', false)).toEqual({ rollback: false, state: 'READY' });
   });
