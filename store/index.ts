@@ -111,25 +111,11 @@ export class DuplicateKeyError extends Error {
   }
 }
 
-/** What the cluster workflow last published ({@link Store.publishCluster}). */
-export interface ClusterViewRecord {
-  clusterId: string;
-  seq: number;
-  observedAt: string;
-  state: ClusterState;
-  message?: string;
-  /** The services as the cluster workflow knows them (from its services' reports). */
-  services: PublishedService[];
-}
+/** What the cluster workflow last published ({@link Store.publishCluster}), without its events (they go to the log). */
+export type ClusterViewRecord = Omit<PublishClusterInput, 'events'>;
 
 /** What one service workflow last published about itself ({@link Store.publishService}). */
-export interface ServiceViewRecord {
-  clusterId: string;
-  service: string;
-  seq: number;
-  observedAt: string;
-  summary: PublishedService;
-}
+export type ServiceViewRecord = Pick<PublishServiceInput, 'clusterId' | 'service' | 'seq' | 'observedAt' | 'summary'>;
 
 /** One page of a list; `next` (opaque) is present only when more items follow. */
 export interface Page<T> {
