@@ -3,13 +3,18 @@
  * it starts one child `ServiceWorkflow` per service once every service it depends on has
  * its minimum instances ready, takes scale requests as validated Updates, applies the
  * cluster's failure policy, and on teardown (or rollback) removes every instance and then
- * verifies, by the cluster's tag in the cloud, that nothing is left.
+ * verifies, by the cluster's tag in the cloud, that nothing is left. A cluster lives for
+ * weeks: it continues-as-new before its history grows long, carrying {@link ClusterCarried};
+ * its services run on (they are started with `ABANDON`, since Temporal applies a parent
+ * close policy on continue-as-new too) and the next run reaches them by workflow id.
  */
 import {
   ApplicationFailure,
   CancellationScope,
   ParentClosePolicy,
   condition,
+  continueAsNew,
+  getExternalWorkflowHandle,
   isCancellation,
   log,
   patched,
@@ -19,6 +24,7 @@ import {
   setHandler,
   startChild,
   upsertSearchAttributes,
+  workflowInfo,
   allHandlersFinished,
   type ChildWorkflowHandle,
 } from '@temporalio/workflow';
@@ -43,6 +49,7 @@ import {
   serviceWorkflowId,
   setDesiredSignal,
   teardownSignal,
+  type ClusterCarried,
   type ClusterInput,
   type ClusterView,
   type ScaleRequest,
@@ -75,6 +82,17 @@ const { publishCluster } = proxyLocalActivities<CloudgateActivities>({
 
 /** The `patched()` id of publishing to the read model (runs started before do not). */
 const READ_MODEL_PATCH = 'cluster-read-model';
+/**
+ * The `patched()` id of continuing-as-new: services are started with `ABANDON` and reached by
+ * workflow id. Runs started before keep one run, whose services go with it (`REQUEST_CANCEL`).
+ */
+const CONTINUE_AS_NEW_PATCH = 'cluster-continue-as-new';
+/** Continue-as-new well before Temporal's 51,200-event limit (a steady cluster writes almost nothing). */
+const CONTINUE_AS_NEW_EVENTS = 4_000;
+/** While teardown waits for a service to report TERMINATED, it asks again this often (a closed service counts as done). */
+const TEARDOWN_ASK_AGAIN = '10 minutes';
+/** A write to the read model that failed is tried again after this long, even when nothing else happens. */
+const PUBLISH_RETRY = '30 seconds';
 
 /** Everything a cluster workflow knows, in one object. */
 interface ClusterRunState {
@@ -101,24 +119,31 @@ class ClusterRun {
   private readonly specs: Map<string, ServiceDefinition>;
   private readonly children = new Map<string, ChildWorkflowHandle<typeof ServiceWorkflow>>();
   private readonly readModel: boolean;
+  /** This run may continue-as-new (and its services outlive it); runs started before may not. */
+  private readonly continues: boolean;
   /** A write to the read model that failed, to send again first. */
   private pendingPublish?: PublishClusterInput;
 
   constructor(private readonly input: ClusterInput) {
-    const { definition } = input;
+    const { definition, carried } = input;
     this.specs = new Map(definition.services.map((s) => [s.name, s]));
+    const fresh = (s: ServiceDefinition): ServiceSummary => ({ name: s.name, state: 'WAITING', desired: s.min, ready: 0, replacements: 0 });
+    const services = new Map(definition.services.map((s) => [s.name, fresh(s)]));
+    for (const x of carried?.services ?? []) services.set(x.name, { ...x });
     this.s = {
-      services: new Map(definition.services.map((s) => [s.name, { name: s.name, state: 'WAITING', desired: s.min, ready: 0, replacements: 0 }])),
-      minReached: new Set(),
-      sentDesired: new Map(),
-      state: 'PENDING',
-      everReady: false,
+      services,
+      minReached: new Set(carried?.minReached),
+      sentDesired: new Map(Object.entries(carried?.sentDesired ?? {})),
+      state: carried?.state ?? 'PENDING',
+      message: carried?.message,
+      everReady: carried?.everReady ?? false,
       dirty: true,
-      pubSeq: 0,
+      pubSeq: carried?.pubSeq ?? 0,
       published: '',
       events: [],
     };
     this.readModel = patched(READ_MODEL_PATCH);
+    this.continues = patched(CONTINUE_AS_NEW_PATCH);
     setHandler(clusterStatusQuery, () => this.view());
     setHandler(teardownSignal, (req) => {
       if (!this.s.teardown) this.emit('teardown', req?.reason ?? 'teardown requested');
@@ -209,7 +234,8 @@ class ClusterRun {
           tuning: input.tuning,
         },
       ],
-      parentClosePolicy: ParentClosePolicy.REQUEST_CANCEL,
+      // A run that continues-as-new must not take its services with it; teardown reaches them by signal.
+      parentClosePolicy: this.continues ? ParentClosePolicy.ABANDON : ParentClosePolicy.REQUEST_CANCEL,
       staticSummary:
         `${name} of cluster ${clusterId}: ${summary.desired} × ${spec.image} on ${input.cloud}` +
         (context ? `, context ${context.id} v${context.version} (${context.repositories.join(', ') || 'no repositories'})` : ''),
@@ -282,6 +308,11 @@ class ClusterRun {
     }
   }
 
+  /** A started service: the child handle of this run, or (started by an earlier run) the workflow by id. */
+  private service(name: string) {
+    return this.children.get(name) ?? getExternalWorkflowHandle(serviceWorkflowId(this.clusterId, name));
+  }
+
   private describe(): string {
     return [...this.s.services.values()].map((x) => `${x.name}: ${x.state} ${x.ready}/${x.desired}`).join(', ');
   }
@@ -305,11 +336,13 @@ class ClusterRun {
     const { s } = this;
     const startable = startableServices(this.input.definition.services, (name) => s.services.get(name)!.state, s.minReached);
     await Promise.all(startable.map((spec) => this.startService(spec.name)));
-    for (const [name, handle] of this.children) {
+    // This run's children first, in the order they started (as runs before continue-as-new did), then those an earlier run started.
+    const started = [...this.children.keys(), ...[...s.services.values()].filter((x) => x.workflowId && !this.children.has(x.name)).map((x) => x.name)];
+    for (const name of started) {
       const want = s.services.get(name)!.desired;
       if (s.sentDesired.get(name) !== want) {
         s.sentDesired.set(name, want);
-        await handle.signal(setDesiredSignal, want);
+        await this.service(name).signal(setDesiredSignal, want);
       }
     }
     const verdict = clusterVerdict([...s.services.values()], this.input.definition.failurePolicy, s.everReady);
@@ -345,6 +378,9 @@ class ClusterRun {
           Object.assign(s.services.get(name)!, { state: 'TERMINATED', ready: 0, ...(final ? { replacements: final.replacements } : {}) });
         }),
       );
+      // Services an earlier run started: they report TERMINATED when their instances are gone.
+      const inherited = [...s.services.values()].filter((x) => x.workflowId && !this.children.has(x.name));
+      await Promise.all(inherited.map((x) => this.awaitServiceTeardown(x)));
       const sweep = await sweepCluster.executeWithOptions({ summary: `verify no instance of ${clusterId} is left on ${input.cloud}` }, [
         { cloud: input.cloud, clusterId },
       ]);
@@ -358,17 +394,73 @@ class ClusterRun {
     });
   }
 
+  /**
+   * Tears down a service an earlier run started, and waits for its TERMINATED report, asking
+   * again now and then. A service that cannot take the signal has closed: it counts as done
+   * (the sweep that follows removes anything it left).
+   */
+  private async awaitServiceTeardown(summary: ServiceSummary): Promise<void> {
+    const handle = getExternalWorkflowHandle(summary.workflowId!);
+    while (summary.state !== 'TERMINATED') {
+      try {
+        await handle.signal(serviceTeardownSignal);
+      } catch (err) {
+        log.warn('service workflow is closed; counting it as torn down', { service: summary.name, error: failureReason(err) });
+        break;
+      }
+      await condition(() => summary.state === 'TERMINATED', TEARDOWN_ASK_AGAIN, { summary: `wait for ${summary.name} to report TERMINATED` });
+    }
+    Object.assign(summary, { state: 'TERMINATED', ready: 0 });
+  }
+
+  private shouldContinueAsNew(): boolean {
+    const limit = this.input.tuning?.clusterHistoryLimit ?? CONTINUE_AS_NEW_EVENTS;
+    return this.continues && (workflowInfo().continueAsNewSuggested || workflowInfo().historyLength > limit);
+  }
+
+  private carried(): ClusterCarried {
+    const { s } = this;
+    return {
+      services: [...s.services.values()].map((x) => ({ ...x })),
+      minReached: [...s.minReached],
+      sentDesired: Object.fromEntries(s.sentDesired),
+      state: s.state,
+      ...(s.message !== undefined && { message: s.message }),
+      everReady: s.everReady,
+      pubSeq: s.pubSeq,
+    };
+  }
+
+  /**
+   * Hands the cluster to its next run once no message handler is running and the read model
+   * has everything (its events are not carried). Returns when that cannot happen yet.
+   */
+  private async continueAsNewIfDue(): Promise<void> {
+    if (!this.shouldContinueAsNew()) return;
+    await condition(allHandlersFinished);
+    if (this.s.teardown || this.s.dirty) return;
+    await this.publish();
+    if (this.pendingPublish) return;
+    await continueAsNew<typeof ClusterWorkflow>({ ...this.input, carried: this.carried() });
+  }
+
   async run(): Promise<ClusterView> {
     const { s } = this;
     try {
-      this.setState('DEPLOYING');
-      await this.publish();
-      await this.checkRepositories();
+      if (!this.input.carried) {
+        this.setState('DEPLOYING');
+        await this.publish();
+        await this.checkRepositories();
+      }
       while (!s.teardown) {
         s.dirty = false;
         await this.reconcile();
         if (s.teardown) break;
-        await condition(() => s.dirty || s.teardown !== undefined);
+        await this.continueAsNewIfDue();
+        // A failed write to the read model is tried again on its own (in runs that may continue-as-new).
+        const woken = () => s.dirty || s.teardown !== undefined;
+        if (this.continues && this.pendingPublish) await condition(woken, PUBLISH_RETRY, { summary: 'try the read model again' });
+        else await condition(woken);
       }
     } catch (err) {
       if (!isCancellation(err)) throw err;

@@ -36,13 +36,37 @@ export interface ClusterInput {
   contexts?: Record<string, PinnedContext>;
   /** Knobs for tests and operators; the API never sets them. */
   tuning?: WorkflowTuning;
+  /** Set only on continue-as-new. */
+  carried?: ClusterCarried;
 }
 
 export interface WorkflowTuning {
   /** A service workflow continues-as-new once its history has this many events (default 4,000). */
   serviceHistoryLimit?: number;
+  /** A cluster workflow continues-as-new once its history has this many events (default 4,000). */
+  clusterHistoryLimit?: number;
   /** Pauses between rounds of attempts of a FAILED service under `keep` (default KEEP_RETRY_BACKOFF_MS). */
   keepRetryBackoffMs?: number[];
+  /**
+   * Divides the pauses between health checks (their base interval and a steady service's
+   * ceiling): compressed time, so a benchmark lives a week of a steady cluster in minutes.
+   */
+  timeScale?: number;
+}
+
+/** What a cluster workflow hands its next run on continue-as-new (its events went to the read model first). */
+export interface ClusterCarried {
+  /** What each service reported last; `workflowId` is set on those started. */
+  services: ServiceSummary[];
+  /** Services that have had their minimum ready (their dependents may start). */
+  minReached: string[];
+  /** The desired count last sent to each started service. */
+  sentDesired: Record<string, number>;
+  state: ClusterState;
+  message?: string;
+  everReady: boolean;
+  /** The sequence number of the last publish to the read model (the next run continues from it). */
+  pubSeq: number;
 }
 
 /** What the cluster workflow knows of each service (children report transitions). */

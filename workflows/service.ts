@@ -33,6 +33,7 @@ import {
   compactInstance,
   countIn,
   expandInstance,
+  HEALTH_CHECK_STEADY_MAX_MS,
   healthCheckTargets,
   instanceFingerprint,
   instanceId,
@@ -85,6 +86,8 @@ const HONEST_FAILURE_PATCH = 'service-failed-until-ready';
 const QUIET_HEALTH_CHECKS_PATCH = 'service-quiet-health-checks';
 /** The `patched()` id of publishing to the read model. */
 const READ_MODEL_PATCH = 'service-read-model';
+/** The `patched()` id of tearing down when the cluster workflow closed without asking (see {@link ServiceRun.report}). */
+const ORPHAN_TEARDOWN_PATCH = 'service-orphan-teardown';
 
 /** Cloud error kinds and activity failures no retry will mend (model/cloud-errors.ts). */
 const PERMANENT = [...PERMANENT_CREATE_FAILURES];
@@ -149,6 +152,8 @@ class ServiceRun {
   private readonly instances: Map<string, InstanceRecord>;
   private readonly repositories: string[];
   private readonly healthCheckMs: number;
+  /** The longest pause between health checks of a steady service. */
+  private readonly healthCheckMaxMs: number;
   private readonly historyLimit: number;
   /**
    * A service that used up its failure budget stays FAILED until an instance becomes ready
@@ -169,7 +174,9 @@ class ServiceRun {
     /** What every guest must report OK before it counts as ready. */
     this.repositories = input.context?.repositories ?? [];
     // Often enough that a vanished guest is noticed before its readiness timeout would.
-    this.healthCheckMs = Math.min(HEALTH_CHECK_MAX_MS, (input.service.readinessTimeoutSeconds * 1000) / 2);
+    const timeScale = input.tuning?.timeScale ?? 1;
+    this.healthCheckMs = Math.min(HEALTH_CHECK_MAX_MS, (input.service.readinessTimeoutSeconds * 1000) / 2) / timeScale;
+    this.healthCheckMaxMs = HEALTH_CHECK_STEADY_MAX_MS / timeScale;
     this.historyLimit = input.tuning?.serviceHistoryLimit ?? CONTINUE_AS_NEW_EVENTS;
     this.honestFailure = patched(HONEST_FAILURE_PATCH);
     this.quietHealthChecks = patched(QUIET_HEALTH_CHECKS_PATCH);
@@ -417,7 +424,7 @@ class ServiceRun {
 
     if (now >= this.s.nextHealthCheck) {
       const steady = this.quietHealthChecks && this.s.lastCheckClean && this.state() === 'READY';
-      this.s.healthCheckPauseMs = nextHealthCheckMs(this.healthCheckMs, this.s.healthCheckPauseMs, steady);
+      this.s.healthCheckPauseMs = nextHealthCheckMs(this.healthCheckMs, this.s.healthCheckPauseMs, steady, this.healthCheckMaxMs);
       this.s.nextHealthCheck = now + this.s.healthCheckPauseMs;
       const targets = healthCheckTargets(all());
       // Clean until a batch finds an instance gone or cannot ask (fail() and the error path clear it).
@@ -448,7 +455,16 @@ class ServiceRun {
     try {
       await getExternalWorkflowHandle(this.input.parentWorkflowId).signal(serviceReportSignal, summary);
     } catch (err) {
-      log.warn('could not report to the cluster workflow', { error: failureReason(err) });
+      // Only a closed workflow cannot be signalled: the cluster was terminated (or reset) without
+      // a teardown, and nobody would ever remove these instances. Leave nothing behind.
+      if (!this.s.tearingDown && patched(ORPHAN_TEARDOWN_PATCH)) {
+        this.emit('teardown', `${this.name}: cluster workflow ${this.input.parentWorkflowId} is closed (${failureReason(err)}); tearing down`);
+        log.warn('cluster workflow is closed; tearing down', { error: failureReason(err) });
+        this.s.tearingDown = true;
+        this.s.dirty = true;
+      } else {
+        log.warn('could not report to the cluster workflow', { error: failureReason(err) });
+      }
     }
   }
 

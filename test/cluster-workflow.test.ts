@@ -1,0 +1,155 @@
+/**
+ * The cluster workflow over a long life: it continues-as-new (with a lowered limit, so the
+ * test stays short) while its services run on, answers and scales from any later run, lists
+ * every run's events, and tears down from a later run leaving nothing behind. And what a
+ * cluster workflow terminated by hand (no teardown) leaves: nothing either, once its
+ * services notice.
+ */
+import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import path from 'node:path';
+import { Worker } from '@temporalio/worker';
+import { ClusterDefinitionSchema } from '../model/definition.js';
+import { openSqliteStore, type Store } from '../store/index.js';
+import {
+  SA_CLUSTER_ID,
+  SA_STATE,
+  clusterStatusQuery,
+  clusterWorkflowId,
+  scaleUpdate,
+  serviceWorkflowId,
+  teardownSignal,
+  TASK_QUEUE,
+  type ClusterInput,
+  type ClusterView,
+} from '../workflows/messages.js';
+import { startStack, waitFor, waitForState, clusterStatus, clusterInstances, workflowBundle, type Stack } from './harness.js';
+
+let stack: Stack;
+let store: Store;
+beforeAll(async () => {
+  stack = await startStack();
+  store = openSqliteStore(path.join(stack.config.dataDir, 'cloudgate.sqlite'));
+});
+afterAll(async () => {
+  store?.close();
+  await stack?.stop();
+});
+
+const offering = { cpus: 1, memoryMiB: 1024, diskGiB: 10 };
+
+/** Starts a cluster workflow as the API would (a cluster row, then the workflow), with tuning the API never sets. */
+async function startCluster(clusterId: string, services: unknown[], tuning: ClusterInput['tuning']) {
+  const definition = ClusterDefinitionSchema.parse({ name: clusterId, services });
+  const def = store.createDefinition({ name: clusterId, definition });
+  store.createCluster({ id: clusterId, name: clusterId, definitionId: def.id, cloud: 'sim' });
+  const input: ClusterInput = { clusterId, name: clusterId, definitionId: def.id, definition, cloud: 'sim', tuning };
+  return stack.client.workflow.start('ClusterWorkflow', {
+    taskQueue: TASK_QUEUE,
+    workflowId: clusterWorkflowId(clusterId),
+    args: [input],
+    typedSearchAttributes: [
+      { key: SA_CLUSTER_ID, value: clusterId },
+      { key: SA_STATE, value: 'PENDING' },
+    ],
+  });
+}
+
+async function runsOf(workflowId: string) {
+  const runs = [];
+  for await (const wf of stack.client.workflow.list({ query: `WorkflowId = "${workflowId}"` })) runs.push(wf);
+  return runs;
+}
+
+describe('cluster workflow', () => {
+  it('continues-as-new while its services run on, and tears down from a later run', async () => {
+    const clusterId = 'cluster-can';
+    const cluster = await startCluster(
+      clusterId,
+      [
+        { name: 'head', image: 'cernvm', offering, min: 1 },
+        { name: 'workers', image: 'cernvm', offering, min: 1, max: 10, dependsOn: ['head'] },
+      ],
+      { clusterHistoryLimit: 40 },
+    );
+    await waitForState(stack, clusterId, 'READY');
+    // Scale requests (validated Updates), each waited for: every one lands in some run's history.
+    for (const n of [3, 2, 5, 4, 6, 3]) {
+      await cluster.executeUpdate(scaleUpdate, { args: [{ service: 'workers', instances: n }] });
+      await waitFor(async () => {
+        const s = await clusterStatus(stack, clusterId);
+        return s.state === 'READY' && s.services[1].ready === n;
+      }, 60_000, `workers at ${n}`);
+    }
+    const runs = await runsOf(clusterWorkflowId(clusterId));
+    expect(runs.length).toBeGreaterThan(1);
+    expect(runs.filter((r) => r.status.name === 'CONTINUED_AS_NEW').length).toBe(runs.length - 1);
+
+    // The services were not taken along: one run each, still running, holding what was asked.
+    for (const svc of ['head', 'workers']) {
+      const svcRuns = await runsOf(serviceWorkflowId(clusterId, svc));
+      expect(svcRuns.map((r) => r.status.name)).toEqual(['RUNNING']);
+    }
+    expect(stack.worker!.sim!.count({ cluster: clusterId })).toBe(4);
+
+    // The latest run answers, carries the services' states, and the UI's column says READY.
+    const view = await cluster.query(clusterStatusQuery);
+    expect(view).toMatchObject({ state: 'READY' });
+    expect(view.services.map((s) => [s.name, s.state, s.desired, s.ready])).toEqual([
+      ['head', 'READY', 1, 1],
+      ['workers', 'READY', 3, 3],
+    ]);
+    expect((await cluster.describe()).typedSearchAttributes.get(SA_STATE)).toBe('READY');
+    // The saved view's filter finds the running run (search attributes go on with it).
+    const running = [];
+    for await (const wf of stack.client.workflow.list({ query: `CloudgateClusterId = "${clusterId}" AND WorkflowType = "ClusterWorkflow" AND ExecutionStatus = "Running"` })) running.push(wf.runId);
+    expect(running).toEqual([runs.find((r) => r.status.name === 'RUNNING')!.runId]);
+
+    // A later run validates and applies scale requests like the first.
+    await expect(cluster.executeUpdate(scaleUpdate, { args: [{ service: 'workers', instances: 11 }] })).rejects.toMatchObject({
+      cause: { type: 'ScaleOutOfBounds', message: expect.stringMatching(/from 1 \(min\) to 10 \(max\)/) },
+    });
+    await cluster.executeUpdate(scaleUpdate, { args: [{ service: 'workers', instances: 2 }] });
+    await waitFor(async () => (await clusterStatus(stack, clusterId)).services[1].ready === 2 && stack.worker!.sim!.count({ cluster: clusterId }) === 3, 60_000, 'workers at 2');
+
+    // Every run's events are listed, in order, none twice: all seven scale requests.
+    const events = await stack.http('GET', `/v1/clusters/${clusterId}/events?limit=500`);
+    expect(events.status).toBe(200);
+    const scales = events.body.items.filter((e: any) => e.kind === 'scale' && !e.service?.includes('/') && e.message.startsWith('scale workers'));
+    expect(scales.map((e: any) => e.message.match(/to (\d+) instances/)[1])).toEqual(['3', '2', '5', '4', '6', '3', '2']);
+
+    // Teardown from a later run: every service reports TERMINATED, nothing is left in the cloud.
+    await cluster.signal(teardownSignal, { reason: 'end of test' });
+    const final = (await cluster.result()) as ClusterView;
+    expect(final.state).toBe('TERMINATED');
+    expect(final.services.map((s) => s.state)).toEqual(['TERMINATED', 'TERMINATED']);
+    expect(stack.worker!.sim!.count({ cluster: clusterId })).toBe(0);
+    for (const svc of ['head', 'workers']) expect((await runsOf(serviceWorkflowId(clusterId, svc))).map((r) => r.status.name)).toEqual(['COMPLETED']);
+    expect((await clusterStatus(stack, clusterId)).state).toBe('TERMINATED');
+
+    // Every run replays against today's code.
+    const histories = [];
+    for (const r of await runsOf(clusterWorkflowId(clusterId))) {
+      histories.push({ workflowId: r.workflowId, history: await stack.client.workflow.getHandle(r.workflowId, r.runId).fetchHistory() });
+    }
+    const results = [];
+    for await (const r of Worker.runReplayHistories({ workflowBundle: await workflowBundle() }, histories)) results.push(r.error);
+    expect(results).toEqual(histories.map(() => undefined));
+  }, 180_000);
+
+  it('leaves nothing behind when its workflow is terminated by hand: the services notice at their next report and tear down', async () => {
+    const clusterId = 'cluster-orphaned';
+    // Compressed time (health checks at most 10 s apart), so the service soon notices the vanished instance.
+    const cluster = await startCluster(clusterId, [{ name: 'svc', image: 'cernvm', offering, min: 2 }], { timeScale: 60 });
+    await waitForState(stack, clusterId, 'READY');
+    expect(stack.worker!.sim!.count({ cluster: clusterId })).toBe(2);
+    await cluster.terminate('operator pressed Terminate in the UI');
+    // Something changes for the service (an instance vanishes), so it reports to a cluster that is gone.
+    const [victim] = await clusterInstances(stack, clusterId);
+    stack.worker!.sim!.vanish(victim.cloudInstanceId!);
+    await waitFor(async () => stack.worker!.sim!.count({ cluster: clusterId }) === 0, 120_000, 'every instance gone');
+    const service = stack.client.workflow.getHandle(serviceWorkflowId(clusterId, 'svc'));
+    expect((await service.result()).state).toBe('TERMINATED');
+    const events = await stack.http('GET', `/v1/clusters/${clusterId}/events?limit=500`);
+    expect(events.body.items.map((e: any) => e.message)).toContainEqual(expect.stringMatching(/cluster workflow cluster\/cluster-orphaned is closed .*; tearing down/));
+  }, 180_000);
+});
