@@ -24,6 +24,17 @@ const serverList = z
   .transform((s) => s.split(';').map((u) => u.trim()).filter(Boolean))
   .pipe(z.array(z.string().url().regex(/^https?:\/\//, 'must be an http(s) URL')).min(1));
 
+/** A comma- or `;`-separated list (environment variables), or an array (code). */
+const list = z.union([z.array(z.string()), z.string().transform((s) => s.split(/[;,]/).map((x) => x.trim()).filter(Boolean))]);
+
+/** Per-owner limits; the config holds the site-wide default, `PUT /v1/owners/:owner/quota` one owner's. */
+export const QuotaSchema = z.object({
+  maxInstances: z.coerce.number().int().min(0),
+  maxClusters: z.coerce.number().int().min(0),
+  maxCpus: z.coerce.number().int().min(0),
+});
+export type Quota = z.infer<typeof QuotaSchema>;
+
 export const ConfigSchema = z.object({
   /** Folder for the Temporal SQLite file, cloudgate's store, the sim cloud's state and the token secret. */
   dataDir: z.string().default('data'),
@@ -49,7 +60,33 @@ export const ConfigSchema = z.object({
     servers: serverList.prefault(DEFAULT_CVMFS_SERVERS.join(';')),
     /** A repository whose manifest was published longer ago than this fails as stale. */
     maxAgeSeconds: z.coerce.number().int().min(60).default(90 * 24 * 3600),
+    /**
+     * Hosts (`host` or `host:port`) a stratum-1 URL may name although they are loopback,
+     * private or link-local addresses (a site's own stratum-1, `npm start`'s simulated one).
+     */
+    allowedHosts: list.default([]),
   }).prefault({}),
+  /** Who may call the API (issue 11). */
+  auth: z.object({
+    /** OpenID Connect issuer of access tokens (JWT), e.g. CERN's Keycloak realm URL; unset: API tokens only. */
+    oidcIssuer: z.string().url().optional(),
+    /** The `aud` an access token must carry (required with an issuer). */
+    oidcAudience: z.string().optional(),
+    /** The claim that names the owner; `sub` when the token lacks it. */
+    oidcOwnerClaim: z.string().default('preferred_username'),
+    /** The claim (a string or list, dotted path allowed: `realm_access.roles`) whose value `oidcAdminValue` makes an admin. */
+    oidcAdminClaim: z.string().default('realm_access.roles'),
+    oidcAdminValue: z.string().default('cloudgate-admin'),
+  }).refine((a) => !a.oidcIssuer || a.oidcAudience, { message: 'CLOUDGATE_OIDC_AUDIENCE is required with CLOUDGATE_OIDC_ISSUER', path: ['oidcAudience'] }).prefault({}),
+  /** The site-wide default quota of every owner without one of their own. */
+  quota: QuotaSchema.prefault({ maxInstances: 20_000, maxClusters: 500, maxCpus: 200_000 }),
+  /**
+   * Host names the API answers to when it listens on loopback (DNS rebinding): besides these,
+   * `localhost`, `127.0.0.1`, `[::1]` and the public URL's host are always accepted.
+   */
+  allowedHostNames: list.default([]),
+  /** Origin of the Temporal Web UI allowed to call the payload codec endpoint (CORS); default the dev server's UI. */
+  codecCorsOrigin: z.string().url().optional(),
   sim: z.object({
     bootMs: z.coerce.number().int().min(0).default(8_000),
     readyDelayMs: z.coerce.number().int().min(0).default(2_000),
@@ -82,7 +119,22 @@ export function configFromEnv(env: Record<string, string | undefined>): Config {
     cvmfs: {
       servers: e('CLOUDGATE_CVMFS_SERVERS'),
       maxAgeSeconds: e('CLOUDGATE_CVMFS_MAX_AGE_SECONDS'),
+      allowedHosts: e('CLOUDGATE_CVMFS_ALLOWED_HOSTS'),
     },
+    auth: {
+      oidcIssuer: e('CLOUDGATE_OIDC_ISSUER'),
+      oidcAudience: e('CLOUDGATE_OIDC_AUDIENCE'),
+      oidcOwnerClaim: e('CLOUDGATE_OIDC_OWNER_CLAIM'),
+      oidcAdminClaim: e('CLOUDGATE_OIDC_ADMIN_CLAIM'),
+      oidcAdminValue: e('CLOUDGATE_OIDC_ADMIN_VALUE'),
+    },
+    quota: {
+      maxInstances: e('CLOUDGATE_QUOTA_MAX_INSTANCES') ?? 20_000,
+      maxClusters: e('CLOUDGATE_QUOTA_MAX_CLUSTERS') ?? 500,
+      maxCpus: e('CLOUDGATE_QUOTA_MAX_CPUS') ?? 200_000,
+    },
+    allowedHostNames: e('CLOUDGATE_ALLOWED_HOST_NAMES'),
+    codecCorsOrigin: e('CLOUDGATE_CODEC_CORS_ORIGIN'),
     sim: {
       bootMs: e('SIM_BOOT_MS'),
       readyDelayMs: e('SIM_READY_DELAY_MS'),
