@@ -91,7 +91,7 @@ export function createApp(deps: AppDeps): CloudgateApp {
 
   app.get('/v1/clouds', (_req, res) => {
     res.json({
-      items: store.listClouds().map(({ name, kind, endpoint, credentials, offerings }) => ({ name, kind, endpoint, credentials, offerings })),
+      items: store.listClouds().map(({ name, kind, endpoint, credentials, offerings, images }) => ({ name, kind, endpoint, credentials, offerings, images: images ?? [] })),
     });
   });
 

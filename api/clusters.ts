@@ -17,6 +17,7 @@ import { NameSchema } from '../model/definition.js';
 import type { ServiceDefinition } from '../model/definition.js';
 import type { PublishedService } from '../model/read-model.js';
 import { CLUSTER_STATES, type ClusterState } from '../model/status.js';
+import { imageErrors } from '../model/images.js';
 import { smallestFit } from '../model/placement.js';
 import {
   DuplicateKeyError,
@@ -277,6 +278,8 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
     const pinned = def && pinContexts(def.definition, store);
     if (pinned) errors.push(...pinned.errors);
     if (def && cloud && pinned && pinned.errors.length === 0) errors.push(...userDataMisfits(def.definition, cloud, pinned.pins, store, config));
+    // Only images the cloud's registry entry names (model/images.ts); nothing else reaches an adapter.
+    if (def && cloud) errors.push(...imageErrors(def.definition, cloud));
     if (!def || !pinned || errors.length > 0) throw invalid(errors);
 
     const name = body.name ?? def.definition.name;

@@ -187,6 +187,8 @@ export const CloudSchema = z.object({
   /** Credential references (`env:NAME`, `file:/path`): where secrets are read, never their values. */
   credentials: z.record(z.string(), z.string()).optional(),
   offerings: z.array(OfferingSchema.extend({ id: z.string(), name: z.string() })),
+  /** The image names a service may name on this cloud (its registry entry's `images`). */
+  images: z.array(z.string()),
 });
 
 export const HealthSchema = z.object({ status: z.literal('ok'), checks: z.record(z.string(), z.string()) });

@@ -39,7 +39,7 @@ import {
   type InstanceSpec,
 } from './contract.js';
 import { readSecret } from './credentials.js';
-import { smallestFit } from './registry.js';
+import { requireImage, smallestFit } from './registry.js';
 
 /** CloudStack takes at most 32 KB of user-data, counted after base64, and only in a POST body (the model's table). */
 export const CLOUDSTACK_USER_DATA_MAX_BASE64 = USER_DATA_LIMITS.cloudstack.maxBytes;
@@ -503,6 +503,8 @@ export function createCloudStackCloud(cfg: CloudStackCloudConfig, opts: CloudSta
           `${name}: "${idempotencyKey}" cannot be a CloudStack host name (letters, digits and "-", at most 63, starting with a letter)`,
         );
       }
+      // The template id comes from the registry only; a name it does not map is never sent as an id.
+      const template = requireImage(name, cfg.images, spec.image);
       const existing = await liveByKey(idempotencyKey);
       if (existing.length > 0) return answer(existing[0], spec);
 
@@ -520,7 +522,7 @@ export function createCloudStackCloud(cfg: CloudStackCloudConfig, opts: CloudSta
           'deployVirtualMachine',
           {
             serviceofferingid: offering.id,
-            templateid: cfg.images[spec.image] ?? spec.image,
+            templateid: template,
             zoneid: cfg.zoneId,
             name: idempotencyKey,
             displayname: spec.name,

@@ -38,7 +38,7 @@ import {
   type CloudOffering,
 } from './contract.js';
 import { readSecret } from './credentials.js';
-import { smallestFit } from './registry.js';
+import { requireImage, smallestFit } from './registry.js';
 
 /** EC2 takes at most 16 KB of user-data, counted before base64 (the model's table, checked at submit too). */
 export const EC2_USER_DATA_MAX_BYTES = USER_DATA_LIMITS.ec2.maxBytes;
@@ -281,17 +281,11 @@ export function createEc2Cloud(cfg: Ec2CloudConfig): CloudAdapter {
     return get();
   };
 
+  /** The AMI id the registry maps the image name to; nothing else is ever sent as an image. */
   const amiFor = (image: string): string => {
-    const mapped = Object.hasOwn(cfg.images, image);
-    const ami = mapped ? cfg.images[image] : image;
+    const ami = requireImage(name, cfg.images, image);
     if (ami.startsWith('ami-')) return ami;
-    const known = Object.keys(cfg.images).join(', ') || '(none)';
-    throw new CloudError(
-      'InvalidRequest',
-      mapped
-        ? `${name}: image "${image}" maps to "${ami}", which is not an AMI id`
-        : `${name}: image "${image}" is neither one of this cloud's images (${known}) nor an AMI id`,
-    );
+    throw new CloudError('InvalidRequest', `${name}: image "${image}" maps to "${ami}", which is not an AMI id`);
   };
 
   /**

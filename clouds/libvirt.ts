@@ -17,7 +17,7 @@
 import { rm } from 'node:fs/promises';
 import path from 'node:path';
 import { DomainState, Hypervisor, type Domain, type DomainInfo } from '@unraid/libvirt';
-import type { LibvirtCloudConfig } from '../model/clouds-config.js';
+import { isLibvirtImageRef, type LibvirtCloudConfig } from '../model/clouds-config.js';
 import {
   CloudError,
   type CloudAdapter,
@@ -26,7 +26,7 @@ import {
   type CloudInstanceState,
   type CloudOffering,
 } from './contract.js';
-import { smallestFit } from './registry.js';
+import { requireImage, smallestFit } from './registry.js';
 import { writeSeedIso } from './seed-iso.js';
 
 /** XML namespace of the cloudgate element in each domain's `<metadata>`. */
@@ -185,10 +185,11 @@ export function createLibvirtCloud(cfg: LibvirtCloudConfig): CloudAdapter {
             .join(', ')})`,
         );
       }
-      const image = cfg.images[spec.image] ?? spec.image;
-      const disk = diskXml(image);
+      // Only the registry's images: a definition's image name is never a path or volume on the host.
+      const ref = requireImage(name, cfg.images, spec.image);
+      const disk = diskXml(ref);
       if (!disk) {
-        throw new CloudError('InvalidRequest', `${name}: image "${spec.image}" is neither mapped in the cloud's images nor an absolute path or pool/volume`);
+        throw new CloudError('InvalidRequest', `${name}: image "${spec.image}" maps to ${JSON.stringify(ref)}, which is neither an absolute path nor a pool/volume`);
       }
       const key = idempotencyKey;
       try {
@@ -385,11 +386,13 @@ interface Metadata {
 }
 
 /**
- * The image disk: an absolute path is a file on the hypervisor host, `pool/volume` a
- * storage volume. Production wants a per-instance qcow2 overlay over the base image here;
- * the binding cannot create storage volumes, so that is the operator's (or a pool's) job.
+ * The image disk for a registry reference (never a definition's image name): an absolute
+ * path is a file on the hypervisor host, `pool/volume` a storage volume. Production wants a
+ * per-instance qcow2 overlay over the base image here; the binding cannot create storage
+ * volumes, so that is the operator's (or a pool's) job.
  */
 function diskXml(image: string): string | undefined {
+  if (!isLibvirtImageRef(image)) return undefined;
   if (image.startsWith('/')) {
     const format = image.endsWith('.qcow2') ? 'qcow2' : 'raw';
     return `<disk type='file' device='disk'><driver name='qemu' type='${format}'/><source file='${escapeXml(image)}'/><target dev='vda' bus='virtio'/></disk>`;

@@ -30,7 +30,7 @@ import {
   type InstanceSpec,
 } from './contract.js';
 import { readSecret } from './credentials.js';
-import { smallestFit } from './registry.js';
+import { requireImage, smallestFit } from './registry.js';
 
 // ---- text/occi rendering --------------------------------------------------------------
 
@@ -749,6 +749,8 @@ export function createOcciCloud(cfg: OcciCloudConfig): CloudAdapter {
     },
 
     async createInstance(spec: InstanceSpec, key: string) {
+      // The os_tpl comes from the registry only; a name it does not map is never matched against the site's templates.
+      const image = requireImage(name, cfg.images, spec.image);
       const found = await findInstance(key);
       if (found) return found;
       const m = await getModel();
@@ -763,13 +765,12 @@ export function createOcciCloud(cfg: OcciCloudConfig): CloudAdapter {
         );
       }
       const template = m.offerings.find((o) => o.offering.id === flavor.id)!.mixin;
-      const image = cfg.images[spec.image] ?? spec.image;
       const os = m.osTemplates.find((t) => categoryId(t) === image || t.term === image);
       if (!os) {
         const known = m.osTemplates.map((t) => t.term);
         throw new CloudError(
           'InvalidRequest',
-          `${name}: image "${spec.image}"${image !== spec.image ? ` (os_tpl "${image}")` : ''} is not an OS template of this cloud; it offers ${
+          `${name}: image "${spec.image}" (os_tpl "${image}") is not an OS template of this cloud; it offers ${
             known.slice(0, 20).join(', ') || 'none'
           }${known.length > 20 ? ', …' : ''}`,
         );

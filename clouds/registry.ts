@@ -2,6 +2,7 @@
  * The clouds a worker knows, by name, and flavor matching shared by adapters that map a
  * definition's {@link Offering} onto the provider's fixed flavors.
  */
+import { imageNames, imageRef, listImages, type ImageMap } from '../model/images.js';
 import { CloudError, type CloudAdapter } from './contract.js';
 
 /** Looks adapters up by the name cluster definitions and activities use. */
@@ -41,6 +42,20 @@ export function createCloudRegistry(adapters: CloudAdapter[]): CloudRegistry {
       }
     },
   };
+}
+
+/**
+ * The cloud's own reference for a definition's image name, from the registry entry's
+ * `images` only (own keys: `constructor` or `__proto__` are unknown names). Anything else is
+ * a permanent `InvalidRequest` naming the images the cloud offers: an adapter never sends a
+ * name it does not know to the cloud, and never reads one as a path, volume or id.
+ */
+export function requireImage(cloud: string, images: ImageMap, image: string): string {
+  const ref = imageRef(images, image);
+  if (ref === undefined) {
+    throw new CloudError('InvalidRequest', `${cloud}: image ${JSON.stringify(image)} is not one of this cloud's images (${listImages(imageNames(images))})`);
+  }
+  return ref;
 }
 
 /** Flavor matching is a placement rule of the domain; re-exported for adapters. */

@@ -16,6 +16,7 @@ import https from 'node:https';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
 import { z } from 'zod';
+import { DEFAULT_SIM_IMAGES, type ImageMap } from '../model/images.js';
 import { extractPhoneHome } from '../model/user-data.js';
 import {
   CloudError,
@@ -25,7 +26,7 @@ import {
   type InstanceFilter,
   type InstanceSpec,
 } from './contract.js';
-import { smallestFit } from './registry.js';
+import { requireImage, smallestFit } from './registry.js';
 
 /** What a simulated guest does after boot. */
 export const SIM_BEHAVIOURS = ['ok', 'fail', 'silent', 'vanish'] as const;
@@ -83,6 +84,8 @@ export interface SimCloudOptions {
   /** Default: HTTP POST of JSON with `Authorization: Bearer <token>` over keep-alive connections. */
   phoneHome?: PhoneHomeSender;
   offerings?: CloudOffering[];
+  /** Image name → reference, from the registry entry; default {@link DEFAULT_SIM_IMAGES}. Any other image is refused. */
+  images?: ImageMap;
   /** Unexpected ticker errors (SQLite busy, bugs); default `console.error`. Network errors are not reported. */
   onError?: (err: unknown) => void;
 }
@@ -187,6 +190,7 @@ export function createSimCloud(opts: SimCloudOptions): SimCloud {
   const name = opts.name ?? 'sim';
   const tickMs = opts.tickMs ?? 200;
   const offerings = (opts.offerings ?? SIM_OFFERINGS).map((o) => ({ ...o }));
+  const images: ImageMap = { ...(opts.images ?? DEFAULT_SIM_IMAGES) };
   const phoneHome = opts.phoneHome ?? postJson;
   const onError = opts.onError ?? ((err: unknown) => console.error(`sim cloud "${name}":`, err));
   const rules = SimRulesSchema.parse(opts.rules ?? []).map((r, i) => ({
@@ -271,7 +275,7 @@ export function createSimCloud(opts: SimCloudOptions): SimCloud {
     return 'ok';
   };
 
-  const createTx = db.transaction((spec: InstanceSpec, key: string, flavor: CloudOffering, now: number): Row => {
+  const createTx = db.transaction((spec: InstanceSpec, image: string, key: string, flavor: CloudOffering, now: number): Row => {
     dropVanishedKey.run({ key, now });
     const existing = liveByKey.get({ key, now });
     if (existing) return existing;
@@ -283,7 +287,7 @@ export function createSimCloud(opts: SimCloudOptions): SimCloud {
       key,
       cluster: spec.tags.cluster,
       service: spec.tags.service,
-      image: spec.image,
+      image,
       flavor: flavor.id,
       user_data: spec.userData,
       guest,
@@ -433,6 +437,7 @@ export function createSimCloud(opts: SimCloudOptions): SimCloud {
       if (opts.throttleRate > 0 && throttleRandom() < opts.throttleRate) {
         throw new CloudError('Throttled', `${name}: request limit exceeded creating "${spec.name}"; retry later`);
       }
+      const image = requireImage(name, images, spec.image);
       const flavor = smallestFit(offerings, spec.offering);
       if (!flavor) {
         const o = spec.offering;
@@ -444,7 +449,7 @@ export function createSimCloud(opts: SimCloudOptions): SimCloud {
         );
       }
       const now = Date.now();
-      return toInstance(createTx.immediate(spec, idempotencyKey, flavor, now), now);
+      return toInstance(createTx.immediate(spec, image, idempotencyKey, flavor, now), now);
     },
 
     async describeInstance(id) {

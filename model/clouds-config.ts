@@ -5,6 +5,7 @@
  */
 import { z } from 'zod';
 import { NameSchema } from './definition.js';
+import { DEFAULT_SIM_IMAGES, IMAGE_NAME_PATTERN, imageNames } from './images.js';
 
 /** Where a secret lives; the value itself is never in the config, a workflow or a response. */
 export const SecretRefSchema = z.union([
@@ -16,12 +17,28 @@ export type SecretRef = z.infer<typeof SecretRefSchema>;
 /** How a reference is shown (API, logs): `env:NAME` or `file:/path`. */
 export const describeSecretRef = (ref: SecretRef): string => ('env' in ref ? `env:${ref.env}` : `file:${ref.file}`);
 
-/** Maps the image names used in definitions (`cernvm4-micro`) to the cloud's own (AMI id, template id…). */
-const ImagesSchema = z.record(z.string(), z.string()).default({});
+const ImageNameSchema = z
+  .string()
+  .regex(IMAGE_NAME_PATTERN, 'an image name is letters, digits, ".", "_" and "-", starting with a letter or digit, at most 100 characters');
+
+/**
+ * The images a cloud offers: the names definitions use (`cernvm4-micro`) mapped to the
+ * cloud's own reference (libvirt disk file or `pool/volume`, AMI id, template id, os_tpl
+ * term), or a list of names that are their own reference. The only images a cluster on the
+ * cloud may name (model/images.ts); at least one.
+ */
+export const ImagesSchema = z
+  .union([z.array(ImageNameSchema).min(1), z.record(ImageNameSchema, z.string().min(1).max(1000))])
+  .transform((v, ctx): Record<string, string> => {
+    const entries: [string, string][] = Array.isArray(v) ? v.map((n) => [n, n]) : Object.entries(v);
+    if (entries.length === 0) ctx.addIssue({ code: 'custom', message: 'a cloud must offer at least one image' });
+    return Object.fromEntries(entries);
+  });
 
 const base = { name: NameSchema, images: ImagesSchema };
 
-export const SimCloudConfigSchema = z.object({ ...base, kind: z.literal('sim') }).strict();
+/** `npm start`'s simulated cloud offers the default images when its entry names none. */
+export const SimCloudConfigSchema = z.object({ ...base, images: ImagesSchema.default(() => ({ ...DEFAULT_SIM_IMAGES })), kind: z.literal('sim') }).strict();
 
 export const LibvirtCloudConfigSchema = z
   .object({
@@ -39,7 +56,27 @@ export const LibvirtCloudConfigSchema = z
       .array(z.object({ id: z.string(), name: z.string(), cpus: z.number().int().min(1), memoryMiB: z.number().int().min(64), diskGiB: z.number().int().min(1) }))
       .optional(),
   })
-  .strict();
+  .strict()
+  .superRefine((c, ctx) => {
+    for (const [image, ref] of Object.entries(c.images)) {
+      if (!isLibvirtImageRef(ref)) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['images', image],
+          message: `must be an absolute path of a disk file on the hypervisor host (no ".." segments) or a storage "pool/volume", not ${JSON.stringify(ref)}`,
+        });
+      }
+    }
+  });
+
+/**
+ * A libvirt image reference: an absolute, normalised path of a disk file on the hypervisor
+ * host, or `pool/volume` of a storage pool. Only operators write these (in the registry).
+ */
+export function isLibvirtImageRef(ref: string): boolean {
+  if (ref.startsWith('/')) return !ref.split('/').some((seg) => seg === '..' || seg === '.') && !ref.includes('\0');
+  return /^[^/\s]+\/[^/\s]+$/.test(ref) && !ref.split('/').some((seg) => seg === '..' || seg === '.');
+}
 
 export const Ec2CloudConfigSchema = z
   .object({
@@ -104,23 +141,28 @@ export const CloudsFileSchema = z
 export type CloudsFile = z.infer<typeof CloudsFileSchema>;
 
 /** The registry when no file is configured: just the simulated cloud. */
-export const DEFAULT_CLOUDS: CloudsFile = { clouds: [{ name: 'sim', kind: 'sim', images: {} }] };
+export const DEFAULT_CLOUDS: CloudsFile = { clouds: [{ name: 'sim', kind: 'sim', images: { ...DEFAULT_SIM_IMAGES } }] };
 
-/** What the API shows of a cloud: endpoint and credential references, never values. */
-export function publicCloudInfo(c: CloudConfig): { endpoint?: string; credentials?: Record<string, string> } {
+/**
+ * What the API shows of a cloud: endpoint, credential references (never values) and the
+ * image names it offers (never the references they map to: disk paths stay on the worker).
+ */
+export function publicCloudInfo(c: CloudConfig): { endpoint?: string; credentials?: Record<string, string>; images: string[] } {
+  const images = imageNames(c.images);
   switch (c.kind) {
     case 'sim':
-      return {};
+      return { images };
     case 'libvirt':
-      return { endpoint: c.uri };
+      return { endpoint: c.uri, images };
     case 'ec2':
       return {
         endpoint: c.endpoint ?? `https://ec2.${c.region}.amazonaws.com`,
         credentials: { accessKeyId: describeSecretRef(c.credentials.accessKeyId), secretAccessKey: describeSecretRef(c.credentials.secretAccessKey) },
+        images,
       };
     case 'cloudstack':
-      return { endpoint: c.endpoint, credentials: { apiKey: describeSecretRef(c.credentials.apiKey), secretKey: describeSecretRef(c.credentials.secretKey) } };
+      return { endpoint: c.endpoint, credentials: { apiKey: describeSecretRef(c.credentials.apiKey), secretKey: describeSecretRef(c.credentials.secretKey) }, images };
     case 'occi':
-      return { endpoint: c.endpoint, ...(c.credentials && { credentials: { token: describeSecretRef(c.credentials.token) } }) };
+      return { endpoint: c.endpoint, ...(c.credentials && { credentials: { token: describeSecretRef(c.credentials.token) } }), images };
   }
 }

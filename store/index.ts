@@ -50,6 +50,8 @@ export interface CloudRecord {
   endpoint?: string;
   /** Credential references (`env:NAME`, `file:/path`), never values. */
   credentials?: Record<string, string>;
+  /** The image names its registry entry offers (the only ones a cluster on it may name); none when absent. */
+  images?: string[];
 }
 
 /**
@@ -381,7 +383,7 @@ const toCloud = (r: CloudRow): CloudRecord => ({
   name: r.name,
   kind: r.kind,
   offerings: JSON.parse(r.offerings) as CloudOffering[],
-  ...(r.info ? (JSON.parse(r.info) as Pick<CloudRecord, 'endpoint' | 'credentials'>) : {}),
+  ...(r.info ? (JSON.parse(r.info) as Pick<CloudRecord, 'endpoint' | 'credentials' | 'images'>) : {}),
 });
 
 interface ContextRow {
@@ -848,8 +850,8 @@ export function openSqliteStore(file: string, options: StoreOptions = {}): Store
     deleteCloud(name) {
       return q.deleteCloud.run(name).changes > 0;
     },
-    upsertCloud({ name, kind, offerings, endpoint, credentials }) {
-      const info = endpoint || credentials ? JSON.stringify({ endpoint, credentials }) : null;
+    upsertCloud({ name, kind, offerings, endpoint, credentials, images }) {
+      const info = endpoint || credentials || images ? JSON.stringify({ endpoint, credentials, images }) : null;
       q.upsertCloud.run(name, kind, JSON.stringify(offerings), info, new Date().toISOString());
     },
     listClouds: () => q.listClouds.all().map(toCloud),

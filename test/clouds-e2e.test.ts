@@ -15,6 +15,7 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
+import { DEFAULT_SIM_IMAGES } from '../model/images.js';
 import { extractPhoneHome, GUEST_PATHS } from '../model/user-data.js';
 import { clusterInstances, clusterStatus, startStack, threeTier, waitFor, waitForState, type Stack } from './harness.js';
 import { historyText } from './history-text.js';
@@ -33,6 +34,9 @@ interface Peer {
   stop(): Promise<void>;
 }
 
+/** An AMI moto does not have: the EC2 entry maps the image `retired` to it. */
+const RETIRED_AMI = 'ami-00000000deadbeef0';
+
 let stack: Stack;
 const peers = new Map<string, Peer>();
 let agent: { stop(): Promise<void> } | undefined;
@@ -50,7 +54,11 @@ beforeAll(async () => {
   stack = await startStack({
     workerProcess: true,
     captureLogs: true,
-    clouds: [{ name: 'sim', kind: 'sim', images: {} }, ...started.map((p) => p.cloudConfig as any)],
+    // The EC2 entry also maps an image to an AMI that does not exist (an image retired at the cloud).
+    clouds: [
+      { name: 'sim', kind: 'sim', images: { ...DEFAULT_SIM_IMAGES } },
+      ...started.map((p) => (p.cloudConfig.name === 'ec2' ? { ...p.cloudConfig, images: { ...p.cloudConfig.images, retired: RETIRED_AMI } } : p.cloudConfig) as any),
+    ],
     env,
     cvmfsServers: [stratum1.url],
   });
@@ -177,13 +185,13 @@ describe('permanent cloud errors', () => {
   it('fail the service at once with the error type in the cluster status, and teardown still cleans up', async () => {
     const def = await stack.http('POST', '/v1/cluster-definitions', {
       name: 'bad-image',
-      services: [{ name: 'solo', image: 'ami-00000000deadbeef0', offering: { cpus: 1, memoryMiB: 1024, diskGiB: 10 } }],
+      services: [{ name: 'solo', image: 'retired', offering: { cpus: 1, memoryMiB: 1024, diskGiB: 10 } }],
     });
     const c = await stack.http('POST', '/v1/clusters', { definitionId: def.body.id, cloud: 'ec2' });
     const id = c.body.id as string;
     const failed = await waitForState(stack, id, 'FAILED', 120_000);
     expect(failed.services[0].state).toBe('FAILED');
-    expect(failed.services[0].message).toMatch(/create failed: InvalidRequest: .*ami-00000000deadbeef0/);
+    expect(failed.services[0].message).toMatch(/create failed: InvalidRequest: .*retired.*ami-00000000deadbeef0/);
     expect(failed.message).toMatch(/service solo failed/);
     await stack.http('DELETE', `/v1/clusters/${id}`);
     await waitForState(stack, id, 'TERMINATED', 120_000);

@@ -169,10 +169,21 @@ describe('CloudStack adapter on the CloudStack API fake', () => {
       displayname: 'display name',
     });
     expect(created).toMatchObject({ name: 'display name', idempotencyKey: s.tags.key, tags: s.tags });
-    // An image that is not in the map is taken as a template id.
-    const t = spec(`${run}-d`, { image: FAKE_TEMPLATES['CernVM 4 micro 2020.07'] });
+    // Another name maps to another template.
+    const t = spec(`${run}-d`, { image: 'cernvm4-micro-2020.07' });
     await slow.cs.createInstance(t, t.tags.key);
     expect(slow.peer.fake.requests().filter((r) => r.command === 'deployVirtualMachine').at(-1)!.params.templateid).toBe(FAKE_TEMPLATES['CernVM 4 micro 2020.07']);
+  });
+
+  it('refuses an image the registry does not map, before any call: a raw template id, inherited keys, paths', async () => {
+    const before = slow.peer.fake.requests().length;
+    const offered = Object.keys(slow.peer.cloudConfig.images).sort().join(', ');
+    for (const image of [FAKE_TEMPLATES['CernVM 4 micro 2020.07'], 'constructor', '__proto__', 'toString', '/etc/shadow', '../x']) {
+      const s = spec(`${run}-i`, { image });
+      const err = await cloudErrorOf(slow.cs.createInstance(s, s.tags.key));
+      expect([err.kind, err.message]).toEqual(['InvalidRequest', `cloudstack: image ${JSON.stringify(image)} is not one of this cloud's images (${offered})`]);
+    }
+    expect(slow.peer.fake.requests()).toHaveLength(before);
   });
 
   it('refuses user-data over 32 KB in base64 before any call, and sends 20 KB by POST', async () => {

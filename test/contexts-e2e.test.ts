@@ -251,7 +251,7 @@ describe('references and sizes checked at submission', () => {
       cloudConfig: `write_files:\n${'  - {path: /etc/pad, content: "padding padding padding padding padding padding padding padding"}\n'.repeat(130)}`,
     });
     const defOf = async (ctx: string) =>
-      (await stack.http('POST', '/v1/cluster-definitions', { name: 'big', services: [{ name: 'big', contextId: ctx, offering, image: 'i' }] })).body.id;
+      (await stack.http('POST', '/v1/cluster-definitions', { name: 'big', services: [{ name: 'big', contextId: ctx, offering, image: 'cernvm' }] })).body.id;
     const midDef = await defOf(mid);
     const bigDef = await defOf(big);
     const before = (await stack.http('GET', '/v1/clusters')).body.items.length;

@@ -137,18 +137,29 @@ describe('EC2 adapter on moto', () => {
     expect(err.message).toMatch(/largest: (m5|r5)\.24xlarge/);
   });
 
-  it('rejects an unknown image name and a missing AMI as InvalidRequest, making nothing', async () => {
+  it('rejects an unknown image name, a raw AMI id and a mapped AMI that is gone as InvalidRequest, making nothing', async () => {
     const a = spec({ image: 'no-such-image' });
     const err = await cloudErrorOf(ec2.createInstance(a, a.tags.key));
     expect(err.kind).toBe('InvalidRequest');
     expect(err.message).toContain('"no-such-image"');
     expect(err.message).toContain('cernvm4-micro');
 
-    const b = spec({ image: 'ami-00000000' });
-    const err2 = await cloudErrorOf(ec2.createInstance(b, b.tags.key));
-    expect(err2.kind).toBe('InvalidRequest');
-    expect(err2.message).toContain('InvalidAMIID.NotFound');
-    expect(await ec2.findInstance(b.tags.key)).toBeUndefined();
+    // An AMI id is not an image name, even the one a name maps to: only the registry says what boots.
+    const raw = spec({ image: peer.cloudConfig.images['cernvm4-micro'] });
+    expect((await cloudErrorOf(ec2.createInstance(raw, raw.tags.key))).message).toContain("is not one of this cloud's images");
+    expect(await ec2.findInstance(raw.tags.key)).toBeUndefined();
+
+    // A registry entry whose AMI no longer exists: EC2 says so, permanently.
+    const stale = createEc2Cloud({ ...peer.cloudConfig, images: { ...peer.cloudConfig.images, retired: 'ami-00000000' } });
+    try {
+      const b = spec({ image: 'retired' });
+      const err2 = await cloudErrorOf(stale.createInstance(b, b.tags.key));
+      expect(err2.kind).toBe('InvalidRequest');
+      expect(err2.message).toContain('InvalidAMIID.NotFound');
+      expect(await ec2.findInstance(b.tags.key)).toBeUndefined();
+    } finally {
+      await stale.close?.();
+    }
   });
 
   it('reads credentials only when called, and names a missing variable without any secret', async () => {
@@ -234,6 +245,28 @@ describe('EC2 adapter before and without EC2', () => {
       const max = spec({ userData: 'x'.repeat(EC2_USER_DATA_MAX_BYTES) });
       expect((await cloudErrorOf(adapter.createInstance(max, max.tags.key))).kind).toBe('Throttled');
       expect(fake.requests()).toBeGreaterThan(0);
+    } finally {
+      await adapter.close?.();
+      await fake.close();
+    }
+  });
+
+  it('refuses an image the registry does not map before any call: raw AMI ids, inherited keys, paths', async () => {
+    const fake = await startFakeEc2();
+    const adapter = createEc2Cloud({ ...cfgFor(fake.endpoint), images: { 'cernvm4-micro': 'ami-12345678', 'not-an-ami': 'template-1' } });
+    try {
+      for (const image of ['ami-12345678', 'constructor', '__proto__', 'toString', '/etc/shadow', '../x', 'sl6']) {
+        const s = spec({ image });
+        const err = await cloudErrorOf(adapter.createInstance(s, s.tags.key));
+        expect([err.kind, err.message]).toEqual([
+          'InvalidRequest',
+          `ec2-fake: image ${JSON.stringify(image)} is not one of this cloud's images (cernvm4-micro, not-an-ami)`,
+        ]);
+      }
+      // A mapping that is not an AMI id is an operator's mistake, refused as well.
+      const s = spec({ image: 'not-an-ami' });
+      expect((await cloudErrorOf(adapter.createInstance(s, s.tags.key))).message).toContain('which is not an AMI id');
+      expect(fake.requests()).toBe(0);
     } finally {
       await adapter.close?.();
       await fake.close();

@@ -6,11 +6,11 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { execFile } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DomainState, Hypervisor } from '@unraid/libvirt';
-import { type CloudAdapter } from '../clouds/contract.js';
+import { RETRYABLE_KINDS, type CloudAdapter } from '../clouds/contract.js';
 import { CLOUDGATE_XMLNS, createLibvirtCloud, toCloudState } from '../clouds/libvirt.js';
 import { listIso, readIsoFile } from '../clouds/seed-iso.js';
 import { startLibvirtPeer, type LibvirtPeer } from './peers/libvirt.js';
@@ -133,11 +133,45 @@ describe('libvirt adapter on test:///default', () => {
     expect(await hv.domainGetXMLDesc(dom)).toBe(before);
   });
 
-  it('rejects an image that is neither mapped nor a path on the host', async () => {
-    const s = spec({ image: 'no-such-image' });
-    const err = await cloudErrorOf(adapter.createInstance(s, s.tags.key));
-    expect(err.kind).toBe('InvalidRequest');
-    expect(await adapter.findInstance(s.tags.key)).toBeUndefined();
+  it('boots only the registry\'s images: paths, other volumes and inherited keys are refused before the host is touched', async () => {
+    const storage = peer.cloudConfig.storageDir;
+    const seedIsos = () => (existsSync(storage) ? readdirSync(storage).filter((f) => f.endsWith('-seed.iso')).sort() : []);
+    const domainsBefore = (await domainNames()).sort();
+    const isosBefore = seedIsos();
+    // A real file on the "host" that is some image's disk: naming its path must not make it a disk.
+    const anotherDisk = peer.cloudConfig.images.cernvm;
+    expect(existsSync(anotherDisk)).toBe(true);
+    const offered = Object.keys(peer.cloudConfig.images).sort().join(', ');
+    for (const image of ['/etc/shadow', anotherDisk, 'default/another-tenant-volume', 'constructor', '__proto__', 'toString', '../x', 'no-such-image']) {
+      const s = spec({ image });
+      const err = await cloudErrorOf(adapter.createInstance(s, s.tags.key));
+      expect([err.kind, err.message]).toEqual(['InvalidRequest', `libvirt: image ${JSON.stringify(image)} is not one of this cloud's images (${offered})`]);
+      expect(RETRYABLE_KINDS.has(err.kind)).toBe(false);
+      expect(await adapter.findInstance(s.tags.key)).toBeUndefined();
+    }
+    // No domain was defined (none has the refused paths as a disk) and no seed ISO was written.
+    expect((await domainNames()).sort()).toEqual(domainsBefore);
+    for (const d of await hv.connectListAllDomains()) {
+      const xml = await hv.domainGetXMLDesc(d);
+      expect(xml).not.toContain('/etc/shadow');
+      expect(xml).not.toContain('another-tenant-volume');
+    }
+    expect(seedIsos()).toEqual(isosBefore);
+  });
+
+  it('refuses a registry reference that is neither an absolute path nor pool/volume, before the host is touched', async () => {
+    const odd = createLibvirtCloud({ ...peer.cloudConfig, images: { relative: 'ucernvm.qcow2', up: '/var/lib/cloudgate/../../../etc/shadow' } });
+    try {
+      for (const image of ['relative', 'up']) {
+        const s = spec({ image });
+        const err = await cloudErrorOf(odd.createInstance(s, s.tags.key));
+        expect(err.kind).toBe('InvalidRequest');
+        expect(err.message).toContain('is neither an absolute path nor a pool/volume');
+        expect(await adapter.findInstance(s.tags.key)).toBeUndefined();
+      }
+    } finally {
+      await odd.close?.();
+    }
   });
 
   it('maps libvirt states', () => {

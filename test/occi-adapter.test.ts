@@ -23,7 +23,7 @@ import {
 } from '../clouds/occi.js';
 import { OcciCloudConfigSchema } from '../model/clouds-config.js';
 import { FAKE_OS_TPL_SCHEME, FAKE_RESOURCE_TPL_SCHEME } from './fakes/occi-fake.js';
-import { OCCI_TOKEN_ENV, startOcciPeer, type OcciPeer } from './peers/occi.js';
+import { OCCI_FAKE_IMAGES, OCCI_TOKEN_ENV, startOcciPeer, type OcciPeer } from './peers/occi.js';
 import { cloudErrorOf } from './cloud-assertions.js';
 
 
@@ -239,17 +239,36 @@ describe('OCCI adapter against the OCCI fake', () => {
     expect((await occi.describeInstance(made.id)).state).toBe('RUNNING');
   });
 
-  it('maps os_tpl by term, by scheme+term and through the images map; an unknown one is InvalidRequest and makes nothing', async () => {
-    for (const image of ['cernvm', 'ucernvm4-2020.07', `${FAKE_OS_TPL_SCHEME}ubuntu-22.04`]) {
+  it('maps images to os_tpl through the registry only (by term or by scheme+term); anything else is InvalidRequest before any request', async () => {
+    for (const image of ['cernvm', 'cernvm4-micro-2020.07']) {
       const s = spec({ image });
       await occi.createInstance(s, s.tags.key);
     }
-    const before = peer.fake.computes().length;
-    const s = spec({ image: 'windows-95' });
-    const err = await cloudErrorOf(occi.createInstance(s, s.tags.key));
-    expect(err.kind).toBe('InvalidRequest');
-    expect(err.message).toMatch(/windows-95.*ucernvm4-2020\.07/);
-    expect(peer.fake.computes()).toHaveLength(before);
+    const terms = peer.fake.computes().slice(-2).map((c) => c.mixins.find((m) => m.startsWith(FAKE_OS_TPL_SCHEME))?.slice(FAKE_OS_TPL_SCHEME.length));
+    expect(terms).toEqual(['ucernvm4-2023.06', 'ucernvm4-2020.07']);
+
+    const before = { computes: peer.fake.computes().length, requests: peer.fake.requests().length };
+    const offered = Object.keys(OCCI_FAKE_IMAGES).sort().join(', ');
+    // os_tpl terms the site has are not image names either: only the registry says what boots.
+    for (const image of ['windows-95', 'ucernvm4-2020.07', `${FAKE_OS_TPL_SCHEME}ubuntu-22.04`, 'constructor', '__proto__', 'toString', '/etc/shadow', '../x']) {
+      const s = spec({ image });
+      const err = await cloudErrorOf(occi.createInstance(s, s.tags.key));
+      expect([err.kind, err.message]).toEqual(['InvalidRequest', `occi: image ${JSON.stringify(image)} is not one of this cloud's images (${offered})`]);
+    }
+    expect(peer.fake.computes()).toHaveLength(before.computes);
+    expect(peer.fake.requests()).toHaveLength(before.requests);
+
+    // A registry entry naming an os_tpl the site does not have is refused too, naming what it has.
+    const stale = createOcciCloud({ ...peer.cloudConfig, images: { retired: 'windows-95' } });
+    try {
+      const s = spec({ image: 'retired' });
+      const err = await cloudErrorOf(stale.createInstance(s, s.tags.key));
+      expect(err.kind).toBe('InvalidRequest');
+      expect(err.message).toMatch(/image "retired" \(os_tpl "windows-95"\) is not an OS template of this cloud; it offers .*ucernvm4-2020\.07/);
+      expect(peer.fake.computes()).toHaveLength(before.computes);
+    } finally {
+      await stale.close?.();
+    }
   });
 
   it('makes one compute for concurrent creates with one key, from several adapters', async () => {
@@ -450,7 +469,7 @@ describe('OCCI adapter: HTTP answers as CloudErrors', () => {
     [404, {}, 'InvalidRequest'],
   ] as const)('HTTP %i %j from the query interface is %s', async (status, headers, kind) => {
     answer = { status, headers, body: `server says ${status}` };
-    const a = createOcciCloud(OcciCloudConfigSchema.parse({ name: 'occi-x', kind: 'occi', endpoint }));
+    const a = createOcciCloud(OcciCloudConfigSchema.parse({ name: 'occi-x', kind: 'occi', endpoint, images: OCCI_FAKE_IMAGES }));
     try {
       const err = await cloudErrorOf(a.listOfferings());
       expect(err.kind).toBe(kind);
@@ -463,7 +482,7 @@ describe('OCCI adapter: HTTP answers as CloudErrors', () => {
 
   it('reads a gone compute as NotFound and terminates it without error', async () => {
     answer = { status: 404, body: 'gone' };
-    const a = createOcciCloud(OcciCloudConfigSchema.parse({ name: 'occi-x', kind: 'occi', endpoint }));
+    const a = createOcciCloud(OcciCloudConfigSchema.parse({ name: 'occi-x', kind: 'occi', endpoint, images: OCCI_FAKE_IMAGES }));
     try {
       expect((await cloudErrorOf(a.describeInstance('/compute/123'))).kind).toBe('NotFound');
       await a.terminateInstance('/compute/123');
@@ -474,7 +493,7 @@ describe('OCCI adapter: HTTP answers as CloudErrors', () => {
 
   it('calls a 200 that is no text/occi rendering (a proxy page) UnreadableAnswer, not a gone compute', async () => {
     answer = { status: 200, headers: { 'content-type': 'text/html' }, body: '<html><body>Please log in</body></html>' };
-    const a = createOcciCloud(OcciCloudConfigSchema.parse({ name: 'occi-x', kind: 'occi', endpoint }));
+    const a = createOcciCloud(OcciCloudConfigSchema.parse({ name: 'occi-x', kind: 'occi', endpoint, images: OCCI_FAKE_IMAGES }));
     try {
       const err = await cloudErrorOf(a.describeInstance('/compute/123'));
       expect(err.kind).toBe('UnreadableAnswer');
@@ -494,7 +513,7 @@ describe('OCCI adapter: HTTP answers as CloudErrors', () => {
   });
 
   it('calls an unreachable server Transient, keeping the cause', async () => {
-    const a = createOcciCloud(OcciCloudConfigSchema.parse({ name: 'occi-x', kind: 'occi', endpoint: 'http://127.0.0.1:9' }));
+    const a = createOcciCloud(OcciCloudConfigSchema.parse({ name: 'occi-x', kind: 'occi', endpoint: 'http://127.0.0.1:9', images: OCCI_FAKE_IMAGES }));
     try {
       const err = await cloudErrorOf(a.listOfferings());
       expect(err.kind).toBe('Transient');

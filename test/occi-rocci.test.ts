@@ -47,8 +47,8 @@ const TAGS_LINE = `Category: ${renderCategory({
 
 let site: RecordedOcci | undefined;
 let occi: CloudAdapter | undefined;
-/** Starts a recorded site and an adapter for it (both stopped after each test). */
-async function recordedSite(opts: RecordedOcciOptions, images: Record<string, string> = {}): Promise<{ site: RecordedOcci; occi: CloudAdapter }> {
+/** Starts a recorded site and an adapter for it (both stopped after each test); `images` is the registry entry's (one is required). */
+async function recordedSite(opts: RecordedOcciOptions, images: Record<string, string> = { cernvm3: 'uuid_egi_cernvm_3_fedcloud_warg_167' }): Promise<{ site: RecordedOcci; occi: CloudAdapter }> {
   site = await startRecordedOcci(opts);
   occi = createOcciCloud(OcciCloudConfigSchema.parse({ name: 'egi-site', kind: 'occi', endpoint: site.endpoint, images }));
   return { site, occi };

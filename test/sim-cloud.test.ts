@@ -327,7 +327,7 @@ const sim = createSimCloud({ file: ${JSON.stringify(file)}, bootMs: 60000, ready
 sim.start();
 for (let i = 0; ; i++) {
   const key = 'k-w-' + i;
-  await sim.createInstance({ name: key, image: 'x', offering: { cpus: 1, memoryMiB: 1024, diskGiB: 1 }, userData: '', tags: { cluster: 'killed', service: 'w', key } }, key);
+  await sim.createInstance({ name: key, image: 'cernvm', offering: { cpus: 1, memoryMiB: 1024, diskGiB: 1 }, userData: '', tags: { cluster: 'killed', service: 'w', key } }, key);
   if (i % 50 === 49) process.stdout.write('created ' + (i + 1) + '\\n');
   if (i % 10 === 0) await new Promise((r) => setImmediate(r));
 }

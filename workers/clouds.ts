@@ -45,7 +45,7 @@ export async function buildClouds(file: CloudsFile, config: Config, simRules?: S
   const make = async (c: CloudConfig): Promise<CloudAdapter> => {
     switch (c.kind) {
       case 'sim':
-        sim = createSimCloud({ name: c.name, file: path.join(config.dataDir, `${c.name}-cloud.sqlite`), ...config.sim, rules: simRules });
+        sim = createSimCloud({ name: c.name, file: path.join(config.dataDir, `${c.name}-cloud.sqlite`), ...config.sim, rules: simRules, images: c.images });
         return sim;
       case 'libvirt':
         return (await import('../clouds/libvirt.js')).createLibvirtCloud(c);

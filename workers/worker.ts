@@ -87,7 +87,8 @@ const REGISTER_RETRY_MS = 60_000;
 
 /**
  * Publishes the registry to the store (what `GET /v1/clouds` shows and what submissions are
- * checked against): each cloud with its offerings, endpoint and credential references.
+ * checked against): each cloud with its offerings, endpoint, credential references and the
+ * image names it offers (`publicCloudInfo`).
  * A cloud that cannot list its offerings yet is registered without any and tried again
  * every minute, so one unreachable cloud does not keep the worker from serving the others.
  */
@@ -117,7 +118,8 @@ function registerClouds(
             store.upsertCloud({ ...info, offerings });
             pending.delete(c.name);
           } catch (err) {
-            if (!store.getCloud(c.name)) store.upsertCloud({ ...info, offerings: [] });
+            // Keep the offerings listed before; endpoint, credential references and images are the file's now.
+            store.upsertCloud({ ...info, offerings: store.getCloud(c.name)?.offerings ?? [] });
             logger?.warn({ cloud: c.name, err: err instanceof Error ? err.message : String(err) }, 'cannot list offerings yet; will retry');
           } finally {
             clearTimeout(timer);
