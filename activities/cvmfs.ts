@@ -23,8 +23,25 @@
  *
  * Signatures are not verified: this is a readiness check, not a trust decision — the
  * guests' cvmfs clients verify, with keys the gateway does not hold.
+ *
+ * The URLs come from users (a context's `cvmfs.servers`), so the fetch is guarded against
+ * SSRF (model/address-policy.ts): the URL's text is judged before connecting and every
+ * address its host name resolves to is judged at connect time (a custom `lookup`), unless
+ * the operator allowed the host; redirects are not followed (a 3xx fails that server);
+ * answers are streamed and abandoned past {@link MAX_ANSWER_BYTES}; and a server that gives no
+ * HTTP answer — refused, reset, timed out, unresolvable or forbidden — fails with one
+ * generic message, so the check cannot be used to scan ports (the real cause goes to the
+ * operator's log through `onNoAnswer`).
  */
 import { createHash } from 'node:crypto';
+import { lookup as dnsLookup, type LookupAddress, type LookupAllOptions } from 'node:dns';
+import { request as httpRequest, type IncomingMessage } from 'node:http';
+import { request as httpsRequest } from 'node:https';
+import type { LookupFunction } from 'node:net';
+import { AddressPolicy } from '../model/address-policy.js';
+import { expandServerUrl } from '../model/context.js';
+
+export { expandServerUrl };
 
 /** The fields of a `.cvmfspublished` manifest above its `--` line. */
 export interface Manifest {
@@ -153,13 +170,34 @@ export interface CheckRepositoryOptions {
   /** A manifest published longer ago than this is `stale`. */
   maxAgeSeconds: number;
   now: Date;
-  /** Injected for tests; the global `fetch` otherwise. */
-  fetch?: typeof fetch;
+  /**
+   * Hosts (`host` or `host:port`) that may be fetched although they are, or resolve to,
+   * loopback, private or link-local addresses (`CLOUDGATE_CVMFS_ALLOWED_HOSTS`).
+   */
+  allowedHosts?: readonly string[];
+  /** Resolves host names at connect time (tests stub it); `dns.lookup` otherwise. */
+  resolve?: Resolver;
   /** Per request (headers and body); default 10 s. */
   timeoutMs?: number;
+  /** The largest answer read per file; default {@link MAX_ANSWER_BYTES}. */
+  maxAnswerBytes?: number;
+  /**
+   * Told the real cause behind each {@link NO_ANSWER} (for the operator's log; it never
+   * enters a result, a failure or an API answer).
+   */
+  onNoAnswer?: (url: string, detail: string) => void;
 }
 
 const DEFAULT_TIMEOUT_MS = 10_000;
+
+/** Manifests and whitelists are a few KB; an answer past this is abandoned, unread. */
+export const MAX_ANSWER_BYTES = 256 * 1024;
+
+/**
+ * What a server that gave no HTTP answer is told, whatever the cause (refused, reset,
+ * filtered, timed out, unresolvable, or an address the gateway may not reach).
+ */
+export const NO_ANSWER = 'no usable answer (no connection, no answer in time, or an address the gateway may not reach)';
 
 const CRLF = 'CernVM-FS splits lines at LF only and reads the CR into the value, so a CRLF copy (converted in transfer?) fails its name check';
 
@@ -301,45 +339,162 @@ export function parseWhitelist(text: string | Buffer): Whitelist {
   };
 }
 
-/** Substitutes `@fqrn@` and `@org@` (the first label of the name) as the cvmfs client does. */
-export function expandServerUrl(template: string, repo: string): string {
-  return template.replaceAll('@fqrn@', repo).replaceAll('@org@', repo.split('.')[0]).replace(/\/+$/, '');
-}
-
 type Fetched = { ok: true; manifest: Manifest; whitelist: Whitelist } | { ok: false; notFound: boolean; error: string };
 
-function describeFetchError(err: unknown, timeoutMs: number): string {
-  // Duck-typed: the abort reason is a DOMException, not always `instanceof Error` across realms.
-  const e = (typeof err === 'object' && err !== null ? err : {}) as { name?: string; message?: string; cause?: { code?: string; message?: string } };
-  if (e.name === 'TimeoutError' || e.name === 'AbortError') return `timed out after ${timeoutMs} ms`;
-  const detail = e.cause?.code ?? e.cause?.message;
-  return `${e.message ?? String(err)}${detail ? ` (${detail})` : ''}`;
+/** `dns.lookup` with every address (the shape the guarded lookup needs). */
+export type Resolver = (hostname: string, options: LookupAllOptions, callback: (err: NodeJS.ErrnoException | null, addresses: LookupAddress[]) => void) => void;
+
+const systemResolver: Resolver = (hostname, options, callback) => dnsLookup(hostname, options, callback);
+
+/** A connection refused before it was made: the host resolves to an address the policy forbids. */
+export class ForbiddenAddressError extends Error {
+  override name = 'ForbiddenAddressError';
 }
 
-async function get(url: string, fetchFn: typeof fetch, timeoutMs: number): Promise<{ status: number; body: Buffer }> {
-  // no-cache: a forward cache between the gateway and the stratum-1 must not hide a new revision.
-  const res = await fetchFn(url, { headers: { 'cache-control': 'no-cache' }, signal: AbortSignal.timeout(timeoutMs) });
-  if (res.status !== 200) {
-    await res.body?.cancel();
-    return { status: res.status, body: Buffer.alloc(0) };
+/** No HTTP answer at all; `message` is the cause, for the operator's log only. */
+export class NoAnswerError extends Error {
+  override name = 'NoAnswerError';
+}
+
+/** An answer larger than the cap, abandoned; `bytesRead` is what was read before stopping. */
+export class AnswerTooLargeError extends Error {
+  override name = 'AnswerTooLargeError';
+  constructor(
+    readonly limit: number,
+    readonly bytesRead: number,
+    /** The Content-Length the server announced, when that alone was too large. */
+    readonly declared?: number,
+  ) {
+    super(`answer larger than ${limit >= 1024 ? `${limit / 1024} KiB` : `${limit} bytes`}, not read further (a manifest or whitelist is a few KB)`);
   }
-  return { status: 200, body: Buffer.from(await res.arrayBuffer()) };
+}
+
+/**
+ * A `lookup` for node:net that resolves with `resolve` (every address) and refuses the
+ * connection when any address is one `policy` forbids — so a host name cannot smuggle a
+ * loopback, private or metadata address past a check of the URL's text. Without a policy it
+ * only resolves. Answers in the form the caller asked for (`all` or one address).
+ */
+export function guardedLookup(policy: AddressPolicy | undefined, resolve: Resolver = systemResolver): LookupFunction {
+  return (hostname, options, callback) => {
+    resolve(hostname, { ...options, all: true }, (err, addresses) => {
+      if (err) return callback(err, '', 0);
+      if (addresses.length === 0) return callback(Object.assign(new Error(`${hostname} has no address`), { code: 'ENOTFOUND' }), '', 0);
+      for (const a of addresses) {
+        const problem = policy?.addressProblem(a.address);
+        if (problem) return callback(new ForbiddenAddressError(`${hostname} resolves to ${problem}`), '', 0);
+      }
+      if ((options as { all?: boolean }).all) callback(null, addresses);
+      else callback(null, addresses[0].address, addresses[0].family);
+    });
+  };
+}
+
+/** Reads `res` to its end, or throws {@link AnswerTooLargeError} as soon as it passes `max` bytes. */
+async function readCapped(res: IncomingMessage, max: number): Promise<Buffer> {
+  const declared = Number(res.headers['content-length']);
+  if (Number.isFinite(declared) && declared > max) {
+    res.destroy();
+    throw new AnswerTooLargeError(max, 0, declared);
+  }
+  const chunks: Buffer[] = [];
+  let read = 0;
+  for await (const chunk of res as AsyncIterable<Buffer>) {
+    read += chunk.length;
+    if (read > max) {
+      res.destroy();
+      throw new AnswerTooLargeError(max, read);
+    }
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks, read);
+}
+
+export interface GuardedGetOptions {
+  policy: AddressPolicy;
+  timeoutMs: number;
+  maxBytes: number;
+  resolve?: Resolver;
+}
+
+/**
+ * One GET under the address policy: the URL's text judged first, host names judged by every
+ * address they resolve to (unless the host is allowed), no redirect followed (any non-200
+ * resolves with its status and no body), the body read up to `opts.maxBytes`.
+ *
+ * @throws {@link NoAnswerError} when no HTTP answer came (the message is the cause, for logs).
+ * @throws {@link AnswerTooLargeError} when the answer passes the cap.
+ */
+export function guardedGet(url: string, opts: GuardedGetOptions): Promise<{ status: number; body: Buffer }> {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    return Promise.reject(new NoAnswerError(`${url} is not a URL`));
+  }
+  const problem = opts.policy.urlProblem(u);
+  if (problem) return Promise.reject(new NoAnswerError(`refused before connecting: the URL ${problem}`));
+  // An allowed host is fetched whatever it resolves to; any other name is judged by its addresses.
+  const lookup = guardedLookup(opts.policy.isAllowed(u) ? undefined : opts.policy, opts.resolve);
+  const signal = AbortSignal.timeout(opts.timeoutMs);
+  return new Promise((resolve, reject) => {
+    const noAnswer = (err: unknown) => {
+      if (err instanceof AnswerTooLargeError) return reject(err);
+      const e = (typeof err === 'object' && err !== null ? err : {}) as { code?: string; message?: string };
+      const detail = signal.aborted ? `timed out after ${opts.timeoutMs} ms` : `${e.message ?? String(err)}${e.code && !e.message?.includes(e.code) ? ` (${e.code})` : ''}`;
+      reject(new NoAnswerError(detail));
+    };
+    const send = u.protocol === 'https:' ? httpsRequest : httpRequest;
+    const req = send(u, {
+      method: 'GET',
+      // no-cache: a forward cache between the gateway and the stratum-1 must not hide a new
+      // revision; identity: nothing is decompressed, so the cap is the cap.
+      headers: { 'cache-control': 'no-cache', 'accept-encoding': 'identity' },
+      agent: false,
+      lookup,
+      signal,
+    });
+    req.on('error', noAnswer);
+    req.on('response', (res) => {
+      if (res.statusCode !== 200) {
+        res.destroy();
+        resolve({ status: res.statusCode ?? 0, body: Buffer.alloc(0) });
+        return;
+      }
+      readCapped(res, opts.maxBytes).then((body) => resolve({ status: 200, body }), noAnswer);
+    });
+    req.end();
+  });
+}
+
+/** What a non-200 status says about the server. */
+function describeStatus(status: number): string {
+  if (status >= 300 && status < 400) return `HTTP ${status}: a redirect, not followed (list the URL the stratum-1 answers at)`;
+  return `HTTP ${status}`;
 }
 
 /** Both files from one server, or why this server gave nothing usable. Never throws. */
-async function fetchFiles(server: string, fetchFn: typeof fetch, timeoutMs: number): Promise<Fetched> {
+async function fetchFiles(server: string, opts: GuardedGetOptions & Pick<CheckRepositoryOptions, 'onNoAnswer'>): Promise<Fetched> {
   const files = ['.cvmfspublished', '.cvmfswhitelist'] as const;
   // allSettled: a failed manifest request must not leave the whitelist one rejecting unobserved.
-  const settled = await Promise.allSettled(files.map((f) => get(`${server}/${f}`, fetchFn, timeoutMs)));
+  const settled = await Promise.allSettled(files.map((f) => guardedGet(`${server}/${f}`, opts)));
   const errors: string[] = [];
   let notFound = 0;
+  let noAnswer = false;
   settled.forEach((s, i) => {
-    if (s.status === 'rejected') errors.push(`${files[i]}: ${describeFetchError(s.reason, timeoutMs)}`);
-    else if (s.value.status !== 200) {
+    if (s.status === 'rejected') {
+      if (s.reason instanceof AnswerTooLargeError) errors.push(`${files[i]}: ${s.reason.message}`);
+      else {
+        noAnswer = true;
+        opts.onNoAnswer?.(`${server}/${files[i]}`, s.reason instanceof Error ? s.reason.message : String(s.reason));
+      }
+    } else if (s.value.status !== 200) {
       if (s.value.status === 404) notFound++;
-      errors.push(`${files[i]}: HTTP ${s.value.status}`);
+      errors.push(`${files[i]}: ${describeStatus(s.value.status)}`);
     }
   });
+  // One message for every way of getting no answer, so the result tells nothing about ports.
+  if (noAnswer) return { ok: false, notFound: false, error: NO_ANSWER };
   if (errors.length) return { ok: false, notFound: notFound === errors.length, error: errors.join('; ') };
   const [m, w] = settled.map((s) => (s as PromiseFulfilledResult<{ body: Buffer }>).value.body);
   try {
@@ -399,7 +554,8 @@ function judge(
 
 /**
  * Checks one repository on its stratum-1 servers, in order. A server that fails to answer
- * (network error, timeout, any non-200 such as 5xx or 404, or a malformed file) is recorded
+ * (no answer — {@link NO_ANSWER} —, any non-200 such as 5xx, 404 or a redirect, an answer
+ * over the size cap, or a malformed file) is recorded
  * in `attempts` and the next one is tried; the first server that serves both files decides,
  * as it would for a client with the same list. `missing` only when every server said 404;
  * `unreachable` (the one retryable reason) when none gave a usable answer otherwise.
@@ -410,13 +566,18 @@ function judge(
 export async function checkRepository(opts: CheckRepositoryOptions): Promise<RepositoryCheck> {
   const { repo } = opts;
   if (opts.servers.length === 0) throw new TypeError(`no stratum-1 servers configured for ${repo}`);
-  const fetchFn = opts.fetch ?? fetch;
-  const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+  const get = {
+    policy: new AddressPolicy(opts.allowedHosts),
+    timeoutMs: opts.timeoutMs ?? DEFAULT_TIMEOUT_MS,
+    maxBytes: opts.maxAnswerBytes ?? MAX_ANSWER_BYTES,
+    resolve: opts.resolve,
+    onNoAnswer: opts.onNoAnswer,
+  };
   const attempts: ServerAttempt[] = [];
   let notFound = 0;
   for (const template of opts.servers) {
     const server = expandServerUrl(template, repo);
-    const got = await fetchFiles(server, fetchFn, timeoutMs);
+    const got = await fetchFiles(server, get);
     if (got.ok) return judge(opts, server, got.manifest, got.whitelist, attempts);
     attempts.push({ server, error: got.error });
     if (got.notFound) notFound++;

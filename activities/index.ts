@@ -38,8 +38,8 @@ export interface ActivityDeps {
   concurrency?: number;
   /** Where pinned context versions and their secret values are read (the store). */
   contexts: ContextSource;
-  /** The stratum-1 check: default servers and the oldest acceptable manifest. */
-  cvmfs: { servers: string[]; maxAgeSeconds: number; timeoutMs?: number };
+  /** The stratum-1 check: default servers, the oldest acceptable manifest, hosts allowed despite the address policy. */
+  cvmfs: { servers: string[]; maxAgeSeconds: number; timeoutMs?: number; allowedHosts?: readonly string[] };
   /** Where the workflows' published state goes for the API to read (the store). */
   readModel: ReadModelSink;
 }
@@ -123,6 +123,15 @@ async function withLocalRetry<R>(call: () => Promise<R>): Promise<R> {
       if (!again || attempt >= LOCAL_RETRY_DELAYS_MS.length) throw err;
       await new Promise((r) => setTimeout(r, LOCAL_RETRY_DELAYS_MS[attempt] * (0.5 + Math.random())));
     }
+  }
+}
+
+/** The running activity's logger; undefined outside an activity (direct calls in tests). */
+function activityLog(): Context['log'] | undefined {
+  try {
+    return Context.current().log;
+  } catch {
+    return undefined;
   }
 }
 
@@ -250,6 +259,9 @@ export function createActivities(deps: ActivityDeps): CloudgateActivities {
         maxAgeSeconds: deps.cvmfs.maxAgeSeconds,
         now: new Date(),
         timeoutMs: deps.cvmfs.timeoutMs,
+        allowedHosts: deps.cvmfs.allowedHosts,
+        // The cause of a generic "no usable answer" is for the operator only (it would scan ports for a user).
+        onNoAnswer: (url, detail) => activityLog()?.warn('no usable answer from a stratum-1', { repo: input.repo, url, detail }),
       });
       if (check.ok) {
         const { repo, server, revision, publishedAt, whitelistExpiresAt, attempts } = check;

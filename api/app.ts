@@ -26,6 +26,8 @@ export interface ApiConfig {
   taskQueue: string;
   /** HMAC secret of phone-home tokens. */
   tokenSecret: string;
+  /** Hosts a context's `cvmfs.servers` may name although loopback or private (`CLOUDGATE_CVMFS_ALLOWED_HOSTS`). */
+  cvmfsAllowedHosts?: readonly string[];
 }
 
 export interface AppDeps {

@@ -7,7 +7,7 @@
  */
 import { randomInt } from 'node:crypto';
 import express, { type Request, type Router } from 'express';
-import { ContextInputSchema, ContextSchema, contextSecrets, hashContextPasswords, type Context, type ContextInput } from '../model/context.js';
+import { contextInputSchema, ContextSchema, contextSecrets, hashContextPasswords, type Context, type ContextInput } from '../model/context.js';
 import { agentView, type Agent } from '../model/agent-views.js';
 import { multipartUserData, phoneHomeUrl, renderContextParts, renderContextUserData, type PhoneHome } from '../model/user-data.js';
 import type { ContextRecord, ContextVersionInput, PairingRecord, Store } from '../store/index.js';
@@ -18,7 +18,8 @@ import { ContextPreviewQuerySchema, ContextVersionQuerySchema, PairingRequestSch
 /** What the context routes use; `json` is the app's body parser (limit and error mapping). */
 export interface ContextRouteDeps {
   store: Store;
-  config: { publicUrl: string };
+  /** `cvmfsAllowedHosts`: hosts a context's stratum-1 URLs may name although private or loopback. */
+  config: { publicUrl: string; cvmfsAllowedHosts?: readonly string[] };
   json: express.RequestHandler;
   /** The clock of pairing expiry and the PIN miss limit (tests move it); default the system clock. */
   now?: () => Date;
@@ -119,6 +120,7 @@ export function contextRoutes(deps: ContextRouteDeps): Router {
   const now = deps.now ?? (() => new Date());
   const pinMisses = new PinMissCounter();
   const router = express.Router();
+  const ContextInputSchema = contextInputSchema({ cvmfsAllowedHosts: config.cvmfsAllowedHosts });
 
   /**
    * Validated input → stored form + secret values. `previous` supplies the secret values

@@ -71,6 +71,7 @@ export async function startApi(config: Config, opts: StartApiOptions = {}): Prom
         namespace: config.namespace,
         taskQueue: config.taskQueue,
         tokenSecret,
+        cvmfsAllowedHosts: config.cvmfs.allowedHosts,
       },
     });
     server.on('request', app);

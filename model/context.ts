@@ -8,6 +8,7 @@
 import { z } from 'zod';
 import { encrypt } from 'unixcrypt';
 import { parseDocument } from 'yaml';
+import { ALLOW_HINT, AddressPolicy } from './address-policy.js';
 
 // ---- limits: generous for real contexts, small enough that a context fits EC2's 16 KB user-data ----
 const MAX_REPOSITORIES = 50;
@@ -18,6 +19,12 @@ const MAX_VARIABLES = 100;
 const MAX_VALUE = 4096;
 /** The issue's bound for the startup script; the extra cloud-config gets the same. */
 export const MAX_SCRIPT_BYTES = 16 * 1024;
+/**
+ * YAML aliases a cloud-config may resolve (the `yaml` package's `maxAliasCount`, which also
+ * weighs nested ones): a few `&anchor`/`*alias` pairs pass, an alias bomb ("billion laughs")
+ * is refused before it is expanded.
+ */
+export const MAX_YAML_ALIASES = 10;
 
 const byteLength = (s: string): number => Buffer.byteLength(s, 'utf8');
 
@@ -244,7 +251,16 @@ const CloudConfigSchema = z.string().superRefine((text, ctx) => {
   // logLevel error: a collection as a key (`[a]: b`) is refused below with a clearer message than YAML's warning.
   const doc = parseDocument(text, { prettyErrors: false, version: '1.1', logLevel: 'error' });
   if (doc.errors.length) return ctx.addIssue({ code: 'custom', message: `is not valid YAML: ${doc.errors[0].message.split('\n')[0]}` });
-  const value: unknown = doc.toJS();
+  let value: unknown;
+  try {
+    value = doc.toJS({ maxAliasCount: MAX_YAML_ALIASES });
+  } catch (err) {
+    // The yaml package throws a ReferenceError ("Excessive alias count …") before expanding a bomb.
+    if (err instanceof ReferenceError) {
+      return ctx.addIssue({ code: 'custom', message: `uses YAML aliases (*name) too often: at most ${MAX_YAML_ALIASES} alias expansions are allowed` });
+    }
+    return ctx.addIssue({ code: 'custom', message: `is not valid YAML: ${err instanceof Error ? err.message.split('\n')[0] : String(err)}` });
+  }
   if (value === null || typeof value !== 'object' || Array.isArray(value)) {
     return ctx.addIssue({ code: 'custom', message: 'must be a YAML mapping of cloud-config keys' });
   }
@@ -316,16 +332,70 @@ function crossFieldRules(c: Common & { users: { name: string }[] }, secretNames:
   }
 }
 
-/** What a user submits (`POST /v1/contexts`): plain passwords and secret values. */
-export const ContextInputSchema = z
+/** Substitutes `@fqrn@` and `@org@` (the first label of the name) as the cvmfs client does. */
+export function expandServerUrl(template: string, repo: string): string {
+  return template.replaceAll('@fqrn@', repo).replaceAll('@org@', repo.split('.')[0]).replace(/\/+$/, '');
+}
+
+/** Stands in for `@fqrn@` when a template is judged apart from any repository. */
+const SAMPLE_REPOSITORY = 'repo.example.org';
+
+/**
+ * The gateway fetches a context's stratum-1 URLs itself (the check before deploying), so
+ * each must pass its outbound address policy (model/address-policy.ts) for the sample
+ * repository and for every repository of the context (a placeholder may stand in the host).
+ * Only the URL's text is judged here; the worker judges the resolved addresses again.
+ */
+function serverPolicyRules(c: Common, policy: AddressPolicy, ctx: z.RefinementCtx): void {
+  (c.cvmfs.servers ?? []).forEach((template, i) => {
+    for (const repo of [SAMPLE_REPOSITORY, ...c.repositories]) {
+      let url: URL;
+      try {
+        url = new URL(expandServerUrl(template, repo));
+      } catch {
+        return; // the field's own rule names a URL that does not parse
+      }
+      if (url.protocol !== 'http:' && url.protocol !== 'https:') return; // and a wrong scheme
+      const problem = policy.urlProblem(url);
+      if (problem) {
+        const forRepo = repo === SAMPLE_REPOSITORY ? '' : ` for repository ${repo}`;
+        ctx.addIssue({ code: 'custom', path: ['cvmfs', 'servers', i], message: `${problem}${forRepo}: ${ALLOW_HINT}` });
+        return;
+      }
+    }
+  });
+}
+
+const ContextInputObject = z
   .object({
     ...commonFields,
     users: z.array(ContextUserInputSchema).max(MAX_USERS).default([]),
     /** Values are encrypted by the store and passed to the renderer separately, never kept in `Context`. */
     secrets: keyedRecord(EnvNameSchema, lineValue(MAX_VALUE)).optional(),
   })
-  .strict()
-  .superRefine((c, ctx) => crossFieldRules(c, Object.keys(c.secrets ?? {}), ctx));
+  .strict();
+
+/**
+ * What a user submits, with the gateway's outbound address policy for `cvmfs.servers`:
+ * `cvmfsAllowedHosts` (`CLOUDGATE_CVMFS_ALLOWED_HOSTS`) lets named private or loopback
+ * hosts through. Build it once per configuration.
+ *
+ * @throws TypeError when an allowed host is not a `host` or `host:port`.
+ */
+export function contextInputSchema(opts: { cvmfsAllowedHosts?: readonly string[] } = {}) {
+  const policy = new AddressPolicy(opts.cvmfsAllowedHosts);
+  return ContextInputObject.superRefine((c, ctx) => {
+    crossFieldRules(c, Object.keys(c.secrets ?? {}), ctx);
+    serverPolicyRules(c, policy, ctx);
+  });
+}
+
+/**
+ * What a user submits (`POST /v1/contexts`): plain passwords and secret values; stratum-1
+ * URLs pass the address policy with no host allowed (the API builds its own with the
+ * configured ones: {@link contextInputSchema}).
+ */
+export const ContextInputSchema = contextInputSchema();
 export type ContextInputRequest = z.input<typeof ContextInputSchema>;
 export type ContextInput = z.infer<typeof ContextInputSchema>;
 

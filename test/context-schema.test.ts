@@ -6,8 +6,10 @@ import { describe, expect, it } from '@jest/globals';
 import { verify } from 'unixcrypt';
 import {
   ContextInputSchema,
+  contextInputSchema,
   ContextSchema,
   contextSecrets,
+  MAX_YAML_ALIASES,
   hashContextPasswords,
   parseCvmfsProxy,
   type ContextInputRequest,
@@ -129,6 +131,39 @@ describe('cvmfs servers, branch, tag, minRevision', () => {
   it('rejects unknown cvmfs settings', () => rejects({ cvmfs: { quota: 4000 } }, 'cvmfs', /quota/));
 });
 
+describe('cvmfs servers the gateway must not fetch from (SSRF)', () => {
+  it.each([
+    ['http://127.0.0.1:22/cvmfs/@fqrn@', /loopback address \(127\.0\.0\.1\)/],
+    ['http://0x7f.1/cvmfs/@fqrn@', /loopback address \(127\.0\.0\.1\)/],
+    ['http://169.254.169.254/latest/meta-data/@fqrn@', /link-local address/],
+    ['http://[::ffff:10.0.0.1]/cvmfs/@fqrn@', /private address/],
+    ['http://localhost:8080/cvmfs/@fqrn@', /this machine/],
+  ])('rejects %j, saying how an operator allows a host', (url, why) => {
+    rejects({ cvmfs: { servers: ['http://cvmfs-stratum-one.cern.ch/cvmfs/@fqrn@', url] } }, 'cvmfs.servers.1', why);
+    rejects({ cvmfs: { servers: [url] } }, 'cvmfs.servers.0', 'CLOUDGATE_CVMFS_ALLOWED_HOSTS');
+  });
+  it('judges the URL for every repository when a placeholder stands in the host', () => {
+    rejects({ repositories: ['alice.cern.ch', '127.0.0.1'], cvmfs: { servers: ['http://@fqrn@/cvmfs/x'] } }, 'cvmfs.servers.0', 'loopback address (127.0.0.1) for repository 127.0.0.1');
+    // @org@ is the first label: "2130706433" is 127.0.0.1 to a URL parser.
+    rejects({ repositories: ['2130706433.cern.ch'], cvmfs: { servers: ['http://@org@/cvmfs/@fqrn@'] } }, 'cvmfs.servers.0', 'for repository 2130706433.cern.ch');
+    accepts({ repositories: ['alice.cern.ch'], cvmfs: { servers: ['http://@org@.stratum1.example.org/cvmfs/@fqrn@'] } });
+  });
+  it('lets the hosts an operator allowed through (host:port exactly)', () => {
+    const schema = contextInputSchema({ cvmfsAllowedHosts: ['127.0.0.1:8000', 's1.site.internal'] });
+    const errors = (servers: string[]) => {
+      const r = schema.safeParse({ ...base, cvmfs: { servers } });
+      return r.success ? [] : r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`);
+    };
+    expect(errors(['http://127.0.0.1:8000/cvmfs/@fqrn@', 'http://s1.site.internal:81/cvmfs/@fqrn@'])).toEqual([]);
+    expect(errors(['http://127.0.0.1:8001/cvmfs/@fqrn@'])).toEqual([expect.stringMatching(/^cvmfs\.servers\.0: names a loopback address/)]);
+    expect(() => contextInputSchema({ cvmfsAllowedHosts: ['http://x/'] })).toThrow(/allowed host "http:\/\/x\/" is not a host or host:port/);
+  });
+  it('leaves a stored context alone (the worker judges it again before fetching)', () => {
+    const stored = ContextSchema.safeParse({ name: 'old', cvmfs: { servers: ['http://127.0.0.1/cvmfs/@fqrn@'] } });
+    expect(stored.success).toBe(true);
+  });
+});
+
 describe('users', () => {
   it('accepts unix names, groups and ed25519 / rsa / ecdsa keys', () => {
     accepts({
@@ -236,6 +271,16 @@ describe('cloudConfig', () => {
     accepts({ cloudConfig: 'write_files:\n  - path: /etc/x.ini\n    content: |\n      [cernvm]\n      users=a:b:c\n' });
   });
   it('bounds it to 16 KB', () => rejects({ cloudConfig: `a: "${'x'.repeat(16 * 1024)}"` }, 'cloudConfig', 'at most 16384 bytes'));
+  it('refuses an alias bomb ("billion laughs") before expanding it, and takes a few aliases', () => {
+    const labels = 'abcdefghi';
+    const bomb = [`a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]`, ...[...labels.slice(1)].map((l, i) => `${l}: &${l} [${Array(9).fill(`*${labels[i]}`).join(',')}]`)].join('\n');
+    const started = Date.now();
+    rejects({ cloudConfig: bomb }, 'cloudConfig', `uses YAML aliases (*name) too often: at most ${MAX_YAML_ALIASES} alias expansions`);
+    expect(Date.now() - started).toBeLessThan(1000);
+    // Thirty aliases of a scalar are no bomb, but more than the limit.
+    rejects({ cloudConfig: `x: &x 1\nlist: [${Array(30).fill('*x').join(', ')}]\n` }, 'cloudConfig', 'too often');
+    accepts({ cloudConfig: 'defaults: &pkg {owner: root, permissions: "0644"}\nwrite_files:\n  - {<<: *pkg, path: /etc/a, content: a}\n  - {<<: *pkg, path: /etc/b, content: b}\n' });
+  });
 });
 
 describe('secrets', () => {

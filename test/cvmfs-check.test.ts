@@ -12,12 +12,13 @@ import {
   expandServerUrl,
   isRetryableCvmfsFailure,
   ManifestError,
+  NO_ANSWER,
   parseManifest,
   parseWhitelist,
   type CheckRepositoryOptions,
   type RepositoryCheck,
 } from '../activities/cvmfs.js';
-import { fakeSignature, manifestFile, startStratum1, whitelistFile, type FakeStratum1 } from './fakes/stratum1.js';
+import { fakeSignature, manifestFile, startStratum1, type FakeStratum1 } from './fakes/stratum1.js';
 
 const NOW = new Date('2025-06-02T12:30:00Z');
 const minutesAgo = (n: number) => new Date(NOW.getTime() - n * 60_000);
@@ -244,8 +245,9 @@ describe('checkRepository', () => {
     await Promise.all([good, other, dead, failing, empty].map((s) => s.stop()));
   });
 
+  // The test servers listen on 127.0.0.1, which the address policy lets through only when allowed.
   const check = (repo: string, servers: string[], extra: Partial<CheckRepositoryOptions> = {}) =>
-    checkRepository({ repo, servers, maxAgeSeconds: 6 * 3600, now: NOW, timeoutMs: 2000, ...extra });
+    checkRepository({ repo, servers, maxAgeSeconds: 6 * 3600, now: NOW, timeoutMs: 2000, allowedHosts: ['127.0.0.1'], ...extra });
   const failed = (r: RepositoryCheck) => {
     if (r.ok) throw new Error(`expected a failure, got ${JSON.stringify(r)}`);
     return r;
@@ -306,7 +308,7 @@ describe('checkRepository', () => {
     const r = await check('sft.cern.ch', [dead.url, failing.url, other.url]);
     expect(r).toMatchObject({ ok: true, revision: 121, server: `${other.origin}/cvmfs/sft.cern.ch` });
     expect(r.attempts).toEqual([
-      { server: `${dead.origin}/cvmfs/sft.cern.ch`, error: expect.stringMatching(/fetch failed/) },
+      { server: `${dead.origin}/cvmfs/sft.cern.ch`, error: NO_ANSWER },
       { server: `${failing.origin}/cvmfs/sft.cern.ch`, error: expect.stringMatching(/HTTP 503/) },
     ]);
   });
@@ -332,19 +334,18 @@ describe('checkRepository', () => {
   });
 
   it('times out a server that never answers, and fails over past a 200 that is not a manifest', async () => {
-    const files = { '.cvmfspublished': manifestFile('sft.cern.ch', fresh), '.cvmfswhitelist': whitelistFile('sft.cern.ch', fresh) };
-    const stub: typeof fetch = async (input, init) => {
-      const url = String(input);
-      if (url.startsWith('http://hang')) {
-        return new Promise<Response>((_resolve, reject) => init?.signal?.addEventListener('abort', () => reject(init.signal?.reason)));
-      }
-      if (url.startsWith('http://portal')) return new Response('<html>Please log in</html>', { status: 200 });
-      const file = url.slice(url.lastIndexOf('/') + 1) as keyof typeof files;
-      return new Response(Uint8Array.from(files[file]), { status: 200 });
-    };
-    const r = await check('sft.cern.ch', ['http://hang/cvmfs/@fqrn@', 'http://portal/cvmfs/@fqrn@', 'http://ok/cvmfs/@fqrn@'], { fetch: stub, timeoutMs: 50 });
-    expect(r).toMatchObject({ ok: true, server: 'http://ok/cvmfs/sft.cern.ch' });
-    expect(r.attempts.map((a) => a.error)).toEqual([expect.stringMatching(/timed out after 50 ms/), expect.stringMatching(/malformed: \.cvmfspublished: no "--" line/)]);
+    const hang = await startStratum1({}, { hang: true });
+    const portal = await startStratum1({}, { text: '<html>Please log in</html>' });
+    try {
+      const causes: string[] = [];
+      const r = await check('sft.cern.ch', [hang.url, portal.url, good.url], { timeoutMs: 200, onNoAnswer: (url, detail) => causes.push(`${url}: ${detail}`) });
+      expect(r).toMatchObject({ ok: true, server: `${good.origin}/cvmfs/sft.cern.ch` });
+      expect(r.attempts.map((a) => a.error)).toEqual([NO_ANSWER, expect.stringMatching(/malformed: \.cvmfspublished: no "--" line/)]);
+      // The cause is told to the operator's log, not to the result.
+      expect(causes).toEqual(expect.arrayContaining([`${hang.origin}/cvmfs/sft.cern.ch/.cvmfspublished: timed out after 200 ms`]));
+    } finally {
+      await Promise.all([hang.stop(), portal.stop()]);
+    }
   });
 
   it('rejects an empty server list as a definition error', async () => {
@@ -357,6 +358,7 @@ describe('checkRepository', () => {
       maxAgeSeconds: 3600,
       now: NOW,
       minRevisions: { 'atlas.cern.ch': 500 },
+      allowedHosts: ['127.0.0.1'],
     });
     expect(rs.map((r) => [r.repo, r.ok ? 'ok' : r.reason])).toEqual([
       ['sft.cern.ch', 'ok'],

@@ -230,7 +230,7 @@ describe('checkRepository against a stratum-1 serving the real bytes', () => {
   });
 
   const check = (repo: string, servers: string[], now: string, extra: Partial<CheckRepositoryOptions> = {}) =>
-    checkRepository({ repo, servers, now: at(now), maxAgeSeconds: 6 * 3600, timeoutMs: 2000, ...extra });
+    checkRepository({ repo, servers, now: at(now), maxAgeSeconds: 6 * 3600, timeoutMs: 2000, allowedHosts: ['127.0.0.1'], ...extra });
   const failed = (r: RepositoryCheck) => {
     if (r.ok) throw new Error(`expected a failure, got ${JSON.stringify(r)}`);
     return r;

@@ -49,6 +49,11 @@ export interface StackOptions {
   env?: Record<string, string>;
   /** Stratum-1 URL templates the gateway checks repositories on (default: the config's CERN list). */
   cvmfsServers?: string[];
+  /**
+   * Hosts (`host:port`) the gateway may fetch stratum-1 files from although they are loopback
+   * (`CLOUDGATE_CVMFS_ALLOWED_HOSTS`); the hosts of `cvmfsServers` are always added.
+   */
+  cvmfsAllowedHosts?: string[];
   /** Write the worker process's and the API's logs (info level) to worker.log and api.log in the data folder. */
   captureLogs?: boolean;
 }
@@ -91,7 +96,11 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
     tokenSecret: 'test-secret-0123456789abcdef',
     logLevel: 'warn',
     sim: { bootMs: 300, readyDelayMs: 200, seed: 'test', ...opts.sim },
-    ...(opts.cvmfsServers && { cvmfs: { servers: opts.cvmfsServers.join(';') } }),
+    cvmfs: {
+      ...(opts.cvmfsServers && { servers: opts.cvmfsServers.join(';') }),
+      // The test stratum-1s listen on 127.0.0.1, which the address policy refuses unless allowed.
+      allowedHosts: [...(opts.cvmfsServers ?? []).map((u) => new URL(u.replace(/@fqrn@|@org@/g, 'x')).host), ...(opts.cvmfsAllowedHosts ?? [])],
+    },
   });
   const connection = await Connection.connect({ address: temporal.address });
   const client = new Client({ connection });
@@ -121,6 +130,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
           SIM_RULES: opts.simRules ? JSON.stringify(opts.simRules) : '',
           CLOUDGATE_CLOUDS: cloudsFile ?? '',
           CLOUDGATE_CVMFS_SERVERS: config.cvmfs.servers.join(';'),
+          CLOUDGATE_CVMFS_ALLOWED_HOSTS: config.cvmfs.allowedHosts.join(','),
           ...opts.env,
         };
         const log = opts.captureLogs ? openSync(path.join(dataDir, 'worker.log'), 'a') : 'inherit';

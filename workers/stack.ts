@@ -46,7 +46,13 @@ if (!process.env.CLOUDGATE_CVMFS_SERVERS) {
   say(`CVMFS checks against the simulated stratum-1 ${stratum1.url} (set CLOUDGATE_CVMFS_SERVERS for real ones)`);
 }
 
-const env = { ...process.env, TEMPORAL_ADDRESS: address, ...(stratum1 && { CLOUDGATE_CVMFS_SERVERS: stratum1.url }) };
+// The simulated stratum-1 listens on loopback, which the gateway fetches from only when allowed.
+const allowSim = stratum1 && [process.env.CLOUDGATE_CVMFS_ALLOWED_HOSTS, new URL(stratum1.url).host].filter(Boolean).join(',');
+const env = {
+  ...process.env,
+  TEMPORAL_ADDRESS: address,
+  ...(stratum1 && { CLOUDGATE_CVMFS_SERVERS: stratum1.url, CLOUDGATE_CVMFS_ALLOWED_HOSTS: allowSim }),
+};
 const children: ChildProcess[] = [];
 const startChild = (name: string, entry: string) => {
   const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, entry)], { env, stdio: 'inherit' });
