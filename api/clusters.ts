@@ -218,7 +218,7 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
     };
     const attrs: SearchAttributePair[] = [
       { key: SA_CLUSTER_ID, value: c.id },
-      { key: SA_DEFINITION, value: d.name },
+      { key: SA_DEFINITION, value: def.id }, // the id: search attributes are plaintext in Temporal, names go in encrypted payloads
       { key: SA_STATE, value: 'PENDING' },
       ...(c.owner ? [{ key: SA_OWNER, value: c.owner }] : []),
     ];

@@ -13,7 +13,8 @@ import { pino, type Logger } from 'pino';
 import { configFromEnv, temporalAddressOf, temporalUiUrlOf, type Config } from '../model/config.js';
 import { openSqliteStore, type Store } from '../store/index.js';
 import { createApp } from './app.js';
-import { loadTokenSecret } from '../store/secret.js';
+import { AesGcmPayloadCodec } from '../model/payload-codec.js';
+import { loadPayloadKeys, loadTokenSecret } from '../store/secret.js';
 
 export interface StartApiOptions {
   logger?: Logger;
@@ -44,11 +45,13 @@ export async function startApi(config: Config, opts: StartApiOptions = {}): Prom
       store = s;
     }
     const tokenSecret = loadTokenSecret(config);
+    // One codec for the client and the UI's codec endpoint (model/payload-codec.ts).
+    const payloadCodec = new AesGcmPayloadCodec(loadPayloadKeys(config));
     let temporal = opts.temporal;
     if (!temporal) {
       const connection = await Connection.connect({ address: temporalAddressOf(config) });
       owned.push(() => connection.close());
-      temporal = new Client({ connection, namespace: config.namespace });
+      temporal = new Client({ connection, namespace: config.namespace, dataConverter: { payloadCodecs: [payloadCodec] } });
     }
 
     const server = createServer();

@@ -17,6 +17,7 @@ import { Client, Connection } from '@temporalio/client';
 import { DefaultLogger, Runtime } from '@temporalio/worker';
 import { startApi } from '../api/main.js';
 import { ConfigSchema } from '../model/config.js';
+import { payloadDataConverter } from '../model/payload-codec.js';
 import { ClusterDefinitionSchema } from '../model/definition.js';
 import { openSqliteStore } from '../store/index.js';
 import {
@@ -29,6 +30,7 @@ import {
   teardownSignal,
   type ClusterInput,
 } from '../workflows/messages.js';
+import { loadPayloadKeys } from '../store/secret.js';
 import { freePort, startDevServer } from '../workers/dev-server.js';
 import { startWorker } from '../workers/worker.js';
 
@@ -61,7 +63,8 @@ const config = ConfigSchema.parse({
 const api = await startApi(config);
 const worker = await startWorker(config);
 const connection = await Connection.connect({ address: temporal.address });
-const client = new Client({ connection });
+// The worker's payload keys (<dataDir>/payload-keys): queries and results come back encrypted.
+const client = new Client({ connection, dataConverter: payloadDataConverter(loadPayloadKeys(config)) });
 const store = openSqliteStore(path.join(dataDir, 'cloudgate.sqlite'));
 
 const clusterId = 'steady-week';

@@ -16,7 +16,9 @@ import { fileURLToPath } from 'node:url';
 import { Client, Connection } from '@temporalio/client';
 import { startApi } from '../api/main.js';
 import { ConfigSchema } from '../model/config.js';
+import { payloadDataConverter } from '../model/payload-codec.js';
 import { clusterStatusQuery, clusterWorkflowId } from '../workflows/messages.js';
+import { loadPayloadKeys } from '../store/secret.js';
 import { freePort, startDevServer } from '../workers/dev-server.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -63,7 +65,8 @@ const worker = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'work
 });
 // Histories of a 10,000-instance service come in pages over gRPC's default 4 MB.
 const connection = await Connection.connect({ address: temporal.address, channelArgs: { 'grpc.max_receive_message_length': 64 * 1024 * 1024 } });
-const client = new Client({ connection });
+// The worker's payload keys (<dataDir>/payload-keys): queries and results come back encrypted.
+const client = new Client({ connection, dataConverter: payloadDataConverter(loadPayloadKeys(config)) });
 
 const post = async (url: string, body: unknown) => {
   const res = await fetch(`${api.url}${url}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });

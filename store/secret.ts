@@ -1,12 +1,14 @@
 /**
  * The HMAC secret of phone-home tokens. The worker signs tokens with it and the API verifies
  * them, so both must read the same secret: the configured one, else one generated once into
- * `<dataDir>/token-secret` (mode 0600) and reused by every later process.
+ * `<dataDir>/token-secret` (mode 0600) and reused by every later process. The secrets key and
+ * the payload keys below are kept the same way.
  */
 import { randomBytes } from 'node:crypto';
 import { linkSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { Config } from '../model/config.js';
+import { formatPayloadKeys, newPayloadKey, parsePayloadKeys, type PayloadKeyring } from '../model/payload-codec.js';
 
 /** Returns `config.tokenSecret`, or the secret in `<dataDir>/token-secret`, creating it if missing. */
 export function loadTokenSecret(config: Pick<Config, 'tokenSecret' | 'dataDir'>): string {
@@ -59,4 +61,31 @@ export function loadSecretsKey(config: Pick<Config, 'dataDir'>, env: Record<stri
   const hex = readFileSync(file, 'utf8').trim();
   if (!HEX_KEY.test(hex)) throw new Error(`${file} holds no usable key (need 64 hex digits)`);
   return Buffer.from(hex, 'hex');
+}
+
+/**
+ * The keyring of the Temporal payload codec (`model/payload-codec.ts`): `CLOUDGATE_PAYLOAD_KEYS`
+ * (`id1:<64 hex>,id2:<64 hex>`, the first encrypts, all decrypt) when set, else the keys in
+ * `<dataDir>/payload-keys` — one `id:<64 hex>` per line, current first — created once with one
+ * random key (mode 0600) the same race-free way as the token secret, so the API, the worker
+ * and the test harness all read the same keys. To rotate, put a new key on the first line
+ * and keep the old ones below it: payloads written under them stay readable. Losing the
+ * keys makes every workflow history unreadable (and running workflows stuck).
+ */
+export function loadPayloadKeys(config: Pick<Config, 'dataDir'>, env: Record<string, string | undefined> = process.env): PayloadKeyring {
+  const fromEnv = env.CLOUDGATE_PAYLOAD_KEYS;
+  if (fromEnv !== undefined && fromEnv.trim() !== '') return parsePayloadKeys(fromEnv, 'CLOUDGATE_PAYLOAD_KEYS');
+  const file = path.join(config.dataDir, 'payload-keys');
+  mkdirSync(config.dataDir, { recursive: true });
+  const tmp = `${file}.${process.pid}.${randomBytes(4).toString('hex')}`;
+  try {
+    const id = `k${new Date().toISOString().slice(0, 10).replace(/-/g, '')}-${randomBytes(3).toString('hex')}`;
+    writeFileSync(tmp, formatPayloadKeys({ current: id, keys: new Map([[id, newPayloadKey()]]) }), { mode: 0o600, flag: 'wx' });
+    linkSync(tmp, file);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw new Error(`cannot create ${file}`, { cause: err });
+  } finally {
+    rmSync(tmp, { force: true });
+  }
+  return parsePayloadKeys(readFileSync(file, 'utf8'), file);
 }

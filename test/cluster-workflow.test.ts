@@ -132,7 +132,7 @@ describe('cluster workflow', () => {
       histories.push({ workflowId: r.workflowId, history: await stack.client.workflow.getHandle(r.workflowId, r.runId).fetchHistory() });
     }
     const results = [];
-    for await (const r of Worker.runReplayHistories({ workflowBundle: await workflowBundle() }, histories)) results.push(r.error);
+    for await (const r of Worker.runReplayHistories({ workflowBundle: await workflowBundle(), dataConverter: stack.dataConverter }, histories)) results.push(r.error);
     expect(results).toEqual(histories.map(() => undefined));
   }, 180_000);
 

@@ -11,15 +11,19 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Client, Connection } from '@temporalio/client';
+import type { DataConverter } from '@temporalio/common';
 import { DefaultLogger, Runtime, bundleWorkflowCode, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
 import { startApi } from '../api/main.js';
 import type { SimRule } from '../clouds/sim.js';
 import type { CloudConfig } from '../model/clouds-config.js';
 import { ConfigSchema, type Config } from '../model/config.js';
+import { payloadDataConverter } from '../model/payload-codec.js';
+import { loadPayloadKeys } from '../store/secret.js';
 import type { ClusterDefinitionInput } from '../model/definition.js';
 import type { PublishedInstance } from '../model/read-model.js';
 import { freePort, startDevServer, type DevServer } from '../workers/dev-server.js';
 import { startWorker, WORKFLOWS_PATH, type RunningWorker } from '../workers/worker.js';
+import { useHistoryKeys } from './history-text.js';
 
 // Workflow logs (state changes, replacements) are for operators, not for test output.
 try {
@@ -63,6 +67,8 @@ export interface Stack {
   dataDir: string;
   temporal: DevServer;
   client: Client;
+  /** The payload codec of the client and the worker (replay needs it to read recorded histories). */
+  dataConverter: DataConverter;
   api: { url: string; close(): Promise<void> };
   worker?: RunningWorker;
   workerProc?: ChildProcess;
@@ -103,7 +109,11 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
     },
   });
   const connection = await Connection.connect({ address: temporal.address });
-  const client = new Client({ connection });
+  // The same payload keys as the API and the worker (<dataDir>/payload-keys), so the client reads what they wrote.
+  const keyring = loadPayloadKeys(config);
+  useHistoryKeys(keyring);
+  const dataConverter = payloadDataConverter(keyring);
+  const client = new Client({ connection, dataConverter });
   const api = await startApi(
     config,
     opts.captureLogs ? { logger: pino({ level: 'info', name: 'cloudgate-api' }, pino.destination({ dest: path.join(dataDir, 'api.log'), sync: true })) } : {},
@@ -113,6 +123,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
     dataDir,
     temporal,
     client,
+    dataConverter,
     api,
     async startWorker() {
       if (opts.workerProcess) {

@@ -42,6 +42,8 @@ export interface DevServerOptions {
   port?: number;
   /** Web UI port; omit for a headless server. */
   uiPort?: number;
+  /** The remote payload codec the Web UI decodes payloads with (cloudgate's `<api>/codec`); only with `uiPort`. */
+  uiCodecEndpoint?: string;
   executable?: string;
   /** Where the server's own output goes (default: discarded). */
   onOutput?: (chunk: string) => void;
@@ -58,8 +60,10 @@ export interface DevServer {
 export async function startDevServer(opts: DevServerOptions): Promise<DevServer> {
   const port = opts.port || (await freePort());
   const args = ['server', 'start-dev', '--ip', '127.0.0.1', '--port', String(port), '--db-filename', opts.dbFile, '--log-level', 'warn'];
-  if (opts.uiPort) args.push('--ui-port', String(opts.uiPort));
-  else args.push('--headless');
+  if (opts.uiPort) {
+    args.push('--ui-port', String(opts.uiPort));
+    if (opts.uiCodecEndpoint) args.push('--ui-codec-endpoint', opts.uiCodecEndpoint);
+  } else args.push('--headless');
   for (const sa of SEARCH_ATTRIBUTES) args.push('--search-attribute', `${sa.name}=Keyword`);
   const child = spawn(opts.executable ?? findTemporalCli(), args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';

@@ -28,6 +28,8 @@ if (!address) {
     dbFile: path.join(config.dataDir, 'temporal.sqlite'),
     port: config.temporalPort,
     uiPort: config.temporalUiPort,
+    // The UI decodes the encrypted payloads through the API (api/codec.ts; docs/operations.md says how to sign in).
+    uiCodecEndpoint: `${publicUrlOf(config)}/codec`,
     onOutput: (s) => out.write(s),
   });
   address = devServer.address;
@@ -67,7 +69,7 @@ const startChild = (name: string, entry: string) => {
 startChild('worker', 'workers/main.ts');
 startChild('api', 'api/main.ts');
 say(`API        ${publicUrlOf(config)}  (OpenAPI: ${publicUrlOf(config)}/openapi.json)`);
-say(`Temporal UI ${devServer?.uiUrl ?? temporalUiUrlOf(config)}`);
+say(`Temporal UI ${devServer?.uiUrl ?? temporalUiUrlOf(config)}  (payloads are encrypted: sign in at ${publicUrlOf(config)}/codec/session to read them, see docs/operations.md)`);
 say('Ctrl-C stops everything');
 
 let stopping = false;

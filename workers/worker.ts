@@ -13,8 +13,9 @@ import type { CloudAdapter } from '../clouds/contract.js';
 import type { SimCloud, SimRule } from '../clouds/sim.js';
 import { publicCloudInfo, type CloudsFile } from '../model/clouds-config.js';
 import { publicUrlOf, temporalAddressOf, type Config } from '../model/config.js';
+import { payloadDataConverter } from '../model/payload-codec.js';
 import { openSqliteStore, type Store } from '../store/index.js';
-import { loadTokenSecret } from '../store/secret.js';
+import { loadPayloadKeys, loadTokenSecret } from '../store/secret.js';
 import { buildClouds, loadCloudsFile } from './clouds.js';
 
 export const WORKFLOWS_PATH = fileURLToPath(new URL('../workflows/index.ts', import.meta.url));
@@ -49,6 +50,8 @@ export async function startWorker(config: Config, opts: StartWorkerOptions = {})
     connection,
     namespace: config.namespace,
     taskQueue: config.taskQueue,
+    // Payloads are encrypted before they reach Temporal (model/payload-codec.ts).
+    dataConverter: payloadDataConverter(loadPayloadKeys(config)),
     ...(opts.workflowBundle ? { workflowBundle: opts.workflowBundle } : { workflowsPath: WORKFLOWS_PATH }),
     activities: createActivities({
       clouds,
