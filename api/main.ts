@@ -13,7 +13,7 @@ import { pino, type Logger } from 'pino';
 import { configFromEnv, temporalAddressOf, temporalUiUrlOf, type Config } from '../model/config.js';
 import { openSqliteStore, type Store } from '../store/index.js';
 import { createApp } from './app.js';
-import { AesGcmPayloadCodec } from '../model/payload-codec.js';
+import { AesGcmPayloadCodec, payloadDataConverter } from '../model/payload-codec.js';
 import { loadPayloadKeys, loadTokenSecret } from '../store/secret.js';
 
 export interface StartApiOptions {
@@ -51,7 +51,7 @@ export async function startApi(config: Config, opts: StartApiOptions = {}): Prom
     if (!temporal) {
       const connection = await Connection.connect({ address: temporalAddressOf(config) });
       owned.push(() => connection.close());
-      temporal = new Client({ connection, namespace: config.namespace, dataConverter: { payloadCodecs: [payloadCodec] } });
+      temporal = new Client({ connection, namespace: config.namespace, dataConverter: payloadDataConverter(payloadCodec) });
     }
 
     const server = createServer();

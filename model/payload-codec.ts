@@ -15,7 +15,7 @@
  * worker's main thread; workflow code never sees this file.
  */
 import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
-import type { DataConverter, Payload, PayloadCodec } from '@temporalio/common';
+import { DefaultFailureConverter, defaultPayloadConverter, type LoadedDataConverter, type Payload, type PayloadCodec } from '@temporalio/common';
 // CommonJS whose named exports Node's ESM loader cannot see (the worker process runs under tsx): take the namespace object.
 import protos from '@temporalio/proto';
 
@@ -141,9 +141,17 @@ export class AesGcmPayloadCodec implements PayloadCodec {
   }
 }
 
-/** What `new Client({dataConverter})`, `Worker.create({dataConverter})` and replay take. */
-export function payloadDataConverter(keyring: PayloadKeyring): DataConverter {
-  return { payloadCodecs: [new AesGcmPayloadCodec(keyring)] };
+/**
+ * A client's data converter (`new Client({dataConverter})`, replay): the codec, and failures
+ * whose message and stack trace go into an encoded (so encrypted) attributes payload — the
+ * same converter the worker loads from `workers/failure-converter.cjs`.
+ */
+export function payloadDataConverter(keys: PayloadKeyring | AesGcmPayloadCodec): LoadedDataConverter {
+  return {
+    payloadConverter: defaultPayloadConverter,
+    failureConverter: new DefaultFailureConverter({ encodeCommonAttributes: true }),
+    payloadCodecs: [keys instanceof AesGcmPayloadCodec ? keys : new AesGcmPayloadCodec(keys)],
+  };
 }
 
 /** A fresh random key (for a new keys file, tests and rotation). */

@@ -22,7 +22,7 @@ import { loadPayloadKeys } from '../store/secret.js';
 import type { ClusterDefinitionInput } from '../model/definition.js';
 import type { PublishedInstance } from '../model/read-model.js';
 import { freePort, startDevServer, type DevServer } from '../workers/dev-server.js';
-import { startWorker, WORKFLOWS_PATH, type RunningWorker } from '../workers/worker.js';
+import { FAILURE_CONVERTER_PATH, startWorker, WORKFLOWS_PATH, type RunningWorker } from '../workers/worker.js';
 import { useHistoryKeys } from './history-text.js';
 
 // Workflow logs (state changes, replacements) are for operators, not for test output.
@@ -37,7 +37,7 @@ export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '
 let bundlePromise: Promise<WorkflowBundleWithSourceMap> | undefined;
 /** The workflow bundle, built once per test file. */
 export function workflowBundle(): Promise<WorkflowBundleWithSourceMap> {
-  bundlePromise ??= bundleWorkflowCode({ workflowsPath: WORKFLOWS_PATH, logger: quietLogger });
+  bundlePromise ??= bundleWorkflowCode({ workflowsPath: WORKFLOWS_PATH, failureConverterPath: FAILURE_CONVERTER_PATH, logger: quietLogger });
   return bundlePromise;
 }
 const quietLogger = { log() {}, trace() {}, debug() {}, info() {}, warn() {}, error() {} };

@@ -13,12 +13,14 @@ import type { CloudAdapter } from '../clouds/contract.js';
 import type { SimCloud, SimRule } from '../clouds/sim.js';
 import { publicCloudInfo, type CloudsFile } from '../model/clouds-config.js';
 import { publicUrlOf, temporalAddressOf, type Config } from '../model/config.js';
-import { payloadDataConverter } from '../model/payload-codec.js';
+import { AesGcmPayloadCodec } from '../model/payload-codec.js';
 import { openSqliteStore, type Store } from '../store/index.js';
 import { loadPayloadKeys, loadTokenSecret } from '../store/secret.js';
 import { buildClouds, loadCloudsFile } from './clouds.js';
 
 export const WORKFLOWS_PATH = fileURLToPath(new URL('../workflows/index.ts', import.meta.url));
+/** Failure messages into encrypted payloads; bundle it into the workflow code too (`bundleWorkflowCode({failureConverterPath})`). */
+export const FAILURE_CONVERTER_PATH = fileURLToPath(new URL('./failure-converter.cjs', import.meta.url));
 
 export interface StartWorkerOptions {
   /** Reuse a bundle built once (tests, benchmark); default: bundle `workflows/index.ts`. */
@@ -50,8 +52,8 @@ export async function startWorker(config: Config, opts: StartWorkerOptions = {})
     connection,
     namespace: config.namespace,
     taskQueue: config.taskQueue,
-    // Payloads are encrypted before they reach Temporal (model/payload-codec.ts).
-    dataConverter: payloadDataConverter(loadPayloadKeys(config)),
+    // Payloads (failure messages included) are encrypted before they reach Temporal (model/payload-codec.ts).
+    dataConverter: { payloadCodecs: [new AesGcmPayloadCodec(loadPayloadKeys(config))], failureConverterPath: FAILURE_CONVERTER_PATH },
     ...(opts.workflowBundle ? { workflowBundle: opts.workflowBundle } : { workflowsPath: WORKFLOWS_PATH }),
     activities: createActivities({
       clouds,
