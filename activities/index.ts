@@ -33,7 +33,8 @@ export interface ActivityDeps {
   publicUrl: string;
   /** Signs per-instance tokens; read here, never passed through a workflow. */
   tokenSecret: string;
-  tokenTtlSeconds: number;
+  /** A token expires this long after its service's readiness timeout (counted from signing). */
+  tokenMarginSeconds: number;
   /** Cloud calls in flight per activity (a batch of creates must not hammer one API). */
   concurrency?: number;
   /** Where pinned context versions and their secret values are read (the store). */
@@ -65,6 +66,17 @@ export interface ReadModelSink {
 export const PUBLISH_TOO_LARGE = 'PublishTooLarge';
 
 export { CONTEXT_UNAVAILABLE };
+
+/** The longest readiness timeout a definition may set (model/definition.ts): the token lifetime of creates scheduled before inputs carried one. */
+const MAX_READINESS_TIMEOUT_SECONDS = 86_400;
+
+/**
+ * How long a phone-home token lives: the guest reports once, within its service's readiness
+ * timeout of the create returning (after that the workflow has failed the instance), so the
+ * token needs that plus a margin, not days (issue 11).
+ */
+export const tokenLifetimeSeconds = (input: Pick<CreateInstancesInput, 'readinessTimeoutSeconds'>, marginSeconds: number): number =>
+  (input.readinessTimeoutSeconds ?? MAX_READINESS_TIMEOUT_SECONDS) + marginSeconds;
 
 /** Maps a cloud error to a Temporal failure the retry policy understands. */
 export function toFailure(err: unknown, what: string): Error {
@@ -167,7 +179,7 @@ export function createActivities(deps: ActivityDeps): CloudgateActivities {
 
   const specFor = (input: CreateInstancesInput, id: string, ctx?: { context: CloudgateContext; secrets: Record<string, string> }): InstanceSpec => {
     const token = signToken(
-      { iid: id, cluster: input.clusterId, service: input.service, exp: Math.floor(Date.now() / 1000) + deps.tokenTtlSeconds },
+      { iid: id, cluster: input.clusterId, service: input.service, exp: Math.floor(Date.now() / 1000) + tokenLifetimeSeconds(input, deps.tokenMarginSeconds) },
       deps.tokenSecret,
     );
     const phoneHome: PhoneHome = {

@@ -5,16 +5,26 @@
  */
 import express, { type Express } from 'express';
 import type { Client } from '@temporalio/client';
+import type { PayloadCodec } from '@temporalio/common';
 import { pino, type Logger } from 'pino';
 import { ClusterDefinitionSchema } from '../model/definition.js';
 import type { Store } from '../store/index.js';
+import { authenticate, canSee, listOwner, principalOf, type OidcVerifier } from './auth.js';
+import { requireAdmin } from './auth.js';
+import { codecRoutes } from './codec.js';
 import { clusterRoutes } from './clusters.js';
 import { contextReferenceErrors } from './context-pins.js';
 import { contextRoutes } from './contexts.js';
 import { bodyOf, param } from './request.js';
 import { openApiDocument } from './openapi.js';
-import { invalid, notFound, notFoundHandler, parseOr422, Problem, problemMiddleware } from './problem.js';
+import { invalid, loggedPath, notFound, notFoundHandler, parseOr422, Problem, problemMiddleware } from './problem.js';
+import { hostCheck } from './host-check.js';
 import { readinessRoutes } from './readiness.js';
+import { OwnerQuerySchema } from './schemas.js';
+import { tokenRoutes } from './tokens.js';
+import { auditRoutes, auditTrail } from './audit.js';
+import { quotaRoutes } from './quotas.js';
+import type { Quota } from '../model/config.js';
 import type { BatcherOptions } from './readiness-batcher.js';
 
 /** What the API needs to know; a subset of model/config.ts's Config, with URLs resolved. */
@@ -22,12 +32,20 @@ export interface ApiConfig {
   /** Base URL guests and clients reach the API at (used as the OpenAPI server). */
   publicUrl: string;
   temporalUiUrl: string;
+  /** The one browser origin allowed to call the payload codec endpoint; default the origin of `temporalUiUrl`. */
+  codecCorsOrigin?: string;
   namespace: string;
   taskQueue: string;
   /** HMAC secret of phone-home tokens. */
   tokenSecret: string;
   /** Hosts a context's `cvmfs.servers` may name although loopback or private (`CLOUDGATE_CVMFS_ALLOWED_HOSTS`). */
   cvmfsAllowedHosts?: readonly string[];
+  /** The site-wide default quota of owners without their own (`config.quota`); default the config's default. */
+  quota?: Quota;
+  /** The address the server listens on: a loopback one turns on the Host check (api/host-check.ts). */
+  listenHost?: string;
+  /** Host names answered besides localhost, 127.0.0.1, [::1] and the public URL's (`CLOUDGATE_ALLOWED_HOST_NAMES`). */
+  allowedHostNames?: readonly string[];
 }
 
 export interface AppDeps {
@@ -39,6 +57,10 @@ export interface AppDeps {
   readinessBatching?: BatcherOptions;
   /** Clock of pairing PIN expiry and the PIN miss limit (tests move it); default the system clock. */
   now?: () => Date;
+  /** Verifies OIDC access tokens (unset: API tokens only). */
+  oidc?: OidcVerifier;
+  /** The Temporal payload codec; when given, `/codec/decode` and `/codec/encode` serve it to admins (api/codec.ts). */
+  payloadCodec?: PayloadCodec;
 }
 
 /** An Express app that can also flush its pending readiness reports before shutdown. */
@@ -62,33 +84,54 @@ export function createApp(deps: AppDeps): CloudgateApp {
   app.use((req, res, next) => {
     const started = process.hrtime.bigint();
     res.on('finish', () =>
-      logger.info({ method: req.method, path: req.path, status: res.statusCode, ms: Number(process.hrtime.bigint() - started) / 1e6 }, 'request'),
+      logger.info({ method: req.method, path: loggedPath(req.path), status: res.statusCode, ms: Number(process.hrtime.bigint() - started) / 1e6 }, 'request'),
     );
     next();
   });
 
+  // On loopback, only requests naming one of the API's own host names (DNS rebinding): 421 otherwise.
+  const hosts = hostCheck({ listenHost: config.listenHost, publicUrl: config.publicUrl, allowedHostNames: config.allowedHostNames });
+  if (hosts) app.use(hosts);
+
+  // The audit trail (api/audit.ts): a line per POST/PUT/PATCH/DELETE, and a stored record for authenticated ones.
+  app.use(auditTrail({ store, logger }));
+
   const bigJson = express.json({ limit: DEFINITION_LIMIT });
   const smallJson = express.json({ limit: SMALL_LIMIT });
 
+  // The Web UI's payload codec, for admins. Ahead of the bearer check below: there a browser's session cookie stands in for the header.
+  if (deps.payloadCodec) {
+    const allowedOrigin = config.codecCorsOrigin ?? new URL(config.temporalUiUrl).origin;
+    app.use(codecRoutes({ codec: deps.payloadCodec, allowedOrigin, authorize: [authenticate({ store, oidc: deps.oidc, now: deps.now }), requireAdmin] }));
+  }
+
+  // Everything below needs a bearer, except the few public routes auth.ts lists.
+  app.use(authenticate({ store, oidc: deps.oidc, now: deps.now }));
+
   app.post('/v1/cluster-definitions', bigJson, (req, res) => {
+    const p = principalOf(res);
     const definition = parseOr422(ClusterDefinitionSchema, bodyOf(req));
-    const unknownContexts = contextReferenceErrors(definition, store);
+    const unknownContexts = contextReferenceErrors(definition, store, (owner) => canSee(p, owner));
     if (unknownContexts.length > 0) throw invalid(unknownContexts);
-    const rec = store.createDefinition({ name: definition.name, definition });
+    const rec = store.createDefinition({ name: definition.name, definition, owner: p.owner });
     res.status(201).location(`/v1/cluster-definitions/${rec.id}`).json(rec);
   });
-  app.get('/v1/cluster-definitions', (_req, res) => {
-    res.json({ items: store.listDefinitions() });
+  app.get('/v1/cluster-definitions', (req, res) => {
+    const scope = listOwner(principalOf(res), parseOr422(OwnerQuerySchema, req.query).owner);
+    res.json({ items: scope.none ? [] : store.listDefinitions().filter((d) => scope.owner === undefined || d.owner === scope.owner) });
   });
   app.get('/v1/cluster-definitions/:id', (req, res) => {
     const rec = store.getDefinition(param(req, 'id'));
-    if (!rec) throw notFound(`no cluster definition "${param(req, 'id')}"`);
+    if (!rec || !canSee(principalOf(res), rec.owner)) throw notFound(`no cluster definition "${param(req, 'id')}"`);
     res.json(rec);
   });
+  app.use(tokenRoutes({ store, json: smallJson, now: deps.now }));
+  app.use(quotaRoutes({ store, temporal, defaultQuota: config.quota, json: smallJson }));
+  app.use(auditRoutes({ store }));
 
   app.use(contextRoutes({ store, config, json: bigJson, now: deps.now }));
   app.use(clusterRoutes({ store, temporal, config, json: smallJson }));
-  const readiness = readinessRoutes({ temporal, tokenSecret: config.tokenSecret, json: smallJson, batching: deps.readinessBatching });
+  const readiness = readinessRoutes({ temporal, store, tokenSecret: config.tokenSecret, batching: deps.readinessBatching });
   app.use(readiness.router);
 
   app.get('/v1/clouds', (_req, res) => {

@@ -6,14 +6,15 @@
  * phone-home token, and only a pairing PIN's single use returns the real user-data.
  */
 import { randomInt } from 'node:crypto';
-import express, { type Request, type Router } from 'express';
+import express, { type Request, type Response, type Router } from 'express';
+import { canSee, listOwner, principalOf } from './auth.js';
 import { contextInputSchema, ContextSchema, contextSecrets, hashContextPasswords, type Context, type ContextInput } from '../model/context.js';
 import { agentView, type Agent } from '../model/agent-views.js';
-import { multipartUserData, phoneHomeUrl, renderContextParts, renderContextUserData, type PhoneHome } from '../model/user-data.js';
+import { MASK, multipartUserData, phoneHomeUrl, renderContextParts, renderContextUserData, type PhoneHome } from '../model/user-data.js';
 import type { ContextRecord, ContextVersionInput, PairingRecord, Store } from '../store/index.js';
 import { invalid, notFound, parseOr422, Problem, unavailable, zodFieldErrors } from './problem.js';
 import { bodyOf, param } from './request.js';
-import { ContextPreviewQuerySchema, ContextVersionQuerySchema, PairingRequestSchema } from './schemas.js';
+import { ContextPreviewQuerySchema, ContextVersionQuerySchema, OwnerQuerySchema, PairingRequestSchema, type PublicContext } from './schemas.js';
 
 /** What the context routes use; `json` is the app's body parser (limit and error mapping). */
 export interface ContextRouteDeps {
@@ -30,21 +31,63 @@ export const PAIRING_TTL_MS = 5 * 60_000;
 /** Failed PIN lookups a client may make per {@link PIN_MISS_WINDOW_MS} before it gets 429s. */
 export const PIN_MISS_LIMIT = 10;
 export const PIN_MISS_WINDOW_MS = 60_000;
-/** Pairings that expired this long ago are purged: their PINs then read as unknown (404) instead of expired (410). */
+/** Pairings that expired this long ago are purged (until then a used or expired PIN still cannot be issued again). */
 const PAIRING_RETENTION_MS = 24 * 60 * 60_000;
-/** Tries at a free PIN before giving up (collisions need many live PINs among a million). */
+/** Tries at a free PIN before giving up (a collision needs one among 2^30 lookup halves). */
 const PIN_ATTEMPTS = 5;
-const PIN_RE = /^[0-9]{6}$/;
 /** Bounds the miss counter's memory: beyond this many clients, stale entries are swept. */
 const MAX_TRACKED_CLIENTS = 10_000;
 
-/** Six decimal digits, uniformly from the CSPRNG. */
-const newPin = (): string => String(randomInt(0, 1_000_000)).padStart(6, '0');
+/**
+ * Pairing PINs (issue 11). A PIN is 12 symbols of Crockford's base32 (digits and letters
+ * without I, L, O and U; typed in any case, with or without the dashes, O read as 0 and
+ * I/L as 1), shown as `XXXX-XXXX-XXXX`: 60 bits from the CSPRNG, 2^60 ≈ 1.15e18 PINs.
+ *
+ * - **Guessing.** The per-IP miss limit below is bypassed with many addresses, so the length
+ *   alone must hold: an attacker making 1,000 guesses/s for a PIN's whole 5-minute life makes
+ *   3e5 guesses and hits a given live PIN with probability ≤ 3e5 / 2^60 ≈ 2.6e-13 (any of
+ *   10,000 live PINs: ≤ 2.6e-9).
+ * - **Failure budget per PIN.** The first 6 symbols (30 bits) are the PIN's lookup half: no
+ *   two live PINs share it. A wrong PIN whose lookup half is a live PIN's is charged to that
+ *   PIN, and its {@link PIN_FAILURE_BUDGET}th wrong guess uses it up. So even someone who saw
+ *   the first half has {@link PIN_FAILURE_BUDGET} tries at the other 30 bits (≤ 5 / 2^30 ≈
+ *   4.7e-9), and a random guess names some live lookup half only with probability
+ *   (live PINs) / 2^30, so burning another user's PIN by spraying takes ~10^8 guesses.
+ *   No global miss budget: it would let one client lock every user out of pairing, and the
+ *   two bounds above do not depend on how many addresses the guesser has.
+ * - **One answer.** Unknown, malformed, used, expired and burnt PINs, and PINs of a context
+ *   deleted since, all get the same 404 body ({@link NO_PAIRING}): a guesser learns nothing.
+ * - **Creation limit.** At most {@link MAX_LIVE_PINS_PER_OWNER} live PINs per owner (429 with
+ *   Retry-After beyond), so nobody fills the lookup space or the table.
+ * - **Logs.** The request log writes `/v1/pair/:pin` for this route (`loggedPath`, api/problem.ts).
+ */
+export const PIN_LENGTH = 12;
+const PIN_LOOKUP_LENGTH = 6;
+const PIN_ALPHABET = '0123456789ABCDEFGHJKMNPQRSTVWXYZ';
+/** Wrong guesses at one PIN's secret half (its lookup half right) before it is used up. */
+export const PIN_FAILURE_BUDGET = 5;
+/** Live (unused, unexpired) PINs one owner may hold at once. */
+export const MAX_LIVE_PINS_PER_OWNER = 10;
+/** The one answer of every failed PIN lookup. */
+const NO_PAIRING = 'no pairing with this PIN: a PIN works once, within 5 minutes of being made';
+
+/** 12 symbols, each uniform over the 32 of the alphabet (randomInt is the CSPRNG, unbiased). */
+const newPin = (): string => Array.from({ length: PIN_LENGTH }, () => PIN_ALPHABET[randomInt(PIN_ALPHABET.length)]).join('');
+/** `XXXX-XXXX-XXXX`: how a PIN is shown and linked. */
+export const formatPin = (pin: string): string => pin.match(/.{1,4}/g)?.join('-') ?? pin;
+/** The PIN a typed text names (case, dashes, spaces and look-alikes forgiven), or undefined if it cannot be one. */
+export function parsePin(text: string): string | undefined {
+  if (text.length > 40) return undefined;
+  const pin = text.toUpperCase().replace(/[-\s]/g, '').replace(/O/g, '0').replace(/[IL]/g, '1');
+  return pin.length === PIN_LENGTH && [...pin].every((c) => PIN_ALPHABET.includes(c)) ? pin : undefined;
+}
+const lookupOf = (pin: string): string => pin.slice(0, PIN_LOOKUP_LENGTH);
 
 /**
- * Counts failed PIN lookups per client over a sliding window, in memory: 6 digits are
- * guessable, so after {@link PIN_MISS_LIMIT} misses a client waits until its oldest miss
- * leaves the window. Per process and per IP: it slows one guesser down, not a botnet.
+ * Counts failed PIN lookups per client over a sliding window, in memory: after
+ * {@link PIN_MISS_LIMIT} misses a client waits until its oldest miss leaves the window.
+ * Per process and per IP: it slows one guesser down and keeps floods off the store; the
+ * PIN's length and failure budget (above) are what hold against many addresses.
  */
 class PinMissCounter {
   private readonly misses = new Map<string, number[]>();
@@ -83,11 +126,11 @@ const gone = (rec: ContextRecord): Problem =>
 
 /** The public shape of a pairing: what the laptop user types, and where the VM fetches its user-data. */
 const pairingView = (p: PairingRecord) => ({
-  pin: p.pin,
+  pin: formatPin(p.pin),
   contextId: p.contextId,
   version: p.version,
   expiresAt: p.expiresAt,
-  links: { userData: `/v1/pair/${p.pin}` },
+  links: { userData: `/v1/pair/${formatPin(p.pin)}` },
 });
 
 /** Ids the store hands out; anything else is a 404 without a query. */
@@ -106,13 +149,31 @@ export const previewPhoneHome = (publicUrl: string): PhoneHome => ({
  * agent itself reads it (see model/agent-views.ts). Throws if the context cannot be rendered.
  */
 function renderPreview(context: Context, publicUrl: string, agent?: Agent): string {
-  const parts = renderContextParts(context, { phoneHome: previewPhoneHome(publicUrl), maskSecrets: true });
+  // Password hashes are masked like secret values: the preview is read by people, not guests.
+  const masked = { ...context, users: context.users.map((u) => (u.passwordHash === undefined ? u : { ...u, passwordHash: MASK })) };
+  const parts = renderContextParts(masked, { phoneHome: previewPhoneHome(publicUrl), maskSecrets: true });
   const userData = multipartUserData(parts);
   return agent ? agentView(agent, userData, parts) : userData;
 }
 
+/**
+ * The context as answers show it: each user's password hash replaced by `passwordSet: true`
+ * (a sha512-crypt hash can be cracked offline, and a reader of a context has no use for it).
+ */
+export const publicContext = (c: Context): PublicContext => ({
+  ...c,
+  users: c.users.map(({ passwordHash, ...user }) => (passwordHash === undefined ? user : { ...user, passwordSet: true as const })),
+});
+
 /** The public shape of a record (the same fields; spelled out so nothing else ever leaks). */
-const view = (r: ContextRecord) => ({ id: r.id, version: r.version, name: r.name, context: r.context, createdAt: r.createdAt });
+const view = (r: ContextRecord) => ({
+  id: r.id,
+  version: r.version,
+  name: r.name,
+  ...(r.owner !== undefined && { owner: r.owner }),
+  context: publicContext(r.context),
+  createdAt: r.createdAt,
+});
 
 /** `/v1/contexts` and its versions and preview. */
 export function contextRoutes(deps: ContextRouteDeps): Router {
@@ -142,17 +203,20 @@ export function contextRoutes(deps: ContextRouteDeps): Router {
     return { name: checked.data.name, context: checked.data, secrets };
   };
 
-  /** The latest version of a live context; 404 if unknown, 410 if deleted (whatever version is asked for). */
-  const liveContext = (id: string): ContextRecord => {
+  /**
+   * The latest version of a live context the caller may see; 404 if unknown or someone
+   * else's (the same answer: nothing of theirs shows), 410 if deleted (whatever version is asked for).
+   */
+  const liveContext = (id: string, res: Response): ContextRecord => {
     const latest = CONTEXT_ID_RE.test(id) ? store.getContext(id) : undefined;
-    if (!latest) throw notFound(`no context "${id}"`);
+    if (!latest || !canSee(principalOf(res), latest.owner)) throw notFound(`no context "${id}"`);
     if (latest.deletedAt) throw gone(latest);
     return latest;
   };
 
   /** Version `version` (default the latest) of the live context `id`. */
-  const liveVersion = (id: string, version?: number): ContextRecord => {
-    const latest = liveContext(id);
+  const liveVersion = (id: string, res: Response, version?: number): ContextRecord => {
+    const latest = liveContext(id, res);
     if (version === undefined || version === latest.version) return latest;
     const rec = store.getContext(id, version);
     if (!rec) throw notFound(`context "${id}" has no version ${version}`);
@@ -160,31 +224,32 @@ export function contextRoutes(deps: ContextRouteDeps): Router {
   };
 
   /** The record `:id` (and `?version=n`) names, else 404 (410 if deleted). */
-  const recordOf = (req: Request): ContextRecord => {
+  const recordOf = (req: Request, res: Response): ContextRecord => {
     const id = param(req, 'id');
     const { version } = parseOr422(ContextVersionQuerySchema, req.query);
-    return liveVersion(id, version);
+    return liveVersion(id, res, version);
   };
 
   router.post('/v1/contexts', json, (req, res) => {
-    const rec = store.createContext(toVersion(req));
+    const rec = store.createContext(toVersion(req), principalOf(res).owner);
     res.status(201).location(`/v1/contexts/${rec.id}`).json(view(rec));
   });
 
-  router.get('/v1/contexts', (_req, res) => {
-    res.json({ items: store.listContexts().map(view) });
+  router.get('/v1/contexts', (req, res) => {
+    const scope = listOwner(principalOf(res), parseOr422(OwnerQuerySchema, req.query).owner);
+    res.json({ items: scope.none ? [] : store.listContexts().filter((c) => scope.owner === undefined || c.owner === scope.owner).map(view) });
   });
 
   router.get('/v1/contexts/:id', (req, res) => {
-    res.json(view(recordOf(req)));
+    res.json(view(recordOf(req, res)));
   });
 
   router.put('/v1/contexts/:id', json, (req, res) => {
     const id = param(req, 'id');
-    const latest = liveContext(id);
+    const latest = liveContext(id, res);
     const rec = store.updateContext(id, toVersion(req, latest));
     if (!rec) {
-      liveContext(id); // deleted between the check and the write: 410 as if it had been before
+      liveContext(id, res); // deleted between the check and the write: 410 as if it had been before
       throw notFound(`no context "${id}"`);
     }
     res.setHeader('Content-Location', `/v1/contexts/${rec.id}?version=${rec.version}`);
@@ -194,14 +259,14 @@ export function contextRoutes(deps: ContextRouteDeps): Router {
   router.get('/v1/contexts/:id/versions', (req, res) => {
     const id = param(req, 'id');
     const versions = CONTEXT_ID_RE.test(id) ? store.listContextVersions(id) : [];
-    if (!versions.length) throw notFound(`no context "${id}"`);
+    if (!versions.length || !canSee(principalOf(res), versions[0].owner)) throw notFound(`no context "${id}"`);
     if (versions[0].deletedAt) throw gone(versions[0]);
     res.json({ items: versions.map(view) });
   });
 
   router.get('/v1/contexts/:id/preview', (req, res) => {
     const { agent } = parseOr422(ContextPreviewQuerySchema, req.query);
-    const rec = recordOf(req);
+    const rec = recordOf(req, res);
     res.type('text/plain; charset=utf-8').send(renderPreview(rec.context, config.publicUrl, agent));
   });
 
@@ -209,8 +274,8 @@ export function contextRoutes(deps: ContextRouteDeps): Router {
   // 410 like every other route on a deleted context (a retrying client can take 410 as done).
   router.delete('/v1/contexts/:id', (req, res) => {
     const id = param(req, 'id');
-    liveContext(id);
-    if (!store.deleteContext(id, now())) liveContext(id); // lost a race with another DELETE: 410
+    liveContext(id, res);
+    if (!store.deleteContext(id, now())) liveContext(id, res); // lost a race with another DELETE: 410
     res.status(204).end();
   });
 
@@ -219,14 +284,27 @@ export function contextRoutes(deps: ContextRouteDeps): Router {
     // The body is optional: no body at all means the latest version.
     const empty = req.body === undefined && req.headers['transfer-encoding'] === undefined && Number(req.headers['content-length'] ?? 0) === 0;
     const { version } = parseOr422(PairingRequestSchema, empty ? {} : bodyOf(req));
-    const rec = liveVersion(id, version);
+    const rec = liveVersion(id, res, version);
+    // A PIN hands out the secret values: only the context's owner pairs (an admin sees the context, not its secrets).
+    const owner = principalOf(res).owner;
+    if (rec.owner !== owner) throw new Problem(403, 'Forbidden', `only the owner of context "${id}" may pair a machine with it`, { slug: 'not-owner' });
     const createdAt = now();
     const expiresAt = new Date(createdAt.getTime() + PAIRING_TTL_MS);
     store.purgePairings(new Date(createdAt.getTime() - PAIRING_RETENTION_MS));
+    // Count and insert run in one synchronous handler: no other request of this process interleaves.
+    const live = store.livePairingExpiries(owner, createdAt);
+    if (live.length >= MAX_LIVE_PINS_PER_OWNER) {
+      const wait = Math.max(1, Math.ceil((Date.parse(live[0]) - createdAt.getTime()) / 1000));
+      throw new Problem(429, 'Too Many Requests', `you hold ${live.length} live pairing PINs, the most one owner may; the next expires in ${wait} s`, {
+        slug: 'too-many-pins',
+        headers: { 'Retry-After': String(wait) },
+      });
+    }
     for (let attempt = 0; attempt < PIN_ATTEMPTS; attempt++) {
-      const pairing = store.createPairing({ pin: newPin(), contextId: rec.id, version: rec.version, createdAt, expiresAt });
+      const pin = newPin();
+      const pairing = store.createPairing({ pin, lookup: lookupOf(pin), contextId: rec.id, version: rec.version, createdAt, expiresAt });
       if (pairing) {
-        res.status(201).location(`/v1/pair/${pairing.pin}`).json(pairingView(pairing));
+        res.status(201).location(`/v1/pair/${formatPin(pairing.pin)}`).json(pairingView(pairing));
         return;
       }
     }
@@ -235,9 +313,8 @@ export function contextRoutes(deps: ContextRouteDeps): Router {
 
   /**
    * The laptop CernVM's user-data, once per PIN: the real secret values and no phone-home part
-   * (no workflow waits for a laptop). The request log records this path, PIN included; that is
-   * acceptable because a PIN is single use and dies within minutes (logged PINs are used or
-   * about to expire), but do not log more of this request.
+   * (no workflow waits for a laptop). Every failure is the same 404 (see the PIN notes above);
+   * the request log shows this path as `/v1/pair/:pin`. Do not log more of this request.
    */
   router.get('/v1/pair/:pin', (req, res) => {
     const at = now();
@@ -250,24 +327,20 @@ export function contextRoutes(deps: ContextRouteDeps): Router {
         headers: { 'Retry-After': String(wait) },
       });
     }
-    const miss = (p: Problem): Problem => {
+    const miss = (): Problem => {
       pinMisses.record(client, at.getTime());
-      return p;
+      return notFound(NO_PAIRING);
     };
-    const pin = param(req, 'pin');
-    if (!PIN_RE.test(pin)) throw miss(notFound(`no pairing "${pin.slice(0, 20)}": a pairing PIN is 6 digits`));
+    const pin = parsePin(param(req, 'pin'));
+    if (pin === undefined) throw miss();
     const taken = store.takePairing(pin, at);
-    switch (taken.status) {
-      case 'unknown':
-        throw miss(notFound(`no pairing with PIN ${pin}`));
-      case 'used':
-        throw miss(new Problem(410, 'Gone', `pairing PIN ${pin} was already used at ${taken.usedAt}`, { slug: 'pairing-used' }));
-      case 'expired':
-        throw miss(new Problem(410, 'Gone', `pairing PIN ${pin} expired at ${taken.expiresAt}`, { slug: 'pairing-expired' }));
+    if (taken.status !== 'ok') {
+      // A wrong PIN whose lookup half is a live PIN's counts against that PIN's budget.
+      store.chargePairingMiss(lookupOf(pin), at, PIN_FAILURE_BUDGET);
+      throw miss();
     }
     const rec = store.getContext(taken.contextId, taken.version);
-    if (!rec) throw miss(notFound(`context "${taken.contextId}" has no version ${taken.version}`));
-    if (rec.deletedAt) throw miss(gone(rec));
+    if (!rec || rec.deletedAt) throw miss();
     const secrets = store.getContextSecrets(rec.id, rec.version) ?? {};
     res.setHeader('Cache-Control', 'no-store');
     res.type('text/plain; charset=utf-8').send(renderContextUserData(rec.context, { secrets }));

@@ -6,15 +6,16 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
-import { mkdirSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
 import { Client, Connection } from '@temporalio/client';
 import { pino, type Logger } from 'pino';
 import { configFromEnv, temporalAddressOf, temporalUiUrlOf, type Config } from '../model/config.js';
 import { openSqliteStore, type Store } from '../store/index.js';
 import { createApp } from './app.js';
+import { createOidcVerifier, ensureAdminToken } from './auth.js';
 import { AesGcmPayloadCodec, payloadDataConverter } from '../model/payload-codec.js';
 import { loadPayloadKeys, loadTokenSecret } from '../store/secret.js';
+import { assertPrivateKeyFile, ensurePrivateDir } from '../store/private-files.js';
 
 export interface StartApiOptions {
   logger?: Logger;
@@ -28,6 +29,8 @@ export interface RunningApi {
   /** Where the API listens, e.g. `http://127.0.0.1:8080` (the real port when apiPort is 0). */
   url: string;
   server: Server;
+  /** `<dataDir>/admin-token`: the first admin's API token (mode 0600). */
+  adminTokenFile: string;
   /** Stops accepting requests, flushes pending readiness reports, closes what it opened. */
   close(): Promise<void>;
 }
@@ -39,12 +42,15 @@ export async function startApi(config: Config, opts: StartApiOptions = {}): Prom
   try {
     let store = opts.store;
     if (!store) {
-      mkdirSync(config.dataDir, { recursive: true });
+      ensurePrivateDir(config.dataDir);
       const s = openSqliteStore(path.join(config.dataDir, 'cloudgate.sqlite'));
       owned.push(() => s.close());
       store = s;
     }
     const tokenSecret = loadTokenSecret(config);
+    // The first admin's token, for `npm start` and the README walkthrough (its path is logged, never the token).
+    assertPrivateKeyFile(path.join(config.dataDir, 'admin-token'), { missingOk: true }); // refused like every key file others may read
+    const adminTokenFile = ensureAdminToken(store, config.dataDir, logger);
     // One codec for the client and the UI's codec endpoint (model/payload-codec.ts).
     const payloadCodec = new AesGcmPayloadCodec(loadPayloadKeys(config));
     let temporal = opts.temporal;
@@ -68,22 +74,32 @@ export async function startApi(config: Config, opts: StartApiOptions = {}): Prom
       store,
       temporal,
       logger,
+      oidc: createOidcVerifier(config.auth),
+      payloadCodec,
       config: {
         publicUrl: config.publicUrl ?? url,
         temporalUiUrl: temporalUiUrlOf(config),
+        codecCorsOrigin: config.codecCorsOrigin ?? new URL(temporalUiUrlOf(config)).origin,
         namespace: config.namespace,
         taskQueue: config.taskQueue,
         tokenSecret,
         cvmfsAllowedHosts: config.cvmfs.allowedHosts,
+        listenHost: config.apiHost,
+        allowedHostNames: config.allowedHostNames,
+        quota: config.quota,
       },
     });
     server.on('request', app);
-    logger.info({ url, temporal: temporalAddressOf(config), namespace: config.namespace, taskQueue: config.taskQueue }, 'cloudgate API listening');
+    logger.info(
+      { url, temporal: temporalAddressOf(config), namespace: config.namespace, taskQueue: config.taskQueue, adminTokenFile, oidcIssuer: config.auth.oidcIssuer },
+      'cloudgate API listening',
+    );
 
     let closing: Promise<void> | undefined;
     return {
       url,
       server,
+      adminTokenFile,
       close: () =>
         (closing ??= (async () => {
           // Stop taking requests, deliver the readiness reports already queued, then let go.

@@ -53,6 +53,16 @@ export function openApiDocument(serverUrl: string): Doc {
   const Pairing = register('Pairing', S.PairingSchema);
   const Cloud = register('Cloud', S.CloudSchema);
   const Health = register('Health', S.HealthSchema);
+  const CreateToken = register('CreateTokenRequest', S.CreateTokenRequestSchema);
+  const ApiToken = register('ApiToken', S.ApiTokenSchema);
+  const QuotaRequest = register('QuotaRequest', S.QuotaRequestSchema);
+  const QuotaStatus = register('QuotaStatus', S.QuotaStatusSchema);
+  const AuditRecord = register('AuditRecord', S.AuditRecordSchema);
+  r.registerComponent('securitySchemes', 'bearer', {
+    type: 'http',
+    scheme: 'bearer',
+    description: 'An API token cloudgate issued (`cg_…`, `POST /v1/tokens`; `npm start` writes the first admin\'s to `<data dir>/admin-token`) or an OIDC access token (JWT) of the configured issuer',
+  });
   r.registerComponent('securitySchemes', 'instanceToken', {
     type: 'http',
     scheme: 'bearer',
@@ -96,7 +106,12 @@ export function openApiDocument(serverUrl: string): Doc {
         'Idempotency-Key': openapi(S.IdempotencyKeySchema.optional(), { description: 'Makes the request safe to retry' }),
       }),
     },
-    responses: { 202: json(ClusterCreated, 'Accepted; deployment runs in the background'), ...common, 503: unavailable },
+    responses: {
+      202: json(ClusterCreated, 'Accepted; deployment runs in the background'),
+      ...common,
+      403: problem('Over the owner\'s quota (urn:cloudgate:problem:quota-exceeded: names the quota, the usage and the request); nothing stored'),
+      503: unavailable,
+    },
   });
   r.registerPath({
     method: 'get',
@@ -171,6 +186,7 @@ export function openApiDocument(serverUrl: string): Doc {
     responses: {
       200: json(ScaleResponse, 'New desired count accepted'),
       ...common,
+      403: problem('A scale-up over the owner\'s quota (urn:cloudgate:problem:quota-exceeded); the desired count is unchanged'),
       404: problem('Unknown cluster or service'),
       409: problem('Cluster is not active'),
       503: unavailable,
@@ -263,7 +279,7 @@ export function openApiDocument(serverUrl: string): Doc {
   r.registerPath({
     method: 'post',
     path: '/v1/contexts/{id}/pairings',
-    summary: 'Pair a laptop CernVM: a 6-digit PIN, valid 5 minutes, that fetches the user-data once',
+    summary: "Pair a laptop CernVM (the context's owner only): a 12-symbol PIN (XXXX-XXXX-XXXX), valid 5 minutes, that fetches the user-data once",
     request: {
       params: contextId,
       body: { required: false, description: 'Default: the latest version', content: { 'application/json': { schema: PairingRequest } } },
@@ -271,8 +287,10 @@ export function openApiDocument(serverUrl: string): Doc {
     responses: {
       201: json(Pairing, 'The PIN; Location is its user-data link'),
       ...common,
+      403: problem('Not the owner of the context'),
       404: problem('Unknown context or version'),
       410: deleted,
+      429: problem('The owner already holds the most live PINs; see Retry-After'),
       503: problem('No free PIN found; retry'),
     },
   });
@@ -280,12 +298,67 @@ export function openApiDocument(serverUrl: string): Doc {
     method: 'get',
     path: '/v1/pair/{pin}',
     summary: "A paired laptop CernVM's user-data with real secret values and no phone-home part; single use (Cache-Control: no-store)",
-    request: { params: z.object({ pin: openapi(z.string(), { description: 'The 6-digit PIN', example: '042917' }) }) },
+    request: { params: z.object({ pin: openapi(z.string(), { description: 'The PIN (any case, dashes optional)', example: '7KQ2-M9XD-4HWT' }) }) },
     responses: {
       200: { description: 'Multipart MIME user-data', content: { 'text/plain': { schema: { type: 'string' } } } },
-      404: problem('No such PIN (or not 6 digits)'),
-      410: problem('PIN already used or expired, or the context was deleted'),
+      404: problem('No usable pairing: unknown, malformed, used, expired or used-up PINs and PINs of a deleted context all get this one answer'),
       429: problem('Too many failed PIN lookups from this client; see Retry-After'),
+    },
+  });
+  r.registerPath({
+    method: 'post',
+    path: '/v1/tokens',
+    summary: 'Issue an API token (admin only); the value is in this answer only',
+    request: body(CreateToken),
+    responses: { 201: json(ApiToken.extend({ token: z.string(), expiresAt: z.string().nullable() }), 'Issued; keep the token, it is shown once'), 403: problem('Not an admin'), ...common },
+  });
+  r.registerPath({
+    method: 'get',
+    path: '/v1/tokens',
+    summary: "List API tokens (never their values): one's own, or an admin's choice with ?owner=",
+    request: { query: S.OwnerQuerySchema },
+    responses: { 200: json(S.listOf(ApiToken), 'Tokens, oldest first') },
+  });
+  r.registerPath({
+    method: 'delete',
+    path: '/v1/tokens/{id}',
+    summary: 'Revoke an API token at once',
+    request: { params: z.object({ id: z.string() }) },
+    responses: { 204: { description: 'Revoked; its next use is a 401' }, 404: problem('Unknown token (or someone else\'s)') },
+  });
+  const ownerParam = z.object({ owner: openapi(z.string(), { description: 'Owner name', example: 'alice' }) });
+  r.registerPath({
+    method: 'put',
+    path: '/v1/owners/{owner}/quota',
+    summary: "Set an owner's quota (admin only); clusters already running are not touched",
+    request: { params: ownerParam, ...body(QuotaRequest) },
+    responses: { 200: json(QuotaStatus, 'The quota now in force, with current usage'), 403: problem('Not an admin'), ...common },
+  });
+  r.registerPath({
+    method: 'get',
+    path: '/v1/owners/{owner}/quota',
+    summary: "An owner's quota (their own, else the site default) and what their unfinished clusters hold of it (the owner or an admin)",
+    request: { params: ownerParam },
+    responses: { 200: json(QuotaStatus, 'Quota and usage'), 404: problem("Another user's quota"), 422: problem('Not an owner name') },
+  });
+  r.registerPath({
+    method: 'get',
+    path: '/v1/audit',
+    summary: 'The audit trail of state-changing requests, newest first, a page at a time (admin only)',
+    request: {
+      query: z.object({
+        owner: openapi(z.string().optional(), { description: 'Only this owner\'s requests' }),
+        target: openapi(z.string().optional(), { description: 'Only requests about this resource (cluster, context, definition or token id, or owner)' }),
+        since: openapi(z.string().optional(), { description: 'ISO time with zone: records at or after it' }),
+        until: openapi(z.string().optional(), { description: 'ISO time with zone: records before it' }),
+        cursor: cursorQuery,
+        limit: limitQuery,
+      }),
+    },
+    responses: {
+      200: json(S.pageOf(AuditRecord), 'One page of audit records'),
+      403: problem('Not an admin'),
+      422: problem('Bad or unknown query parameter, limit or cursor'),
     },
   });
   r.registerPath({
@@ -307,13 +380,25 @@ export function openApiDocument(serverUrl: string): Doc {
     responses: { 200: { description: 'OpenAPI 3.1 document', content: { 'application/json': { schema: { type: 'object' } } } } },
   });
 
-  return new OpenApiGeneratorV31([...components, ...r.definitions]).generateDocument({
+  const doc = new OpenApiGeneratorV31([...components, ...r.definitions]).generateDocument({
     openapi: '3.1.0',
     info: {
       title: 'cloudgate',
       version: '0.1.0',
-      description: 'Durable cloud aggregator: CernVM clusters on any cloud, as Temporal workflows. Errors are RFC 9457 problem+json.',
+      description:
+        'Durable cloud aggregator: CernVM clusters on any cloud, as Temporal workflows. Errors are RFC 9457 problem+json. ' +
+        "Every route needs a bearer except the public ones (security: []); another owner's resources answer 404.",
     },
     servers: [{ url: serverUrl }],
+    security: [{ bearer: [] }],
   });
+  // Public routes opt out; every other route may answer 401.
+  const PUBLIC = new Set(['GET /healthz', 'GET /openapi.json', 'GET /v1/pair/{pin}']);
+  for (const [p, ops] of Object.entries(doc.paths ?? {})) {
+    for (const [method, op] of Object.entries(ops as Record<string, { security?: unknown[]; responses?: Record<string, unknown> }>)) {
+      if (PUBLIC.has(`${method.toUpperCase()} ${p}`)) op.security = [];
+      else if (!op.security) op.responses = { ...op.responses, 401: { description: 'Missing, malformed, expired or revoked bearer (WWW-Authenticate: Bearer)', content: { 'application/problem+json': { schema: { $ref: '#/components/schemas/Problem' } } } } };
+    }
+  }
+  return doc;
 }

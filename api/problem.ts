@@ -97,6 +97,12 @@ export function parseOr422<S extends z.ZodType>(schema: S, value: unknown): z.ou
   return r.data;
 }
 
+/**
+ * A request path as logs may show it: a pairing PIN is a bearer secret for minutes, so
+ * `/v1/pair/<pin>` is logged as `/v1/pair/:pin` (issue 11).
+ */
+export const loggedPath = (path: string): string => path.replace(/^\/v1\/pair\/.*/i, '/v1/pair/:pin');
+
 /** Catch-all for unknown routes. */
 export const notFoundHandler: RequestHandler = (req) => {
   throw notFound(`no route ${req.method} ${req.path}`);
@@ -131,8 +137,8 @@ export function problemMiddleware(logger: Logger): ErrorRequestHandler {
     if (err instanceof Problem) p = err;
     else if (err instanceof z.ZodError) p = invalid(zodFieldErrors(err));
     else p = fromBodyParser(err as object) ?? new Problem(500, 'Internal Server Error', 'unexpected error; see the server log', { slug: 'internal' });
-    if (p.status >= 500) logger.error({ err, method: req.method, path: req.path }, 'request failed');
-    else logger.debug({ method: req.method, path: req.path, status: p.status, detail: p.detail }, 'request rejected');
+    if (p.status >= 500) logger.error({ err, method: req.method, path: loggedPath(req.path) }, 'request failed');
+    else logger.debug({ method: req.method, path: loggedPath(req.path), status: p.status, detail: p.detail }, 'request rejected');
     const body: ProblemBody = {
       ...p.opts.extensions,
       type: p.type,

@@ -14,8 +14,23 @@ export interface BatcherOptions {
   maxBatch?: number;
 }
 
+/** How a batcher weighs and isolates its items (the caller's knowledge of them). */
+export interface BatcherItemOptions<T> {
+  /** An item's weight (e.g. its bytes); a batch weighs at most `maxBatchWeight` unless it is one item. */
+  weigh?: (item: T) => number;
+  maxBatchWeight?: number;
+  /**
+   * Whether a failed batch of several items is sent again one item at a time (in order, one
+   * in flight), so that each item succeeds or fails on its own: true for errors one item may
+   * have caused, false for errors every item would meet (the target is gone, the server is down).
+   * Unset: a failed batch fails all its items.
+   */
+  isolate?: (err: unknown) => boolean;
+}
+
 interface Pending<T> {
   item: T;
+  weight: number;
   resolve: () => void;
   reject: (err: unknown) => void;
   done: Promise<void>;
@@ -39,13 +54,16 @@ export class Batcher<T> {
   private readonly lanes = new Map<string, Lane<T>>();
   private readonly maxDelayMs: number;
   private readonly maxBatch: number;
+  private readonly maxWeight: number;
 
   constructor(
     private readonly send: BatchSender<T>,
     opts: BatcherOptions = {},
+    private readonly items: BatcherItemOptions<T> = {},
   ) {
     this.maxDelayMs = opts.maxDelayMs ?? 50;
     this.maxBatch = opts.maxBatch ?? 200;
+    this.maxWeight = items.maxBatchWeight ?? Infinity;
   }
 
   /** Resolves once the batch holding `item` was delivered; rejects with the sender's error. */
@@ -59,9 +77,9 @@ export class Batcher<T> {
     let resolve!: () => void;
     let reject!: (err: unknown) => void;
     const done = new Promise<void>((res, rej) => ((resolve = res), (reject = rej)));
-    l.pending.push({ item, resolve, reject, done });
+    l.pending.push({ item, weight: this.items.weigh?.(item) ?? 0, resolve, reject, done });
     if (l.inFlight) return done; // goes out when the current batch settles
-    if (l.pending.length >= this.maxBatch) this.flush(key, l);
+    if (l.pending.length >= this.maxBatch || l.pending.reduce((w, p) => w + p.weight, 0) >= this.maxWeight) this.flush(key, l);
     else l.timer ??= setTimeout(() => this.flush(key, l), this.maxDelayMs);
     return done;
   }
@@ -79,24 +97,28 @@ export class Batcher<T> {
   private flush(key: string, lane: Lane<T>): void {
     clearTimeout(lane.timer);
     lane.timer = undefined;
-    const batch = lane.pending.splice(0, this.maxBatch);
+    // Up to maxBatch items and maxBatchWeight, but always at least one.
+    let count = 0;
+    for (let weight = 0; count < Math.min(this.maxBatch, lane.pending.length); count++) {
+      weight += lane.pending[count].weight;
+      if (count > 0 && weight > this.maxWeight) break;
+    }
+    const batch = lane.pending.splice(0, count);
     if (batch.length === 0) {
       this.lanes.delete(key);
       return;
     }
     lane.inFlight = true;
-    let sent: Promise<void>;
-    try {
-      sent = this.send(
-        key,
-        batch.map((p) => p.item),
-      );
-    } catch (err) {
-      sent = Promise.reject(err); // a synchronous throw must not escape into a timer
-    }
-    lane.sending = sent.then(
+    lane.sending = this.sendSafely(
+      key,
+      batch.map((p) => p.item),
+    ).then(
       () => batch.forEach((p) => p.resolve()),
-      (err: unknown) => batch.forEach((p) => p.reject(err)),
+      async (err: unknown) => {
+        if (batch.length < 2 || !this.items.isolate?.(err)) return batch.forEach((p) => p.reject(err));
+        // One bad item must not take the others down: each goes again alone.
+        for (const p of batch) await this.sendSafely(key, [p.item]).then(p.resolve, p.reject);
+      },
     );
     void lane.sending.then(() => {
       lane.inFlight = false;
@@ -105,5 +127,13 @@ export class Batcher<T> {
       if (lane.pending.length > 0) this.flush(key, lane);
       else this.lanes.delete(key);
     });
+  }
+
+  private sendSafely(key: string, items: T[]): Promise<void> {
+    try {
+      return this.send(key, items);
+    } catch (err) {
+      return Promise.reject(err); // a synchronous throw must not escape into a timer
+    }
   }
 }

@@ -4,7 +4,7 @@
  */
 import { z } from 'zod';
 import { AGENTS } from '../model/agent-views.js';
-import { ContextSchema } from '../model/context.js';
+import { ContextSchema, ContextUserSchema } from '../model/context.js';
 import { ClusterDefinitionSchema, NameSchema, OfferingSchema } from '../model/definition.js';
 import { CLUSTER_EVENT_KINDS } from '../model/read-model.js';
 import { CLUSTER_STATES, INSTANCE_STATES, SERVICE_STATES } from '../model/status.js';
@@ -81,12 +81,21 @@ export const InstancesQuerySchema = PageQuerySchema.extend({
 
 // ---- responses ----
 
-/** One stored context version: password hashes and secret names only, never secret values. */
+/** A context user as answers show it: whether a password is set, never its hash (issue 11). */
+export const PublicContextUserSchema = ContextUserSchema.omit({ passwordHash: true }).extend({
+  passwordSet: z.literal(true).optional().describe('Present when the user has a password; the hash itself is never returned'),
+});
+
+/** A stored context as answers show it: `passwordSet` per user instead of the hash, secret names only. */
+export const PublicContextSchema = ContextSchema.safeExtend({ users: z.array(PublicContextUserSchema) });
+export type PublicContext = z.infer<typeof PublicContextSchema>;
+
+/** One stored context version: secret names only, never secret values or password hashes. */
 export const ContextRecordSchema = z.object({
   id: z.string(),
   version: z.number().int().min(1),
   name: z.string(),
-  context: ContextSchema,
+  context: PublicContextSchema,
   createdAt: z.string(),
 });
 
@@ -216,9 +225,77 @@ export const PairingRequestSchema = z.object({ version: z.number().int().min(1).
 
 /** A pairing PIN: typed into the laptop VM, which fetches `links.userData` once before `expiresAt`. */
 export const PairingSchema = z.object({
-  pin: z.string().regex(/^[0-9]{6}$/),
+  pin: z.string().regex(/^[0-9A-HJKMNP-TV-Z]{4}-[0-9A-HJKMNP-TV-Z]{4}-[0-9A-HJKMNP-TV-Z]{4}$/).describe('12 symbols of Crockford base32 in groups of 4; typed in any case, dashes optional'),
   contextId: z.string(),
   version: z.number().int().min(1),
   expiresAt: z.string(),
   links: z.object({ userData: z.string() }),
+});
+
+// ---- tokens (issue 11) ----
+
+/** Owner names: what tokens are issued to (and what an OIDC owner claim must look like). */
+export const OWNER_RE = /^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$/;
+export const OwnerSchema = z.string().regex(OWNER_RE, 'must be 1-64 letters, digits, ".", "_", "@" or "-", starting with a letter or digit');
+
+/** `POST /v1/tokens`: who the token is for, what it may do, and for how long (unset: no expiry). */
+export const CreateTokenRequestSchema = z
+  .object({
+    owner: OwnerSchema,
+    role: z.enum(['user', 'admin']),
+    ttlSeconds: z.number().int().min(60).max(366 * 24 * 3600).optional(),
+  })
+  .strict();
+
+/** `?owner=` of the list routes (an admin's filter). */
+export const OwnerQuerySchema = z.object({ owner: z.string().min(1).max(64).optional() }).loose();
+
+/** An API token as the API shows it: never its value (except once, in the answer to its creation). */
+export const ApiTokenSchema = z.object({
+  id: z.string(),
+  owner: z.string(),
+  role: z.enum(['user', 'admin']),
+  createdAt: z.string(),
+  expiresAt: z.string().optional(),
+  revokedAt: z.string().optional(),
+});
+
+// ---- quotas and the audit trail (issue 11) ----
+
+const quotaLimit = z.number().int().min(0).max(1_000_000_000);
+/** `PUT /v1/owners/:owner/quota`: the whole quota (plain JSON numbers; the config's QuotaSchema coerces strings from the environment). */
+export const QuotaRequestSchema = z.object({ maxInstances: quotaLimit, maxClusters: quotaLimit, maxCpus: quotaLimit }).strict();
+
+/** An owner's quota, where it comes from, and what their unfinished clusters hold of it. */
+export const QuotaStatusSchema = z.object({
+  owner: z.string(),
+  quota: QuotaRequestSchema,
+  usage: z.object({ instances: z.number().int(), clusters: z.number().int(), cpus: z.number().int() }),
+  source: z.enum(['owner', 'default']).describe('owner: set by an admin; default: the site-wide default of the config'),
+  updatedAt: z.string().optional().describe('When an admin last set it (absent for the default)'),
+});
+
+/** An ISO 8601 time with a zone (`Z` or an offset), normalised to UTC so it compares with stored times. */
+const isoTime = z.iso
+  .datetime({ offset: true, error: 'must be an ISO 8601 time with a zone, e.g. 2026-01-31T12:00:00Z' })
+  .transform((s) => new Date(s).toISOString());
+
+/** `GET /v1/audit`: a page, filtered; any other parameter is a 422. */
+export const AuditQuerySchema = PageQuerySchema.extend({
+  owner: z.string().min(1).max(64).optional(),
+  target: z.string().min(1).max(200).optional(),
+  since: isoTime.optional().describe('Records at or after this time'),
+  until: isoTime.optional().describe('Records before this time'),
+}).strict();
+
+/** One audit record: who did what to which resource, and the answer's status code. */
+export const AuditRecordSchema = z.object({
+  id: z.number().int(),
+  at: z.string().describe('When the answer was sent (ISO, UTC)'),
+  owner: z.string(),
+  role: z.enum(['user', 'admin']),
+  tokenId: z.string().optional().describe('The API token used (its id, never its value); absent for OIDC access tokens'),
+  route: z.string().describe('Method and route pattern, e.g. POST /v1/clusters/:id/services/:service/scale (never raw path values)'),
+  target: z.string().optional().describe('The cluster, context, definition or token id, or the owner, the request was about'),
+  result: z.number().int().describe('HTTP status code of the answer'),
 });

@@ -24,6 +24,12 @@ function grpcCode(err: unknown): number | undefined {
   return undefined;
 }
 
+/** True when the server could not be reached or did not answer in time (every call would fail alike). */
+export function isTemporalUnreachable(err: unknown): boolean {
+  const code = grpcCode(err);
+  return code === GRPC.UNAVAILABLE || code === GRPC.DEADLINE_EXCEEDED || (err instanceof ServiceError && code === undefined);
+}
+
 const reason = (err: unknown): string => (err instanceof Error ? err.message : String(err)).slice(0, 300);
 
 /**

@@ -14,7 +14,7 @@
  */
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -65,6 +65,9 @@ export async function writeSeedIso(file: string, content: SeedContent): Promise<
     }
     // -J (Joliet) and -R (Rock Ridge) keep the long lower-case names both layouts need.
     await xorriso(['-as', 'mkisofs', '-quiet', '-o', partial, '-V', SEED_ISO_LABEL, '-J', '-R', dir]);
+    // The user-data holds secret values and the phone-home token: owner only. libvirt's
+    // dynamic_ownership (qemu.conf, on by default) hands the file to QEMU while the guest runs.
+    await chmod(partial, 0o600);
     await rename(partial, file);
   } finally {
     await rm(dir, { recursive: true, force: true });

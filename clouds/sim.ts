@@ -10,7 +10,7 @@
  * the same cloud (WAL + busy timeout + immediate transactions keep that safe).
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdirSync } from 'node:fs';
+import { chmodSync, closeSync, mkdirSync, openSync } from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
 import { dirname } from 'node:path';
@@ -201,7 +201,12 @@ export function createSimCloud(opts: SimCloudOptions): SimCloud {
   }));
   const throttleRandom = mulberry32(hashUnit32(`${opts.seed}\0throttle`));
 
-  if (opts.file !== ':memory:' && !opts.file.startsWith('file:')) mkdirSync(dirname(opts.file), { recursive: true });
+  if (opts.file !== ':memory:' && !opts.file.startsWith('file:')) {
+    mkdirSync(dirname(opts.file), { recursive: true, mode: 0o700 });
+    // 0600 before SQLite opens it (its -wal and -shm get the same mode): it holds every guest's user-data.
+    closeSync(openSync(opts.file, 'a', 0o600));
+    chmodSync(opts.file, 0o600);
+  }
   const db = new Database(opts.file);
   db.pragma('journal_mode = WAL');
   db.pragma('busy_timeout = 5000');

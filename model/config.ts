@@ -51,7 +51,11 @@ export const ConfigSchema = z.object({
   taskQueue: z.string().default('cloudgate'),
   /** HMAC secret for phone-home tokens; unset: generated once into `<dataDir>/token-secret`. */
   tokenSecret: z.string().min(16).optional(),
-  tokenTtlSeconds: z.coerce.number().int().min(60).default(7 * 24 * 3600),
+  /**
+   * A phone-home token lives for its service's readiness timeout plus this margin (covering a
+   * slow create call, activity retries and clock skew between worker and API), not days.
+   */
+  tokenMarginSeconds: z.coerce.number().int().min(60).max(86_400).default(900),
   logLevel: z.string().default('info'),
   /** The cloud registry file (YAML or JSON); unset: only the simulated cloud `sim`. */
   cloudsFile: z.string().optional(),
@@ -113,7 +117,7 @@ export function configFromEnv(env: Record<string, string | undefined>): Config {
     namespace: e('TEMPORAL_NAMESPACE'),
     taskQueue: e('CLOUDGATE_TASK_QUEUE'),
     tokenSecret: e('CLOUDGATE_TOKEN_SECRET'),
-    tokenTtlSeconds: e('CLOUDGATE_TOKEN_TTL_SECONDS'),
+    tokenMarginSeconds: e('CLOUDGATE_TOKEN_MARGIN_SECONDS'),
     logLevel: e('CLOUDGATE_LOG_LEVEL'),
     cloudsFile: e('CLOUDGATE_CLOUDS'),
     cvmfs: {

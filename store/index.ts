@@ -6,7 +6,7 @@
  * because better-sqlite3 is; it uses nothing SQLite-specific in its shape, so a PostgreSQL
  * implementation can follow (its callers would then await the same methods).
  */
-import { createCipheriv, createDecipheriv, randomBytes, randomUUID } from 'node:crypto';
+import { createCipheriv, createDecipheriv, createHash, randomBytes, randomUUID } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
@@ -16,13 +16,35 @@ import type { Context, PinnedContext } from '../model/context.js';
 import type { ClusterEvent, PublishClusterInput, PublishedInstance, PublishedService, PublishServiceInput } from '../model/read-model.js';
 import type { ClusterState, InstanceState } from '../model/status.js';
 import { loadSecretsKey, SECRETS_KEY_BYTES } from './secret.js';
+import { ensurePrivateFile } from './private-files.js';
+import type { Quota } from '../model/config.js';
+import { QUOTA_AUDIT_SCHEMA, quotaAuditStatements, toAuditRecord, type AuditFilter, type AuditRecord, type OwnerQuotaRecord, type QuotaClaim, type QuotaUsage, type ReserveScaleOptions } from './quotas-audit.js';
+
+export { QuotaExceededError, type AuditRecord, type OwnerQuotaRecord, type QuotaClaim, type QuotaExcess, type QuotaUsage, type ReserveScaleOptions } from './quotas-audit.js';
 
 /** A stored cluster definition; `definition` is the parsed (defaults applied) schema output. */
 export interface ClusterDefinitionRecord {
   id: string;
   name: string;
   definition: ClusterDefinition;
+  /** Who created it (absent in stores made before owners: only admins see those). */
+  owner?: string;
   createdAt: string;
+}
+
+/** Who a bearer is: a user sees only what they own; an admin sees everything. */
+export type Role = 'user' | 'admin';
+
+/** An API token as stored: its hash only, never its value. */
+export interface ApiTokenRecord {
+  /** `tok-` and 12 hex digits. */
+  id: string;
+  owner: string;
+  role: Role;
+  createdAt: string;
+  /** Absent: it never expires. */
+  expiresAt?: string;
+  revokedAt?: string;
 }
 
 /** A cluster made from a definition; its live state is the cluster workflow's. */
@@ -65,6 +87,8 @@ export interface ContextRecord {
   version: number;
   name: string;
   context: Context;
+  /** Who created the context (absent in stores made before owners: only admins see those). */
+  owner?: string;
   createdAt: string;
   /** When the context was deleted (soft: its versions and secrets are kept for pinned clusters); absent while it is live. */
   deletedAt?: string;
@@ -75,7 +99,7 @@ export interface ContextRecord {
  * user boots on a laptop ({@link Store.createPairing}, {@link Store.takePairing}).
  */
 export interface PairingRecord {
-  /** Six decimal digits. */
+  /** The whole PIN, as the API makes it (api/contexts.ts). */
   pin: string;
   contextId: string;
   version: number;
@@ -100,6 +124,11 @@ export interface ContextVersionInput {
   context: Context;
   secrets: Record<string, string>;
 }
+
+/** Token values: `cg_` and 43 base64url characters (32 random bytes). */
+const newTokenValue = (): string => `cg_${randomBytes(32).toString('base64url')}`;
+/** Tokens are stored as their SHA-256: they are random, so no slow hash is needed to keep them unguessable. */
+export const tokenHash = (token: string): string => createHash('sha256').update(token).digest('hex');
 
 /** Thrown by {@link Store.createCluster} when the id or idempotency key is already taken. */
 export class DuplicateKeyError extends Error {
@@ -149,22 +178,27 @@ export class InvalidCursorError extends Error {
 }
 
 export interface Store {
-  createDefinition(input: { name: string; definition: ClusterDefinition }): ClusterDefinitionRecord;
+  createDefinition(input: { name: string; definition: ClusterDefinition; owner?: string }): ClusterDefinitionRecord;
   getDefinition(id: string): ClusterDefinitionRecord | undefined;
   /** Oldest first. */
   listDefinitions(): ClusterDefinitionRecord[];
 
-  /** Inserts the row; throws {@link DuplicateKeyError} if the id or idempotency key exists. */
-  createCluster(input: Omit<ClusterRecord, 'createdAt'> & { createdAt?: string }): ClusterRecord;
+  /**
+   * Inserts the row; throws {@link DuplicateKeyError} if the id or idempotency key exists. With
+   * `quota`, in the same IMMEDIATE transaction the claim is checked against its owner's quota
+   * (their own, else `defaultQuota`) and reserved; {@link QuotaExceededError} writes nothing.
+   */
+  createCluster(input: Omit<ClusterRecord, 'createdAt'> & { createdAt?: string }, quota?: { claim: QuotaClaim; defaultQuota: Quota }): ClusterRecord;
   getCluster(id: string): ClusterRecord | undefined;
   /** Oldest first. */
   listClusters(): ClusterRecord[];
-  /** Removes a row (used to undo an insert when starting its workflow failed). True if it existed. */
+  /** Removes a row and its quota reservation (used to undo an insert when starting its workflow failed). True if it existed. */
   deleteCluster(id: string): boolean;
   findClusterByIdempotencyKey(key: string): ClusterRecord | undefined;
 
   /** Stores version 1 of a new context. */
-  createContext(input: ContextVersionInput): ContextRecord;
+  /** Version 1 of a new context, owned by `owner`. */
+  createContext(input: ContextVersionInput, owner?: string): ContextRecord;
   /** Adds version n+1 (earlier versions are kept); undefined for an unknown id. */
   updateContext(id: string, input: ContextVersionInput): ContextRecord | undefined;
   /** The given version, else the latest; undefined if either is unknown. */
@@ -184,10 +218,11 @@ export interface Store {
 
   /**
    * Issues a pairing PIN for one context version. Undefined when the PIN is held by a pairing
-   * that is neither used nor expired at `createdAt` (default now); a used or expired row with
+   * that is neither used nor expired at `createdAt` (default now), or when such a pairing has
+   * the same `lookup` (the part of the PIN that names its pairing); a used or expired row with
    * the same PIN is replaced. Throws if the context version does not exist.
    */
-  createPairing(input: { pin: string; contextId: string; version: number; expiresAt: Date; createdAt?: Date }): PairingRecord | undefined;
+  createPairing(input: { pin: string; lookup?: string; contextId: string; version: number; expiresAt: Date; createdAt?: Date }): PairingRecord | undefined;
   /**
    * Marks the pairing used if it is unused and unexpired at `now` (one conditional UPDATE, so of
    * concurrent takes, even from several processes on one file, exactly one gets `ok`).
@@ -195,6 +230,13 @@ export interface Store {
   takePairing(pin: string, now?: Date): PairingTake;
   /** Forgets pairings that expired before `expiredBefore` (their PINs then read as unknown); returns how many. */
   purgePairings(expiredBefore: Date): number;
+  /**
+   * Charges one wrong guess to the live pairing with this `lookup`, if there is one; its
+   * `budget`-th wrong guess uses it up (its PIN then fails like a used one). True if one was charged.
+   */
+  chargePairingMiss(lookup: string, now: Date, budget: number): boolean;
+  /** When each live (unused, unexpired at `now`) pairing of `owner`'s contexts expires, soonest first. */
+  livePairingExpiries(owner: string, now: Date): string[];
 
   /** Inserts or replaces a cloud registration. */
   upsertCloud(cloud: CloudRecord): void;
@@ -222,6 +264,14 @@ export interface Store {
   publishService(input: PublishServiceInput): boolean;
   /** The provider ids of published instances, by instance id (ids without one are absent). */
   cloudInstanceIds(clusterId: string, ids: readonly string[]): Record<string, string>;
+  /**
+   * Where a phone-home's instance stands in the read model: its published state; `REMOVED`
+   * when it is not there but its service has published an instance with a higher ordinal
+   * (ordinals are never reused and a batch is published lowest first, so it was there and
+   * left); undefined when the read model cannot tell (not published yet, or nothing of the
+   * service published).
+   */
+  instanceStanding(clusterId: string, service: string, instanceId: string, ordinal: number): InstanceState | 'REMOVED' | undefined;
   /** The cluster workflow's last publish; undefined before its first. */
   getClusterView(clusterId: string): ClusterViewRecord | undefined;
   /** Each service's last own publish, by service name; empty before the first. */
@@ -235,6 +285,38 @@ export interface Store {
    */
   listEvents(clusterId: string, query: EventQuery): Page<ClusterEvent>;
 
+  /** Issues an API token; its value is returned here once and stored only as a hash. */
+  createApiToken(input: { owner: string; role: Role; expiresAt?: Date }): { record: ApiTokenRecord; token: string };
+  /** The record of a token value (revoked and expired ones too: the caller decides); undefined if unknown. */
+  findApiToken(token: string): ApiTokenRecord | undefined;
+  getApiToken(id: string): ApiTokenRecord | undefined;
+  /** Tokens oldest first, of one owner or all. */
+  listApiTokens(owner?: string): ApiTokenRecord[];
+  /** Revokes at once; false if unknown or already revoked. */
+  revokeApiToken(id: string, at?: Date): boolean;
+
+  /** Quotas (store/quotas-audit.ts): an owner's own quota as an admin set it; undefined: the site default applies. */
+  getOwnerQuota(owner: string): OwnerQuotaRecord | undefined;
+  setOwnerQuota(owner: string, quota: Quota, at?: Date): OwnerQuotaRecord;
+  /** What the owner's counted reservations hold (not released, cluster not TERMINATED in the read model). */
+  quotaUsage(owner: string): QuotaUsage;
+  /** Clusters of the owner that still hold quota while their read model says FAILED (their workflow may have ended). */
+  quotaHeldByFailed(owner: string): string[];
+  /** Stops counting a cluster's reservation (a FAILED cluster whose workflow ended); false if it held none. */
+  releaseQuota(clusterId: string, at?: Date): boolean;
+  /**
+   * Sets a service's reserved instance count in one IMMEDIATE transaction, checking the owner's
+   * quota (throws {@link QuotaExceededError}) when it grows and `defaultQuota` is given (see
+   * {@link ReserveScaleOptions}). Returns the count before; undefined when the cluster holds
+   * no reservation for the service.
+   */
+  reserveScale(clusterId: string, service: string, instances: number, opts?: ReserveScaleOptions): { previous: number } | undefined;
+
+  /** Appends an audit record (the table refuses UPDATE and DELETE). */
+  appendAudit(rec: Omit<AuditRecord, 'id'>): AuditRecord;
+  /** Audit records newest first; filters combine with AND. Throws {@link InvalidCursorError}. */
+  listAudit(query: Omit<AuditFilter, 'beforeId'> & { cursor?: string }): Page<AuditRecord>;
+
   /** Cheap liveness check for health endpoints; throws if the database is unusable. */
   ping(): void;
   close(): void;
@@ -245,7 +327,17 @@ CREATE TABLE IF NOT EXISTS cluster_definitions (
   id          TEXT PRIMARY KEY,
   name        TEXT NOT NULL,
   definition  TEXT NOT NULL,
-  created_at  TEXT NOT NULL
+  created_at  TEXT NOT NULL,
+  owner       TEXT
+);
+CREATE TABLE IF NOT EXISTS api_tokens (
+  id          TEXT PRIMARY KEY,
+  token_hash  TEXT NOT NULL UNIQUE,
+  owner       TEXT NOT NULL,
+  role        TEXT NOT NULL,
+  created_at  TEXT NOT NULL,
+  expires_at  TEXT,
+  revoked_at  TEXT
 );
 CREATE TABLE IF NOT EXISTS clusters (
   id               TEXT PRIMARY KEY,
@@ -268,7 +360,8 @@ CREATE TABLE IF NOT EXISTS clouds (
 CREATE TABLE IF NOT EXISTS contexts (
   id          TEXT PRIMARY KEY,
   created_at  TEXT NOT NULL,
-  deleted_at  TEXT
+  deleted_at  TEXT,
+  owner       TEXT
 );
 CREATE TABLE IF NOT EXISTS context_versions (
   context_id  TEXT NOT NULL REFERENCES contexts(id),
@@ -336,11 +429,31 @@ CREATE TABLE IF NOT EXISTS cluster_events (
 CREATE INDEX IF NOT EXISTS cluster_events_by_cluster ON cluster_events (cluster_id, id);
 `;
 
+interface ApiTokenRow {
+  id: string;
+  token_hash: string;
+  owner: string;
+  role: string;
+  created_at: string;
+  expires_at: string | null;
+  revoked_at: string | null;
+}
+
+const toApiToken = (r: ApiTokenRow): ApiTokenRecord => ({
+  id: r.id,
+  owner: r.owner,
+  role: r.role === 'admin' ? 'admin' : 'user',
+  createdAt: r.created_at,
+  ...(r.expires_at !== null && { expiresAt: r.expires_at }),
+  ...(r.revoked_at !== null && { revokedAt: r.revoked_at }),
+});
+
 interface DefinitionRow {
   id: string;
   name: string;
   definition: string;
   created_at: string;
+  owner: string | null;
 }
 interface ClusterRow {
   id: string;
@@ -364,6 +477,7 @@ const toDefinition = (r: DefinitionRow): ClusterDefinitionRecord => ({
   id: r.id,
   name: r.name,
   definition: JSON.parse(r.definition) as ClusterDefinition,
+  ...(r.owner !== null && { owner: r.owner }),
   createdAt: r.created_at,
 });
 
@@ -393,6 +507,7 @@ interface ContextRow {
   context: string;
   created_at: string;
   deleted_at: string | null;
+  owner: string | null;
 }
 
 const toContext = (r: ContextRow): ContextRecord => ({
@@ -400,6 +515,7 @@ const toContext = (r: ContextRow): ContextRecord => ({
   version: r.version,
   name: r.name,
   context: JSON.parse(r.context) as Context,
+  ...(r.owner !== null && { owner: r.owner }),
   createdAt: r.created_at,
   ...(r.deleted_at !== null && { deletedAt: r.deleted_at }),
 });
@@ -557,7 +673,7 @@ function decryptSecrets(key: Buffer, id: string, version: number, stored: string
 }
 
 /** A context version's columns joined with its context's deletion time. */
-const CONTEXT_COLUMNS = 'v.context_id, v.version, v.name, v.context, v.created_at, c.deleted_at';
+const CONTEXT_COLUMNS = 'v.context_id, v.version, v.name, v.context, v.created_at, c.deleted_at, c.owner';
 
 /** `ctx-` and 12 hex digits, like definition ids. */
 const newContextId = (): string => `ctx-${randomUUID().replace(/-/g, '').slice(0, 12)}`;
@@ -581,15 +697,18 @@ const newDefinitionId = (): string => `def-${randomUUID().replace(/-/g, '').slic
  */
 export function openSqliteStore(file: string, options: StoreOptions = {}): Store {
   const inMemory = file === ':memory:' || file === '';
-  if (!inMemory) mkdirSync(path.dirname(file), { recursive: true });
+  if (!inMemory) mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
   const secretsKey = options.secretsKey ?? (inMemory ? randomBytes(SECRETS_KEY_BYTES) : loadSecretsKey({ dataDir: path.dirname(file) }));
   if (secretsKey.length !== SECRETS_KEY_BYTES) throw new Error(`the secrets key must be ${SECRETS_KEY_BYTES} bytes, got ${secretsKey.length}`);
+  // Created 0600 before SQLite opens it (its -wal and -shm then get the same mode): it holds tokens' hashes and encrypted secrets.
+  if (!inMemory && !file.startsWith('file:')) ensurePrivateFile(file);
   const db = new Database(file);
   db.pragma('journal_mode = WAL');
   // The API and the worker may open the same file; wait for each other's short writes.
   db.pragma('busy_timeout = 5000');
   db.pragma('foreign_keys = ON');
   db.exec(SCHEMA);
+  db.exec(QUOTA_AUDIT_SCHEMA);
   // Stores made before clouds had endpoints and credential references.
   const cloudColumns = db.prepare<[], { name: string }>("SELECT name FROM pragma_table_info('clouds')").all();
   if (!cloudColumns.some((c) => c.name === 'info')) db.exec('ALTER TABLE clouds ADD COLUMN info TEXT');
@@ -599,9 +718,25 @@ export function openSqliteStore(file: string, options: StoreOptions = {}): Store
   // Stores made before clusters pinned context versions.
   const clusterColumns = db.prepare<[], { name: string }>("SELECT name FROM pragma_table_info('clusters')").all();
   if (!clusterColumns.some((c) => c.name === 'contexts')) db.exec('ALTER TABLE clusters ADD COLUMN contexts TEXT');
+  // Stores made before owners: their definitions and contexts have none (only admins see them).
+  for (const table of ['cluster_definitions', 'contexts']) {
+    const columns = db.prepare<[], { name: string }>(`SELECT name FROM pragma_table_info('${table}')`).all();
+    if (!columns.some((c) => c.name === 'owner')) db.exec(`ALTER TABLE ${table} ADD COLUMN owner TEXT`);
+  }
+  // Pairings before PINs had a lookup half and a budget of wrong guesses (issue 11).
+  const pairingColumns = db.prepare<[], { name: string }>("SELECT name FROM pragma_table_info('pairings')").all();
+  if (!pairingColumns.some((c) => c.name === 'lookup')) db.exec('ALTER TABLE pairings ADD COLUMN lookup TEXT; ALTER TABLE pairings ADD COLUMN misses INTEGER NOT NULL DEFAULT 0');
 
   const q = {
-    insertDef: db.prepare('INSERT INTO cluster_definitions (id, name, definition, created_at) VALUES (?, ?, ?, ?)'),
+    insertDef: db.prepare('INSERT INTO cluster_definitions (id, name, definition, created_at, owner) VALUES (?, ?, ?, ?, ?)'),
+    insertToken: db.prepare(
+      'INSERT INTO api_tokens (id, token_hash, owner, role, created_at, expires_at) VALUES (@id, @hash, @owner, @role, @createdAt, @expiresAt)',
+    ),
+    tokenByHash: db.prepare<[string], ApiTokenRow>('SELECT * FROM api_tokens WHERE token_hash = ?'),
+    tokenById: db.prepare<[string], ApiTokenRow>('SELECT * FROM api_tokens WHERE id = ?'),
+    listTokens: db.prepare<[], ApiTokenRow>('SELECT * FROM api_tokens ORDER BY created_at, rowid'),
+    listOwnerTokens: db.prepare<[string], ApiTokenRow>('SELECT * FROM api_tokens WHERE owner = ? ORDER BY created_at, rowid'),
+    revokeToken: db.prepare('UPDATE api_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL'),
     getDef: db.prepare<[string], DefinitionRow>('SELECT * FROM cluster_definitions WHERE id = ?'),
     listDefs: db.prepare<[], DefinitionRow>('SELECT * FROM cluster_definitions ORDER BY created_at, id'),
     insertCluster: db.prepare(
@@ -619,7 +754,7 @@ export function openSqliteStore(file: string, options: StoreOptions = {}): Store
     listClouds: db.prepare<[], CloudRow>('SELECT name, kind, offerings, info FROM clouds ORDER BY name'),
     getCloud: db.prepare<[string], CloudRow>('SELECT name, kind, offerings, info FROM clouds WHERE name = ?'),
     deleteCloud: db.prepare('DELETE FROM clouds WHERE name = ?'),
-    insertContext: db.prepare('INSERT INTO contexts (id, created_at) VALUES (?, ?)'),
+    insertContext: db.prepare('INSERT INTO contexts (id, created_at, owner) VALUES (?, ?, ?)'),
     insertContextVersion: db.prepare(
       'INSERT INTO context_versions (context_id, version, name, context, secrets, created_at) VALUES (?, ?, ?, ?, ?, ?)',
     ),
@@ -643,10 +778,20 @@ export function openSqliteStore(file: string, options: StoreOptions = {}): Store
     deleteContext: db.prepare('UPDATE contexts SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL'),
     // Replaces a row with the same PIN only if that one is used or expired; else changes nothing.
     insertPairing: db.prepare(
-      `INSERT INTO pairings (pin, context_id, version, created_at, expires_at) VALUES (@pin, @contextId, @version, @createdAt, @expiresAt)
-       ON CONFLICT(pin) DO UPDATE SET context_id = excluded.context_id, version = excluded.version, created_at = excluded.created_at,
-         expires_at = excluded.expires_at, used_at = NULL
+      `INSERT INTO pairings (pin, lookup, context_id, version, created_at, expires_at) VALUES (@pin, @lookup, @contextId, @version, @createdAt, @expiresAt)
+       ON CONFLICT(pin) DO UPDATE SET lookup = excluded.lookup, misses = 0, context_id = excluded.context_id, version = excluded.version,
+         created_at = excluded.created_at, expires_at = excluded.expires_at, used_at = NULL
        WHERE pairings.used_at IS NOT NULL OR pairings.expires_at <= excluded.created_at`,
+    ),
+    liveLookup: db.prepare<[string, string], { pin: string }>('SELECT pin FROM pairings WHERE lookup = ? AND used_at IS NULL AND expires_at > ?'),
+    // All SET expressions read the row as it was: the budget-th miss also marks it used.
+    chargePairingMiss: db.prepare(
+      `UPDATE pairings SET misses = misses + 1, used_at = CASE WHEN misses + 1 >= @budget THEN @now ELSE used_at END
+       WHERE lookup = @lookup AND used_at IS NULL AND expires_at > @now`,
+    ),
+    livePairingExpiries: db.prepare<[string, string], { expires_at: string }>(
+      `SELECT p.expires_at FROM pairings p JOIN contexts c ON c.id = p.context_id
+       WHERE c.owner = ? AND c.deleted_at IS NULL AND p.used_at IS NULL AND p.expires_at > ? ORDER BY p.expires_at`,
     ),
     takePairing: db.prepare('UPDATE pairings SET used_at = ? WHERE pin = ? AND used_at IS NULL AND expires_at > ?'),
     getPairing: db.prepare<[string], PairingRow>('SELECT * FROM pairings WHERE pin = ?'),
@@ -679,6 +824,8 @@ export function openSqliteStore(file: string, options: StoreOptions = {}): Store
       'SELECT cloud_instance_id FROM instances WHERE cluster_id = ? AND id = ?',
     ),
     deleteInstance: db.prepare('DELETE FROM instances WHERE cluster_id = ? AND service = ? AND id = ?'),
+    instanceState: db.prepare<[string, string], { state: InstanceState }>('SELECT state FROM instances WHERE cluster_id = ? AND id = ?'),
+    maxOrdinal: db.prepare<[string, string], { ordinal: number | null }>('SELECT MAX(ordinal) AS ordinal FROM instances WHERE cluster_id = ? AND service = ?'),
     // A NULL parameter switches its filter off; (service, ordinal) > cursor continues the keyset.
     listInstances: db.prepare<
       { clusterId: string; service: string | null; state: string | null; afterService: string | null; afterOrdinal: number | null; limit: number },
@@ -749,16 +896,16 @@ export function openSqliteStore(file: string, options: StoreOptions = {}): Store
     return true;
   });
 
-  const insertVersion = (id: string, version: number, input: ContextVersionInput, createdAt: string): ContextRecord => {
-    const rec: ContextRecord = { id, version, name: input.name, context: input.context, createdAt };
+  const insertVersion = (id: string, version: number, input: ContextVersionInput, createdAt: string, owner: string | undefined): ContextRecord => {
+    const rec: ContextRecord = { id, version, name: input.name, context: input.context, ...(owner !== undefined && { owner }), createdAt };
     q.insertContextVersion.run(id, version, input.name, JSON.stringify(input.context), encryptSecrets(secretsKey, id, version, input.secrets), createdAt);
     return rec;
   };
-  const createContextTx = db.transaction((input: ContextVersionInput): ContextRecord => {
+  const createContextTx = db.transaction((input: ContextVersionInput, owner: string | undefined): ContextRecord => {
     const id = newContextId();
     const createdAt = new Date().toISOString();
-    q.insertContext.run(id, createdAt);
-    return insertVersion(id, 1, input, createdAt);
+    q.insertContext.run(id, createdAt, owner ?? null);
+    return insertVersion(id, 1, input, createdAt, owner);
   });
   // Read the latest version and write the next in one transaction: concurrent updates get distinct versions.
   const updateContextTx = db.transaction((id: string, input: ContextVersionInput): ContextRecord | undefined => {
@@ -766,10 +913,26 @@ export function openSqliteStore(file: string, options: StoreOptions = {}): Store
     if (!ctx || ctx.deleted_at !== null) return undefined;
     const latest = q.latestContextVersion.get(id)?.version;
     if (latest === null || latest === undefined) return undefined;
-    return insertVersion(id, latest + 1, input, new Date().toISOString());
+    return insertVersion(id, latest + 1, input, new Date().toISOString(), q.getLatestContext.get(id)?.owner ?? undefined);
   });
 
   // The conditional UPDATE alone decides who wins; the transaction only keeps the read that explains a loss consistent with it.
+  const qa = quotaAuditStatements(db);
+  // The row and its reservation together, after the quota check, or nothing.
+  const createClusterTx = db.transaction((row: Record<string, unknown>, quota?: { claim: QuotaClaim; defaultQuota: Quota }) => {
+    q.insertCluster.run(row);
+    if (quota) qa.reserveNewCluster(row.id as string, quota.claim, quota.defaultQuota);
+  });
+  const deleteClusterTx = db.transaction((id: string): boolean => {
+    qa.deleteReservation(id);
+    return q.deleteCluster.run(id).changes > 0;
+  });
+
+  const createPairingTx = db.transaction((row: { pin: string; lookup: string | null; contextId: string; version: number; createdAt: string; expiresAt: string }): boolean => {
+    if (row.lookup !== null && q.liveLookup.get(row.lookup, row.createdAt)) return false;
+    return q.insertPairing.run(row).changes > 0;
+  });
+
   const takePairingTx = db.transaction((pin: string, now: string): PairingTake => {
     const won = q.takePairing.run(now, pin, now).changes > 0;
     const r = q.getPairing.get(pin);
@@ -780,9 +943,9 @@ export function openSqliteStore(file: string, options: StoreOptions = {}): Store
   });
 
   return {
-    createDefinition({ name, definition }) {
-      const rec: ClusterDefinitionRecord = { id: newDefinitionId(), name, definition, createdAt: new Date().toISOString() };
-      q.insertDef.run(rec.id, rec.name, JSON.stringify(definition), rec.createdAt);
+    createDefinition({ name, definition, owner }) {
+      const rec: ClusterDefinitionRecord = { id: newDefinitionId(), name, definition, ...(owner !== undefined && { owner }), createdAt: new Date().toISOString() };
+      q.insertDef.run(rec.id, rec.name, JSON.stringify(definition), rec.createdAt, owner ?? null);
       return rec;
     },
     getDefinition: (id) => {
@@ -791,10 +954,10 @@ export function openSqliteStore(file: string, options: StoreOptions = {}): Store
     },
     listDefinitions: () => q.listDefs.all().map(toDefinition),
 
-    createCluster(input) {
+    createCluster(input, quota) {
       const rec: ClusterRecord = { ...input, createdAt: input.createdAt ?? new Date().toISOString() };
       try {
-        q.insertCluster.run({
+        createClusterTx.immediate({
           id: rec.id,
           name: rec.name,
           definitionId: rec.definitionId,
@@ -804,7 +967,7 @@ export function openSqliteStore(file: string, options: StoreOptions = {}): Store
           requestHash: rec.requestHash ?? null,
           contexts: rec.contexts ? JSON.stringify(rec.contexts) : null,
           createdAt: rec.createdAt,
-        });
+        }, quota);
       } catch (err) {
         const e = err as { code?: string; message?: string };
         if (e.code === 'SQLITE_CONSTRAINT_UNIQUE' || e.code === 'SQLITE_CONSTRAINT_PRIMARYKEY') {
@@ -820,13 +983,13 @@ export function openSqliteStore(file: string, options: StoreOptions = {}): Store
       return r && toCluster(r);
     },
     listClusters: () => q.listClusters.all().map(toCluster),
-    deleteCluster: (id) => q.deleteCluster.run(id).changes > 0,
+    deleteCluster: (id) => deleteClusterTx.immediate(id),
     findClusterByIdempotencyKey: (key) => {
       const r = q.findByKey.get(key);
       return r && toCluster(r);
     },
 
-    createContext: (input) => createContextTx.immediate(input),
+    createContext: (input, owner) => createContextTx.immediate(input, owner),
     updateContext: (id, input) => updateContextTx.immediate(id, input),
     getContext: (id, version) => {
       const r = version === undefined ? q.getLatestContext.get(id) : q.getContextVersion.get(id, version);
@@ -840,12 +1003,14 @@ export function openSqliteStore(file: string, options: StoreOptions = {}): Store
     },
     deleteContext: (id, at = new Date()) => q.deleteContext.run(at.toISOString(), id).changes > 0,
 
-    createPairing({ pin, contextId, version, expiresAt, createdAt = new Date() }) {
+    createPairing({ pin, lookup, contextId, version, expiresAt, createdAt = new Date() }) {
       const rec: PairingRecord = { pin, contextId, version, createdAt: createdAt.toISOString(), expiresAt: expiresAt.toISOString() };
-      return q.insertPairing.run(rec).changes > 0 ? rec : undefined;
+      return createPairingTx.immediate({ ...rec, lookup: lookup ?? null }) ? rec : undefined;
     },
     takePairing: (pin, now = new Date()) => takePairingTx.immediate(pin, now.toISOString()),
     purgePairings: (expiredBefore) => q.purgePairings.run(expiredBefore.toISOString()).changes,
+    chargePairingMiss: (lookup, now, budget) => q.chargePairingMiss.run({ lookup, now: now.toISOString(), budget }).changes > 0,
+    livePairingExpiries: (owner, now) => q.livePairingExpiries.all(owner, now.toISOString()).map((r) => r.expires_at),
 
     deleteCloud(name) {
       return q.deleteCloud.run(name).changes > 0;
@@ -875,6 +1040,12 @@ export function openSqliteStore(file: string, options: StoreOptions = {}): Store
       }
       return out;
     },
+    instanceStanding(clusterId, service, instanceId, ordinal) {
+      const found = q.instanceState.get(clusterId, instanceId);
+      if (found) return found.state;
+      const highest = q.maxOrdinal.get(clusterId, service)?.ordinal;
+      return highest !== null && highest !== undefined && highest > ordinal ? 'REMOVED' : undefined;
+    },
     listInstances(clusterId, { service, state, cursor, limit }) {
       const after = cursor === undefined ? undefined : instanceCursor(cursor);
       const rows = q.listInstances.all({
@@ -890,6 +1061,41 @@ export function openSqliteStore(file: string, options: StoreOptions = {}): Store
     listEvents(clusterId, { cursor, limit }) {
       const rows = q.listEvents.all(clusterId, cursor === undefined ? 0 : eventCursor(cursor), limit + 1);
       return pageOf(rows, limit, toEvent, (r) => [r.id]);
+    },
+
+    createApiToken({ owner, role, expiresAt }) {
+      const token = newTokenValue();
+      const record: ApiTokenRecord = {
+        id: `tok-${randomUUID().replace(/-/g, '').slice(0, 12)}`,
+        owner,
+        role,
+        createdAt: new Date().toISOString(),
+        ...(expiresAt && { expiresAt: expiresAt.toISOString() }),
+      };
+      q.insertToken.run({ id: record.id, hash: tokenHash(token), owner, role, createdAt: record.createdAt, expiresAt: record.expiresAt ?? null });
+      return { record, token };
+    },
+    findApiToken: (token) => {
+      const r = q.tokenByHash.get(tokenHash(token));
+      return r && toApiToken(r);
+    },
+    getApiToken: (id) => {
+      const r = q.tokenById.get(id);
+      return r && toApiToken(r);
+    },
+    listApiTokens: (owner) => (owner === undefined ? q.listTokens.all() : q.listOwnerTokens.all(owner)).map(toApiToken),
+    revokeApiToken: (id, at = new Date()) => q.revokeToken.run(at.toISOString(), id).changes > 0,
+
+    getOwnerQuota: (owner) => qa.getOwnerQuota(owner),
+    setOwnerQuota: (owner, quota, at) => qa.setOwnerQuota(owner, quota, at),
+    quotaUsage: (owner) => qa.quotaUsage(owner),
+    quotaHeldByFailed: (owner) => qa.quotaHeldByFailed(owner),
+    releaseQuota: (clusterId, at) => qa.releaseQuota(clusterId, at),
+    reserveScale: (clusterId, service, instances, opts) => qa.reserveScale(clusterId, service, instances, opts),
+    appendAudit: (rec) => qa.appendAudit(rec),
+    listAudit({ cursor, limit, ...filter }) {
+      const rows = qa.listAuditRows({ ...filter, beforeId: cursor === undefined ? undefined : eventCursor(cursor), limit: limit + 1 });
+      return pageOf(rows, limit, toAuditRecord, (r) => [r.id]);
     },
 
     ping: () => void q.ping.get(),

@@ -2,19 +2,21 @@
  * The HMAC secret of phone-home tokens. The worker signs tokens with it and the API verifies
  * them, so both must read the same secret: the configured one, else one generated once into
  * `<dataDir>/token-secret` (mode 0600) and reused by every later process. The secrets key and
- * the payload keys below are kept the same way.
+ * the payload keys below are kept the same way. A key file that group or others may read
+ * stops the process (`assertPrivateKeyFile`), and the data folder is made 0700.
  */
 import { randomBytes } from 'node:crypto';
-import { linkSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { linkSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { Config } from '../model/config.js';
+import { assertPrivateKeyFile, ensurePrivateDir } from './private-files.js';
 import { formatPayloadKeys, newPayloadKey, parsePayloadKeys, type PayloadKeyring } from '../model/payload-codec.js';
 
 /** Returns `config.tokenSecret`, or the secret in `<dataDir>/token-secret`, creating it if missing. */
 export function loadTokenSecret(config: Pick<Config, 'tokenSecret' | 'dataDir'>): string {
   if (config.tokenSecret) return config.tokenSecret;
   const file = path.join(config.dataDir, 'token-secret');
-  mkdirSync(config.dataDir, { recursive: true });
+  ensurePrivateDir(config.dataDir);
   // Written whole to a private temp file, then linked into place: link fails if the file
   // exists, so when API and worker start together exactly one secret wins and nobody reads
   // a half-written file.
@@ -27,6 +29,7 @@ export function loadTokenSecret(config: Pick<Config, 'tokenSecret' | 'dataDir'>)
   } finally {
     rmSync(tmp, { force: true });
   }
+  assertPrivateKeyFile(file);
   const secret = readFileSync(file, 'utf8').trim();
   if (secret.length < 16) throw new Error(`${file} holds no usable secret (need at least 16 characters)`);
   return secret;
@@ -48,7 +51,7 @@ export function loadSecretsKey(config: Pick<Config, 'dataDir'>, env: Record<stri
     return Buffer.from(fromEnv.trim(), 'hex');
   }
   const file = path.join(config.dataDir, 'secrets-key');
-  mkdirSync(config.dataDir, { recursive: true });
+  ensurePrivateDir(config.dataDir);
   const tmp = `${file}.${process.pid}.${randomBytes(4).toString('hex')}`;
   try {
     writeFileSync(tmp, randomBytes(SECRETS_KEY_BYTES).toString('hex'), { mode: 0o600, flag: 'wx' });
@@ -58,6 +61,7 @@ export function loadSecretsKey(config: Pick<Config, 'dataDir'>, env: Record<stri
   } finally {
     rmSync(tmp, { force: true });
   }
+  assertPrivateKeyFile(file);
   const hex = readFileSync(file, 'utf8').trim();
   if (!HEX_KEY.test(hex)) throw new Error(`${file} holds no usable key (need 64 hex digits)`);
   return Buffer.from(hex, 'hex');
@@ -76,7 +80,7 @@ export function loadPayloadKeys(config: Pick<Config, 'dataDir'>, env: Record<str
   const fromEnv = env.CLOUDGATE_PAYLOAD_KEYS;
   if (fromEnv !== undefined && fromEnv.trim() !== '') return parsePayloadKeys(fromEnv, 'CLOUDGATE_PAYLOAD_KEYS');
   const file = path.join(config.dataDir, 'payload-keys');
-  mkdirSync(config.dataDir, { recursive: true });
+  ensurePrivateDir(config.dataDir);
   const tmp = `${file}.${process.pid}.${randomBytes(4).toString('hex')}`;
   try {
     const id = `k${new Date().toISOString().slice(0, 10).replace(/-/g, '')}-${randomBytes(3).toString('hex')}`;
@@ -87,5 +91,6 @@ export function loadPayloadKeys(config: Pick<Config, 'dataDir'>, env: Record<str
   } finally {
     rmSync(tmp, { force: true });
   }
+  assertPrivateKeyFile(file);
   return parsePayloadKeys(readFileSync(file, 'utf8'), file);
 }

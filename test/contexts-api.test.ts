@@ -11,12 +11,17 @@ import path from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from '@jest/globals';
 import Database from 'better-sqlite3';
 import { Client, Connection } from '@temporalio/client';
-import request, { type Response } from 'supertest';
+import type { Response } from 'supertest';
+import type { App } from 'supertest/types.js';
+import { asAdmin } from './api-auth.js';
 import { pino } from 'pino';
 import { simpleParser } from 'mailparser';
 import { verify } from 'unixcrypt';
 import { createApp, type ApiConfig, type CloudgateApp } from '../api/app.js';
 import { PAIRING_TTL_MS, PIN_MISS_LIMIT, PIN_MISS_WINDOW_MS } from '../api/contexts.js';
+
+/** The one answer of every failed PIN lookup (unknown, malformed, used, expired, deleted context). */
+const NO_PAIRING = 'no pairing with this PIN: a PIN works once, within 5 minutes of being made';
 import { ContextInputSchema, contextSecrets, hashContextPasswords, type Context } from '../model/context.js';
 import {
   AMICONFIG_CONTENT_TYPE,
@@ -39,6 +44,8 @@ let connection: Connection;
 let temporal: Client;
 let store: Store;
 let app: CloudgateApp;
+/** Every call as an admin: the API needs a bearer (api/auth.ts). */
+const request = (a: App) => asAdmin(a, store);
 const config: ApiConfig = {
   publicUrl: 'http://gateway.example.org:8080',
   temporalUiUrl: 'http://127.0.0.1:8233',
@@ -97,7 +104,7 @@ const post = (body: unknown) => request(app).post('/v1/contexts').send(body as o
 describe('context portal routes', () => {
   let created: ContextRecord;
 
-  it('POST /v1/contexts stores version 1: 201, Location, hashes and secret names only', async () => {
+  it('POST /v1/contexts stores version 1: 201, Location, passwordSet and secret names only (hashes stored, never answered)', async () => {
     const res = await post(input);
     expect(res.status).toBe(201);
     noLeak(res);
@@ -109,8 +116,12 @@ describe('context portal routes', () => {
     expect(created.context).not.toHaveProperty('secrets');
     const user = created.context.users[0];
     expect(user).not.toHaveProperty('password');
-    expect(user.passwordHash).toMatch(/^\$6\$/);
-    expect(verify(PASSWORD, user.passwordHash ?? '')).toBe(true);
+    expect(user).not.toHaveProperty('passwordHash');
+    expect(user).toMatchObject({ name: 'alice', passwordSet: true });
+    expect(res.text).not.toContain('$6$');
+    const stored = store.getContext(created.id)?.context.users[0].passwordHash ?? '';
+    expect(stored).toMatch(/^\$6\$/);
+    expect(verify(PASSWORD, stored)).toBe(true);
     expect(created.context.cvmfs.proxy).toBe(input.cvmfs.proxy);
     // The store decrypts the values for the activity that renders real user-data.
     expect(store.getContextSecrets(created.id, 1)).toEqual(input.secrets);
@@ -204,7 +215,8 @@ describe('context portal routes', () => {
     const amiconfig = await request(app).get(`/v1/contexts/${created.id}/preview?agent=amiconfig&version=1`);
     expect(amiconfig.status).toBe(200);
     expect(amiconfig.text).toMatch(/\n\[cernvm\]\nrepositories = alice\.cern\.ch/);
-    expect(amiconfig.text).toMatch(/\nusers = alice:physics:\$6\$/);
+    expect(amiconfig.text).toMatch(/\nusers = alice:physics:\*{8}\n/); // the hash is masked like a secret
+    expect(amiconfig.text).not.toContain('$6$');
     noLeak(amiconfig);
 
     const cloudInit = await request(app).get(`/v1/contexts/${created.id}/preview?agent=cloud-init`);
@@ -385,13 +397,13 @@ describe('soft delete and laptop pairing', () => {
     return (res.body as Pairing).pin;
   };
 
-  it('POST /v1/contexts/:id/pairings → 201 with a 6-digit PIN valid for 5 minutes (latest version, or the one asked for)', async () => {
+  it('POST /v1/contexts/:id/pairings → 201 with a 12-symbol PIN valid for 5 minutes (latest version, or the one asked for)', async () => {
     let res = await pairing(ctx.id);
     expect(res.status).toBe(201);
     noLeak(res);
     const p = res.body as Pairing;
     expect(p).toEqual({
-      pin: expect.stringMatching(/^[0-9]{6}$/),
+      pin: expect.stringMatching(/^[0-9A-HJKMNP-TV-Z]{4}-[0-9A-HJKMNP-TV-Z]{4}-[0-9A-HJKMNP-TV-Z]{4}$/),
       contextId: ctx.id,
       version: 1,
       expiresAt: new Date(clock.getTime() + PAIRING_TTL_MS).toISOString(),
@@ -425,7 +437,7 @@ describe('soft delete and laptop pairing', () => {
     problem(res, 415);
   });
 
-  it('GET /v1/pair/:pin → the real user-data once (µCernVM, cloud-config, amiconfig; no phone-home), then 410', async () => {
+  it('GET /v1/pair/:pin → the real user-data once (µCernVM, cloud-config, amiconfig; no phone-home), then 404', async () => {
     const pin = await pinOf(ctx.id, { version: 1 });
     const res = await fetchUserData(pin);
     expect(res.status).toBe(200);
@@ -449,18 +461,17 @@ describe('soft delete and laptop pairing', () => {
     expect(cloudConfig).not.toContain(GUEST_PATHS.phoneHomeAgent);
     expect(res.text).not.toContain('/readiness');
 
-    const again = problem(await fetchUserData(pin), 410);
-    expect(again.detail).toBe(`pairing PIN ${pin} was already used at ${clock.toISOString()}`);
+    const again = problem(await fetchUserData(pin), 404);
+    expect(again.detail).toBe(NO_PAIRING);
   });
 
-  it('a PIN expires after 5 minutes → 410', async () => {
+  it('a PIN expires after 5 minutes → 404', async () => {
     const early = await pinOf(ctx.id);
     const late = await pinOf(ctx.id);
-    const expiresAt = new Date(clock.getTime() + PAIRING_TTL_MS).toISOString();
     tick(PAIRING_TTL_MS - 1);
     expect((await fetchUserData(early)).status).toBe(200);
     tick(1);
-    expect(problem(await fetchUserData(late), 410).detail).toBe(`pairing PIN ${late} expired at ${expiresAt}`);
+    expect(problem(await fetchUserData(late), 404).detail).toBe(NO_PAIRING);
   });
 
   it('unknown or malformed PINs → 404', async () => {
@@ -468,12 +479,10 @@ describe('soft delete and laptop pairing', () => {
     const db = new Database(dbFile, { readonly: true });
     const held = new Set(db.prepare<[], { pin: string }>('SELECT pin FROM pairings').all().map((r) => r.pin));
     db.close();
-    let unknown = '000000';
-    for (let n = 1; held.has(unknown); n++) unknown = String(n).padStart(6, '0');
-    expect(problem(await fetchUserData(unknown), 404).detail).toBe(`no pairing with PIN ${unknown}`);
-    expect(problem(await fetchUserData('abc'), 404).detail).toBe('no pairing "abc": a pairing PIN is 6 digits');
-    problem(await fetchUserData('1234567'), 404);
-    problem(await fetchUserData('12345'), 404);
+    let unknown = '0000-0000-0000';
+    for (let n = 1; held.has(unknown.replace(/-/g, '')); n++) unknown = `0000-0000-${String(n).padStart(4, '0')}`;
+    expect(problem(await fetchUserData(unknown), 404).detail).toBe(NO_PAIRING);
+    for (const bad of ['abc', '123456', '1234567', '0000-0000-000U', '0000-0000-00000']) expect(problem(await fetchUserData(bad), 404).detail).toBe(NO_PAIRING);
   });
 
   it(`after ${PIN_MISS_LIMIT} failed lookups in a minute a client gets 429 with Retry-After, even for a good PIN`, async () => {
@@ -490,7 +499,7 @@ describe('soft delete and laptop pairing', () => {
     tick(PIN_MISS_WINDOW_MS - 10_000);
     expect((await fetchUserData(good)).status).toBe(200);
     // Used and expired PINs count as misses too.
-    for (let i = 0; i < PIN_MISS_LIMIT; i++) problem(await fetchUserData(good), 410);
+    for (let i = 0; i < PIN_MISS_LIMIT; i++) problem(await fetchUserData(good), 404);
     problem(await fetchUserData(good), 429);
   });
 
@@ -517,8 +526,8 @@ describe('soft delete and laptop pairing', () => {
     gone(await request(paired).put(`/v1/contexts/${doomed.id}`).send(input));
     gone(await pairing(doomed.id));
     gone(await request(paired).delete(`/v1/contexts/${doomed.id}`)); // a second DELETE: 410 too
-    // A PIN issued before the delete no longer hands out the user-data.
-    gone(await fetchUserData(pinBefore));
+    // A PIN issued before the delete no longer hands out the user-data (the one answer of every failed lookup).
+    expect(problem(await fetchUserData(pinBefore), 404).detail).toBe(NO_PAIRING);
 
     const list = (await request(paired).get('/v1/contexts')).body as { items: ContextRecord[] };
     expect(list.items.map((c) => c.id)).not.toContain(doomed.id);
@@ -526,7 +535,11 @@ describe('soft delete and laptop pairing', () => {
     expect(store.listContextVersions(doomed.id)).toHaveLength(2);
 
     // Clusters pinned to a version can still render it.
-    expect(store.getContext(doomed.id, 1)).toEqual({ ...doomed, deletedAt });
+    const { context: storedContext, ...storedRecord } = store.getContext(doomed.id, 1)!;
+    const { context: answeredContext, ...answeredRecord } = doomed;
+    expect(storedRecord).toEqual({ ...answeredRecord, deletedAt });
+    // The answer showed passwordSet; the store keeps the hash the guests need.
+    expect(storedContext).toEqual({ ...answeredContext, users: [{ ...answeredContext.users[0], passwordSet: undefined, passwordHash: expect.stringMatching(/^\$6\$/) }] });
     expect(store.getContextSecrets(doomed.id, 1)).toEqual(input.secrets);
 
     problem(await request(paired).delete('/v1/contexts/ctx-000000000000'), 404);
@@ -537,6 +550,6 @@ describe('soft delete and laptop pairing', () => {
     const doc = (await request(paired).get('/openapi.json')).body as { paths: Record<string, Record<string, { responses: Record<string, unknown> }>> };
     expect(Object.keys(doc.paths['/v1/contexts/{id}'])).toEqual(expect.arrayContaining(['get', 'put', 'delete']));
     expect(Object.keys(doc.paths['/v1/contexts/{id}/pairings'].post.responses)).toEqual(expect.arrayContaining(['201', '404', '410']));
-    expect(Object.keys(doc.paths['/v1/pair/{pin}'].get.responses)).toEqual(expect.arrayContaining(['200', '404', '410', '429']));
+    expect(Object.keys(doc.paths['/v1/pair/{pin}'].get.responses).sort()).toEqual(['200', '404', '429']); // one 404 for every failed lookup, no 410
   });
 });

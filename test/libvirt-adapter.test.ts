@@ -6,7 +6,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { execFile } from 'node:child_process';
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync, readdirSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DomainState, Hypervisor } from '@unraid/libvirt';
@@ -76,6 +76,7 @@ describe('libvirt adapter on test:///default', () => {
     const created = await adapter.createInstance(s, s.tags.key);
     const iso = String(created.extra?.seedIso);
     expect(iso).toBe(path.join(peer.cloudConfig.storageDir, `${s.tags.key}-seed.iso`));
+    expect(statSync(iso).mode & 0o777).toBe(0o600); // user-data holds secrets and the token (issue 11)
     expect(await listIso(iso)).toEqual({
       label: 'config-2',
       files: ['meta-data', 'openstack/latest/meta_data.json', 'openstack/latest/user_data', 'user-data'],

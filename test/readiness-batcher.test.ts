@@ -111,6 +111,45 @@ describe('readiness batcher', () => {
     await expect(second).resolves.toBeUndefined();
   });
 
+  it('with isolate, a failed batch is sent again one report at a time, so each succeeds or fails on its own', async () => {
+    const sent: number[][] = [];
+    const poison = new RangeError('Maximum call stack size exceeded');
+    const gone = new Error('workflow gone');
+    const b = new Batcher<number>(
+      async (_k, items) => {
+        sent.push(items);
+        if (items.includes(13)) throw poison;
+        if (items.includes(404)) throw gone;
+      },
+      { maxDelayMs: 5 },
+      { isolate: (err) => err !== gone },
+    );
+    const [good1, bad, good2] = [b.submit('wf', 1), b.submit('wf', 13), b.submit('wf', 2)];
+    await expect(bad).rejects.toBe(poison);
+    await expect(good1).resolves.toBeUndefined();
+    await expect(good2).resolves.toBeUndefined();
+    expect(sent).toEqual([[1, 13, 2], [1], [13], [2]]); // in order, one in flight
+    // An error every report would meet (the workflow is gone) fails the batch at once.
+    sent.length = 0;
+    const all = [b.submit('wf', 404), b.submit('wf', 3)];
+    await expect(all[0]).rejects.toBe(gone);
+    await expect(all[1]).rejects.toBe(gone);
+    expect(sent).toEqual([[404, 3]]);
+  });
+
+  it('keeps a batch under maxBatchWeight (one heavy item still goes alone)', async () => {
+    const sent: number[][] = [];
+    const b = new Batcher<number>(
+      async (_k, items) => {
+        sent.push(items);
+      },
+      { maxDelayMs: 5, maxBatch: 100 },
+      { weigh: (n) => n, maxBatchWeight: 10 },
+    );
+    await Promise.all([4, 4, 4, 30, 1].map((n) => b.submit('wf', n)));
+    expect(sent).toEqual([[4, 4], [4], [30], [1]]);
+  });
+
   it('turns a synchronous throw of the sender into rejections', async () => {
     const b = new Batcher<number>(
       () => {

@@ -229,6 +229,39 @@ describe('pairings', () => {
     store.close();
   });
 
+  it('a lookup half names one live pairing; its budget-th charged miss uses it up; live pairings are counted per owner', () => {
+    const store = openSqliteStore(':memory:', { secretsKey: key });
+    const parsed = ContextInputSchema.parse({ name: 'p', repositories: ['alice.cern.ch'] });
+    const ctx = store.createContext({ name: 'p', context: hashContextPasswords(parsed), secrets: {} }, 'frank');
+    const other = store.createContext({ name: 'q', context: hashContextPasswords(parsed), secrets: {} }, 'grace');
+    const pair = (pin: string, createdAt = t0, contextId = ctx.id) =>
+      store.createPairing({ pin, lookup: pin.slice(0, 6), contextId, version: 1, createdAt, expiresAt: new Date(createdAt.getTime() + ttl) });
+    expect(pair('AAAAAA111111')).toMatchObject({ pin: 'AAAAAA111111' });
+    expect(pair('AAAAAA222222')).toBeUndefined(); // the lookup half is a live pairing's
+    expect(pair('BBBBBB111111')).toMatchObject({ pin: 'BBBBBB111111' });
+    expect(pair('CCCCCC111111', t0, other.id)).toBeDefined();
+    expect(store.livePairingExpiries('frank', after(1))).toEqual([after(ttl).toISOString(), after(ttl).toISOString()]);
+    expect(store.livePairingExpiries('grace', after(1))).toHaveLength(1);
+    expect(store.livePairingExpiries('frank', after(ttl))).toEqual([]);
+
+    expect(store.chargePairingMiss('ZZZZZZ', after(1), 3)).toBe(false);
+    expect(store.chargePairingMiss('AAAAAA', after(1), 3)).toBe(true);
+    expect(store.chargePairingMiss('AAAAAA', after(2), 3)).toBe(true);
+    expect(store.takePairing('BBBBBB111111', after(3))).toMatchObject({ status: 'ok' }); // others are not charged
+    expect(store.chargePairingMiss('AAAAAA', after(3), 3)).toBe(true); // the third: used up
+    expect(store.takePairing('AAAAAA111111', after(4))).toEqual({ status: 'used', usedAt: after(3).toISOString() });
+    expect(store.chargePairingMiss('AAAAAA', after(5), 3)).toBe(false);
+    expect(store.livePairingExpiries('frank', after(5))).toEqual([]);
+    // Used up, the lookup half is free again; a reissued PIN starts with a full budget.
+    expect(pair('AAAAAA333333', after(6))).toBeDefined();
+    expect(store.chargePairingMiss('AAAAAA', after(7), 2)).toBe(true);
+    expect(store.takePairing('AAAAAA333333', after(8))).toMatchObject({ status: 'ok' });
+    // A deleted context's pairings do not count against its owner.
+    store.deleteContext(other.id, after(9));
+    expect(store.livePairingExpiries('grace', after(10))).toEqual([]);
+    store.close();
+  });
+
   it('of two takes on one PIN, even through two connections to one file, exactly one is ok', () => {
     const file = path.join(dir, 'pairings', 'cloudgate.sqlite');
     const { store: one, pair } = setup(file);
@@ -318,6 +351,20 @@ describe('read model', () => {
     expect(store.listInstances(cid, { limit: 10 }).items[0]).toMatchObject({ ...full, state: 'FAILED', message: 'vanished from the cloud' });
     expect(store.cloudInstanceIds(cid, [`${cid}-workers-0`, `${cid}-workers-1`, `${cid}-workers-9`])).toEqual({ [`${cid}-workers-0`]: 'i-0123' });
     expect(store.cloudInstanceIds('other-cluster', [`${cid}-workers-0`])).toEqual({});
+    store.close();
+  });
+
+  it("tells where a phone-home's instance stands: its state, REMOVED below a later published ordinal, else unknown", () => {
+    const store = openSqliteStore(':memory:');
+    const id = (n: number) => `${cid}-workers-${n}`;
+    expect(store.instanceStanding(cid, 'workers', id(0), 0)).toBeUndefined();
+    expect(store.publishService(servicePublish('workers', 1, { upserts: [inst('workers', 0, 'READY'), inst('workers', 1), inst('workers', 2, 'FAILED')] }))).toBe(true);
+    expect(store.publishService(servicePublish('workers', 2, { removed: [id(1)] }))).toBe(true);
+    expect(store.instanceStanding(cid, 'workers', id(0), 0)).toBe('READY');
+    expect(store.instanceStanding(cid, 'workers', id(1), 1)).toBe('REMOVED');
+    expect(store.instanceStanding(cid, 'workers', id(2), 2)).toBe('FAILED');
+    expect(store.instanceStanding(cid, 'workers', id(3), 3)).toBeUndefined(); // may not be published yet
+    expect(store.instanceStanding(cid, 'proxy', `${cid}-proxy-0`, 0)).toBeUndefined();
     store.close();
   });
 

@@ -8,6 +8,7 @@ import { createServer } from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Connection } from '@temporalio/client';
+import { chmodPrivate } from '../store/private-files.js';
 import { SEARCH_ATTRIBUTES } from '../workflows/messages.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -65,6 +66,8 @@ export async function startDevServer(opts: DevServerOptions): Promise<DevServer>
     if (opts.uiCodecEndpoint) args.push('--ui-codec-endpoint', opts.uiCodecEndpoint);
   } else args.push('--headless');
   for (const sa of SEARCH_ATTRIBUTES) args.push('--search-attribute', `${sa.name}=Keyword`);
+  // Workflow histories live in this file: owner only (the server makes a missing one itself, so it is set once it answers).
+  chmodPrivate(opts.dbFile);
   const child = spawn(opts.executable ?? findTemporalCli(), args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';
   const onData = (b: Buffer) => {
@@ -83,6 +86,7 @@ export async function startDevServer(opts: DevServerOptions): Promise<DevServer>
       const conn = await Connection.connect({ address, connectTimeout: 1000 });
       await conn.workflowService.getSystemInfo({});
       await conn.close();
+      chmodPrivate(opts.dbFile);
       break;
     } catch (err) {
       if (Date.now() > deadline) {

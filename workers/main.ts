@@ -2,16 +2,16 @@
  * Worker process: `npm run worker` (and `npm start`, which runs it beside the API).
  * Reads the environment (README), runs until SIGINT/SIGTERM, then drains and exits.
  */
-import { mkdirSync } from 'node:fs';
 import { pino } from 'pino';
 import { Runtime, makeTelemetryFilterString } from '@temporalio/worker';
 import { configFromEnv } from '../model/config.js';
 import { SimRulesSchema } from '../clouds/sim.js';
+import { ensurePrivateDir } from '../store/private-files.js';
 import { startWorker } from './worker.js';
 
 const config = configFromEnv(process.env);
 const logger = pino({ level: config.logLevel, base: { proc: 'worker' } });
-mkdirSync(config.dataDir, { recursive: true });
+ensurePrivateDir(config.dataDir);
 type Level = 'trace' | 'debug' | 'info' | 'warn' | 'error';
 // The bundler's webpack report is build noise: keep it for debug.
 const emit = (level: Level, message: string, meta?: Record<string, unknown>) =>

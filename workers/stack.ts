@@ -5,17 +5,20 @@
  * Ctrl-C (or SIGTERM) stops everything; the next start finds its clusters still there.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createWriteStream, mkdirSync } from 'node:fs';
+import { createWriteStream } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Connection } from '@temporalio/client';
 import { startSimStratum1, type SimStratum1 } from '../clouds/sim-stratum1.js';
 import { configFromEnv, publicUrlOf, temporalUiUrlOf } from '../model/config.js';
+import { ensurePrivateDir } from '../store/private-files.js';
 import { ensureSearchAttributes, startDevServer, type DevServer } from './dev-server.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const config = configFromEnv(process.env);
-mkdirSync(config.dataDir, { recursive: true });
+// Everything this process and its children (API, worker, Temporal dev server) create is owner-only (issue 11).
+process.umask(0o077);
+ensurePrivateDir(config.dataDir);
 const say = (msg: string) => console.log(`[cloudgate] ${msg}`);
 
 let devServer: DevServer | undefined;
@@ -69,6 +72,8 @@ const startChild = (name: string, entry: string) => {
 startChild('worker', 'workers/main.ts');
 startChild('api', 'api/main.ts');
 say(`API        ${publicUrlOf(config)}  (OpenAPI: ${publicUrlOf(config)}/openapi.json)`);
+// The API process writes it on its first start (api/auth.ts); only its path is ever printed.
+say(`admin token in ${path.join(config.dataDir, 'admin-token')}  (curl -H "Authorization: Bearer $(cat ${path.join(config.dataDir, 'admin-token')})" …)`);
 say(`Temporal UI ${devServer?.uiUrl ?? temporalUiUrlOf(config)}  (payloads are encrypted: sign in at ${publicUrlOf(config)}/codec/session to read them, see docs/operations.md)`);
 say('Ctrl-C stops everything');
 

@@ -59,7 +59,7 @@ export async function startWorker(config: Config, opts: StartWorkerOptions = {})
       clouds,
       publicUrl: publicUrlOf(config),
       tokenSecret: loadTokenSecret(config),
-      tokenTtlSeconds: config.tokenTtlSeconds,
+      tokenMarginSeconds: config.tokenMarginSeconds,
       contexts: store,
       cvmfs: config.cvmfs,
       readModel: store,

@@ -26,6 +26,8 @@ export interface CreateInstancesInput {
    * secrets nor the per-instance tokens ever enter a workflow's history. Unset: phone-home only.
    */
   context?: { id: string; version: number };
+  /** The service's readiness timeout: the phone-home tokens live this long plus a margin. Unset in creates scheduled before it was sent. */
+  readinessTimeoutSeconds?: number;
   ids: string[];
 }
 

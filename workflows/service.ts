@@ -329,6 +329,7 @@ class ServiceRun {
               image: input.service.image,
               offering: input.service.offering,
               ...(input.context && { context: { id: input.context.id, version: input.context.version } }),
+              readinessTimeoutSeconds: input.service.readinessTimeoutSeconds,
               ids: batch.map((i) => i.id),
             },
           ],
