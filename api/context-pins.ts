@@ -28,11 +28,16 @@ const LONGEST_EXP = 9_999_999_999;
 
 type Lookup = { rec: ContextRecord } | { error: string };
 
+/** Whether the caller may use a context of this owner (someone else's reads as unknown). */
+export type MayUse = (owner: string | undefined) => boolean;
+
 /** The context version a service names (latest when it names none), or why it cannot be used. */
-function lookup(store: Store, id: string, version: number | undefined): Lookup {
+function lookup(store: Store, id: string, version: number | undefined, mayUse: MayUse): Lookup {
+  const latest = store.getContext(id);
+  if (!latest || !mayUse(latest.owner)) return { error: `no context "${id}"` };
   const rec = store.getContext(id, version);
   if (!rec) {
-    const known = version !== undefined && store.getContext(id) !== undefined;
+    const known = version !== undefined;
     return { error: known ? `context "${id}" has no version ${version}` : `no context "${id}"` };
   }
   if (rec.deletedAt) return { error: `context "${id}" was deleted (${rec.deletedAt}); name another context` };
@@ -40,10 +45,10 @@ function lookup(store: Store, id: string, version: number | undefined): Lookup {
 }
 
 /** At definition time: each `contextId` (and `contextVersion`) names a context that exists and is not deleted. */
-export function contextReferenceErrors(def: ClusterDefinition, store: Store): FieldError[] {
+export function contextReferenceErrors(def: ClusterDefinition, store: Store, mayUse: MayUse): FieldError[] {
   return def.services.flatMap((s, i) => {
     if (s.contextId === undefined) return [];
-    const found = lookup(store, s.contextId, s.contextVersion);
+    const found = lookup(store, s.contextId, s.contextVersion, mayUse);
     if ('rec' in found) return [];
     const field = found.error.includes('has no version') ? 'contextVersion' : 'contextId';
     return [{ field: `services[${i}].${field}`, pointer: `/services/${i}/${field}`, message: found.error }];
@@ -55,12 +60,12 @@ export function contextReferenceErrors(def: ClusterDefinition, store: Store): Fi
  * the definition was stored is an error naming the service (pointer `/definitionId`, the
  * request's own field).
  */
-export function pinContexts(def: ClusterDefinition, store: Store): { pins: Record<string, PinnedContext>; errors: FieldError[] } {
+export function pinContexts(def: ClusterDefinition, store: Store, mayUse: MayUse): { pins: Record<string, PinnedContext>; errors: FieldError[] } {
   const pins: Record<string, PinnedContext> = {};
   const errors: FieldError[] = [];
   for (const s of def.services) {
     if (s.contextId === undefined) continue;
-    const found = lookup(store, s.contextId, s.contextVersion);
+    const found = lookup(store, s.contextId, s.contextVersion, mayUse);
     if ('rec' in found) pins[s.name] = pinContext(found.rec.id, found.rec.version, found.rec.context);
     else errors.push({ field: 'definitionId', pointer: '/definitionId', message: `service "${s.name}": ${found.error}` });
   }

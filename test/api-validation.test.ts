@@ -9,7 +9,9 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { Client, Connection } from '@temporalio/client';
-import request, { type Response } from 'supertest';
+import supertest, { type Response } from 'supertest';
+import type { App } from 'supertest/types.js';
+import { asAdmin } from './api-auth.js';
 import { createApp, type ApiConfig, type CloudgateApp } from '../api/app.js';
 import { signToken } from '../model/token.js';
 import { openSqliteStore, type Store } from '../store/index.js';
@@ -22,6 +24,8 @@ let connection: Connection;
 let temporal: Client;
 let store: Store;
 let app: CloudgateApp;
+/** Every call as an admin: the API needs a bearer (api/auth.ts). */
+const request = (a: App) => asAdmin(a, store);
 const config: ApiConfig = {
   publicUrl: 'http://127.0.0.1:8080',
   temporalUiUrl: 'http://127.0.0.1:8233',
@@ -36,7 +40,7 @@ beforeAll(async () => {
   connection = await Connection.connect({ address: server.address });
   temporal = new Client({ connection, namespace: config.namespace });
   store = openSqliteStore(':memory:');
-  store.upsertCloud({ name: 'sim', kind: 'sim', offerings: [{ id: 'small', name: 'small', cpus: 1, memoryMiB: 2048, diskGiB: 20 }] });
+  store.upsertCloud({ name: 'sim', kind: 'sim', offerings: [{ id: 'small', name: 'small', cpus: 1, memoryMiB: 2048, diskGiB: 20 }], images: ['cernvm', 'cernvm4', 'i'] });
   app = createApp({ store, temporal, config, readinessBatching: { maxDelayMs: 5 } });
 });
 
@@ -187,7 +191,8 @@ describe('bad input gets a 4xx problem naming the field, and leaves nothing behi
       ['other instance', `Bearer ${signToken({ ...good, iid: 'c1-abcdef-workers-1' }, config.tokenSecret)}`, /another instance/],
     ];
     for (const [label, auth, why] of cases) {
-      const req = request(app).post(url);
+      // A public route: anonymous here, only the guest's own token counts.
+      const req = supertest(app).post(url);
       if (auth) void req.set('Authorization', auth);
       const res = await req.send(body);
       const p = problem(res, 401);
@@ -393,7 +398,7 @@ describe('service endpoints', () => {
     expect(withRefs.body.items[1]).toMatchObject({ name: 'zz-ec2', credentials: { secretAccessKey: 'file:/etc/cloudgate/aws-secret' } });
     store.deleteCloud('zz-ec2');
     const res = await request(app).get('/v1/clouds');
-    expect(res.body).toEqual({ items: [{ name: 'sim', kind: 'sim', offerings: [{ id: 'small', name: 'small', cpus: 1, memoryMiB: 2048, diskGiB: 20 }] }] });
+    expect(res.body).toEqual({ items: [{ name: 'sim', kind: 'sim', offerings: [{ id: 'small', name: 'small', cpus: 1, memoryMiB: 2048, diskGiB: 20 }], images: ['cernvm', 'cernvm4', 'i'] }] });
   });
 
   it('/openapi.json is an OpenAPI 3.1 document covering every route', async () => {
@@ -422,6 +427,12 @@ describe('service endpoints', () => {
         'GET /v1/contexts/{id}/versions',
         'GET /v1/contexts/{id}/preview',
         'DELETE /v1/contexts/{id}',
+        'POST /v1/tokens',
+        'GET /v1/tokens',
+        'DELETE /v1/tokens/{id}',
+        'PUT /v1/owners/{owner}/quota',
+        'GET /v1/owners/{owner}/quota',
+        'GET /v1/audit',
         'POST /v1/contexts/{id}/pairings',
         'GET /v1/pair/{pin}',
         'GET /v1/clouds',

@@ -240,8 +240,8 @@ describe('references and sizes checked at submission', () => {
     // Clouds of those kinds, as a worker would register them (the check needs only kind and offerings).
     const store = openSqliteStore(path.join(stack.dataDir, 'cloudgate.sqlite'));
     const offerings = [{ id: 'm', name: 'm', cpus: 4, memoryMiB: 8192, diskGiB: 100 }];
-    store.upsertCloud({ name: 'aws-test', kind: 'ec2', offerings });
-    store.upsertCloud({ name: 'cs-test', kind: 'cloudstack', offerings });
+    store.upsertCloud({ name: 'aws-test', kind: 'ec2', offerings, images: ['cernvm'] });
+    store.upsertCloud({ name: 'cs-test', kind: 'cloudstack', offerings, images: ['cernvm'] });
 
     const script = `#!/bin/sh\n${'echo padding-padding-padding-padding\n'.repeat(400)}`; // ~14.4 KB
     const mid = await createContext({ repositories: ['alice.cern.ch'], startupScript: script });

@@ -10,7 +10,9 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { Client, Connection } from '@temporalio/client';
-import request, { type Response } from 'supertest';
+import type { Response } from 'supertest';
+import type { App } from 'supertest/types.js';
+import { asAdmin } from './api-auth.js';
 import { createApp, type ApiConfig, type CloudgateApp } from '../api/app.js';
 import type { ClusterEvent, PublishClusterInput, PublishedInstance, PublishedService, PublishServiceInput } from '../model/read-model.js';
 import type { InstanceState } from '../model/status.js';
@@ -23,6 +25,8 @@ let connection: Connection;
 let temporal: Client;
 let store: Store;
 let app: CloudgateApp;
+/** Every call as an admin: the API needs a bearer (api/auth.ts). */
+const request = (a: App) => asAdmin(a, store);
 const config: ApiConfig = {
   publicUrl: 'http://127.0.0.1:8080',
   temporalUiUrl: 'http://127.0.0.1:8233',
@@ -40,7 +44,7 @@ beforeAll(async () => {
   connection = await Connection.connect({ address: server.address });
   temporal = new Client({ connection, namespace: config.namespace });
   store = openSqliteStore(path.join(dir, 'store', 'cloudgate.sqlite'));
-  store.upsertCloud({ name: 'sim', kind: 'sim', offerings: [{ id: 'small', name: 'small', ...offering }] });
+  store.upsertCloud({ name: 'sim', kind: 'sim', offerings: [{ id: 'small', name: 'small', ...offering }], images: ['cernvm', 'cernvm4'] });
   app = createApp({ store, temporal, config });
   const def = await request(app)
     .post('/v1/cluster-definitions')

@@ -37,6 +37,7 @@ import { failureReason } from './failures.js';
 import {
   CLUSTER_NOT_ACTIVE,
   SA_CLUSTER_ID,
+  SA_OWNER,
   SA_SERVICE,
   SA_STATE,
   SCALE_OUT_OF_BOUNDS,
@@ -243,6 +244,8 @@ class ClusterRun {
         { key: SA_CLUSTER_ID, value: clusterId },
         { key: SA_SERVICE, value: name },
         { key: SA_STATE, value: 'DEPLOYING' },
+        // The owner too, so an operator filters a user's services as well as their clusters.
+        ...(input.owner ? [{ key: SA_OWNER, value: input.owner }] : []),
       ],
     });
     summary.workflowId = workflowId;

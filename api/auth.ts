@@ -1,0 +1,209 @@
+/**
+ * Who is asking. Every route but a few public ones needs `Authorization: Bearer <token>`,
+ * where the token is either an API token cloudgate issued (`cg_…`, stored as a hash, see
+ * `POST /v1/tokens`) or an OIDC access token (a JWT) from the site's identity provider,
+ * verified with the keys its discovery document names (`jose`, keys cached and fetched
+ * again on an unknown `kid`). The answer is a {@link Principal}: an owner and a role.
+ *
+ * Ownership is answered in one place too: {@link canSee} — a user sees what they own, an
+ * admin sees everything; everything else is a 404, exactly as if it did not exist.
+ */
+import { randomBytes } from 'node:crypto';
+import { linkSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import type { NextFunction, Request, RequestHandler, Response } from 'express';
+import { createRemoteJWKSet, errors as joseErrors, jwtVerify, type JWTPayload } from 'jose';
+import type { Logger } from 'pino';
+import type { Config } from '../model/config.js';
+import type { Role, Store } from '../store/index.js';
+import { Problem } from './problem.js';
+import { OWNER_RE } from './schemas.js';
+
+/** Who a request comes from. */
+export interface Principal {
+  owner: string;
+  role: Role;
+  /** How they proved it: an API token (with its id) or an OIDC access token. */
+  via: 'token' | 'oidc';
+  tokenId?: string;
+}
+
+
+/** Routes anyone may call: health, the API description, a guest's phone-home (it has its own token) and a laptop's PIN. */
+const PUBLIC: { method: string; path: RegExp }[] = [
+  { method: 'GET', path: /^\/healthz$/ },
+  { method: 'GET', path: /^\/openapi\.json$/ },
+  { method: 'POST', path: /^\/v1\/instances\/[^/]+\/readiness$/ },
+  { method: 'GET', path: /^\/v1\/pair\/[^/]+$/ },
+];
+
+const CHALLENGE = 'Bearer realm="cloudgate"';
+
+/** 401 with the challenge RFC 6750 asks for; `invalid` marks a token that was sent but is no good. */
+export function unauthorized(detail: string, invalid = false): Problem {
+  return new Problem(401, 'Unauthorized', detail, {
+    slug: 'unauthorized',
+    headers: { 'WWW-Authenticate': invalid ? `${CHALLENGE}, error="invalid_token"` : CHALLENGE },
+  });
+}
+
+/** Verifies OIDC access tokens of one issuer. */
+export interface OidcVerifier {
+  verify(token: string): Promise<Omit<Principal, 'via'>>;
+}
+
+/** After fetching the JWKS, an unknown `kid` waits this long before the next fetch (a flood of bad tokens costs one fetch per pause). */
+export const JWKS_COOLDOWN_MS = 5_000;
+
+/** Asymmetric algorithms only: `none` and HMAC (a public key used as a shared secret) never verify. */
+const OIDC_ALGORITHMS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA'];
+
+/** The value at a dotted claim path (`realm_access.roles`), or undefined. */
+function claimAt(payload: JWTPayload, dotted: string): unknown {
+  let at: unknown = payload;
+  for (const key of dotted.split('.')) {
+    if (typeof at !== 'object' || at === null || !Object.hasOwn(at, key)) return undefined;
+    at = (at as Record<string, unknown>)[key];
+  }
+  return at;
+}
+
+/**
+ * A verifier for `config.auth`'s issuer. The discovery document is fetched on first use (so
+ * the API starts while the identity provider is down) and kept once it was read; the JWKS is
+ * jose's remote key set: cached, fetched again when a token names an unknown `kid`.
+ */
+export function createOidcVerifier(auth: Config['auth'], fetchImpl: typeof fetch = fetch): OidcVerifier | undefined {
+  const { oidcIssuer: issuer, oidcAudience: audience } = auth;
+  if (!issuer || !audience) return undefined;
+  let keys: Promise<ReturnType<typeof createRemoteJWKSet>> | undefined;
+  const discover = async () => {
+    const url = `${issuer.replace(/\/+$/, '')}/.well-known/openid-configuration`;
+    const res = await fetchImpl(url, { redirect: 'error', signal: AbortSignal.timeout(10_000) });
+    if (!res.ok) throw new Error(`${url} answered ${res.status}`);
+    const doc = (await res.json()) as { issuer?: unknown; jwks_uri?: unknown };
+    if (doc.issuer !== issuer) throw new Error(`${url} names issuer ${String(doc.issuer)}, not ${issuer}`);
+    if (typeof doc.jwks_uri !== 'string') throw new Error(`${url} has no jwks_uri`);
+    return createRemoteJWKSet(new URL(doc.jwks_uri), { timeoutDuration: 10_000, cooldownDuration: JWKS_COOLDOWN_MS, cacheMaxAge: 10 * 60_000 });
+  };
+  return {
+    async verify(token) {
+      keys ??= discover().catch((err: unknown) => {
+        keys = undefined; // try again on the next request
+        throw err;
+      });
+      const jwks = await keys;
+      const { payload } = await jwtVerify(token, jwks, { issuer, audience, algorithms: OIDC_ALGORITHMS, clockTolerance: 30 });
+      const named = claimAt(payload, auth.oidcOwnerClaim);
+      const owner = typeof named === 'string' && named !== '' ? named : payload.sub;
+      if (!owner || !OWNER_RE.test(owner)) throw new joseErrors.JWTClaimValidationFailed(`the token names no usable owner (${auth.oidcOwnerClaim} or sub)`, payload, auth.oidcOwnerClaim);
+      const admin = claimAt(payload, auth.oidcAdminClaim);
+      const isAdmin = Array.isArray(admin) ? admin.includes(auth.oidcAdminValue) : admin === auth.oidcAdminValue;
+      return { owner, role: isAdmin ? 'admin' : 'user' };
+    },
+  };
+}
+
+/** Why a JWT was refused, in words that help the caller and tell an attacker nothing new. */
+function jwtProblem(err: unknown): Problem {
+  if (err instanceof joseErrors.JWTExpired) return unauthorized('the access token has expired', true);
+  if (err instanceof joseErrors.JWTClaimValidationFailed) return unauthorized(`the access token was refused: ${err.message}`, true);
+  if (err instanceof joseErrors.JOSEError) return unauthorized('the access token could not be verified', true);
+  return new Problem(503, 'Service Unavailable', 'the identity provider could not be reached to verify the access token; try again', { slug: 'oidc-unavailable' });
+}
+
+/** The principal of a request that passed {@link authenticate}. */
+export function principalOf(res: Response): Principal {
+  const p = res.locals.principal as Principal | undefined;
+  if (!p) throw new Error('no principal: the route is not behind authenticate()');
+  return p;
+}
+
+/** A user sees what they own; an admin sees everything (records without an owner included). */
+export const canSee = (p: Principal, owner: string | undefined): boolean => p.role === 'admin' || (owner !== undefined && owner === p.owner);
+
+/**
+ * Which owner's records a list shows: one's own for a user (a `?owner=` naming someone else
+ * shows nothing of theirs), everything or the named owner's for an admin.
+ */
+export function listOwner(p: Principal, requested: string | undefined): { owner?: string; none?: true } {
+  if (p.role === 'admin') return requested === undefined ? {} : { owner: requested };
+  if (requested !== undefined && requested !== p.owner) return { none: true };
+  return { owner: p.owner };
+}
+
+/** Express middleware: sets `res.locals.principal`, or answers 401 (public routes and CORS preflights pass). */
+export function authenticate(deps: { store: Store; oidc?: OidcVerifier; now?: () => Date }): RequestHandler {
+  const { store, oidc } = deps;
+  const now = deps.now ?? (() => new Date());
+  return (req: Request, res: Response, next: NextFunction) => {
+    if (req.method === 'OPTIONS' || PUBLIC.some((r) => (r.method === req.method || (r.method === 'GET' && req.method === 'HEAD')) && r.path.test(req.path))) return next();
+    const header = req.headers.authorization;
+    if (!header) return next(unauthorized('this route needs Authorization: Bearer <token> (an API token or an OIDC access token)'));
+    const m = /^Bearer ([A-Za-z0-9._~+/-]+=*)$/i.exec(header);
+    if (!m) return next(unauthorized('the Authorization header must be "Bearer <token>"', true));
+    const token = m[1];
+    if (token.startsWith('cg_')) {
+      const rec = store.findApiToken(token);
+      if (!rec) return next(unauthorized('unknown API token', true));
+      if (rec.revokedAt) return next(unauthorized(`API token ${rec.id} was revoked at ${rec.revokedAt}`, true));
+      if (rec.expiresAt && rec.expiresAt <= now().toISOString()) return next(unauthorized(`API token ${rec.id} expired at ${rec.expiresAt}`, true));
+      res.locals.principal = { owner: rec.owner, role: rec.role, via: 'token', tokenId: rec.id } satisfies Principal;
+      return next();
+    }
+    if (!oidc || token.split('.').length !== 3) return next(unauthorized('unknown API token', true));
+    oidc.verify(token).then(
+      (who) => {
+        res.locals.principal = { ...who, via: 'oidc' } satisfies Principal;
+        next();
+      },
+      (err: unknown) => next(jwtProblem(err)),
+    );
+  };
+}
+
+/** Admin-only routes: a user gets 403 (the route exists for them, only not this power). */
+export const requireAdmin: RequestHandler = (_req, res, next) => {
+  if (principalOf(res).role !== 'admin') return next(new Problem(403, 'Forbidden', 'only an admin may do this', { slug: 'admin-only' }));
+  next();
+};
+
+/**
+ * `npm start`'s first admin: a token for owner `admin` written to `<dataDir>/admin-token`
+ * (mode 0600) on first start, and again if the store no longer honours the one in the file
+ * (a new store, or the token was revoked). Returns the file's path; the token itself is
+ * never logged.
+ */
+export function ensureAdminToken(store: Store, dataDir: string, logger?: Logger): string {
+  const file = path.join(dataDir, 'admin-token');
+  mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+  let current: string | undefined;
+  try {
+    current = readFileSync(file, 'utf8').trim();
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw new Error(`cannot read ${file}`, { cause: err });
+  }
+  const rec = current ? store.findApiToken(current) : undefined;
+  if (rec && !rec.revokedAt && rec.role === 'admin') return file;
+  const { record, token } = store.createApiToken({ owner: 'admin', role: 'admin' });
+  const tmp = `${file}.${process.pid}.${randomBytes(4).toString('hex')}`;
+  writeFileSync(tmp, `${token}\n`, { mode: 0o600, flag: 'wx' });
+  try {
+    if (current === undefined) {
+      // link fails if another process wrote the file meanwhile: theirs wins, ours is revoked.
+      try {
+        linkSync(tmp, file);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+        store.revokeApiToken(record.id);
+        return file;
+      }
+    } else {
+      renameSync(tmp, file);
+    }
+  } finally {
+    rmSync(tmp, { force: true });
+  }
+  logger?.info({ file, tokenId: record.id }, current === undefined ? 'created the first admin token' : 'replaced the admin token the store no longer honours');
+  return file;
+}

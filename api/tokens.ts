@@ -1,0 +1,47 @@
+/**
+ * `/v1/tokens`: API tokens. An admin issues them (`POST`, the value shown once); everyone
+ * lists and revokes their own, an admin anyone's. A token of someone else is a 404.
+ */
+import express, { type Router } from 'express';
+import type { ApiTokenRecord, Store } from '../store/index.js';
+import { canSee, listOwner, principalOf, requireAdmin } from './auth.js';
+import { notFound, parseOr422 } from './problem.js';
+import { bodyOf, param } from './request.js';
+import { CreateTokenRequestSchema, OwnerQuerySchema } from './schemas.js';
+
+const view = (r: ApiTokenRecord) => ({
+  id: r.id,
+  owner: r.owner,
+  role: r.role,
+  createdAt: r.createdAt,
+  ...(r.expiresAt && { expiresAt: r.expiresAt }),
+  ...(r.revokedAt && { revokedAt: r.revokedAt }),
+});
+
+export function tokenRoutes(deps: { store: Store; json: express.RequestHandler; now?: () => Date }): Router {
+  const { store, json } = deps;
+  const now = deps.now ?? (() => new Date());
+  const router = express.Router();
+
+  router.post('/v1/tokens', requireAdmin, json, (req, res) => {
+    const { owner, role, ttlSeconds } = parseOr422(CreateTokenRequestSchema, bodyOf(req));
+    const expiresAt = ttlSeconds === undefined ? undefined : new Date(now().getTime() + ttlSeconds * 1000);
+    const { record, token } = store.createApiToken({ owner, role, ...(expiresAt && { expiresAt }) });
+    res.status(201).location(`/v1/tokens/${record.id}`).set('Cache-Control', 'no-store').json({ ...view(record), token, expiresAt: record.expiresAt ?? null });
+  });
+
+  router.get('/v1/tokens', (req, res) => {
+    const scope = listOwner(principalOf(res), parseOr422(OwnerQuerySchema, req.query).owner);
+    res.json({ items: scope.none ? [] : store.listApiTokens(scope.owner).map(view) });
+  });
+
+  router.delete('/v1/tokens/:id', (req, res) => {
+    const id = param(req, 'id');
+    const rec = store.getApiToken(id);
+    if (!rec || !canSee(principalOf(res), rec.owner)) throw notFound(`no token "${id}"`);
+    store.revokeApiToken(id, now());
+    res.status(204).end();
+  });
+
+  return router;
+}
