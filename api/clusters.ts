@@ -22,6 +22,7 @@ import { smallestFit } from '../model/placement.js';
 import {
   DuplicateKeyError,
   InvalidCursorError,
+  QuotaExceededError,
   type CloudRecord,
   type ClusterDefinitionRecord,
   type ClusterRecord,
@@ -43,6 +44,9 @@ import {
   UNKNOWN_SERVICE,
   type ClusterInput,
 } from '../workflows/messages.js';
+import { canSee, listOwner, principalOf, type Principal } from './auth.js';
+import { claimOf, DEFAULT_QUOTA, quotaProblem, releaseEnded } from './quotas.js';
+import type { Quota } from '../model/config.js';
 import { conflict, invalid, notFound, parseOr422, unavailable, type FieldError, type Problem } from './problem.js';
 import { pinContexts, userDataMisfits } from './context-pins.js';
 import { bodyOf, param } from './request.js';
@@ -50,6 +54,7 @@ import {
   CreateClusterRequestSchema,
   IdempotencyKeySchema,
   InstancesQuerySchema,
+  OwnerQuerySchema,
   PageQuerySchema,
   ScaleRequestSchema,
   type ClusterDetail,
@@ -61,7 +66,7 @@ import { isWorkflowGone, QUERY_DEADLINE_MS, SIGNAL_DEADLINE_MS, temporalProblem,
 export interface ClusterRouteDeps {
   store: Store;
   temporal: Client;
-  config: { temporalUiUrl: string; namespace: string; taskQueue: string; publicUrl: string; tokenSecret: string };
+  config: { temporalUiUrl: string; namespace: string; taskQueue: string; publicUrl: string; tokenSecret: string; quota?: Quota };
   json: express.RequestHandler;
 }
 
@@ -147,6 +152,24 @@ function pageOr422<T>(list: () => Page<T>): Page<T> {
 export function clusterRoutes(deps: ClusterRouteDeps): Router {
   const { store, temporal, config, json } = deps;
   const router = express.Router();
+  const defaultQuota = config.quota ?? DEFAULT_QUOTA;
+
+  /**
+   * Scales of one cluster run one at a time in this process, so the quota reservation, the
+   * update and the reservation's settling (or undoing) after it are not interleaved with
+   * another scale of the same cluster.
+   */
+  const scaling = new Map<string, Promise<unknown>>();
+  async function oneAtATime<T>(key: string, f: () => Promise<T>): Promise<T> {
+    const run = (scaling.get(key) ?? Promise.resolve()).then(f, f);
+    const tail = run.catch(() => undefined);
+    scaling.set(key, tail);
+    try {
+      return await run;
+    } finally {
+      if (scaling.get(key) === tail) scaling.delete(key);
+    }
+  }
 
   const links = (id: string) => ({
     self: `/v1/clusters/${id}`,
@@ -177,9 +200,10 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
     workerSeenAt = Date.now();
   }
 
-  const clusterOr404 = (id: string): ClusterRecord => {
+  /** The cluster `id` if the caller may see it; someone else's is a 404 exactly like an unknown one. */
+  const clusterOr404 = (id: string, p: Principal): ClusterRecord => {
     const c = isName(id) ? store.getCluster(id) : undefined;
-    if (!c) throw notFound(`no cluster "${id}"`);
+    if (!c || !canSee(p, c.owner)) throw notFound(`no cluster "${id}"`);
     return c;
   };
 
@@ -238,7 +262,7 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
   const created = (c: ClusterRecord) => ({ id: c.id, name: c.name, state: 'PENDING' as const, links: links(c.id) });
 
   /** Answers a repeated create: same body → the same cluster (its workflow started if a crash left it unstarted). */
-  async function replay(existing: ClusterRecord, hash: string): Promise<ClusterRecord> {
+  async function replay(existing: ClusterRecord, hash: string, p: Principal): Promise<ClusterRecord> {
     if (existing.requestHash !== hash) {
       throw invalid([{ field: 'Idempotency-Key', message: 'this key was already used with a different request body' }]);
     }
@@ -246,7 +270,7 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
     if (def) {
       try {
         // Only reached when a crash left the row without its workflow: the versions pinned then still hold.
-        await startWorkflow(existing, def, existing.contexts ?? pinContexts(def.definition, store).pins);
+        await startWorkflow(existing, def, existing.contexts ?? pinContexts(def.definition, store, (owner) => canSee(p, owner)).pins);
       } catch (err) {
         if (!(err instanceof WorkflowExecutionAlreadyStartedError)) throw temporalProblem(err, 'could not start the cluster workflow');
       }
@@ -255,19 +279,24 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
   }
 
   router.post('/v1/clusters', json, async (req, res) => {
+    const p = principalOf(res);
+    const mayUse = (owner: string | undefined) => canSee(p, owner);
     const body = parseOr422(CreateClusterRequestSchema, bodyOf(req));
     const keyHeader = req.get('Idempotency-Key');
-    const key = keyHeader === undefined ? undefined : IdempotencyKeySchema.safeParse(keyHeader);
-    if (key && !key.success) throw invalid([{ field: 'Idempotency-Key', message: key.error.issues[0].message }]);
+    const parsedKey = keyHeader === undefined ? undefined : IdempotencyKeySchema.safeParse(keyHeader);
+    if (parsedKey && !parsedKey.success) throw invalid([{ field: 'Idempotency-Key', message: parsedKey.error.issues[0].message }]);
+    // Keys are the caller's own: two owners using the same key never meet (keys have no spaces).
+    const key = parsedKey && { data: `${p.owner} ${parsedKey.data}` };
     const hash = requestHash(body);
 
     if (key) {
       const existing = store.findClusterByIdempotencyKey(key.data);
-      if (existing) return void res.status(202).location(links(existing.id).self).json(created(await replay(existing, hash)));
+      if (existing) return void res.status(202).location(links(existing.id).self).json(created(await replay(existing, hash, p)));
     }
 
     const errors: FieldError[] = [];
-    const def = store.getDefinition(body.definitionId);
+    const stored = store.getDefinition(body.definitionId);
+    const def = stored && mayUse(stored.owner) ? stored : undefined;
     if (!def) errors.push({ field: 'definitionId', pointer: '/definitionId', message: `no cluster definition "${body.definitionId}"` });
     const cloud = store.getCloud(body.cloud);
     if (!cloud) {
@@ -275,7 +304,7 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
       errors.push({ field: 'cloud', pointer: '/cloud', message: `unknown cloud "${body.cloud}" (registered: ${known.join(', ') || 'none'})` });
     }
     if (def && cloud) errors.push(...offeringMisfits(def, cloud));
-    const pinned = def && pinContexts(def.definition, store);
+    const pinned = def && pinContexts(def.definition, store, mayUse);
     if (pinned) errors.push(...pinned.errors);
     if (def && cloud && pinned && pinned.errors.length === 0) errors.push(...userDataMisfits(def.definition, cloud, pinned.pins, store, config));
     // Only images the cloud's registry entry names (model/images.ts); nothing else reaches an adapter.
@@ -283,6 +312,9 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
     if (!def || !pinned || errors.length > 0) throw invalid(errors);
 
     const name = body.name ?? def.definition.name;
+    // Quota: FAILED clusters whose workflow ended stop counting; then check and reserve with the insert (one transaction).
+    await releaseEnded(store, temporal, p.owner);
+    const quota = { claim: claimOf(p.owner, def.definition), defaultQuota };
     let cluster: ClusterRecord | undefined;
     for (let attempt = 0; !cluster; attempt++) {
       try {
@@ -291,15 +323,17 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
           name,
           definitionId: def.id,
           cloud: body.cloud,
+          owner: p.owner,
           ...(Object.keys(pinned.pins).length > 0 && { contexts: pinned.pins }),
           ...(key && { idempotencyKey: key.data, requestHash: hash }),
-        });
+        }, quota);
       } catch (err) {
+        if (err instanceof QuotaExceededError) throw quotaProblem(err);
         if (!(err instanceof DuplicateKeyError) || attempt >= 3) throw err;
         if (err.field === 'idempotencyKey' && key) {
           // A concurrent request with the same key won the insert: answer as its retry.
           const winner = store.findClusterByIdempotencyKey(key.data);
-          if (winner) return void res.status(202).location(links(winner.id).self).json(created(await replay(winner, hash)));
+          if (winner) return void res.status(202).location(links(winner.id).self).json(created(await replay(winner, hash, p)));
         }
         // Otherwise an id collision (1 in 2·10⁹): draw another suffix.
       }
@@ -315,8 +349,9 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
   });
 
   /** Each cluster's state from the read model; only clusters that have published none cost a describe. */
-  router.get('/v1/clusters', async (_req, res) => {
-    const rows = store.listClusters();
+  router.get('/v1/clusters', async (req, res) => {
+    const scope = listOwner(principalOf(res), parseOr422(OwnerQuerySchema, req.query).owner);
+    const rows = scope.none ? [] : store.listClusters().filter((c) => scope.owner === undefined || c.owner === scope.owner);
     const items = await Promise.all(
       rows.map(async (c) => {
         const state = store.getClusterView(c.id)?.state ?? (await workflowState(c.id)).state;
@@ -335,7 +370,7 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
    * `seq` 0, no `observedAt` and no ETag.
    */
   router.get('/v1/clusters/:id', async (req, res) => {
-    const c = clusterOr404(param(req, 'id'));
+    const c = clusterOr404(param(req, 'id'), principalOf(res));
     const view = store.getClusterView(c.id);
     const serviceViews = store.getServiceViews(c.id);
     const fixed = {
@@ -377,7 +412,7 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
 
   /** The cluster's published instances, by service then ordinal, a page at a time. */
   router.get('/v1/clusters/:id/instances', (req, res) => {
-    const c = clusterOr404(param(req, 'id'));
+    const c = clusterOr404(param(req, 'id'), principalOf(res));
     const { service, state, cursor, limit } = parseOr422(InstancesQuerySchema, req.query);
     if (service !== undefined) serviceOr404(c, service);
     res.set('Cache-Control', 'no-cache').json(pageOr422(() => store.listInstances(c.id, { service, state, cursor, limit })));
@@ -385,13 +420,13 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
 
   /** What happened to the cluster, oldest first, a page at a time. */
   router.get('/v1/clusters/:id/events', (req, res) => {
-    const c = clusterOr404(param(req, 'id'));
+    const c = clusterOr404(param(req, 'id'), principalOf(res));
     const { cursor, limit } = parseOr422(PageQuerySchema, req.query);
     res.set('Cache-Control', 'no-cache').json(pageOr422(() => store.listEvents(c.id, { cursor, limit })));
   });
 
   router.post('/v1/clusters/:id/services/:service/scale', json, async (req, res) => {
-    const c = clusterOr404(param(req, 'id'));
+    const c = clusterOr404(param(req, 'id'), principalOf(res));
     const service = param(req, 'service');
     const s = serviceOr404(c, service);
     const { instances } = parseOr422(ScaleRequestSchema, bodyOf(req));
@@ -399,18 +434,41 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
     if (instances < s.min) throw invalid([{ field: 'instances', pointer: '/instances', message: `must be at least the service's min (${s.min})` }]);
     if (instances > max) throw invalid([{ field: 'instances', pointer: '/instances', message: `must be at most the service's max (${max})` }]);
     await requireWorker();
-    try {
-      const result = await temporal.withDeadline(Date.now() + UPDATE_DEADLINE_MS, () =>
-        temporal.workflow.getHandle(clusterWorkflowId(c.id)).executeUpdate(scaleUpdate, { args: [{ service, instances }] }),
-      );
+    await oneAtATime(c.id, async () => {
+      // Quota: a scale-up reserves its room (checked) before the update and gives it back if the update fails;
+      // a scale-down frees its room once accepted. Clusters without an owner (from before owners) are not counted.
+      let reserved: { previous: number } | undefined;
+      if (c.owner) {
+        await releaseEnded(store, temporal, c.owner);
+        const def = store.getDefinition(c.definitionId);
+        const published = new Map(store.getServiceViews(c.id).map((v) => [v.service, v.summary.desired]));
+        try {
+          reserved = store.reserveScale(c.id, service, instances, {
+            defaultQuota,
+            growOnly: true,
+            ...(def && { seed: claimOf(c.owner, def.definition, (name) => published.get(name)) }),
+          });
+        } catch (err) {
+          if (err instanceof QuotaExceededError) throw quotaProblem(err);
+          throw err;
+        }
+      }
+      let result: { service: string; desired: number };
+      try {
+        result = await temporal.withDeadline(Date.now() + UPDATE_DEADLINE_MS, () =>
+          temporal.workflow.getHandle(clusterWorkflowId(c.id)).executeUpdate(scaleUpdate, { args: [{ service, instances }] }),
+        );
+      } catch (err) {
+        if (reserved && instances > reserved.previous) store.reserveScale(c.id, service, reserved.previous, { onlyIf: instances });
+        throw scaleProblem(err, c.id);
+      }
+      if (reserved) store.reserveScale(c.id, service, result.desired);
       res.json({ service: result.service, desired: result.desired });
-    } catch (err) {
-      throw scaleProblem(err, c.id);
-    }
+    });
   });
 
   router.delete('/v1/clusters/:id', async (req, res) => {
-    const c = clusterOr404(param(req, 'id'));
+    const c = clusterOr404(param(req, 'id'), principalOf(res));
     const handle = temporal.workflow.getHandle(clusterWorkflowId(c.id));
     try {
       await temporal.withDeadline(Date.now() + SIGNAL_DEADLINE_MS, () => handle.signal(teardownSignal, { reason: 'requested via the API' }));

@@ -4,7 +4,7 @@
  * and talk to the API over HTTP like a user does.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { pino } from 'pino';
 import { stringify as stringifyYaml } from 'yaml';
 import os from 'node:os';
@@ -58,13 +58,19 @@ export interface StackOptions {
    * (`CLOUDGATE_CVMFS_ALLOWED_HOSTS`); the hosts of `cvmfsServers` are always added.
    */
   cvmfsAllowedHosts?: string[];
+  /** Who may call the API: an OIDC issuer and its claims (`config.auth`). */
+  auth?: Partial<Config['auth']>;
   /** Write the worker process's and the API's logs (info level) to worker.log and api.log in the data folder. */
   captureLogs?: boolean;
+  /** The site-wide default quota (`config.quota`); default the config's. */
+  quota?: Config['quota'];
 }
 
 export interface Stack {
   config: Config;
   dataDir: string;
+  /** The API's first admin token (`<dataDir>/admin-token`); {@link Stack.http} sends it unless told otherwise. */
+  adminToken: string;
   temporal: DevServer;
   client: Client;
   /** The payload codec of the client and the worker (replay needs it to read recorded histories). */
@@ -78,6 +84,7 @@ export interface Stack {
   killWorker(): Promise<void>;
   /** Stop and start the Temporal dev server on the same SQLite file. */
   restartTemporal(): Promise<void>;
+  /** Calls the API as the admin, or with the `Authorization` header given (`''`: none). */
   http<T = any>(method: string, url: string, body?: unknown, headers?: Record<string, string>): Promise<{ status: number; body: T; headers: Headers }>;
   /** Stops everything; the data folder is removed unless `keepDataDir`. */
   stop(opts?: { keepDataDir?: boolean }): Promise<void>;
@@ -107,6 +114,8 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
       // The test stratum-1s listen on 127.0.0.1, which the address policy refuses unless allowed.
       allowedHosts: [...(opts.cvmfsServers ?? []).map((u) => new URL(u.replace(/@fqrn@|@org@/g, 'x')).host), ...(opts.cvmfsAllowedHosts ?? [])],
     },
+    ...(opts.auth && { auth: opts.auth }),
+    ...(opts.quota && { quota: opts.quota }),
   });
   const connection = await Connection.connect({ address: temporal.address });
   // The same payload keys as the API and the worker (<dataDir>/payload-keys), so the client reads what they wrote.
@@ -121,6 +130,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
   const stack: Stack = {
     config,
     dataDir,
+    adminToken: readFileSync(api.adminTokenFile, 'utf8').trim(),
     temporal,
     client,
     dataConverter,
@@ -172,9 +182,17 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
       stack.temporal = temporal;
     },
     async http(method, url, body, headers = {}) {
+      // As the admin unless the caller sends its own Authorization ('' sends none: anonymous).
+      const auth = Object.entries(headers).find(([k]) => k.toLowerCase() === 'authorization');
+      const sent = { ...headers };
+      if (auth?.[1] === '') delete sent[auth[0]];
       const res = await fetch(`${api.url}${url}`, {
         method,
-        headers: { ...(body !== undefined ? { 'content-type': 'application/json' } : {}), ...headers },
+        headers: {
+          ...(body !== undefined ? { 'content-type': 'application/json' } : {}),
+          ...(auth ? {} : { authorization: `Bearer ${stack.adminToken}` }),
+          ...sent,
+        },
         body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
       });
       const text = await res.text();

@@ -1,0 +1,103 @@
+/**
+ * The audit trail: one structured log line (`audit: true`) per state-changing request
+ * (POST, PUT, PATCH, DELETE) — who (owner, role, token id), the matched route *pattern*,
+ * the target resource id and the status code — and, for authenticated callers, the same as a
+ * row in the store's append-only `audit_log`, listed by `GET /v1/audit` (admins only).
+ *
+ * Nothing secret goes in: no bodies, no headers, no token values, no raw paths (a route
+ * pattern never holds a value; the target is only ever an `:id` or `:owner` path value, or
+ * the id in a creation's `Location`, never a pairing PIN). Guests' phone-home reports
+ * (`POST /v1/instances/:instanceId/readiness`) are not audited: they are not a user's
+ * action, carry their own token and arrive by the thousand; the cluster's events record them.
+ * Requests refused before authentication (401) are logged without an owner but not stored,
+ * so an anonymous caller cannot grow the table.
+ */
+import express, { type Request, type RequestHandler, type Router } from 'express';
+import type { Logger } from 'pino';
+import type { Store } from '../store/index.js';
+import { requireAdmin, type Principal } from './auth.js';
+import { InvalidCursorError } from '../store/index.js';
+import { invalid, parseOr422 } from './problem.js';
+import { AuditQuerySchema } from './schemas.js';
+
+const STATE_CHANGING = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
+const PHONE_HOME = /^\/v1\/instances\/[^/]+\/readiness$/;
+/** Path parameters that name the request's resource, in order of preference; never `:pin`. */
+const TARGET_PARAMS = ['id', 'owner'];
+/** Creations whose `Location` names the new resource's id. */
+const CREATED = /^\/v1\/(?:clusters|cluster-definitions|contexts|tokens)\/([A-Za-z0-9._@-]{1,200})$/;
+const MAX_TARGET = 200;
+
+/** The matched route pattern (`/v1/clusters/:id`), if routing got that far. */
+function patternOf(req: Request): string | undefined {
+  const path: unknown = (req.route as { path?: unknown } | undefined)?.path;
+  return typeof path === 'string' ? `${req.baseUrl}${path}` : undefined;
+}
+
+/**
+ * The resource a request was about: a target parameter of the matched pattern, read from the
+ * path by position (Express clears `req.params` when a handler throws), else the id in the
+ * `Location` of a creation.
+ */
+function targetOf(req: Request, pattern: string | undefined, location: string | undefined): string | undefined {
+  if (pattern !== undefined) {
+    const names = pattern.split('/');
+    const values = req.path.split('/');
+    for (const name of TARGET_PARAMS) {
+      const i = names.indexOf(`:${name}`);
+      if (i < 0 || names.length !== values.length) continue;
+      try {
+        return decodeURIComponent(values[i]).slice(0, MAX_TARGET);
+      } catch {
+        return undefined; // a malformed escape: the request never reached a handler
+      }
+    }
+  }
+  return location === undefined ? undefined : CREATED.exec(location)?.[1];
+}
+
+/** Express middleware (mounted ahead of authentication): writes the audit line and record when the answer is sent. */
+export function auditTrail(deps: { store: Store; logger: Logger }): RequestHandler {
+  const { store, logger } = deps;
+  return (req, res, next) => {
+    if (!STATE_CHANGING.has(req.method) || PHONE_HOME.test(req.path)) return next();
+    res.on('finish', () => {
+      const p = res.locals.principal as Principal | undefined;
+      const pattern = patternOf(req);
+      const location = res.getHeader('Location');
+      const target = targetOf(req, pattern, typeof location === 'string' ? location : undefined);
+      const rec = {
+        at: new Date().toISOString(),
+        route: `${req.method} ${pattern ?? '(no route)'}`,
+        ...(target !== undefined && { target }),
+        result: res.statusCode,
+      };
+      logger.info({ audit: true, owner: p?.owner, role: p?.role, tokenId: p?.tokenId, ...rec }, 'audit');
+      if (!p) return;
+      try {
+        store.appendAudit({ ...rec, owner: p.owner, role: p.role, ...(p.tokenId !== undefined && { tokenId: p.tokenId }) });
+      } catch (err) {
+        logger.error({ err, route: rec.route }, 'could not store an audit record');
+      }
+    });
+    next();
+  };
+}
+
+/** `GET /v1/audit`: admins only; newest first, a page at a time, filtered by owner, target and time. */
+export function auditRoutes(deps: { store: Store }): Router {
+  const { store } = deps;
+  const router = express.Router();
+  router.get('/v1/audit', requireAdmin, (req, res) => {
+    const query = parseOr422(AuditQuerySchema, req.query);
+    try {
+      res.set('Cache-Control', 'no-store').json(store.listAudit(query));
+    } catch (err) {
+      if (err instanceof InvalidCursorError) {
+        throw invalid([{ field: 'cursor', pointer: '/cursor', message: 'is not a cursor of this list; pass the `next` of a previous page' }]);
+      }
+      throw err;
+    }
+  });
+  return router;
+}
