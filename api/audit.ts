@@ -17,8 +17,9 @@ import type { Logger } from 'pino';
 import type { Store } from '../store/index.js';
 import { requireAdmin, type Principal } from './auth.js';
 import { InvalidCursorError } from '../store/index.js';
-import { invalid, parseOr422 } from './problem.js';
+import { invalid } from './problem.js';
 import { AuditQuerySchema } from './schemas.js';
+import { queryOf } from './paging.js';
 
 const STATE_CHANGING = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
 const PHONE_HOME = /^\/v1\/instances\/[^/]+\/readiness$/;
@@ -89,7 +90,7 @@ export function auditRoutes(deps: { store: Store }): Router {
   const { store } = deps;
   const router = express.Router();
   router.get('/v1/audit', requireAdmin, (req, res) => {
-    const query = parseOr422(AuditQuerySchema, req.query);
+    const query = queryOf(req, AuditQuerySchema);
     try {
       res.set('Cache-Control', 'no-store').json(store.listAudit(query));
     } catch (err) {

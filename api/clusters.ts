@@ -45,6 +45,7 @@ import {
   type ClusterInput,
 } from '../workflows/messages.js';
 import { canSee, listOwner, principalOf, type Principal } from './auth.js';
+import { NoQuerySchema, pageOf, queryOf } from './paging.js';
 import { claimOf, DEFAULT_QUOTA, quotaProblem, releaseEnded } from './quotas.js';
 import type { Quota } from '../model/config.js';
 import { conflict, invalid, notFound, parseOr422, unavailable, type FieldError, type Problem } from './problem.js';
@@ -54,7 +55,7 @@ import {
   CreateClusterRequestSchema,
   IdempotencyKeySchema,
   InstancesQuerySchema,
-  OwnerQuerySchema,
+  ClusterListQuerySchema,
   PageQuerySchema,
   ScaleRequestSchema,
   type ClusterDetail,
@@ -279,6 +280,7 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
   }
 
   router.post('/v1/clusters', json, async (req, res) => {
+    queryOf(req, NoQuerySchema);
     const p = principalOf(res);
     const mayUse = (owner: string | undefined) => canSee(p, owner);
     const body = parseOr422(CreateClusterRequestSchema, bodyOf(req));
@@ -296,7 +298,7 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
 
     const errors: FieldError[] = [];
     const stored = store.getDefinition(body.definitionId);
-    const def = stored && mayUse(stored.owner) ? stored : undefined;
+    const def = stored && !stored.deletedAt && mayUse(stored.owner) ? stored : undefined;
     if (!def) errors.push({ field: 'definitionId', pointer: '/definitionId', message: `no cluster definition "${body.definitionId}"` });
     const cloud = store.getCloud(body.cloud);
     if (!cloud) {
@@ -349,16 +351,40 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
   });
 
   /** Each cluster's state from the read model; only clusters that have published none cost a describe. */
+  /** One's clusters (an admin's: everyone's, or one owner's), a page at a time; TERMINATED ones only when `?state=TERMINATED` asks. */
   router.get('/v1/clusters', async (req, res) => {
-    const scope = listOwner(principalOf(res), parseOr422(OwnerQuerySchema, req.query).owner);
+    const { owner, state: wanted, cursor, limit } = queryOf(req, ClusterListQuerySchema);
+    const scope = listOwner(principalOf(res), owner);
     const rows = scope.none ? [] : store.listClusters().filter((c) => scope.owner === undefined || c.owner === scope.owner);
     const items = await Promise.all(
       rows.map(async (c) => {
         const state = store.getClusterView(c.id)?.state ?? (await workflowState(c.id)).state;
-        return { id: c.id, name: c.name, definitionId: c.definitionId, cloud: c.cloud, state, createdAt: c.createdAt };
+        return { id: c.id, name: c.name, definitionId: c.definitionId, cloud: c.cloud, ...(c.owner && { owner: c.owner }), state, createdAt: c.createdAt };
       }),
     );
-    res.json({ items });
+    const shown = items.filter((c) => (wanted === undefined ? c.state !== 'TERMINATED' : c.state === wanted));
+    res.json(pageOf(shown, { cursor, limit }));
+  });
+
+  /** One service of the cluster as its workflows last published it (before any publish: WAITING with its minimum). */
+  router.get('/v1/clusters/:id/services/:service', (req, res) => {
+    queryOf(req, NoQuerySchema);
+    const c = clusterOr404(param(req, 'id'), principalOf(res));
+    const spec = serviceOr404(c, param(req, 'service'));
+    const views = store.getServiceViews(c.id);
+    const summary = mergeServices(store.getClusterView(c.id), views).find((s) => s.name === spec.name) ?? {
+      name: spec.name,
+      state: 'WAITING' as const,
+      desired: spec.min,
+      ready: 0,
+      replacements: 0,
+    };
+    const observedAt = views.find((v) => v.service === spec.name)?.observedAt;
+    res.set('Cache-Control', 'no-cache').json({
+      ...summary,
+      ...(observedAt && { observedAt }),
+      links: { cluster: `/v1/clusters/${c.id}`, instances: `/v1/clusters/${c.id}/instances?service=${encodeURIComponent(spec.name)}` },
+    });
   });
 
   /**
@@ -370,6 +396,7 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
    * `seq` 0, no `observedAt` and no ETag.
    */
   router.get('/v1/clusters/:id', async (req, res) => {
+    queryOf(req, NoQuerySchema);
     const c = clusterOr404(param(req, 'id'), principalOf(res));
     const view = store.getClusterView(c.id);
     const serviceViews = store.getServiceViews(c.id);
@@ -413,7 +440,7 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
   /** The cluster's published instances, by service then ordinal, a page at a time. */
   router.get('/v1/clusters/:id/instances', (req, res) => {
     const c = clusterOr404(param(req, 'id'), principalOf(res));
-    const { service, state, cursor, limit } = parseOr422(InstancesQuerySchema, req.query);
+    const { service, state, cursor, limit } = queryOf(req, InstancesQuerySchema);
     if (service !== undefined) serviceOr404(c, service);
     res.set('Cache-Control', 'no-cache').json(pageOr422(() => store.listInstances(c.id, { service, state, cursor, limit })));
   });
@@ -421,11 +448,12 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
   /** What happened to the cluster, oldest first, a page at a time. */
   router.get('/v1/clusters/:id/events', (req, res) => {
     const c = clusterOr404(param(req, 'id'), principalOf(res));
-    const { cursor, limit } = parseOr422(PageQuerySchema, req.query);
+    const { cursor, limit } = queryOf(req, PageQuerySchema);
     res.set('Cache-Control', 'no-cache').json(pageOr422(() => store.listEvents(c.id, { cursor, limit })));
   });
 
   router.post('/v1/clusters/:id/services/:service/scale', json, async (req, res) => {
+    queryOf(req, NoQuerySchema);
     const c = clusterOr404(param(req, 'id'), principalOf(res));
     const service = param(req, 'service');
     const s = serviceOr404(c, service);
@@ -468,6 +496,7 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
   });
 
   router.delete('/v1/clusters/:id', async (req, res) => {
+    queryOf(req, NoQuerySchema);
     const c = clusterOr404(param(req, 'id'), principalOf(res));
     const handle = temporal.workflow.getHandle(clusterWorkflowId(c.id));
     try {

@@ -14,7 +14,8 @@ import { MASK, multipartUserData, phoneHomeUrl, renderContextParts, renderContex
 import type { ContextRecord, ContextVersionInput, PairingRecord, Store } from '../store/index.js';
 import { invalid, notFound, parseOr422, Problem, unavailable, zodFieldErrors } from './problem.js';
 import { bodyOf, param } from './request.js';
-import { ContextPreviewQuerySchema, ContextVersionQuerySchema, OwnerQuerySchema, PairingRequestSchema, type PublicContext } from './schemas.js';
+import { NoQuerySchema, pageOf, queryOf } from './paging.js';
+import { ContextPreviewQuerySchema, ContextVersionQuerySchema, ListQuerySchema, PageQuerySchema, PairingRequestSchema, type PublicContext } from './schemas.js';
 
 /** What the context routes use; `json` is the app's body parser (limit and error mapping). */
 export interface ContextRouteDeps {
@@ -223,28 +224,29 @@ export function contextRoutes(deps: ContextRouteDeps): Router {
     return rec;
   };
 
-  /** The record `:id` (and `?version=n`) names, else 404 (410 if deleted). */
-  const recordOf = (req: Request, res: Response): ContextRecord => {
-    const id = param(req, 'id');
-    const { version } = parseOr422(ContextVersionQuerySchema, req.query);
-    return liveVersion(id, res, version);
-  };
+  /** The record `:id` and `version` (from `?version=n`) name, else 404 (410 if deleted). */
+  const recordOf = (req: Request, res: Response, version: number | undefined): ContextRecord => liveVersion(param(req, 'id'), res, version);
 
   router.post('/v1/contexts', json, (req, res) => {
+    queryOf(req, NoQuerySchema);
     const rec = store.createContext(toVersion(req), principalOf(res).owner);
     res.status(201).location(`/v1/contexts/${rec.id}`).json(view(rec));
   });
 
   router.get('/v1/contexts', (req, res) => {
-    const scope = listOwner(principalOf(res), parseOr422(OwnerQuerySchema, req.query).owner);
-    res.json({ items: scope.none ? [] : store.listContexts().filter((c) => scope.owner === undefined || c.owner === scope.owner).map(view) });
+    const { owner, cursor, limit } = queryOf(req, ListQuerySchema);
+    const scope = listOwner(principalOf(res), owner);
+    const mine = scope.none ? [] : store.listContexts().filter((c) => scope.owner === undefined || c.owner === scope.owner);
+    const page = pageOf(mine, { cursor, limit });
+    res.json({ ...page, items: page.items.map(view) });
   });
 
   router.get('/v1/contexts/:id', (req, res) => {
-    res.json(view(recordOf(req, res)));
+    res.json(view(recordOf(req, res, queryOf(req, ContextVersionQuerySchema).version)));
   });
 
   router.put('/v1/contexts/:id', json, (req, res) => {
+    queryOf(req, NoQuerySchema);
     const id = param(req, 'id');
     const latest = liveContext(id, res);
     const rec = store.updateContext(id, toVersion(req, latest));
@@ -257,22 +259,26 @@ export function contextRoutes(deps: ContextRouteDeps): Router {
   });
 
   router.get('/v1/contexts/:id/versions', (req, res) => {
+    const { cursor, limit } = queryOf(req, PageQuerySchema);
     const id = param(req, 'id');
     const versions = CONTEXT_ID_RE.test(id) ? store.listContextVersions(id) : [];
     if (!versions.length || !canSee(principalOf(res), versions[0].owner)) throw notFound(`no context "${id}"`);
     if (versions[0].deletedAt) throw gone(versions[0]);
-    res.json({ items: versions.map(view) });
+    // Versions share the context's id: their number is the tie-break of the page order.
+    const page = pageOf(versions.map((v) => ({ v, createdAt: v.createdAt, id: String(v.version).padStart(9, '0') })), { cursor, limit });
+    res.json({ ...page, items: page.items.map((x) => view(x.v)) });
   });
 
   router.get('/v1/contexts/:id/preview', (req, res) => {
-    const { agent } = parseOr422(ContextPreviewQuerySchema, req.query);
-    const rec = recordOf(req, res);
+    const { agent, version } = queryOf(req, ContextPreviewQuerySchema);
+    const rec = recordOf(req, res, version);
     res.type('text/plain; charset=utf-8').send(renderPreview(rec.context, config.publicUrl, agent));
   });
 
   // Soft delete: versions and secrets stay for clusters pinned to them. A second DELETE is a
   // 410 like every other route on a deleted context (a retrying client can take 410 as done).
   router.delete('/v1/contexts/:id', (req, res) => {
+    queryOf(req, NoQuerySchema);
     const id = param(req, 'id');
     liveContext(id, res);
     if (!store.deleteContext(id, now())) liveContext(id, res); // lost a race with another DELETE: 410
@@ -280,6 +286,7 @@ export function contextRoutes(deps: ContextRouteDeps): Router {
   });
 
   router.post('/v1/contexts/:id/pairings', json, (req, res) => {
+    queryOf(req, NoQuerySchema);
     const id = param(req, 'id');
     // The body is optional: no body at all means the latest version.
     const empty = req.body === undefined && req.headers['transfer-encoding'] === undefined && Number(req.headers['content-length'] ?? 0) === 0;

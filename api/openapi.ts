@@ -75,6 +75,16 @@ export function openApiDocument(serverUrl: string): Doc {
   const common = { 400: problem('Malformed JSON'), 413: problem('Body too large'), 415: problem('Body is not JSON'), 422: problem('Validation failed') };
   const clusterId = z.object({ id: openapi(z.string(), { description: 'Cluster id', example: 't3-box-k2x9qa' }) });
   const unavailable = problem('Temporal or the worker is not reachable');
+  const limitQuery = openapi(z.string().regex(/^[0-9]+$/).optional(), {
+    description: `Items per page, 1 to ${S.PAGE_LIMIT_MAX}; default ${S.PAGE_LIMIT_DEFAULT}`,
+  });
+  const cursorQuery = openapi(z.string().optional(), { description: 'The `next` of the previous page (opaque)' });
+  /** The query of the list routes: a page, and (admins) one owner's items. */
+  const listQuery = z.object({
+    owner: openapi(z.string().optional(), { description: "Admins: only this owner's items (a user sees only their own anyway)" }),
+    cursor: cursorQuery,
+    limit: limitQuery,
+  });
 
   r.registerPath({
     method: 'post',
@@ -86,8 +96,16 @@ export function openApiDocument(serverUrl: string): Doc {
   r.registerPath({
     method: 'get',
     path: '/v1/cluster-definitions',
-    summary: 'List cluster definitions',
-    responses: { 200: json(S.listOf(DefinitionRecord), 'All definitions, oldest first') },
+    summary: 'List cluster definitions (one\'s own; an admin: all), a page at a time',
+    request: { query: listQuery },
+    responses: { 200: json(S.pageOf(DefinitionRecord), 'Definitions, oldest first'), 422: problem('Unknown query parameter, bad limit or cursor') },
+  });
+  r.registerPath({
+    method: 'delete',
+    path: '/v1/cluster-definitions/{id}',
+    summary: 'Delete a cluster definition (soft: clusters made from it keep reading it)',
+    request: { params: z.object({ id: z.string() }) },
+    responses: { 204: { description: 'Deleted' }, 404: problem('Unknown definition'), 409: problem('A running cluster was made from it') },
   });
   r.registerPath({
     method: 'get',
@@ -116,13 +134,20 @@ export function openApiDocument(serverUrl: string): Doc {
   r.registerPath({
     method: 'get',
     path: '/v1/clusters',
-    summary: 'List clusters with their states',
-    responses: { 200: json(S.listOf(ClusterSummary), 'All clusters, oldest first'), 503: unavailable },
+    summary: 'List clusters with their states, a page at a time (TERMINATED ones only with ?state=TERMINATED)',
+    request: { query: listQuery.extend({ state: openapi(S.ClusterStateSchema.optional(), { description: 'Only clusters in this state' }) }) },
+    responses: { 200: json(S.pageOf(ClusterSummary), 'Clusters, oldest first'), 422: problem('Unknown query parameter, bad state, limit or cursor'), 503: unavailable },
   });
-  const limitQuery = openapi(z.string().regex(/^[0-9]+$/).optional(), {
-    description: `Items per page, 1 to ${S.PAGE_LIMIT_MAX}; default ${S.PAGE_LIMIT_DEFAULT}`,
+  r.registerPath({
+    method: 'get',
+    path: '/v1/clusters/{id}/services/{service}',
+    summary: 'One service of the cluster as last published (answers without a worker)',
+    request: { params: clusterId.extend({ service: z.string() }) },
+    responses: {
+      200: json(S.ServiceViewSchema, 'The service: state, counts, message, retryingAt, observedAt, links to its instances'),
+      404: problem('Unknown cluster, or a service its definition does not have'),
+    },
   });
-  const cursorQuery = openapi(z.string().optional(), { description: 'The `next` of the previous page (opaque)' });
   const noCache = { 'Cache-Control': { description: 'no-cache: revalidate before reusing', schema: { type: 'string' as const } } };
   r.registerPath({
     method: 'get',
@@ -233,8 +258,9 @@ export function openApiDocument(serverUrl: string): Doc {
   r.registerPath({
     method: 'get',
     path: '/v1/contexts',
-    summary: 'List contexts (latest version of each)',
-    responses: { 200: json(S.listOf(ContextRecord), 'All contexts, oldest first') },
+    summary: 'List contexts (latest version of each; one\'s own, an admin: all), a page at a time',
+    request: { query: listQuery },
+    responses: { 200: json(S.pageOf(ContextRecord), 'Contexts, oldest first'), 422: problem('Unknown query parameter, bad limit or cursor') },
   });
   r.registerPath({
     method: 'get',
@@ -253,9 +279,9 @@ export function openApiDocument(serverUrl: string): Doc {
   r.registerPath({
     method: 'get',
     path: '/v1/contexts/{id}/versions',
-    summary: 'Every version of a context',
-    request: { params: contextId },
-    responses: { 200: json(S.listOf(ContextRecord), 'Versions, oldest first'), 404: problem('Unknown context'), 410: deleted },
+    summary: 'Every version of a context, a page at a time',
+    request: { params: contextId, query: z.object({ cursor: cursorQuery, limit: limitQuery }) },
+    responses: { 200: json(S.pageOf(ContextRecord), 'Versions, oldest first'), 404: problem('Unknown context'), 410: deleted },
   });
   r.registerPath({
     method: 'get',
@@ -315,9 +341,9 @@ export function openApiDocument(serverUrl: string): Doc {
   r.registerPath({
     method: 'get',
     path: '/v1/tokens',
-    summary: "List API tokens (never their values): one's own, or an admin's choice with ?owner=",
-    request: { query: S.OwnerQuerySchema },
-    responses: { 200: json(S.listOf(ApiToken), 'Tokens, oldest first') },
+    summary: "List API tokens (never their values): one's own, or an admin's choice with ?owner=; a page at a time",
+    request: { query: listQuery },
+    responses: { 200: json(S.pageOf(ApiToken), 'Tokens, oldest first') },
   });
   r.registerPath({
     method: 'delete',

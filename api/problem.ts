@@ -104,6 +104,26 @@ export function parseOr422<S extends z.ZodType>(schema: S, value: unknown): z.ou
 export const loggedPath = (path: string): string => path.replace(/^\/v1\/pair\/.*/i, '/v1/pair/:pin');
 
 /** Catch-all for unknown routes. */
+/**
+ * 405 with `Allow` for a path some route serves with other methods. `paths` is the OpenAPI
+ * document's (`/v1/clusters/{id}`), read once: the routes are documented there, so this
+ * cannot drift from them without the document's own test failing.
+ */
+export function methodNotAllowed(paths: () => Record<string, unknown>): RequestHandler {
+  let routes: { re: RegExp; methods: string[] }[] | undefined;
+  return (req, _res, next) => {
+    routes ??= Object.entries(paths()).map(([p, ops]) => ({
+      re: new RegExp(`^${p.replace(/[.*+?^$()|[\]\\]/g, '\\$&').replace(/\{[^}]+\}/g, '[^/]+')}$`),
+      methods: Object.keys(ops as object).map((m) => m.toUpperCase()),
+    }));
+    const allowed = [...new Set(routes.filter((r) => r.re.test(req.path)).flatMap((r) => r.methods))];
+    if (allowed.length === 0 || allowed.includes(req.method)) return next();
+    if (allowed.includes('GET')) allowed.push('HEAD');
+    const allow = allowed.sort().join(', ');
+    next(new Problem(405, 'Method Not Allowed', `${req.method} is not a method of ${loggedPath(req.path)}; it takes ${allow}`, { slug: 'method-not-allowed', headers: { Allow: allow } }));
+  };
+}
+
 export const notFoundHandler: RequestHandler = (req) => {
   throw notFound(`no route ${req.method} ${req.path}`);
 };

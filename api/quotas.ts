@@ -14,6 +14,7 @@ import { clusterWorkflowId } from '../workflows/messages.js';
 import { principalOf, requireAdmin } from './auth.js';
 import { invalid, notFound, parseOr422, Problem } from './problem.js';
 import { bodyOf, param } from './request.js';
+import { NoQuerySchema, queryOf } from './paging.js';
 import { OwnerSchema, QuotaRequestSchema } from './schemas.js';
 import { isWorkflowGone } from './temporal-errors.js';
 
@@ -83,6 +84,7 @@ export function quotaRoutes(deps: { store: Store; temporal: Client; defaultQuota
   };
 
   router.put('/v1/owners/:owner/quota', requireAdmin, json, (req, res) => {
+    queryOf(req, NoQuerySchema);
     const owner = ownerOr422(param(req, 'owner'));
     const quota = parseOr422(QuotaRequestSchema, bodyOf(req));
     store.setOwnerQuota(owner, quota);
@@ -90,6 +92,7 @@ export function quotaRoutes(deps: { store: Store; temporal: Client; defaultQuota
   });
 
   router.get('/v1/owners/:owner/quota', async (req, res) => {
+    queryOf(req, NoQuerySchema);
     const p = principalOf(res);
     const owner = param(req, 'owner');
     // Someone else's quota is a 404, exactly like an owner that does not exist.

@@ -72,6 +72,14 @@ export const PageQuerySchema = z
   })
   .loose();
 
+/** The list routes: a page, and (admins) one owner's items. */
+export const ListQuerySchema = PageQuerySchema.extend({ owner: z.string().min(1).max(64).optional() });
+
+/** `GET /v1/clusters`: a list; `state` shows only clusters in that state (TERMINATED ones are listed only when asked for). */
+export const ClusterListQuerySchema = ListQuerySchema.extend({
+  state: z.enum(CLUSTER_STATES, { error: `must be one of ${CLUSTER_STATES.join(', ')}` }).optional(),
+});
+
 /** `GET /v1/clusters/:id/instances`: a page, optionally only one service's and/or one state's instances. */
 export const InstancesQuerySchema = PageQuerySchema.extend({
   /** A service of the cluster's definition; any other name is a 404, like the scale route's. */
@@ -125,6 +133,7 @@ export const ClusterSummarySchema = z.object({
   name: z.string(),
   definitionId: z.string(),
   cloud: z.string(),
+  owner: z.string().optional(),
   state: ClusterStateSchema,
   createdAt: z.string(),
 });
@@ -155,6 +164,12 @@ export const PublishedServiceSchema = z.object({
   replacements: z.number().int(),
   message: z.string().optional(),
   retryingAt: z.string().optional().describe('A FAILED service under failurePolicy keep: when its next round of attempts starts'),
+});
+
+/** `GET /v1/clusters/:id/services/:service`: the service's published summary, when it was observed, where its instances are. */
+export const ServiceViewSchema = PublishedServiceSchema.extend({
+  observedAt: z.string().optional().describe("When the service's workflow published this (absent before its first publish)"),
+  links: z.object({ cluster: z.string(), instances: z.string() }),
 });
 
 /** One thing that happened to a cluster (`ClusterEvent`, model/read-model.ts). */

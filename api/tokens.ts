@@ -7,7 +7,8 @@ import type { ApiTokenRecord, Store } from '../store/index.js';
 import { canSee, listOwner, principalOf, requireAdmin } from './auth.js';
 import { notFound, parseOr422 } from './problem.js';
 import { bodyOf, param } from './request.js';
-import { CreateTokenRequestSchema, OwnerQuerySchema } from './schemas.js';
+import { NoQuerySchema, pageOf, queryOf } from './paging.js';
+import { CreateTokenRequestSchema, ListQuerySchema } from './schemas.js';
 
 const view = (r: ApiTokenRecord) => ({
   id: r.id,
@@ -24,6 +25,7 @@ export function tokenRoutes(deps: { store: Store; json: express.RequestHandler; 
   const router = express.Router();
 
   router.post('/v1/tokens', requireAdmin, json, (req, res) => {
+    queryOf(req, NoQuerySchema);
     const { owner, role, ttlSeconds } = parseOr422(CreateTokenRequestSchema, bodyOf(req));
     const expiresAt = ttlSeconds === undefined ? undefined : new Date(now().getTime() + ttlSeconds * 1000);
     const { record, token } = store.createApiToken({ owner, role, ...(expiresAt && { expiresAt }) });
@@ -31,11 +33,14 @@ export function tokenRoutes(deps: { store: Store; json: express.RequestHandler; 
   });
 
   router.get('/v1/tokens', (req, res) => {
-    const scope = listOwner(principalOf(res), parseOr422(OwnerQuerySchema, req.query).owner);
-    res.json({ items: scope.none ? [] : store.listApiTokens(scope.owner).map(view) });
+    const { owner, cursor, limit } = queryOf(req, ListQuerySchema);
+    const scope = listOwner(principalOf(res), owner);
+    const page = pageOf(scope.none ? [] : store.listApiTokens(scope.owner), { cursor, limit });
+    res.json({ ...page, items: page.items.map(view) });
   });
 
   router.delete('/v1/tokens/:id', (req, res) => {
+    queryOf(req, NoQuerySchema);
     const id = param(req, 'id');
     const rec = store.getApiToken(id);
     if (!rec || !canSee(principalOf(res), rec.owner)) throw notFound(`no token "${id}"`);

@@ -30,6 +30,8 @@ export interface ClusterDefinitionRecord {
   /** Who created it (absent in stores made before owners: only admins see those). */
   owner?: string;
   createdAt: string;
+  /** When it was deleted (soft: clusters made from it still read it); absent while it is live. */
+  deletedAt?: string;
 }
 
 /** Who a bearer is: a user sees only what they own; an admin sees everything. */
@@ -182,6 +184,10 @@ export interface Store {
   getDefinition(id: string): ClusterDefinitionRecord | undefined;
   /** Oldest first. */
   listDefinitions(): ClusterDefinitionRecord[];
+  /** Soft-deletes a definition: it leaves the list, clusters made from it keep reading it. False if unknown or already deleted. */
+  deleteDefinition(id: string, at?: Date): boolean;
+  /** The clusters made from one definition. */
+  clustersOfDefinition(definitionId: string): ClusterRecord[];
 
   /**
    * Inserts the row; throws {@link DuplicateKeyError} if the id or idempotency key exists. With
@@ -328,7 +334,8 @@ CREATE TABLE IF NOT EXISTS cluster_definitions (
   name        TEXT NOT NULL,
   definition  TEXT NOT NULL,
   created_at  TEXT NOT NULL,
-  owner       TEXT
+  owner       TEXT,
+  deleted_at  TEXT
 );
 CREATE TABLE IF NOT EXISTS api_tokens (
   id          TEXT PRIMARY KEY,
@@ -454,6 +461,7 @@ interface DefinitionRow {
   definition: string;
   created_at: string;
   owner: string | null;
+  deleted_at: string | null;
 }
 interface ClusterRow {
   id: string;
@@ -479,6 +487,7 @@ const toDefinition = (r: DefinitionRow): ClusterDefinitionRecord => ({
   definition: JSON.parse(r.definition) as ClusterDefinition,
   ...(r.owner !== null && { owner: r.owner }),
   createdAt: r.created_at,
+  ...(r.deleted_at !== null && { deletedAt: r.deleted_at }),
 });
 
 const toCluster = (r: ClusterRow): ClusterRecord => ({
@@ -723,6 +732,9 @@ export function openSqliteStore(file: string, options: StoreOptions = {}): Store
     const columns = db.prepare<[], { name: string }>(`SELECT name FROM pragma_table_info('${table}')`).all();
     if (!columns.some((c) => c.name === 'owner')) db.exec(`ALTER TABLE ${table} ADD COLUMN owner TEXT`);
   }
+  // Stores made before definitions could be deleted.
+  const definitionColumns = db.prepare<[], { name: string }>("SELECT name FROM pragma_table_info('cluster_definitions')").all();
+  if (!definitionColumns.some((c) => c.name === 'deleted_at')) db.exec('ALTER TABLE cluster_definitions ADD COLUMN deleted_at TEXT');
   // Pairings before PINs had a lookup half and a budget of wrong guesses (issue 11).
   const pairingColumns = db.prepare<[], { name: string }>("SELECT name FROM pragma_table_info('pairings')").all();
   if (!pairingColumns.some((c) => c.name === 'lookup')) db.exec('ALTER TABLE pairings ADD COLUMN lookup TEXT; ALTER TABLE pairings ADD COLUMN misses INTEGER NOT NULL DEFAULT 0');
@@ -738,7 +750,9 @@ export function openSqliteStore(file: string, options: StoreOptions = {}): Store
     listOwnerTokens: db.prepare<[string], ApiTokenRow>('SELECT * FROM api_tokens WHERE owner = ? ORDER BY created_at, rowid'),
     revokeToken: db.prepare('UPDATE api_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL'),
     getDef: db.prepare<[string], DefinitionRow>('SELECT * FROM cluster_definitions WHERE id = ?'),
-    listDefs: db.prepare<[], DefinitionRow>('SELECT * FROM cluster_definitions ORDER BY created_at, id'),
+    listDefs: db.prepare<[], DefinitionRow>('SELECT * FROM cluster_definitions WHERE deleted_at IS NULL ORDER BY created_at, id'),
+    deleteDef: db.prepare('UPDATE cluster_definitions SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL'),
+    clustersOfDef: db.prepare<[string], ClusterRow>('SELECT * FROM clusters WHERE definition_id = ? ORDER BY created_at, id'),
     insertCluster: db.prepare(
       `INSERT INTO clusters (id, name, definition_id, cloud, owner, idempotency_key, request_hash, contexts, created_at)
        VALUES (@id, @name, @definitionId, @cloud, @owner, @idempotencyKey, @requestHash, @contexts, @createdAt)`,
@@ -953,6 +967,8 @@ export function openSqliteStore(file: string, options: StoreOptions = {}): Store
       return r && toDefinition(r);
     },
     listDefinitions: () => q.listDefs.all().map(toDefinition),
+    deleteDefinition: (id, at = new Date()) => q.deleteDef.run(at.toISOString(), id).changes > 0,
+    clustersOfDefinition: (definitionId) => q.clustersOfDef.all(definitionId).map(toCluster),
 
     createCluster(input, quota) {
       const rec: ClusterRecord = { ...input, createdAt: input.createdAt ?? new Date().toISOString() };

@@ -214,7 +214,11 @@ describe('bad input gets a 4xx problem naming the field, and leaves nothing behi
 
   it('unknown routes and bad paths → 4xx problems', async () => {
     problem(await request(app).get('/v1/nothing-here'), 404);
-    problem(await request(app).put('/v1/clusters'), 404);
+    // A known path with a method it does not take: 405 naming the ones it does.
+    const wrong = await request(app).put('/v1/clusters');
+    problem(wrong, 405);
+    expect(wrong.headers.allow).toBe('GET, HEAD, POST');
+    expect((await request(app).patch('/v1/contexts/ctx-000000000000')).headers.allow).toBe('DELETE, GET, HEAD, PUT');
     problem(await request(app).get('/v1/cluster-definitions/%E0%A4%A'), 400);
   });
 
@@ -412,6 +416,8 @@ describe('service endpoints', () => {
         'POST /v1/cluster-definitions',
         'GET /v1/cluster-definitions',
         'GET /v1/cluster-definitions/{id}',
+        'DELETE /v1/cluster-definitions/{id}',
+        'GET /v1/clusters/{id}/services/{service}',
         'POST /v1/clusters',
         'GET /v1/clusters',
         'GET /v1/clusters/{id}',
