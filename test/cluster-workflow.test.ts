@@ -136,6 +136,25 @@ describe('cluster workflow', () => {
     expect(results).toEqual(histories.map(() => undefined));
   }, 180_000);
 
+  it('settles on the last of quick scale requests: a service report sent before a newer request does not bring an old count back', async () => {
+    const clusterId = 'cluster-quick-scales';
+    const cluster = await startCluster(clusterId, [{ name: 'svc', image: 'cernvm', offering, min: 1, max: 5 }], undefined);
+    await waitForState(stack, clusterId, 'READY');
+    const requests = [3, 2, 1, 3, 2, 1];
+    for (const n of requests) await cluster.executeUpdate(scaleUpdate, { args: [{ service: 'svc', instances: n }] });
+    await waitFor(async () => {
+      const s = await clusterStatus(stack, clusterId);
+      return s.state === 'READY' && s.services[0].desired === 1 && s.services[0].ready === 1;
+    }, 60_000, 'svc settled at 1');
+    // Before the fix, cluster and service kept sending each other the old counts: dozens of setDesired a second.
+    await new Promise((r) => setTimeout(r, 2_000));
+    const history = await stack.client.workflow.getHandle(serviceWorkflowId(clusterId, 'svc')).fetchHistory();
+    const setDesired = (history.events ?? []).filter((e) => e.workflowExecutionSignaledEventAttributes?.signalName === 'setDesired');
+    expect(setDesired.length).toBeLessThanOrEqual(requests.length);
+    await cluster.signal(teardownSignal, { reason: 'end of test' });
+    expect(((await cluster.result()) as ClusterView).state).toBe('TERMINATED');
+  }, 120_000);
+
   it('leaves nothing behind when its workflow is terminated by hand: the services notice at their next report and tear down', async () => {
     const clusterId = 'cluster-orphaned';
     // Compressed time (health checks at most 10 s apart), so the service soon notices the vanished instance.

@@ -88,6 +88,13 @@ const READ_MODEL_PATCH = 'cluster-read-model';
  * workflow id. Runs started before keep one run, whose services go with it (`REQUEST_CANCEL`).
  */
 const CONTINUE_AS_NEW_PATCH = 'cluster-continue-as-new';
+/**
+ * The `patched()` id of the cluster owning each service's desired count: a service's report
+ * no longer overwrites it. Before, a report sent before a newer scale request landed carried
+ * the old count back, the cluster took it for a new wish and sent it to the service, and two
+ * quick scales could make cluster and service signal each other back and forth for ever.
+ */
+const OWNS_DESIRED_PATCH = 'cluster-owns-desired';
 /** Continue-as-new well before Temporal's 51,200-event limit (a steady cluster writes almost nothing). */
 const CONTINUE_AS_NEW_EVENTS = 4_000;
 /** While teardown waits for a service to report TERMINATED, it asks again this often (a closed service counts as done). */
@@ -122,6 +129,8 @@ class ClusterRun {
   private readonly readModel: boolean;
   /** This run may continue-as-new (and its services outlive it); runs started before may not. */
   private readonly continues: boolean;
+  /** Service reports leave the desired counts alone (see {@link OWNS_DESIRED_PATCH}). */
+  private readonly ownsDesired: boolean;
   /** A write to the read model that failed, to send again first. */
   private pendingPublish?: PublishClusterInput;
 
@@ -145,6 +154,7 @@ class ClusterRun {
     };
     this.readModel = patched(READ_MODEL_PATCH);
     this.continues = patched(CONTINUE_AS_NEW_PATCH);
+    this.ownsDesired = patched(OWNS_DESIRED_PATCH);
     setHandler(clusterStatusQuery, () => this.view());
     setHandler(teardownSignal, (req) => {
       if (!this.s.teardown) this.emit('teardown', req?.reason ?? 'teardown requested');
@@ -184,7 +194,8 @@ class ClusterRun {
   private onServiceReport(report: Omit<ServiceSummary, 'workflowId'>): void {
     const summary = this.s.services.get(report.name);
     if (!summary) return;
-    Object.assign(summary, report);
+    // The desired count is the cluster's: a report may have left before the last scale request.
+    Object.assign(summary, this.ownsDesired ? { ...report, desired: summary.desired } : report);
     if (report.ready >= this.specs.get(report.name)!.min) this.s.minReached.add(report.name);
     this.s.dirty = true;
   }
