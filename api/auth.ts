@@ -9,13 +9,15 @@
  * admin sees everything; everything else is a 404, exactly as if it did not exist.
  */
 import { randomBytes } from 'node:crypto';
-import { linkSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { NextFunction, Request, RequestHandler, Response } from 'express';
 import { createRemoteJWKSet, errors as joseErrors, jwtVerify, type JWTPayload } from 'jose';
 import type { Logger } from 'pino';
 import type { Config } from '../model/config.js';
 import type { Role, Store } from '../store/index.js';
+import { ensurePrivateDir } from '../store/private-files.js';
+import { createOnce } from '../store/secret.js';
 import { Problem } from './problem.js';
 import { OWNER_RE } from './schemas.js';
 
@@ -176,7 +178,7 @@ export const requireAdmin: RequestHandler = (_req, res, next) => {
  */
 export function ensureAdminToken(store: Store, dataDir: string, logger?: Logger): string {
   const file = path.join(dataDir, 'admin-token');
-  mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+  ensurePrivateDir(dataDir);
   let current: string | undefined;
   try {
     current = readFileSync(file, 'utf8').trim();
@@ -186,23 +188,16 @@ export function ensureAdminToken(store: Store, dataDir: string, logger?: Logger)
   const rec = current ? store.findApiToken(current) : undefined;
   if (rec && !rec.revokedAt && rec.role === 'admin') return file;
   const { record, token } = store.createApiToken({ owner: 'admin', role: 'admin' });
-  const tmp = `${file}.${process.pid}.${randomBytes(4).toString('hex')}`;
-  writeFileSync(tmp, `${token}\n`, { mode: 0o600, flag: 'wx' });
-  try {
-    if (current === undefined) {
-      // link fails if another process wrote the file meanwhile: theirs wins, ours is revoked.
-      try {
-        linkSync(tmp, file);
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-        store.revokeApiToken(record.id);
-        return file;
-      }
-    } else {
-      renameSync(tmp, file);
+  if (current === undefined) {
+    // Another process may have written the file meanwhile: theirs wins, ours is revoked.
+    if (!createOnce(file, () => `${token}\n`)) {
+      store.revokeApiToken(record.id);
+      return file;
     }
-  } finally {
-    rmSync(tmp, { force: true });
+  } else {
+    const tmp = `${file}.${process.pid}.${randomBytes(4).toString('hex')}`;
+    writeFileSync(tmp, `${token}\n`, { mode: 0o600, flag: 'wx' });
+    renameSync(tmp, file);
   }
   logger?.info({ file, tokenId: record.id }, current === undefined ? 'created the first admin token' : 'replaced the admin token the store no longer honours');
   return file;

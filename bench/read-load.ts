@@ -4,7 +4,7 @@
  * starts on schedule whether or not earlier ones answered) until stdin closes, then prints
  * one JSON line: requests sent and answered, non-2xx answers, errors, p50/p90/p99/max in ms.
  *
- * Usage: node --import tsx bench/read-load.ts <url> <rate>
+ * Usage: BENCH_AUTHORIZATION='Bearer <token>' node --import tsx bench/read-load.ts <url> <rate>
  */
 const [url, rateArg] = process.argv.slice(2);
 const rate = Number(rateArg ?? 200);
@@ -21,7 +21,7 @@ const once = async () => {
   inFlight++;
   const t0 = performance.now();
   try {
-    const res = await fetch(url);
+    const res = await fetch(url, { headers: process.env.BENCH_AUTHORIZATION ? { authorization: process.env.BENCH_AUTHORIZATION } : {} });
     await res.arrayBuffer();
     if (!res.ok) bad++;
     latencies.push(performance.now() - t0);

@@ -10,13 +10,11 @@
  * BENCH_INSTANCES (instances per service, 2), BENCH_SCALE_EVERY_HOURS (a scale request to one
  * service, round robin, every this many simulated hours; default 0: none, a steady cluster).
  */
-import { mkdtempSync, rmSync } from 'node:fs';
-import os from 'node:os';
+import { rmSync } from 'node:fs';
 import path from 'node:path';
 import { Client, Connection } from '@temporalio/client';
 import { DefaultLogger, Runtime } from '@temporalio/worker';
 import { startApi } from '../api/main.js';
-import { ConfigSchema } from '../model/config.js';
 import { payloadDataConverter } from '../model/payload-codec.js';
 import { ClusterDefinitionSchema } from '../model/definition.js';
 import { openSqliteStore } from '../store/index.js';
@@ -31,7 +29,7 @@ import {
   type ClusterInput,
 } from '../workflows/messages.js';
 import { loadPayloadKeys } from '../store/secret.js';
-import { freePort, startDevServer } from '../workers/dev-server.js';
+import { startBenchStack } from './bench-stack.js';
 import { startWorker } from '../workers/worker.js';
 
 const days = Number(process.env.BENCH_DAYS ?? 7);
@@ -43,22 +41,7 @@ const HOUR_MS = 3_600_000 / timeScale;
 const log = (msg: string) => console.error(`[bench:steady] ${msg}`);
 Runtime.install({ logger: new DefaultLogger('WARN') });
 
-const dataDir = mkdtempSync(path.join(os.tmpdir(), 'cloudgate-steady-'));
-let sizeWarnings = 0;
-const temporal = await startDevServer({
-  dbFile: path.join(dataDir, 'temporal.sqlite'),
-  onOutput: (text) => {
-    for (const line of text.split('\n')) if (/blob size|history size|history count/i.test(line)) sizeWarnings++;
-  },
-});
-const config = ConfigSchema.parse({
-  dataDir,
-  apiPort: await freePort(),
-  temporalAddress: temporal.address,
-  tokenSecret: 'bench-secret-0123456789abcdef',
-  logLevel: 'warn',
-  sim: { bootMs: 2_000, readyDelayMs: 500, seed: 'steady' },
-});
+const { dataDir, temporal, config, sizeWarnings } = await startBenchStack('steady', { bootMs: 2_000, readyDelayMs: 500 });
 // The API takes the guests' phone-home reports.
 const api = await startApi(config);
 const worker = await startWorker(config);
@@ -122,7 +105,7 @@ try {
   }
   log(`READY after ${simHours().toFixed(2)} simulated hours (${((Date.now() - t0) / 1000).toFixed(1)} s); ${serviceCount} services × ${perService} instances, time × ${timeScale}`);
   // The first simulated day includes deploying and the health checks' ramp to their ceiling; steady figures start after it.
-  const steadyFrom = 24;
+  const steadyFrom = Math.min(24, (days * 24) / 2);
   let before: Awaited<ReturnType<typeof census>> | undefined;
   let scales = 0;
   for (let hour = Math.ceil(simHours()); hour <= days * 24; hour++) {
@@ -155,7 +138,7 @@ try {
   );
   console.log(`  whole cluster        ${(svcRates.reduce((a, b) => a + b, 0) + perHour(clusterWorkflowId(clusterId))).toFixed(0)} events/hour once steady; ${rows.reduce((n, [, x]) => n + x.events, 0)} events in the week`);
   console.log(`  largest run input    ${(maxInput / 1024).toFixed(1)} KB`);
-  console.log(`  server size warnings ${sizeWarnings}`);
+  console.log(`  server size warnings ${sizeWarnings()}`);
   for (const [id, x] of rows) console.log(`    ${id.padEnd(28)} runs ${String(x.runs).padStart(3)}  events ${String(x.events).padStart(6)}  ${perHour(id).toFixed(1).padStart(6)}/h`);
 
   await cluster.signal(teardownSignal, { reason: 'end of benchmark' });

@@ -9,17 +9,15 @@
  * for quick trial runs; the published figures use the defaults.
  */
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import os from 'node:os';
+import { readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Client, Connection } from '@temporalio/client';
 import { startApi } from '../api/main.js';
-import { ConfigSchema } from '../model/config.js';
 import { payloadDataConverter } from '../model/payload-codec.js';
 import { clusterStatusQuery, clusterWorkflowId } from '../workflows/messages.js';
 import { loadPayloadKeys } from '../store/secret.js';
-import { freePort, startDevServer } from '../workers/dev-server.js';
+import { startBenchStack } from './bench-stack.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const bootMs = Number(process.env.BENCH_BOOT_MS ?? 20_000);
@@ -31,23 +29,7 @@ const counts = { proxy: Math.round(10 * scale), head: Math.round(40 * scale), wo
 const total = counts.proxy + counts.head + counts.workers;
 const log = (msg: string) => console.error(`[bench] ${msg}`);
 
-const dataDir = mkdtempSync(path.join(os.tmpdir(), 'cloudgate-bench-'));
-/** The server warns of payloads and histories over its limits (512 KB blobs: "blob size"); count them. */
-let sizeWarnings = 0;
-const temporal = await startDevServer({
-  dbFile: path.join(dataDir, 'temporal.sqlite'),
-  onOutput: (text) => {
-    for (const line of text.split('\n')) if (/blob size|history size|history count/i.test(line)) sizeWarnings++;
-  },
-});
-const config = ConfigSchema.parse({
-  dataDir,
-  apiPort: await freePort(),
-  temporalAddress: temporal.address,
-  tokenSecret: 'bench-secret-0123456789abcdef',
-  logLevel: 'warn',
-  sim: { bootMs, readyDelayMs: readyMs, seed: 'bench' },
-});
+const { dataDir, temporal, config, sizeWarnings } = await startBenchStack('bench', { bootMs, readyDelayMs: readyMs });
 const api = await startApi(config);
 const worker = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'workers/main.ts')], {
   env: {
@@ -68,8 +50,10 @@ const connection = await Connection.connect({ address: temporal.address, channel
 // The worker's payload keys (<dataDir>/payload-keys): queries and results come back encrypted.
 const client = new Client({ connection, dataConverter: payloadDataConverter(loadPayloadKeys(config)) });
 
+// Every route but the public ones needs a bearer: the API's first admin token.
+const auth = { authorization: `Bearer ${readFileSync(api.adminTokenFile, 'utf8').trim()}` };
 const post = async (url: string, body: unknown) => {
-  const res = await fetch(`${api.url}${url}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+  const res = await fetch(`${api.url}${url}`, { method: 'POST', headers: { 'content-type': 'application/json', ...auth }, body: JSON.stringify(body) });
   const json = (await res.json()) as any;
   if (!res.ok) throw new Error(`${url}: ${res.status} ${JSON.stringify(json)}`);
   return json;
@@ -102,6 +86,8 @@ try {
     readRate > 0
       ? spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'bench/read-load.ts'), `${api.url}/v1/clusters/${cluster.id}`, String(readRate)], {
           stdio: ['pipe', 'pipe', 'inherit'],
+          // The bearer goes by environment, never on a command line others can list.
+          env: { ...process.env, BENCH_AUTHORIZATION: auth.authorization },
         })
       : undefined;
   const readFigures = reader
@@ -139,7 +125,7 @@ try {
   const peakRssMiB = Number(/VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${worker.pid}/status`, 'utf8'))?.[1] ?? 0) / 1024;
 
   const td0 = Date.now();
-  await fetch(`${api.url}/v1/clusters/${cluster.id}`, { method: 'DELETE' });
+  await fetch(`${api.url}/v1/clusters/${cluster.id}`, { method: 'DELETE', headers: auth });
   const final = await handle.result();
   const teardown = (Date.now() - td0) / 1000;
 
@@ -158,7 +144,7 @@ try {
     ['workflow runs (incl. continue-as-new)', String(runs)],
     ['events per instance (all histories)', (events / total).toFixed(2)],
     ['peak worker RSS', `${peakRssMiB.toFixed(0)} MiB`],
-    ['server warnings of payload or history size', String(sizeWarnings)],
+    ['server warnings of payload or history size', String(sizeWarnings())],
     ['teardown to TERMINATED', `${teardown.toFixed(1)} s (${final.state})`],
   ];
   const w = Math.max(...rows.map(([k]) => k.length));

@@ -12,23 +12,31 @@ import type { Config } from '../model/config.js';
 import { assertPrivateKeyFile, ensurePrivateDir } from './private-files.js';
 import { formatPayloadKeys, newPayloadKey, parsePayloadKeys, type PayloadKeyring } from '../model/payload-codec.js';
 
+/**
+ * Creates `file` (mode 0600) with `content()` unless it exists; true if this call created it.
+ * Written whole to a private temp file, then linked into place: link fails if the file exists,
+ * so when API and worker start together exactly one wins and nobody reads a half-written file.
+ */
+export function createOnce(file: string, content: () => string): boolean {
+  const tmp = `${file}.${process.pid}.${randomBytes(4).toString('hex')}`;
+  try {
+    writeFileSync(tmp, content(), { mode: 0o600, flag: 'wx' });
+    linkSync(tmp, file);
+    return true;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw new Error(`cannot create ${file}`, { cause: err });
+    return false;
+  } finally {
+    rmSync(tmp, { force: true });
+  }
+}
+
 /** Returns `config.tokenSecret`, or the secret in `<dataDir>/token-secret`, creating it if missing. */
 export function loadTokenSecret(config: Pick<Config, 'tokenSecret' | 'dataDir'>): string {
   if (config.tokenSecret) return config.tokenSecret;
   const file = path.join(config.dataDir, 'token-secret');
   ensurePrivateDir(config.dataDir);
-  // Written whole to a private temp file, then linked into place: link fails if the file
-  // exists, so when API and worker start together exactly one secret wins and nobody reads
-  // a half-written file.
-  const tmp = `${file}.${process.pid}.${randomBytes(4).toString('hex')}`;
-  try {
-    writeFileSync(tmp, randomBytes(32).toString('hex'), { mode: 0o600, flag: 'wx' });
-    linkSync(tmp, file);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw new Error(`cannot create ${file}`, { cause: err });
-  } finally {
-    rmSync(tmp, { force: true });
-  }
+  createOnce(file, () => randomBytes(32).toString('hex'));
   assertPrivateKeyFile(file);
   const secret = readFileSync(file, 'utf8').trim();
   if (secret.length < 16) throw new Error(`${file} holds no usable secret (need at least 16 characters)`);
@@ -52,15 +60,7 @@ export function loadSecretsKey(config: Pick<Config, 'dataDir'>, env: Record<stri
   }
   const file = path.join(config.dataDir, 'secrets-key');
   ensurePrivateDir(config.dataDir);
-  const tmp = `${file}.${process.pid}.${randomBytes(4).toString('hex')}`;
-  try {
-    writeFileSync(tmp, randomBytes(SECRETS_KEY_BYTES).toString('hex'), { mode: 0o600, flag: 'wx' });
-    linkSync(tmp, file);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw new Error(`cannot create ${file}`, { cause: err });
-  } finally {
-    rmSync(tmp, { force: true });
-  }
+  createOnce(file, () => randomBytes(SECRETS_KEY_BYTES).toString('hex'));
   assertPrivateKeyFile(file);
   const hex = readFileSync(file, 'utf8').trim();
   if (!HEX_KEY.test(hex)) throw new Error(`${file} holds no usable key (need 64 hex digits)`);
@@ -81,16 +81,10 @@ export function loadPayloadKeys(config: Pick<Config, 'dataDir'>, env: Record<str
   if (fromEnv !== undefined && fromEnv.trim() !== '') return parsePayloadKeys(fromEnv, 'CLOUDGATE_PAYLOAD_KEYS');
   const file = path.join(config.dataDir, 'payload-keys');
   ensurePrivateDir(config.dataDir);
-  const tmp = `${file}.${process.pid}.${randomBytes(4).toString('hex')}`;
-  try {
+  createOnce(file, () => {
     const id = `k${new Date().toISOString().slice(0, 10).replace(/-/g, '')}-${randomBytes(3).toString('hex')}`;
-    writeFileSync(tmp, formatPayloadKeys({ current: id, keys: new Map([[id, newPayloadKey()]]) }), { mode: 0o600, flag: 'wx' });
-    linkSync(tmp, file);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw new Error(`cannot create ${file}`, { cause: err });
-  } finally {
-    rmSync(tmp, { force: true });
-  }
+    return formatPayloadKeys({ current: id, keys: new Map([[id, newPayloadKey()]]) });
+  });
   assertPrivateKeyFile(file);
   return parsePayloadKeys(readFileSync(file, 'utf8'), file);
 }
