@@ -262,8 +262,6 @@ export const CreateTokenRequestSchema = z
   })
   .strict();
 
-/** `?owner=` of the list routes (an admin's filter). */
-export const OwnerQuerySchema = z.object({ owner: z.string().min(1).max(64).optional() }).loose();
 
 /** An API token as the API shows it: never its value (except once, in the answer to its creation). */
 export const ApiTokenSchema = z.object({

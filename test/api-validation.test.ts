@@ -4,53 +4,31 @@
  * workflows). Then the cluster lifecycle calls that need no worker (create, idempotent
  * replay, list, status from the store, teardown, rollback when the start fails).
  */
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
-import { Client, Connection } from '@temporalio/client';
+import { Client } from '@temporalio/client';
 import supertest, { type Response } from 'supertest';
 import type { App } from 'supertest/types.js';
-import { asAdmin } from './api-auth.js';
-import { createApp, type ApiConfig, type CloudgateApp } from '../api/app.js';
+import { ApiFixture, asAdmin } from './api-fixture.js';
+import { createApp, type CloudgateApp } from '../api/app.js';
 import { signToken } from '../model/token.js';
 import { openSqliteStore, type Store } from '../store/index.js';
-import { startDevServer, type DevServer } from '../workers/dev-server.js';
 import { clusterWorkflowId, SA_CLUSTER_ID, SA_STATE } from '../workflows/messages.js';
 
-const dir = mkdtempSync(path.join(tmpdir(), 'cloudgate-api-'));
-let server: DevServer;
-let connection: Connection;
+const api = new ApiFixture('api');
+const { config } = api;
 let temporal: Client;
 let store: Store;
 let app: CloudgateApp;
 /** Every call as an admin: the API needs a bearer (api/auth.ts). */
 const request = (a: App) => asAdmin(a, store);
-const config: ApiConfig = {
-  publicUrl: 'http://127.0.0.1:8080',
-  temporalUiUrl: 'http://127.0.0.1:8233',
-  namespace: 'default',
-  taskQueue: 'cloudgate-api-test',
-  tokenSecret: 'test-secret-0123456789abcdef',
-};
 const now = () => Math.floor(Date.now() / 1000);
 
 beforeAll(async () => {
-  server = await startDevServer({ dbFile: path.join(dir, 't.sqlite') });
-  connection = await Connection.connect({ address: server.address });
-  temporal = new Client({ connection, namespace: config.namespace });
-  store = openSqliteStore(':memory:');
+  ({ temporal, store, app } = await api.start(() => openSqliteStore(':memory:'), { readinessBatching: { maxDelayMs: 5 } }));
   store.upsertCloud({ name: 'sim', kind: 'sim', offerings: [{ id: 'small', name: 'small', cpus: 1, memoryMiB: 2048, diskGiB: 20 }], images: ['cernvm', 'cernvm4', 'i'] });
-  app = createApp({ store, temporal, config, readinessBatching: { maxDelayMs: 5 } });
 });
 
-afterAll(async () => {
-  await app?.drain();
-  store?.close();
-  await connection?.close();
-  await server?.stop();
-  rmSync(dir, { recursive: true, force: true });
-});
+afterAll(() => api.stop());
 
 const offering = { cpus: 1, memoryMiB: 2048, diskGiB: 20 };
 const svc = (name: string, extra: Record<string, unknown> = {}) => ({ name, image: 'cernvm4', offering, ...extra });
@@ -296,7 +274,7 @@ describe('definitions, scale checks and cluster creation', () => {
   });
 
   it('rolls the row back when the workflow cannot be started → 503', async () => {
-    const broken = createApp({ store, temporal: new Client({ connection, namespace: 'no-such-namespace' }), config });
+    const broken = createApp({ store, temporal: new Client({ connection: api.connection, namespace: 'no-such-namespace' }), config });
     const res = await request(broken).post('/v1/clusters').send({ definitionId: defId });
     problem(res, 503);
     expect(store.listClusters()).toEqual([]);

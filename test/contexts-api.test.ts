@@ -5,19 +5,18 @@
  * the store's round trip, encryption key handling and reopen; soft delete (410s) and
  * pairing a laptop CernVM by single-use PIN, its expiry and the PIN guessing limit.
  */
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from '@jest/globals';
 import Database from 'better-sqlite3';
-import { Client, Connection } from '@temporalio/client';
+import type { Client } from '@temporalio/client';
 import type { Response } from 'supertest';
 import type { App } from 'supertest/types.js';
-import { asAdmin } from './api-auth.js';
+import { ApiFixture, asAdmin } from './api-fixture.js';
 import { pino } from 'pino';
 import { simpleParser } from 'mailparser';
 import { verify } from 'unixcrypt';
-import { createApp, type ApiConfig, type CloudgateApp } from '../api/app.js';
+import { createApp, type CloudgateApp } from '../api/app.js';
 import { PAIRING_TTL_MS, PIN_MISS_LIMIT, PIN_MISS_WINDOW_MS } from '../api/contexts.js';
 
 /** The one answer of every failed PIN lookup (unknown, malformed, used, expired, deleted context). */
@@ -33,42 +32,23 @@ import {
 } from '../model/user-data.js';
 import { openSqliteStore, type ContextRecord, type Store } from '../store/index.js';
 import { loadSecretsKey } from '../store/secret.js';
-import { startDevServer, type DevServer } from '../workers/dev-server.js';
 import { ucernvmRead } from './agents.js';
 import { sshKey } from './ssh-key.js';
 
-const dir = mkdtempSync(path.join(tmpdir(), 'cloudgate-contexts-'));
+const api = new ApiFixture('contexts', { publicUrl: 'http://gateway.example.org:8080' });
+const { dir, config } = api;
 const dbFile = path.join(dir, 'store', 'cloudgate.sqlite');
-let server: DevServer;
-let connection: Connection;
 let temporal: Client;
 let store: Store;
 let app: CloudgateApp;
 /** Every call as an admin: the API needs a bearer (api/auth.ts). */
 const request = (a: App) => asAdmin(a, store);
-const config: ApiConfig = {
-  publicUrl: 'http://gateway.example.org:8080',
-  temporalUiUrl: 'http://127.0.0.1:8233',
-  namespace: 'default',
-  taskQueue: 'cloudgate-contexts-test',
-  tokenSecret: 'test-secret-0123456789abcdef',
-};
 
 beforeAll(async () => {
-  server = await startDevServer({ dbFile: path.join(dir, 't.sqlite') });
-  connection = await Connection.connect({ address: server.address });
-  temporal = new Client({ connection, namespace: config.namespace });
-  store = openSqliteStore(dbFile, { secretsKey: Buffer.alloc(32, 9) });
-  app = createApp({ store, temporal, config });
+  ({ temporal, store, app } = await api.start(() => openSqliteStore(dbFile, { secretsKey: Buffer.alloc(32, 9) })));
 });
 
-afterAll(async () => {
-  await app?.drain();
-  store?.close();
-  await connection?.close();
-  await server?.stop();
-  rmSync(dir, { recursive: true, force: true });
-});
+afterAll(() => api.stop());
 
 /** Distinctive values, so finding them anywhere is certainly a leak. */
 const SECRET = 'S3cr3t-VALUE-never-shown-4f1c';

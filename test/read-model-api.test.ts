@@ -5,47 +5,29 @@
  * ETag and 304s, paging and filters, 422s naming the field and 404s, and a PENDING answer of
  * the same shape before anything was published.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
-import { Client, Connection } from '@temporalio/client';
 import type { Response } from 'supertest';
 import type { App } from 'supertest/types.js';
-import { asAdmin } from './api-auth.js';
-import { createApp, type ApiConfig, type CloudgateApp } from '../api/app.js';
+import { ApiFixture, asAdmin } from './api-fixture.js';
+import type { CloudgateApp } from '../api/app.js';
 import type { ClusterEvent, PublishClusterInput, PublishedInstance, PublishedService, PublishServiceInput } from '../model/read-model.js';
 import type { InstanceState } from '../model/status.js';
 import { openSqliteStore, type Store } from '../store/index.js';
-import { startDevServer, type DevServer } from '../workers/dev-server.js';
 
-const dir = mkdtempSync(path.join(tmpdir(), 'cloudgate-read-model-'));
-let server: DevServer;
-let connection: Connection;
-let temporal: Client;
+// Nothing ever polls its task queue: every answer below is given with no worker.
+const api = new ApiFixture('read-model');
 let store: Store;
 let app: CloudgateApp;
 /** Every call as an admin: the API needs a bearer (api/auth.ts). */
 const request = (a: App) => asAdmin(a, store);
-const config: ApiConfig = {
-  publicUrl: 'http://127.0.0.1:8080',
-  temporalUiUrl: 'http://127.0.0.1:8233',
-  namespace: 'default',
-  // Nothing ever polls this queue: every answer below is given with no worker.
-  taskQueue: 'cloudgate-read-model-test',
-  tokenSecret: 'test-secret-0123456789abcdef',
-};
 
 const offering = { cpus: 1, memoryMiB: 2048, diskGiB: 20 };
 let defId: string;
 
 beforeAll(async () => {
-  server = await startDevServer({ dbFile: path.join(dir, 't.sqlite') });
-  connection = await Connection.connect({ address: server.address });
-  temporal = new Client({ connection, namespace: config.namespace });
-  store = openSqliteStore(path.join(dir, 'store', 'cloudgate.sqlite'));
+  ({ store, app } = await api.start(() => openSqliteStore(path.join(api.dir, 'store', 'cloudgate.sqlite'))));
   store.upsertCloud({ name: 'sim', kind: 'sim', offerings: [{ id: 'small', name: 'small', ...offering }], images: ['cernvm', 'cernvm4'] });
-  app = createApp({ store, temporal, config });
   const def = await request(app)
     .post('/v1/cluster-definitions')
     .send({
@@ -60,13 +42,7 @@ beforeAll(async () => {
   defId = (def.body as { id: string }).id;
 });
 
-afterAll(async () => {
-  await app?.drain();
-  store?.close();
-  await connection?.close();
-  await server?.stop();
-  rmSync(dir, { recursive: true, force: true });
-});
+afterAll(() => api.stop());
 
 /** Starts a cluster through the API (its workflow starts; no worker runs it). */
 async function submit(name: string): Promise<string> {

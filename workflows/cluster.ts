@@ -143,7 +143,8 @@ class ClusterRun {
     this.s = {
       services,
       minReached: new Set(carried?.minReached),
-      sentDesired: new Map(Object.entries(carried?.sentDesired ?? {})),
+      // A run continues-as-new only once every started service was sent its desired count.
+      sentDesired: new Map((carried?.services ?? []).filter((x) => x.workflowId).map((x) => [x.name, x.desired])),
       state: carried?.state ?? 'PENDING',
       message: carried?.message,
       everReady: carried?.everReady ?? false,
@@ -437,7 +438,6 @@ class ClusterRun {
     return {
       services: [...s.services.values()].map((x) => ({ ...x })),
       minReached: [...s.minReached],
-      sentDesired: Object.fromEntries(s.sentDesired),
       state: s.state,
       ...(s.message !== undefined && { message: s.message }),
       everReady: s.everReady,

@@ -60,8 +60,6 @@ export interface ClusterCarried {
   services: ServiceSummary[];
   /** Services that have had their minimum ready (their dependents may start). */
   minReached: string[];
-  /** The desired count last sent to each started service. */
-  sentDesired: Record<string, number>;
   state: ClusterState;
   message?: string;
   everReady: boolean;
