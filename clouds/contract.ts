@@ -32,6 +32,8 @@ export interface CloudInstance {
   idempotencyKey?: string;
   tags?: Record<string, string>;
   createdAt?: string;
+  /** The hypervisor host it runs on, for clouds that say (a libvirt farm). */
+  host?: string;
   /** Provider-specific data. */
   extra?: Record<string, unknown>;
 }

@@ -35,10 +35,35 @@ export const ImagesSchema = z
     return Object.fromEntries(entries);
   });
 
-const base = { name: NameSchema, images: ImagesSchema };
+/**
+ * What cloudgate may use of a cloud, summed over every cluster and owner (issue 12): the
+ * capacity ledger (store/index.ts) reserves before each create and refuses beyond it. Unset
+ * fields (or no quota) are unlimited.
+ */
+export const CloudQuotaSchema = z
+  .object({
+    instances: z.number().int().min(0).optional(),
+    cpus: z.number().int().min(0).optional(),
+    memoryMiB: z.number().int().min(0).optional(),
+  })
+  .strict();
+export type CloudQuota = z.infer<typeof CloudQuotaSchema>;
+
+const base = { name: NameSchema, images: ImagesSchema, quota: CloudQuotaSchema.optional() };
 
 /** `npm start`'s simulated cloud offers the default images when its entry names none. */
-export const SimCloudConfigSchema = z.object({ ...base, images: ImagesSchema.default(() => ({ ...DEFAULT_SIM_IMAGES })), kind: z.literal('sim') }).strict();
+export const SimCloudConfigSchema = z
+  .object({
+    ...base,
+    images: ImagesSchema.default(() => ({ ...DEFAULT_SIM_IMAGES })),
+    kind: z.literal('sim'),
+    /**
+     * Live instances the simulated cloud itself has room for: creates beyond it are answered
+     * `CapacityExhausted`, as a full cloud does (unset: unlimited).
+     */
+    capacity: z.number().int().min(0).optional(),
+  })
+  .strict();
 
 export const LibvirtCloudConfigSchema = z
   .object({

@@ -21,6 +21,28 @@ export const OfferingSchema = z
   .strict();
 export type Offering = z.infer<typeof OfferingSchema>;
 
+/** How a service places its instances over several clouds: `fill` them in order, or `spread` evenly. */
+export const PLACEMENT_STRATEGIES = ['fill', 'spread'] as const;
+export type PlacementStrategy = (typeof PLACEMENT_STRATEGIES)[number];
+
+/**
+ * Where a service's instances may go (issue 12): the clouds in order of preference and how
+ * to use them. `fill` uses the first cloud with room and spills to the next when it is full
+ * or failing; `spread` balances instances over the clouds with room. Without it, the
+ * cluster's `cloud`.
+ */
+export const PlacementSchema = z
+  .object({
+    clouds: z
+      .array(NameSchema)
+      .min(1)
+      .max(16)
+      .refine((c) => new Set(c).size === c.length, 'must not name a cloud twice'),
+    strategy: z.enum(PLACEMENT_STRATEGIES).default('fill'),
+  })
+  .strict();
+export type Placement = z.infer<typeof PlacementSchema>;
+
 export const ServiceDefinitionSchema = z
   .object({
     name: NameSchema,
@@ -35,6 +57,8 @@ export const ServiceDefinitionSchema = z
     dependsOn: z.array(NameSchema).max(100).default([]),
     /** Seconds a booted guest has to phone home ready before it is replaced. */
     readinessTimeoutSeconds: z.number().int().min(5).max(86_400).default(600),
+    /** The clouds its instances may go to; unset: the cluster's cloud. */
+    placement: PlacementSchema.optional(),
   })
   .strict();
 export type ServiceDefinition = z.infer<typeof ServiceDefinitionSchema>;
@@ -91,3 +115,12 @@ export const ClusterDefinitionSchema = z
   });
 export type ClusterDefinitionInput = z.input<typeof ClusterDefinitionSchema>;
 export type ClusterDefinition = z.infer<typeof ClusterDefinitionSchema>;
+
+/** The clouds a service's instances may go to, in order: its placement's, else the cluster's cloud. */
+export const serviceClouds = (service: Pick<ServiceDefinition, 'placement'>, clusterCloud: string): string[] =>
+  service.placement?.clouds ?? [clusterCloud];
+
+/** Every cloud any service of a cluster may use, in first-named order (teardown sweeps each; the `CloudgateClouds` search attribute lists them). */
+export const clusterClouds = (services: readonly Pick<ServiceDefinition, 'placement'>[], clusterCloud: string): string[] => [
+  ...new Set(services.flatMap((s) => serviceClouds(s, clusterCloud))),
+];

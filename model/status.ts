@@ -3,8 +3,11 @@
 export const CLUSTER_STATES = ['PENDING', 'DEPLOYING', 'READY', 'DEGRADED', 'FAILED', 'TERMINATING', 'TERMINATED'] as const;
 export type ClusterState = (typeof CLUSTER_STATES)[number];
 
-/** A service waits for its dependencies, deploys, is READY (min instances ready), or not. */
-export const SERVICE_STATES = ['WAITING', 'DEPLOYING', 'READY', 'DEGRADED', 'FAILED', 'TERMINATING', 'TERMINATED'] as const;
+/**
+ * A service waits for its dependencies, deploys, is READY (min instances ready), or not;
+ * WAITING_CAPACITY: it lacks instances and none of its clouds has room (it goes on by itself when one does).
+ */
+export const SERVICE_STATES = ['WAITING', 'DEPLOYING', 'WAITING_CAPACITY', 'READY', 'DEGRADED', 'FAILED', 'TERMINATING', 'TERMINATED'] as const;
 export type ServiceState = (typeof SERVICE_STATES)[number];
 
 /**
@@ -20,7 +23,10 @@ export interface InstanceStatus {
   id: string;
   name: string;
   state: InstanceState;
+  /** The cloud it was placed on. */
   cloud: string;
+  /** The hypervisor host it runs on (libvirt farms). */
+  host?: string;
   /** The provider's own id, once the cloud has accepted the create. */
   cloudInstanceId?: string;
   createdAt?: string;
@@ -43,6 +49,14 @@ export interface ServiceBrief {
   message?: string;
   /** A FAILED service under `keep` waiting for its next round of attempts: when that round starts (ISO). */
   retryingAt?: string;
+  /** Per cloud it uses: its instances there (live, not failed or leaving) and how many are ready. */
+  clouds?: Record<string, CloudCount>;
+}
+
+/** A service's instances on one cloud. */
+export interface CloudCount {
+  instances: number;
+  ready: number;
 }
 
 /** A service with its instances (the service workflow's query). */
