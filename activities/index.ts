@@ -4,7 +4,11 @@
  * is the error kind, retryable or not as the kind says.
  */
 import { ApplicationFailure, Context } from '@temporalio/activity';
-import { CloudError, RETRYABLE_KINDS, type CloudAdapter, type InstanceSpec } from '../clouds/contract.js';
+import { CloudError, RETRYABLE_KINDS, type CloudAdapter, type CloudOffering, type InstanceSpec } from '../clouds/contract.js';
+import type { CloudQuota } from '../model/clouds-config.js';
+import type { Offering } from '../model/definition.js';
+import { smallestFit } from '../model/placement.js';
+import type { CapacityLedger } from '../store/capacity.js';
 import { CONTEXT_UNAVAILABLE } from '../model/cloud-errors.js';
 import { signToken } from '../model/token.js';
 import { NO_CONTEXT, phoneHomeUrl, renderContextUserData, type PhoneHome } from '../model/user-data.js';
@@ -17,6 +21,8 @@ import type {
   CvmfsCheckResult,
   CreatedInstance,
   CreateInstancesInput,
+  CreateInstancesResult,
+  CapacityRefusalKind,
   DescribedInstance,
   DescribeInstancesInput,
   InstanceRef,
@@ -43,6 +49,17 @@ export interface ActivityDeps {
   cvmfs: { servers: string[]; maxAgeSeconds: number; timeoutMs?: number; allowedHosts?: readonly string[] };
   /** Where the workflows' published state goes for the API to read (the store). */
   readModel: ReadModelSink;
+  /** The capacity ledger (store/capacity.ts) and what it needs: each cloud's quota and flavors. */
+  capacity: CapacitySource;
+}
+
+/** What the create, terminate and sweep activities need to keep the capacity ledger. */
+export interface CapacitySource {
+  ledger: Pick<CapacityLedger, 'reserveCapacity' | 'releaseCapacity' | 'releaseClusterCapacity'>;
+  /** The registry entry's quota (undefined: unlimited). */
+  quotaOf(cloud: string): CloudQuota | undefined;
+  /** The cloud's flavors as the catalogue last listed them (an instance counts with the flavor that serves its offering). */
+  flavorsOf(cloud: string): CloudOffering[];
 }
 
 /** The store's context reads the create activity needs. */
@@ -157,6 +174,13 @@ function heartbeat(progress: number): void {
 
 export function createActivities(deps: ActivityDeps): CloudgateActivities {
   const limit = deps.concurrency ?? 16;
+  const { ledger } = deps.capacity;
+
+  /** What one instance holds of a cloud: the flavor that serves the offering, else the offering itself. */
+  const flavorSize = (cloud: string, offering: Offering): { cpus: number; memoryMiB: number } => {
+    const flavor = smallestFit(deps.capacity.flavorsOf(cloud), offering) ?? offering;
+    return { cpus: flavor.cpus, memoryMiB: flavor.memoryMiB };
+  };
 
   /**
    * Provider ids of the instances of a describe or terminate: those the workflow sent, else
@@ -204,19 +228,45 @@ export function createActivities(deps: ActivityDeps): CloudgateActivities {
   };
 
   return {
-    /** Idempotent per instance: an instance already made with the key is found, not made again. */
-    async createInstances(input) {
+    /**
+     * Idempotent per instance: an instance already made with the key is found, not made again.
+     * Each new instance first reserves room in the capacity ledger (keyed by its id, so a retry
+     * reuses its reservation). When the ledger or the cloud has no room, no further create of
+     * the batch starts and the ids not made come back as `refused` (their reservations freed).
+     */
+    async createInstances(input): Promise<CreateInstancesResult> {
       const cloud = deps.clouds.get(input.cloud);
       const ctx = input.context && loadContext(input.context);
-      return forEachLimited(input.ids, limit, async (id): Promise<CreatedInstance> => {
+      const { ledger } = deps.capacity;
+      const size = flavorSize(input.cloud, input.offering);
+      const quota = deps.capacity.quotaOf(input.cloud);
+      let refusal: { kind: CapacityRefusalKind; message: string } | undefined;
+      const made = await forEachLimited(input.ids, limit, async (id): Promise<CreatedInstance | undefined> => {
+        if (refusal) return undefined;
+        const claim = { instanceId: id, clusterId: input.clusterId, ...size };
         try {
           const found = await withLocalRetry(() => cloud.findInstance(id));
+          // An instance the cloud has is recorded whatever the quota says (made before the ledger, or a lost reservation).
+          const no = ledger.reserveCapacity(input.cloud, quota, claim, found !== undefined);
+          if (no) {
+            refusal ??= { kind: 'QuotaExceeded', message: `no room under the quota of ${no.message}` };
+            return undefined;
+          }
           const inst = found ?? (await withLocalRetry(() => cloud.createInstance(specFor(input, id, ctx), id)));
-          return { id, cloudInstanceId: inst.id, cloudState: inst.state, createdAt: inst.createdAt ?? new Date().toISOString() };
+          return { id, cloudInstanceId: inst.id, cloudState: inst.state, createdAt: inst.createdAt ?? new Date().toISOString(), ...(inst.host && { host: inst.host }) };
         } catch (err) {
+          if (err instanceof CloudError && err.kind === 'CapacityExhausted') {
+            ledger.releaseCapacity(input.cloud, [id]);
+            refusal ??= { kind: 'CapacityExhausted', message: `${input.cloud} has no capacity: ${err.message}` };
+            return undefined;
+          }
           throw toFailure(err, `create ${id} on ${input.cloud}`);
         }
       });
+      const created = made.filter((c): c is CreatedInstance => c !== undefined);
+      if (!refusal) return { created };
+      const createdIds = new Set(created.map((c) => c.id));
+      return { created, refused: { ...refusal, ids: input.ids.filter((id) => !createdIds.has(id)) } };
     },
 
     async describeInstances(input: DescribeInstancesInput) {
@@ -247,6 +297,8 @@ export function createActivities(deps: ActivityDeps): CloudgateActivities {
           // A create retried after we looked may have made another one with the same key.
           const again = await withLocalRetry(() => cloud.findInstance(ref.id));
           if (again) await withLocalRetry(() => cloud.terminateInstance(again.id));
+          // Gone: its room on the cloud is free for anyone.
+          ledger.releaseCapacity(input.cloud, [ref.id]);
           return 1;
         } catch (err) {
           throw toFailure(err, `terminate ${ref.id} on ${input.cloud}`);
@@ -323,7 +375,9 @@ export function createActivities(deps: ActivityDeps): CloudgateActivities {
             'InstancesRemaining',
           );
         }
-        return { terminated: leftovers.map((i) => i.name || i.id), remaining: 0 };
+        // Nothing of the cluster is left on the cloud: nothing of it may hold room there.
+        deps.capacity.ledger.releaseClusterCapacity(input.cloud, input.clusterId);
+        return { cloud: input.cloud, terminated: leftovers.map((i) => i.name || i.id), remaining: 0 };
       } catch (err) {
         throw toFailure(err, `sweep cluster ${input.clusterId} on ${input.cloud}`);
       }

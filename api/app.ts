@@ -9,12 +9,12 @@ import type { PayloadCodec } from '@temporalio/common';
 import { pino, type Logger } from 'pino';
 import type { Store } from '../store/index.js';
 import { authenticate, requireAdmin, type OidcVerifier } from './auth.js';
+import { cloudRoutes } from './clouds.js';
 import { codecRoutes } from './codec.js';
 import { clusterRoutes } from './clusters.js';
 import { contextRoutes } from './contexts.js';
 import { definitionRoutes } from './definitions.js';
 import { openApiDocument } from './openapi.js';
-import { NoQuerySchema, queryOf } from './paging.js';
 import { loggedPath, methodNotAllowed, notFoundHandler, Problem, problemMiddleware } from './problem.js';
 import { hostCheck } from './host-check.js';
 import { readinessRoutes } from './readiness.js';
@@ -115,12 +115,7 @@ export function createApp(deps: AppDeps): CloudgateApp {
   const readiness = readinessRoutes({ temporal, store, tokenSecret: config.tokenSecret, batching: deps.readinessBatching });
   app.use(readiness.router);
 
-  app.get('/v1/clouds', (req, res) => {
-    queryOf(req, NoQuerySchema);
-    res.json({
-      items: store.listClouds().map(({ name, kind, endpoint, credentials, offerings, images }) => ({ name, kind, endpoint, credentials, offerings, images: images ?? [] })),
-    });
-  });
+  app.use(cloudRoutes({ store, temporal, taskQueue: config.taskQueue }));
 
   app.get('/healthz', async (_req, res) => {
     const checks: Record<string, string> = {};

@@ -13,7 +13,7 @@ import {
   type WorkflowExecutionDescription,
 } from '@temporalio/client';
 import type { SearchAttributePair } from '@temporalio/common';
-import { NameSchema } from '../model/definition.js';
+import { clusterClouds, NameSchema } from '../model/definition.js';
 import type { ServiceDefinition } from '../model/definition.js';
 import type { PublishedService } from '../model/read-model.js';
 import { CLUSTER_STATES, type ClusterState } from '../model/status.js';
@@ -34,6 +34,7 @@ import {
 import {
   CLUSTER_NOT_ACTIVE,
   clusterWorkflowId,
+  SA_CLOUDS,
   SA_CLUSTER_ID,
   SA_DEFINITION,
   SA_OWNER,
@@ -121,7 +122,8 @@ export function mergeServices(view: ClusterViewRecord | undefined, serviceViews:
     ...listed.map((copy) => {
       const o = own.get(copy.name);
       const behind = o !== undefined && o.summary.state !== copy.state && Date.parse(o.observedAt) < Date.parse(view!.observedAt);
-      return o && !behind ? o.summary : copy;
+      // Per-cloud counts are only in the service's own publish: kept even when its state is behind.
+      return o && !behind ? o.summary : { ...copy, ...(o?.summary.clouds && { clouds: o.summary.clouds }) };
     }),
     ...serviceViews.filter((v) => !names.has(v.service)).map((v) => v.summary),
   ];
@@ -241,11 +243,14 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
       ...(c.owner && { owner: c.owner }),
       ...(contexts && Object.keys(contexts).length > 0 && { contexts }),
     };
+    // Every cloud a service may use (placement's, else the cluster's): `CloudgateClouds = "hlt"` finds the clusters that may touch hlt.
+    const clouds = clusterClouds(d.services, c.cloud);
     const attrs: SearchAttributePair[] = [
       { key: SA_CLUSTER_ID, value: c.id },
       { key: SA_DEFINITION, value: def.id }, // the id: search attributes are plaintext in Temporal, names go in encrypted payloads
       { key: SA_STATE, value: 'PENDING' },
       ...(c.owner ? [{ key: SA_OWNER, value: c.owner }] : []),
+      { key: SA_CLOUDS, value: clouds },
     ];
     const minInstances = d.services.reduce((n, s) => n + s.min, 0);
     await temporal.workflow.start('ClusterWorkflow', {
@@ -253,7 +258,7 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
       workflowId: clusterWorkflowId(c.id),
       args: [input],
       typedSearchAttributes: attrs,
-      staticSummary: `cluster ${c.name} from ${d.name} on ${c.cloud}: ${d.services.length} services, ${minInstances} instances min`,
+      staticSummary: `cluster ${c.name} from ${d.name} on ${clouds.length > 1 ? `clouds ${clouds.join(', ')}` : clouds[0]}: ${d.services.length} services, ${minInstances} instances min`,
       workflowIdConflictPolicy: 'USE_EXISTING',
       // A torn-down cluster must stay down even if a client replays its create request.
       workflowIdReusePolicy: 'REJECT_DUPLICATE',
@@ -301,16 +306,23 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
     const def = stored && !stored.deletedAt && mayUse(stored.owner) ? stored : undefined;
     if (!def) errors.push({ field: 'definitionId', pointer: '/definitionId', message: `no cluster definition "${body.definitionId}"` });
     const cloud = store.getCloud(body.cloud);
-    if (!cloud) {
-      const known = store.listClouds().map((c) => c.name);
-      errors.push({ field: 'cloud', pointer: '/cloud', message: `unknown cloud "${body.cloud}" (registered: ${known.join(', ') || 'none'})` });
+    const registered = () => store.listClouds().map((c) => c.name).join(', ') || 'none';
+    if (!cloud) errors.push({ field: 'cloud', pointer: '/cloud', message: `unknown cloud "${body.cloud}" (registered: ${registered()})` });
+    // Every cloud a service may land on (its placement's, else the cluster's) is checked, before anything is written.
+    const targets = def ? cloudTargets(def.definition.services, cloud, (name) => store.getCloud(name)) : [];
+    for (const t of targets) {
+      if (!t.cloud) errors.push({ field: t.field, pointer: t.pointer, message: `service "${t.service.name}": unknown cloud "${t.name}" (registered: ${registered()})` });
     }
-    if (def && cloud) errors.push(...offeringMisfits(def, cloud));
+    errors.push(...offeringMisfits(targets));
     const pinned = def && pinContexts(def.definition, store, mayUse);
     if (pinned) errors.push(...pinned.errors);
-    if (def && cloud && pinned && pinned.errors.length === 0) errors.push(...userDataMisfits(def.definition, cloud, pinned.pins, store, config));
+    if (def && pinned && pinned.errors.length === 0) {
+      const registeredOf = (_s: ServiceDefinition, i: number) =>
+        targets.flatMap((t) => (t.index === i && t.cloud ? [{ cloud: t.cloud, field: t.field, pointer: t.pointer }] : []));
+      errors.push(...userDataMisfits(def.definition, registeredOf, pinned.pins, store, config));
+    }
     // Only images the cloud's registry entry names (model/images.ts); nothing else reaches an adapter.
-    if (def && cloud) errors.push(...imageErrors(def.definition, cloud));
+    if (def) errors.push(...imageErrors(def.definition, cloud, (name) => store.getCloud(name)));
     if (!def || !pinned || errors.length > 0) throw invalid(errors);
 
     const name = body.name ?? def.definition.name;
@@ -518,18 +530,63 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
   return router;
 }
 
-/** Services whose offering no flavor of the cloud can serve: rejected before anything starts. */
-function offeringMisfits(def: ClusterDefinitionRecord, cloud: CloudRecord): FieldError[] {
-  const largest = [...cloud.offerings].sort((a, b) => b.cpus - a.cpus || b.memoryMiB - a.memoryMiB || b.diskGiB - a.diskGiB)[0];
-  return def.definition.services
-    .filter((s) => !smallestFit(cloud.offerings, s.offering))
-    .map((s) => ({
-      field: 'cloud',
-      pointer: '/cloud',
-      message:
-        `no offering of cloud "${cloud.name}" fits service "${s.name}" (${s.offering.cpus} cpus, ${s.offering.memoryMiB} MiB, ${s.offering.diskGiB} GiB)` +
-        (largest ? `; its largest is ${largest.name} (${largest.cpus} cpus, ${largest.memoryMiB} MiB, ${largest.diskGiB} GiB)` : '; it lists no offerings'),
+/**
+ * One cloud a service may land on: the cluster's `cloud` for a service without placement
+ * (errors point at the request's `/cloud`), else each cloud its placement names (errors
+ * point into the definition). `cloud` is unset for a name the registry does not hold.
+ */
+interface CloudTargetOf {
+  service: ServiceDefinition;
+  index: number;
+  name: string;
+  cloud?: CloudRecord;
+  placed: boolean;
+  /** Where an error about this cloud points. */
+  field: string;
+  pointer: string;
+}
+
+/**
+ * Every (service, cloud) pair of a submission, services in order and each one's clouds in
+ * its order. Services without placement whose cluster cloud is unregistered are left out:
+ * the request's unknown `cloud` is reported once, by itself.
+ */
+function cloudTargets(services: readonly ServiceDefinition[], clusterCloud: CloudRecord | undefined, getCloud: (name: string) => CloudRecord | undefined): CloudTargetOf[] {
+  return services.flatMap((service, index): CloudTargetOf[] => {
+    if (!service.placement) {
+      return clusterCloud ? [{ service, index, name: clusterCloud.name, cloud: clusterCloud, placed: false, field: 'cloud', pointer: '/cloud' }] : [];
+    }
+    return service.placement.clouds.map((name, j) => ({
+      service,
+      index,
+      name,
+      cloud: getCloud(name),
+      placed: true,
+      field: `definition.services[${index}].placement.clouds[${j}]`,
+      pointer: `/definition/services/${index}/placement/clouds/${j}`,
     }));
+  });
+}
+
+/**
+ * Services whose offering no flavor of a cloud they may land on can serve: rejected before
+ * anything starts. Without placement the error points at the request's `cloud` (as it
+ * always has); with one, at the service's offering, once per cloud that cannot serve it.
+ */
+function offeringMisfits(targets: readonly CloudTargetOf[]): FieldError[] {
+  return targets.flatMap(({ service: s, index, cloud, placed }) => {
+    if (!cloud || smallestFit(cloud.offerings, s.offering)) return [];
+    const largest = [...cloud.offerings].sort((a, b) => b.cpus - a.cpus || b.memoryMiB - a.memoryMiB || b.diskGiB - a.diskGiB)[0];
+    return [
+      {
+        field: placed ? `definition.services[${index}].offering` : 'cloud',
+        pointer: placed ? `/definition/services/${index}/offering` : '/cloud',
+        message:
+          `no offering of cloud "${cloud.name}" fits service "${s.name}" (${s.offering.cpus} cpus, ${s.offering.memoryMiB} MiB, ${s.offering.diskGiB} GiB)` +
+          (largest ? `; its largest is ${largest.name} (${largest.cpus} cpus, ${largest.memoryMiB} MiB, ${largest.diskGiB} GiB)` : '; it lists no offerings'),
+      },
+    ];
+  });
 }
 
 /** Maps the scale update's rejections (validator failures carry a type) to HTTP. */

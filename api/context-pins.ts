@@ -2,11 +2,12 @@
  * Cluster definitions name a context per service. A definition may only name contexts that
  * exist; a cluster pins, when it is submitted, the version each service renders (the latest,
  * or the one the definition names), so later versions never change a running cluster. The
- * pinned user-data must also fit the target cloud's limit: that is checked here, at
- * submission, with a real rendering of the largest instance the cluster could have.
+ * pinned user-data must also fit the limit of every cloud the service may land on: that is
+ * checked here, at submission, with a real rendering of the largest instance the cluster
+ * could have.
  */
 import { pinContext, type PinnedContext } from '../model/context.js';
-import type { ClusterDefinition } from '../model/definition.js';
+import type { ClusterDefinition, ServiceDefinition } from '../model/definition.js';
 import { instanceId } from '../model/service-plan.js';
 import { signToken } from '../model/token.js';
 import { measureUserData, phoneHomeUrl, renderContextUserData } from '../model/user-data.js';
@@ -72,21 +73,32 @@ export function pinContexts(def: ClusterDefinition, store: Store, mayUse: MayUse
   return { pins, errors };
 }
 
+/** A cloud a service may land on, and where an error about it points (the request's `cloud`, or the placement's entry). */
+export interface CloudTarget {
+  cloud: CloudRecord;
+  field: string;
+  pointer: string;
+}
+
 /**
- * Services whose user-data would exceed the cloud's limit, rendered with the pinned version,
- * its real secret values and the longest instance id and token the cluster could use.
+ * Services whose user-data would exceed the limit of a cloud they may land on, rendered with
+ * the pinned version, its real secret values and the longest instance id and token the
+ * cluster could use. `cloudsOf` names each service's registered clouds (the cluster's
+ * `cloud`, or each of its placement's); one error per service and cloud that does not fit.
  */
 export function userDataMisfits(
   def: ClusterDefinition,
-  cloud: CloudRecord,
+  cloudsOf: (service: ServiceDefinition, index: number) => readonly CloudTarget[],
   pins: Record<string, PinnedContext>,
   store: Store,
   settings: RenderSettings,
 ): FieldError[] {
-  return def.services.flatMap((s) => {
+  return def.services.flatMap((s, i) => {
     const pin = pins[s.name];
     const rec = pin && store.getContext(pin.id, pin.version);
     if (!pin || !rec) return [];
+    const targets = cloudsOf(s, i);
+    if (targets.length === 0) return [];
     const id = instanceId(LONGEST_CLUSTER_ID, s.name, LONGEST_ORDINAL);
     const token = signToken({ iid: id, cluster: LONGEST_CLUSTER_ID, service: s.name, exp: LONGEST_EXP }, settings.tokenSecret);
     let text: string;
@@ -98,18 +110,20 @@ export function userDataMisfits(
     } catch (err) {
       return [{ field: 'definitionId', pointer: '/definitionId', message: `service "${s.name}": context ${pin.id} v${pin.version} cannot be rendered: ${(err as Error).message}` }];
     }
-    const measured = measureUserData(cloud.kind, text);
-    if (!measured || measured.size <= measured.limit.maxBytes) return [];
-    const { size, limit } = measured;
-    return [
-      {
-        field: 'cloud',
-        pointer: '/cloud',
-        message:
-          `user-data of service "${s.name}" (context ${pin.id} v${pin.version}) is ${size} bytes` +
-          `${limit.counted === 'base64' ? ' in base64' : ''}; cloud "${cloud.name}" (${cloud.kind}) accepts at most ` +
-          `${limit.maxBytes} bytes (${limit.stated}): shorten the context's startup script or extra cloud-config, or deploy to another cloud`,
-      },
-    ];
+    return targets.flatMap(({ cloud, field, pointer }) => {
+      const measured = measureUserData(cloud.kind, text);
+      if (!measured || measured.size <= measured.limit.maxBytes) return [];
+      const { size, limit } = measured;
+      return [
+        {
+          field,
+          pointer,
+          message:
+            `user-data of service "${s.name}" (context ${pin.id} v${pin.version}) is ${size} bytes` +
+            `${limit.counted === 'base64' ? ' in base64' : ''}; cloud "${cloud.name}" (${cloud.kind}) accepts at most ` +
+            `${limit.maxBytes} bytes (${limit.stated}): shorten the context's startup script or extra cloud-config, or deploy to another cloud`,
+        },
+      ];
+    });
   });
 }

@@ -5,7 +5,6 @@ import { extendZodWithOpenApi, OpenAPIRegistry, OpenApiGeneratorV31, type Respon
 import { z } from 'zod';
 import { AGENTS } from '../model/agent-views.js';
 import { ContextInputSchema } from '../model/context.js';
-import { ClusterDefinitionSchema } from '../model/definition.js';
 import { INSTANCE_STATES } from '../model/status.js';
 import * as S from './schemas.js';
 
@@ -34,7 +33,7 @@ export function openApiDocument(serverUrl: string): Doc {
     return named;
   };
   const Problem = register('Problem', S.ProblemSchema);
-  const Definition = register('ClusterDefinition', ClusterDefinitionSchema);
+  const Definition = register('ClusterDefinition', S.DocumentedClusterDefinitionSchema);
   const DefinitionRecord = register('ClusterDefinitionRecord', S.ClusterDefinitionRecordSchema);
   const CreateCluster = register('CreateClusterRequest', S.CreateClusterRequestSchema);
   const ClusterCreated = register('ClusterCreated', S.ClusterCreatedSchema);
@@ -118,6 +117,13 @@ export function openApiDocument(serverUrl: string): Doc {
     method: 'post',
     path: '/v1/clusters',
     summary: 'Deploy a cluster from a definition (starts its workflow)',
+    description:
+      "Every cloud a service may land on is checked before anything is stored: the request's `cloud` for services without a " +
+      '`placement`, each cloud of its placement otherwise. An unregistered cloud, an offering no flavor of the cloud fits, an image ' +
+      'the cloud does not offer or a user-data larger than the cloud accepts is a 422 listing every such error, each naming the ' +
+      'service and the cloud. Errors about a placement cloud point into the definition (`/definition/services/<i>/placement/clouds/<j>` ' +
+      'for an unregistered cloud or a user-data too large, `.../offering`, `.../image`); the others point at `/cloud` (images: field ' +
+      '`definition.services[<i>].image`). The workflow carries the search attribute `CloudgateClouds`: every cloud the cluster may use.',
     request: {
       ...body(CreateCluster),
       headers: z.object({
@@ -390,8 +396,28 @@ export function openApiDocument(serverUrl: string): Doc {
   r.registerPath({
     method: 'get',
     path: '/v1/clouds',
-    summary: 'Clouds the workers can deploy to',
-    responses: { 200: json(S.listOf(Cloud), 'Registered clouds') },
+    summary: 'Clouds the workers can deploy to: registry information, the offerings the cloud catalogue last listed, quota and usage',
+    description:
+      'Offerings come from the cloud catalogue (the `cloud-catalogue` Temporal Schedule, every 5 minutes, and `POST /v1/clouds/{id}/refresh`); ' +
+      'a cloud that has not answered yet lists none, one that stopped answering keeps those it listed before.',
+    responses: { 200: json(S.listOf(Cloud), 'Registered clouds'), 422: problem('Unknown query parameter') },
+  });
+  r.registerPath({
+    method: 'post',
+    path: '/v1/clouds/{id}/refresh',
+    summary: "Lists one cloud's offerings now (admin only)",
+    description:
+      'Runs the cloud catalogue workflow for this cloud (workflow id `cloud-catalogue/<cloud>/<time>-<random>`) and waits for it (at most 45 s): ' +
+      'its adapter lists the offerings (reading its credentials there) and the store record is written. No body.',
+    request: { params: z.object({ id: openapi(z.string(), { description: 'The cloud\'s name (as `GET /v1/clouds` lists it)', example: 'sim' }) }) },
+    responses: {
+      200: json(Cloud, 'The refreshed cloud, as `GET /v1/clouds` shows it'),
+      403: problem('Not an admin'),
+      404: problem('No cloud of that name'),
+      422: problem('Unknown query parameter'),
+      502: problem('The cloud did not answer (urn:cloudgate:problem:cloud-unreachable): `cloud`, `error`, `errorKind` and `offeringsKept` say which and why; the offerings listed before are kept'),
+      503: problem('Temporal or a worker serving the cloud is not reachable, or the refresh did not finish in time'),
+    },
   });
   r.registerPath({
     method: 'get',

@@ -4,8 +4,9 @@
  */
 import { z } from 'zod';
 import { AGENTS } from '../model/agent-views.js';
+import { CloudQuotaSchema } from '../model/clouds-config.js';
 import { ContextSchema, ContextUserSchema } from '../model/context.js';
-import { ClusterDefinitionSchema, NameSchema, OfferingSchema } from '../model/definition.js';
+import { ClusterDefinitionSchema, NameSchema, OfferingSchema, PlacementSchema, ServiceDefinitionSchema } from '../model/definition.js';
 import { CLUSTER_EVENT_KINDS } from '../model/read-model.js';
 import { CLUSTER_STATES, INSTANCE_STATES, SERVICE_STATES } from '../model/status.js';
 
@@ -107,10 +108,34 @@ export const ContextRecordSchema = z.object({
   createdAt: z.string(),
 });
 
+/**
+ * The definition's schema as the API documents it: the model's own (same rules, same
+ * refinements; `safeExtend` keeps them), with the descriptions of `placement` (issue 12).
+ * Requests are still validated with the model's `ClusterDefinitionSchema`.
+ */
+export const DocumentedPlacementSchema = PlacementSchema.extend({
+  clouds: PlacementSchema.shape.clouds.describe(
+    'Registered clouds (GET /v1/clouds) in order of preference, each at most once. Every one is checked at cluster submission ' +
+      '(registered, an offering that fits, the image, the user-data size): any misfit is a 422 naming the service and the cloud',
+  ),
+  strategy: PlacementSchema.shape.strategy.describe(
+    'fill: the first cloud with room, spilling to the next when it is full or failing; spread: instances balanced over the clouds with room',
+  ),
+}).describe(
+  "Where the service's instances may go: several clouds and how to use them. Without it, the cluster's `cloud`. " +
+    'A service with no room on any of its clouds waits (state WAITING_CAPACITY) and goes on by itself when one has room',
+);
+
+export const DocumentedServiceDefinitionSchema = ServiceDefinitionSchema.extend({ placement: DocumentedPlacementSchema.optional() });
+
+export const DocumentedClusterDefinitionSchema = ClusterDefinitionSchema.safeExtend({
+  services: z.array(DocumentedServiceDefinitionSchema).min(1).max(200),
+});
+
 export const ClusterDefinitionRecordSchema = z.object({
   id: z.string(),
   name: z.string(),
-  definition: ClusterDefinitionSchema,
+  definition: DocumentedClusterDefinitionSchema,
   createdAt: z.string(),
 });
 
@@ -142,7 +167,8 @@ export const InstanceStatusSchema = z.object({
   id: z.string(),
   name: z.string(),
   state: z.enum(INSTANCE_STATES),
-  cloud: z.string(),
+  cloud: z.string().describe('The cloud it was placed on'),
+  host: z.string().optional().describe('The hypervisor host it runs on (libvirt farms), once known'),
   cloudInstanceId: z.string().optional(),
   createdAt: z.string().optional(),
   readyAt: z.string().optional(),
@@ -158,12 +184,18 @@ export const PublishedInstanceSchema = InstanceStatusSchema.extend({
 /** A service in the cluster answer: counts, no instances (`PublishedService`, model/read-model.ts). */
 export const PublishedServiceSchema = z.object({
   name: z.string(),
-  state: z.enum(SERVICE_STATES),
+  state: z
+    .enum(SERVICE_STATES)
+    .describe('WAITING_CAPACITY: it lacks instances and none of its clouds has room; it goes on by itself when one does'),
   desired: z.number().int(),
   ready: z.number().int(),
   replacements: z.number().int(),
   message: z.string().optional(),
   retryingAt: z.string().optional().describe('A FAILED service under failurePolicy keep: when its next round of attempts starts'),
+  clouds: z
+    .record(z.string(), z.object({ instances: z.number().int(), ready: z.number().int() }))
+    .optional()
+    .describe('Per cloud the service uses: its live instances there (not failed or leaving) and how many are ready'),
 });
 
 /** `GET /v1/clusters/:id/services/:service`: the service's published summary, when it was observed, where its instances are. */
@@ -210,10 +242,17 @@ export const CloudSchema = z.object({
   endpoint: z.string().optional(),
   /** Credential references (`env:NAME`, `file:/path`): where secrets are read, never their values. */
   credentials: z.record(z.string(), z.string()).optional(),
-  offerings: z.array(OfferingSchema.extend({ id: z.string(), name: z.string() })),
+  offerings: z
+    .array(OfferingSchema.extend({ id: z.string(), name: z.string() }))
+    .describe('What the cloud catalogue last listed (every 5 minutes, or on POST /v1/clouds/{id}/refresh); kept while the cloud does not answer; empty until it first answers'),
   /** The image names a service may name on this cloud (its registry entry's `images`). */
   images: z.array(z.string()),
+  quota: CloudQuotaSchema.optional().describe("What cloudgate may use of the cloud over all clusters and owners (its registry entry's quota); absent, or a field absent: unlimited"),
+  usage: z
+    .object({ instances: z.number().int(), cpus: z.number().int(), memoryMiB: z.number().int() })
+    .describe("What cloudgate holds on the cloud now (the capacity ledger's reservations), over all clusters and owners"),
 });
+export type Cloud = z.infer<typeof CloudSchema>;
 
 export const HealthSchema = z.object({ status: z.literal('ok'), checks: z.record(z.string(), z.string()) });
 

@@ -5,14 +5,20 @@
  * ideal time (levels × (boot + readiness)), their ratio, the largest workflow history,
  * events per instance, peak worker RSS, and teardown time. Everything runs on 127.0.0.1.
  *
+ * Then, in the same command and stack, the same cluster again with `workers` placed `fill`
+ * over two simulated clouds, the first with room for 500 (a quota): 500 workers there, the
+ * rest spilled to the second. Both ratios are printed; the spilled run must stay within 5 %
+ * of the single-cloud one (the command exits 1 otherwise).
+ *
  * Environment: BENCH_BOOT_MS, BENCH_READY_MS and BENCH_SCALE (multiplies instance counts)
  * for quick trial runs; the published figures use the defaults.
  */
 import { spawn } from 'node:child_process';
-import { readFileSync, rmSync } from 'node:fs';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Client, Connection } from '@temporalio/client';
+import { stringify as stringifyYaml } from 'yaml';
 import { startApi } from '../api/main.js';
 import { payloadDataConverter } from '../model/payload-codec.js';
 import { clusterStatusQuery, clusterWorkflowId } from '../workflows/messages.js';
@@ -29,7 +35,21 @@ const counts = { proxy: Math.round(10 * scale), head: Math.round(40 * scale), wo
 const total = counts.proxy + counts.head + counts.workers;
 const log = (msg: string) => console.error(`[bench] ${msg}`);
 
-const { dataDir, temporal, config, sizeWarnings } = await startBenchStack('bench', { bootMs, readyDelayMs: readyMs });
+/** Room on the first cloud of the second run: about half the instances (500 at the default scale). */
+const roomOnA = Math.round(500 * scale);
+/** `sim` for the single-cloud run; `sim-a` (a quota of {@link roomOnA} instances) and `sim-b` for the spilled one. */
+const REGISTRY = {
+  clouds: [
+    { name: 'sim', kind: 'sim' },
+    { name: 'sim-a', kind: 'sim', quota: { instances: roomOnA } },
+    { name: 'sim-b', kind: 'sim' },
+  ],
+};
+
+const { dataDir, temporal, config: baseConfig, sizeWarnings } = await startBenchStack('bench', { bootMs, readyDelayMs: readyMs });
+const cloudsFile = path.join(dataDir, 'clouds.yaml');
+writeFileSync(cloudsFile, stringifyYaml(REGISTRY));
+const config = { ...baseConfig, cloudsFile };
 const api = await startApi(config);
 const worker = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'workers/main.ts')], {
   env: {
@@ -42,6 +62,7 @@ const worker = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'work
     SIM_BOOT_MS: String(bootMs),
     SIM_READY_DELAY_MS: String(readyMs),
     SIM_SEED: 'bench',
+    CLOUDGATE_CLOUDS: cloudsFile,
   },
   stdio: ['ignore', 'inherit', 'inherit'],
 });
@@ -59,13 +80,18 @@ const post = async (url: string, body: unknown) => {
   return json;
 };
 
-try {
-  // Wait until the worker is polling (its bundle built), so the clock measures orchestration only.
-  for (;;) {
-    const tq = await client.workflowService.describeTaskQueue({ namespace: 'default', taskQueue: { name: config.taskQueue }, taskQueueType: 1 });
-    if ((tq.pollers ?? []).length > 0) break;
-    await new Promise((r) => setTimeout(r, 250));
-  }
+/** One deployment measured: the figures `runScenario` prints and the ratio the two runs are compared by. */
+interface Scenario {
+  label: string;
+  ratio: number;
+  rows: [string, string][];
+}
+
+/**
+ * Deploys the three-tier cluster (workers placed as `workersPlacement` says, if at all),
+ * measures it to READY and through teardown, and returns its figures.
+ */
+async function runScenario(label: string, workersPlacement?: { clouds: string[]; strategy: 'fill' | 'spread' }): Promise<Scenario> {
   const offering = { cpus: 1, memoryMiB: 2048, diskGiB: 20 };
   const image = 'cernvm4-micro-2020.07';
   const timeout = Math.ceil((bootMs + readyMs) / 1000) + 120;
@@ -74,12 +100,12 @@ try {
     services: [
       { name: 'proxy', offering, image, min: counts.proxy, readinessTimeoutSeconds: timeout },
       { name: 'head', offering, image, min: counts.head, dependsOn: ['proxy'], readinessTimeoutSeconds: timeout },
-      { name: 'workers', offering, image, min: counts.workers, dependsOn: ['head'], readinessTimeoutSeconds: timeout },
+      { name: 'workers', offering, image, min: counts.workers, dependsOn: ['head'], readinessTimeoutSeconds: timeout, ...(workersPlacement && { placement: workersPlacement }) },
     ],
   });
-  log(`deploying ${total} instances (boot ${bootMs} ms + readiness ${readyMs} ms)`);
+  log(`${label}: deploying ${total} instances (boot ${bootMs} ms + readiness ${readyMs} ms)`);
   const t0 = Date.now();
-  const cluster = await post('/v1/clusters', { definitionId: def.id });
+  const cluster = await post('/v1/clusters', { definitionId: def.id, cloud: 'sim' });
   const handle = client.workflow.getHandle(clusterWorkflowId(cluster.id));
   // A reader in its own process asks for the cluster at a fixed rate all through the deployment.
   const reader =
@@ -101,7 +127,7 @@ try {
   for (;;) {
     const view = await handle.query(clusterStatusQuery);
     const line = view.services.map((s) => `${s.name} ${s.state}`).join(', ');
-    if (line !== lastLine) log(`${((Date.now() - t0) / 1000).toFixed(1)} s: ${line}`);
+    if (line !== lastLine) log(`${label}: ${((Date.now() - t0) / 1000).toFixed(1)} s: ${line}`);
     lastLine = line;
     if (view.state === 'READY') break;
     if (view.state === 'FAILED') throw new Error(`cluster failed: ${view.message}`);
@@ -111,6 +137,9 @@ try {
   const ideal = (3 * (bootMs + readyMs)) / 1000;
   reader?.stdin!.end();
   const reads = readRate > 0 ? (JSON.parse((await readFigures) || '{}') as Record<string, number>) : undefined;
+  // Where the workers went (the read model's per-cloud counts).
+  const answer = (await (await fetch(`${api.url}/v1/clusters/${cluster.id}`, { headers: auth })).json()) as any;
+  const workersClouds = answer.services?.find((s: any) => s.name === 'workers')?.clouds ?? {};
 
   // Every run of every workflow of this cluster, continue-as-new runs included.
   let largest = { id: '', events: 0 };
@@ -131,6 +160,7 @@ try {
 
   const rows: [string, string][] = [
     ['instances', String(total)],
+    ['workers per cloud', Object.entries(workersClouds).map(([c, n]: [string, any]) => `${c} ${n.instances}`).join(', ')],
     ['wall time to READY', `${wall.toFixed(1)} s`],
     ['ideal (3 levels × (boot + readiness))', `${ideal.toFixed(1)} s`],
     ['ratio wall / ideal', (wall / ideal).toFixed(3)],
@@ -143,12 +173,37 @@ try {
     ['largest workflow history', `${largest.events} events — ${largest.id}`],
     ['workflow runs (incl. continue-as-new)', String(runs)],
     ['events per instance (all histories)', (events / total).toFixed(2)],
-    ['peak worker RSS', `${peakRssMiB.toFixed(0)} MiB`],
-    ['server warnings of payload or history size', String(sizeWarnings())],
+    ['peak worker RSS (so far)', `${peakRssMiB.toFixed(0)} MiB`],
+    ['server warnings of payload or history size (so far)', String(sizeWarnings())],
     ['teardown to TERMINATED', `${teardown.toFixed(1)} s (${final.state})`],
   ];
+  return { label, ratio: wall / ideal, rows };
+}
+
+const print = ({ label, rows }: Scenario) => {
   const w = Math.max(...rows.map(([k]) => k.length));
-  console.log(rows.map(([k, v]) => `${k.padEnd(w)}  ${v}`).join('\n'));
+  console.log(`${label}\n${rows.map(([k, v]) => `  ${k.padEnd(w)}  ${v}`).join('\n')}`);
+};
+
+try {
+  // Wait until the worker is polling (its bundle built) and the catalogue lists every cloud's
+  // offerings (submissions are checked against them), so the clock measures orchestration only.
+  for (;;) {
+    const tq = await client.workflowService.describeTaskQueue({ namespace: 'default', taskQueue: { name: config.taskQueue }, taskQueueType: 1 });
+    const clouds = (await (await fetch(`${api.url}/v1/clouds`, { headers: auth })).json()) as { items?: { name: string; offerings: unknown[] }[] };
+    const listed = new Set((clouds.items ?? []).filter((c) => c.offerings.length > 0).map((c) => c.name));
+    if ((tq.pollers ?? []).length > 0 && REGISTRY.clouds.every((c) => listed.has(c.name))) break;
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  const single = await runScenario('run 1: every service on sim');
+  print(single);
+  const spilled = await runScenario(`run 2: workers fill over sim-a (room for ${roomOnA}) then sim-b`, { clouds: ['sim-a', 'sim-b'], strategy: 'fill' });
+  print(spilled);
+  const slower = spilled.ratio / single.ratio - 1;
+  console.log(
+    `spilled vs single-cloud: ratio ${spilled.ratio.toFixed(3)} vs ${single.ratio.toFixed(3)} (${(slower * 100).toFixed(1)} %; within 5 %: ${slower <= 0.05 ? 'yes' : 'NO'})`,
+  );
+  if (slower > 0.05) process.exitCode = 1;
 } finally {
   worker.kill('SIGTERM');
   await new Promise((r) => worker.once('exit', r));

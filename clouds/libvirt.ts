@@ -1,23 +1,42 @@
 /**
- * `libvirt`: instances are libvirt domains on one hypervisor (a KVM farm node over
- * `qemu+ssh://`, Xen, or libvirt's built-in test driver `test:///default` in tests).
+ * `libvirt`: instances are libvirt domains on one hypervisor (a KVM node over
+ * `qemu+ssh://`, Xen, or libvirt's built-in test driver `test:///default` in tests), or on a
+ * farm of them (`hosts:` in the registry entry: the ALICE HLT farm is hundreds of KVM hosts).
  *
  * - Idempotency: the domain name is the idempotency key. libvirt refuses a second domain
- *   with a taken name ("already exists"), so two workers racing on one key make one domain.
- * - Memory: nothing is kept in this process. Key, cluster and service live in the domain's
- *   `<metadata>` (namespace {@link CLOUDGATE_XMLNS}), so a restarted worker finds and lists
- *   its instances by reading the domain XML back; domains without that element (the test
- *   driver's own "test" domain, an admin's VMs) are never listed, described or touched.
- * - User-data: a read-only CD-ROM seed ISO (see seed-iso.ts) at `<storageDir>/<name>-seed.iso`.
- * - The instance id is the domain's UUID, not its name: a key terminated and created again
- *   is a new instance with a new id (libvirt makes a new UUID per define), so a stale id
- *   never describes its successor. The name (= key) is what `virsh list` and the UI show,
- *   and it is in `extra.domain`.
+ *   with a taken name ("already exists"), so two workers racing on one key and one host make
+ *   one domain. On a farm a create first looks for the key on every answering host, and
+ *   after defining it looks again: when the key exists on another host too (two racing
+ *   creates placed it on two hosts), the earlier domain (by its `created` stamp, then host
+ *   name) wins and the later creator removes its own. What stays open: a host that does not
+ *   answer may hold the key (a create whose answer was lost just before the host went
+ *   away); a retried create then makes it on another host, and the stale copy lives on until
+ *   the cluster's teardown finds it by key (see the README's farm section).
+ * - Memory: nothing is kept in this process but caches. Key, cluster, service, size and the
+ *   overlay disk live in the domain's `<metadata>` (namespace {@link CLOUDGATE_XMLNS}), so a
+ *   restarted worker finds and lists its instances by reading the domain XML back; domains
+ *   without that element (the test driver's own "test" domain, an admin's VMs) are never
+ *   listed, described or touched.
+ * - Disks: each instance boots a qcow2 overlay of its own, backed by the read-only base image
+ *   of the registry (see {@link Overlays}); the seed CD-ROM (seed-iso.ts) carries the
+ *   user-data, at `<storageDir>/<name>-seed.iso`.
+ * - Instance ids: the domain's UUID (a key terminated and created again is a new instance
+ *   with a new id, so a stale id never describes its successor); on a farm `<host>/<uuid>`,
+ *   so describe and terminate go straight to the right host. The name (= key) is what
+ *   `virsh list` and the UI show, and it is in `extra.domain`.
+ * - Farms: one connection per host, opened on first use and kept. A host that does not
+ *   connect or answer within `hostTimeoutSeconds` is lost: it is skipped (placement, find,
+ *   list) for `hostRetrySeconds`, its instances describe as `ERROR` with `extra.hostLost`,
+ *   and terminating one records a pending destroy (a file under
+ *   `<storageDir>/pending-destroy/<host>/`) that is carried out first thing when the host
+ *   answers again.
  */
-import { rm } from 'node:fs/promises';
+import { execFile } from 'node:child_process';
+import { mkdir, mkdtemp, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { DomainState, Hypervisor, type Domain, type DomainInfo } from '@unraid/libvirt';
-import { isLibvirtImageRef, type LibvirtCloudConfig } from '../model/clouds-config.js';
+import { isLibvirtImageRef, libvirtHosts, type LibvirtCloudConfig, type LibvirtHostRef } from '../model/clouds-config.js';
 import {
   CloudError,
   type CloudAdapter,
@@ -25,6 +44,7 @@ import {
   type CloudInstance,
   type CloudInstanceState,
   type CloudOffering,
+  type InstanceSpec,
 } from './contract.js';
 import { requireImage, smallestFit } from './registry.js';
 import { writeSeedIso } from './seed-iso.js';
@@ -39,6 +59,14 @@ export const LIBVIRT_OFFERINGS: readonly CloudOffering[] = [
   { id: 'large', name: 'large', cpus: 4, memoryMiB: 8192, diskGiB: 80 },
   { id: 'xlarge', name: 'xlarge', cpus: 8, memoryMiB: 16384, diskGiB: 160 },
 ];
+
+/** Farm defaults: a host that takes longer than this to connect or answer is lost... */
+export const DEFAULT_HOST_TIMEOUT_SECONDS = 5;
+/** ...and is tried again after this long. */
+export const DEFAULT_HOST_RETRY_SECONDS = 30;
+
+/** How long a host's usage (its cloudgate domains' sizes) is reused for placement before it is read again. */
+const USAGE_TTL_MS = 2_000;
 
 /**
  * Normalises virDomainState. PAUSED counts as RUNNING: libvirt pauses domains briefly for
@@ -61,52 +89,90 @@ export function toCloudState(state: DomainState): CloudInstanceState {
   }
 }
 
-/** The libvirt adapter for one hypervisor URI. Adapters on one URI share one connection. */
+/** vCPUs and memory: what a domain takes of a host. */
+export interface HostSize {
+  cpus: number;
+  memoryMiB: number;
+}
+
+/** A host as placement sees it: its name, whether it answers, and what is free on it. */
+export interface HostRoom {
+  host: string;
+  /** Undefined while the host does not answer. */
+  free?: HostSize;
+  /** Why it does not answer. */
+  lostReason?: string;
+}
+
+/**
+ * Where a new instance of `size` goes: the answering host it fits on with the most room,
+ * measured as how many more instances of this size would fit there (the scarcer of cpus and
+ * memory decides), then most free cpus, most free memory, host name. Deterministic for one
+ * state, so two creates of one key that see the same farm pick the same host.
+ */
+export function pickHost(rooms: readonly HostRoom[], size: HostSize): HostRoom | undefined {
+  const fits = (r: HostRoom): r is HostRoom & { free: HostSize } =>
+    r.free !== undefined && r.free.cpus >= size.cpus && r.free.memoryMiB >= size.memoryMiB;
+  const slots = (f: HostSize) => Math.min(Math.floor(f.cpus / size.cpus), Math.floor(f.memoryMiB / size.memoryMiB));
+  const better = (a: HostRoom & { free: HostSize }, b: HostRoom & { free: HostSize }) =>
+    slots(a.free) - slots(b.free) || a.free.cpus - b.free.cpus || a.free.memoryMiB - b.free.memoryMiB || (a.host < b.host ? 1 : -1);
+  let best: (HostRoom & { free: HostSize }) | undefined;
+  for (const r of rooms) if (fits(r) && (!best || better(r, best) > 0)) best = r;
+  return best;
+}
+
+/** One line per host for a `CapacityExhausted` message: `h1 1 cpus/2048 MiB free`, `h3 not answering (…)`. */
+export function describeRooms(rooms: readonly HostRoom[]): string {
+  const show = (n: number) => (Number.isFinite(n) ? String(n) : 'unlimited');
+  return rooms
+    .map((r) => (r.free ? `${r.host} ${show(r.free.cpus)} cpus/${show(r.free.memoryMiB)} MiB free` : `${r.host} not answering (${r.lostReason ?? 'unknown'})`))
+    .join(', ');
+}
+
+/** The libvirt adapter for one registry entry: one hypervisor (`uri`) or a farm of them (`hosts`). */
 export function createLibvirtCloud(cfg: LibvirtCloudConfig): CloudAdapter {
-  const { name, uri } = cfg;
+  const { name } = cfg;
+  const farm = cfg.hosts !== undefined;
   const offerings = (cfg.offerings ?? LIBVIRT_OFFERINGS).map((o) => ({ ...o }));
   const seedPath = (domain: string) => path.join(cfg.storageDir, `${domain}-seed.iso`);
-  const shared = acquire(uri);
-  let closed = false;
+  const timeoutMs = (cfg.hostTimeoutSeconds ?? DEFAULT_HOST_TIMEOUT_SECONDS) * 1000;
+  // A single hypervisor keeps its behaviour from before farms: no timeouts, never skipped.
+  const timing: HostTiming = farm ? { timeoutMs, retryMs: (cfg.hostRetrySeconds ?? DEFAULT_HOST_RETRY_SECONDS) * 1000 } : { retryMs: 0 };
+  const pending = new PendingDestroys(path.join(cfg.storageDir, 'pending-destroy'));
+  const overlays = new Overlays(name, cfg.storageDir, Math.max(timeoutMs, 30_000));
+  const hosts = libvirtHosts(cfg).map((ref) => new Host(name, ref, timing, (h, hv) => (farm ? drainPending(h, hv) : Promise.resolve())));
+  const hostByName = new Map(hosts.map((h) => [h.name, h]));
 
-  /**
-   * Runs `fn` on the shared connection. When the connection turns out to be broken (libvirtd
-   * restarted, SSH dropped) it is replaced and `fn` runs once more on the new one: every
-   * operation here is idempotent, so repeating one is safe.
-   */
-  const withConn = async <T>(fn: (hv: Hypervisor) => Promise<T>): Promise<T> => {
-    for (let attempt = 0; ; attempt++) {
-      if (closed) throw new CloudError('InvalidRequest', `${name}: the adapter is closed`);
-      let hv: Hypervisor;
-      try {
-        hv = await connect(shared);
-      } catch (err) {
-        throw toCloudError(err, `${name}: cannot connect to ${uri}`);
-      }
-      try {
-        return await fn(hv);
-      } catch (err) {
-        if (!matches(err, CONNECTION_LOST)) throw err;
-        forget(shared, hv);
-        if (attempt > 0) throw err;
-      }
-    }
+  // ---- ids -------------------------------------------------------------------------------
+
+  const idOf = (host: Host, uuid: string) => (farm ? `${host.name}/${uuid}` : uuid);
+
+  /** The host and UUID an id names (host undefined: a bare UUID on a farm, any host); undefined: not one of ours. */
+  const parseId = (id: string): { host?: Host; uuid: string } | undefined => {
+    const m = /^(?:([^/]+)\/)?([^/]+)$/.exec(id);
+    if (!m || !UUID.test(m[2])) return undefined;
+    if (m[1] === undefined) return { host: farm ? undefined : hosts[0], uuid: m[2] };
+    const host = farm ? hostByName.get(m[1]) : undefined;
+    return host && { host, uuid: m[2] };
   };
+
+  // ---- one domain on one host -------------------------------------------------------------
 
   /** The domain with this name, or undefined when there is none. */
   const byName = (hv: Hypervisor, domain: string): Promise<Domain | undefined> => orUndefined(hv.domainLookupByName(domain));
 
-  /** The domain with this instance id (UUID), or undefined when there is none. */
-  const byId = async (hv: Hypervisor, id: string): Promise<Domain | undefined> =>
-    UUID.test(id) ? orUndefined(hv.domainLookupByUUIDString(id)) : undefined;
+  /** The domain with this UUID, or undefined when there is none. */
+  const byUuid = (hv: Hypervisor, uuid: string): Promise<Domain | undefined> => orUndefined(hv.domainLookupByUUIDString(uuid));
 
   /** Reads a domain as an instance; undefined when it is not ours or vanished meanwhile. */
-  const read = async (hv: Hypervisor, dom: Domain, cluster?: string): Promise<CloudInstance | undefined> => {
+  const read = async (host: Host, hv: Hypervisor, dom: Domain, cluster?: string): Promise<CloudInstance | undefined> => {
     try {
       const xml = await hv.domainGetXMLDesc(dom);
       const meta = readMetadata(xml);
       if (!meta || (cluster !== undefined && meta.cluster !== cluster)) return undefined;
-      return toInstance(xml, meta, await hv.domainGetInfo(dom));
+      const inst = toInstance(host, xml, meta, await hv.domainGetInfo(dom));
+      host.known.set(uuidOf(xml), inst);
+      return inst;
     } catch (err) {
       if (matches(err, NOT_FOUND)) return undefined;
       throw err;
@@ -114,24 +180,32 @@ export function createLibvirtCloud(cfg: LibvirtCloudConfig): CloudAdapter {
   };
 
   /** Like {@link read}, for a domain that must be there (we just made or adopted it). */
-  const mustRead = async (hv: Hypervisor, dom: Domain, key: string): Promise<CloudInstance> => {
-    const inst = await read(hv, dom);
+  const mustRead = async (host: Host, hv: Hypervisor, dom: Domain, key: string): Promise<CloudInstance> => {
+    const inst = await read(host, hv, dom);
     if (!inst) throw vanished(key);
     return inst;
+  };
+
+  /** The instance made with this key on this host, if any. */
+  const findOn = async (host: Host, hv: Hypervisor, key: string): Promise<CloudInstance | undefined> => {
+    const dom = await byName(hv, key);
+    const inst = dom && (await read(host, hv, dom));
+    return inst?.idempotencyKey === key ? inst : undefined;
   };
 
   /** A racing terminate removed the domain mid-create; a retry creates it anew. */
   const vanished = (key: string) => new CloudError('Transient', `${name}: domain "${key}" vanished while being created; retry`);
 
-  const toInstance = (xml: string, meta: Metadata, info: DomainInfo): CloudInstance => {
+  const toInstance = (host: Host, xml: string, meta: Metadata, info: DomainInfo): CloudInstance => {
     const domain = unescapeXml(/<name>([^<]*)<\/name>/.exec(xml)?.[1] ?? meta.key);
     return {
-      id: /<uuid>([^<]*)<\/uuid>/.exec(xml)?.[1] ?? '',
+      id: idOf(host, uuidOf(xml)),
       name: meta.name,
       state: toCloudState(info.state),
       idempotencyKey: meta.key,
       tags: { cluster: meta.cluster, service: meta.service, key: meta.key },
       createdAt: meta.created,
+      host: host.name,
       extra: {
         domain,
         libvirtState: DomainState[info.state]?.toLowerCase() ?? String(info.state),
@@ -139,8 +213,9 @@ export function createLibvirtCloud(cfg: LibvirtCloudConfig): CloudAdapter {
         memoryMiB: Math.round(info.maxMem / 1024),
         offering: meta.offering,
         image: meta.image,
-        // From the XML rather than the config: where this domain's ISO really is.
+        // From the XML rather than the config: where this domain's ISO and disk really are.
         seedIso: unescapeXml(SEED_SOURCE.exec(xml)?.[1] ?? seedPath(domain)),
+        ...(meta.disk !== undefined && { disk: meta.disk }),
       },
     };
   };
@@ -156,15 +231,263 @@ export function createLibvirtCloud(cfg: LibvirtCloudConfig): CloudAdapter {
   };
 
   /** The idempotent path: the domain named `key` exists; it must be ours, for this key, and running. */
-  const adopt = async (hv: Hypervisor, key: string): Promise<CloudInstance> => {
+  const adopt = async (host: Host, hv: Hypervisor, key: string): Promise<CloudInstance> => {
     const dom = await byName(hv, key);
     if (!dom) throw vanished(key);
-    if ((await read(hv, dom))?.idempotencyKey !== key) {
+    if ((await read(host, hv, dom))?.idempotencyKey !== key) {
       throw new CloudError('InvalidRequest', `${name}: a domain named "${key}" exists that cloudgate did not create for this key`);
     }
     await ensureStarted(hv, dom);
-    return mustRead(hv, dom, key);
+    return mustRead(host, hv, dom, key);
   };
+
+  /** What one create attempt did, so a host lost under it can be cleaned up when it returns. */
+  interface Attempt {
+    created: string;
+    defineSent: boolean;
+  }
+
+  /**
+   * Creates `key` on this host (or adopts it there): seed ISO, overlay disk, define, start.
+   * Found first, so a repeated create does not rewrite the ISO under a running guest.
+   * Create means "exists and runs": a domain whose creator died before starting it is started.
+   */
+  const createOn = async (host: Host, hv: Hypervisor, spec: InstanceSpec, key: string, flavor: CloudOffering, image: string, attempt: Attempt): Promise<CloudInstance> => {
+    if (await byName(hv, key)) return adopt(host, hv, key);
+    const iso = seedPath(key);
+    try {
+      await writeSeedIso(iso, {
+        instanceId: key,
+        hostname: key,
+        userData: spec.userData,
+        meta: { cloudgate_cluster: spec.tags.cluster, cloudgate_service: spec.tags.service },
+      });
+    } catch (err) {
+      throw new CloudError('InvalidRequest', `${name}: cannot write the seed ISO ${iso}: ${errorMessage(err)}`, { cause: err });
+    }
+    let disk: Overlay;
+    try {
+      disk = await overlays.create(host.uri, key, image, flavor.diskGiB);
+    } catch (err) {
+      await rm(iso, { force: true });
+      throw err;
+    }
+    const meta: Metadata = {
+      key,
+      name: spec.name,
+      cluster: spec.tags.cluster,
+      service: spec.tags.service,
+      image: spec.image,
+      offering: flavor.id,
+      created: attempt.created,
+      disk: disk.ref,
+    };
+    let dom: Domain;
+    try {
+      attempt.defineSent = true;
+      dom = await hv.domainDefineXML(domainXml({ type: cfg.domainType, domain: key, flavor, disk: disk.xml, iso, network: cfg.network, meta }));
+    } catch (err) {
+      // A racing create defined it first (its ISO and overlay are the ones on disk now; both carry this instance's data).
+      if (matches(err, ALREADY_EXISTS)) return adopt(host, hv, key);
+      if (!matches(err, CONNECTION_LOST)) await cleanUp(host, iso, disk.ref);
+      throw err;
+    }
+    try {
+      await ensureStarted(hv, dom);
+    } catch (err) {
+      // Leave nothing behind that would hold the key: the retry starts clean.
+      await hv.domainUndefine(dom).catch(() => undefined);
+      await cleanUp(host, iso, disk.ref);
+      throw err;
+    }
+    return mustRead(host, hv, dom, key);
+  };
+
+  /** Removes a failed create's files; best effort (the create's own error is the one to report). */
+  const cleanUp = async (host: Host, iso: string, disk: string): Promise<void> => {
+    await overlays.remove(host.uri, disk).catch(() => undefined);
+    await rm(iso, { force: true });
+  };
+
+  /**
+   * Destroys and undefines one of our domains, then removes its overlay and seed ISO; a
+   * domain that is gone or not ours is left alone. The overlay goes before the undefine and
+   * the ISO after it: until the undefine a retried terminate still finds the domain and
+   * with it the paths of both.
+   */
+  const destroyOn = async (host: Host, hv: Hypervisor, dom: Domain | undefined, expect?: { created?: string }): Promise<void> => {
+    if (!dom) return;
+    let xml: string;
+    try {
+      xml = await hv.domainGetXMLDesc(dom);
+    } catch (err) {
+      if (matches(err, NOT_FOUND)) return;
+      throw err;
+    }
+    const meta = readMetadata(xml);
+    // Gone, or not a cloudgate domain: nothing of ours to do, and never touch theirs.
+    if (!meta || (expect?.created !== undefined && meta.created !== expect.created)) return;
+    await hv.domainDestroy(dom).catch((err: unknown) => {
+      if (!matches(err, NOT_RUNNING) && !matches(err, NOT_FOUND)) throw err;
+    });
+    if (meta.disk !== undefined) await overlays.remove(host.uri, meta.disk);
+    await hv.domainUndefine(dom).catch((err: unknown) => {
+      if (!matches(err, NOT_FOUND)) throw err;
+    });
+    const iso = SEED_SOURCE.exec(xml)?.[1];
+    if (iso !== undefined) await rm(unescapeXml(iso), { force: true });
+    host.known.delete(uuidOf(xml));
+    host.invalidateUsage();
+  };
+
+  /** Every cloudgate domain on this host (of one cluster). */
+  const listOn = async (host: Host, hv: Hypervisor, cluster?: string): Promise<CloudInstance[]> => {
+    const doms = await hv.connectListAllDomains();
+    const all = await Promise.all(doms.map((d) => read(host, hv, d, cluster)));
+    return all.filter((i): i is CloudInstance => i !== undefined);
+  };
+
+  /** What a host's cloudgate domains take of it, by domain name (for placement). */
+  const usageOn = async (hv: Hypervisor): Promise<Map<string, HostSize>> => {
+    const doms = await hv.connectListAllDomains();
+    const sizes = await Promise.all(
+      doms.map(async (d): Promise<[string, HostSize] | undefined> => {
+        try {
+          const xml = await hv.domainGetXMLDesc(d);
+          return readMetadata(xml) ? [domainNameOf(xml), sizeOf(xml)] : undefined;
+        } catch (err) {
+          if (matches(err, NOT_FOUND)) return undefined;
+          throw err;
+        }
+      }),
+    );
+    return new Map(sizes.filter((s): s is [string, HostSize] => s !== undefined));
+  };
+
+  // ---- the farm ----------------------------------------------------------------------------
+
+  /**
+   * Runs `fn` on every host that answers (in parallel); lost hosts are left out. Throws when
+   * no host answers at all: an empty answer would read as "nothing there".
+   */
+  const onAnswering = async <T>(what: string, fn: (host: Host, hv: Hypervisor) => Promise<T>): Promise<{ host: Host; value: T }[]> => {
+    const results = await Promise.all(
+      hosts.map(async (host): Promise<{ host: Host; value: T } | HostLostError> => {
+        try {
+          return { host, value: await host.run((hv) => fn(host, hv)) };
+        } catch (err) {
+          if (err instanceof HostLostError) return err;
+          throw err;
+        }
+      }),
+    );
+    const answered = results.filter((r): r is { host: Host; value: T } => !(r instanceof HostLostError));
+    if (answered.length === 0) {
+      const why = (results as HostLostError[]).map((e) => `${e.host}: ${e.reason}`).join('; ');
+      throw new CloudError('Transient', `${name}: ${what}: no host of the farm answers (${why})`);
+    }
+    return answered;
+  };
+
+  interface Located {
+    host: Host;
+    inst: CloudInstance;
+  }
+
+  /** Every answering host's instance made with this key (normally at most one). */
+  const locate = async (key: string): Promise<Located[]> =>
+    (await onAnswering(`find "${key}"`, (host, hv) => findOn(host, hv, key)))
+      .filter((r): r is { host: Host; value: CloudInstance } => r.value !== undefined)
+      .map((r) => ({ host: r.host, inst: r.value }));
+
+  /** The copy of a key that wins when it exists on two hosts: the earliest made (then host name), for every worker alike. */
+  const earliestFirst = (a: Located, b: Located) =>
+    (a.inst.createdAt ?? '').localeCompare(b.inst.createdAt ?? '') || a.host.name.localeCompare(b.host.name);
+
+  /**
+   * Keeps the earliest copy of a key (started) and removes the others. Only duplicates made
+   * by racing creates on two hosts get here; see the module comment.
+   */
+  const keepEarliest = async (copies: Located[], key: string): Promise<CloudInstance> => {
+    const [winner, ...losers] = [...copies].sort(earliestFirst);
+    for (const l of losers) await l.host.run((hv) => byName(hv, key).then((dom) => destroyOn(l.host, hv, dom, { created: l.inst.createdAt })));
+    return winner.host.run((hv) => adopt(winner.host, hv, key));
+  };
+
+  /**
+   * The host a new instance of `key` goes to, reserved for it in this process until its
+   * create ends: the one with the most room ({@link pickHost}); a create of the same key
+   * already in flight here goes where that one went.
+   */
+  const place = async (key: string, flavor: CloudOffering): Promise<Host> => {
+    const inFlight = hosts.find((h) => h.reservations.has(key) && !h.lost);
+    if (inFlight) return inFlight;
+    await Promise.all(hosts.map((h) => h.refreshUsage(usageOn).catch((err: unknown) => { if (!(err instanceof HostLostError)) throw err; })));
+    // From here to the reservation nothing awaits: concurrent placements in this process see each other.
+    const rooms = hosts.map((h) => h.room());
+    const pick = pickHost(rooms, flavor);
+    if (!pick) {
+      const wanted = `a ${flavor.name} (${flavor.cpus} cpus, ${flavor.memoryMiB} MiB)`;
+      if (rooms.every((r) => !r.free)) throw new CloudError('Transient', `${name}: no host of the farm answers, so none can take ${wanted}: ${describeRooms(rooms)}`);
+      throw new CloudError('CapacityExhausted', `${name}: no host of the farm has room for ${wanted}: ${describeRooms(rooms)}`);
+    }
+    const host = hostByName.get(pick.host)!;
+    host.reservations.set(key, { cpus: flavor.cpus, memoryMiB: flavor.memoryMiB });
+    return host;
+  };
+
+  /** A farm create: found anywhere, or placed, made, and checked for a racing twin on another host. */
+  const createOnFarm = async (spec: InstanceSpec, key: string, flavor: CloudOffering, image: string): Promise<CloudInstance> => {
+    const found = await locate(key);
+    if (found.length > 0) return keepEarliest(found, key);
+    const host = await place(key, flavor);
+    const attempt: Attempt = { created: new Date().toISOString(), defineSent: false };
+    let made: CloudInstance;
+    try {
+      made = await host.run((hv) => createOn(host, hv, spec, key, flavor, image, attempt));
+    } catch (err) {
+      // The host went away after the define was sent: the domain may be there when it returns, and a retry goes elsewhere.
+      if (err instanceof HostLostError && attempt.defineSent) {
+        await pending.add(host.name, { domain: key, created: attempt.created, reason: `create of "${key}" unanswered: ${err.reason}` });
+      }
+      throw err;
+    } finally {
+      host.reservations.delete(key);
+      host.invalidateUsage();
+    }
+    let copies: Located[];
+    try {
+      copies = await locate(key);
+    } catch {
+      return made;
+    }
+    return copies.length > 1 ? keepEarliest(copies, key) : made;
+  };
+
+  /** What a farm says of an instance on a host that does not answer: lost, as last seen. */
+  const lostInstance = (host: Host, id: string, uuid: string, err: HostLostError): CloudInstance => {
+    const last = host.known.get(uuid);
+    return {
+      ...(last ?? { name: id }),
+      id,
+      state: 'ERROR',
+      host: host.name,
+      extra: { ...last?.extra, libvirtState: 'unknown', hostLost: true, lostReason: err.reason },
+    };
+  };
+
+  /** Carries out the pending destroys of a host that answers again, before anything else runs on it. */
+  async function drainPending(host: Host, hv: Hypervisor): Promise<void> {
+    for (const { file, entry } of await pending.list(host.name)) {
+      const dom = entry.uuid !== undefined ? await byUuid(hv, entry.uuid) : await byName(hv, entry.domain ?? '');
+      await destroyOn(host, hv, dom, { created: entry.created });
+      await pending.done(file);
+    }
+  }
+
+  // ---- the adapter -------------------------------------------------------------------------
+
+  const single = hosts[0];
 
   return {
     name,
@@ -186,83 +509,52 @@ export function createLibvirtCloud(cfg: LibvirtCloudConfig): CloudAdapter {
         );
       }
       // Only the registry's images: a definition's image name is never a path or volume on the host.
-      const ref = requireImage(name, cfg.images, spec.image);
-      const disk = diskXml(ref);
-      if (!disk) {
-        throw new CloudError('InvalidRequest', `${name}: image "${spec.image}" maps to ${JSON.stringify(ref)}, which is neither an absolute path nor a pool/volume`);
+      const image = requireImage(name, cfg.images, spec.image);
+      if (!imageKind(image)) {
+        throw new CloudError('InvalidRequest', `${name}: image "${spec.image}" maps to ${JSON.stringify(image)}, which is neither an absolute path nor a pool/volume`);
       }
       const key = idempotencyKey;
       try {
-        return await withConn(async (hv) => {
-          // Found first, so a repeated create does not rewrite the ISO under a running guest.
-          // Create means "exists and runs": a domain whose creator died before starting it is started.
-          const existing = await byName(hv, key);
-          if (existing) return await adopt(hv, key);
-
-          const iso = seedPath(key);
-          try {
-            await writeSeedIso(iso, {
-              instanceId: key,
-              hostname: key,
-              userData: spec.userData,
-              meta: { cloudgate_cluster: spec.tags.cluster, cloudgate_service: spec.tags.service },
-            });
-          } catch (err) {
-            throw new CloudError('InvalidRequest', `${name}: cannot write the seed ISO ${iso}: ${errorMessage(err)}`, { cause: err });
-          }
-          const meta: Metadata = {
-            key,
-            name: spec.name,
-            cluster: spec.tags.cluster,
-            service: spec.tags.service,
-            image: spec.image,
-            offering: flavor.id,
-            created: new Date().toISOString(),
-          };
-          let dom: Domain;
-          try {
-            dom = await hv.domainDefineXML(domainXml({ type: cfg.domainType, domain: key, flavor, disk, iso, network: cfg.network, meta }));
-          } catch (err) {
-            // A racing create defined it first (its ISO is the one on disk now; both carry this instance's data).
-            if (matches(err, ALREADY_EXISTS)) return await adopt(hv, key);
-            await rm(iso, { force: true });
-            throw err;
-          }
-          try {
-            await ensureStarted(hv, dom);
-          } catch (err) {
-            // Leave nothing behind that would hold the key: the retry starts clean.
-            await hv.domainUndefine(dom).catch(() => undefined);
-            await rm(iso, { force: true });
-            throw err;
-          }
-          return await mustRead(hv, dom, key);
-        });
+        if (farm) return await createOnFarm(spec, key, flavor, image);
+        const attempt: Attempt = { created: new Date().toISOString(), defineSent: false };
+        return await single.run((hv) => createOn(single, hv, spec, key, flavor, image, attempt));
       } catch (err) {
         throw toCloudError(err, `${name}: create "${key}"`);
       }
     },
 
     async describeInstance(id) {
+      const notFound = () => new CloudError('NotFound', `${name}: no instance "${id}"`);
+      const at = parseId(id);
+      if (!at) throw notFound();
       try {
-        return await withConn(async (hv) => {
-          const dom = await byId(hv, id);
-          const inst = dom && (await read(hv, dom));
-          if (!inst) throw new CloudError('NotFound', `${name}: no instance "${id}"`);
+        if (!at.host) {
+          const found = await onAnswering(`describe "${id}"`, async (host, hv) => {
+            const dom = await byUuid(hv, at.uuid);
+            return dom && read(host, hv, dom);
+          });
+          const inst = found.find((f) => f.value)?.value;
+          if (!inst) throw notFound();
+          return inst;
+        }
+        const host = at.host;
+        return await host.run(async (hv) => {
+          const dom = await byUuid(hv, at.uuid);
+          const inst = dom && (await read(host, hv, dom));
+          if (!inst) throw notFound();
           return inst;
         });
       } catch (err) {
+        // A lost host's instance is not an error to retry forever: the service replaces it elsewhere.
+        if (farm && at.host && err instanceof HostLostError) return lostInstance(at.host, id, at.uuid, err);
         throw toCloudError(err, `${name}: describe "${id}"`);
       }
     },
 
     async findInstance(idempotencyKey) {
       try {
-        return await withConn(async (hv) => {
-          const dom = await byName(hv, idempotencyKey);
-          const inst = dom && (await read(hv, dom));
-          return inst?.idempotencyKey === idempotencyKey ? inst : undefined;
-        });
+        if (!farm) return await single.run((hv) => findOn(single, hv, idempotencyKey));
+        return (await locate(idempotencyKey)).sort(earliestFirst)[0]?.inst;
       } catch (err) {
         throw toCloudError(err, `${name}: find "${idempotencyKey}"`);
       }
@@ -270,43 +562,469 @@ export function createLibvirtCloud(cfg: LibvirtCloudConfig): CloudAdapter {
 
     async listInstances(filter) {
       try {
-        return await withConn(async (hv) => {
-          const doms = await hv.connectListAllDomains();
-          const all = await Promise.all(doms.map((d) => read(hv, d, filter.cluster)));
-          return all.filter((i): i is CloudInstance => i !== undefined).sort((a, b) => a.id.localeCompare(b.id));
-        });
+        const all = farm
+          ? (await onAnswering('list instances', (host, hv) => listOn(host, hv, filter.cluster))).flatMap((r) => r.value)
+          : await single.run((hv) => listOn(single, hv, filter.cluster));
+        return all.sort((a, b) => a.id.localeCompare(b.id));
       } catch (err) {
         throw toCloudError(err, `${name}: list instances`);
       }
     },
 
     async terminateInstance(id) {
+      const at = parseId(id);
+      // Not an id of ours: nothing of ours to do.
+      if (!at) return;
       try {
-        await withConn(async (hv) => {
-          const dom = await byId(hv, id);
-          const ours = dom && (await read(hv, dom));
-          // Gone, or not a cloudgate domain: nothing of ours to do, and never touch theirs.
-          if (!dom || !ours) return;
-          await hv.domainDestroy(dom).catch((err: unknown) => {
-            if (!matches(err, NOT_RUNNING) && !matches(err, NOT_FOUND)) throw err;
-          });
-          await hv.domainUndefine(dom).catch((err: unknown) => {
-            if (!matches(err, NOT_FOUND)) throw err;
-          });
-          // After the undefine: until then a retried terminate still finds the domain and its ISO.
-          await rm(String(ours.extra?.seedIso), { force: true });
-        });
+        if (!at.host) {
+          await onAnswering(`terminate "${id}"`, async (host, hv) => destroyOn(host, hv, await byUuid(hv, at.uuid)));
+          return;
+        }
+        const host = at.host;
+        await host.run(async (hv) => destroyOn(host, hv, await byUuid(hv, at.uuid)));
       } catch (err) {
+        if (farm && at.host && err instanceof HostLostError) {
+          // Teardown must not wait for a host that may never come back: destroyed when it answers again.
+          const last = at.host.known.get(at.uuid);
+          await pending.add(at.host.name, { uuid: at.uuid, domain: last?.extra?.domain as string | undefined, reason: `terminate while lost: ${err.reason}` });
+          return;
+        }
         throw toCloudError(err, `${name}: terminate "${id}"`);
       }
     },
 
     async close() {
-      if (closed) return;
-      closed = true;
-      await release(shared);
+      await Promise.all(hosts.map((h) => h.close()));
     },
   };
+}
+
+// ---- hosts -------------------------------------------------------------------------------
+
+interface HostTiming {
+  /** Per connect and per operation; undefined: wait as long as libvirt does (a single hypervisor). */
+  timeoutMs?: number;
+  /** How long a lost host is skipped before it is tried again. */
+  retryMs: number;
+}
+
+/** A host that does not answer (refused, dropped, or too slow); retryable, and a farm routes around it. */
+class HostLostError extends CloudError {
+  constructor(
+    readonly host: string,
+    readonly reason: string,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super('Transient', message, options);
+  }
+}
+
+/** A call that did not answer within the host timeout. */
+class HostTimeout extends Error {}
+
+/**
+ * One hypervisor host: its (process-wide, shared) connection, whether it answers, what
+ * cloudgate domains take of it, and the instances last seen on it (to describe them while
+ * it is lost).
+ */
+class Host {
+  readonly name: string;
+  readonly uri: string;
+  /** Instances last read on this host, by UUID. */
+  readonly known = new Map<string, CloudInstance>();
+  /** Creates in flight in this process, by domain name: counted as used until they end. */
+  readonly reservations = new Map<string, HostSize>();
+  private readonly shared: SharedConnection;
+  private lostUntil = 0;
+  private lostReason = '';
+  /** Calls that timed out and have not returned: while one is left, the host still hangs. */
+  private hung = 0;
+  /** The pending-destroy drain of the current answering period. */
+  private answered?: Promise<void>;
+  private usage?: { at: number; used: Map<string, HostSize> };
+  private closed = false;
+
+  constructor(
+    private readonly cloud: string,
+    readonly ref: LibvirtHostRef,
+    private readonly timing: HostTiming,
+    private readonly onAnswer: (host: Host, hv: Hypervisor) => Promise<void>,
+  ) {
+    this.name = ref.name;
+    this.uri = ref.uri;
+    this.shared = acquire(ref.uri);
+  }
+
+  /** Skipped for now: lost less than the retry interval ago, or a call to it still hangs. */
+  get lost(): boolean {
+    return this.hung > 0 || Date.now() < this.lostUntil;
+  }
+
+  /**
+   * Runs `fn` on the host's connection. When the connection turns out to be broken
+   * (libvirtd restarted, SSH dropped) it is replaced and `fn` runs once more on the new one:
+   * every operation here is idempotent, so repeating one is safe. On a farm, a host that
+   * refuses, drops or does not answer in time is lost ({@link HostLostError}).
+   */
+  async run<T>(fn: (hv: Hypervisor) => Promise<T>): Promise<T> {
+    for (let attempt = 0; ; attempt++) {
+      if (this.closed) throw new CloudError('InvalidRequest', `${this.cloud}: the adapter is closed`);
+      if (this.lost) throw this.lostError();
+      const hv = await this.connect();
+      try {
+        // Pending destroys first, every time the host answers again.
+        await this.timed(this.settleAnswer(hv), 4);
+        return await this.timed(fn(hv));
+      } catch (err) {
+        if (err instanceof HostTimeout) throw this.markLost(err.message, err, hv);
+        if (!matches(err, CONNECTION_LOST)) throw err;
+        forget(this.shared, hv);
+        if (attempt > 0) throw this.farm ? this.markLost(errorMessage(err), err) : err;
+      }
+    }
+  }
+
+  /** Reads what cloudgate domains take of the host, unless read less than {@link USAGE_TTL_MS} ago. */
+  async refreshUsage(read: (hv: Hypervisor) => Promise<Map<string, HostSize>>): Promise<void> {
+    if (this.usage && Date.now() - this.usage.at < USAGE_TTL_MS) return;
+    const used = await this.run(read);
+    this.usage = { at: Date.now(), used };
+  }
+
+  /** Drops the usage read, after a create or destroy changed it. */
+  invalidateUsage(): void {
+    this.usage = undefined;
+  }
+
+  /** What is free on the host now: declared capacity less its cloudgate domains and the creates in flight here. */
+  room(): HostRoom {
+    if (this.lost || !this.usage) return { host: this.name, lostReason: this.lostReason || 'not read' };
+    let cpus = this.ref.cpus ?? Infinity;
+    let memoryMiB = this.ref.memoryMiB ?? Infinity;
+    const take = (s: HostSize) => {
+      cpus -= s.cpus;
+      memoryMiB -= s.memoryMiB;
+    };
+    this.usage.used.forEach(take);
+    for (const [domain, size] of this.reservations) if (!this.usage.used.has(domain)) take(size);
+    return { host: this.name, free: { cpus, memoryMiB } };
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await release(this.shared);
+  }
+
+  private get farm(): boolean {
+    return this.timing.timeoutMs !== undefined;
+  }
+
+  private async connect(): Promise<Hypervisor> {
+    try {
+      return await this.timed(connect(this.shared));
+    } catch (err) {
+      if (err instanceof HostTimeout) {
+        forgetOpening(this.shared);
+        throw this.markLost(`connect: ${err.message}`, err);
+      }
+      if (this.farm && (matches(err, UNREACHABLE) || matches(err, CONNECTION_LOST))) throw this.markLost(errorMessage(err), err);
+      throw toCloudError(err, `${this.cloud}: cannot connect to ${this.uri}`);
+    }
+  }
+
+  private settleAnswer(hv: Hypervisor): Promise<void> {
+    this.answered ??= this.onAnswer(this, hv).catch(() => {
+      // Left for the next call to try again; the operation at hand goes on.
+      this.answered = undefined;
+    });
+    return this.answered;
+  }
+
+  /** `p`, or a {@link HostTimeout} after the host timeout (times `factor`); a timed-out call counts as hung until it returns. */
+  private timed<T>(p: Promise<T>, factor = 1): Promise<T> {
+    const ms = this.timing.timeoutMs;
+    if (ms === undefined) return p;
+    return new Promise<T>((resolve, reject) => {
+      let timedOut = false;
+      const timer = setTimeout(() => {
+        timedOut = true;
+        this.hung++;
+        reject(new HostTimeout(`no answer within ${(ms * factor) / 1000} s`));
+      }, ms * factor);
+      const settle = () => {
+        clearTimeout(timer);
+        if (timedOut) this.hung--;
+      };
+      p.then(
+        (v) => {
+          settle();
+          resolve(v);
+        },
+        (err: unknown) => {
+          settle();
+          reject(err);
+        },
+      );
+    });
+  }
+
+  private markLost(reason: string, cause: unknown, hv?: Hypervisor): HostLostError {
+    if (hv) forget(this.shared, hv);
+    this.lostUntil = Date.now() + this.timing.retryMs;
+    this.lostReason = reason;
+    this.answered = undefined;
+    this.usage = undefined;
+    return this.lostError(cause);
+  }
+
+  private lostError(cause?: unknown): HostLostError {
+    const still = this.hung > 0 ? '; a call to it still hangs' : '';
+    return new HostLostError(this.name, this.lostReason, `${this.cloud}: host ${this.name} (${this.uri}) does not answer: ${this.lostReason}${still}`, { cause });
+  }
+}
+
+// ---- pending destroys --------------------------------------------------------------------
+
+/** A domain to destroy when its host answers again: by UUID (a terminate), or by name and `created` stamp (a create whose answer was lost). */
+interface PendingDestroy {
+  uuid?: string;
+  domain?: string;
+  created?: string;
+  reason: string;
+  since?: string;
+}
+
+/**
+ * Pending destroys, one small JSON file each under `<storageDir>/pending-destroy/<host>/`
+ * on the worker: written atomically (temp file + rename) before the terminate returns, so
+ * they survive a worker restart; one file per domain, so concurrent terminates never
+ * rewrite each other's. A worker that never runs again leaves its files for the next one
+ * using the same storageDir (the directory belongs to the registry entry).
+ */
+class PendingDestroys {
+  constructor(private readonly dir: string) {}
+
+  async add(host: string, entry: PendingDestroy): Promise<void> {
+    const dir = path.join(this.dir, host);
+    await mkdir(dir, { recursive: true });
+    const base = (entry.uuid ?? `${entry.domain}@${entry.created}`).replace(/[^\w.@-]/g, '_');
+    const file = path.join(dir, `${base}.json`);
+    const tmp = `${file}.${process.pid}.tmp`;
+    await writeFile(tmp, JSON.stringify({ ...entry, since: entry.since ?? new Date().toISOString() }));
+    await rename(tmp, file);
+  }
+
+  /** This host's pending destroys; unreadable files are skipped (and kept, for a human). */
+  async list(host: string): Promise<{ file: string; entry: PendingDestroy }[]> {
+    const dir = path.join(this.dir, host);
+    let names: string[];
+    try {
+      names = (await readdir(dir)).filter((n) => n.endsWith('.json')).sort();
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+      throw err;
+    }
+    const out: { file: string; entry: PendingDestroy }[] = [];
+    for (const n of names) {
+      const file = path.join(dir, n);
+      try {
+        out.push({ file, entry: JSON.parse(await readFile(file, 'utf8')) as PendingDestroy });
+      } catch {
+        // A half-written temp never ends in .json; anything else unreadable is left alone.
+      }
+    }
+    return out;
+  }
+
+  async done(file: string): Promise<void> {
+    await rm(file, { force: true });
+  }
+}
+
+// ---- overlay disks -----------------------------------------------------------------------
+
+/** An instance's own disk: the `<disk>` element for the domain and what its metadata keeps to remove it. */
+interface Overlay {
+  xml: string;
+  /** `pool/volume` of a pool image's overlay, or the absolute path of a file image's. */
+  ref: string;
+}
+
+/**
+ * Per-instance disks: a qcow2 overlay `<domain>.qcow2` with the registry's image as its
+ * read-only backing store, sized to the flavor's disk. No guest writes the base image and no
+ * two guests share a disk. Made through the host's libvirt (storage volumes), so it is made
+ * on the host, however remote: a pool image's overlay in the same pool; a file image's in a
+ * directory pool over `storageDir` (an existing pool there, or a transient one named
+ * `cloudgate-<cloud>`). The binding has no storage-volume calls, so this runs `virsh`
+ * (Debian `libvirt-clients`), one short connection per volume created or deleted.
+ *
+ * libvirt's test driver without a daemon (`test:///…`) keeps its state inside this process,
+ * out of virsh's reach: there no volume is made, and the domain still points at the
+ * overlay path (the test driver never opens disks).
+ */
+class Overlays {
+  private readonly filePools = new Map<string, Promise<{ pool: string; dir: string }>>();
+  private readonly bases = new Map<string, Promise<{ path: string; format: string }>>();
+
+  constructor(
+    private readonly cloud: string,
+    private readonly storageDir: string,
+    private readonly timeoutMs: number,
+  ) {}
+
+  /** Makes the overlay of `domain` over `image` (or finds the one a crashed create made: never booted, so still pristine). */
+  async create(uri: string, domain: string, image: string, sizeGiB: number): Promise<Overlay> {
+    const vol = `${domain}.qcow2`;
+    if (imageKind(image) === 'file') {
+      if (processLocal(uri)) return fileOverlay(path.join(this.storageDir, vol));
+      const base = { path: image, format: image.endsWith('.qcow2') ? 'qcow2' : 'raw' };
+      const { dir } = await this.retryOnStalePool(uri, async () => {
+        const p = await this.filePool(uri);
+        await this.createVolume(uri, p.pool, vol, sizeGiB, base);
+        return p;
+      });
+      return fileOverlay(path.posix.join(dir, vol));
+    }
+    const [pool, baseVol] = image.split('/');
+    if (!processLocal(uri)) await this.createVolume(uri, pool, vol, sizeGiB, await this.baseOf(uri, pool, baseVol));
+    return {
+      ref: `${pool}/${vol}`,
+      xml: `<disk type='volume' device='disk'><driver name='qemu' type='qcow2'/><source pool='${escapeXml(pool)}' volume='${escapeXml(vol)}'/><target dev='vda' bus='virtio'/></disk>`,
+    };
+  }
+
+  /** Deletes an overlay; one that is gone already is fine. */
+  async remove(uri: string, ref: string): Promise<void> {
+    if (processLocal(uri)) return;
+    const remove = async () => {
+      if (ref.startsWith('/')) await this.filePool(uri); // the transient pool may be gone with a libvirtd restart
+      const [pool, vol] = ref.split('/');
+      await virsh(uri, ref.startsWith('/') ? ['vol-delete', ref] : ['vol-delete', '--pool', pool, vol], { timeoutMs: this.timeoutMs });
+    };
+    try {
+      await this.retryOnStalePool(uri, remove);
+    } catch (err) {
+      if (!VOLUME_GONE.test(errorMessage(err))) throw new CloudError(kindOf(errorMessage(err)), `${this.cloud}: cannot delete the overlay ${ref}: ${errorMessage(err)}`, { cause: err });
+    }
+  }
+
+  private async createVolume(uri: string, pool: string, vol: string, sizeGiB: number, base: { path: string; format: string }): Promise<void> {
+    const xml = `<volume><name>${escapeXml(vol)}</name><capacity unit='GiB'>${sizeGiB}</capacity><target><format type='qcow2'/></target><backingStore><path>${escapeXml(base.path)}</path><format type='${escapeXml(base.format)}'/></backingStore></volume>`;
+    // virsh reads the XML from a file of its own (node's stdin pipe is a socket, which /dev/stdin cannot open).
+    const dir = await mkdtemp(path.join(tmpdir(), 'cloudgate-vol-'));
+    try {
+      await writeFile(path.join(dir, 'volume.xml'), xml);
+      await virsh(uri, ['vol-create', pool, path.join(dir, 'volume.xml')], { timeoutMs: this.timeoutMs });
+    } catch (err) {
+      if (ALREADY_EXISTS.test(errorMessage(err))) return;
+      throw new CloudError(kindOf(errorMessage(err)), `${this.cloud}: cannot create the overlay ${pool}/${vol} over ${base.path}: ${errorMessage(err)}`, { cause: err });
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  }
+
+  /** Path and format of a pool image, read once per host. */
+  private baseOf(uri: string, pool: string, vol: string): Promise<{ path: string; format: string }> {
+    return this.cached(this.bases, `${uri} ${pool}/${vol}`, async () => {
+      let xml: string;
+      try {
+        xml = await virsh(uri, ['vol-dumpxml', '--pool', pool, vol], { timeoutMs: this.timeoutMs });
+      } catch (err) {
+        throw new CloudError('InvalidRequest', `${this.cloud}: image volume ${pool}/${vol}: ${errorMessage(err)}`, { cause: err });
+      }
+      const target = /<target>([\s\S]*?)<\/target>/.exec(xml)?.[1] ?? '';
+      const file = /<path>([^<]*)<\/path>/.exec(target)?.[1];
+      if (!file) throw new CloudError('InvalidRequest', `${this.cloud}: image volume ${pool}/${vol} has no path`);
+      return { path: unescapeXml(file), format: /<format type='([^']*)'/.exec(target)?.[1] ?? 'raw' };
+    });
+  }
+
+  /** The directory pool over `storageDir` on this host: one that is there, or a transient one we start. */
+  private filePool(uri: string): Promise<{ pool: string; dir: string }> {
+    return this.cached(this.filePools, uri, async () => {
+      let pool = `cloudgate-${this.cloud}`;
+      const createAs = (build: boolean) =>
+        virsh(uri, ['pool-create-as', pool, 'dir', '--target', this.storageDir, ...(build ? ['--build'] : [])], { timeoutMs: this.timeoutMs });
+      try {
+        await createAs(true).catch((err: unknown) => {
+          // The test driver cannot build (mkdir) a pool; a real host's storageDir then must exist.
+          if (/unsupported flags/i.test(errorMessage(err))) return createAs(false);
+          throw err;
+        });
+      } catch (err) {
+        const conflict = /source conflict with pool:? '([^']+)'/i.exec(errorMessage(err));
+        if (conflict) pool = conflict[1];
+        else if (!ALREADY_EXISTS.test(errorMessage(err))) {
+          throw new CloudError(kindOf(errorMessage(err)), `${this.cloud}: cannot start a storage pool over ${this.storageDir}: ${errorMessage(err)}`, { cause: err });
+        }
+      }
+      const xml = await virsh(uri, ['pool-dumpxml', pool], { timeoutMs: this.timeoutMs });
+      const dir = /<target>[\s\S]*?<path>([^<]*)<\/path>/.exec(xml)?.[1];
+      return { pool, dir: dir ? unescapeXml(dir) : this.storageDir };
+    });
+  }
+
+  /** Runs `fn`; when the pool it used is gone (a transient pool after a libvirtd restart), forgets it and runs once more. */
+  private async retryOnStalePool<T>(uri: string, fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn();
+    } catch (err) {
+      if (!POOL_GONE.test(errorMessage(err))) throw err;
+      this.filePools.delete(uri);
+      return fn();
+    }
+  }
+
+  /** A memo that forgets failures. */
+  private cached<T>(memo: Map<string, Promise<T>>, key: string, make: () => Promise<T>): Promise<T> {
+    let p = memo.get(key);
+    if (!p) {
+      p = make();
+      memo.set(key, p);
+      p.catch(() => memo.delete(key));
+    }
+    return p;
+  }
+}
+
+function fileOverlay(file: string): Overlay {
+  return {
+    ref: file,
+    xml: `<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='${escapeXml(file)}'/><target dev='vda' bus='virtio'/></disk>`,
+  };
+}
+
+/** `file` for an absolute path, `volume` for `pool/volume`, undefined for anything else. */
+function imageKind(image: string): 'file' | 'volume' | undefined {
+  if (!isLibvirtImageRef(image)) return undefined;
+  if (image.startsWith('/')) return 'file';
+  return /^[^/]+\/[^/]+$/.test(image) ? 'volume' : undefined;
+}
+
+/** The test driver without a daemon: its state lives in this process only. */
+function processLocal(uri: string): boolean {
+  return /^test:\/\/\//.test(uri);
+}
+
+/** Runs `virsh -c <uri> <args>`; rejects with virsh's own error lines. */
+function virsh(uri: string, args: string[], opts: { timeoutMs: number }): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = execFile('virsh', ['-q', '-c', uri, ...args], { timeout: opts.timeoutMs, maxBuffer: 4 * 1024 * 1024 }, (err, stdout, stderr) => {
+      if (!err) return resolve(stdout);
+      const e = err as NodeJS.ErrnoException & { killed?: boolean };
+      const why =
+        e.code === 'ENOENT'
+          ? 'virsh is not installed (Debian package libvirt-clients)'
+          : e.killed
+            ? `no answer within ${opts.timeoutMs / 1000} s`
+            : stderr.replace(/^error: /gm, '').trim().split('\n').join(': ') || e.message;
+      reject(new Error(`virsh ${args[0]}: ${why}`, { cause: err }));
+    });
+    child.stdin?.end();
+  });
 }
 
 // ---- the shared connection ---------------------------------------------------------------
@@ -363,14 +1081,28 @@ function forget(c: SharedConnection, hv: Hypervisor): void {
   }
 }
 
+/** Drops an open that did not answer in time, so the next call opens afresh. */
+function forgetOpening(c: SharedConnection): void {
+  c.open = undefined;
+  c.current = undefined;
+}
+
 async function release(c: SharedConnection): Promise<void> {
   if (--c.refs > 0) return;
   if (connections.get(c.uri) === c) connections.delete(c.uri);
   const open = c.open;
   c.open = undefined;
   c.current = undefined;
-  const hv = await open?.catch(() => undefined);
-  await hv?.connectClose();
+  // An open to a host that hangs must not hang close() too.
+  const hv = await new Promise<Hypervisor | undefined>((resolve) => {
+    const timer = setTimeout(() => resolve(undefined), 2_000);
+    const done = (h: Hypervisor | undefined) => {
+      clearTimeout(timer);
+      resolve(h);
+    };
+    (open ?? Promise.resolve(undefined)).then(done, () => done(undefined));
+  });
+  await hv?.connectClose().catch(() => undefined);
 }
 
 // ---- domain XML --------------------------------------------------------------------------
@@ -383,29 +1115,13 @@ interface Metadata {
   image: string;
   offering: string;
   created: string;
-}
-
-/**
- * The image disk for a registry reference (never a definition's image name): an absolute
- * path is a file on the hypervisor host, `pool/volume` a storage volume. Production wants a
- * per-instance qcow2 overlay over the base image here; the binding cannot create storage
- * volumes, so that is the operator's (or a pool's) job.
- */
-function diskXml(image: string): string | undefined {
-  if (!isLibvirtImageRef(image)) return undefined;
-  if (image.startsWith('/')) {
-    const format = image.endsWith('.qcow2') ? 'qcow2' : 'raw';
-    return `<disk type='file' device='disk'><driver name='qemu' type='${format}'/><source file='${escapeXml(image)}'/><target dev='vda' bus='virtio'/></disk>`;
-  }
-  const vol = /^([^/]+)\/([^/]+)$/.exec(image);
-  if (vol) {
-    return `<disk type='volume' device='disk'><source pool='${escapeXml(vol[1])}' volume='${escapeXml(vol[2])}'/><target dev='vda' bus='virtio'/></disk>`;
-  }
-  return undefined;
+  /** The instance's overlay disk (`pool/volume` or a path); absent on domains made before overlays. */
+  disk?: string;
 }
 
 function domainXml(d: { type: string; domain: string; flavor: CloudOffering; disk: string; iso: string; network: string; meta: Metadata }): string {
   const attrs = Object.entries(d.meta)
+    .filter((e): e is [string, string] => e[1] !== undefined)
     .map(([k, v]) => `${k}="${escapeXml(v)}"`)
     .join(' ');
   return `<domain type='${escapeXml(d.type)}'>
@@ -438,9 +1154,38 @@ function readMetadata(xml: string): Metadata | undefined {
     if (attrs.get(`xmlns:${m[1]}`) !== CLOUDGATE_XMLNS) continue;
     const get = (k: string) => attrs.get(k) ?? '';
     if (!get('key')) return undefined;
-    return { key: get('key'), name: get('name') || get('key'), cluster: get('cluster'), service: get('service'), image: get('image'), offering: get('offering'), created: get('created') };
+    const disk = attrs.get('disk');
+    return {
+      key: get('key'),
+      name: get('name') || get('key'),
+      cluster: get('cluster'),
+      service: get('service'),
+      image: get('image'),
+      offering: get('offering'),
+      created: get('created'),
+      ...(disk !== undefined && { disk }),
+    };
   }
   return undefined;
+}
+
+/** A domain's UUID, from its XML. */
+function uuidOf(xml: string): string {
+  return /<uuid>([^<]*)<\/uuid>/.exec(xml)?.[1] ?? '';
+}
+
+/** A domain's name, from its XML. */
+function domainNameOf(xml: string): string {
+  return unescapeXml(/<name>([^<]*)<\/name>/.exec(xml)?.[1] ?? '');
+}
+
+/** vCPUs and memory a domain takes, from its XML (libvirt writes memory back in KiB). */
+function sizeOf(xml: string): HostSize {
+  const cpus = Number(/<vcpu\b[^>]*>(\d+)<\/vcpu>/.exec(xml)?.[1] ?? 0);
+  const mem = /<memory(?:\s+unit='(\w+)')?[^>]*>(\d+)<\/memory>/.exec(xml);
+  const perMiB: Record<string, number> = { b: 1 / 1048576, bytes: 1 / 1048576, kib: 1 / 1024, k: 1 / 1024, mib: 1, m: 1, gib: 1024, g: 1024 };
+  const memoryMiB = mem ? Math.round(Number(mem[2]) * (perMiB[(mem[1] ?? 'KiB').toLowerCase()] ?? 1 / 1024)) : 0;
+  return { cpus, memoryMiB };
 }
 
 const XML_ESCAPES: Record<string, string> = { '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&apos;' };
@@ -466,6 +1211,8 @@ const NOT_RUNNING = /not running|is not active/i;
 const AUTH = /authenticat|permission denied|access denied|not authori[sz]ed|polkit|sasl|host key verification/i;
 const CONNECTION_LOST = /client socket is closed|cannot recv data|cannot write data|end of file while reading|connection reset|broken pipe|not connected|keepalive/i;
 const UNREACHABLE = /failed to connect|unable to connect|connection refused|no route to host|timed out|network is unreachable/i;
+const VOLUME_GONE = /storage volume not found|no storage vol with matching/i;
+const POOL_GONE = /storage pool not found|no storage pool with matching|storage pool '[^']*' is not active/i;
 const CAPACITY = /cannot allocate memory|out of memory|insufficient|no space left/i;
 const BAD_REQUEST = /xml error|unsupported configuration|invalid argument|cannot access storage|no such file|does not exist|operation is not valid|no connection driver|unknown os type|failed to parse/i;
 

@@ -88,6 +88,10 @@ export interface SimCloudOptions {
   images?: ImageMap;
   /** Unexpected ticker errors (SQLite busy, bugs); default `console.error`. Network errors are not reported. */
   onError?: (err: unknown) => void;
+  /** Live instances the cloud has room for; a create beyond it is answered `CapacityExhausted` (default: unlimited). */
+  capacity?: number;
+  /** Share of creates answered with a retryable internal error (`Transient`), as a failing cloud does (default 0). */
+  createFailureRate?: number;
 }
 
 /** The sim adapter plus the handles a process and tests need. */
@@ -102,6 +106,8 @@ export interface SimCloud extends CloudAdapter {
   count(filter?: InstanceFilter): number;
   /** The instance disappears as if the hypervisor lost it. */
   vanish(id: string): void;
+  /** The most instances that were ever live at once in this cloud's file (checked on every create, in its transaction). */
+  peakLive(): number;
 }
 
 /** Default flavors, shaped like a small OpenStack/CloudStack catalogue. */
@@ -174,6 +180,7 @@ CREATE INDEX IF NOT EXISTS instances_phone_due ON instances(phone_next_at) WHERE
 CREATE INDEX IF NOT EXISTS instances_vanishing ON instances(running_at) WHERE guest = 'vanish' AND terminated_at IS NULL;
 CREATE INDEX IF NOT EXISTS instances_terminated ON instances(terminated_at) WHERE terminated_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS rule_use (rule TEXT PRIMARY KEY, used INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS peak (id INTEGER PRIMARY KEY CHECK (id = 1), live INTEGER NOT NULL);
 `;
 
 /**
@@ -200,6 +207,7 @@ export function createSimCloud(opts: SimCloudOptions): SimCloud {
     id: `${i}:${r.behaviour}:${r.match}`,
   }));
   const throttleRandom = mulberry32(hashUnit32(`${opts.seed}\0throttle`));
+  const failRandom = mulberry32(hashUnit32(`${opts.seed}\0create-failure`));
 
   if (opts.file !== ':memory:' && !opts.file.startsWith('file:')) {
     mkdirSync(dirname(opts.file), { recursive: true, mode: 0o700 });
@@ -238,6 +246,8 @@ export function createSimCloud(opts: SimCloudOptions): SimCloud {
     `UPDATE instances SET terminated_at = @now, phone_next_at = NULL WHERE id = @id AND terminated_at IS NULL`,
   );
   const deleteById = db.prepare<{ id: string }>(`DELETE FROM instances WHERE id = @id`);
+  const peakGet = db.prepare<[], { live: number }>(`SELECT live FROM peak WHERE id = 1`);
+  const peakSet = db.prepare<{ live: number }>(`INSERT INTO peak (id, live) VALUES (1, @live) ON CONFLICT(id) DO UPDATE SET live = max(live, @live)`);
   const ruleUsed = db.prepare<{ rule: string }, { used: number }>(`SELECT used FROM rule_use WHERE rule = @rule`);
   const ruleBump = db.prepare<{ rule: string }>(
     `INSERT INTO rule_use (rule, used) VALUES (@rule, 1) ON CONFLICT(rule) DO UPDATE SET used = used + 1`,
@@ -284,6 +294,11 @@ export function createSimCloud(opts: SimCloudOptions): SimCloud {
     dropVanishedKey.run({ key, now });
     const existing = liveByKey.get({ key, now });
     if (existing) return existing;
+    const live = countAll.get({ now })!.n;
+    if (opts.capacity !== undefined && live >= opts.capacity) {
+      throw new CloudError('CapacityExhausted', `cloud ${name} is full: ${live} of ${opts.capacity} instances live`);
+    }
+    peakSet.run({ live: live + 1 });
     const guest = decideGuest(spec.name);
     const runningAt = now + opts.bootMs;
     const row = {
@@ -442,6 +457,9 @@ export function createSimCloud(opts: SimCloudOptions): SimCloud {
       if (opts.throttleRate > 0 && throttleRandom() < opts.throttleRate) {
         throw new CloudError('Throttled', `${name}: request limit exceeded creating "${spec.name}"; retry later`);
       }
+      if (opts.createFailureRate && failRandom() < opts.createFailureRate) {
+        throw new CloudError('Transient', `${name}: internal error creating "${spec.name}" (simulated failing cloud)`);
+      }
       const image = requireImage(name, images, spec.image);
       const flavor = smallestFit(offerings, spec.offering);
       if (!flavor) {
@@ -505,6 +523,8 @@ export function createSimCloud(opts: SimCloudOptions): SimCloud {
     vanish(id) {
       deleteById.run({ id });
     },
+
+    peakLive: () => peakGet.get()?.live ?? 0,
   };
 }
 

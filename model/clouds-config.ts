@@ -62,27 +62,61 @@ export const SimCloudConfigSchema = z
      * `CapacityExhausted`, as a full cloud does (unset: unlimited).
      */
     capacity: z.number().int().min(0).optional(),
+    /** Share of creates the simulated cloud answers with a (retryable) internal error, as a failing cloud does (default 0). */
+    createFailureRate: z.number().min(0).max(1).optional(),
   })
   .strict();
+
+/** One hypervisor host of a libvirt farm and what cloudgate may place on it. */
+export const LibvirtHostSchema = z
+  .object({
+    /** Short name, unique in its entry: part of instance ids (`<host>/<uuid>`) and messages. */
+    name: NameSchema,
+    /** `qemu+ssh://cloudgate@hlt-node042/system`, `qemu+tls://…`, `test+unix:///…` in tests. */
+    uri: z.string().min(1),
+    /** vCPUs and memory cloudgate domains may use on the host, together. */
+    cpus: z.number().int().min(1),
+    memoryMiB: z.number().int().min(64),
+  })
+  .strict();
+export type LibvirtHost = z.infer<typeof LibvirtHostSchema>;
 
 export const LibvirtCloudConfigSchema = z
   .object({
     ...base,
     kind: z.literal('libvirt'),
-    /** `test:///default`, `qemu:///system`, `qemu+ssh://user@host/system`, `xen://…`. */
-    uri: z.string().min(1),
+    /** One hypervisor: `test:///default`, `qemu:///system`, `qemu+ssh://user@host/system`, `xen://…`. */
+    uri: z.string().min(1).optional(),
+    /** A farm of hypervisors, instead of `uri`: each instance is placed on the host with the most room. */
+    hosts: z.array(LibvirtHostSchema).min(1, 'a farm needs at least one host').optional(),
     /** Domain type in the XML: `kvm`, `qemu`, `xen`, or `test` for libvirt's test driver. */
     domainType: z.string().default('kvm'),
-    /** Folder (on the hypervisor host) for seed ISOs and disks. */
+    /** Folder for seed ISOs and file-image overlays (and, on the worker, the farm's pending destroys). */
     storageDir: z.string().default('/var/lib/cloudgate'),
     network: z.string().default('default'),
     /** Sizes offered, since a hypervisor has no flavors of its own. */
     offerings: z
       .array(z.object({ id: z.string(), name: z.string(), cpus: z.number().int().min(1), memoryMiB: z.number().int().min(64), diskGiB: z.number().int().min(1) }))
       .optional(),
+    /** Farm only: how long a host may take to connect or answer one call before it counts as lost (default 5). */
+    hostTimeoutSeconds: z.number().positive().max(300).optional(),
+    /** Farm only: how long a lost host is left alone (skipped for placement) before it is tried again (default 30). */
+    hostRetrySeconds: z.number().min(0).max(3600).optional(),
   })
   .strict()
   .superRefine((c, ctx) => {
+    if ((c.uri === undefined) === (c.hosts === undefined)) {
+      ctx.addIssue({
+        code: 'custom',
+        path: c.uri === undefined ? ['uri'] : ['hosts'],
+        message: 'a libvirt cloud names either one hypervisor ("uri") or a farm of them ("hosts: [{name, uri, cpus, memoryMiB}]"), not both and not neither',
+      });
+    }
+    const seen = new Set<string>();
+    c.hosts?.forEach((h, i) => {
+      if (seen.has(h.name)) ctx.addIssue({ code: 'custom', path: ['hosts', i, 'name'], message: `duplicate host name "${h.name}" in this farm` });
+      seen.add(h.name);
+    });
     for (const [image, ref] of Object.entries(c.images)) {
       if (!isLibvirtImageRef(ref)) {
         ctx.addIssue({
@@ -93,6 +127,24 @@ export const LibvirtCloudConfigSchema = z
       }
     }
   });
+
+/** A libvirt host as the adapter uses it: a farm's host, or the one hypervisor of a `uri` entry (no capacity limit). */
+export interface LibvirtHostRef {
+  name: string;
+  uri: string;
+  cpus?: number;
+  memoryMiB?: number;
+}
+
+/**
+ * The hosts of a libvirt entry: its `hosts`, or for a single `uri` one host named after the
+ * entry, without capacity limits (as before farms existed).
+ */
+export function libvirtHosts(c: Pick<LibvirtCloudConfig, 'name' | 'uri' | 'hosts'>): LibvirtHostRef[] {
+  if (c.hosts) return c.hosts.map((h) => ({ ...h }));
+  if (c.uri === undefined) throw new Error(`libvirt cloud "${c.name}" has neither uri nor hosts`);
+  return [{ name: c.name, uri: c.uri }];
+}
 
 /**
  * A libvirt image reference: an absolute, normalised path of a disk file on the hypervisor
@@ -148,6 +200,8 @@ export const CloudConfigSchema = z.discriminatedUnion('kind', [
   OcciCloudConfigSchema,
 ]);
 export type CloudConfig = z.infer<typeof CloudConfigSchema>;
+/** A registry entry as written (defaults not yet applied: a sim entry may leave out its images). */
+export type CloudConfigInput = z.input<typeof CloudConfigSchema>;
 export type LibvirtCloudConfig = z.infer<typeof LibvirtCloudConfigSchema>;
 export type Ec2CloudConfig = z.infer<typeof Ec2CloudConfigSchema>;
 export type CloudStackCloudConfig = z.infer<typeof CloudStackCloudConfigSchema>;
@@ -172,7 +226,11 @@ export const DEFAULT_CLOUDS: CloudsFile = { clouds: [{ name: 'sim', kind: 'sim',
  * What the API shows of a cloud: endpoint, credential references (never values) and the
  * image names it offers (never the references they map to: disk paths stay on the worker).
  */
-export function publicCloudInfo(c: CloudConfig): { endpoint?: string; credentials?: Record<string, string>; images: string[] } {
+export function publicCloudInfo(c: CloudConfig): { endpoint?: string; credentials?: Record<string, string>; images: string[]; quota?: CloudQuota } {
+  return { ...connectionInfo(c), ...(c.quota && { quota: c.quota }) };
+}
+
+function connectionInfo(c: CloudConfig): { endpoint?: string; credentials?: Record<string, string>; images: string[] } {
   const images = imageNames(c.images);
   switch (c.kind) {
     case 'sim':

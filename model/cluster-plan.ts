@@ -22,7 +22,8 @@ export type ClusterVerdict =
 /**
  * The state of a running cluster: READY when every service is; with a FAILED service,
  * rollback under `rollback`, else DEGRADED if anything is or was up (FAILED if not);
- * DEGRADED while a service replaces lost instances; DEPLOYING otherwise (including scale-ups).
+ * DEGRADED while a service replaces lost instances; DEPLOYING otherwise (including scale-ups),
+ * with a message while a service waits for room on its clouds.
  * `message` is set only where the state needs one (a failure), undefined clears it.
  */
 export function clusterVerdict(services: readonly Pick<ServiceBrief, 'name' | 'state' | 'message'>[], policy: FailurePolicy, everReady: boolean): ClusterVerdict {
@@ -36,7 +37,9 @@ export function clusterVerdict(services: readonly Pick<ServiceBrief, 'name' | 's
       message: `service ${failed.name} failed (retrying, policy keep): ${failed.message ?? ''}`,
     };
   }
-  return { rollback: false, state: services.some((s) => s.state === 'DEGRADED') ? 'DEGRADED' : 'DEPLOYING' };
+  const waiting = services.find((s) => s.state === 'WAITING_CAPACITY');
+  const state = services.some((s) => s.state === 'DEGRADED') ? 'DEGRADED' : 'DEPLOYING';
+  return waiting ? { rollback: false, state, message: `service ${waiting.name} ${waiting.message ?? 'is waiting for room on its clouds'}` } : { rollback: false, state };
 }
 
 /** One stratum-1 check: a repository, the servers to ask, the lowest revision accepted. */

@@ -50,25 +50,38 @@ export interface ImageOffer {
 export interface ImageError {
   /** `definition.services[<i>].image`: the definition is stored, the request names it by id. */
   field: string;
+  /** RFC 6901 pointer to the same field (`/definition/services/<i>/image`); set for services with a `placement`. */
+  pointer?: string;
   message: string;
 }
 
 /**
- * Each service whose image is not one the cloud's registry entry names: the service, the
+ * Each service whose image is not one its cloud's registry entry names: the service, the
  * image, the cloud and the images it offers. Compared as whole strings against a `Set`, so
  * no name is ever looked up as an object property or read as a path.
+ *
+ * A service without `placement` is checked against `cloud` (the cluster's; not at all when
+ * that is unregistered, `undefined`: the submission reports that itself); one with a
+ * placement against every cloud it names that `lookup` knows (an unregistered one is the
+ * submission's own error too), one error per cloud lacking the image, with a pointer.
  */
-export function imageErrors(definition: Pick<ClusterDefinition, 'services'>, cloud: ImageOffer): ImageError[] {
-  const offered = [...(cloud.images ?? [])].sort();
-  const known = new Set(offered);
-  return definition.services.flatMap((s, i) =>
-    known.has(s.image)
-      ? []
-      : [
-          {
-            field: `definition.services[${i}].image`,
-            message: `service "${s.name}": image ${JSON.stringify(s.image)} is not offered by cloud "${cloud.name}" (its images: ${listImages(offered)})`,
-          },
-        ],
-  );
+export function imageErrors(
+  definition: Pick<ClusterDefinition, 'services'>,
+  cloud: ImageOffer | undefined,
+  lookup: (name: string) => ImageOffer | undefined = (name) => (name === cloud?.name ? cloud : undefined),
+): ImageError[] {
+  return definition.services.flatMap((s, i) => {
+    const targets = (s.placement ? s.placement.clouds.map(lookup) : [cloud]).filter((c): c is ImageOffer => c !== undefined);
+    return targets.flatMap((c) => {
+      const offered = [...(c.images ?? [])].sort();
+      if (new Set(offered).has(s.image)) return [];
+      return [
+        {
+          field: `definition.services[${i}].image`,
+          ...(s.placement && { pointer: `/definition/services/${i}/image` }),
+          message: `service "${s.name}": image ${JSON.stringify(s.image)} is not offered by cloud "${c.name}" (its images: ${listImages(offered)})`,
+        },
+      ];
+    });
+  });
 }

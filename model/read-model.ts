@@ -8,7 +8,8 @@
 import type { ClusterState, InstanceStatus, ServiceBrief } from './status.js';
 
 /** What happened, for `GET /v1/clusters/:id/events`. */
-export const CLUSTER_EVENT_KINDS = ['state', 'scale', 'replace', 'failure', 'retry', 'teardown'] as const;
+/** `placement`: a cloud had no room or kept failing, and instances went to another (or wait for room). */
+export const CLUSTER_EVENT_KINDS = ['state', 'scale', 'replace', 'failure', 'retry', 'teardown', 'placement'] as const;
 export type ClusterEventKind = (typeof CLUSTER_EVENT_KINDS)[number];
 
 /** One thing that happened to a cluster or one of its services. */

@@ -14,6 +14,10 @@ export interface InstanceRecord {
   id: string;
   ordinal: number;
   state: InstanceState;
+  /** The cloud it was placed on (records before placement existed have none: the cluster's cloud). */
+  cloud?: string;
+  /** The hypervisor host it runs on, where the cloud says (libvirt farms). */
+  host?: string;
   cloudInstanceId?: string;
   createdAt?: string;
   readyAt?: string;
@@ -58,19 +62,23 @@ export interface ServiceCounts {
   degraded: boolean;
   /** The failure budget was used up and nothing became ready since (latched; backing off or retrying). */
   failing?: boolean;
+  /** Instances are missing and none of the service's clouds has room for them. */
+  waitingCapacity?: boolean;
 }
 
 /**
  * A service's state: TERMINATING until nothing is held or in flight after a teardown; FAILED
  * once {@link MAX_CONSECUTIVE_FAILURES} failures came in a row, and (`failing`) until an
  * instance becomes ready again, through every backoff and retry of the `keep` policy; READY
- * with the desired number ready; DEGRADED after losing ready instances; DEPLOYING otherwise
- * (including scaling up).
+ * with the desired number ready; WAITING_CAPACITY while instances are missing and no cloud of
+ * the service has room; DEGRADED after losing ready instances; DEPLOYING otherwise (including
+ * scaling up).
  */
 export function serviceState(c: ServiceCounts): ServiceState {
   if (c.tearingDown) return c.held === 0 && c.inFlight === 0 ? 'TERMINATED' : 'TERMINATING';
   if (c.failing || c.consecutiveFailures >= MAX_CONSECUTIVE_FAILURES) return 'FAILED';
   if (c.ready >= c.desired) return 'READY';
+  if (c.waitingCapacity) return 'WAITING_CAPACITY';
   return c.degraded ? 'DEGRADED' : 'DEPLOYING';
 }
 
@@ -109,35 +117,51 @@ export const healthCheckTargets = (instances: Iterable<InstanceRecord>): Instanc
  * One instance as a service workflow hands it to its next run: `[ordinal, state code]`, plus
  * the readiness deadline while it has one. Everything else (provider id, times, messages) is
  * in the read model; the id derives from the ordinal. About 12 bytes a ready instance, so a
- * 10,000-instance service carries ~120 KB where whole records took 1.8 MB.
+ * 10,000-instance service carries ~120 KB where whole records took 1.8 MB. An instance on
+ * another cloud than the service's first has that cloud's index after its state letter (`Y1`).
  */
 export type CarriedInstance = [ordinal: number, state: string] | [ordinal: number, state: string, deadline: number];
 
 const STATE_CODES: Record<InstanceState, string> = { CREATING: 'C', BOOTING: 'B', RUNNING: 'R', READY: 'Y', FAILED: 'F', TERMINATING: 'T' };
 const STATES_BY_CODE = new Map(Object.entries(STATE_CODES).map(([state, code]) => [code, state as InstanceState]));
 
-/** The carried form of an instance. */
-export const compactInstance = (i: InstanceRecord): CarriedInstance =>
-  i.deadline === undefined ? [i.ordinal, STATE_CODES[i.state]] : [i.ordinal, STATE_CODES[i.state], i.deadline];
+/** The carried form of an instance; `clouds` are the service's clouds in order (its first is left out). */
+export function compactInstance(i: InstanceRecord, clouds: readonly string[] = []): CarriedInstance {
+  const at = i.cloud === undefined ? 0 : clouds.indexOf(i.cloud);
+  const code = at > 0 ? `${STATE_CODES[i.state]}${at}` : STATE_CODES[i.state];
+  return i.deadline === undefined ? [i.ordinal, code] : [i.ordinal, code, i.deadline];
+}
 
-/** An instance from what a previous run carried: the compact form, or a whole record (runs before the compact form). */
-export function expandInstance(carried: CarriedInstance | InstanceRecord, clusterId: string, service: string): InstanceRecord {
+/**
+ * An instance from what a previous run carried: the compact form, or a whole record (runs
+ * before the compact form). `clouds` as for {@link compactInstance}: without an index the
+ * instance is on the first (records before placement: `cloud` stays as carried).
+ */
+export function expandInstance(carried: CarriedInstance | InstanceRecord, clusterId: string, service: string, clouds: readonly string[] = []): InstanceRecord {
   if (!Array.isArray(carried)) return carried;
   const [ordinal, code, deadline] = carried;
-  const state = STATES_BY_CODE.get(code);
-  if (!state) throw new Error(`carried instance ${ordinal} has an unknown state code "${code}"`);
-  return { id: instanceId(clusterId, service, ordinal), ordinal, state, ...(deadline !== undefined && { deadline }) };
+  const state = STATES_BY_CODE.get(code[0]);
+  const at = code.length > 1 ? Number(code.slice(1)) : 0;
+  if (!state || !Number.isInteger(at) || (at > 0 && at >= clouds.length)) throw new Error(`carried instance ${ordinal} has an unknown state code "${code}"`);
+  return {
+    id: instanceId(clusterId, service, ordinal),
+    ordinal,
+    state,
+    ...(clouds.length > 0 && { cloud: clouds[at] }),
+    ...(deadline !== undefined && { deadline }),
+  };
 }
 
 /**
  * Milliseconds until the workflow must look again: the next health check, the earliest
- * readiness deadline, the end of a keep-policy backoff (`retryAt`) or a publish that is due
- * (`publishAt`), whichever comes first (at least 1 s). Times not in the future are ignored.
+ * readiness deadline, the end of a keep-policy backoff (`retryAt`), a publish that is due
+ * (`publishAt`) or a cloud to look for room on again (`roomAt`), whichever comes first (at
+ * least 1 s). Times not in the future are ignored.
  */
-export function nextWakeMs(now: number, nextHealthCheck: number, instances: Iterable<InstanceRecord>, retryAt: number, publishAt = 0): number {
+export function nextWakeMs(now: number, nextHealthCheck: number, instances: Iterable<InstanceRecord>, retryAt: number, publishAt = 0, roomAt = 0): number {
   let wake = nextHealthCheck;
   for (const i of instances) if (i.deadline !== undefined && i.deadline < wake) wake = i.deadline;
-  for (const at of [retryAt, publishAt]) if (at > now && at < wake) wake = at;
+  for (const at of [retryAt, publishAt, roomAt]) if (at > now && at < wake) wake = at;
   return Math.max(1000, wake - now + 1);
 }
 
@@ -154,17 +178,19 @@ export function nextHealthCheckMs(base: number, last: number, steady: boolean, m
 }
 
 /** What the workflow waits for when it sleeps (timer summaries in the Temporal UI); arguments as {@link nextWakeMs}. */
-export function wakeReason(now: number, nextHealthCheck: number, instances: Iterable<InstanceRecord>, retryAt: number, publishAt = 0): string {
-  const ms = nextWakeMs(now, nextHealthCheck, instances, retryAt, publishAt);
+export function wakeReason(now: number, nextHealthCheck: number, instances: Iterable<InstanceRecord>, retryAt: number, publishAt = 0, roomAt = 0): string {
+  const ms = nextWakeMs(now, nextHealthCheck, instances, retryAt, publishAt, roomAt);
   const at = now + ms - 1;
   if (retryAt > now && retryAt <= at) return `next round of attempts in ${Math.round(ms / 1000)} s`;
+  if (roomAt > now && roomAt <= at) return `look for room on a full cloud again in ${Math.round(ms / 1000)} s`;
   if (publishAt > now && publishAt <= at) return `publish instance changes in ${Math.round(ms / 1000)} s`;
   if (nextHealthCheck <= at) return `next health check in ${Math.round(ms / 1000)} s`;
   return `readiness deadline in ${Math.round(ms / 1000)} s`;
 }
 
 /** An instance's published fields in one string: a publish sends the instances whose fingerprint changed. */
-export const instanceFingerprint = (i: InstanceRecord): string => [i.state, i.cloudInstanceId ?? '', i.createdAt ?? '', i.readyAt ?? '', i.message ?? ''].join('\u0000');
+export const instanceFingerprint = (i: InstanceRecord): string =>
+  [i.state, i.cloudInstanceId ?? '', i.createdAt ?? '', i.readyAt ?? '', i.message ?? '', ...(i.host ? [i.host] : [])].join('\u0000');
 
 /** `items` in runs of at most `size`. */
 export function chunks<T>(items: T[], size: number): T[][] {

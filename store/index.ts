@@ -18,6 +18,8 @@ import type { ClusterState, InstanceState } from '../model/status.js';
 import { loadSecretsKey, SECRETS_KEY_BYTES } from './secret.js';
 import { ensurePrivateFile } from './private-files.js';
 import type { Quota } from '../model/config.js';
+import type { CloudQuota } from '../model/clouds-config.js';
+import { CAPACITY_SCHEMA, capacityLedger, type CapacityLedger } from './capacity.js';
 import { QUOTA_AUDIT_SCHEMA, quotaAuditStatements, toAuditRecord, type AuditFilter, type AuditRecord, type OwnerQuotaRecord, type QuotaClaim, type QuotaUsage, type ReserveScaleOptions } from './quotas-audit.js';
 
 export { QuotaExceededError, type AuditRecord, type OwnerQuotaRecord, type QuotaClaim, type QuotaExcess, type QuotaUsage, type ReserveScaleOptions } from './quotas-audit.js';
@@ -76,6 +78,8 @@ export interface CloudRecord {
   credentials?: Record<string, string>;
   /** The image names its registry entry offers (the only ones a cluster on it may name); none when absent. */
   images?: string[];
+  /** What cloudgate may use there, over all clusters (the capacity ledger's limits); unlimited when absent. */
+  quota?: CloudQuota;
 }
 
 /**
@@ -179,7 +183,7 @@ export class InvalidCursorError extends Error {
   }
 }
 
-export interface Store {
+export interface Store extends CapacityLedger {
   createDefinition(input: { name: string; definition: ClusterDefinition; owner?: string }): ClusterDefinitionRecord;
   getDefinition(id: string): ClusterDefinitionRecord | undefined;
   /** Oldest first. */
@@ -506,7 +510,7 @@ const toCloud = (r: CloudRow): CloudRecord => ({
   name: r.name,
   kind: r.kind,
   offerings: JSON.parse(r.offerings) as CloudOffering[],
-  ...(r.info ? (JSON.parse(r.info) as Pick<CloudRecord, 'endpoint' | 'credentials' | 'images'>) : {}),
+  ...(r.info ? (JSON.parse(r.info) as Pick<CloudRecord, 'endpoint' | 'credentials' | 'images' | 'quota'>) : {}),
 });
 
 interface ContextRow {
@@ -718,6 +722,7 @@ export function openSqliteStore(file: string, options: StoreOptions = {}): Store
   db.pragma('foreign_keys = ON');
   db.exec(SCHEMA);
   db.exec(QUOTA_AUDIT_SCHEMA);
+  db.exec(CAPACITY_SCHEMA);
   // Stores made before clouds had endpoints and credential references.
   const cloudColumns = db.prepare<[], { name: string }>("SELECT name FROM pragma_table_info('clouds')").all();
   if (!cloudColumns.some((c) => c.name === 'info')) db.exec('ALTER TABLE clouds ADD COLUMN info TEXT');
@@ -957,6 +962,7 @@ export function openSqliteStore(file: string, options: StoreOptions = {}): Store
   });
 
   return {
+    ...capacityLedger(db),
     createDefinition({ name, definition, owner }) {
       const rec: ClusterDefinitionRecord = { id: newDefinitionId(), name, definition, ...(owner !== undefined && { owner }), createdAt: new Date().toISOString() };
       q.insertDef.run(rec.id, rec.name, JSON.stringify(definition), rec.createdAt, owner ?? null);
@@ -1031,8 +1037,8 @@ export function openSqliteStore(file: string, options: StoreOptions = {}): Store
     deleteCloud(name) {
       return q.deleteCloud.run(name).changes > 0;
     },
-    upsertCloud({ name, kind, offerings, endpoint, credentials, images }) {
-      const info = endpoint || credentials || images ? JSON.stringify({ endpoint, credentials, images }) : null;
+    upsertCloud({ name, kind, offerings, endpoint, credentials, images, quota }) {
+      const info = endpoint || credentials || images || quota ? JSON.stringify({ endpoint, credentials, images, quota }) : null;
       q.upsertCloud.run(name, kind, JSON.stringify(offerings), info, new Date().toISOString());
     },
     listClouds: () => q.listClouds.all().map(toCloud),

@@ -15,7 +15,7 @@ import type { DataConverter } from '@temporalio/common';
 import { DefaultLogger, Runtime, bundleWorkflowCode, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
 import { startApi } from '../api/main.js';
 import type { SimRule } from '../clouds/sim.js';
-import type { CloudConfig } from '../model/clouds-config.js';
+import type { CloudConfigInput } from '../model/clouds-config.js';
 import { ConfigSchema, type Config } from '../model/config.js';
 import { payloadDataConverter } from '../model/payload-codec.js';
 import { loadPayloadKeys } from '../store/secret.js';
@@ -48,7 +48,7 @@ export interface StackOptions {
   /** Run the worker as a separate process (so it can be killed with SIGKILL). */
   workerProcess?: boolean;
   /** The cloud registry (written to a YAML file the worker reads); default: only `sim`. */
-  clouds?: CloudConfig[];
+  clouds?: CloudConfigInput[];
   /** Extra environment for a worker process (credentials the registry references). */
   env?: Record<string, string>;
   /** Stratum-1 URL templates the gateway checks repositories on (default: the config's CERN list). */
@@ -127,6 +127,30 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
     config,
     opts.captureLogs ? { logger: pino({ level: 'info', name: 'cloudgate-api' }, pino.destination({ dest: path.join(dataDir, 'api.log'), sync: true })) } : {},
   );
+  /**
+   * Ready when the worker polls the task queue and has registered its clouds with their
+   * offerings: the cloud catalogue schedule's run the worker triggers at start lists them
+   * (workflows/catalogue.ts). Suites submit clusters right after, and submissions are checked
+   * against offerings. A cloud that did not answer that run (a suite's unreachable cloud)
+   * does not hold the stack up once a catalogue run started since has completed.
+   */
+  const workerReady = (since: Date, timeoutMs: number, what: string) =>
+    waitFor(
+      async () => {
+        const clouds = await stack.http('GET', '/v1/clouds');
+        const want = (opts.clouds ?? [{ name: 'sim' }]).map((c) => c.name);
+        const listed = want.map((n) => (clouds.body.items as any[] | undefined)?.find((c) => c.name === n));
+        if (listed.some((c) => c === undefined)) return false;
+        const tq = await client.workflowService.describeTaskQueue({ namespace: config.namespace, taskQueue: { name: config.taskQueue }, taskQueueType: 1 });
+        if ((tq.pollers ?? []).length === 0) return false;
+        if (listed.every((c) => c.offerings.length > 0)) return true;
+        const query = `WorkflowType = 'CloudCatalogueWorkflow' AND ExecutionStatus = 'Completed' AND StartTime >= '${since.toISOString()}'`;
+        for await (const _run of client.workflow.list({ query, pageSize: 1 })) return true;
+        return false;
+      },
+      timeoutMs,
+      `${what} to poll and list its clouds' offerings`,
+    );
   const stack: Stack = {
     config,
     dataDir,
@@ -136,6 +160,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
     dataConverter,
     api,
     async startWorker() {
+      const since = new Date();
       if (opts.workerProcess) {
         const env = {
           ...process.env,
@@ -157,16 +182,10 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
         const log = opts.captureLogs ? openSync(path.join(dataDir, 'worker.log'), 'a') : 'inherit';
         const proc = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'workers/main.ts')], { env, stdio: ['ignore', log, log] });
         stack.workerProc = proc;
-        // Ready when it has registered its clouds and polls the task queue.
-        await waitFor(async () => {
-          const clouds = await stack.http('GET', '/v1/clouds');
-          const want = (opts.clouds ?? [{ name: 'sim' }]).map((c) => c.name);
-          if (!want.every((n) => clouds.body.items?.some((c: any) => c.name === n))) return false;
-          const tq = await client.workflowService.describeTaskQueue({ namespace: 'default', taskQueue: { name: config.taskQueue }, taskQueueType: 1 });
-          return (tq.pollers ?? []).length > 0;
-        }, 120_000, 'worker process to poll');
+        await workerReady(since, 120_000, 'worker process');
       } else {
         stack.worker = await startWorker(config, { workflowBundle: await workflowBundle(), simRules: opts.simRules });
+        await workerReady(since, 60_000, 'worker');
       }
     },
     async killWorker() {

@@ -60,7 +60,11 @@ describe('libvirt adapter on test:///default', () => {
     expect(xml).toMatch(/<memory unit='KiB'>4194304<\/memory>/);
     expect(xml).toMatch(/<vcpu[^>]*>2<\/vcpu>/);
     expect(xml).toMatch(/<type[^>]*>hvm<\/type>/);
-    expect(xml).toContain(`<source file='${peer.cloudConfig.images['cernvm4-micro']}'/>`);
+    // The guest's disk is its own qcow2 overlay (backed by the image), never the image itself (issue 12).
+    const overlay = path.join(peer.cloudConfig.storageDir, `${s.tags.key}.qcow2`);
+    expect(created.extra?.disk).toBe(overlay);
+    expect(xml).toMatch(new RegExp(`<disk type='file' device='disk'>\\s*<driver name='qemu' type='qcow2'/>\\s*<source file='${overlay}'/>`));
+    expect(xml).not.toContain(peer.cloudConfig.images['cernvm4-micro']);
     expect(xml).toMatch(new RegExp(`<disk type='file' device='cdrom'>[\\s\\S]*<source file='${created.extra?.seedIso}'/>[\\s\\S]*<readonly/>`));
     expect(xml).toMatch(/<interface type='network'>[\s\S]*<source network='default'\/>/);
     const meta = /<(\w+):instance [^>]*>/.exec(xml)?.[0] ?? '';

@@ -161,7 +161,7 @@ describe('what a service workflow carries across continue-as-new', () => {
         ...(n % 50 === 0 ? { deadline: 1_796_144_600_616 } : { readyAt: '2026-12-01T10:00:25.000Z' }),
       }),
     );
-    const compact = Buffer.byteLength(JSON.stringify(instances.map(compactInstance)));
+    const compact = Buffer.byteLength(JSON.stringify(instances.map((i) => compactInstance(i))));
     const whole = Buffer.byteLength(JSON.stringify(instances));
     expect(compact).toBeLessThan(200 * 1024);
     expect(whole).toBeGreaterThan(1.5 * 1024 * 1024);

@@ -31,8 +31,10 @@ export function loadCloudsFile(file: string | undefined): CloudsFile {
 
 export interface BuiltClouds {
   adapters: CloudAdapter[];
-  /** The simulated cloud, when configured (tests and the benchmark drive it). */
+  /** The first simulated cloud, when configured (tests and the benchmark drive it). */
   sim?: SimCloud;
+  /** Every simulated cloud, by name (a registry may list several: placement over two clouds on one machine). */
+  sims: Map<string, SimCloud>;
 }
 
 /**
@@ -41,12 +43,22 @@ export interface BuiltClouds {
  * which a sim-only worker (the demo, the benchmark) should not pay.
  */
 export async function buildClouds(file: CloudsFile, config: Config, simRules?: SimRule[]): Promise<BuiltClouds> {
-  let sim: SimCloud | undefined;
+  const sims = new Map<string, SimCloud>();
   const make = async (c: CloudConfig): Promise<CloudAdapter> => {
     switch (c.kind) {
-      case 'sim':
-        sim = createSimCloud({ name: c.name, file: path.join(config.dataDir, `${c.name}-cloud.sqlite`), ...config.sim, rules: simRules, images: c.images });
+      case 'sim': {
+        const sim = createSimCloud({
+          name: c.name,
+          file: path.join(config.dataDir, `${c.name}-cloud.sqlite`),
+          ...config.sim,
+          rules: simRules,
+          images: c.images,
+          ...(c.capacity !== undefined && { capacity: c.capacity }),
+          ...(c.createFailureRate !== undefined && { createFailureRate: c.createFailureRate }),
+        });
+        sims.set(c.name, sim);
         return sim;
+      }
       case 'libvirt':
         return (await import('../clouds/libvirt.js')).createLibvirtCloud(c);
       case 'ec2':
@@ -59,5 +71,5 @@ export async function buildClouds(file: CloudsFile, config: Config, simRules?: S
   };
   const adapters: CloudAdapter[] = [];
   for (const c of file.clouds) adapters.push(await make(c));
-  return { adapters, sim };
+  return { adapters, sim: sims.values().next().value, sims };
 }

@@ -9,7 +9,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Connection } from '@temporalio/client';
 import { chmodPrivate } from '../store/private-files.js';
-import { SEARCH_ATTRIBUTES } from '../workflows/messages.js';
+import { cliSearchAttributeType, SEARCH_ATTRIBUTES } from '../workflows/messages.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -65,7 +65,7 @@ export async function startDevServer(opts: DevServerOptions): Promise<DevServer>
     args.push('--ui-port', String(opts.uiPort));
     if (opts.uiCodecEndpoint) args.push('--ui-codec-endpoint', opts.uiCodecEndpoint);
   } else args.push('--headless');
-  for (const sa of SEARCH_ATTRIBUTES) args.push('--search-attribute', `${sa.name}=Keyword`);
+  for (const sa of SEARCH_ATTRIBUTES) args.push('--search-attribute', `${sa.name}=${cliSearchAttributeType(sa)}`);
   // Workflow histories live in this file: owner only (the server makes a missing one itself, so it is set once it answers).
   chmodPrivate(opts.dbFile);
   const child = spawn(opts.executable ?? findTemporalCli(), args, { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -117,6 +117,7 @@ export async function ensureSearchAttributes(connection: Connection, namespace: 
   if (missing.length === 0) return;
   await connection.operatorService.addSearchAttributes({
     namespace,
-    searchAttributes: Object.fromEntries(missing.map((sa) => [sa.name, 2 /* INDEXED_VALUE_TYPE_KEYWORD */])),
+    // INDEXED_VALUE_TYPE_KEYWORD (2) or INDEXED_VALUE_TYPE_KEYWORD_LIST (7).
+    searchAttributes: Object.fromEntries(missing.map((sa) => [sa.name, cliSearchAttributeType(sa) === 'KeywordList' ? 7 : 2])),
   });
 }

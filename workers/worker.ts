@@ -1,21 +1,25 @@
 /**
- * Wires a cloudgate worker: clouds (the `sim` cloud for now), the store's cloud
- * registrations, activities and the Temporal worker. `workers/main.ts` runs it as a process;
+ * Wires a cloudgate worker: clouds, the store's cloud registrations (the registry's static
+ * part; offerings come from the cloud catalogue schedule it keeps), activities and the
+ * Temporal worker. `workers/main.ts` runs it as a process;
  * tests and the benchmark run it in-process.
  */
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { Client, Connection, ScheduleAlreadyRunning, ScheduleOverlapPolicy, type ScheduleOptions } from '@temporalio/client';
+import { msToNumber } from '@temporalio/common';
 import { NativeConnection, Worker, type WorkerOptions } from '@temporalio/worker';
 import type { Logger } from 'pino';
+import { createCatalogueActivities, staticCloudRecord } from '../activities/catalogue.js';
 import { createActivities } from '../activities/index.js';
 import { createCloudRegistry } from '../clouds/registry.js';
-import type { CloudAdapter } from '../clouds/contract.js';
 import type { SimCloud, SimRule } from '../clouds/sim.js';
-import { publicCloudInfo, type CloudsFile } from '../model/clouds-config.js';
+import type { CloudsFile } from '../model/clouds-config.js';
 import { publicUrlOf, temporalAddressOf, type Config } from '../model/config.js';
-import { AesGcmPayloadCodec } from '../model/payload-codec.js';
+import { AesGcmPayloadCodec, payloadDataConverter } from '../model/payload-codec.js';
 import { openSqliteStore, type Store } from '../store/index.js';
 import { loadPayloadKeys, loadTokenSecret } from '../store/secret.js';
+import { CLOUD_CATALOGUE_INTERVAL, CLOUD_CATALOGUE_SCHEDULE_ID, CLOUD_CATALOGUE_SCHEDULED_WORKFLOW_ID } from '../workflows/catalogue.js';
 import { buildClouds, loadCloudsFile } from './clouds.js';
 
 export const WORKFLOWS_PATH = fileURLToPath(new URL('../workflows/index.ts', import.meta.url));
@@ -33,8 +37,15 @@ export interface StartWorkerOptions {
 
 export interface RunningWorker {
   worker: Worker;
-  /** The simulated cloud, when the registry has one. */
+  /** The (first) simulated cloud, when the registry has one. */
   sim?: SimCloud;
+  /** Every simulated cloud of the registry, by name. */
+  sims: Map<string, SimCloud>;
+  /**
+   * Resolves once the cloud catalogue schedule exists and was triggered (the worker polls
+   * meanwhile; the refresh itself runs as a workflow). Never rejects: a failure is logged.
+   */
+  catalogueScheduled: Promise<void>;
   /** Resolves when the worker has shut down. */
   done: Promise<void>;
   shutdown(): Promise<void>;
@@ -43,34 +54,46 @@ export interface RunningWorker {
 export async function startWorker(config: Config, opts: StartWorkerOptions = {}): Promise<RunningWorker> {
   const store = openSqliteStore(path.join(config.dataDir, 'cloudgate.sqlite'));
   const registryFile = loadCloudsFile(config.cloudsFile);
-  const { adapters, sim } = await buildClouds(registryFile, config, opts.simRules);
+  const codec = new AesGcmPayloadCodec(loadPayloadKeys(config));
+  const { adapters, sim, sims } = await buildClouds(registryFile, config, opts.simRules);
   const clouds = createCloudRegistry(adapters);
-  const registration = registerClouds(store, registryFile, clouds, opts.logger);
-  await registration.first;
+  // The registry's static part only: no cloud is called and no credential read here (the catalogue activity does both).
+  publishRegistry(store, registryFile);
   const connection = await NativeConnection.connect({ address: temporalAddressOf(config) });
   const worker = await Worker.create({
     connection,
     namespace: config.namespace,
     taskQueue: config.taskQueue,
     // Payloads (failure messages included) are encrypted before they reach Temporal (model/payload-codec.ts).
-    dataConverter: { payloadCodecs: [new AesGcmPayloadCodec(loadPayloadKeys(config))], failureConverterPath: FAILURE_CONVERTER_PATH },
+    dataConverter: { payloadCodecs: [codec], failureConverterPath: FAILURE_CONVERTER_PATH },
     ...(opts.workflowBundle ? { workflowBundle: opts.workflowBundle } : { workflowsPath: WORKFLOWS_PATH }),
-    activities: createActivities({
-      clouds,
-      publicUrl: publicUrlOf(config),
-      tokenSecret: loadTokenSecret(config),
-      tokenMarginSeconds: config.tokenMarginSeconds,
-      contexts: store,
-      cvmfs: config.cvmfs,
-      readModel: store,
-    }),
+    activities: {
+      ...createActivities({
+        clouds,
+        publicUrl: publicUrlOf(config),
+        tokenSecret: loadTokenSecret(config),
+        tokenMarginSeconds: config.tokenMarginSeconds,
+        contexts: store,
+        cvmfs: config.cvmfs,
+        readModel: store,
+        capacity: {
+          ledger: store,
+          quotaOf: (cloud) => registryFile.clouds.find((c) => c.name === cloud)?.quota,
+          flavorsOf: (cloud) => store.getCloud(cloud)?.offerings ?? [],
+        },
+      }),
+      ...createCatalogueActivities({ clouds, registry: registryFile.clouds, store }),
+    },
     maxConcurrentActivityTaskExecutions: 200,
     ...opts.tuning,
   });
-  sim?.start();
-  const done = worker.run().finally(async () => {
-    registration.stop();
-    await sim?.stop();
+  for (const s of sims.values()) s.start();
+  const running = worker.run();
+  // The schedule is made beside the polling worker, which runs the triggered refresh itself.
+  const schedule = ensureCatalogueSchedule(config, codec, opts.logger);
+  const done = running.finally(async () => {
+    await schedule.close();
+    await Promise.all([...sims.values()].map((s) => s.stop()));
     await clouds.close();
     await connection.close();
     store.close();
@@ -78,6 +101,8 @@ export async function startWorker(config: Config, opts: StartWorkerOptions = {})
   return {
     worker,
     sim,
+    sims,
+    catalogueScheduled: schedule.ready,
     done,
     async shutdown() {
       if (worker.getState() === 'RUNNING') worker.shutdown();
@@ -86,56 +111,92 @@ export async function startWorker(config: Config, opts: StartWorkerOptions = {})
   };
 }
 
-/** How long one cloud may take to list its offerings at startup before the worker goes on without. */
-const REGISTER_TIMEOUT_MS = 15_000;
-const REGISTER_RETRY_MS = 60_000;
-
 /**
- * Publishes the registry to the store (what `GET /v1/clouds` shows and what submissions are
- * checked against): each cloud with its offerings, endpoint, credential references and the
- * image names it offers (`publicCloudInfo`).
- * A cloud that cannot list its offerings yet is registered without any and tried again
- * every minute, so one unreachable cloud does not keep the worker from serving the others.
+ * Writes what the registry file says of each cloud to the store (kind, endpoint, credential
+ * references, images, quota: `publicCloudInfo`), keeping the offerings listed before, and
+ * forgets clouds the file no longer names. No cloud is called: the catalogue workflow lists
+ * offerings (workflows/catalogue.ts), so a cloud that is down does not hold the worker up.
  */
-function registerClouds(
-  store: Store,
-  file: CloudsFile,
-  registry: { get(name: string): CloudAdapter },
-  logger?: Logger,
-): { first: Promise<void>; stop(): void } {
+export function publishRegistry(store: Store, file: CloudsFile): void {
   const known = new Set(file.clouds.map((c) => c.name));
   for (const stale of store.listClouds()) if (!known.has(stale.name)) store.deleteCloud(stale.name);
-  const pending = new Set(file.clouds.map((c) => c.name));
-  const attempt = async () => {
-    await Promise.all(
-      file.clouds
-        .filter((c) => pending.has(c.name))
-        .map(async (c) => {
-          const info = { name: c.name, kind: c.kind, ...publicCloudInfo(c) };
-          let timer: NodeJS.Timeout | undefined;
-          try {
-            const offerings = await Promise.race([
-              registry.get(c.name).listOfferings(),
-              new Promise<never>((_, reject) => {
-                timer = setTimeout(() => reject(new Error(`no answer within ${REGISTER_TIMEOUT_MS} ms`)), REGISTER_TIMEOUT_MS);
-              }),
-            ]);
-            store.upsertCloud({ ...info, offerings });
-            pending.delete(c.name);
-          } catch (err) {
-            // Keep the offerings listed before; endpoint, credential references and images are the file's now.
-            store.upsertCloud({ ...info, offerings: store.getCloud(c.name)?.offerings ?? [] });
-            logger?.warn({ cloud: c.name, err: err instanceof Error ? err.message : String(err) }, 'cannot list offerings yet; will retry');
-          } finally {
-            clearTimeout(timer);
-          }
-        }),
-    );
+  for (const c of file.clouds) store.upsertCloud(staticCloudRecord(c, store.getCloud(c.name)?.offerings ?? []));
+}
+
+/** What the catalogue schedule is for, in the Temporal UI (its note) and its memo. */
+export const CLOUD_CATALOGUE_NOTE =
+  `Refreshes the cloud catalogue every ${CLOUD_CATALOGUE_INTERVAL}: lists each cloud's offerings through its adapter ` +
+  '(an activity: credentials are read there) and writes them with the registry\'s images and quota to the store, ' +
+  'which GET /v1/clouds, submissions and placement read. Created by every cloudgate worker at start; ' +
+  'POST /v1/clouds/{id}/refresh runs the same workflow for one cloud.';
+
+/** The schedule every worker keeps: its spec and action (compared with the server's copy at start). */
+export function catalogueScheduleOptions(config: Pick<Config, 'taskQueue'>): ScheduleOptions {
+  return {
+    scheduleId: CLOUD_CATALOGUE_SCHEDULE_ID,
+    spec: { intervals: [{ every: CLOUD_CATALOGUE_INTERVAL }] },
+    action: {
+      type: 'startWorkflow',
+      workflowType: 'CloudCatalogueWorkflow',
+      workflowId: CLOUD_CATALOGUE_SCHEDULED_WORKFLOW_ID,
+      taskQueue: config.taskQueue,
+      args: [{}],
+      // A run stuck on a hung worker must not skip the next ones for ever (overlap: skip).
+      workflowExecutionTimeout: '4 minutes',
+      staticSummary: 'refresh the offerings of every cloud',
+    },
+    policies: { overlap: ScheduleOverlapPolicy.SKIP, catchupWindow: '1 minute' },
+    memo: { description: CLOUD_CATALOGUE_NOTE },
+    state: { note: CLOUD_CATALOGUE_NOTE },
   };
-  const first = attempt();
-  const interval = setInterval(() => {
-    if (pending.size > 0) void attempt();
-  }, REGISTER_RETRY_MS);
-  interval.unref();
-  return { first, stop: () => clearInterval(interval) };
+}
+
+/**
+ * Creates the catalogue schedule, or brings an existing one's spec and action up to date
+ * (several workers start it alike: an AlreadyExists answer is the normal case), then triggers
+ * it once so a fresh stack has offerings within seconds. Runs beside the polling worker; a
+ * failure is logged (the schedule is tried again at the next start; `POST .../refresh` works
+ * without it). Uses a client connection of its own, closed by `close()`.
+ */
+function ensureCatalogueSchedule(config: Config, codec: AesGcmPayloadCodec, logger?: Logger): { ready: Promise<void>; close(): Promise<void> } {
+  let connection: Connection | undefined;
+  const ready = (async () => {
+    connection = await Connection.connect({ address: temporalAddressOf(config) });
+    const client = new Client({ connection, namespace: config.namespace, dataConverter: payloadDataConverter(codec) });
+    const want = catalogueScheduleOptions(config);
+    const handle = client.schedule.getHandle(CLOUD_CATALOGUE_SCHEDULE_ID);
+    try {
+      await client.schedule.create(want);
+      logger?.info({ scheduleId: CLOUD_CATALOGUE_SCHEDULE_ID, every: CLOUD_CATALOGUE_INTERVAL }, 'created the cloud catalogue schedule');
+    } catch (err) {
+      if (!(err instanceof ScheduleAlreadyRunning)) throw err;
+      const have = await handle.describe();
+      const action = have.action;
+      const same =
+        action.type === 'startWorkflow' &&
+        action.workflowType === want.action.workflowType &&
+        action.taskQueue === want.action.taskQueue &&
+        action.workflowId === want.action.workflowId &&
+        JSON.stringify(action.args ?? []) === JSON.stringify(want.action.args) &&
+        have.spec.intervals?.length === 1 &&
+        have.spec.intervals[0].every === msToNumber(CLOUD_CATALOGUE_INTERVAL) &&
+        have.state.note === want.state?.note;
+      if (!same) {
+        await handle.update((prev) => ({ ...prev, spec: want.spec, action: want.action, policies: { ...prev.policies, ...want.policies }, state: { ...prev.state, note: want.state?.note } }));
+        logger?.info({ scheduleId: CLOUD_CATALOGUE_SCHEDULE_ID }, 'updated the cloud catalogue schedule');
+      }
+    }
+    // Now, not in five minutes; alongside a run in progress if there is one (a previous worker's may be stuck).
+    await handle.trigger(ScheduleOverlapPolicy.ALLOW_ALL);
+  })().catch((err: unknown) => {
+    logger?.error({ err, scheduleId: CLOUD_CATALOGUE_SCHEDULE_ID }, 'could not create or trigger the cloud catalogue schedule');
+    if (!logger) console.error(`cloudgate worker: could not create or trigger the ${CLOUD_CATALOGUE_SCHEDULE_ID} schedule:`, err);
+  });
+  return {
+    ready,
+    async close() {
+      await ready;
+      await connection?.close();
+    },
+  };
 }

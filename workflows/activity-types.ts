@@ -37,6 +37,23 @@ export interface CreatedInstance {
   /** Normalised cloud state right after create (usually PENDING). */
   cloudState: string;
   createdAt: string;
+  /** The hypervisor host it went to (libvirt farms). */
+  host?: string;
+}
+
+/** Capacity refusals: the create of these ids was not made and holds no reservation. */
+export const CAPACITY_REFUSALS = ['QuotaExceeded', 'CapacityExhausted'] as const;
+export type CapacityRefusalKind = (typeof CAPACITY_REFUSALS)[number];
+
+/**
+ * What a create batch did: the instances made (or found by key), and — when the capacity
+ * ledger refused a reservation (`QuotaExceeded`) or the cloud answered `CapacityExhausted` —
+ * the ids not made, so the service can place them elsewhere or wait. Creates recorded before
+ * refusals existed return the bare array.
+ */
+export interface CreateInstancesResult {
+  created: CreatedInstance[];
+  refused?: { ids: string[]; kind: CapacityRefusalKind; message: string };
 }
 
 export interface DescribeInstancesInput {
@@ -65,6 +82,8 @@ export interface SweepClusterInput {
 }
 
 export interface SweepResult {
+  /** The cloud swept (set since sweeps cover every cloud a cluster used). */
+  cloud?: string;
   /** Instances found still tagged with the cluster and terminated by the sweep. */
   terminated: string[];
   /** Live instances tagged with the cluster after the sweep (always 0 on success). */
@@ -93,7 +112,7 @@ export interface CvmfsCheckResult {
 
 /** The activity functions `createActivities(deps)` returns; workflows proxy these. */
 export interface CloudgateActivities {
-  createInstances(input: CreateInstancesInput): Promise<CreatedInstance[]>;
+  createInstances(input: CreateInstancesInput): Promise<CreateInstancesResult | CreatedInstance[]>;
   describeInstances(input: DescribeInstancesInput): Promise<DescribedInstance[]>;
   terminateInstances(input: TerminateInstancesInput): Promise<number>;
   sweepCluster(input: SweepClusterInput): Promise<SweepResult>;

@@ -29,13 +29,14 @@ import {
   type ChildWorkflowHandle,
 } from '@temporalio/workflow';
 import { clusterVerdict, cvmfsChecks, startableServices } from '../model/cluster-plan.js';
-import type { ServiceDefinition } from '../model/definition.js';
+import { clusterClouds, serviceClouds, type ServiceDefinition } from '../model/definition.js';
 import type { ClusterEvent, ClusterEventKind, PublishClusterInput, PublishedService } from '../model/read-model.js';
 import type { ClusterState } from '../model/status.js';
 import type { CloudgateActivities } from './activity-types.js';
 import { failureReason } from './failures.js';
 import {
   CLUSTER_NOT_ACTIVE,
+  SA_CLOUDS,
   SA_CLUSTER_ID,
   SA_OWNER,
   SA_SERVICE,
@@ -231,6 +232,7 @@ class ClusterRun {
     const summary = this.s.services.get(name)!;
     const workflowId = serviceWorkflowId(clusterId, name);
     const context = input.contexts?.[name];
+    const clouds = serviceClouds(spec, input.cloud);
     summary.state = 'DEPLOYING';
     this.s.sentDesired.set(name, summary.desired);
     const handle = await startChild(ServiceWorkflow, {
@@ -250,12 +252,13 @@ class ClusterRun {
       // A run that continues-as-new must not take its services with it; teardown reaches them by signal.
       parentClosePolicy: this.continues ? ParentClosePolicy.ABANDON : ParentClosePolicy.REQUEST_CANCEL,
       staticSummary:
-        `${name} of cluster ${clusterId}: ${summary.desired} × ${spec.image} on ${input.cloud}` +
+        `${name} of cluster ${clusterId}: ${summary.desired} × ${spec.image} on ${spec.placement ? `${clouds.join(', ')} (${spec.placement.strategy})` : input.cloud}` +
         (context ? `, context ${context.id} v${context.version} (${context.repositories.join(', ') || 'no repositories'})` : ''),
       typedSearchAttributes: [
         { key: SA_CLUSTER_ID, value: clusterId },
         { key: SA_SERVICE, value: name },
         { key: SA_STATE, value: 'DEPLOYING' },
+        { key: SA_CLOUDS, value: clouds },
         // The owner too, so an operator filters a user's services as well as their clusters.
         ...(input.owner ? [{ key: SA_OWNER, value: input.owner }] : []),
       ],
@@ -396,13 +399,16 @@ class ClusterRun {
       // Services an earlier run started: they report TERMINATED when their instances are gone.
       const inherited = [...s.services.values()].filter((x) => x.workflowId && !this.children.has(x.name));
       await Promise.all(inherited.map((x) => this.awaitServiceTeardown(x)));
-      const sweep = await sweepCluster.executeWithOptions({ summary: `verify no instance of ${clusterId} is left on ${input.cloud}` }, [
-        { cloud: input.cloud, clusterId },
-      ]);
-      if (sweep.terminated.length > 0) log.warn('sweep found leftover instances and terminated them', { instances: sweep.terminated });
+      // Every cloud any service may have used: nothing may be left on any of them.
+      const clouds = clusterClouds(input.definition.services, input.cloud);
+      const sweeps = await Promise.all(
+        clouds.map((cloud) => sweepCluster.executeWithOptions({ summary: `verify no instance of ${clusterId} is left on ${cloud}` }, [{ cloud, clusterId }])),
+      );
+      for (const sweep of sweeps) if (sweep.terminated.length > 0) log.warn('sweep found leftover instances and terminated them', { cloud: sweep.cloud, instances: sweep.terminated });
       for (const x of s.services.values()) x.state = 'TERMINATED';
       this.setState(rollback ? 'FAILED' : 'TERMINATED', reason);
-      setCurrentDetails(`**${s.state}** — ${reason}; ${sweep.remaining} instances left in ${input.cloud}`);
+      const left = sweeps.reduce((n, sw) => n + sw.remaining, 0);
+      setCurrentDetails(`**${s.state}** — ${reason}; ${left} instances left in ${clouds.join(', ')}`);
       await this.publish();
       await condition(allHandlersFinished);
       return this.view();

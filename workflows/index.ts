@@ -1,3 +1,4 @@
 /** The workflows a cloudgate worker runs (this file is the worker's `workflowsPath`). */
 export { ClusterWorkflow } from './cluster.js';
 export { ServiceWorkflow } from './service.js';
+export { CloudCatalogueWorkflow } from './catalogue.js';

@@ -22,7 +22,13 @@ export const SA_DEFINITION = defineSearchAttributeKey('CloudgateDefinition', Sea
 export const SA_OWNER = defineSearchAttributeKey('CloudgateOwner', SearchAttributeType.KEYWORD);
 export const SA_STATE = defineSearchAttributeKey('CloudgateState', SearchAttributeType.KEYWORD);
 export const SA_SERVICE = defineSearchAttributeKey('CloudgateService', SearchAttributeType.KEYWORD);
-export const SEARCH_ATTRIBUTES = [SA_CLUSTER_ID, SA_DEFINITION, SA_OWNER, SA_STATE, SA_SERVICE];
+/** Every cloud a cluster (or service) may place instances on: `CloudgateClouds IN ("hlt")` finds every cluster on `hlt`. */
+export const SA_CLOUDS = defineSearchAttributeKey('CloudgateClouds', SearchAttributeType.KEYWORD_LIST);
+export const SEARCH_ATTRIBUTES = [SA_CLUSTER_ID, SA_DEFINITION, SA_OWNER, SA_STATE, SA_SERVICE, SA_CLOUDS];
+
+/** The CLI's name of a search attribute type (`--search-attribute Name=Type`). */
+export const cliSearchAttributeType = (sa: (typeof SEARCH_ATTRIBUTES)[number]): string =>
+  sa.type === SearchAttributeType.KEYWORD_LIST ? 'KeywordList' : 'Keyword';
 
 /** Input of `ClusterWorkflow`: a frozen snapshot of the definition, no secrets. */
 export interface ClusterInput {
@@ -52,6 +58,8 @@ export interface WorkflowTuning {
    * ceiling): compressed time, so a benchmark lives a week of a steady cluster in minutes.
    */
   timeScale?: number;
+  /** Pauses before a cloud that refused (no room) or kept failing is tried again, by times in a row (default CLOUD_RETRY_MS). */
+  cloudRetryMs?: number[];
 }
 
 /** What a cluster workflow hands its next run on continue-as-new (its events went to the read model first). */
@@ -139,6 +147,19 @@ export interface ServiceCarried {
   failing?: boolean;
   /** The sequence number of the last publish to the read model (the next run continues from it). */
   pubSeq?: number;
+  /** Clouds passed over for now (no room, or failing creates): until when (workflow clock), why, times in a row. */
+  blocked?: BlockedCloud[];
+}
+
+/** A cloud a service does not place instances on until `until`. */
+export interface BlockedCloud {
+  cloud: string;
+  until: number;
+  reason: string;
+  /** Times in a row it refused or failed (picks the pause). */
+  round: number;
+  /** It refused for want of room (not failing creates). */
+  full: boolean;
 }
 
 export const serviceStatusQuery = defineQuery<ServiceStatus>('serviceStatus');

@@ -56,8 +56,10 @@ import {
   type PublishedService,
   type PublishServiceInput,
 } from '../model/read-model.js';
-import type { InstanceStatus, ReadinessReport, ServiceState, ServiceStatus } from '../model/status.js';
-import type { CloudgateActivities, CreatedInstance, DescribedInstance, InstanceRef } from './activity-types.js';
+import { serviceClouds, type PlacementStrategy } from '../model/definition.js';
+import { cloudRetryMs, MAX_CREATE_FAILURES_PER_CLOUD, placeInstances } from '../model/placement.js';
+import type { CloudCount, InstanceStatus, ReadinessReport, ServiceState, ServiceStatus } from '../model/status.js';
+import type { CloudgateActivities, CreatedInstance, CreateInstancesResult, DescribedInstance, InstanceRef } from './activity-types.js';
 import { failureReason } from './failures.js';
 import {
   readinessSignal,
@@ -66,6 +68,7 @@ import {
   serviceTeardownSignal,
   setDesiredSignal,
   SA_STATE,
+  type BlockedCloud,
   type ServiceCarried,
   type ServiceInput,
   type ServiceSummary,
@@ -97,6 +100,16 @@ const { createInstances } = proxyActivities<CloudgateActivities>({
   heartbeatTimeout: '1 minute',
   retry: { initialInterval: '2s', backoffCoefficient: 2, maximumInterval: '1 minute', maximumAttempts: 8, nonRetryableErrorTypes: PERMANENT },
 });
+/**
+ * Creates of a service with several clouds give up sooner (about 10 s of retries): a cloud
+ * that keeps failing is left for the next one after {@link MAX_CREATE_FAILURES_PER_CLOUD}
+ * failed creates in a row, not after many minutes of backoff.
+ */
+const { createInstances: createInstancesElsewhereNext } = proxyActivities<CloudgateActivities>({
+  startToCloseTimeout: '5 minutes',
+  heartbeatTimeout: '1 minute',
+  retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '5s', maximumAttempts: 3, nonRetryableErrorTypes: PERMANENT },
+});
 const { describeInstances } = proxyActivities<CloudgateActivities>({
   startToCloseTimeout: '1 minute',
   retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '30s', maximumAttempts: 5 },
@@ -120,7 +133,13 @@ const { publishService } = proxyLocalActivities<CloudgateActivities>({
 const PUBLISH_INTERVAL_MS = 2_000;
 
 /** Everything a service workflow knows, in one object; what continue-as-new carries is {@link ServiceCarried}. */
-interface ServiceRunState extends Omit<ServiceCarried, 'instances'> {
+interface ServiceRunState extends Omit<ServiceCarried, 'instances' | 'blocked'> {
+  /** Clouds not placed on for now (no room, or failing creates), by name. */
+  blocked: Map<string, BlockedCloud>;
+  /** Failed creates in a row per cloud (no success between). */
+  createFailures: Map<string, number>;
+  /** Instances the last reconcile could not place: every cloud of the service is blocked. */
+  unplaced: number;
   desired: number;
   /** Cloud activities still running. */
   inFlight: number;
@@ -155,6 +174,12 @@ class ServiceRun {
   /** The longest pause between health checks of a steady service. */
   private readonly healthCheckMaxMs: number;
   private readonly historyLimit: number;
+  /** The clouds its instances may go to, in order (its placement's, else the cluster's cloud), and how. */
+  private readonly clouds: string[];
+  private readonly strategy: PlacementStrategy;
+  /** Pauses before a blocked cloud is tried again. */
+  private readonly cloudRetry: number[] | undefined;
+  private readonly timeScale: number;
   /**
    * A service that used up its failure budget stays FAILED until an instance becomes ready
    * (through every backoff and retry), with `retryingAt` while it waits. Runs started before
@@ -170,11 +195,16 @@ class ServiceRun {
 
   constructor(private readonly input: ServiceInput) {
     const carried = input.carried;
-    this.instances = new Map((carried?.instances ?? []).map((c) => expandInstance(c, input.clusterId, input.service.name)).map((i) => [i.id, i]));
+    this.clouds = serviceClouds(input.service, input.cloud);
+    this.strategy = input.service.placement?.strategy ?? 'fill';
+    this.cloudRetry = input.tuning?.cloudRetryMs;
+    this.instances = new Map(
+      (carried?.instances ?? []).map((c) => expandInstance(c, input.clusterId, input.service.name, this.clouds)).map((i) => [i.id, i]),
+    );
     /** What every guest must report OK before it counts as ready. */
     this.repositories = input.context?.repositories ?? [];
     // Often enough that a vanished guest is noticed before its readiness timeout would.
-    const timeScale = input.tuning?.timeScale ?? 1;
+    const timeScale = (this.timeScale = input.tuning?.timeScale ?? 1);
     this.healthCheckMs = Math.min(HEALTH_CHECK_MAX_MS, (input.service.readinessTimeoutSeconds * 1000) / 2) / timeScale;
     this.healthCheckMaxMs = HEALTH_CHECK_STEADY_MAX_MS / timeScale;
     this.historyLimit = input.tuning?.serviceHistoryLimit ?? CONTINUE_AS_NEW_EVENTS;
@@ -205,6 +235,9 @@ class ServiceRun {
       events: [],
       lastReport: '',
       reportedState: 'DEPLOYING',
+      blocked: new Map((carried?.blocked ?? []).map((b) => [b.cloud, b])),
+      createFailures: new Map(),
+      unplaced: 0,
     };
     // The previous run published everything before it continued as new: its instances are in
     // the read model as they are here (minus what is not carried, which the store keeps).
@@ -235,7 +268,8 @@ class ServiceRun {
   state(): ServiceState {
     const { desired, inFlight, consecutiveFailures, tearingDown, degraded } = this.s;
     const failing = this.honestFailure && this.s.failing === true;
-    return serviceState({ desired, ready: this.readyCount(), held: this.instances.size, inFlight, consecutiveFailures, tearingDown, degraded, failing });
+    const waitingCapacity = this.s.unplaced > 0;
+    return serviceState({ desired, ready: this.readyCount(), held: this.instances.size, inFlight, consecutiveFailures, tearingDown, degraded, failing, waitingCapacity });
   }
 
   /** When a FAILED service under `keep` starts its next round of attempts (ISO), while it waits for it. */
@@ -262,7 +296,8 @@ class ServiceRun {
       id: i.id,
       name: i.id,
       state: i.state,
-      cloud: this.input.cloud,
+      cloud: this.cloudOf(i),
+      ...(i.host && { host: i.host }),
       cloudInstanceId: i.cloudInstanceId,
       createdAt: i.createdAt,
       readyAt: i.readyAt,
@@ -291,13 +326,16 @@ class ServiceRun {
     this.s.dirty = true;
   }
 
-  /** Marks an instance failed; the reconcile step terminates it and creates a replacement. */
-  private fail(inst: InstanceRecord, reason: string): void {
+  /**
+   * Marks an instance failed; the reconcile step terminates it and creates a replacement.
+   * `counts` false: a create on a cloud the service is leaving for another, not a failure of the service.
+   */
+  private fail(inst: InstanceRecord, reason: string, counts = true): void {
     if (inst.state === 'FAILED' || inst.state === 'TERMINATING') return;
     inst.state = 'FAILED';
     inst.message = reason;
     this.s.message = `${inst.id}: ${reason}`;
-    this.s.consecutiveFailures++;
+    if (counts) this.s.consecutiveFailures++;
     this.s.replacements++;
     if (this.s.everReady) this.s.degraded = true;
     this.s.lastCheckClean = false;
@@ -315,15 +353,17 @@ class ServiceRun {
     });
   }
 
-  private createBatch(batch: InstanceRecord[]): void {
+  private createBatch(batch: InstanceRecord[], cloud: string): void {
     const { input } = this;
+    const create = this.clouds.length > 1 ? createInstancesElsewhereNext : createInstances;
+    const where = this.clouds.length > 1 ? ` on ${cloud}${this.clouds[0] !== cloud ? ` (placement ${this.clouds.join(' → ')})` : ''}` : '';
     this.launch(async () => {
       try {
-        const created = await createInstances.executeWithOptions(
-          { summary: `create ${batch.length} × ${this.name} (${batch[0].id} … ${batch[batch.length - 1].id})` },
+        const result = await create.executeWithOptions(
+          { summary: `create ${batch.length} × ${this.name}${where} (${batch[0].id} … ${batch[batch.length - 1].id})` },
           [
             {
-              cloud: input.cloud,
+              cloud,
               clusterId: input.clusterId,
               service: this.name,
               image: input.service.image,
@@ -334,22 +374,92 @@ class ServiceRun {
             },
           ],
         );
-        this.onCreated(created);
+        this.onCreated(cloud, Array.isArray(result) ? { created: result } : result);
       } catch (err) {
-        const reason = failureReason(err);
-        for (const inst of batch) if (inst.state === 'CREATING') this.fail(inst, `create failed: ${reason}`);
-        if (isPermanent(err)) this.s.consecutiveFailures = Math.max(this.s.consecutiveFailures, MAX_CONSECUTIVE_FAILURES);
+        this.onCreateFailed(cloud, batch, err);
       }
     });
   }
 
-  private onCreated(created: CreatedInstance[]): void {
+  /**
+   * A create batch that failed. With another cloud open, the instances are placed again
+   * without counting against the service, and the cloud is left for a while after
+   * {@link MAX_CREATE_FAILURES_PER_CLOUD} failures in a row (or one no retry mends); on its
+   * last open cloud a service counts failures as it always did.
+   */
+  private onCreateFailed(cloud: string, batch: InstanceRecord[], err: unknown): void {
+    const reason = failureReason(err);
+    const failures = (this.s.createFailures.get(cloud) ?? 0) + 1;
+    this.s.createFailures.set(cloud, failures);
+    const elsewhere = this.clouds.some((c) => c !== cloud && !this.isBlocked(c, Date.now()));
+    for (const inst of batch) if (inst.state === 'CREATING') this.fail(inst, `create on ${cloud} failed: ${reason}`, !elsewhere);
+    if (elsewhere && (isPermanent(err) || failures >= MAX_CREATE_FAILURES_PER_CLOUD)) {
+      this.block(cloud, `${failures} creates in a row failed: ${reason}`, false);
+    } else if (isPermanent(err)) {
+      this.s.consecutiveFailures = Math.max(this.s.consecutiveFailures, MAX_CONSECUTIVE_FAILURES);
+    }
+  }
+
+  /** The cloud an instance is on. */
+  private cloudOf(i: InstanceRecord): string {
+    return i.cloud ?? this.input.cloud;
+  }
+
+  private isBlocked(cloud: string, now: number): boolean {
+    return (this.s.blocked.get(cloud)?.until ?? 0) > now;
+  }
+
+  /** Leaves a cloud alone for a while (longer each time in a row), and says so. */
+  private block(cloud: string, reason: string, full: boolean): void {
     const now = Date.now();
+    const prev = this.s.blocked.get(cloud);
+    if (prev && prev.until > now) {
+      prev.reason = reason;
+      return;
+    }
+    const round = prev ? prev.round + 1 : 0;
+    const until = now + cloudRetryMs(round, this.cloudRetry) / this.timeScale;
+    this.s.blocked.set(cloud, { cloud, until, reason, round, full });
+    this.s.createFailures.delete(cloud);
+    const next = this.clouds.find((c) => c !== cloud && !this.isBlocked(c, now));
+    const then = next ? `placing on ${next}` : `waiting for room; trying ${cloud} again in ${Math.round((until - now) / 1000)} s`;
+    this.emit('placement', `${this.name}: ${full ? 'no room on' : 'leaving'} ${cloud} (${reason}); ${then}`);
+    log.warn('cloud passed over', { cloud, reason, until: new Date(until).toISOString() });
+    this.s.dirty = true;
+  }
+
+  /** Live instances per cloud (not failed, not leaving), and how many are ready. */
+  private cloudCounts(): Record<string, CloudCount> {
+    const counts: Record<string, CloudCount> = {};
+    for (const i of liveInstances(this.instances.values())) {
+      const c = (counts[this.cloudOf(i)] ??= { instances: 0, ready: 0 });
+      c.instances++;
+      if (i.state === 'READY') c.ready++;
+    }
+    return counts;
+  }
+
+  /** Why a service waits for room: each of its clouds and what it said. */
+  private waitingMessage(): string {
+    const why = this.clouds.map((c) => `${c}: ${this.s.blocked.get(c)?.reason ?? 'no room'}`);
+    return `waiting for room for ${this.s.unplaced} more instance${this.s.unplaced === 1 ? '' : 's'} — ${why.join('; ')}`;
+  }
+
+  private onCreated(cloud: string, { created, refused }: CreateInstancesResult): void {
+    const now = Date.now();
+    if (created.length > 0) this.s.createFailures.delete(cloud);
+    if (created.length > 0 && !refused) this.s.blocked.delete(cloud);
+    if (refused) {
+      // Not made and holding no room anywhere: placed again on a cloud with room, or waiting for one.
+      for (const id of refused.ids) if (this.instances.get(id)?.state === 'CREATING') this.instances.delete(id);
+      this.block(cloud, refused.message, true);
+    }
     for (const c of created) {
       const inst = this.instances.get(c.id);
       if (!inst) continue;
       inst.cloudInstanceId = c.cloudInstanceId;
       inst.createdAt = c.createdAt;
+      if (c.host) inst.host = c.host;
       if (inst.state === 'CREATING') {
         inst.state = c.cloudState === 'RUNNING' ? 'RUNNING' : 'BOOTING';
         inst.deadline = now + this.input.service.readinessTimeoutSeconds * 1000;
@@ -357,12 +467,29 @@ class ServiceRun {
     }
   }
 
+  /** Terminates instances, one activity per cloud they are on. */
   private terminate(batch: InstanceRecord[], why: string): void {
+    for (const [cloud, some] of this.byCloud(batch)) this.terminateOn(cloud, some, why);
+  }
+
+  /** `instances` grouped by the cloud they are on, in the order of the service's clouds (one group for a one-cloud service). */
+  private byCloud(instances: InstanceRecord[]): [string, InstanceRecord[]][] {
+    const groups = new Map<string, InstanceRecord[]>();
+    for (const i of instances) {
+      const list = groups.get(this.cloudOf(i)) ?? [];
+      list.push(i);
+      groups.set(this.cloudOf(i), list);
+    }
+    return [...groups.entries()];
+  }
+
+  private terminateOn(cloud: string, batch: InstanceRecord[], why: string): void {
     this.launch(async () => {
       const what = batch.length === 1 ? batch[0].id : `${batch.length} × ${this.name}`;
       const refs: InstanceRef[] = batch.map((i) => ({ id: i.id, cloudInstanceId: i.cloudInstanceId }));
       try {
-        await terminateInstances.executeWithOptions({ summary: `terminate ${what}: ${why}` }, [{ cloud: this.input.cloud, clusterId: this.input.clusterId, instances: refs }]);
+        const on = this.clouds.length > 1 ? ` on ${cloud}` : '';
+        await terminateInstances.executeWithOptions({ summary: `terminate ${what}${on}: ${why}` }, [{ cloud, clusterId: this.input.clusterId, instances: refs }]);
         for (const i of batch) this.instances.delete(i.id);
       } catch (err) {
         // Only cancellation ends an unlimited retry; hand the instances back so teardown tries again.
@@ -373,11 +500,16 @@ class ServiceRun {
   }
 
   private healthCheck(batch: InstanceRecord[]): void {
+    for (const [cloud, some] of this.byCloud(batch)) this.healthCheckOn(cloud, some);
+  }
+
+  private healthCheckOn(cloud: string, batch: InstanceRecord[]): void {
     this.launch(async () => {
       let described: DescribedInstance[];
+      const on = this.clouds.length > 1 ? ` on ${cloud}` : '';
       try {
-        described = await describeInstances.executeWithOptions({ summary: `check ${batch.length} × ${this.name} still exist` }, [
-          { cloud: this.input.cloud, clusterId: this.input.clusterId, instances: batch.map((i) => ({ id: i.id, ...(i.cloudInstanceId && { cloudInstanceId: i.cloudInstanceId }) })) },
+        described = await describeInstances.executeWithOptions({ summary: `check ${batch.length} × ${this.name}${on} still exist` }, [
+          { cloud, clusterId: this.input.clusterId, instances: batch.map((i) => ({ id: i.id, ...(i.cloudInstanceId && { cloudInstanceId: i.cloudInstanceId }) })) },
         ]);
       } catch (err) {
         log.warn('health check failed; will try again', { error: failureReason(err) });
@@ -418,10 +550,23 @@ class ServiceRun {
     const plan = scalePlan(liveInstances(all()), this.s.desired, this.s.nextOrdinal, holdCreates);
     for (const inst of plan.terminate) inst.state = 'TERMINATING';
     for (const batch of chunks(plan.terminate, CLOUD_BATCH)) this.terminate(batch, `scale down to ${this.s.desired}`);
-    const fresh = plan.create.map((ordinal): InstanceRecord => ({ id: instanceId(this.input.clusterId, this.name, ordinal), ordinal, state: 'CREATING' }));
+    // Each new instance goes to a cloud of the service with room (model/placement.ts); none: it waits for room.
+    const open = new Set(this.clouds.filter((c) => !this.isBlocked(c, now)));
+    const places = placeInstances(plan.create.length, this.clouds, this.strategy, this.liveByCloud(), new Set(this.clouds.filter((c) => !open.has(c))));
+    const wasWaiting = this.s.unplaced > 0;
+    this.s.unplaced = plan.create.length - places.length;
+    if (this.s.unplaced > 0) this.s.message = this.waitingMessage();
+    else if (wasWaiting) {
+      this.s.message = undefined;
+      this.emit('placement', `${this.name}: room again; placing ${places.length} instance${places.length === 1 ? '' : 's'}`);
+    }
+    const fresh = places.map((cloud, n): InstanceRecord => {
+      const ordinal = this.s.nextOrdinal + n;
+      return { id: instanceId(this.input.clusterId, this.name, ordinal), ordinal, state: 'CREATING', cloud };
+    });
     for (const inst of fresh) this.instances.set(inst.id, inst);
     this.s.nextOrdinal += fresh.length;
-    for (const batch of chunks(fresh, CREATE_BATCH)) this.createBatch(batch);
+    for (const [cloud, some] of this.byCloud(fresh)) for (const batch of chunks(some, CREATE_BATCH)) this.createBatch(batch, cloud);
 
     if (now >= this.s.nextHealthCheck) {
       const steady = this.quietHealthChecks && this.s.lastCheckClean && this.state() === 'READY';
@@ -432,6 +577,31 @@ class ServiceRun {
       this.s.lastCheckClean = targets.length > 0;
       for (const batch of chunks(targets, CLOUD_BATCH)) this.healthCheck(batch);
     }
+  }
+
+  /** Live instances per cloud (placement balances on these). */
+  private liveByCloud(): Map<string, number> {
+    return new Map(Object.entries(this.cloudCounts()).map(([c, n]) => [c, n.instances]));
+  }
+
+  /** For the Temporal UI: instances per cloud and the clouds passed over, for a service with several clouds. */
+  private placementDetails(): string {
+    if (this.clouds.length === 1) return '';
+    const counts = this.cloudCounts();
+    const now = Date.now();
+    const per = this.clouds.map((c) => {
+      const b = this.isBlocked(c, now) ? this.s.blocked.get(c) : undefined;
+      return `${c} ${counts[c]?.ready ?? 0}/${counts[c]?.instances ?? 0} ready${b ? ` (passed over until ${new Date(b.until).toISOString()}: ${b.reason})` : ''}`;
+    });
+    return `\n\n${this.strategy} over ${per.join(', ')}`;
+  }
+
+  /** When the earliest blocked cloud may be tried again while instances wait for room (0: none). */
+  private roomAt(): number {
+    if (this.s.unplaced === 0) return 0;
+    const now = Date.now();
+    const untils = [...this.s.blocked.values()].map((b) => b.until).filter((u) => u > now);
+    return untils.length ? Math.min(...untils) : 0;
   }
 
   /** Tells the cluster workflow about state changes (not every count change: its history stays small). */
@@ -449,7 +619,9 @@ class ServiceRun {
       upsertSearchAttributes([{ key: SA_STATE, value: state }]);
     }
     const retrying = retryingAt ? `, next attempt at ${retryingAt}` : '';
-    setCurrentDetails(`**${this.name}**: ${state}${retrying}, ${ready}/${desired} ready, ${replacements} replaced${message ? `\n\nlast problem: ${message}` : ''}`);
+    setCurrentDetails(
+      `**${this.name}**: ${state}${retrying}, ${ready}/${desired} ready, ${replacements} replaced${this.placementDetails()}${message ? `\n\nlast problem: ${message}` : ''}`,
+    );
     const summary: Omit<ServiceSummary, 'workflowId'> = { name: this.name, state, desired, ready, replacements, message, ...(retryingAt && { retryingAt }) };
     // The service's own view first: the cluster publishes what it is told, and must not be ahead of it.
     await this.publish(true);
@@ -543,7 +715,8 @@ class ServiceRun {
         service: this.name,
         seq: ++s.pubSeq,
         observedAt: new Date(now).toISOString(),
-        summary,
+        // Per-cloud counts go with every write; their changes alone do not make a write urgent.
+        summary: { ...summary, clouds: this.cloudCounts() },
         upserts,
         removed: gone,
         events: n === 0 ? events : [],
@@ -579,8 +752,22 @@ class ServiceRun {
   private carried(): ServiceCarried {
     const { nextOrdinal, replacements, consecutiveFailures, everReady, degraded, failedRounds, message, tearingDown, failing, pubSeq } = this.s;
     // With the read model, instances travel compact (what decisions need); before it, whole.
-    const instances = [...this.instances.values()].map((i) => (this.readModel ? compactInstance(i) : i));
-    return { instances, nextOrdinal, replacements, consecutiveFailures, everReady, degraded, failedRounds, message, tearingDown, failing, pubSeq };
+    const instances = [...this.instances.values()].map((i) => (this.readModel ? compactInstance(i, this.clouds) : i));
+    const blocked = [...this.s.blocked.values()];
+    return {
+      instances,
+      nextOrdinal,
+      replacements,
+      consecutiveFailures,
+      everReady,
+      degraded,
+      failedRounds,
+      message,
+      tearingDown,
+      failing,
+      pubSeq,
+      ...(blocked.length > 0 && { blocked }),
+    };
   }
 
   async run(): Promise<ServiceStatus> {
@@ -613,8 +800,9 @@ class ServiceRun {
         if (!s.dirty) {
           const now = Date.now();
           const publishAt = this.publishDueAt();
-          const wake = nextWakeMs(now, s.nextHealthCheck, this.instances.values(), s.failedUntil, publishAt);
-          await condition(() => s.dirty, wake, { summary: wakeReason(now, s.nextHealthCheck, this.instances.values(), s.failedUntil, publishAt) });
+          const roomAt = this.roomAt();
+          const wake = nextWakeMs(now, s.nextHealthCheck, this.instances.values(), s.failedUntil, publishAt, roomAt);
+          await condition(() => s.dirty, wake, { summary: wakeReason(now, s.nextHealthCheck, this.instances.values(), s.failedUntil, publishAt, roomAt) });
         }
       }
     } catch (err) {
