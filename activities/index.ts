@@ -255,9 +255,11 @@ export function createActivities(deps: ActivityDeps): CloudgateActivities {
           const inst = found ?? (await withLocalRetry(() => cloud.createInstance(specFor(input, id, ctx), id)));
           return { id, cloudInstanceId: inst.id, cloudState: inst.state, createdAt: inst.createdAt ?? new Date().toISOString(), ...(inst.host && { host: inst.host }) };
         } catch (err) {
-          if (err instanceof CloudError && err.kind === 'CapacityExhausted') {
+          // The cloud's own "full" or "over your quota" (EC2 InstanceLimitExceeded, CloudStack resource limits): room elsewhere may do.
+          if (err instanceof CloudError && (err.kind === 'CapacityExhausted' || err.kind === 'QuotaExceeded')) {
             ledger.releaseCapacity(input.cloud, [id]);
-            refusal ??= { kind: 'CapacityExhausted', message: `${input.cloud} has no capacity: ${err.message}` };
+            const what = err.kind === 'CapacityExhausted' ? 'has no capacity' : 'refused: over its quota';
+            refusal ??= { kind: err.kind, message: `${input.cloud} ${what}: ${err.message}` };
             return undefined;
           }
           throw toFailure(err, `create ${id} on ${input.cloud}`);

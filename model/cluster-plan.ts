@@ -23,7 +23,7 @@ export type ClusterVerdict =
  * The state of a running cluster: READY when every service is; with a FAILED service,
  * rollback under `rollback`, else DEGRADED if anything is or was up (FAILED if not);
  * DEGRADED while a service replaces lost instances; DEPLOYING otherwise (including scale-ups),
- * with a message while a service waits for room on its clouds.
+ * with a message while a service waits for room on its clouds (DEGRADED if the cluster was READY).
  * `message` is set only where the state needs one (a failure), undefined clears it.
  */
 export function clusterVerdict(services: readonly Pick<ServiceBrief, 'name' | 'state' | 'message'>[], policy: FailurePolicy, everReady: boolean): ClusterVerdict {
@@ -38,7 +38,8 @@ export function clusterVerdict(services: readonly Pick<ServiceBrief, 'name' | 's
     };
   }
   const waiting = services.find((s) => s.state === 'WAITING_CAPACITY');
-  const state = services.some((s) => s.state === 'DEGRADED') ? 'DEGRADED' : 'DEPLOYING';
+  // A cluster that was READY and now lacks instances no cloud has room for is DEGRADED, as one that lost them.
+  const state = services.some((s) => s.state === 'DEGRADED') || (waiting && everReady) ? 'DEGRADED' : 'DEPLOYING';
   return waiting ? { rollback: false, state, message: `service ${waiting.name} ${waiting.message ?? 'is waiting for room on its clouds'}` } : { rollback: false, state };
 }
 

@@ -8,6 +8,7 @@
  * leaving nothing on any cloud and nothing held in the ledger.
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { defaultPayloadConverter, type Payload } from '@temporalio/common';
 import type { SimCloud } from '../clouds/sim.js';
 import type { ClusterDefinitionInput } from '../model/definition.js';
 import { clusterInstances, clusterStatus, startStack, waitFor, waitForState, type Stack } from './harness.js';
@@ -65,6 +66,13 @@ async function tearDown(id: string): Promise<void> {
 
 const workersOf = (status: any) => status.services.find((s: any) => s.name === 'workers');
 
+/** A payload of a history as the UI shows it: decrypted with the stack's codec, then read. */
+async function readPayload(payload: Payload): Promise<string> {
+  let p = payload;
+  for (const codec of [...(stack.dataConverter.payloadCodecs ?? [])].reverse()) [p] = await codec.decode([p]);
+  return defaultPayloadConverter.fromPayload(p);
+}
+
 describe('placement over several clouds', () => {
   it('spreads a service evenly over two clouds, shows per-cloud counts, and is found by CloudgateClouds', async () => {
     const id = await submit(placed('spread', 6, ['sim-a', 'sim-b'], 'spread'));
@@ -92,6 +100,8 @@ describe('placement over several clouds', () => {
     const id = await submit(placed('fill', 6, ['sim-a', 'sim-b'], 'fill'));
     const ready = await waitForState(stack, id, 'READY');
     expect(workersOf(ready).clouds).toEqual({ 'sim-a': { instances: 4, ready: 4 }, 'sim-b': { instances: 2, ready: 2 } });
+    // The status says where the rest went.
+    expect(workersOf(ready).message).toMatch(/^no room on sim-a \(.*quota 4 instances.*\); placing on sim-b$/);
     expect([sim('sim-a').count({ cluster: id }), sim('sim-b').count({ cluster: id })]).toEqual([4, 2]);
     const u = await usage();
     // Counted with the flavor that serves the offering: sim.medium, 2 cpus and 4096 MiB.
@@ -99,6 +109,17 @@ describe('placement over several clouds', () => {
     const events = await stack.http('GET', `/v1/clusters/${id}/events`);
     const placement = events.body.items.filter((e: any) => e.kind === 'placement').map((e: any) => e.message);
     expect(placement.join('\n')).toMatch(/no room on sim-a \(no room under the quota of cloud sim-a: quota 4 instances.*\); placing on sim-b/);
+    // The Temporal UI tells it too: the current details list the clouds, and the creates name theirs.
+    const svc = stack.client.workflow.getHandle(`cluster/${id}/workers`);
+    const meta = await svc.query<{ currentDetails?: string }>('__temporal_workflow_metadata');
+    expect(meta.currentDetails).toMatch(/fill over sim-a 4\/4 ready \(passed over until .*: no room under the quota of cloud sim-a.*\), sim-b 2\/2 ready/);
+    const history = await svc.fetchHistory();
+    const summaries: string[] = [];
+    for (const e of history.events ?? []) {
+      const payload = e.activityTaskScheduledEventAttributes && e.userMetadata?.summary;
+      if (payload) summaries.push(await readPayload(payload));
+    }
+    expect(summaries.some((s) => /^create 4 × workers on sim-b \(placement sim-a → sim-b\)/.test(s) || /^create 2 × workers on sim-b/.test(s))).toBe(true);
     // A replacement goes where there is room: sim-a is full, so a lost instance there comes back on sim-b.
     const onA = (await clusterInstances(stack, id)).find((i) => i.cloud === 'sim-a')!;
     sim('sim-a').vanish(onA.cloudInstanceId!);
@@ -146,10 +167,15 @@ describe('one quota, many clusters', () => {
       return short.length > 0 && short;
     }, 120_000, '30 instances live and the short services waiting');
     expect(waiting[0].message).toMatch(/waiting for room for \d+ more instances? — sim-q: no room under the quota of cloud sim-q: quota 30 instances, 60 cpus; in use 30 instances, 60 cpus/);
-    const short = await Promise.all(ids.map((id) => clusterStatus(stack, id)));
+    // The cluster says it too, once the service's report has reached it.
+    const short = await waitFor(async () => {
+      const all = await Promise.all(ids.map((id) => clusterStatus(stack, id)));
+      const c = all.find((x) => workersOf(x).state === 'WAITING_CAPACITY');
+      return c?.message && all;
+    }, 30_000, 'a cluster to name its waiting service');
     const waitingCluster = short.find((c) => workersOf(c).state === 'WAITING_CAPACITY')!;
     expect(waitingCluster.state).toBe('DEPLOYING');
-    expect(waitingCluster.message).toMatch(/service workers waiting for room/);
+    expect(waitingCluster.message).toMatch(/^service workers waiting for room for \d+ more instances? — sim-q: /);
     expect(sim('sim-q').count()).toBe(30);
     expect((await usage())['sim-q'].instances).toBe(30);
 

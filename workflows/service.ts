@@ -423,7 +423,9 @@ class ServiceRun {
     this.s.createFailures.delete(cloud);
     const next = this.clouds.find((c) => c !== cloud && !this.isBlocked(c, now));
     const then = next ? `placing on ${next}` : `waiting for room; trying ${cloud} again in ${Math.round((until - now) / 1000)} s`;
-    this.emit('placement', `${this.name}: ${full ? 'no room on' : 'leaving'} ${cloud} (${reason}); ${then}`);
+    // The status says it too: the service's last problem until something else happens.
+    this.s.message = `${full ? 'no room on' : 'leaving'} ${cloud} (${reason}); ${then}`;
+    this.emit('placement', `${this.name}: ${this.s.message}`);
     log.warn('cloud passed over', { cloud, reason, until: new Date(until).toISOString() });
     this.s.dirty = true;
   }
