@@ -168,7 +168,7 @@ describe('one quota, many clusters', () => {
     }, 120_000, '30 instances live and the short services waiting');
     expect(waiting[0].message).toMatch(/waiting for room for \d+ more instances? — sim-q: no room under the quota of cloud sim-q: quota 30 instances, 60 cpus; in use 30 instances, 60 cpus/);
     // The cluster says it too, once the service's report has reached it.
-    const short = await waitFor(async () => {
+    const short = await waitFor<any[]>(async () => {
       const all = await Promise.all(ids.map((id) => clusterStatus(stack, id)));
       const c = all.find((x) => workersOf(x).state === 'WAITING_CAPACITY');
       return c?.message && all;
