@@ -392,7 +392,8 @@ class ServiceRun {
     const failures = (this.s.createFailures.get(cloud) ?? 0) + 1;
     this.s.createFailures.set(cloud, failures);
     const elsewhere = this.clouds.some((c) => c !== cloud && !this.isBlocked(c, Date.now()));
-    for (const inst of batch) if (inst.state === 'CREATING') this.fail(inst, `create on ${cloud} failed: ${reason}`, !elsewhere);
+    const on = this.clouds.length > 1 ? ` on ${cloud}` : '';
+    for (const inst of batch) if (inst.state === 'CREATING') this.fail(inst, `create${on} failed: ${reason}`, !elsewhere);
     if (elsewhere && (isPermanent(err) || failures >= MAX_CREATE_FAILURES_PER_CLOUD)) {
       this.block(cloud, `${failures} creates in a row failed: ${reason}`, false);
     } else if (isPermanent(err)) {
