@@ -380,7 +380,18 @@ describe('service endpoints', () => {
     expect(withRefs.body.items[1]).toMatchObject({ name: 'zz-ec2', credentials: { secretAccessKey: 'file:/etc/cloudgate/aws-secret' } });
     store.deleteCloud('zz-ec2');
     const res = await request(app).get('/v1/clouds');
-    expect(res.body).toEqual({ items: [{ name: 'sim', kind: 'sim', offerings: [{ id: 'small', name: 'small', cpus: 1, memoryMiB: 2048, diskGiB: 20 }], images: ['cernvm', 'cernvm4', 'i'] }] });
+    // With what the capacity ledger holds there (nothing yet).
+    expect(res.body).toEqual({
+      items: [
+        {
+          name: 'sim',
+          kind: 'sim',
+          offerings: [{ id: 'small', name: 'small', cpus: 1, memoryMiB: 2048, diskGiB: 20 }],
+          images: ['cernvm', 'cernvm4', 'i'],
+          usage: { instances: 0, cpus: 0, memoryMiB: 0 },
+        },
+      ],
+    });
   });
 
   it('/openapi.json is an OpenAPI 3.1 document covering every route', async () => {
@@ -420,6 +431,7 @@ describe('service endpoints', () => {
         'POST /v1/contexts/{id}/pairings',
         'GET /v1/pair/{pin}',
         'GET /v1/clouds',
+        'POST /v1/clouds/{id}/refresh',
         'GET /healthz',
         'GET /openapi.json',
       ].sort(),
