@@ -249,7 +249,7 @@ export function createActivities(deps: ActivityDeps): CloudgateActivities {
           // An instance the cloud has is recorded whatever the quota says (made before the ledger, or a lost reservation).
           const no = ledger.reserveCapacity(input.cloud, quota, claim, found !== undefined);
           if (no) {
-            refusal ??= { kind: 'QuotaExceeded', message: `no room under the quota of ${no.message}` };
+            refusal ??= { kind: 'QuotaExceeded', message: no.message };
             return undefined;
           }
           const inst = found ?? (await withLocalRetry(() => cloud.createInstance(specFor(input, id, ctx), id)));

@@ -8,10 +8,15 @@
  *   one domain. On a farm a create first looks for the key on every answering host, and
  *   after defining it looks again: when the key exists on another host too (two racing
  *   creates placed it on two hosts), the earlier domain (by its `created` stamp, then host
- *   name) wins and the later creator removes its own. What stays open: a host that does not
- *   answer may hold the key (a create whose answer was lost just before the host went
- *   away); a retried create then makes it on another host, and the stale copy lives on until
- *   the cluster's teardown finds it by key (see the README's farm section).
+ *   name) wins and the later creator removes its own. A create whose host stops answering
+ *   after the define was sent records a pending destroy of that domain (by name and
+ *   `created` stamp), so the copy it may have made is removed when the host answers again,
+ *   before anything else runs there; the retry meanwhile makes the key on another host.
+ *   What stays open: a worker that dies in that same moment records nothing. Its retry
+ *   makes the key elsewhere, and when the lost host comes back the key exists twice: both
+ *   boot the same user-data, `findInstance` answers the earlier (stale) copy, and nothing
+ *   removes either until the service replaces one or the cluster's teardown (which lists
+ *   by cluster tag) removes both.
  * - Memory: nothing is kept in this process but caches. Key, cluster, service, size and the
  *   overlay disk live in the domain's `<metadata>` (namespace {@link CLOUDGATE_XMLNS}), so a
  *   restarted worker finds and lists its instances by reading the domain XML back; domains
@@ -24,30 +29,59 @@
  *   with a new id, so a stale id never describes its successor); on a farm `<host>/<uuid>`,
  *   so describe and terminate go straight to the right host. The name (= key) is what
  *   `virsh list` and the UI show, and it is in `extra.domain`.
- * - Farms: one connection per host, opened on first use and kept. A host that does not
- *   connect or answer within `hostTimeoutSeconds` is lost: it is skipped (placement, find,
- *   list) for `hostRetrySeconds`, its instances describe as `ERROR` with `extra.hostLost`,
- *   and terminating one records a pending destroy (a file under
- *   `<storageDir>/pending-destroy/<host>/`) that is carried out first thing when the host
- *   answers again.
+ * - Farms (hosts, connections, placement and pending destroys are in libvirt-farm.ts): one
+ *   connection per host, opened on first use and kept. A new instance goes on the answering
+ *   host with the most room for its size (declared `cpus`/`memoryMiB` less the cloudgate
+ *   domains on the host, of any registry entry, running or not, and the creates in flight
+ *   in this process); none with room is `CapacityExhausted`, naming every host and what
+ *   is free on it. Workers in separate processes do not reserve for each other: two placing
+ *   at once on an almost full host may both put an instance there (the host is overbooked
+ *   by one until one of them is terminated). A host that does not connect or answer one
+ *   call within `hostTimeoutSeconds` is lost: it is skipped (placement, find, list) until
+ *   `hostRetrySeconds` have passed and no call to it still hangs; its instances describe as
+ *   `ERROR` with `extra.hostLost`, and terminating one records a pending destroy (a file
+ *   under `<storageDir>/pending-destroy/<host>/` on the worker) that is carried out first
+ *   thing when the host answers again.
+ * - Where files are: overlays are made on the host through its libvirt, but the seed ISO
+ *   is written by the worker into its own `storageDir` and the domain points at that path.
+ *   With a remote host (`qemu+ssh://`) that path must therefore be the same shared folder
+ *   (NFS, CephFS) on the worker and on every host; file images must be at their path on
+ *   every host, pool images in that pool on every host.
  */
-import { execFile } from 'node:child_process';
-import { mkdir, mkdtemp, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { DomainState, Hypervisor, type Domain, type DomainInfo } from '@unraid/libvirt';
-import { isLibvirtImageRef, libvirtHosts, type LibvirtCloudConfig, type LibvirtHostRef } from '../model/clouds-config.js';
+import { DomainState, type Domain, type DomainInfo, type Hypervisor } from '@unraid/libvirt';
+import { isLibvirtImageRef, libvirtHosts, type LibvirtCloudConfig } from '../model/clouds-config.js';
+import { CloudError, type CloudAdapter, type CloudInstance, type CloudInstanceState, type CloudOffering, type InstanceSpec } from './contract.js';
 import {
-  CloudError,
-  type CloudAdapter,
-  type CloudErrorKind,
-  type CloudInstance,
-  type CloudInstanceState,
-  type CloudOffering,
-  type InstanceSpec,
-} from './contract.js';
+  ALREADY_EXISTS,
+  DEFAULT_HOST_RETRY_SECONDS,
+  DEFAULT_HOST_TIMEOUT_SECONDS,
+  describeRooms,
+  errorMessage,
+  Host,
+  HostLostError,
+  hostUnanswered,
+  kindOf,
+  matches,
+  NOT_FOUND,
+  NOT_RUNNING,
+  orUndefined,
+  PendingDestroys,
+  pickHost,
+  POOL_GONE,
+  virsh,
+  VirshTimeout,
+  VOLUME_GONE,
+  toCloudError,
+  type HostSize,
+  type HostTiming,
+} from './libvirt-farm.js';
 import { requireImage, smallestFit } from './registry.js';
 import { writeSeedIso } from './seed-iso.js';
+
+export { DEFAULT_HOST_RETRY_SECONDS, DEFAULT_HOST_TIMEOUT_SECONDS, describeRooms, pickHost, type HostRoom, type HostSize } from './libvirt-farm.js';
 
 /** XML namespace of the cloudgate element in each domain's `<metadata>`. */
 export const CLOUDGATE_XMLNS = 'https://cloudgate.example/xmlns/instance/1';
@@ -59,14 +93,6 @@ export const LIBVIRT_OFFERINGS: readonly CloudOffering[] = [
   { id: 'large', name: 'large', cpus: 4, memoryMiB: 8192, diskGiB: 80 },
   { id: 'xlarge', name: 'xlarge', cpus: 8, memoryMiB: 16384, diskGiB: 160 },
 ];
-
-/** Farm defaults: a host that takes longer than this to connect or answer is lost... */
-export const DEFAULT_HOST_TIMEOUT_SECONDS = 5;
-/** ...and is tried again after this long. */
-export const DEFAULT_HOST_RETRY_SECONDS = 30;
-
-/** How long a host's usage (its cloudgate domains' sizes) is reused for placement before it is read again. */
-const USAGE_TTL_MS = 2_000;
 
 /**
  * Normalises virDomainState. PAUSED counts as RUNNING: libvirt pauses domains briefly for
@@ -89,46 +115,6 @@ export function toCloudState(state: DomainState): CloudInstanceState {
   }
 }
 
-/** vCPUs and memory: what a domain takes of a host. */
-export interface HostSize {
-  cpus: number;
-  memoryMiB: number;
-}
-
-/** A host as placement sees it: its name, whether it answers, and what is free on it. */
-export interface HostRoom {
-  host: string;
-  /** Undefined while the host does not answer. */
-  free?: HostSize;
-  /** Why it does not answer. */
-  lostReason?: string;
-}
-
-/**
- * Where a new instance of `size` goes: the answering host it fits on with the most room,
- * measured as how many more instances of this size would fit there (the scarcer of cpus and
- * memory decides), then most free cpus, most free memory, host name. Deterministic for one
- * state, so two creates of one key that see the same farm pick the same host.
- */
-export function pickHost(rooms: readonly HostRoom[], size: HostSize): HostRoom | undefined {
-  const fits = (r: HostRoom): r is HostRoom & { free: HostSize } =>
-    r.free !== undefined && r.free.cpus >= size.cpus && r.free.memoryMiB >= size.memoryMiB;
-  const slots = (f: HostSize) => Math.min(Math.floor(f.cpus / size.cpus), Math.floor(f.memoryMiB / size.memoryMiB));
-  const better = (a: HostRoom & { free: HostSize }, b: HostRoom & { free: HostSize }) =>
-    slots(a.free) - slots(b.free) || a.free.cpus - b.free.cpus || a.free.memoryMiB - b.free.memoryMiB || (a.host < b.host ? 1 : -1);
-  let best: (HostRoom & { free: HostSize }) | undefined;
-  for (const r of rooms) if (fits(r) && (!best || better(r, best) > 0)) best = r;
-  return best;
-}
-
-/** One line per host for a `CapacityExhausted` message: `h1 1 cpus/2048 MiB free`, `h3 not answering (…)`. */
-export function describeRooms(rooms: readonly HostRoom[]): string {
-  const show = (n: number) => (Number.isFinite(n) ? String(n) : 'unlimited');
-  return rooms
-    .map((r) => (r.free ? `${r.host} ${show(r.free.cpus)} cpus/${show(r.free.memoryMiB)} MiB free` : `${r.host} not answering (${r.lostReason ?? 'unknown'})`))
-    .join(', ');
-}
-
 /** The libvirt adapter for one registry entry: one hypervisor (`uri`) or a farm of them (`hosts`). */
 export function createLibvirtCloud(cfg: LibvirtCloudConfig): CloudAdapter {
   const { name } = cfg;
@@ -139,7 +125,8 @@ export function createLibvirtCloud(cfg: LibvirtCloudConfig): CloudAdapter {
   // A single hypervisor keeps its behaviour from before farms: no timeouts, never skipped.
   const timing: HostTiming = farm ? { timeoutMs, retryMs: (cfg.hostRetrySeconds ?? DEFAULT_HOST_RETRY_SECONDS) * 1000 } : { retryMs: 0 };
   const pending = new PendingDestroys(path.join(cfg.storageDir, 'pending-destroy'));
-  const overlays = new Overlays(name, cfg.storageDir, Math.max(timeoutMs, 30_000));
+  // virsh starts a process and a connection of its own per volume: longer than one call, and bounded.
+  const overlays = new Overlays(name, cfg.storageDir, farm ? Math.max(3 * timeoutMs, 10_000) : 30_000);
   const hosts = libvirtHosts(cfg).map((ref) => new Host(name, ref, timing, (h, hv) => (farm ? drainPending(h, hv) : Promise.resolve())));
   const hostByName = new Map(hosts.map((h) => [h.name, h]));
 
@@ -289,12 +276,14 @@ export function createLibvirtCloud(cfg: LibvirtCloudConfig): CloudAdapter {
     } catch (err) {
       // A racing create defined it first (its ISO and overlay are the ones on disk now; both carry this instance's data).
       if (matches(err, ALREADY_EXISTS)) return adopt(host, hv, key);
-      if (!matches(err, CONNECTION_LOST)) await cleanUp(host, iso, disk.ref);
+      // Unanswered, the define may have happened: the files stay with the domain (see createOnFarm).
+      if (!hostUnanswered(err)) await cleanUp(host, iso, disk.ref);
       throw err;
     }
     try {
       await ensureStarted(hv, dom);
     } catch (err) {
+      if (hostUnanswered(err)) throw err;
       // Leave nothing behind that would hold the key: the retry starts clean.
       await hv.domainUndefine(dom).catch(() => undefined);
       await cleanUp(host, iso, disk.ref);
@@ -416,12 +405,9 @@ export function createLibvirtCloud(cfg: LibvirtCloudConfig): CloudAdapter {
 
   /**
    * The host a new instance of `key` goes to, reserved for it in this process until its
-   * create ends: the one with the most room ({@link pickHost}); a create of the same key
-   * already in flight here goes where that one went.
+   * create ends: the one with the most room ({@link pickHost}).
    */
   const place = async (key: string, flavor: CloudOffering): Promise<Host> => {
-    const inFlight = hosts.find((h) => h.reservations.has(key) && !h.lost);
-    if (inFlight) return inFlight;
     await Promise.all(hosts.map((h) => h.refreshUsage(usageOn).catch((err: unknown) => { if (!(err instanceof HostLostError)) throw err; })));
     // From here to the reservation nothing awaits: concurrent placements in this process see each other.
     const rooms = hosts.map((h) => h.room());
@@ -436,11 +422,31 @@ export function createLibvirtCloud(cfg: LibvirtCloudConfig): CloudAdapter {
     return host;
   };
 
+  /** Farm creates in flight in this process, by key: a second create of a key waits for the first. */
+  const creating = new Map<string, Promise<CloudInstance>>();
+
   /** A farm create: found anywhere, or placed, made, and checked for a racing twin on another host. */
-  const createOnFarm = async (spec: InstanceSpec, key: string, flavor: CloudOffering, image: string): Promise<CloudInstance> => {
+  const createOnFarm = (spec: InstanceSpec, key: string, flavor: CloudOffering, image: string): Promise<CloudInstance> => {
+    let p = creating.get(key);
+    if (!p) {
+      p = createOnFarmOnce(spec, key, flavor, image).finally(() => creating.delete(key));
+      creating.set(key, p);
+    }
+    return p;
+  };
+
+  const createOnFarmOnce = async (spec: InstanceSpec, key: string, flavor: CloudOffering, image: string): Promise<CloudInstance> => {
     const found = await locate(key);
     if (found.length > 0) return keepEarliest(found, key);
-    const host = await place(key, flavor);
+    let host: Host;
+    try {
+      host = await place(key, flavor);
+    } catch (err) {
+      // Full now, maybe because another worker made this very key meanwhile.
+      const again = err instanceof CloudError && err.kind === 'CapacityExhausted' ? await locate(key).catch(() => []) : [];
+      if (again.length > 0) return keepEarliest(again, key);
+      throw err;
+    }
     const attempt: Attempt = { created: new Date().toISOString(), defineSent: false };
     let made: CloudInstance;
     try {
@@ -479,9 +485,14 @@ export function createLibvirtCloud(cfg: LibvirtCloudConfig): CloudAdapter {
   /** Carries out the pending destroys of a host that answers again, before anything else runs on it. */
   async function drainPending(host: Host, hv: Hypervisor): Promise<void> {
     for (const { file, entry } of await pending.list(host.name)) {
-      const dom = entry.uuid !== undefined ? await byUuid(hv, entry.uuid) : await byName(hv, entry.domain ?? '');
-      await destroyOn(host, hv, dom, { created: entry.created });
-      await pending.done(file);
+      try {
+        const dom = entry.uuid !== undefined ? await byUuid(hv, entry.uuid) : await byName(hv, entry.domain ?? '');
+        await destroyOn(host, hv, dom, { created: entry.created });
+        await pending.done(file);
+      } catch (err) {
+        // Lost again: the rest waits for the next time. Refused: the file stays (for the next worker, or a human), the others go on.
+        if (hostUnanswered(err)) throw err;
+      }
     }
   }
 
@@ -599,250 +610,6 @@ export function createLibvirtCloud(cfg: LibvirtCloudConfig): CloudAdapter {
   };
 }
 
-// ---- hosts -------------------------------------------------------------------------------
-
-interface HostTiming {
-  /** Per connect and per operation; undefined: wait as long as libvirt does (a single hypervisor). */
-  timeoutMs?: number;
-  /** How long a lost host is skipped before it is tried again. */
-  retryMs: number;
-}
-
-/** A host that does not answer (refused, dropped, or too slow); retryable, and a farm routes around it. */
-class HostLostError extends CloudError {
-  constructor(
-    readonly host: string,
-    readonly reason: string,
-    message: string,
-    options?: { cause?: unknown },
-  ) {
-    super('Transient', message, options);
-  }
-}
-
-/** A call that did not answer within the host timeout. */
-class HostTimeout extends Error {}
-
-/**
- * One hypervisor host: its (process-wide, shared) connection, whether it answers, what
- * cloudgate domains take of it, and the instances last seen on it (to describe them while
- * it is lost).
- */
-class Host {
-  readonly name: string;
-  readonly uri: string;
-  /** Instances last read on this host, by UUID. */
-  readonly known = new Map<string, CloudInstance>();
-  /** Creates in flight in this process, by domain name: counted as used until they end. */
-  readonly reservations = new Map<string, HostSize>();
-  private readonly shared: SharedConnection;
-  private lostUntil = 0;
-  private lostReason = '';
-  /** Calls that timed out and have not returned: while one is left, the host still hangs. */
-  private hung = 0;
-  /** The pending-destroy drain of the current answering period. */
-  private answered?: Promise<void>;
-  private usage?: { at: number; used: Map<string, HostSize> };
-  private closed = false;
-
-  constructor(
-    private readonly cloud: string,
-    readonly ref: LibvirtHostRef,
-    private readonly timing: HostTiming,
-    private readonly onAnswer: (host: Host, hv: Hypervisor) => Promise<void>,
-  ) {
-    this.name = ref.name;
-    this.uri = ref.uri;
-    this.shared = acquire(ref.uri);
-  }
-
-  /** Skipped for now: lost less than the retry interval ago, or a call to it still hangs. */
-  get lost(): boolean {
-    return this.hung > 0 || Date.now() < this.lostUntil;
-  }
-
-  /**
-   * Runs `fn` on the host's connection. When the connection turns out to be broken
-   * (libvirtd restarted, SSH dropped) it is replaced and `fn` runs once more on the new one:
-   * every operation here is idempotent, so repeating one is safe. On a farm, a host that
-   * refuses, drops or does not answer in time is lost ({@link HostLostError}).
-   */
-  async run<T>(fn: (hv: Hypervisor) => Promise<T>): Promise<T> {
-    for (let attempt = 0; ; attempt++) {
-      if (this.closed) throw new CloudError('InvalidRequest', `${this.cloud}: the adapter is closed`);
-      if (this.lost) throw this.lostError();
-      const hv = await this.connect();
-      try {
-        // Pending destroys first, every time the host answers again.
-        await this.timed(this.settleAnswer(hv), 4);
-        return await this.timed(fn(hv));
-      } catch (err) {
-        if (err instanceof HostTimeout) throw this.markLost(err.message, err, hv);
-        if (!matches(err, CONNECTION_LOST)) throw err;
-        forget(this.shared, hv);
-        if (attempt > 0) throw this.farm ? this.markLost(errorMessage(err), err) : err;
-      }
-    }
-  }
-
-  /** Reads what cloudgate domains take of the host, unless read less than {@link USAGE_TTL_MS} ago. */
-  async refreshUsage(read: (hv: Hypervisor) => Promise<Map<string, HostSize>>): Promise<void> {
-    if (this.usage && Date.now() - this.usage.at < USAGE_TTL_MS) return;
-    const used = await this.run(read);
-    this.usage = { at: Date.now(), used };
-  }
-
-  /** Drops the usage read, after a create or destroy changed it. */
-  invalidateUsage(): void {
-    this.usage = undefined;
-  }
-
-  /** What is free on the host now: declared capacity less its cloudgate domains and the creates in flight here. */
-  room(): HostRoom {
-    if (this.lost || !this.usage) return { host: this.name, lostReason: this.lostReason || 'not read' };
-    let cpus = this.ref.cpus ?? Infinity;
-    let memoryMiB = this.ref.memoryMiB ?? Infinity;
-    const take = (s: HostSize) => {
-      cpus -= s.cpus;
-      memoryMiB -= s.memoryMiB;
-    };
-    this.usage.used.forEach(take);
-    for (const [domain, size] of this.reservations) if (!this.usage.used.has(domain)) take(size);
-    return { host: this.name, free: { cpus, memoryMiB } };
-  }
-
-  async close(): Promise<void> {
-    if (this.closed) return;
-    this.closed = true;
-    await release(this.shared);
-  }
-
-  private get farm(): boolean {
-    return this.timing.timeoutMs !== undefined;
-  }
-
-  private async connect(): Promise<Hypervisor> {
-    try {
-      return await this.timed(connect(this.shared));
-    } catch (err) {
-      if (err instanceof HostTimeout) {
-        forgetOpening(this.shared);
-        throw this.markLost(`connect: ${err.message}`, err);
-      }
-      if (this.farm && (matches(err, UNREACHABLE) || matches(err, CONNECTION_LOST))) throw this.markLost(errorMessage(err), err);
-      throw toCloudError(err, `${this.cloud}: cannot connect to ${this.uri}`);
-    }
-  }
-
-  private settleAnswer(hv: Hypervisor): Promise<void> {
-    this.answered ??= this.onAnswer(this, hv).catch(() => {
-      // Left for the next call to try again; the operation at hand goes on.
-      this.answered = undefined;
-    });
-    return this.answered;
-  }
-
-  /** `p`, or a {@link HostTimeout} after the host timeout (times `factor`); a timed-out call counts as hung until it returns. */
-  private timed<T>(p: Promise<T>, factor = 1): Promise<T> {
-    const ms = this.timing.timeoutMs;
-    if (ms === undefined) return p;
-    return new Promise<T>((resolve, reject) => {
-      let timedOut = false;
-      const timer = setTimeout(() => {
-        timedOut = true;
-        this.hung++;
-        reject(new HostTimeout(`no answer within ${(ms * factor) / 1000} s`));
-      }, ms * factor);
-      const settle = () => {
-        clearTimeout(timer);
-        if (timedOut) this.hung--;
-      };
-      p.then(
-        (v) => {
-          settle();
-          resolve(v);
-        },
-        (err: unknown) => {
-          settle();
-          reject(err);
-        },
-      );
-    });
-  }
-
-  private markLost(reason: string, cause: unknown, hv?: Hypervisor): HostLostError {
-    if (hv) forget(this.shared, hv);
-    this.lostUntil = Date.now() + this.timing.retryMs;
-    this.lostReason = reason;
-    this.answered = undefined;
-    this.usage = undefined;
-    return this.lostError(cause);
-  }
-
-  private lostError(cause?: unknown): HostLostError {
-    const still = this.hung > 0 ? '; a call to it still hangs' : '';
-    return new HostLostError(this.name, this.lostReason, `${this.cloud}: host ${this.name} (${this.uri}) does not answer: ${this.lostReason}${still}`, { cause });
-  }
-}
-
-// ---- pending destroys --------------------------------------------------------------------
-
-/** A domain to destroy when its host answers again: by UUID (a terminate), or by name and `created` stamp (a create whose answer was lost). */
-interface PendingDestroy {
-  uuid?: string;
-  domain?: string;
-  created?: string;
-  reason: string;
-  since?: string;
-}
-
-/**
- * Pending destroys, one small JSON file each under `<storageDir>/pending-destroy/<host>/`
- * on the worker: written atomically (temp file + rename) before the terminate returns, so
- * they survive a worker restart; one file per domain, so concurrent terminates never
- * rewrite each other's. A worker that never runs again leaves its files for the next one
- * using the same storageDir (the directory belongs to the registry entry).
- */
-class PendingDestroys {
-  constructor(private readonly dir: string) {}
-
-  async add(host: string, entry: PendingDestroy): Promise<void> {
-    const dir = path.join(this.dir, host);
-    await mkdir(dir, { recursive: true });
-    const base = (entry.uuid ?? `${entry.domain}@${entry.created}`).replace(/[^\w.@-]/g, '_');
-    const file = path.join(dir, `${base}.json`);
-    const tmp = `${file}.${process.pid}.tmp`;
-    await writeFile(tmp, JSON.stringify({ ...entry, since: entry.since ?? new Date().toISOString() }));
-    await rename(tmp, file);
-  }
-
-  /** This host's pending destroys; unreadable files are skipped (and kept, for a human). */
-  async list(host: string): Promise<{ file: string; entry: PendingDestroy }[]> {
-    const dir = path.join(this.dir, host);
-    let names: string[];
-    try {
-      names = (await readdir(dir)).filter((n) => n.endsWith('.json')).sort();
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
-      throw err;
-    }
-    const out: { file: string; entry: PendingDestroy }[] = [];
-    for (const n of names) {
-      const file = path.join(dir, n);
-      try {
-        out.push({ file, entry: JSON.parse(await readFile(file, 'utf8')) as PendingDestroy });
-      } catch {
-        // A half-written temp never ends in .json; anything else unreadable is left alone.
-      }
-    }
-    return out;
-  }
-
-  async done(file: string): Promise<void> {
-    await rm(file, { force: true });
-  }
-}
-
 // ---- overlay disks -----------------------------------------------------------------------
 
 /** An instance's own disk: the `<disk>` element for the domain and what its metadata keeps to remove it. */
@@ -912,7 +679,7 @@ class Overlays {
   }
 
   private async createVolume(uri: string, pool: string, vol: string, sizeGiB: number, base: { path: string; format: string }): Promise<void> {
-    const xml = `<volume><name>${escapeXml(vol)}</name><capacity unit='GiB'>${sizeGiB}</capacity><target><format type='qcow2'/></target><backingStore><path>${escapeXml(base.path)}</path><format type='${escapeXml(base.format)}'/></backingStore></volume>`;
+    const xml = `<volume><name>${escapeXml(vol)}</name><capacity unit='GiB'>${sizeGiB}</capacity><allocation>0</allocation><target><format type='qcow2'/></target><backingStore><path>${escapeXml(base.path)}</path><format type='${escapeXml(base.format)}'/></backingStore></volume>`;
     // virsh reads the XML from a file of its own (node's stdin pipe is a socket, which /dev/stdin cannot open).
     const dir = await mkdtemp(path.join(tmpdir(), 'cloudgate-vol-'));
     try {
@@ -933,6 +700,7 @@ class Overlays {
       try {
         xml = await virsh(uri, ['vol-dumpxml', '--pool', pool, vol], { timeoutMs: this.timeoutMs });
       } catch (err) {
+        if (err instanceof VirshTimeout) throw err;
         throw new CloudError('InvalidRequest', `${this.cloud}: image volume ${pool}/${vol}: ${errorMessage(err)}`, { cause: err });
       }
       const target = /<target>([\s\S]*?)<\/target>/.exec(xml)?.[1] ?? '';
@@ -1007,102 +775,6 @@ function imageKind(image: string): 'file' | 'volume' | undefined {
 /** The test driver without a daemon: its state lives in this process only. */
 function processLocal(uri: string): boolean {
   return /^test:\/\/\//.test(uri);
-}
-
-/** Runs `virsh -c <uri> <args>`; rejects with virsh's own error lines. */
-function virsh(uri: string, args: string[], opts: { timeoutMs: number }): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const child = execFile('virsh', ['-q', '-c', uri, ...args], { timeout: opts.timeoutMs, maxBuffer: 4 * 1024 * 1024 }, (err, stdout, stderr) => {
-      if (!err) return resolve(stdout);
-      const e = err as NodeJS.ErrnoException & { killed?: boolean };
-      const why =
-        e.code === 'ENOENT'
-          ? 'virsh is not installed (Debian package libvirt-clients)'
-          : e.killed
-            ? `no answer within ${opts.timeoutMs / 1000} s`
-            : stderr.replace(/^error: /gm, '').trim().split('\n').join(': ') || e.message;
-      reject(new Error(`virsh ${args[0]}: ${why}`, { cause: err }));
-    });
-    child.stdin?.end();
-  });
-}
-
-// ---- the shared connection ---------------------------------------------------------------
-
-interface SharedConnection {
-  uri: string;
-  refs: number;
-  open?: Promise<Hypervisor>;
-  /** The connection `open` opens, so a broken one is forgotten only once. */
-  current?: Hypervisor;
-}
-
-/**
- * One connection per URI per process. For `test:///default` this is what makes the state
- * survive an adapter being closed and reopened: the test driver's default state lives as
- * long as any connection to it is open. For real hypervisors it saves an SSH/TLS handshake
- * per adapter.
- */
-const connections = new Map<string, SharedConnection>();
-
-function acquire(uri: string): SharedConnection {
-  let c = connections.get(uri);
-  if (!c) {
-    c = { uri, refs: 0 };
-    connections.set(uri, c);
-  }
-  c.refs++;
-  return c;
-}
-
-function connect(c: SharedConnection): Promise<Hypervisor> {
-  if (!c.open) {
-    const hv = new Hypervisor({ uri: c.uri });
-    const opening = hv.connectOpen().then(() => hv);
-    c.open = opening;
-    c.current = hv;
-    // A failed open must not stick: the next call tries again.
-    void opening.catch(() => {
-      if (c.open === opening) forget(c, hv);
-    });
-  }
-  return c.open;
-}
-
-/**
- * Drops a broken connection so the next call reconnects. It is not closed: calls still in
- * flight on it would then use freed memory in the native binding, and a dead connection
- * costs a few bytes.
- */
-function forget(c: SharedConnection, hv: Hypervisor): void {
-  if (c.current === hv) {
-    c.open = undefined;
-    c.current = undefined;
-  }
-}
-
-/** Drops an open that did not answer in time, so the next call opens afresh. */
-function forgetOpening(c: SharedConnection): void {
-  c.open = undefined;
-  c.current = undefined;
-}
-
-async function release(c: SharedConnection): Promise<void> {
-  if (--c.refs > 0) return;
-  if (connections.get(c.uri) === c) connections.delete(c.uri);
-  const open = c.open;
-  c.open = undefined;
-  c.current = undefined;
-  // An open to a host that hangs must not hang close() too.
-  const hv = await new Promise<Hypervisor | undefined>((resolve) => {
-    const timer = setTimeout(() => resolve(undefined), 2_000);
-    const done = (h: Hypervisor | undefined) => {
-      clearTimeout(timer);
-      resolve(h);
-    };
-    (open ?? Promise.resolve(undefined)).then(done, () => done(undefined));
-  });
-  await hv?.connectClose().catch(() => undefined);
 }
 
 // ---- domain XML --------------------------------------------------------------------------
@@ -1202,52 +874,4 @@ function unescapeXml(s: string): string {
   });
 }
 
-// ---- errors ------------------------------------------------------------------------------
-
-// The binding passes libvirt's message only (no virErrorNumber), so errors are told apart by it.
-const NOT_FOUND = /domain not found|no domain with matching/i;
-const ALREADY_EXISTS = /already exists|already defined/i;
-const NOT_RUNNING = /not running|is not active/i;
-const AUTH = /authenticat|permission denied|access denied|not authori[sz]ed|polkit|sasl|host key verification/i;
-const CONNECTION_LOST = /client socket is closed|cannot recv data|cannot write data|end of file while reading|connection reset|broken pipe|not connected|keepalive/i;
-const UNREACHABLE = /failed to connect|unable to connect|connection refused|no route to host|timed out|network is unreachable/i;
-const VOLUME_GONE = /storage volume not found|no storage vol with matching/i;
-const POOL_GONE = /storage pool not found|no storage pool with matching|storage pool '[^']*' is not active/i;
-const CAPACITY = /cannot allocate memory|out of memory|insufficient|no space left/i;
-const BAD_REQUEST = /xml error|unsupported configuration|invalid argument|cannot access storage|no such file|does not exist|operation is not valid|no connection driver|unknown os type|failed to parse/i;
-
-/** The kind of a libvirt failure; unknown failures are worth a retry with backoff. */
-function kindOf(message: string): CloudErrorKind {
-  if (NOT_FOUND.test(message)) return 'NotFound';
-  if (AUTH.test(message)) return 'InvalidCredentials';
-  if (CONNECTION_LOST.test(message) || UNREACHABLE.test(message)) return 'Transient';
-  if (CAPACITY.test(message)) return 'CapacityExhausted';
-  if (BAD_REQUEST.test(message)) return 'InvalidRequest';
-  return 'Transient';
-}
-
-function toCloudError(err: unknown, what: string): CloudError {
-  if (err instanceof CloudError) return err;
-  const message = errorMessage(err);
-  return new CloudError(kindOf(message), `${what}: ${message}`, { cause: err });
-}
-
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
-
-/** A lookup's result, or undefined when libvirt says there is no such domain. */
-async function orUndefined(lookup: Promise<Domain>): Promise<Domain | undefined> {
-  try {
-    return await lookup;
-  } catch (err) {
-    if (matches(err, NOT_FOUND)) return undefined;
-    throw err;
-  }
-}
-
-function matches(err: unknown, re: RegExp): boolean {
-  return !(err instanceof CloudError) && re.test(errorMessage(err));
-}
-
-function errorMessage(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
-}

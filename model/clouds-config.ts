@@ -236,7 +236,8 @@ function connectionInfo(c: CloudConfig): { endpoint?: string; credentials?: Reco
     case 'sim':
       return { images };
     case 'libvirt':
-      return { endpoint: c.uri, images };
+      // A farm's host URIs stay on the worker (hundreds of them, with the account cloudgate logs in as).
+      return { endpoint: c.uri ?? `libvirt farm of ${c.hosts?.length ?? 0} hosts`, images };
     case 'ec2':
       return {
         endpoint: c.endpoint ?? `https://ec2.${c.region}.amazonaws.com`,

@@ -41,7 +41,7 @@ export interface CapacityRefusal {
   limit: keyof CloudQuota;
   quota: CloudQuota;
   usage: CapacityUsage;
-  /** "cloud hlt: quota 30 instances, 30 in use" */
+  /** "cloudgate's quota for hlt is used up: quota 30 instances; in use 30 instances, 30 cpus, 61440 MiB" */
   message: string;
 }
 
@@ -78,10 +78,10 @@ const LIMITS: { limit: keyof CloudQuota; of: keyof CapacityUsage; unit: string }
   { limit: 'memoryMiB', of: 'memoryMiB', unit: 'MiB of memory' },
 ];
 
-/** "quota 30 instances, 40 cpus; in use 30 instances, 30 cpus, 61440 MiB" — what a waiting service shows. */
-export function describeCapacity(cloud: string, quota: CloudQuota | undefined, usage: CapacityUsage): string {
+/** "quota 30 instances, 40 cpus; in use 30 instances, 30 cpus, 61440 MiB" — what a waiting service shows of a cloud. */
+export function describeCapacity(quota: CloudQuota | undefined, usage: CapacityUsage): string {
   const limits = LIMITS.filter((l) => quota?.[l.limit] !== undefined).map((l) => `${quota![l.limit]} ${l.unit}`);
-  return `cloud ${cloud}: quota ${limits.join(', ') || 'unlimited'}; in use ${usage.instances} instances, ${usage.cpus} cpus, ${usage.memoryMiB} MiB`;
+  return `quota ${limits.join(', ') || 'unlimited'}; in use ${usage.instances} instances, ${usage.cpus} cpus, ${usage.memoryMiB} MiB`;
 }
 
 /** The ledger's statements over an open store database (store/index.ts wires them into its Store). */
@@ -104,7 +104,9 @@ export function capacityLedger(db: Database.Database): CapacityLedger {
     const now = usage(cloud);
     const adds: CapacityUsage = { instances: 1, cpus: claim.cpus, memoryMiB: claim.memoryMiB };
     const crossed = force ? undefined : LIMITS.find((l) => quota?.[l.limit] !== undefined && now[l.of] + adds[l.of] > quota[l.limit]!);
-    if (crossed) return { cloud, limit: crossed.limit, quota: quota!, usage: now, message: describeCapacity(cloud, quota, now) };
+    if (crossed) {
+      return { cloud, limit: crossed.limit, quota: quota!, usage: now, message: `cloudgate's quota for ${cloud} is used up: ${describeCapacity(quota, now)}` };
+    }
     insert.run(cloud, claim.instanceId, claim.clusterId, claim.cpus, claim.memoryMiB, new Date().toISOString());
     return undefined;
   });

@@ -29,7 +29,7 @@ describe('capacity ledger', () => {
     // A third would need 6 cpus of 5: refused on cpus, before instances.
     const no = store.reserveCapacity('hlt', quota, claim(2));
     expect(no).toMatchObject({ cloud: 'hlt', limit: 'cpus', usage: { instances: 2, cpus: 4, memoryMiB: 8192 } });
-    expect(no!.message).toBe('cloud hlt: quota 3 instances, 5 cpus; in use 2 instances, 4 cpus, 8192 MiB');
+    expect(no!.message).toBe('cloudgate\'s quota for hlt is used up: quota 3 instances, 5 cpus; in use 2 instances, 4 cpus, 8192 MiB');
     expect(store.capacityUsage('hlt').instances).toBe(2);
     // An instance the cloud already has is recorded whatever the quota says.
     expect(store.reserveCapacity('hlt', quota, claim(3), true)).toBeUndefined();

@@ -108,11 +108,11 @@ describe('placement over several clouds', () => {
     expect(u['sim-a']).toEqual({ instances: 4, cpus: 8, memoryMiB: 16384 });
     const events = await stack.http('GET', `/v1/clusters/${id}/events`);
     const placement = events.body.items.filter((e: any) => e.kind === 'placement').map((e: any) => e.message);
-    expect(placement.join('\n')).toMatch(/no room on sim-a \(no room under the quota of cloud sim-a: quota 4 instances.*\); placing on sim-b/);
+    expect(placement.join('\n')).toMatch(/no room on sim-a \(cloudgate's quota for sim-a is used up: quota 4 instances; in use 4 instances, 8 cpus, 16384 MiB\); placing on sim-b/);
     // The Temporal UI tells it too: the current details list the clouds, and the creates name theirs.
     const svc = stack.client.workflow.getHandle(`cluster/${id}/workers`);
     const meta = await svc.query<{ currentDetails?: string }>('__temporal_workflow_metadata');
-    expect(meta.currentDetails).toMatch(/fill over sim-a 4\/4 ready \(passed over until .*: no room under the quota of cloud sim-a.*\), sim-b 2\/2 ready/);
+    expect(meta.currentDetails).toMatch(/fill over sim-a 4\/4 ready \(passed over until .*: cloudgate's quota for sim-a is used up.*\), sim-b 2\/2 ready/);
     const history = await svc.fetchHistory();
     const summaries: string[] = [];
     for (const e of history.events ?? []) {
@@ -166,7 +166,7 @@ describe('one quota, many clusters', () => {
       const short = states.map(workersOf).filter((s) => s.state === 'WAITING_CAPACITY');
       return short.length > 0 && short;
     }, 120_000, '30 instances live and the short services waiting');
-    expect(waiting[0].message).toMatch(/waiting for room for \d+ more instances? — sim-q: no room under the quota of cloud sim-q: quota 30 instances, 60 cpus; in use 30 instances, 60 cpus/);
+    expect(waiting[0].message).toMatch(/waiting for room for \d+ more instances? — sim-q: cloudgate's quota for sim-q is used up: quota 30 instances, 60 cpus; in use 30 instances, 60 cpus/);
     // The cluster says it too, once the service's report has reached it.
     const short = await waitFor<any[]>(async () => {
       const all = await Promise.all(ids.map((id) => clusterStatus(stack, id)));

@@ -561,7 +561,8 @@ class ServiceRun {
     if (this.s.unplaced > 0) this.s.message = this.waitingMessage();
     else if (wasWaiting) {
       this.s.message = undefined;
-      this.emit('placement', `${this.name}: room again; placing ${places.length} instance${places.length === 1 ? '' : 's'}`);
+      const where = [...new Set(places)].join(', ');
+      this.emit('placement', `${this.name}: looking for room again: placing ${places.length} instance${places.length === 1 ? '' : 's'} on ${where}`);
     }
     const fresh = places.map((cloud, n): InstanceRecord => {
       const ordinal = this.s.nextOrdinal + n;

@@ -9,6 +9,10 @@
  * libvirt itself. It needs the Debian package `libvirt-daemon` (installed with
  * `--no-install-recommends`). The test driver keeps its state only while some connection
  * is open, so the peer holds one for its whole life.
+ *
+ * {@link startLibvirtFarm} starts one such daemon per host of a farm, each with its own
+ * test-driver state, and can kill, restart, freeze (SIGSTOP) and thaw each host and count
+ * its client connections (`virt-admin`, Debian `libvirt-clients`).
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, writeFileSync, closeSync } from 'node:fs';
