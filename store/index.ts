@@ -424,6 +424,7 @@ CREATE TABLE IF NOT EXISTS instances (
   created_at         TEXT,
   ready_at           TEXT,
   message            TEXT,
+  host               TEXT,
   PRIMARY KEY (cluster_id, id)
 );
 -- The listing order, and the keyset its cursors continue from.
@@ -569,6 +570,7 @@ interface InstanceRow {
   created_at: string | null;
   ready_at: string | null;
   message: string | null;
+  host: string | null;
 }
 interface EventRow {
   id: number;
@@ -604,6 +606,7 @@ const toInstance = (r: InstanceRow): PublishedInstance => ({
   ordinal: r.ordinal,
   state: r.state as InstanceState,
   cloud: r.cloud,
+  ...(r.host !== null && { host: r.host }),
   ...(r.cloud_instance_id !== null && { cloudInstanceId: r.cloud_instance_id }),
   ...(r.created_at !== null && { createdAt: r.created_at }),
   ...(r.ready_at !== null && { readyAt: r.ready_at }),
@@ -732,6 +735,9 @@ export function openSqliteStore(file: string, options: StoreOptions = {}): Store
   // Stores made before clusters pinned context versions.
   const clusterColumns = db.prepare<[], { name: string }>("SELECT name FROM pragma_table_info('clusters')").all();
   if (!clusterColumns.some((c) => c.name === 'contexts')) db.exec('ALTER TABLE clusters ADD COLUMN contexts TEXT');
+  // Stores made before instances showed their hypervisor host (issue 12).
+  const instanceColumns = db.prepare<[], { name: string }>("SELECT name FROM pragma_table_info('instances')").all();
+  if (!instanceColumns.some((c) => c.name === 'host')) db.exec('ALTER TABLE instances ADD COLUMN host TEXT');
   // Stores made before owners: their definitions and contexts have none (only admins see them).
   for (const table of ['cluster_definitions', 'contexts']) {
     const columns = db.prepare<[], { name: string }>(`SELECT name FROM pragma_table_info('${table}')`).all();
@@ -832,10 +838,11 @@ export function openSqliteStore(file: string, options: StoreOptions = {}): Store
     ),
     getServiceViews: db.prepare<[string], ServiceViewRow>('SELECT * FROM service_views WHERE cluster_id = ? ORDER BY service'),
     upsertInstance: db.prepare(
-      `INSERT INTO instances (cluster_id, id, service, ordinal, name, state, cloud, cloud_instance_id, created_at, ready_at, message)
-       VALUES (@clusterId, @id, @service, @ordinal, @name, @state, @cloud, @cloudInstanceId, @createdAt, @readyAt, @message)
+      `INSERT INTO instances (cluster_id, id, service, ordinal, name, state, cloud, cloud_instance_id, created_at, ready_at, message, host)
+       VALUES (@clusterId, @id, @service, @ordinal, @name, @state, @cloud, @cloudInstanceId, @createdAt, @readyAt, @message, @host)
        ON CONFLICT(cluster_id, id) DO UPDATE SET service = excluded.service, ordinal = excluded.ordinal, name = excluded.name,
          state = excluded.state, cloud = excluded.cloud, cloud_instance_id = COALESCE(excluded.cloud_instance_id, instances.cloud_instance_id),
+         host = COALESCE(excluded.host, instances.host),
          created_at = COALESCE(excluded.created_at, instances.created_at), ready_at = COALESCE(excluded.ready_at, instances.ready_at),
          message = excluded.message`,
     ),
@@ -908,6 +915,7 @@ export function openSqliteStore(file: string, options: StoreOptions = {}): Store
         createdAt: i.createdAt ?? null,
         readyAt: i.readyAt ?? null,
         message: i.message ?? null,
+        host: i.host ?? null,
       });
     }
     for (const id of input.removed) q.deleteInstance.run(input.clusterId, input.service, id);

@@ -55,6 +55,8 @@ if (!process.env.CLOUDGATE_CVMFS_SERVERS) {
 const allowSim = stratum1 && [process.env.CLOUDGATE_CVMFS_ALLOWED_HOSTS, new URL(stratum1.url).host].filter(Boolean).join(',');
 const env = {
   ...process.env,
+  // Each libvirt call holds one of libuv's threads (4 by default), and a farm host that hangs keeps one: room for many hosts.
+  UV_THREADPOOL_SIZE: process.env.UV_THREADPOOL_SIZE ?? '64',
   TEMPORAL_ADDRESS: address,
   ...(stratum1 && { CLOUDGATE_CVMFS_SERVERS: stratum1.url, CLOUDGATE_CVMFS_ALLOWED_HOSTS: allowSim }),
 };
