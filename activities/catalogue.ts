@@ -11,7 +11,7 @@
  */
 import { Context } from '@temporalio/activity';
 import { CloudError, type CloudAdapter, type CloudOffering } from '../clouds/contract.js';
-import { publicCloudInfo, type CloudConfig } from '../model/clouds-config.js';
+import { publicCloudInfo, type CloudConfig, type CloudQuota } from '../model/clouds-config.js';
 import type { CloudRecord } from '../store/index.js';
 import type { CatalogueActivities, CloudRefreshResult } from '../workflows/catalogue.js';
 
@@ -29,6 +29,8 @@ export interface CatalogueDeps {
   store: { getCloud(name: string): CloudRecord | undefined; upsertCloud(cloud: CloudRecord): void };
   /** Default {@link LIST_OFFERINGS_TIMEOUT_MS}. */
   timeoutMs?: number;
+  /** Each cloud's quota as the registry file says now (it may have been edited since start); default the entry's. */
+  quotaOf?: (cloud: string) => CloudQuota | undefined;
 }
 
 /** A registry entry's record without calling the cloud: what a worker writes at start and a failed refresh keeps. */
@@ -56,14 +58,21 @@ const logOf = () => {
 
 export function createCatalogueActivities(deps: CatalogueDeps): CatalogueActivities {
   const timeoutMs = deps.timeoutMs ?? LIST_OFFERINGS_TIMEOUT_MS;
-  const byName = new Map(deps.registry.map((c) => [c.name, c]));
+  const entries = new Map(deps.registry.map((c) => [c.name, c]));
+  /** The registry entry with its current quota. */
+  const entryOf = (cloud: string): CloudConfig | undefined => {
+    const c = entries.get(cloud);
+    if (!c || !deps.quotaOf) return c;
+    const quota = deps.quotaOf(cloud);
+    return { ...c, quota } as CloudConfig;
+  };
   return {
     async catalogueClouds() {
       return deps.registry.map((c) => c.name);
     },
 
     async refreshCloudCatalogue({ cloud }): Promise<CloudRefreshResult> {
-      const entry = byName.get(cloud);
+      const entry = entryOf(cloud);
       if (!entry) {
         return { cloud, ok: false, offerings: 0, ms: 0, errorKind: 'UnknownCloud', error: `this worker's registry has no cloud named "${cloud}"` };
       }

@@ -9,6 +9,8 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { defaultPayloadConverter, type Payload } from '@temporalio/common';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { parse as parseYaml, stringify as stringifyYaml } from 'yaml';
 import type { SimCloud } from '../clouds/sim.js';
 import type { ClusterDefinitionInput } from '../model/definition.js';
 import { clusterInstances, clusterStatus, startStack, waitFor, waitForState, type Stack } from './harness.js';
@@ -22,6 +24,7 @@ beforeAll(async () => {
       { name: 'sim-c', kind: 'sim', capacity: 3 },
       { name: 'sim-d', kind: 'sim', createFailureRate: 1 },
       { name: 'sim-q', kind: 'sim', quota: { instances: 30, cpus: 60 } },
+      { name: 'sim-r', kind: 'sim', quota: { instances: 2 } },
     ],
   });
 }, 120_000);
@@ -193,4 +196,25 @@ describe('one quota, many clusters', () => {
     for (const id of rest) await tearDown(id);
     expect((await usage())['sim-q']).toEqual({ instances: 0, cpus: 0, memoryMiB: 0 });
   }, 400_000);
+
+  it('goes on by itself when an operator raises the quota in the registry file, without a restart', async () => {
+    const id = await submit(placed('raise', 3, ['sim-r'], 'fill'), 'sim-r');
+    const waiting = await waitFor(async () => {
+      const s = workersOf(await clusterStatus(stack, id));
+      return s.state === 'WAITING_CAPACITY' && s.clouds?.['sim-r']?.ready === 2 && s;
+    }, 60_000, 'two ready and the third waiting for room');
+    expect(waiting.message).toMatch(/waiting for room for 1 more instance — sim-r: cloudgate's quota for sim-r is used up: quota 2 instances/);
+    // The operator edits the registry: sim-r may now hold 3.
+    const file = stack.config.cloudsFile!;
+    const registry = parseYaml(readFileSync(file, 'utf8'));
+    registry.clouds.find((c: any) => c.name === 'sim-r').quota = { instances: 3 };
+    writeFileSync(file, stringifyYaml(registry));
+    const ready = await waitForState(stack, id, 'READY', 120_000);
+    expect(workersOf(ready).clouds).toEqual({ 'sim-r': { instances: 3, ready: 3 } });
+    // The catalogue shows the new quota after its next refresh (an admin can ask for one now).
+    const refreshed = await stack.http('POST', '/v1/clouds/sim-r/refresh');
+    expect(refreshed.status).toBe(200);
+    expect(refreshed.body).toMatchObject({ name: 'sim-r', quota: { instances: 3 }, usage: { instances: 3 } });
+    await tearDown(id);
+  }, 200_000);
 });

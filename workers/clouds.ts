@@ -3,12 +3,12 @@
  * without one, just `sim`). Adapters get references to credentials, never values: they
  * read secrets at call time, inside activities.
  */
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import type { CloudAdapter } from '../clouds/contract.js';
 import { createSimCloud, type SimCloud, type SimRule } from '../clouds/sim.js';
-import { CloudsFileSchema, DEFAULT_CLOUDS, type CloudConfig, type CloudsFile } from '../model/clouds-config.js';
+import { CloudsFileSchema, DEFAULT_CLOUDS, type CloudConfig, type CloudQuota, type CloudsFile } from '../model/clouds-config.js';
 import type { Config } from '../model/config.js';
 
 /** Reads and validates the registry file; errors name the file and the field. */
@@ -72,4 +72,44 @@ export async function buildClouds(file: CloudsFile, config: Config, simRules?: S
   const adapters: CloudAdapter[] = [];
   for (const c of file.clouds) adapters.push(await make(c));
   return { adapters, sim: sims.values().next().value, sims };
+}
+
+/** How often (at most) the registry file is looked at again for changed quotas. */
+const QUOTA_RECHECK_MS = 2_000;
+
+/**
+ * Each cloud's `quota` as the registry file says *now*: the file is read again when it has
+ * changed (checked at most every {@link QUOTA_RECHECK_MS}), so an operator raises or lowers a
+ * quota by editing it, without restarting the worker — services waiting for room go on at
+ * their next look. Everything else in the file still needs a restart (adapters are built
+ * once). An unreadable or invalid edit is logged and the quotas read before stay.
+ */
+export function liveQuotas(file: string | undefined, initial: CloudsFile, onError?: (message: string) => void): (cloud: string) => CloudQuota | undefined {
+  let current = new Map(initial.clouds.map((c) => [c.name, c.quota]));
+  let seen = file ? mtimeOf(file) : 0;
+  let checkedAt = Date.now();
+  return (cloud) => {
+    if (file && Date.now() - checkedAt >= QUOTA_RECHECK_MS) {
+      checkedAt = Date.now();
+      const mtime = mtimeOf(file);
+      if (mtime !== seen) {
+        seen = mtime;
+        try {
+          const next = loadCloudsFile(file);
+          current = new Map(next.clouds.map((c) => [c.name, c.quota]));
+        } catch (err) {
+          onError?.(`keeping the quotas read before: ${err instanceof Error ? err.message : String(err)}`);
+        }
+      }
+    }
+    return current.get(cloud);
+  };
+}
+
+function mtimeOf(file: string): number {
+  try {
+    return statSync(file).mtimeMs;
+  } catch {
+    return 0;
+  }
 }

@@ -20,7 +20,7 @@ import { AesGcmPayloadCodec, payloadDataConverter } from '../model/payload-codec
 import { openSqliteStore, type Store } from '../store/index.js';
 import { loadPayloadKeys, loadTokenSecret } from '../store/secret.js';
 import { CLOUD_CATALOGUE_INTERVAL, CLOUD_CATALOGUE_SCHEDULE_ID, CLOUD_CATALOGUE_SCHEDULED_WORKFLOW_ID } from '../workflows/catalogue.js';
-import { buildClouds, loadCloudsFile } from './clouds.js';
+import { buildClouds, liveQuotas, loadCloudsFile } from './clouds.js';
 
 export const WORKFLOWS_PATH = fileURLToPath(new URL('../workflows/index.ts', import.meta.url));
 /** Failure messages into encrypted payloads; bundle it into the workflow code too (`bundleWorkflowCode({failureConverterPath})`). */
@@ -56,6 +56,8 @@ export async function startWorker(config: Config, opts: StartWorkerOptions = {})
   const registryFile = loadCloudsFile(config.cloudsFile);
   const codec = new AesGcmPayloadCodec(loadPayloadKeys(config));
   const { adapters, sim, sims } = await buildClouds(registryFile, config, opts.simRules);
+  // Quotas follow the registry file without a restart (the ledger checks them at every create).
+  const quotaOf = liveQuotas(config.cloudsFile, registryFile, (message) => opts.logger?.warn({ file: config.cloudsFile }, message));
   const clouds = createCloudRegistry(adapters);
   // The registry's static part only: no cloud is called and no credential read here (the catalogue activity does both).
   publishRegistry(store, registryFile);
@@ -78,11 +80,11 @@ export async function startWorker(config: Config, opts: StartWorkerOptions = {})
         readModel: store,
         capacity: {
           ledger: store,
-          quotaOf: (cloud) => registryFile.clouds.find((c) => c.name === cloud)?.quota,
+          quotaOf,
           flavorsOf: (cloud) => store.getCloud(cloud)?.offerings ?? [],
         },
       }),
-      ...createCatalogueActivities({ clouds, registry: registryFile.clouds, store }),
+      ...createCatalogueActivities({ clouds, registry: registryFile.clouds, store, quotaOf }),
     },
     maxConcurrentActivityTaskExecutions: 200,
     ...opts.tuning,

@@ -59,7 +59,7 @@ import {
 import { serviceClouds, type PlacementStrategy } from '../model/definition.js';
 import { cloudRetryMs, MAX_CREATE_FAILURES_PER_CLOUD, placeInstances } from '../model/placement.js';
 import type { CloudCount, InstanceStatus, ReadinessReport, ServiceState, ServiceStatus } from '../model/status.js';
-import type { CloudgateActivities, CreatedInstance, CreateInstancesResult, DescribedInstance, InstanceRef } from './activity-types.js';
+import type { CloudgateActivities, CreateInstancesResult, DescribedInstance, InstanceRef } from './activity-types.js';
 import { failureReason } from './failures.js';
 import {
   readinessSignal,
@@ -562,7 +562,12 @@ class ServiceRun {
     else if (wasWaiting) {
       this.s.message = undefined;
       const where = [...new Set(places)].join(', ');
-      this.emit('placement', `${this.name}: looking for room again: placing ${places.length} instance${places.length === 1 ? '' : 's'} on ${where}`);
+      this.emit(
+        'placement',
+        places.length > 0
+          ? `${this.name}: looking for room again: placing ${places.length} instance${places.length === 1 ? '' : 's'} on ${where}`
+          : `${this.name}: no longer waiting for room (scaled to ${this.s.desired})`,
+      );
     }
     const fresh = places.map((cloud, n): InstanceRecord => {
       const ordinal = this.s.nextOrdinal + n;
