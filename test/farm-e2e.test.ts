@@ -78,13 +78,7 @@ function startFakeGuestAgent(view: CloudAdapter): { stop(): Promise<void> } {
   };
 }
 
-async function domainsOn(host: string): Promise<string[]> {
-  const out = await farm.hosts[host].virsh('list', '--all', '--name');
-  return out
-    .split('\n')
-    .map((l) => l.trim())
-    .filter((l) => l && l !== 'test');
-}
+const domainsOn = (host: string): Promise<string[]> => farm.hosts[host].domains();
 
 describe('a farm of libvirt hosts', () => {
   it('places by capacity, replaces the instances of a host killed mid-deployment on the others, and tears down everywhere', async () => {

@@ -28,15 +28,8 @@ const SMALL = { cpus: 1, memoryMiB: 2048, diskGiB: 20 };
 v8.setFlagsFromString('--expose-gc');
 const collectGarbage = vm.runInNewContext('gc') as () => void;
 
-/** Names of the cloudgate (not the test driver's own) domains on a host, as `virsh list` shows them. */
-async function domainsOn(farm: LibvirtFarm, host: string): Promise<string[]> {
-  const out = await farm.hosts[host].virsh('list', '--all', '--name');
-  return out
-    .split('\n')
-    .map((l) => l.trim())
-    .filter((l) => l && l !== 'test')
-    .sort();
-}
+/** Names of the cloudgate domains on a host, as `virsh list` shows them. */
+const domainsOn = (farm: LibvirtFarm, host: string): Promise<string[]> => farm.hosts[host].domains();
 
 describe('libvirt farm registry entries', () => {
   const base = { name: 'hlt', kind: 'libvirt', images: { cernvm: '/var/lib/cloudgate/ucernvm.qcow2' } } as const;

@@ -133,6 +133,8 @@ export interface LibvirtFarmHost {
   clients(): Promise<number>;
   /** `virsh -c <uri> <args>` on this host. */
   virsh(...args: string[]): Promise<string>;
+  /** Names of the cloudgate (not the test driver's own) domains on the host, sorted, as `virsh list` shows them. */
+  domains(): Promise<string[]>;
   /** SIGKILL: the host is gone (its test-driver state with it). */
   kill(): Promise<void>;
   /** A new daemon on the same socket after `kill` (fresh test-driver state, base volume made again). */
@@ -197,6 +199,14 @@ export async function startLibvirtFarm(opts: LibvirtFarmOptions): Promise<Libvir
           return stdout.split('\n').filter((l) => /^\s*\d+\s+unix\b/.test(l)).length;
         },
         virsh,
+        async domains() {
+          const out = await virsh('list', '--all', '--name');
+          return out
+            .split('\n')
+            .map((l) => l.trim())
+            .filter((l) => l && l !== 'test')
+            .sort();
+        },
         async kill() {
           daemon.signal('SIGKILL');
           await daemon.stop();
