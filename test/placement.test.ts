@@ -13,7 +13,8 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { parse as parseYaml, stringify as stringifyYaml } from 'yaml';
 import type { SimCloud } from '../clouds/sim.js';
 import type { ClusterDefinitionInput } from '../model/definition.js';
-import { clusterInstances, clusterStatus, startStack, waitFor, waitForState, type Stack } from './harness.js';
+import { Worker } from '@temporalio/worker';
+import { clusterInstances, clusterStatus, startStack, waitFor, waitForState, workflowBundle, type Stack } from './harness.js';
 
 let stack: Stack;
 beforeAll(async () => {
@@ -45,11 +46,15 @@ function placed(name: string, instances: number, clouds: string[], strategy: 'fi
   };
 }
 
+/** Every cluster the suite submitted: their histories are replayed at the end. */
+const submitted: string[] = [];
+
 async function submit(def: ClusterDefinitionInput, cloud = 'sim-b'): Promise<string> {
   const d = await stack.http('POST', '/v1/cluster-definitions', def);
   expect(d.status).toBe(201);
   const c = await stack.http('POST', '/v1/clusters', { definitionId: d.body.id, cloud });
   if (c.status !== 202) throw new Error(`cluster rejected: ${JSON.stringify(c.body)}`);
+  submitted.push(c.body.id);
   return c.body.id as string;
 }
 
@@ -217,4 +222,22 @@ describe('one quota, many clusters', () => {
     expect(refreshed.body).toMatchObject({ name: 'sim-r', quota: { instances: 3 }, usage: { instances: 3 } });
     await tearDown(id);
   }, 200_000);
+});
+
+describe('determinism', () => {
+  it('replays every history of the suite (spills, refusals, waits, pass-over timers) without nondeterminism', async () => {
+    const histories = [];
+    for (const id of submitted) {
+      for (const workflowId of [`cluster/${id}`, `cluster/${id}/workers`]) {
+        histories.push({ workflowId, history: await stack.client.workflow.getHandle(workflowId).fetchHistory() });
+      }
+    }
+    expect(submitted).toHaveLength(10);
+    expect(histories).toHaveLength(20);
+    const failures: string[] = [];
+    for await (const r of Worker.runReplayHistories({ workflowBundle: await workflowBundle(), dataConverter: stack.dataConverter }, histories)) {
+      if (r.error) failures.push(`${r.workflowId}: ${r.error.message}`);
+    }
+    expect(failures).toEqual([]);
+  }, 120_000);
 });
