@@ -21,6 +21,7 @@ import { readinessRoutes } from './readiness.js';
 import { tokenRoutes } from './tokens.js';
 import { auditRoutes, auditTrail } from './audit.js';
 import { quotaRoutes } from './quotas.js';
+import { DEFAULT_MAX_LIFETIME_SECONDS, sessionRoutes } from './sessions.js';
 import type { Quota } from '../model/config.js';
 import type { BatcherOptions } from './readiness-batcher.js';
 
@@ -39,6 +40,8 @@ export interface ApiConfig {
   cvmfsAllowedHosts?: readonly string[];
   /** The site-wide default quota of owners without their own (`config.quota`); default the config's default. */
   quota?: Quota;
+  /** The longest a cluster may live, extensions included (`config.maxLifetimeSeconds`); default 30 days. */
+  maxLifetimeSeconds?: number;
   /** The address the server listens on: a loopback one turns on the Host check (api/host-check.ts). */
   listenHost?: string;
   /** Host names answered besides localhost, 127.0.0.1, [::1] and the public URL's (`CLOUDGATE_ALLOWED_HOST_NAMES`). */
@@ -111,7 +114,9 @@ export function createApp(deps: AppDeps): CloudgateApp {
   app.use(auditRoutes({ store }));
 
   app.use(contextRoutes({ store, config, json: bigJson, now: deps.now }));
-  app.use(clusterRoutes({ store, temporal, config, json: smallJson }));
+  const sessionConfig = { maxLifetimeSeconds: config.maxLifetimeSeconds ?? DEFAULT_MAX_LIFETIME_SECONDS };
+  app.use(clusterRoutes({ store, temporal, config: { ...config, ...sessionConfig }, json: smallJson }));
+  app.use(sessionRoutes({ store, temporal, json: smallJson }));
   const readiness = readinessRoutes({ temporal, store, tokenSecret: config.tokenSecret, batching: deps.readinessBatching });
   app.use(readiness.router);
 

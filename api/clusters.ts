@@ -14,6 +14,7 @@ import {
 } from '@temporalio/client';
 import type { SearchAttributePair } from '@temporalio/common';
 import { clusterClouds, NameSchema } from '../model/definition.js';
+import { humanSeconds, resolveLifetime } from '../model/session.js';
 import type { ServiceDefinition } from '../model/definition.js';
 import type { PublishedService } from '../model/read-model.js';
 import { CLUSTER_STATES, type ClusterState } from '../model/status.js';
@@ -68,7 +69,7 @@ import { isWorkflowGone, QUERY_DEADLINE_MS, SIGNAL_DEADLINE_MS, temporalProblem,
 export interface ClusterRouteDeps {
   store: Store;
   temporal: Client;
-  config: { temporalUiUrl: string; namespace: string; taskQueue: string; publicUrl: string; tokenSecret: string; quota?: Quota };
+  config: { temporalUiUrl: string; namespace: string; taskQueue: string; publicUrl: string; tokenSecret: string; quota?: Quota; maxLifetimeSeconds: number };
   json: express.RequestHandler;
 }
 
@@ -242,6 +243,7 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
       cloud: c.cloud,
       ...(c.owner && { owner: c.owner }),
       ...(contexts && Object.keys(contexts).length > 0 && { contexts }),
+      ...(c.lifetime && { lifetime: { ...c.lifetime, capSeconds: config.maxLifetimeSeconds } }),
     };
     // Every cloud a service may use (placement's, else the cluster's): `CloudgateClouds = "hlt"` finds the clusters that may touch hlt.
     const clouds = clusterClouds(d.services, c.cloud);
@@ -323,6 +325,16 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
     }
     // Only images the cloud's registry entry names (model/images.ts); nothing else reaches an adapter.
     if (def) errors.push(...imageErrors(def.definition, cloud, (name) => store.getCloud(name)));
+    // A session's lifetime: the definition's, overridden by the request's, its maximum within the site's cap.
+    const lifetime = def && resolveLifetime(def.definition.lifetime, body.lifetime);
+    if (lifetime?.maxSeconds !== undefined && lifetime.maxSeconds > config.maxLifetimeSeconds) {
+      const own = body.lifetime?.maxSeconds !== undefined;
+      errors.push({
+        field: own ? 'lifetime.maxSeconds' : 'definition.lifetime.maxSeconds',
+        pointer: own ? '/lifetime/maxSeconds' : '/definition/lifetime/maxSeconds',
+        message: `a cluster may live at most ${humanSeconds(config.maxLifetimeSeconds)} on this site; ${humanSeconds(lifetime.maxSeconds)} asked`,
+      });
+    }
     if (!def || !pinned || errors.length > 0) throw invalid(errors);
 
     const name = body.name ?? def.definition.name;
@@ -339,6 +351,7 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
           cloud: body.cloud,
           owner: p.owner,
           ...(Object.keys(pinned.pins).length > 0 && { contexts: pinned.pins }),
+          ...(lifetime && { lifetime }),
           ...(key && { idempotencyKey: key.data, requestHash: hash }),
         }, quota);
       } catch (err) {
@@ -420,6 +433,7 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
       ...(c.contexts && {
         contexts: Object.fromEntries(Object.entries(c.contexts).map(([svc, p]) => [svc, { id: p.id, version: p.version, repositories: p.repositories }])),
       }),
+      ...(c.lifetime && { lifetime: c.lifetime }),
       links: { ...links(c.id), instances: `/v1/clusters/${c.id}/instances`, events: `/v1/clusters/${c.id}/events` },
     };
     if (!view) {
@@ -443,6 +457,7 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
       state: view.state,
       ...(view.message !== undefined && { message: view.message }),
       services: mergeServices(view, serviceViews),
+      ...(view.expiresAt !== undefined && { expiresAt: view.expiresAt }),
       observedAt: view.observedAt,
       seq: view.seq,
     };

@@ -87,6 +87,7 @@ export async function startApi(config: Config, opts: StartApiOptions = {}): Prom
         listenHost: config.apiHost,
         allowedHostNames: config.allowedHostNames,
         quota: config.quota,
+        maxLifetimeSeconds: config.maxLifetimeSeconds,
       },
     });
     server.on('request', app);

@@ -43,6 +43,8 @@ export function openApiDocument(serverUrl: string): Doc {
   const ClusterEvent = register('ClusterEvent', S.ClusterEventSchema);
   const Scale = register('ScaleRequest', S.ScaleRequestSchema);
   const ScaleResponse = register('ScaleResponse', S.ScaleResponseSchema);
+  const Extend = register('ExtendRequest', S.ExtendRequestSchema);
+  const SessionResponse = register('SessionResponse', S.SessionResponseSchema);
   const Teardown = register('TeardownResponse', S.TeardownResponseSchema);
   const Readiness = register('ReadinessReport', S.ReadinessRequestSchema);
   const ReadinessAccepted = register('ReadinessAccepted', S.ReadinessAcceptedSchema);
@@ -220,6 +222,34 @@ export function openApiDocument(serverUrl: string): Doc {
       403: problem('A scale-up over the owner\'s quota (urn:cloudgate:problem:quota-exceeded); the desired count is unchanged'),
       404: problem('Unknown cluster or service'),
       409: problem('Cluster is not active'),
+      503: unavailable,
+    },
+  });
+  r.registerPath({
+    method: 'post',
+    path: '/v1/clusters/{id}/keepalive',
+    summary: "Reset a session's idle clock",
+    description: 'A cluster with `lifetime.idleSeconds` tears itself down once it has had no keepalive for that long. Answers the new deadlines.',
+    request: { params: clusterId },
+    responses: {
+      200: json(SessionResponse, "The session's deadlines"),
+      404: problem('Unknown cluster'),
+      409: problem('The cluster has no lifetime, or is not active'),
+      422: problem('Unknown query parameter'),
+      503: unavailable,
+    },
+  });
+  r.registerPath({
+    method: 'post',
+    path: '/v1/clusters/{id}/extend',
+    summary: "Move a session's maximum lifetime",
+    description: "Adds `seconds` to the cluster's `lifetime.maxSeconds`, within the site-wide cap (`CLOUDGATE_MAX_LIFETIME_SECONDS`).",
+    request: { params: clusterId, ...body(Extend) },
+    responses: {
+      200: json(SessionResponse, "The session's deadlines"),
+      ...common,
+      404: problem('Unknown cluster'),
+      409: problem('The cluster has no maximum lifetime, or is not active'),
       503: unavailable,
     },
   });

@@ -6,7 +6,7 @@ import { z } from 'zod';
 import { AGENTS } from '../model/agent-views.js';
 import { CloudQuotaSchema } from '../model/clouds-config.js';
 import { ContextSchema, ContextUserSchema } from '../model/context.js';
-import { ClusterDefinitionSchema, NameSchema, OfferingSchema, PlacementSchema, ServiceDefinitionSchema } from '../model/definition.js';
+import { ClusterDefinitionSchema, LifetimeSchema, NameSchema, OfferingSchema, PlacementSchema, ServiceDefinitionSchema } from '../model/definition.js';
 import { CLUSTER_EVENT_KINDS } from '../model/read-model.js';
 import { CLUSTER_STATES, INSTANCE_STATES, SERVICE_STATES } from '../model/status.js';
 
@@ -18,6 +18,8 @@ export const CreateClusterRequestSchema = z
     /** Defaults to the definition's name. Becomes the prefix of the cluster id. */
     name: NameSchema.optional(),
     cloud: z.string().min(1).max(100).default('sim'),
+    /** Overrides the definition's `lifetime`, field by field (issue 13, sessions). */
+    lifetime: LifetimeSchema.optional(),
   })
   .strict();
 export type CreateClusterRequest = z.infer<typeof CreateClusterRequestSchema>;
@@ -224,12 +226,27 @@ export const ClusterDetailSchema = z.object({
   /** Per service with a context: the version pinned at submission (what its instances render). */
   contexts: z.record(z.string(), z.object({ id: z.string(), version: z.number().int(), repositories: z.array(z.string()) })).optional(),
   links: ClusterLinksSchema.extend({ instances: z.string(), events: z.string() }),
+  lifetime: LifetimeSchema.optional().describe("The session's lifetime (the definition's, overridden by the submission's); absent: the cluster lives until deleted"),
+  expiresAt: z
+    .string()
+    .optional()
+    .describe('When the session tears itself down unless kept alive (idle limit) or extended (maximum): the earlier deadline'),
   observedAt: z.string().optional().describe('When the cluster workflow saw this state (workflow clock); absent until it has published one'),
   seq: z.number().int().min(0).describe("The cluster workflow's publish sequence number; 0 until it has published"),
 });
 export type ClusterDetail = z.infer<typeof ClusterDetailSchema>;
 
 export const ScaleResponseSchema = z.object({ service: z.string(), desired: z.number().int() });
+
+/** `POST /v1/clusters/:id/extend`. */
+export const ExtendRequestSchema = z.object({ seconds: z.number().int().min(1).max(31_536_000) }).strict();
+
+/** What keepalive and extend answer: the session's deadlines (ISO). */
+export const SessionResponseSchema = z.object({
+  expiresAt: z.string().describe('The earlier deadline: when the session ends unless kept alive or extended'),
+  idleExpiresAt: z.string().optional(),
+  maxExpiresAt: z.string().optional(),
+});
 
 export const TeardownResponseSchema = z.object({ id: z.string(), state: ClusterStateSchema, links: ClusterLinksSchema });
 

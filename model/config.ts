@@ -3,6 +3,7 @@
  * Parsing is pure: entry points pass `process.env` in.
  */
 import { z } from 'zod';
+import { DEFAULT_MAX_LIFETIME_SECONDS } from './session.js';
 
 const port = z.coerce.number().int().min(0).max(65_535);
 const rate = z.coerce.number().min(0).max(1);
@@ -56,6 +57,8 @@ export const ConfigSchema = z.object({
    * slow create call, activity retries and clock skew between worker and API), not days.
    */
   tokenMarginSeconds: z.coerce.number().int().min(60).max(86_400).default(900),
+  /** The longest a cluster may live (its `lifetime.maxSeconds`, extensions included); default 30 days. */
+  maxLifetimeSeconds: z.coerce.number().int().min(10).default(DEFAULT_MAX_LIFETIME_SECONDS),
   logLevel: z.string().default('info'),
   /** The cloud registry file (YAML or JSON); unset: only the simulated cloud `sim`. */
   cloudsFile: z.string().optional(),
@@ -118,6 +121,7 @@ export function configFromEnv(env: Record<string, string | undefined>): Config {
     taskQueue: e('CLOUDGATE_TASK_QUEUE'),
     tokenSecret: e('CLOUDGATE_TOKEN_SECRET'),
     tokenMarginSeconds: e('CLOUDGATE_TOKEN_MARGIN_SECONDS'),
+    maxLifetimeSeconds: e('CLOUDGATE_MAX_LIFETIME_SECONDS'),
     logLevel: e('CLOUDGATE_LOG_LEVEL'),
     cloudsFile: e('CLOUDGATE_CLOUDS'),
     cvmfs: {

@@ -63,6 +63,21 @@ export const ServiceDefinitionSchema = z
   .strict();
 export type ServiceDefinition = z.infer<typeof ServiceDefinitionSchema>;
 
+/**
+ * How long a cluster may live (issue 13, sessions): it tears itself down once it has had no
+ * keepalive for `idleSeconds`, or `maxSeconds` after it started (an admin-set site-wide cap
+ * bounds `maxSeconds` and every extension). A definition carries defaults; a submission may
+ * override either.
+ */
+export const LifetimeSchema = z
+  .object({
+    idleSeconds: z.number().int().min(10).max(31_536_000).optional(),
+    maxSeconds: z.number().int().min(10).max(31_536_000).optional(),
+  })
+  .strict()
+  .refine((l) => l.idleSeconds !== undefined || l.maxSeconds !== undefined, 'name idleSeconds, maxSeconds or both');
+export type Lifetime = z.infer<typeof LifetimeSchema>;
+
 export const FailurePolicySchema = z.enum(['keep', 'rollback']);
 export type FailurePolicy = z.infer<typeof FailurePolicySchema>;
 
@@ -72,6 +87,8 @@ export const ClusterDefinitionSchema = z
     name: NameSchema,
     description: z.string().max(2000).optional(),
     failurePolicy: FailurePolicySchema.default('keep'),
+    /** Default lifetime of the clusters made from it (a submission may override it). */
+    lifetime: LifetimeSchema.optional(),
     services: z.array(ServiceDefinitionSchema).min(1).max(200),
   })
   .strict()

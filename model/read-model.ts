@@ -9,7 +9,8 @@ import type { ClusterState, InstanceStatus, ServiceBrief } from './status.js';
 
 /** What happened, for `GET /v1/clusters/:id/events`. */
 /** `placement`: a cloud had no room or kept failing, and instances went to another (or wait for room). */
-export const CLUSTER_EVENT_KINDS = ['state', 'scale', 'replace', 'failure', 'retry', 'teardown', 'placement'] as const;
+/** `session`: a session's lifetime was extended. */
+export const CLUSTER_EVENT_KINDS = ['state', 'scale', 'replace', 'failure', 'retry', 'teardown', 'placement', 'session'] as const;
 export type ClusterEventKind = (typeof CLUSTER_EVENT_KINDS)[number];
 
 /** One thing that happened to a cluster or one of its services. */
@@ -41,6 +42,8 @@ export interface PublishClusterInput {
   state: ClusterState;
   message?: string;
   services: PublishedService[];
+  /** When a session ends unless kept alive or extended (clusters with a lifetime). */
+  expiresAt?: string;
   events: ClusterEvent[];
 }
 

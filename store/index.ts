@@ -10,7 +10,7 @@ import { createCipheriv, createDecipheriv, createHash, randomBytes, randomUUID }
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
-import type { ClusterDefinition } from '../model/definition.js';
+import type { ClusterDefinition, Lifetime } from '../model/definition.js';
 import type { CloudOffering } from '../clouds/contract.js';
 import type { Context, PinnedContext } from '../model/context.js';
 import type { ClusterEvent, PublishClusterInput, PublishedInstance, PublishedService, PublishServiceInput } from '../model/read-model.js';
@@ -64,6 +64,8 @@ export interface ClusterRecord {
   requestHash?: string;
   /** The context version each service was pinned to at submission (a retried create reuses them). */
   contexts?: Record<string, PinnedContext>;
+  /** The session lifetime it runs with (the definition's, overridden by the submission's). */
+  lifetime?: Lifetime;
   createdAt: string;
 }
 
@@ -359,6 +361,7 @@ CREATE TABLE IF NOT EXISTS clusters (
   idempotency_key  TEXT UNIQUE,
   request_hash     TEXT,
   contexts         TEXT,
+  lifetime         TEXT,
   created_at       TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS clouds (
@@ -402,7 +405,8 @@ CREATE TABLE IF NOT EXISTS cluster_views (
   observed_at  TEXT NOT NULL,
   state        TEXT NOT NULL,
   message      TEXT,
-  services     TEXT NOT NULL
+  services     TEXT NOT NULL,
+  expires_at   TEXT
 );
 CREATE TABLE IF NOT EXISTS service_views (
   cluster_id   TEXT NOT NULL,
@@ -477,6 +481,7 @@ interface ClusterRow {
   idempotency_key: string | null;
   request_hash: string | null;
   contexts: string | null;
+  lifetime: string | null;
   created_at: string;
 }
 interface CloudRow {
@@ -504,6 +509,7 @@ const toCluster = (r: ClusterRow): ClusterRecord => ({
   ...(r.idempotency_key !== null && { idempotencyKey: r.idempotency_key }),
   ...(r.request_hash !== null && { requestHash: r.request_hash }),
   ...(r.contexts !== null && { contexts: JSON.parse(r.contexts) as Record<string, PinnedContext> }),
+  ...(r.lifetime !== null && r.lifetime !== undefined && { lifetime: JSON.parse(r.lifetime) as Lifetime }),
   createdAt: r.created_at,
 });
 
@@ -550,6 +556,7 @@ interface ClusterViewRow {
   state: string;
   message: string | null;
   services: string;
+  expires_at: string | null;
 }
 interface ServiceViewRow {
   cluster_id: string;
@@ -589,6 +596,7 @@ const toClusterView = (r: ClusterViewRow): ClusterViewRecord => ({
   state: r.state as ClusterState,
   ...(r.message !== null && { message: r.message }),
   services: JSON.parse(r.services) as PublishedService[],
+  ...(r.expires_at !== null && { expiresAt: r.expires_at }),
 });
 
 const toServiceView = (r: ServiceViewRow): ServiceViewRecord => ({
@@ -735,6 +743,10 @@ export function openSqliteStore(file: string, options: StoreOptions = {}): Store
   // Stores made before clusters pinned context versions.
   const clusterColumns = db.prepare<[], { name: string }>("SELECT name FROM pragma_table_info('clusters')").all();
   if (!clusterColumns.some((c) => c.name === 'contexts')) db.exec('ALTER TABLE clusters ADD COLUMN contexts TEXT');
+  // Stores made before sessions (issue 13): a cluster's lifetime, and when its session ends.
+  if (!clusterColumns.some((c) => c.name === 'lifetime')) db.exec('ALTER TABLE clusters ADD COLUMN lifetime TEXT');
+  const viewColumns = db.prepare<[], { name: string }>("SELECT name FROM pragma_table_info('cluster_views')").all();
+  if (!viewColumns.some((c) => c.name === 'expires_at')) db.exec('ALTER TABLE cluster_views ADD COLUMN expires_at TEXT');
   // Stores made before instances showed their hypervisor host (issue 12).
   const instanceColumns = db.prepare<[], { name: string }>("SELECT name FROM pragma_table_info('instances')").all();
   if (!instanceColumns.some((c) => c.name === 'host')) db.exec('ALTER TABLE instances ADD COLUMN host TEXT');
@@ -765,8 +777,8 @@ export function openSqliteStore(file: string, options: StoreOptions = {}): Store
     deleteDef: db.prepare('UPDATE cluster_definitions SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL'),
     clustersOfDef: db.prepare<[string], ClusterRow>('SELECT * FROM clusters WHERE definition_id = ? ORDER BY created_at, id'),
     insertCluster: db.prepare(
-      `INSERT INTO clusters (id, name, definition_id, cloud, owner, idempotency_key, request_hash, contexts, created_at)
-       VALUES (@id, @name, @definitionId, @cloud, @owner, @idempotencyKey, @requestHash, @contexts, @createdAt)`,
+      `INSERT INTO clusters (id, name, definition_id, cloud, owner, idempotency_key, request_hash, contexts, lifetime, created_at)
+       VALUES (@id, @name, @definitionId, @cloud, @owner, @idempotencyKey, @requestHash, @contexts, @lifetime, @createdAt)`,
     ),
     getCluster: db.prepare<[string], ClusterRow>('SELECT * FROM clusters WHERE id = ?'),
     listClusters: db.prepare<[], ClusterRow>('SELECT * FROM clusters ORDER BY created_at, id'),
@@ -826,9 +838,10 @@ export function openSqliteStore(file: string, options: StoreOptions = {}): Store
 
     clusterViewSeq: db.prepare<[string], { seq: number }>('SELECT seq FROM cluster_views WHERE cluster_id = ?'),
     upsertClusterView: db.prepare(
-      `INSERT INTO cluster_views (cluster_id, seq, observed_at, state, message, services) VALUES (@clusterId, @seq, @observedAt, @state, @message, @services)
+      `INSERT INTO cluster_views (cluster_id, seq, observed_at, state, message, services, expires_at)
+       VALUES (@clusterId, @seq, @observedAt, @state, @message, @services, @expiresAt)
        ON CONFLICT(cluster_id) DO UPDATE SET seq = excluded.seq, observed_at = excluded.observed_at, state = excluded.state,
-         message = excluded.message, services = excluded.services`,
+         message = excluded.message, services = excluded.services, expires_at = excluded.expires_at`,
     ),
     getClusterView: db.prepare<[string], ClusterViewRow>('SELECT * FROM cluster_views WHERE cluster_id = ?'),
     serviceViewSeq: db.prepare<[string, string], { seq: number }>('SELECT seq FROM service_views WHERE cluster_id = ? AND service = ?'),
@@ -888,6 +901,7 @@ export function openSqliteStore(file: string, options: StoreOptions = {}): Store
       state: input.state,
       message: input.message ?? null,
       services: JSON.stringify(input.services),
+      expiresAt: input.expiresAt ?? null,
     });
     appendEvents(input.clusterId, input.events);
     return true;
@@ -996,6 +1010,7 @@ export function openSqliteStore(file: string, options: StoreOptions = {}): Store
           idempotencyKey: rec.idempotencyKey ?? null,
           requestHash: rec.requestHash ?? null,
           contexts: rec.contexts ? JSON.stringify(rec.contexts) : null,
+          lifetime: rec.lifetime ? JSON.stringify(rec.lifetime) : null,
           createdAt: rec.createdAt,
         }, quota);
       } catch (err) {

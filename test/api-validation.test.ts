@@ -432,6 +432,8 @@ describe('service endpoints', () => {
         'GET /v1/pair/{pin}',
         'GET /v1/clouds',
         'POST /v1/clouds/{id}/refresh',
+        'POST /v1/clusters/{id}/keepalive',
+        'POST /v1/clusters/{id}/extend',
         'GET /healthz',
         'GET /openapi.json',
       ].sort(),

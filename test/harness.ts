@@ -64,6 +64,8 @@ export interface StackOptions {
   captureLogs?: boolean;
   /** The site-wide default quota (`config.quota`); default the config's. */
   quota?: Config['quota'];
+  /** The site-wide cap of a cluster's lifetime (`config.maxLifetimeSeconds`); default the config's. */
+  maxLifetimeSeconds?: number;
 }
 
 export interface Stack {
@@ -116,6 +118,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
     },
     ...(opts.auth && { auth: opts.auth }),
     ...(opts.quota && { quota: opts.quota }),
+    ...(opts.maxLifetimeSeconds !== undefined && { maxLifetimeSeconds: opts.maxLifetimeSeconds }),
   });
   const connection = await Connection.connect({ address: temporal.address });
   // The same payload keys as the API and the worker (<dataDir>/payload-keys), so the client reads what they wrote.

@@ -30,12 +30,15 @@ import {
 } from '@temporalio/workflow';
 import { clusterVerdict, cvmfsChecks, startableServices } from '../model/cluster-plan.js';
 import { clusterClouds, serviceClouds, type ServiceDefinition } from '../model/definition.js';
+import { expiryReason, humanSeconds, sessionExpiry, sessionStart, type SessionDeadlines } from '../model/session.js';
 import type { ClusterEvent, ClusterEventKind, PublishClusterInput, PublishedService } from '../model/read-model.js';
 import type { ClusterState } from '../model/status.js';
 import type { CloudgateActivities } from './activity-types.js';
 import { failureReason } from './failures.js';
 import {
   CLUSTER_NOT_ACTIVE,
+  LIFETIME_OUT_OF_BOUNDS,
+  NO_LIFETIME,
   SA_CLOUDS,
   SA_CLUSTER_ID,
   SA_OWNER,
@@ -45,6 +48,8 @@ import {
   UNKNOWN_SERVICE,
   clusterStatusQuery,
   clusterWorkflowId,
+  extendUpdate,
+  keepaliveUpdate,
   scaleUpdate,
   serviceReportSignal,
   serviceTeardownSignal,
@@ -57,6 +62,7 @@ import {
   type ScaleRequest,
   type ScaleResult,
   type ServiceSummary,
+  type SessionView,
 } from './messages.js';
 import { ServiceWorkflow } from './service.js';
 
@@ -120,6 +126,8 @@ interface ClusterRunState {
   pubSeq: number;
   published: string;
   events: ClusterEvent[];
+  /** A session's deadlines (clusters with a lifetime), and a counter its watcher wakes on when they move. */
+  session?: SessionDeadlines & { moved: number };
 }
 
 /** One run of a cluster workflow: its state, message handlers, services and teardown. */
@@ -153,6 +161,7 @@ class ClusterRun {
       pubSeq: carried?.pubSeq ?? 0,
       published: '',
       events: [],
+      ...(input.lifetime && { session: { ...(carried?.session ?? sessionStart(input.lifetime, Date.now())), moved: 0 } }),
     };
     this.readModel = patched(READ_MODEL_PATCH);
     this.continues = patched(CONTINUE_AS_NEW_PATCH);
@@ -165,6 +174,8 @@ class ClusterRun {
     });
     setHandler(serviceReportSignal, (report) => this.onServiceReport(report));
     setHandler(scaleUpdate, (req) => this.scale(req), { validator: (req) => this.validateScale(req) });
+    setHandler(keepaliveUpdate, () => this.keepalive(), { validator: () => this.validateSession('keep alive') });
+    setHandler(extendUpdate, (req) => this.extend(req.seconds), { validator: (req) => this.validateExtend(req.seconds) });
   }
 
   private get clusterId(): string {
@@ -181,7 +192,92 @@ class ClusterRun {
       state: s.state,
       message: s.message,
       services: [...s.services.values()].map((x) => ({ ...x })),
+      ...(this.expiresAt() && { expiresAt: this.expiresAt() }),
     };
+  }
+
+  /** When the session ends unless kept alive or extended (ISO); undefined without a lifetime. */
+  private expiresAt(): string | undefined {
+    const at = this.s.session && sessionExpiry(this.s.session)?.at;
+    return at === undefined ? undefined : new Date(at).toISOString();
+  }
+
+  private sessionView(): SessionView {
+    const { idleUntil, maxUntil } = this.s.session!;
+    return {
+      expiresAt: this.expiresAt()!,
+      ...(idleUntil !== undefined && { idleExpiresAt: new Date(idleUntil).toISOString() }),
+      ...(maxUntil !== undefined && { maxExpiresAt: new Date(maxUntil).toISOString() }),
+    };
+  }
+
+  /** Rejections here are written nowhere (validators): a cluster without a lifetime, or one on its way out. */
+  private validateSession(what: string): void {
+    const { clusterId } = this;
+    if (!this.s.session) throw ApplicationFailure.nonRetryable(`cluster ${clusterId} has no lifetime: there is nothing to ${what}`, NO_LIFETIME);
+    const { state, teardown } = this.s;
+    if (teardown || state === 'TERMINATING' || state === 'TERMINATED') {
+      throw ApplicationFailure.nonRetryable(`cluster ${clusterId} is ${state === 'TERMINATED' ? 'terminated' : 'being torn down'}`, CLUSTER_NOT_ACTIVE);
+    }
+  }
+
+  private validateExtend(seconds: number): void {
+    this.validateSession('extend');
+    const session = this.s.session!;
+    const { clusterId } = this;
+    if (session.maxUntil === undefined) throw ApplicationFailure.nonRetryable(`cluster ${clusterId} has no maximum lifetime to extend (only an idle limit)`, NO_LIFETIME);
+    const cap = this.input.lifetime!.capSeconds;
+    const wanted = Math.round((session.maxUntil - session.startedAt) / 1000) + seconds;
+    if (!Number.isInteger(seconds) || seconds < 1 || wanted > cap) {
+      throw ApplicationFailure.nonRetryable(
+        `seconds must be a positive integer that keeps the lifetime within the site's cap of ${humanSeconds(cap)}; the lifetime is ${humanSeconds(wanted - seconds)} and ${seconds} more would make it ${humanSeconds(wanted)}`,
+        LIFETIME_OUT_OF_BOUNDS,
+      );
+    }
+  }
+
+  /** Resets the idle clock (a keepalive, or a load report). */
+  private keepalive(): SessionView {
+    const session = this.s.session!;
+    const idle = this.input.lifetime!.idleSeconds;
+    if (idle !== undefined) {
+      session.idleUntil = Date.now() + idle * 1000;
+      session.moved++;
+      this.s.dirty = true;
+    }
+    return this.sessionView();
+  }
+
+  private extend(seconds: number): SessionView {
+    const session = this.s.session!;
+    session.maxUntil! += seconds * 1000;
+    session.moved++;
+    this.emit('session', `lifetime extended by ${humanSeconds(seconds)}: it now ends at ${new Date(session.maxUntil!).toISOString()}`);
+    this.s.dirty = true;
+    return this.sessionView();
+  }
+
+  /**
+   * One timer on the session's earlier deadline, set again whenever a keepalive or an
+   * extension moves it; when it fires, the cluster tears itself down saying which deadline
+   * passed. Runs beside the main loop until teardown.
+   */
+  private async watchSession(): Promise<void> {
+    const session = this.s.session!;
+    while (!this.s.teardown) {
+      const seen = session.moved;
+      const expiry = sessionExpiry(session)!;
+      const ms = expiry.at - Date.now();
+      if (ms <= 0) {
+        const reason = `session ended: ${expiryReason(expiry.which, session, this.input.lifetime!)}`;
+        this.emit('teardown', reason);
+        this.s.teardown = { reason, rollback: false };
+        this.s.dirty = true;
+        return;
+      }
+      const summary = `session ends at ${new Date(expiry.at).toISOString()} (${expiry.which === 'idle' ? 'idle limit, unless kept alive' : 'maximum lifetime'})`;
+      await condition(() => session.moved !== seen || this.s.teardown !== undefined, ms, { summary });
+    }
   }
 
   private setState(next: ClusterState, why?: string): void {
@@ -299,7 +395,9 @@ class ClusterRun {
     }));
     // A write that failed is sent again first, unchanged (same seq): the store refuses it if it had landed.
     if (this.pendingPublish && !(await this.send(this.pendingPublish))) return;
-    const content = JSON.stringify([s.state, s.message, services]);
+    const expiresAt = this.expiresAt();
+    // Clusters without a lifetime publish exactly what they did before sessions existed.
+    const content = JSON.stringify(expiresAt ? [s.state, s.message, services, expiresAt] : [s.state, s.message, services]);
     if (content === s.published && s.events.length === 0) return;
     const write: PublishClusterInput = {
       clusterId: input.clusterId,
@@ -308,6 +406,7 @@ class ClusterRun {
       state: s.state,
       ...(s.message !== undefined && { message: s.message }),
       services,
+      ...(expiresAt && { expiresAt }),
       events: s.events.splice(0),
     };
     if (await this.send(write)) s.published = content;
@@ -448,6 +547,7 @@ class ClusterRun {
       ...(s.message !== undefined && { message: s.message }),
       everReady: s.everReady,
       pubSeq: s.pubSeq,
+      ...(s.session && { session: { startedAt: s.session.startedAt, idleUntil: s.session.idleUntil, maxUntil: s.session.maxUntil } }),
     };
   }
 
@@ -467,6 +567,7 @@ class ClusterRun {
   async run(): Promise<ClusterView> {
     const { s } = this;
     try {
+      if (this.s.session) void this.watchSession();
       if (!this.input.carried) {
         this.setState('DEPLOYING');
         await this.publish();

@@ -6,7 +6,8 @@
 import { defineQuery, defineSignal, defineUpdate } from '@temporalio/workflow';
 import { defineSearchAttributeKey, SearchAttributeType } from '@temporalio/common';
 import type { PinnedContext } from '../model/context.js';
-import type { ClusterDefinition, ServiceDefinition, FailurePolicy } from '../model/definition.js';
+import type { ClusterDefinition, ServiceDefinition, FailurePolicy, Lifetime } from '../model/definition.js';
+import type { SessionDeadlines } from '../model/session.js';
 import type { PublishedService } from '../model/read-model.js';
 import type { CarriedInstance, InstanceRecord } from '../model/service-plan.js';
 import type { ClusterState, ReadinessReport, ServiceStatus } from '../model/status.js';
@@ -44,6 +45,8 @@ export interface ClusterInput {
   tuning?: WorkflowTuning;
   /** Set only on continue-as-new. */
   carried?: ClusterCarried;
+  /** A session's lifetime (the definition's, overridden by the submission's) and the site-wide cap of its maximum. */
+  lifetime?: Lifetime & { capSeconds: number };
 }
 
 export interface WorkflowTuning {
@@ -73,6 +76,8 @@ export interface ClusterCarried {
   everReady: boolean;
   /** The sequence number of the last publish to the read model (the next run continues from it). */
   pubSeq: number;
+  /** A session's deadlines (clusters with a lifetime). */
+  session?: SessionDeadlines;
 }
 
 /** What the cluster workflow knows of each service (children report transitions). */
@@ -89,6 +94,15 @@ export interface ClusterView {
   state: ClusterState;
   message?: string;
   services: ServiceSummary[];
+  /** When a session tears itself down unless kept alive or extended (clusters with a lifetime). */
+  expiresAt?: string;
+}
+
+/** A session's deadlines as the keepalive and extend updates answer them (ISO). */
+export interface SessionView {
+  expiresAt: string;
+  idleExpiresAt?: string;
+  maxExpiresAt?: string;
 }
 
 export interface ScaleRequest {
@@ -104,9 +118,17 @@ export interface ScaleResult {
 export const UNKNOWN_SERVICE = 'UnknownService';
 export const SCALE_OUT_OF_BOUNDS = 'ScaleOutOfBounds';
 export const CLUSTER_NOT_ACTIVE = 'ClusterNotActive';
+/** Keepalive or extend of a cluster without a lifetime (or extend without a maximum); the API answers 409. */
+export const NO_LIFETIME = 'NoLifetime';
+/** An extension past the site-wide cap; the API answers 422. */
+export const LIFETIME_OUT_OF_BOUNDS = 'LifetimeOutOfBounds';
 
 export const clusterStatusQuery = defineQuery<ClusterView>('status');
 export const scaleUpdate = defineUpdate<ScaleResult, [ScaleRequest]>('scale');
+/** Resets a session's idle clock. */
+export const keepaliveUpdate = defineUpdate<SessionView, []>('keepalive');
+/** Moves a session's maximum by `seconds` (within the site-wide cap). */
+export const extendUpdate = defineUpdate<SessionView, [{ seconds: number }]>('extend');
 export const teardownSignal = defineSignal<[{ reason?: string }?]>('teardown');
 /** Child → parent: a service changed state or counts. */
 export const serviceReportSignal = defineSignal<[Omit<ServiceSummary, 'workflowId'>]>('serviceReport');

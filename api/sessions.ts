@@ -1,0 +1,75 @@
+/**
+ * Sessions over REST (issue 13): `POST /v1/clusters/:id/keepalive` resets a session's idle
+ * clock, `POST /v1/clusters/:id/extend {seconds}` moves its maximum (within the site-wide
+ * cap). Both are Updates of the cluster workflow, validated there (a rejected one leaves no
+ * trace in its history), and answer the session's deadlines. The owner or an admin may call
+ * them; anyone else gets 404, as for every other cluster route.
+ */
+import express, { type Router } from 'express';
+import { WorkflowUpdateFailedError, type Client } from '@temporalio/client';
+import { ApplicationFailure } from '@temporalio/common';
+import { NameSchema } from '../model/definition.js';
+import type { Store } from '../store/index.js';
+import {
+  CLUSTER_NOT_ACTIVE,
+  clusterWorkflowId,
+  extendUpdate,
+  keepaliveUpdate,
+  LIFETIME_OUT_OF_BOUNDS,
+  NO_LIFETIME,
+  type SessionView,
+} from '../workflows/messages.js';
+import { canSee, principalOf } from './auth.js';
+import { NoQuerySchema, queryOf } from './paging.js';
+import { conflict, invalid, notFound, parseOr422, type Problem } from './problem.js';
+import { bodyOf, param } from './request.js';
+import { ExtendRequestSchema } from './schemas.js';
+import { isWorkflowGone, temporalProblem, UPDATE_DEADLINE_MS } from './temporal-errors.js';
+
+/** The default site-wide cap of a cluster's lifetime (`config.maxLifetimeSeconds`). */
+export { DEFAULT_MAX_LIFETIME_SECONDS } from '../model/session.js';
+
+export function sessionRoutes(deps: { store: Store; temporal: Client; json: express.RequestHandler }): Router {
+  const { store, temporal, json } = deps;
+  const router = express.Router();
+
+  /** Runs one session Update on the cluster the caller may see (else 404), mapping its rejections to problems. */
+  const update = async (req: express.Request, res: express.Response, run: (id: string) => Promise<SessionView>, what: string): Promise<void> => {
+    queryOf(req, NoQuerySchema);
+    const id = param(req, 'id');
+    const c = NameSchema.safeParse(id).success ? store.getCluster(id) : undefined;
+    if (!c || !canSee(principalOf(res), c.owner)) throw notFound(`no cluster "${id}"`);
+    let view: SessionView;
+    try {
+      view = await temporal.withDeadline(Date.now() + UPDATE_DEADLINE_MS, () => run(c.id));
+    } catch (err) {
+      throw sessionProblem(err, c.id, what);
+    }
+    res.set('Cache-Control', 'no-store').json(view);
+  };
+
+  router.post('/v1/clusters/:id/keepalive', async (req, res) => {
+    await update(req, res, (id) => temporal.workflow.getHandle(clusterWorkflowId(id)).executeUpdate(keepaliveUpdate), 'keep alive');
+  });
+
+  router.post('/v1/clusters/:id/extend', json, async (req, res) => {
+    const { seconds } = parseOr422(ExtendRequestSchema, bodyOf(req));
+    await update(req, res, (id) => temporal.workflow.getHandle(clusterWorkflowId(id)).executeUpdate(extendUpdate, { args: [{ seconds }] }), 'extend');
+  });
+
+  return router;
+}
+
+function sessionProblem(err: unknown, clusterId: string, what: string): Problem {
+  if (isWorkflowGone(err)) return conflict(`cluster "${clusterId}" is not active`, err);
+  if (err instanceof WorkflowUpdateFailedError) {
+    const cause = err.cause;
+    const msg = cause?.message ?? err.message;
+    if (cause instanceof ApplicationFailure) {
+      if (cause.type === LIFETIME_OUT_OF_BOUNDS) return invalid([{ field: 'seconds', pointer: '/seconds', message: msg }]);
+      if (cause.type === NO_LIFETIME || cause.type === CLUSTER_NOT_ACTIVE) return conflict(msg, err);
+    }
+    return conflict(`${what} rejected: ${msg}`, err);
+  }
+  return temporalProblem(err, `could not ${what} cluster "${clusterId}"`);
+}
