@@ -44,6 +44,8 @@ export function openApiDocument(serverUrl: string): Doc {
   const Scale = register('ScaleRequest', S.ScaleRequestSchema);
   const ScaleResponse = register('ScaleResponse', S.ScaleResponseSchema);
   const Extend = register('ExtendRequest', S.ExtendRequestSchema);
+  const Load = register('LoadRequest', S.LoadRequestSchema);
+  const LoadResponse = register('LoadResponse', S.LoadResponseSchema);
   const SessionResponse = register('SessionResponse', S.SessionResponseSchema);
   const Teardown = register('TeardownResponse', S.TeardownResponseSchema);
   const Readiness = register('ReadinessReport', S.ReadinessRequestSchema);
@@ -222,6 +224,21 @@ export function openApiDocument(serverUrl: string): Doc {
       403: problem('A scale-up over the owner\'s quota (urn:cloudgate:problem:quota-exceeded); the desired count is unchanged'),
       404: problem('Unknown cluster or service'),
       409: problem('Cluster is not active'),
+      503: unavailable,
+    },
+  });
+  r.registerPath({
+    method: 'post',
+    path: '/v1/clusters/{id}/services/{service}/load',
+    summary: "Report a service's load (autoscale)",
+    description:
+      'For a service with `autoscale`: grows it to ceil((queued + running) / jobsPerInstance) within min and max; shrinks it only by instances named in `idleInstances` for scaleDownIdleSeconds in a row; holds within the cooldown. The decision, with its inputs, is an event of the cluster. A report also keeps a session alive.',
+    request: { params: clusterId.extend({ service: z.string() }), ...body(Load) },
+    responses: {
+      200: json(LoadResponse, 'What the cluster decided'),
+      ...common,
+      404: problem('Unknown cluster or service'),
+      409: problem('The service has no autoscale, or the cluster is not active'),
       503: unavailable,
     },
   });

@@ -128,7 +128,7 @@ export const DocumentedPlacementSchema = PlacementSchema.extend({
     'A service with no room on any of its clouds waits (state WAITING_CAPACITY) and goes on by itself when one has room',
 );
 
-export const DocumentedServiceDefinitionSchema = ServiceDefinitionSchema.extend({ placement: DocumentedPlacementSchema.optional() });
+export const DocumentedServiceDefinitionSchema = ServiceDefinitionSchema.safeExtend({ placement: DocumentedPlacementSchema.optional() });
 
 export const DocumentedClusterDefinitionSchema = ClusterDefinitionSchema.safeExtend({
   services: z.array(DocumentedServiceDefinitionSchema).min(1).max(200),
@@ -237,6 +237,24 @@ export const ClusterDetailSchema = z.object({
 export type ClusterDetail = z.infer<typeof ClusterDetailSchema>;
 
 export const ScaleResponseSchema = z.object({ service: z.string(), desired: z.number().int() });
+
+/** `POST /v1/clusters/:id/services/:service/load`: what the cluster's head node sees of its batch system. */
+export const LoadRequestSchema = z
+  .object({
+    queued: z.number().int().min(0).max(100_000_000),
+    running: z.number().int().min(0).max(100_000_000),
+    /** Instances (cloudgate names, `<cluster>-<service>-<n>`) with no job now: the only ones a scale-down may terminate. */
+    idleInstances: z.array(z.string().min(1).max(100)).max(10_000).optional(),
+  })
+  .strict();
+
+export const LoadResponseSchema = z.object({
+  service: z.string(),
+  action: z.enum(['up', 'down', 'hold']),
+  desired: z.number().int(),
+  retire: z.array(z.string()),
+  reason: z.string().describe('The inputs and the outcome, as the event says it'),
+});
 
 /** `POST /v1/clusters/:id/extend`. */
 export const ExtendRequestSchema = z.object({ seconds: z.number().int().min(1).max(31_536_000) }).strict();

@@ -1,9 +1,10 @@
 /**
- * Sessions over REST (issue 13): `POST /v1/clusters/:id/keepalive` resets a session's idle
- * clock, `POST /v1/clusters/:id/extend {seconds}` moves its maximum (within the site-wide
- * cap). Both are Updates of the cluster workflow, validated there (a rejected one leaves no
- * trace in its history), and answer the session's deadlines. The owner or an admin may call
- * them; anyone else gets 404, as for every other cluster route.
+ * Sessions and elastic scaling over REST (issue 13): `POST /v1/clusters/:id/keepalive` resets
+ * a session's idle clock, `POST /v1/clusters/:id/extend {seconds}` moves its maximum (within
+ * the site-wide cap), and `POST /v1/clusters/:id/services/:service/load` reports a service's
+ * load (autoscale; it keeps the session alive too). All are Updates of the cluster workflow,
+ * validated there (a rejected one leaves no trace in its history). The owner or an admin may
+ * call them; anyone else gets 404, as for every other cluster route.
  */
 import express, { type Router } from 'express';
 import { WorkflowUpdateFailedError, type Client } from '@temporalio/client';
@@ -16,14 +17,16 @@ import {
   extendUpdate,
   keepaliveUpdate,
   LIFETIME_OUT_OF_BOUNDS,
+  loadUpdate,
+  NO_AUTOSCALE,
   NO_LIFETIME,
-  type SessionView,
+  UNKNOWN_SERVICE,
 } from '../workflows/messages.js';
 import { canSee, principalOf } from './auth.js';
 import { NoQuerySchema, queryOf } from './paging.js';
 import { conflict, invalid, notFound, parseOr422, type Problem } from './problem.js';
 import { bodyOf, param } from './request.js';
-import { ExtendRequestSchema } from './schemas.js';
+import { ExtendRequestSchema, LoadRequestSchema } from './schemas.js';
 import { isWorkflowGone, temporalProblem, UPDATE_DEADLINE_MS } from './temporal-errors.js';
 
 /** The default site-wide cap of a cluster's lifetime (`config.maxLifetimeSeconds`). */
@@ -34,12 +37,12 @@ export function sessionRoutes(deps: { store: Store; temporal: Client; json: expr
   const router = express.Router();
 
   /** Runs one session Update on the cluster the caller may see (else 404), mapping its rejections to problems. */
-  const update = async (req: express.Request, res: express.Response, run: (id: string) => Promise<SessionView>, what: string): Promise<void> => {
+  const update = async <T>(req: express.Request, res: express.Response, run: (id: string) => Promise<T>, what: string): Promise<void> => {
     queryOf(req, NoQuerySchema);
     const id = param(req, 'id');
     const c = NameSchema.safeParse(id).success ? store.getCluster(id) : undefined;
     if (!c || !canSee(principalOf(res), c.owner)) throw notFound(`no cluster "${id}"`);
-    let view: SessionView;
+    let view: T;
     try {
       view = await temporal.withDeadline(Date.now() + UPDATE_DEADLINE_MS, () => run(c.id));
     } catch (err) {
@@ -53,8 +56,16 @@ export function sessionRoutes(deps: { store: Store; temporal: Client; json: expr
   });
 
   router.post('/v1/clusters/:id/extend', json, async (req, res) => {
+    queryOf(req, NoQuerySchema);
     const { seconds } = parseOr422(ExtendRequestSchema, bodyOf(req));
     await update(req, res, (id) => temporal.workflow.getHandle(clusterWorkflowId(id)).executeUpdate(extendUpdate, { args: [{ seconds }] }), 'extend');
+  });
+
+  router.post('/v1/clusters/:id/services/:service/load', json, async (req, res) => {
+    queryOf(req, NoQuerySchema);
+    const load = parseOr422(LoadRequestSchema, bodyOf(req));
+    const service = param(req, 'service');
+    await update(req, res, (id) => temporal.workflow.getHandle(clusterWorkflowId(id)).executeUpdate(loadUpdate, { args: [{ service, ...load }] }), 'report the load of');
   });
 
   return router;
@@ -67,7 +78,8 @@ function sessionProblem(err: unknown, clusterId: string, what: string): Problem 
     const msg = cause?.message ?? err.message;
     if (cause instanceof ApplicationFailure) {
       if (cause.type === LIFETIME_OUT_OF_BOUNDS) return invalid([{ field: 'seconds', pointer: '/seconds', message: msg }]);
-      if (cause.type === NO_LIFETIME || cause.type === CLUSTER_NOT_ACTIVE) return conflict(msg, err);
+      if (cause.type === UNKNOWN_SERVICE) return notFound(msg);
+      if (cause.type === NO_LIFETIME || cause.type === NO_AUTOSCALE || cause.type === CLUSTER_NOT_ACTIVE) return conflict(msg, err);
     }
     return conflict(`${what} rejected: ${msg}`, err);
   }

@@ -43,6 +43,21 @@ export const PlacementSchema = z
   .strict();
 export type Placement = z.infer<typeof PlacementSchema>;
 
+/**
+ * Elastic scaling of a service from the load its head node reports (issue 13): as many
+ * instances as `ceil((queued + running) / jobsPerInstance)` within `min`/`max`; down only by
+ * instances reported idle for `scaleDownIdleSeconds`; no change within `cooldownSeconds` of
+ * the last one.
+ */
+export const AutoscaleSchema = z
+  .object({
+    jobsPerInstance: z.number().int().min(1).max(100_000),
+    scaleDownIdleSeconds: z.number().int().min(0).max(86_400).default(300),
+    cooldownSeconds: z.number().int().min(0).max(86_400).default(60),
+  })
+  .strict();
+export type Autoscale = z.infer<typeof AutoscaleSchema>;
+
 export const ServiceDefinitionSchema = z
   .object({
     name: NameSchema,
@@ -59,8 +74,11 @@ export const ServiceDefinitionSchema = z
     readinessTimeoutSeconds: z.number().int().min(5).max(86_400).default(600),
     /** The clouds its instances may go to; unset: the cluster's cloud. */
     placement: PlacementSchema.optional(),
+    /** Scale with the load its head node reports (needs `max`). */
+    autoscale: AutoscaleSchema.optional(),
   })
-  .strict();
+  .strict()
+  .refine((s) => !s.autoscale || s.max !== undefined, { message: 'autoscale needs a max (the most instances it may grow to)', path: ['max'] });
 export type ServiceDefinition = z.infer<typeof ServiceDefinitionSchema>;
 
 /**

@@ -30,6 +30,7 @@ import {
 } from '@temporalio/workflow';
 import { clusterVerdict, cvmfsChecks, startableServices } from '../model/cluster-plan.js';
 import { clusterClouds, serviceClouds, type ServiceDefinition } from '../model/definition.js';
+import { autoscaleDecision } from '../model/autoscale.js';
 import { expiryReason, humanSeconds, sessionExpiry, sessionStart, type SessionDeadlines } from '../model/session.js';
 import type { ClusterEvent, ClusterEventKind, PublishClusterInput, PublishedService } from '../model/read-model.js';
 import type { ClusterState } from '../model/status.js';
@@ -38,6 +39,7 @@ import { failureReason } from './failures.js';
 import {
   CLUSTER_NOT_ACTIVE,
   LIFETIME_OUT_OF_BOUNDS,
+  NO_AUTOSCALE,
   NO_LIFETIME,
   SA_CLOUDS,
   SA_CLUSTER_ID,
@@ -50,6 +52,7 @@ import {
   clusterWorkflowId,
   extendUpdate,
   keepaliveUpdate,
+  loadUpdate,
   scaleUpdate,
   serviceReportSignal,
   serviceTeardownSignal,
@@ -61,6 +64,9 @@ import {
   type ClusterView,
   type ScaleRequest,
   type ScaleResult,
+  type AutoscaleMemory,
+  type LoadRequest,
+  type LoadResult,
   type ServiceSummary,
   type SessionView,
 } from './messages.js';
@@ -128,6 +134,10 @@ interface ClusterRunState {
   events: ClusterEvent[];
   /** A session's deadlines (clusters with a lifetime), and a counter its watcher wakes on when they move. */
   session?: SessionDeadlines & { moved: number };
+  /** Per autoscaled service: its last change and idle bookkeeping. */
+  autoscale: Map<string, AutoscaleMemory>;
+  /** Idle instances to terminate with the next desired count sent to their service (autoscale). */
+  retire: Map<string, string[]>;
 }
 
 /** One run of a cluster workflow: its state, message handlers, services and teardown. */
@@ -162,6 +172,8 @@ class ClusterRun {
       published: '',
       events: [],
       ...(input.lifetime && { session: { ...(carried?.session ?? sessionStart(input.lifetime, Date.now())), moved: 0 } }),
+      autoscale: new Map(Object.entries(carried?.autoscale ?? {})),
+      retire: new Map(),
     };
     this.readModel = patched(READ_MODEL_PATCH);
     this.continues = patched(CONTINUE_AS_NEW_PATCH);
@@ -174,6 +186,7 @@ class ClusterRun {
     });
     setHandler(serviceReportSignal, (report) => this.onServiceReport(report));
     setHandler(scaleUpdate, (req) => this.scale(req), { validator: (req) => this.validateScale(req) });
+    setHandler(loadUpdate, (req) => this.load(req), { validator: (req) => this.validateLoad(req) });
     setHandler(keepaliveUpdate, () => this.keepalive(), { validator: () => this.validateSession('keep alive') });
     setHandler(extendUpdate, (req) => this.extend(req.seconds), { validator: (req) => this.validateExtend(req.seconds) });
   }
@@ -234,6 +247,46 @@ class ClusterRun {
         LIFETIME_OUT_OF_BOUNDS,
       );
     }
+  }
+
+  private validateLoad({ service, queued, running }: LoadRequest): void {
+    const spec = this.specs.get(service);
+    const { clusterId } = this;
+    if (!spec) throw ApplicationFailure.nonRetryable(`cluster ${clusterId} has no service "${service}"`, UNKNOWN_SERVICE);
+    if (!spec.autoscale) throw ApplicationFailure.nonRetryable(`service "${service}" of cluster ${clusterId} has no autoscale: its count changes only by scale requests`, NO_AUTOSCALE);
+    if (![queued, running].every((n) => Number.isInteger(n) && n >= 0)) throw ApplicationFailure.nonRetryable('queued and running must be integers ≥ 0', SCALE_OUT_OF_BOUNDS);
+    const { state, teardown } = this.s;
+    if (teardown || state === 'TERMINATING' || state === 'TERMINATED') {
+      throw ApplicationFailure.nonRetryable(`cluster ${clusterId} is ${state === 'TERMINATED' ? 'terminated' : 'being torn down'}`, CLUSTER_NOT_ACTIVE);
+    }
+  }
+
+  /**
+   * A load report: the service's new desired count and the idle instances to retire
+   * (model/autoscale.ts), sent to the service with the next reconcile. Every change is an
+   * event with its inputs; a report also keeps a session alive.
+   */
+  private load(req: LoadRequest): LoadResult {
+    const { service } = req;
+    const spec = this.specs.get(service)!;
+    const summary = this.s.services.get(service)!;
+    const memory = this.s.autoscale.get(service) ?? { lastChangeAt: 0, idleSince: {} };
+    // Only this service's instances can be retired.
+    const own = `${this.clusterId}-${service}-`;
+    const idleInstances = (req.idleInstances ?? []).filter((id) => id.startsWith(own));
+    const now = Date.now();
+    const d = autoscaleDecision(spec.autoscale!, { min: spec.min, max: spec.max! }, { desired: summary.desired, ...memory }, { ...req, idleInstances }, now);
+    memory.idleSince = d.idleSince;
+    if (d.action !== 'hold') {
+      memory.lastChangeAt = now;
+      summary.desired = d.desired;
+      if (d.retire.length > 0) this.s.retire.set(service, [...(this.s.retire.get(service) ?? []), ...d.retire]);
+      this.emit('scale', `autoscale ${service}: ${d.reason}`, service);
+      this.s.dirty = true;
+    }
+    this.s.autoscale.set(service, memory);
+    if (this.s.session) this.keepalive();
+    return { service, action: d.action, desired: d.desired, retire: d.retire, reason: d.reason };
   }
 
   /** Resets the idle clock (a keepalive, or a load report). */
@@ -457,9 +510,12 @@ class ClusterRun {
     const started = [...this.children.keys(), ...[...s.services.values()].filter((x) => x.workflowId && !this.children.has(x.name)).map((x) => x.name)];
     for (const name of started) {
       const want = s.services.get(name)!.desired;
-      if (s.sentDesired.get(name) !== want) {
+      const retire = s.retire.get(name);
+      if (s.sentDesired.get(name) !== want || retire) {
         s.sentDesired.set(name, want);
-        await this.service(name).signal(setDesiredSignal, want);
+        s.retire.delete(name);
+        // With autoscale's idle instances to terminate; without, exactly as before.
+        await (retire ? this.service(name).signal(setDesiredSignal, want, retire) : this.service(name).signal(setDesiredSignal, want));
       }
     }
     const verdict = clusterVerdict([...s.services.values()], this.input.definition.failurePolicy, s.everReady);
@@ -548,6 +604,7 @@ class ClusterRun {
       everReady: s.everReady,
       pubSeq: s.pubSeq,
       ...(s.session && { session: { startedAt: s.session.startedAt, idleUntil: s.session.idleUntil, maxUntil: s.session.maxUntil } }),
+      ...(s.autoscale.size > 0 && { autoscale: Object.fromEntries(s.autoscale) }),
     };
   }
 

@@ -8,6 +8,7 @@ import { defineSearchAttributeKey, SearchAttributeType } from '@temporalio/commo
 import type { PinnedContext } from '../model/context.js';
 import type { ClusterDefinition, ServiceDefinition, FailurePolicy, Lifetime } from '../model/definition.js';
 import type { SessionDeadlines } from '../model/session.js';
+import type { LoadReport } from '../model/autoscale.js';
 import type { PublishedService } from '../model/read-model.js';
 import type { CarriedInstance, InstanceRecord } from '../model/service-plan.js';
 import type { ClusterState, ReadinessReport, ServiceStatus } from '../model/status.js';
@@ -78,6 +79,28 @@ export interface ClusterCarried {
   pubSeq: number;
   /** A session's deadlines (clusters with a lifetime). */
   session?: SessionDeadlines;
+  /** Per autoscaled service: when it last changed its count, and since when each instance has been reported idle. */
+  autoscale?: Record<string, AutoscaleMemory>;
+}
+
+/** What the cluster remembers of a service's load reports between them. */
+export interface AutoscaleMemory {
+  lastChangeAt: number;
+  idleSince: Record<string, number>;
+}
+
+/** A load report for one service. */
+export interface LoadRequest extends LoadReport {
+  service: string;
+}
+
+/** What the cluster did with a load report (also an event, unless it held). */
+export interface LoadResult {
+  service: string;
+  action: 'up' | 'down' | 'hold';
+  desired: number;
+  retire: string[];
+  reason: string;
 }
 
 /** What the cluster workflow knows of each service (children report transitions). */
@@ -118,6 +141,8 @@ export interface ScaleResult {
 export const UNKNOWN_SERVICE = 'UnknownService';
 export const SCALE_OUT_OF_BOUNDS = 'ScaleOutOfBounds';
 export const CLUSTER_NOT_ACTIVE = 'ClusterNotActive';
+/** A load report for a service without `autoscale`; the API answers 409. */
+export const NO_AUTOSCALE = 'NoAutoscale';
 /** Keepalive or extend of a cluster without a lifetime (or extend without a maximum); the API answers 409. */
 export const NO_LIFETIME = 'NoLifetime';
 /** An extension past the site-wide cap; the API answers 422. */
@@ -125,6 +150,8 @@ export const LIFETIME_OUT_OF_BOUNDS = 'LifetimeOutOfBounds';
 
 export const clusterStatusQuery = defineQuery<ClusterView>('status');
 export const scaleUpdate = defineUpdate<ScaleResult, [ScaleRequest]>('scale');
+/** A service's load (autoscale); it also keeps a session alive. */
+export const loadUpdate = defineUpdate<LoadResult, [LoadRequest]>('load');
 /** Resets a session's idle clock. */
 export const keepaliveUpdate = defineUpdate<SessionView, []>('keepalive');
 /** Moves a session's maximum by `seconds` (within the site-wide cap). */
@@ -187,5 +214,6 @@ export interface BlockedCloud {
 export const serviceStatusQuery = defineQuery<ServiceStatus>('serviceStatus');
 /** Phone-home reports, batched by the API per service workflow. */
 export const readinessSignal = defineSignal<[ReadinessReport[]]>('readiness');
-export const setDesiredSignal = defineSignal<[number]>('setDesired');
+/** Cluster → service: the desired count, and (autoscale) the idle instances to terminate to reach it. */
+export const setDesiredSignal = defineSignal<[number, string[]?]>('setDesired');
 export const serviceTeardownSignal = defineSignal('serviceTeardown');

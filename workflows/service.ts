@@ -140,6 +140,8 @@ interface ServiceRunState extends Omit<ServiceCarried, 'instances' | 'blocked'> 
   createFailures: Map<string, number>;
   /** Instances the last reconcile could not place: every cloud of the service is blocked. */
   unplaced: number;
+  /** Idle instances the cluster asked to terminate (autoscale), ahead of the scale plan's own choice. */
+  retiring: Set<string>;
   desired: number;
   /** Cloud activities still running. */
   inFlight: number;
@@ -238,13 +240,15 @@ class ServiceRun {
       blocked: new Map((carried?.blocked ?? []).map((b) => [b.cloud, b])),
       createFailures: new Map(),
       unplaced: 0,
+      retiring: new Set(),
     };
     // The previous run published everything before it continued as new: its instances are in
     // the read model as they are here (minus what is not carried, which the store keeps).
     if (this.readModel && (carried?.pubSeq ?? 0) > 0) for (const i of this.instances.values()) this.s.published.set(i.id, instanceFingerprint(i));
     setHandler(serviceStatusQuery, () => this.view());
-    setHandler(setDesiredSignal, (n) => {
-      if (n !== this.s.desired) this.emit('scale', `desired instances ${this.s.desired} → ${n}`);
+    setHandler(setDesiredSignal, (n, retire) => {
+      if (n !== this.s.desired) this.emit('scale', `desired instances ${this.s.desired} → ${n}${retire?.length ? `, retiring idle ${retire.join(', ')}` : ''}`);
+      for (const id of retire ?? []) this.s.retiring.add(id);
       this.s.desired = n;
       this.s.lastCheckClean = false;
       this.s.dirty = true;
@@ -547,6 +551,12 @@ class ServiceRun {
     const failed = [...all()].filter((i) => i.state === 'FAILED');
     for (const inst of failed) inst.state = 'TERMINATING';
     for (const batch of chunks(failed, CLOUD_BATCH)) this.terminate(batch, batch.length === 1 ? `replace it (${batch[0].message})` : 'replace failed instances');
+
+    // Autoscale's idle instances go first, so the scale plan never picks a busy one to reach the lower count.
+    const retired = [...this.s.retiring].map((id) => this.instances.get(id)).filter((i): i is InstanceRecord => i !== undefined && liveInstances([i]).length === 1 && i.state !== 'CREATING');
+    this.s.retiring.clear();
+    for (const inst of retired) inst.state = 'TERMINATING';
+    for (const batch of chunks(retired, CLOUD_BATCH)) this.terminate(batch, `scale down to ${this.s.desired}: idle (autoscale)`);
 
     // No new instances while the failure budget is used up (a keep-policy backoff, or a rollback to come).
     const holdCreates = this.honestFailure ? this.s.consecutiveFailures >= MAX_CONSECUTIVE_FAILURES : this.state() === 'FAILED';
