@@ -46,6 +46,7 @@ export function openApiDocument(serverUrl: string): Doc {
   const Extend = register('ExtendRequest', S.ExtendRequestSchema);
   const Load = register('LoadRequest', S.LoadRequestSchema);
   const LoadResponse = register('LoadResponse', S.LoadResponseSchema);
+  const RetryResponse = register('RetryResponse', S.RetryResponseSchema);
   const SessionResponse = register('SessionResponse', S.SessionResponseSchema);
   const Teardown = register('TeardownResponse', S.TeardownResponseSchema);
   const Readiness = register('ReadinessReport', S.ReadinessRequestSchema);
@@ -239,6 +240,21 @@ export function openApiDocument(serverUrl: string): Doc {
       ...common,
       404: problem('Unknown cluster or service'),
       409: problem('The service has no autoscale, or the cluster is not active'),
+      503: unavailable,
+    },
+  });
+  r.registerPath({
+    method: 'post',
+    path: '/v1/clusters/{id}/retry',
+    summary: 'Re-run the failed services now',
+    description:
+      'Services that are FAILED (under failurePolicy keep, between rounds of attempts) or WAITING_CAPACITY try again now instead of after their backoff. Their instances keep their names (the cloud\'s idempotency keys), so a retry never makes a duplicate.',
+    request: { params: clusterId },
+    responses: {
+      200: json(RetryResponse, 'The services told to try again'),
+      404: problem('Unknown cluster'),
+      409: problem('Nothing to retry, or the cluster is not active'),
+      422: problem('Unknown query parameter'),
       503: unavailable,
     },
   });

@@ -256,6 +256,8 @@ export const LoadResponseSchema = z.object({
   reason: z.string().describe('The inputs and the outcome, as the event says it'),
 });
 
+export const RetryResponseSchema = z.object({ services: z.array(z.string()).describe('The services told to try again now') });
+
 /** `POST /v1/clusters/:id/extend`. */
 export const ExtendRequestSchema = z.object({ seconds: z.number().int().min(1).max(31_536_000) }).strict();
 

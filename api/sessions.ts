@@ -1,8 +1,9 @@
 /**
  * Sessions and elastic scaling over REST (issue 13): `POST /v1/clusters/:id/keepalive` resets
  * a session's idle clock, `POST /v1/clusters/:id/extend {seconds}` moves its maximum (within
- * the site-wide cap), and `POST /v1/clusters/:id/services/:service/load` reports a service's
- * load (autoscale; it keeps the session alive too). All are Updates of the cluster workflow,
+ * the site-wide cap), `POST /v1/clusters/:id/services/:service/load` reports a service's
+ * load (autoscale; it keeps the session alive too), and `POST /v1/clusters/:id/retry` re-runs
+ * its failed services now. All are Updates of the cluster workflow,
  * validated there (a rejected one leaves no trace in its history). The owner or an admin may
  * call them; anyone else gets 404, as for every other cluster route.
  */
@@ -20,6 +21,8 @@ import {
   loadUpdate,
   NO_AUTOSCALE,
   NO_LIFETIME,
+  NOTHING_TO_RETRY,
+  retryUpdate,
   UNKNOWN_SERVICE,
 } from '../workflows/messages.js';
 import { canSee, principalOf } from './auth.js';
@@ -61,6 +64,10 @@ export function sessionRoutes(deps: { store: Store; temporal: Client; json: expr
     await update(req, res, (id) => temporal.workflow.getHandle(clusterWorkflowId(id)).executeUpdate(extendUpdate, { args: [{ seconds }] }), 'extend');
   });
 
+  router.post('/v1/clusters/:id/retry', async (req, res) => {
+    await update(req, res, (id) => temporal.workflow.getHandle(clusterWorkflowId(id)).executeUpdate(retryUpdate), 'retry');
+  });
+
   router.post('/v1/clusters/:id/services/:service/load', json, async (req, res) => {
     queryOf(req, NoQuerySchema);
     const load = parseOr422(LoadRequestSchema, bodyOf(req));
@@ -79,7 +86,7 @@ function sessionProblem(err: unknown, clusterId: string, what: string): Problem 
     if (cause instanceof ApplicationFailure) {
       if (cause.type === LIFETIME_OUT_OF_BOUNDS) return invalid([{ field: 'seconds', pointer: '/seconds', message: msg }]);
       if (cause.type === UNKNOWN_SERVICE) return notFound(msg);
-      if (cause.type === NO_LIFETIME || cause.type === NO_AUTOSCALE || cause.type === CLUSTER_NOT_ACTIVE) return conflict(msg, err);
+      if ([NO_LIFETIME, NO_AUTOSCALE, NOTHING_TO_RETRY, CLUSTER_NOT_ACTIVE].includes(cause.type ?? '')) return conflict(msg, err);
     }
     return conflict(`${what} rejected: ${msg}`, err);
   }

@@ -433,6 +433,7 @@ describe('service endpoints', () => {
         'GET /v1/clouds',
         'POST /v1/clouds/{id}/refresh',
         'POST /v1/clusters/{id}/keepalive',
+        'POST /v1/clusters/{id}/retry',
         'POST /v1/clusters/{id}/services/{service}/load',
         'POST /v1/clusters/{id}/extend',
         'GET /healthz',

@@ -53,6 +53,9 @@ import {
   extendUpdate,
   keepaliveUpdate,
   loadUpdate,
+  NOTHING_TO_RETRY,
+  retryNowSignal,
+  retryUpdate,
   scaleUpdate,
   serviceReportSignal,
   serviceTeardownSignal,
@@ -138,6 +141,8 @@ interface ClusterRunState {
   autoscale: Map<string, AutoscaleMemory>;
   /** Idle instances to terminate with the next desired count sent to their service (autoscale). */
   retire: Map<string, string[]>;
+  /** Services to tell to retry now (a user's retry). */
+  retryNow: Set<string>;
 }
 
 /** One run of a cluster workflow: its state, message handlers, services and teardown. */
@@ -174,6 +179,7 @@ class ClusterRun {
       ...(input.lifetime && { session: { ...(carried?.session ?? sessionStart(input.lifetime, Date.now())), moved: 0 } }),
       autoscale: new Map(Object.entries(carried?.autoscale ?? {})),
       retire: new Map(),
+      retryNow: new Set(),
     };
     this.readModel = patched(READ_MODEL_PATCH);
     this.continues = patched(CONTINUE_AS_NEW_PATCH);
@@ -187,6 +193,7 @@ class ClusterRun {
     setHandler(serviceReportSignal, (report) => this.onServiceReport(report));
     setHandler(scaleUpdate, (req) => this.scale(req), { validator: (req) => this.validateScale(req) });
     setHandler(loadUpdate, (req) => this.load(req), { validator: (req) => this.validateLoad(req) });
+    setHandler(retryUpdate, () => this.retry(), { validator: () => this.validateRetry() });
     setHandler(keepaliveUpdate, () => this.keepalive(), { validator: () => this.validateSession('keep alive') });
     setHandler(extendUpdate, (req) => this.extend(req.seconds), { validator: (req) => this.validateExtend(req.seconds) });
   }
@@ -247,6 +254,31 @@ class ClusterRun {
         LIFETIME_OUT_OF_BOUNDS,
       );
     }
+  }
+
+  /** The services a retry re-runs: started ones that failed or wait for room. */
+  private retryable(): string[] {
+    return [...this.s.services.values()].filter((x) => x.workflowId && (x.state === 'FAILED' || x.state === 'WAITING_CAPACITY')).map((x) => x.name);
+  }
+
+  private validateRetry(): void {
+    const { state, teardown } = this.s;
+    const { clusterId } = this;
+    if (teardown || state === 'TERMINATING' || state === 'TERMINATED') {
+      throw ApplicationFailure.nonRetryable(`cluster ${clusterId} is ${state === 'TERMINATED' ? 'terminated' : 'being torn down'}`, CLUSTER_NOT_ACTIVE);
+    }
+    if (this.retryable().length === 0) {
+      throw ApplicationFailure.nonRetryable(`cluster ${clusterId} has no FAILED or WAITING_CAPACITY service to retry (${this.describe()})`, NOTHING_TO_RETRY);
+    }
+  }
+
+  /** Tells each failed (or waiting) service to try again now; its instances keep their names, so nothing is made twice. */
+  private retry(): { services: string[] } {
+    const services = this.retryable();
+    for (const name of services) this.s.retryNow.add(name);
+    this.emit('retry', `retry requested: ${services.join(', ')} try again now`);
+    this.s.dirty = true;
+    return { services };
   }
 
   private validateLoad({ service, queued, running }: LoadRequest): void {
@@ -518,6 +550,8 @@ class ClusterRun {
         await (retire ? this.service(name).signal(setDesiredSignal, want, retire) : this.service(name).signal(setDesiredSignal, want));
       }
     }
+    for (const name of s.retryNow) await this.service(name).signal(retryNowSignal);
+    s.retryNow.clear();
     const verdict = clusterVerdict([...s.services.values()], this.input.definition.failurePolicy, s.everReady);
     if (verdict.rollback) {
       s.teardown = { reason: verdict.reason, rollback: true };

@@ -150,6 +150,10 @@ export const LIFETIME_OUT_OF_BOUNDS = 'LifetimeOutOfBounds';
 
 export const clusterStatusQuery = defineQuery<ClusterView>('status');
 export const scaleUpdate = defineUpdate<ScaleResult, [ScaleRequest]>('scale');
+/** Re-runs the cluster's FAILED (and WAITING_CAPACITY) services now, instead of after their backoff; answers their names. */
+export const retryUpdate = defineUpdate<{ services: string[] }, []>('retry');
+/** A retry with no service to re-run; the API answers 409. */
+export const NOTHING_TO_RETRY = 'NothingToRetry';
 /** A service's load (autoscale); it also keeps a session alive. */
 export const loadUpdate = defineUpdate<LoadResult, [LoadRequest]>('load');
 /** Resets a session's idle clock. */
@@ -217,3 +221,5 @@ export const readinessSignal = defineSignal<[ReadinessReport[]]>('readiness');
 /** Cluster → service: the desired count, and (autoscale) the idle instances to terminate to reach it. */
 export const setDesiredSignal = defineSignal<[number, string[]?]>('setDesired');
 export const serviceTeardownSignal = defineSignal('serviceTeardown');
+/** Cluster → service: start the next round of attempts (and look at full clouds again) now. */
+export const retryNowSignal = defineSignal('retryNow');

@@ -63,6 +63,7 @@ import type { CloudgateActivities, CreateInstancesResult, DescribedInstance, Ins
 import { failureReason } from './failures.js';
 import {
   readinessSignal,
+  retryNowSignal,
   serviceReportSignal,
   serviceStatusQuery,
   serviceTeardownSignal,
@@ -259,6 +260,7 @@ class ServiceRun {
       this.s.dirty = true;
     });
     setHandler(readinessSignal, (reports) => this.onReadiness(reports));
+    setHandler(retryNowSignal, () => this.retryNow());
   }
 
   private get name(): string {
@@ -748,6 +750,16 @@ class ServiceRun {
     }
     s.publishedSummary = summaryKey;
     s.lastPublishAt = now;
+  }
+
+  /** A retry asked for by a user: the next round of attempts, and another look at full clouds, now. */
+  private retryNow(): void {
+    const now = Date.now();
+    const waited = this.s.failedUntil > now ? ` instead of at ${new Date(this.s.failedUntil).toISOString()}` : '';
+    this.emit('retry', `${this.name}: retry requested: attempts start now${waited}`);
+    if (this.s.failedUntil > now) this.s.failedUntil = now;
+    for (const b of this.s.blocked.values()) if (b.until > now) b.until = now;
+    this.s.dirty = true;
   }
 
   /** Under `keep`, a FAILED service starts a new round of attempts after a growing pause. */
