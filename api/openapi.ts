@@ -47,6 +47,8 @@ export function openApiDocument(serverUrl: string): Doc {
   const Load = register('LoadRequest', S.LoadRequestSchema);
   const LoadResponse = register('LoadResponse', S.LoadResponseSchema);
   const RetryResponse = register('RetryResponse', S.RetryResponseSchema);
+  const Pause = register('PauseRequest', S.PauseRequestSchema);
+  const PauseResponse = register('PauseResponse', S.PauseResponseSchema);
   const SessionResponse = register('SessionResponse', S.SessionResponseSchema);
   const Teardown = register('TeardownResponse', S.TeardownResponseSchema);
   const Readiness = register('ReadinessReport', S.ReadinessRequestSchema);
@@ -240,6 +242,34 @@ export function openApiDocument(serverUrl: string): Doc {
       ...common,
       404: problem('Unknown cluster or service'),
       409: problem('The service has no autoscale, or the cluster is not active'),
+      503: unavailable,
+    },
+  });
+  r.registerPath({
+    method: 'post',
+    path: '/v1/clusters/{id}/pause',
+    summary: 'Vacate a cluster, keeping it (PAUSING → PAUSED)',
+    description:
+      'After graceSeconds (default 0: at once) every instance is terminated and a sweep verifies nothing is left on any cloud; the cluster keeps its id, definition, pinned contexts and history. Scale, load and retry answer 409 until it resumes.',
+    request: { params: clusterId, ...body(Pause) },
+    responses: {
+      200: json(PauseResponse, 'Pausing'),
+      ...common,
+      404: problem('Unknown cluster'),
+      409: problem('Already pausing or paused, or not active'),
+      503: unavailable,
+    },
+  });
+  r.registerPath({
+    method: 'post',
+    path: '/v1/clusters/{id}/resume',
+    summary: 'Deploy a PAUSED cluster again, in dependency order',
+    request: { params: clusterId },
+    responses: {
+      200: json(PauseResponse, 'Resuming (DEPLOYING)'),
+      404: problem('Unknown cluster'),
+      409: problem('Not PAUSED'),
+      422: problem('Unknown query parameter'),
       503: unavailable,
     },
   });

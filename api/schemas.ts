@@ -256,6 +256,13 @@ export const LoadResponseSchema = z.object({
   reason: z.string().describe('The inputs and the outcome, as the event says it'),
 });
 
+/** `POST /v1/clusters/:id/pause`: instances get `graceSeconds` to drain before they are terminated. */
+export const PauseRequestSchema = z.object({ graceSeconds: z.number().int().min(0).max(86_400).optional() }).strict();
+export const PauseResponseSchema = z.object({
+  state: z.enum(CLUSTER_STATES),
+  pausedAt: z.string().optional().describe('When the grace period ends and the instances are terminated'),
+});
+
 export const RetryResponseSchema = z.object({ services: z.array(z.string()).describe('The services told to try again now') });
 
 /** `POST /v1/clusters/:id/extend`. */

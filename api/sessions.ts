@@ -2,8 +2,9 @@
  * Sessions and elastic scaling over REST (issue 13): `POST /v1/clusters/:id/keepalive` resets
  * a session's idle clock, `POST /v1/clusters/:id/extend {seconds}` moves its maximum (within
  * the site-wide cap), `POST /v1/clusters/:id/services/:service/load` reports a service's
- * load (autoscale; it keeps the session alive too), and `POST /v1/clusters/:id/retry` re-runs
- * its failed services now. All are Updates of the cluster workflow,
+ * load (autoscale; it keeps the session alive too), `POST /v1/clusters/:id/retry` re-runs
+ * its failed services now, and `POST /v1/clusters/:id/pause {graceSeconds?}` / `resume`
+ * vacate a cluster (the HLT farm lent out) and deploy it again. All are Updates of the cluster workflow,
  * validated there (a rejected one leaves no trace in its history). The owner or an admin may
  * call them; anyone else gets 404, as for every other cluster route.
  */
@@ -22,6 +23,9 @@ import {
   NO_AUTOSCALE,
   NO_LIFETIME,
   NOTHING_TO_RETRY,
+  NOT_PAUSABLE,
+  pauseUpdate,
+  resumeUpdate,
   retryUpdate,
   UNKNOWN_SERVICE,
 } from '../workflows/messages.js';
@@ -29,7 +33,7 @@ import { canSee, principalOf } from './auth.js';
 import { NoQuerySchema, queryOf } from './paging.js';
 import { conflict, invalid, notFound, parseOr422, type Problem } from './problem.js';
 import { bodyOf, param } from './request.js';
-import { ExtendRequestSchema, LoadRequestSchema } from './schemas.js';
+import { ExtendRequestSchema, LoadRequestSchema, PauseRequestSchema } from './schemas.js';
 import { isWorkflowGone, temporalProblem, UPDATE_DEADLINE_MS } from './temporal-errors.js';
 
 /** The default site-wide cap of a cluster's lifetime (`config.maxLifetimeSeconds`). */
@@ -64,6 +68,18 @@ export function sessionRoutes(deps: { store: Store; temporal: Client; json: expr
     await update(req, res, (id) => temporal.workflow.getHandle(clusterWorkflowId(id)).executeUpdate(extendUpdate, { args: [{ seconds }] }), 'extend');
   });
 
+  router.post('/v1/clusters/:id/pause', json, async (req, res) => {
+    queryOf(req, NoQuerySchema);
+    // The body is optional: no grace period without one.
+    const hasBody = req.body !== undefined || Number(req.headers['content-length'] ?? 0) > 0 || req.headers['transfer-encoding'] !== undefined;
+    const { graceSeconds } = parseOr422(PauseRequestSchema, hasBody ? bodyOf(req) : {});
+    await update(req, res, (id) => temporal.workflow.getHandle(clusterWorkflowId(id)).executeUpdate(pauseUpdate, { args: [{ graceSeconds }] }), 'pause');
+  });
+
+  router.post('/v1/clusters/:id/resume', async (req, res) => {
+    await update(req, res, (id) => temporal.workflow.getHandle(clusterWorkflowId(id)).executeUpdate(resumeUpdate), 'resume');
+  });
+
   router.post('/v1/clusters/:id/retry', async (req, res) => {
     await update(req, res, (id) => temporal.workflow.getHandle(clusterWorkflowId(id)).executeUpdate(retryUpdate), 'retry');
   });
@@ -86,7 +102,7 @@ function sessionProblem(err: unknown, clusterId: string, what: string): Problem 
     if (cause instanceof ApplicationFailure) {
       if (cause.type === LIFETIME_OUT_OF_BOUNDS) return invalid([{ field: 'seconds', pointer: '/seconds', message: msg }]);
       if (cause.type === UNKNOWN_SERVICE) return notFound(msg);
-      if ([NO_LIFETIME, NO_AUTOSCALE, NOTHING_TO_RETRY, CLUSTER_NOT_ACTIVE].includes(cause.type ?? '')) return conflict(msg, err);
+      if ([NO_LIFETIME, NO_AUTOSCALE, NOTHING_TO_RETRY, NOT_PAUSABLE, CLUSTER_NOT_ACTIVE].includes(cause.type ?? '')) return conflict(msg, err);
     }
     return conflict(`${what} rejected: ${msg}`, err);
   }

@@ -64,6 +64,8 @@ export interface ServiceCounts {
   failing?: boolean;
   /** Instances are missing and none of the service's clouds has room for them. */
   waitingCapacity?: boolean;
+  /** Its cluster is paused: every instance goes, and none is made until it resumes. */
+  paused?: boolean;
 }
 
 /**
@@ -76,6 +78,7 @@ export interface ServiceCounts {
  */
 export function serviceState(c: ServiceCounts): ServiceState {
   if (c.tearingDown) return c.held === 0 && c.inFlight === 0 ? 'TERMINATED' : 'TERMINATING';
+  if (c.paused) return c.held === 0 && c.inFlight === 0 ? 'PAUSED' : 'TERMINATING';
   if (c.failing || c.consecutiveFailures >= MAX_CONSECUTIVE_FAILURES) return 'FAILED';
   if (c.ready >= c.desired) return 'READY';
   if (c.waitingCapacity) return 'WAITING_CAPACITY';

@@ -1,13 +1,15 @@
 /** States and status views shared by workflows (which own them) and the API (which shows them). */
 
-export const CLUSTER_STATES = ['PENDING', 'DEPLOYING', 'READY', 'DEGRADED', 'FAILED', 'TERMINATING', 'TERMINATED'] as const;
+/** PAUSING / PAUSED (issue 13): vacated on request (the HLT farm lent out), keeping identity, definition and pins; resumable. */
+export const CLUSTER_STATES = ['PENDING', 'DEPLOYING', 'READY', 'DEGRADED', 'FAILED', 'PAUSING', 'PAUSED', 'TERMINATING', 'TERMINATED'] as const;
 export type ClusterState = (typeof CLUSTER_STATES)[number];
 
 /**
  * A service waits for its dependencies, deploys, is READY (min instances ready), or not;
- * WAITING_CAPACITY: it lacks instances and none of its clouds has room (it goes on by itself when one does).
+ * WAITING_CAPACITY: it lacks instances and none of its clouds has room (it goes on by itself when one does);
+ * PAUSED: its cluster is paused and none of its instances is left (TERMINATING while they go).
  */
-export const SERVICE_STATES = ['WAITING', 'DEPLOYING', 'WAITING_CAPACITY', 'READY', 'DEGRADED', 'FAILED', 'TERMINATING', 'TERMINATED'] as const;
+export const SERVICE_STATES = ['WAITING', 'DEPLOYING', 'WAITING_CAPACITY', 'READY', 'DEGRADED', 'FAILED', 'PAUSED', 'TERMINATING', 'TERMINATED'] as const;
 export type ServiceState = (typeof SERVICE_STATES)[number];
 
 /**

@@ -434,6 +434,8 @@ describe('service endpoints', () => {
         'POST /v1/clouds/{id}/refresh',
         'POST /v1/clusters/{id}/keepalive',
         'POST /v1/clusters/{id}/retry',
+        'POST /v1/clusters/{id}/pause',
+        'POST /v1/clusters/{id}/resume',
         'POST /v1/clusters/{id}/services/{service}/load',
         'POST /v1/clusters/{id}/extend',
         'GET /healthz',

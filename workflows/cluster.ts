@@ -54,8 +54,12 @@ import {
   keepaliveUpdate,
   loadUpdate,
   NOTHING_TO_RETRY,
+  NOT_PAUSABLE,
+  pauseUpdate,
+  resumeUpdate,
   retryNowSignal,
   retryUpdate,
+  servicePauseSignal,
   scaleUpdate,
   serviceReportSignal,
   serviceTeardownSignal,
@@ -70,6 +74,7 @@ import {
   type AutoscaleMemory,
   type LoadRequest,
   type LoadResult,
+  type PauseState,
   type ServiceSummary,
   type SessionView,
 } from './messages.js';
@@ -143,6 +148,8 @@ interface ClusterRunState {
   retire: Map<string, string[]>;
   /** Services to tell to retry now (a user's retry). */
   retryNow: Set<string>;
+  /** A pause in progress or in force. */
+  pause?: PauseState;
 }
 
 /** One run of a cluster workflow: its state, message handlers, services and teardown. */
@@ -180,6 +187,7 @@ class ClusterRun {
       autoscale: new Map(Object.entries(carried?.autoscale ?? {})),
       retire: new Map(),
       retryNow: new Set(),
+      ...(carried?.pause && { pause: { ...carried.pause } }),
     };
     this.readModel = patched(READ_MODEL_PATCH);
     this.continues = patched(CONTINUE_AS_NEW_PATCH);
@@ -194,6 +202,8 @@ class ClusterRun {
     setHandler(scaleUpdate, (req) => this.scale(req), { validator: (req) => this.validateScale(req) });
     setHandler(loadUpdate, (req) => this.load(req), { validator: (req) => this.validateLoad(req) });
     setHandler(retryUpdate, () => this.retry(), { validator: () => this.validateRetry() });
+    setHandler(pauseUpdate, (req) => this.pauseCluster(req.graceSeconds ?? 0), { validator: (_req) => this.validatePause() });
+    setHandler(resumeUpdate, () => this.resumeCluster(), { validator: () => this.validateResume() });
     setHandler(keepaliveUpdate, () => this.keepalive(), { validator: () => this.validateSession('keep alive') });
     setHandler(extendUpdate, (req) => this.extend(req.seconds), { validator: (req) => this.validateExtend(req.seconds) });
   }
@@ -256,6 +266,90 @@ class ClusterRun {
     }
   }
 
+  private notActive(): ApplicationFailure | undefined {
+    const { state, teardown } = this.s;
+    return teardown || state === 'TERMINATING' || state === 'TERMINATED'
+      ? ApplicationFailure.nonRetryable(`cluster ${this.clusterId} is ${state === 'TERMINATED' ? 'terminated' : 'being torn down'}`, CLUSTER_NOT_ACTIVE)
+      : undefined;
+  }
+
+  private validatePause(): void {
+    const gone = this.notActive();
+    if (gone) throw gone;
+    if (this.s.pause) throw ApplicationFailure.nonRetryable(`cluster ${this.clusterId} is already ${this.s.pause.phase === 'resuming' ? 'resuming' : this.s.state.toLowerCase()}`, NOT_PAUSABLE);
+  }
+
+  private validateResume(): void {
+    const gone = this.notActive();
+    if (gone) throw gone;
+    if (this.s.pause?.phase !== 'paused') {
+      throw ApplicationFailure.nonRetryable(`cluster ${this.clusterId} is ${this.s.pause ? `still ${this.s.pause.phase}` : this.s.state}, not PAUSED: there is nothing to resume`, NOT_PAUSABLE);
+    }
+  }
+
+  /** Vacates after a grace period; the cluster keeps its identity, definition, pins and history. */
+  private pauseCluster(graceSeconds: number): { state: ClusterState; pausedAt?: string } {
+    const graceUntil = Date.now() + graceSeconds * 1000;
+    this.s.pause = { phase: graceSeconds > 0 ? 'grace' : 'vacating', graceUntil, waiting: [] };
+    this.setState('PAUSING', graceSeconds > 0 ? `pausing: instances may drain until ${new Date(graceUntil).toISOString()}, then every one is terminated` : 'pausing: terminating every instance');
+    if (graceSeconds > 0) void this.endGrace();
+    this.s.dirty = true;
+    return { state: this.s.state, pausedAt: new Date(graceUntil).toISOString() };
+  }
+
+  /** One timer for the grace period of a pause; a teardown ends it early. */
+  private async endGrace(): Promise<void> {
+    const pause = this.s.pause!;
+    await condition(() => this.s.teardown !== undefined, pause.graceUntil - Date.now(), { summary: `pause: instances drain until ${new Date(pause.graceUntil).toISOString()}` });
+    if (this.s.pause === pause && pause.phase === 'grace') pause.phase = 'vacating';
+    this.s.dirty = true;
+  }
+
+  /** Deploys again: each started service once its dependencies have their minimum ready again. */
+  private resumeCluster(): { state: ClusterState } {
+    const pause = this.s.pause!;
+    pause.phase = 'resuming';
+    pause.waiting = [...this.s.services.values()].filter((x) => x.workflowId).map((x) => x.name);
+    this.s.minReached.clear();
+    this.setState('DEPLOYING', 'resuming: deploying again in dependency order');
+    this.s.dirty = true;
+    return { state: this.s.state };
+  }
+
+  /**
+   * One step of a pause: tell every started service to vacate; once all report PAUSED, verify
+   * with a sweep of every cloud that nothing is left, and the cluster is PAUSED. Resuming:
+   * tell each service to deploy again once its dependencies have had their minimum ready.
+   * Returns true while the pause holds the cluster (the normal reconcile then waits).
+   */
+  private async reconcilePause(): Promise<boolean> {
+    const { s, input } = this;
+    const pause = s.pause;
+    if (!pause) return false;
+    const started = [...s.services.values()].filter((x) => x.workflowId);
+    if (pause.phase === 'grace') return true;
+    if (pause.phase === 'vacating') {
+      await Promise.all(started.filter((x) => x.state !== 'PAUSED').map((x) => this.service(x.name).signal(servicePauseSignal, true)));
+      if (started.every((x) => x.state === 'PAUSED')) {
+        const clouds = clusterClouds(input.definition.services, input.cloud);
+        const sweeps = await Promise.all(
+          clouds.map((cloud) => sweepCluster.executeWithOptions({ summary: `pause: verify no instance of ${this.clusterId} is left on ${cloud}` }, [{ cloud, clusterId: this.clusterId }])),
+        );
+        pause.phase = 'paused';
+        const left = sweeps.reduce((n, sw) => n + sw.remaining, 0);
+        this.setState('PAUSED', `paused: ${left} instances on ${clouds.join(', ')}; POST …/resume deploys it again`);
+      }
+      return true;
+    }
+    if (pause.phase === 'paused') return true;
+    // Resuming, in dependency order.
+    const ready = pause.waiting.filter((name) => this.specs.get(name)!.dependsOn.every((d) => s.minReached.has(d)));
+    for (const name of ready) await this.service(name).signal(servicePauseSignal, false);
+    pause.waiting = pause.waiting.filter((name) => !ready.includes(name));
+    if (pause.waiting.length === 0) s.pause = undefined;
+    return false;
+  }
+
   /** The services a retry re-runs: started ones that failed or wait for room. */
   private retryable(): string[] {
     return [...this.s.services.values()].filter((x) => x.workflowId && (x.state === 'FAILED' || x.state === 'WAITING_CAPACITY')).map((x) => x.name);
@@ -267,6 +361,7 @@ class ClusterRun {
     if (teardown || state === 'TERMINATING' || state === 'TERMINATED') {
       throw ApplicationFailure.nonRetryable(`cluster ${clusterId} is ${state === 'TERMINATED' ? 'terminated' : 'being torn down'}`, CLUSTER_NOT_ACTIVE);
     }
+    this.notPaused();
     if (this.retryable().length === 0) {
       throw ApplicationFailure.nonRetryable(`cluster ${clusterId} has no FAILED or WAITING_CAPACITY service to retry (${this.describe()})`, NOTHING_TO_RETRY);
     }
@@ -287,10 +382,9 @@ class ClusterRun {
     if (!spec) throw ApplicationFailure.nonRetryable(`cluster ${clusterId} has no service "${service}"`, UNKNOWN_SERVICE);
     if (!spec.autoscale) throw ApplicationFailure.nonRetryable(`service "${service}" of cluster ${clusterId} has no autoscale: its count changes only by scale requests`, NO_AUTOSCALE);
     if (![queued, running].every((n) => Number.isInteger(n) && n >= 0)) throw ApplicationFailure.nonRetryable('queued and running must be integers ≥ 0', SCALE_OUT_OF_BOUNDS);
-    const { state, teardown } = this.s;
-    if (teardown || state === 'TERMINATING' || state === 'TERMINATED') {
-      throw ApplicationFailure.nonRetryable(`cluster ${clusterId} is ${state === 'TERMINATED' ? 'terminated' : 'being torn down'}`, CLUSTER_NOT_ACTIVE);
-    }
+    const gone = this.notActive();
+    if (gone) throw gone;
+    this.notPaused();
   }
 
   /**
@@ -405,6 +499,13 @@ class ClusterRun {
     if (teardown || state === 'TERMINATING' || state === 'TERMINATED') {
       throw ApplicationFailure.nonRetryable(`cluster ${clusterId} is ${state === 'TERMINATED' ? 'terminated' : 'being torn down'}`, CLUSTER_NOT_ACTIVE);
     }
+    this.notPaused();
+  }
+
+  /** Scale, load and retry wait for a paused cluster to resume. */
+  private notPaused(): void {
+    const pause = this.s.pause;
+    if (pause && pause.phase !== 'resuming') throw ApplicationFailure.nonRetryable(`cluster ${this.clusterId} is ${this.s.state}: resume it first`, CLUSTER_NOT_ACTIVE);
   }
 
   private async startService(name: string): Promise<void> {
@@ -536,6 +637,11 @@ class ClusterRun {
   /** One pass: start what may start, pass scale requests on, judge the cluster. */
   private async reconcile(): Promise<void> {
     const { s } = this;
+    if (await this.reconcilePause()) {
+      setCurrentDetails(`**${s.state}** — ${this.describe()}${s.message ? `\n\n${s.message}` : ''}`);
+      await this.publish();
+      return;
+    }
     const startable = startableServices(this.input.definition.services, (name) => s.services.get(name)!.state, s.minReached);
     await Promise.all(startable.map((spec) => this.startService(spec.name)));
     // This run's children first, in the order they started (as runs before continue-as-new did), then those an earlier run started.
@@ -639,6 +745,7 @@ class ClusterRun {
       pubSeq: s.pubSeq,
       ...(s.session && { session: { startedAt: s.session.startedAt, idleUntil: s.session.idleUntil, maxUntil: s.session.maxUntil } }),
       ...(s.autoscale.size > 0 && { autoscale: Object.fromEntries(s.autoscale) }),
+      ...(s.pause && { pause: { ...s.pause } }),
     };
   }
 
@@ -648,6 +755,8 @@ class ClusterRun {
    */
   private async continueAsNewIfDue(): Promise<void> {
     if (!this.shouldContinueAsNew()) return;
+    // A pause's grace timer and its steps live in this run: hand over only a settled pause.
+    if (this.s.pause && this.s.pause.phase !== 'paused') return;
     await condition(allHandlersFinished);
     if (this.s.teardown || this.s.dirty) return;
     await this.publish();

@@ -81,6 +81,20 @@ export interface ClusterCarried {
   session?: SessionDeadlines;
   /** Per autoscaled service: when it last changed its count, and since when each instance has been reported idle. */
   autoscale?: Record<string, AutoscaleMemory>;
+  /** A pause in progress or in force (issue 13). */
+  pause?: PauseState;
+}
+
+/**
+ * A cluster's pause: `grace` until `graceUntil` (instances may drain), then `vacating` (services
+ * terminate everything), `paused` (nothing left, verified by a sweep), and on resume
+ * `resuming` until every service in `waiting` has been told to deploy again, in dependency order.
+ */
+export interface PauseState {
+  phase: 'grace' | 'vacating' | 'paused' | 'resuming';
+  graceUntil: number;
+  /** Resuming: the started services not yet told to deploy again. */
+  waiting: string[];
 }
 
 /** What the cluster remembers of a service's load reports between them. */
@@ -150,6 +164,12 @@ export const LIFETIME_OUT_OF_BOUNDS = 'LifetimeOutOfBounds';
 
 export const clusterStatusQuery = defineQuery<ClusterView>('status');
 export const scaleUpdate = defineUpdate<ScaleResult, [ScaleRequest]>('scale');
+/** Vacates the cluster after `graceSeconds` (default 0): every instance goes, the cluster stays (PAUSED). */
+export const pauseUpdate = defineUpdate<{ state: ClusterState; pausedAt?: string }, [{ graceSeconds?: number }]>('pause');
+/** Redeploys a PAUSED cluster in dependency order. */
+export const resumeUpdate = defineUpdate<{ state: ClusterState }, []>('resume');
+/** Pause of a paused (or pausing) cluster, resume of one that is not PAUSED; the API answers 409. */
+export const NOT_PAUSABLE = 'NotPausable';
 /** Re-runs the cluster's FAILED (and WAITING_CAPACITY) services now, instead of after their backoff; answers their names. */
 export const retryUpdate = defineUpdate<{ services: string[] }, []>('retry');
 /** A retry with no service to re-run; the API answers 409. */
@@ -202,6 +222,8 @@ export interface ServiceCarried {
   pubSeq?: number;
   /** Clouds passed over for now (no room, or failing creates): until when (workflow clock), why, times in a row. */
   blocked?: BlockedCloud[];
+  /** Its cluster is paused (issue 13). */
+  paused?: boolean;
 }
 
 /** A cloud a service does not place instances on until `until`. */
@@ -223,3 +245,5 @@ export const setDesiredSignal = defineSignal<[number, string[]?]>('setDesired');
 export const serviceTeardownSignal = defineSignal('serviceTeardown');
 /** Cluster → service: start the next round of attempts (and look at full clouds again) now. */
 export const retryNowSignal = defineSignal('retryNow');
+/** Cluster → service: terminate every instance and make none until resumed (true), or deploy again (false). */
+export const servicePauseSignal = defineSignal<[boolean]>('servicePause');

@@ -64,6 +64,7 @@ import { failureReason } from './failures.js';
 import {
   readinessSignal,
   retryNowSignal,
+  servicePauseSignal,
   serviceReportSignal,
   serviceStatusQuery,
   serviceTeardownSignal,
@@ -224,6 +225,7 @@ class ServiceRun {
       message: carried?.message,
       tearingDown: carried?.tearingDown ?? false,
       failing: carried?.failing ?? false,
+      paused: carried?.paused ?? false,
       desired: input.desired,
       inFlight: 0,
       dirty: true,
@@ -261,6 +263,12 @@ class ServiceRun {
     });
     setHandler(readinessSignal, (reports) => this.onReadiness(reports));
     setHandler(retryNowSignal, () => this.retryNow());
+    setHandler(servicePauseSignal, (paused) => {
+      if (paused !== this.s.paused) this.emit('state', paused ? `${this.name}: pausing: terminating every instance` : `${this.name}: resuming: deploying ${this.s.desired} instances`);
+      this.s.paused = paused;
+      this.s.lastCheckClean = false;
+      this.s.dirty = true;
+    });
   }
 
   private get name(): string {
@@ -275,7 +283,8 @@ class ServiceRun {
     const { desired, inFlight, consecutiveFailures, tearingDown, degraded } = this.s;
     const failing = this.honestFailure && this.s.failing === true;
     const waitingCapacity = this.s.unplaced > 0;
-    return serviceState({ desired, ready: this.readyCount(), held: this.instances.size, inFlight, consecutiveFailures, tearingDown, degraded, failing, waitingCapacity });
+    const paused = this.s.paused === true;
+    return serviceState({ desired, ready: this.readyCount(), held: this.instances.size, inFlight, consecutiveFailures, tearingDown, degraded, failing, waitingCapacity, paused });
   }
 
   /** When a FAILED service under `keep` starts its next round of attempts (ISO), while it waits for it. */
@@ -541,11 +550,12 @@ class ServiceRun {
   reconcile(): void {
     const now = Date.now();
     const all = () => this.instances.values();
-    if (this.s.tearingDown) {
+    if (this.s.tearingDown || this.s.paused) {
       // CREATING instances are picked up once their create returns (or fails, then by key).
       const rest = [...all()].filter((i) => i.state !== 'TERMINATING' && i.state !== 'CREATING');
       for (const inst of rest) inst.state = 'TERMINATING';
-      for (const batch of chunks(rest, CLOUD_BATCH)) this.terminate(batch, 'teardown');
+      for (const batch of chunks(rest, CLOUD_BATCH)) this.terminate(batch, this.s.tearingDown ? 'teardown' : 'pause: vacate');
+      this.s.unplaced = 0;
       return;
     }
     for (const inst of overdueInstances(all(), now)) this.fail(inst, `no readiness report within ${this.input.service.readinessTimeoutSeconds} s`);
@@ -781,7 +791,7 @@ class ServiceRun {
   }
 
   private carried(): ServiceCarried {
-    const { nextOrdinal, replacements, consecutiveFailures, everReady, degraded, failedRounds, message, tearingDown, failing, pubSeq } = this.s;
+    const { nextOrdinal, replacements, consecutiveFailures, everReady, degraded, failedRounds, message, tearingDown, failing, pubSeq, paused } = this.s;
     // With the read model, instances travel compact (what decisions need); before it, whole.
     const instances = [...this.instances.values()].map((i) => (this.readModel ? compactInstance(i, this.clouds) : i));
     const blocked = [...this.s.blocked.values()];
@@ -798,6 +808,7 @@ class ServiceRun {
       failing,
       pubSeq,
       ...(blocked.length > 0 && { blocked }),
+      ...(paused && { paused }),
     };
   }
 
