@@ -245,10 +245,8 @@ class ClusterRun {
   private validateSession(what: string): void {
     const { clusterId } = this;
     if (!this.s.session) throw ApplicationFailure.nonRetryable(`cluster ${clusterId} has no lifetime: there is nothing to ${what}`, NO_LIFETIME);
-    const { state, teardown } = this.s;
-    if (teardown || state === 'TERMINATING' || state === 'TERMINATED') {
-      throw ApplicationFailure.nonRetryable(`cluster ${clusterId} is ${state === 'TERMINATED' ? 'terminated' : 'being torn down'}`, CLUSTER_NOT_ACTIVE);
-    }
+    const gone = this.notActive();
+    if (gone) throw gone;
   }
 
   private validateExtend(seconds: number): void {
@@ -266,6 +264,7 @@ class ClusterRun {
     }
   }
 
+  /** The rejection of a request to a cluster on its way out (validators), or undefined. */
   private notActive(): ApplicationFailure | undefined {
     const { state, teardown } = this.s;
     return teardown || state === 'TERMINATING' || state === 'TERMINATED'
@@ -356,11 +355,9 @@ class ClusterRun {
   }
 
   private validateRetry(): void {
-    const { state, teardown } = this.s;
     const { clusterId } = this;
-    if (teardown || state === 'TERMINATING' || state === 'TERMINATED') {
-      throw ApplicationFailure.nonRetryable(`cluster ${clusterId} is ${state === 'TERMINATED' ? 'terminated' : 'being torn down'}`, CLUSTER_NOT_ACTIVE);
-    }
+    const gone = this.notActive();
+    if (gone) throw gone;
     this.notPaused();
     if (this.retryable().length === 0) {
       throw ApplicationFailure.nonRetryable(`cluster ${clusterId} has no FAILED or WAITING_CAPACITY service to retry (${this.describe()})`, NOTHING_TO_RETRY);
@@ -495,10 +492,8 @@ class ClusterRun {
         SCALE_OUT_OF_BOUNDS,
       );
     }
-    const { state, teardown } = this.s;
-    if (teardown || state === 'TERMINATING' || state === 'TERMINATED') {
-      throw ApplicationFailure.nonRetryable(`cluster ${clusterId} is ${state === 'TERMINATED' ? 'terminated' : 'being torn down'}`, CLUSTER_NOT_ACTIVE);
-    }
+    const gone = this.notActive();
+    if (gone) throw gone;
     this.notPaused();
   }
 
