@@ -6,9 +6,7 @@
 import { createHash, randomInt } from 'node:crypto';
 import express, { type Router } from 'express';
 import {
-  ApplicationFailure,
   WorkflowExecutionAlreadyStartedError,
-  WorkflowUpdateFailedError,
   type Client,
   type WorkflowExecutionDescription,
 } from '@temporalio/client';
@@ -63,7 +61,7 @@ import {
   type ClusterDetail,
   type CreateClusterRequest,
 } from './schemas.js';
-import { isWorkflowGone, QUERY_DEADLINE_MS, SIGNAL_DEADLINE_MS, temporalProblem, UPDATE_DEADLINE_MS } from './temporal-errors.js';
+import { isWorkflowGone, QUERY_DEADLINE_MS, SIGNAL_DEADLINE_MS, temporalProblem, UPDATE_DEADLINE_MS, updateProblem } from './temporal-errors.js';
 
 /** What the cluster routes use; `json` is the app's body parser (limit and error mapping). */
 export interface ClusterRouteDeps {
@@ -71,6 +69,13 @@ export interface ClusterRouteDeps {
   temporal: Client;
   config: { temporalUiUrl: string; namespace: string; taskQueue: string; publicUrl: string; tokenSecret: string; quota?: Quota; maxLifetimeSeconds: number };
   json: express.RequestHandler;
+}
+
+/** The cluster `id` if the caller may see it; someone else's is a 404 exactly like an unknown one. */
+export function visibleCluster(store: Pick<Store, 'getCluster'>, id: string, p: Principal): ClusterRecord {
+  const c = isName(id) ? store.getCluster(id) : undefined;
+  if (!c || !canSee(p, c.owner)) throw notFound(`no cluster "${id}"`);
+  return c;
 }
 
 /** Route parameters that cannot name a cluster or service get a 404 without a store or Temporal round trip. */
@@ -204,12 +209,7 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
     workerSeenAt = Date.now();
   }
 
-  /** The cluster `id` if the caller may see it; someone else's is a 404 exactly like an unknown one. */
-  const clusterOr404 = (id: string, p: Principal): ClusterRecord => {
-    const c = isName(id) ? store.getCluster(id) : undefined;
-    if (!c || !canSee(p, c.owner)) throw notFound(`no cluster "${id}"`);
-    return c;
-  };
+  const clusterOr404 = (id: string, p: Principal): ClusterRecord => visibleCluster(store, id, p);
 
   /** A service of the cluster's definition, else 404. */
   const serviceOr404 = (c: ClusterRecord, service: string): ServiceDefinition => {
@@ -606,16 +606,9 @@ function offeringMisfits(targets: readonly CloudTargetOf[]): FieldError[] {
 
 /** Maps the scale update's rejections (validator failures carry a type) to HTTP. */
 function scaleProblem(err: unknown, clusterId: string): Problem {
-  if (isWorkflowGone(err)) return conflict(`cluster "${clusterId}" is not active`, err);
-  if (err instanceof WorkflowUpdateFailedError) {
-    const cause = err.cause;
-    const msg = cause?.message ?? err.message;
-    if (cause instanceof ApplicationFailure) {
-      if (cause.type === UNKNOWN_SERVICE) return notFound(msg);
-      if (cause.type === SCALE_OUT_OF_BOUNDS) return invalid([{ field: 'instances', pointer: '/instances', message: msg }]);
-      if (cause.type === CLUSTER_NOT_ACTIVE) return conflict(`cluster "${clusterId}" is not active: ${msg}`, err);
-    }
-    return conflict(`scale rejected: ${msg}`, err);
-  }
-  return temporalProblem(err, `could not scale cluster "${clusterId}"`);
+  return updateProblem(err, clusterId, 'scale', {
+    [UNKNOWN_SERVICE]: (msg) => notFound(msg),
+    [SCALE_OUT_OF_BOUNDS]: (msg) => invalid([{ field: 'instances', pointer: '/instances', message: msg }]),
+    [CLUSTER_NOT_ACTIVE]: (msg) => conflict(`cluster "${clusterId}" is not active: ${msg}`, err),
+  });
 }

@@ -9,9 +9,7 @@
  * call them; anyone else gets 404, as for every other cluster route.
  */
 import express, { type Router } from 'express';
-import { WorkflowUpdateFailedError, type Client } from '@temporalio/client';
-import { ApplicationFailure } from '@temporalio/common';
-import { NameSchema } from '../model/definition.js';
+import type { Client } from '@temporalio/client';
 import type { Store } from '../store/index.js';
 import {
   CLUSTER_NOT_ACTIVE,
@@ -29,12 +27,13 @@ import {
   retryUpdate,
   UNKNOWN_SERVICE,
 } from '../workflows/messages.js';
-import { canSee, principalOf } from './auth.js';
+import { principalOf } from './auth.js';
 import { NoQuerySchema, queryOf } from './paging.js';
 import { conflict, invalid, notFound, parseOr422, type Problem } from './problem.js';
-import { bodyOf, param } from './request.js';
+import { bodyOf, optionalBodyOf, param } from './request.js';
 import { ExtendRequestSchema, LoadRequestSchema, PauseRequestSchema } from './schemas.js';
-import { isWorkflowGone, temporalProblem, UPDATE_DEADLINE_MS } from './temporal-errors.js';
+import { UPDATE_DEADLINE_MS, updateProblem } from './temporal-errors.js';
+import { visibleCluster } from './clusters.js';
 
 /** The default site-wide cap of a cluster's lifetime (`config.maxLifetimeSeconds`). */
 export { DEFAULT_MAX_LIFETIME_SECONDS } from '../model/session.js';
@@ -46,9 +45,7 @@ export function sessionRoutes(deps: { store: Store; temporal: Client; json: expr
   /** Runs one session Update on the cluster the caller may see (else 404), mapping its rejections to problems. */
   const update = async <T>(req: express.Request, res: express.Response, run: (id: string) => Promise<T>, what: string): Promise<void> => {
     queryOf(req, NoQuerySchema);
-    const id = param(req, 'id');
-    const c = NameSchema.safeParse(id).success ? store.getCluster(id) : undefined;
-    if (!c || !canSee(principalOf(res), c.owner)) throw notFound(`no cluster "${id}"`);
+    const c = visibleCluster(store, param(req, 'id'), principalOf(res));
     let view: T;
     try {
       view = await temporal.withDeadline(Date.now() + UPDATE_DEADLINE_MS, () => run(c.id));
@@ -71,8 +68,7 @@ export function sessionRoutes(deps: { store: Store; temporal: Client; json: expr
   router.post('/v1/clusters/:id/pause', json, async (req, res) => {
     queryOf(req, NoQuerySchema);
     // The body is optional: no grace period without one.
-    const hasBody = req.body !== undefined || Number(req.headers['content-length'] ?? 0) > 0 || req.headers['transfer-encoding'] !== undefined;
-    const { graceSeconds } = parseOr422(PauseRequestSchema, hasBody ? bodyOf(req) : {});
+    const { graceSeconds } = parseOr422(PauseRequestSchema, optionalBodyOf(req) ?? {});
     await update(req, res, (id) => temporal.workflow.getHandle(clusterWorkflowId(id)).executeUpdate(pauseUpdate, { args: [{ graceSeconds }] }), 'pause');
   });
 
@@ -95,16 +91,10 @@ export function sessionRoutes(deps: { store: Store; temporal: Client; json: expr
 }
 
 function sessionProblem(err: unknown, clusterId: string, what: string): Problem {
-  if (isWorkflowGone(err)) return conflict(`cluster "${clusterId}" is not active`, err);
-  if (err instanceof WorkflowUpdateFailedError) {
-    const cause = err.cause;
-    const msg = cause?.message ?? err.message;
-    if (cause instanceof ApplicationFailure) {
-      if (cause.type === LIFETIME_OUT_OF_BOUNDS) return invalid([{ field: 'seconds', pointer: '/seconds', message: msg }]);
-      if (cause.type === UNKNOWN_SERVICE) return notFound(msg);
-      if ([NO_LIFETIME, NO_AUTOSCALE, NOTHING_TO_RETRY, NOT_PAUSABLE, CLUSTER_NOT_ACTIVE].includes(cause.type ?? '')) return conflict(msg, err);
-    }
-    return conflict(`${what} rejected: ${msg}`, err);
-  }
-  return temporalProblem(err, `could not ${what} cluster "${clusterId}"`);
+  const refused = (msg: string) => conflict(msg, err);
+  return updateProblem(err, clusterId, what, {
+    [LIFETIME_OUT_OF_BOUNDS]: (msg) => invalid([{ field: 'seconds', pointer: '/seconds', message: msg }]),
+    [UNKNOWN_SERVICE]: (msg) => notFound(msg),
+    ...Object.fromEntries([NO_LIFETIME, NO_AUTOSCALE, NOTHING_TO_RETRY, NOT_PAUSABLE, CLUSTER_NOT_ACTIVE].map((type) => [type, refused])),
+  });
 }

@@ -3,8 +3,9 @@
  * upstreams (server, workers), never the caller's input, so it maps to 503 unless a route
  * knows better (not found, update rejected).
  */
-import { isGrpcServiceError, ServiceError, WorkflowNotFoundError, WorkflowUpdateRPCTimeoutOrCancelledError } from '@temporalio/client';
-import { unavailable, type Problem } from './problem.js';
+import { isGrpcServiceError, ServiceError, WorkflowNotFoundError, WorkflowUpdateFailedError, WorkflowUpdateRPCTimeoutOrCancelledError } from '@temporalio/client';
+import { ApplicationFailure } from '@temporalio/common';
+import { conflict, unavailable, type Problem } from './problem.js';
 
 /** Deadlines for calls made while a client waits for the answer. */
 export const QUERY_DEADLINE_MS = 10_000;
@@ -45,4 +46,20 @@ export function temporalProblem(err: unknown, what: string): Problem {
     return unavailable(`${what}: the cloudgate worker is not reachable (${reason(err)})`, err);
   }
   return unavailable(`${what}: ${reason(err)}`, err);
+}
+
+/**
+ * The problem for a cluster workflow Update that did not go through: a closed workflow is a
+ * 409; a rejection by its validator maps by failure type through `byType` (anything else is a
+ * 409 naming what was rejected); other errors are Temporal's (temporalProblem).
+ */
+export function updateProblem(err: unknown, clusterId: string, what: string, byType: Record<string, (message: string) => Problem>): Problem {
+  if (isWorkflowGone(err)) return conflict(`cluster "${clusterId}" is not active`, err);
+  if (err instanceof WorkflowUpdateFailedError) {
+    const cause = err.cause;
+    const msg = cause?.message ?? err.message;
+    const mapped = cause instanceof ApplicationFailure && cause.type ? byType[cause.type] : undefined;
+    return mapped ? mapped(msg) : conflict(`${what} rejected: ${msg}`, err);
+  }
+  return temporalProblem(err, `could not ${what} cluster "${clusterId}"`);
 }

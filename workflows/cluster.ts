@@ -322,7 +322,7 @@ class ClusterRun {
    * Returns true while the pause holds the cluster (the normal reconcile then waits).
    */
   private async reconcilePause(): Promise<boolean> {
-    const { s, input } = this;
+    const { s } = this;
     const pause = s.pause;
     if (!pause) return false;
     const started = [...s.services.values()].filter((x) => x.workflowId);
@@ -330,12 +330,8 @@ class ClusterRun {
     if (pause.phase === 'vacating') {
       await Promise.all(started.filter((x) => x.state !== 'PAUSED').map((x) => this.service(x.name).signal(servicePauseSignal, true)));
       if (started.every((x) => x.state === 'PAUSED')) {
-        const clouds = clusterClouds(input.definition.services, input.cloud);
-        const sweeps = await Promise.all(
-          clouds.map((cloud) => sweepCluster.executeWithOptions({ summary: `pause: verify no instance of ${this.clusterId} is left on ${cloud}` }, [{ cloud, clusterId: this.clusterId }])),
-        );
+        const { clouds, left } = await this.sweepEveryCloud('pause: ');
         pause.phase = 'paused';
-        const left = sweeps.reduce((n, sw) => n + sw.remaining, 0);
         this.setState('PAUSED', `paused: ${left} instances on ${clouds.join(', ')}; POST …/resume deploys it again`);
       }
       return true;
@@ -671,7 +667,7 @@ class ClusterRun {
 
   /** Teardown (requested, rollback or cancel): nothing may be left behind, so no cancellation from here on. */
   private async tearDown(): Promise<ClusterView> {
-    const { input, s, clusterId } = this;
+    const { s } = this;
     const { reason, rollback } = s.teardown!;
     return await CancellationScope.nonCancellable(async () => {
       this.setState('TERMINATING', reason);
@@ -689,20 +685,28 @@ class ClusterRun {
       // Services an earlier run started: they report TERMINATED when their instances are gone.
       const inherited = [...s.services.values()].filter((x) => x.workflowId && !this.children.has(x.name));
       await Promise.all(inherited.map((x) => this.awaitServiceTeardown(x)));
-      // Every cloud any service may have used: nothing may be left on any of them.
-      const clouds = clusterClouds(input.definition.services, input.cloud);
-      const sweeps = await Promise.all(
-        clouds.map((cloud) => sweepCluster.executeWithOptions({ summary: `verify no instance of ${clusterId} is left on ${cloud}` }, [{ cloud, clusterId }])),
-      );
-      for (const sweep of sweeps) if (sweep.terminated.length > 0) log.warn('sweep found leftover instances and terminated them', { cloud: sweep.cloud, instances: sweep.terminated });
+      const { clouds, left } = await this.sweepEveryCloud('');
       for (const x of s.services.values()) x.state = 'TERMINATED';
       this.setState(rollback ? 'FAILED' : 'TERMINATED', reason);
-      const left = sweeps.reduce((n, sw) => n + sw.remaining, 0);
       setCurrentDetails(`**${s.state}** — ${reason}; ${left} instances left in ${clouds.join(', ')}`);
       await this.publish();
       await condition(allHandlersFinished);
       return this.view();
     });
+  }
+
+  /**
+   * Verifies, by the cluster's tag, that nothing of it is left on any cloud any service may
+   * have used (terminating what is), one sweep activity per cloud; `why` prefixes the summaries.
+   */
+  private async sweepEveryCloud(why: string): Promise<{ clouds: string[]; left: number }> {
+    const { input, clusterId } = this;
+    const clouds = clusterClouds(input.definition.services, input.cloud);
+    const sweeps = await Promise.all(
+      clouds.map((cloud) => sweepCluster.executeWithOptions({ summary: `${why}verify no instance of ${clusterId} is left on ${cloud}` }, [{ cloud, clusterId }])),
+    );
+    for (const sweep of sweeps) if (sweep.terminated.length > 0) log.warn('sweep found leftover instances and terminated them', { cloud: sweep.cloud, instances: sweep.terminated });
+    return { clouds, left: sweeps.reduce((n, sw) => n + sw.remaining, 0) };
   }
 
   /**
