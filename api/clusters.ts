@@ -31,6 +31,8 @@ import {
   type Store,
 } from '../store/index.js';
 import {
+  CHANGE_REFUSED,
+  changeUpdate,
   CLUSTER_NOT_ACTIVE,
   clusterWorkflowId,
   SA_CLOUDS,
@@ -42,6 +44,7 @@ import {
   SCALE_OUT_OF_BOUNDS,
   teardownSignal,
   UNKNOWN_SERVICE,
+  type ChangeResult,
   type ClusterInput,
 } from '../workflows/messages.js';
 import { canSee, listOwner, principalOf, type Principal } from './auth.js';
@@ -52,6 +55,7 @@ import { conflict, invalid, notFound, parseOr422, unavailable, type FieldError, 
 import { pinContexts, userDataMisfits } from './context-pins.js';
 import { bodyOf, param } from './request.js';
 import {
+  ChangeClusterRequestSchema,
   CreateClusterRequestSchema,
   IdempotencyKeySchema,
   InstancesQuerySchema,
@@ -118,7 +122,8 @@ export function stateOf(desc: WorkflowExecutionDescription): ClusterState {
  * cluster workflow's copy and is older than the cluster's publish: a service signals the
  * cluster workflow before its own publish lands, and without this a FAILED or READY cluster
  * could show the service that made it so still DEPLOYING. Services that published before
- * the cluster listed them come last, by name.
+ * the cluster listed them come last, by name; those it no longer lists and that are
+ * TERMINATED (removed by a change) are left out.
  */
 export function mergeServices(view: ClusterViewRecord | undefined, serviceViews: ServiceViewRecord[]): PublishedService[] {
   const own = new Map(serviceViews.map((v) => [v.service, v]));
@@ -131,7 +136,8 @@ export function mergeServices(view: ClusterViewRecord | undefined, serviceViews:
       // Per-cloud counts are only in the service's own publish: kept even when its state is behind.
       return o && !behind ? o.summary : { ...copy, ...(o?.summary.clouds && { clouds: o.summary.clouds }) };
     }),
-    ...serviceViews.filter((v) => !names.has(v.service)).map((v) => v.summary),
+    // A service a change removed is no longer listed; its own last publish (TERMINATED) stays in the store.
+    ...serviceViews.filter((v) => !names.has(v.service) && !(view && v.summary.state === 'TERMINATED')).map((v) => v.summary),
   ];
 }
 
@@ -286,6 +292,45 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
     return existing;
   }
 
+  /**
+   * Whether clusters of definition `definitionId` may run on cloud `cloudName` (a submission, or
+   * a change of a running cluster): the definition is the caller's, every cloud a service may
+   * land on is registered and has an offering that fits, every context pins (`contextVersions`
+   * overriding a service's version), its user data fits each cloud, and its images are ones
+   * the clouds name. Nothing is written.
+   */
+  function checkSpec(definitionId: string, cloudName: string, mayUse: (owner: string | undefined) => boolean, contextVersions?: Record<string, number>) {
+    const errors: FieldError[] = [];
+    const stored = store.getDefinition(definitionId);
+    const def = stored && !stored.deletedAt && mayUse(stored.owner) ? stored : undefined;
+    if (!def) errors.push({ field: 'definitionId', pointer: '/definitionId', message: `no cluster definition "${definitionId}"` });
+    const cloud = store.getCloud(cloudName);
+    const registered = () => store.listClouds().map((c) => c.name).join(', ') || 'none';
+    if (!cloud) errors.push({ field: 'cloud', pointer: '/cloud', message: `unknown cloud "${cloudName}" (registered: ${registered()})` });
+    // Every cloud a service may land on (its placement's, else the cluster's) is checked, before anything is written.
+    const targets = def ? cloudTargets(def.definition.services, cloud, (name) => store.getCloud(name)) : [];
+    for (const t of targets) {
+      if (!t.cloud) errors.push({ field: t.field, pointer: t.pointer, message: `service "${t.service.name}": unknown cloud "${t.name}" (registered: ${registered()})` });
+    }
+    errors.push(...offeringMisfits(targets));
+    for (const [service, version] of Object.entries(contextVersions ?? {})) {
+      const s = def?.definition.services.find((x) => x.name === service);
+      if (def && !s?.contextId) {
+        errors.push({ field: `contextVersions.${service}`, pointer: `/contextVersions/${service}`, message: s ? `service "${service}" has no context` : `definition "${def.id}" has no service "${service}"` });
+      } else if (s) s.contextVersion = version;
+    }
+    const pinned = def && pinContexts(def.definition, store, mayUse);
+    if (pinned) errors.push(...pinned.errors);
+    if (def && pinned && pinned.errors.length === 0) {
+      const registeredOf = (_s: ServiceDefinition, i: number) =>
+        targets.flatMap((t) => (t.index === i && t.cloud ? [{ cloud: t.cloud, field: t.field, pointer: t.pointer }] : []));
+      errors.push(...userDataMisfits(def.definition, registeredOf, pinned.pins, store, config));
+    }
+    // Only images the cloud's registry entry names (model/images.ts); nothing else reaches an adapter.
+    if (def) errors.push(...imageErrors(def.definition, cloud, (name) => store.getCloud(name)));
+    return { def, pinned, errors };
+  }
+
   router.post('/v1/clusters', json, async (req, res) => {
     queryOf(req, NoQuerySchema);
     const p = principalOf(res);
@@ -303,28 +348,7 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
       if (existing) return void res.status(202).location(links(existing.id).self).json(created(await replay(existing, hash, p)));
     }
 
-    const errors: FieldError[] = [];
-    const stored = store.getDefinition(body.definitionId);
-    const def = stored && !stored.deletedAt && mayUse(stored.owner) ? stored : undefined;
-    if (!def) errors.push({ field: 'definitionId', pointer: '/definitionId', message: `no cluster definition "${body.definitionId}"` });
-    const cloud = store.getCloud(body.cloud);
-    const registered = () => store.listClouds().map((c) => c.name).join(', ') || 'none';
-    if (!cloud) errors.push({ field: 'cloud', pointer: '/cloud', message: `unknown cloud "${body.cloud}" (registered: ${registered()})` });
-    // Every cloud a service may land on (its placement's, else the cluster's) is checked, before anything is written.
-    const targets = def ? cloudTargets(def.definition.services, cloud, (name) => store.getCloud(name)) : [];
-    for (const t of targets) {
-      if (!t.cloud) errors.push({ field: t.field, pointer: t.pointer, message: `service "${t.service.name}": unknown cloud "${t.name}" (registered: ${registered()})` });
-    }
-    errors.push(...offeringMisfits(targets));
-    const pinned = def && pinContexts(def.definition, store, mayUse);
-    if (pinned) errors.push(...pinned.errors);
-    if (def && pinned && pinned.errors.length === 0) {
-      const registeredOf = (_s: ServiceDefinition, i: number) =>
-        targets.flatMap((t) => (t.index === i && t.cloud ? [{ cloud: t.cloud, field: t.field, pointer: t.pointer }] : []));
-      errors.push(...userDataMisfits(def.definition, registeredOf, pinned.pins, store, config));
-    }
-    // Only images the cloud's registry entry names (model/images.ts); nothing else reaches an adapter.
-    if (def) errors.push(...imageErrors(def.definition, cloud, (name) => store.getCloud(name)));
+    const { def, pinned, errors } = checkSpec(body.definitionId, body.cloud, mayUse);
     // A session's lifetime: the definition's, overridden by the request's, its maximum within the site's cap.
     const lifetime = def && resolveLifetime(def.definition.lifetime, body.lifetime);
     if (lifetime?.maxSeconds !== undefined && lifetime.maxSeconds > config.maxLifetimeSeconds) {
@@ -458,6 +482,7 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
       ...(view.message !== undefined && { message: view.message }),
       services: mergeServices(view, serviceViews),
       ...(view.expiresAt !== undefined && { expiresAt: view.expiresAt }),
+      ...(view.change && { change: view.change }),
       observedAt: view.observedAt,
       seq: view.seq,
     };
@@ -519,6 +544,50 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
       }
       if (reserved) store.reserveScale(c.id, service, result.desired);
       res.json({ service: result.service, desired: result.desired });
+    });
+  });
+
+  /**
+   * Changes a running cluster to another definition or other context versions: checked as a
+   * submission is, the quota reserving what it claims beyond what the cluster holds, then one
+   * Update of the cluster workflow, which replaces instances service by service (dependency
+   * order, `maxUnavailable` at a time, never below a service's `min` ready), starts added
+   * services, removes dropped ones and rolls everything back if a service fails on the new spec.
+   * Answers 202 with what it replaces, adds, removes and keeps; the cluster's status follows the change.
+   */
+  router.put('/v1/clusters/:id', json, async (req, res) => {
+    queryOf(req, NoQuerySchema);
+    const p = principalOf(res);
+    const c = clusterOr404(param(req, 'id'), p);
+    const body = parseOr422(ChangeClusterRequestSchema, bodyOf(req));
+    const { def, pinned, errors } = checkSpec(body.definitionId, c.cloud, (owner) => canSee(p, owner), body.contextVersions);
+    if (!def || !pinned || errors.length > 0) throw invalid(errors.map((e) => (e.field === 'cloud' ? { ...e, message: `the cluster's cloud: ${e.message}` } : e)));
+    await requireWorker();
+    await oneAtATime(c.id, async () => {
+      let held: ReturnType<Store['reserveChange']>;
+      if (c.owner) {
+        try {
+          held = store.reserveChange(c.id, claimOf(c.owner, def.definition), defaultQuota);
+        } catch (err) {
+          if (err instanceof QuotaExceededError) throw quotaProblem(err);
+          throw err;
+        }
+      }
+      let result: ChangeResult;
+      try {
+        result = await temporal.withDeadline(Date.now() + UPDATE_DEADLINE_MS, () =>
+          temporal.workflow.getHandle(clusterWorkflowId(c.id)).executeUpdate(changeUpdate, {
+            args: [{ definitionId: def.id, definition: def.definition, ...(Object.keys(pinned.pins).length > 0 && { contexts: pinned.pins }), maxUnavailable: body.maxUnavailable }],
+          }),
+        );
+      } catch (err) {
+        if (held) store.restoreReservation(c.id, held);
+        throw updateProblem(err, c.id, 'change', {
+          [CHANGE_REFUSED]: (msg) => conflict(msg, err),
+          [CLUSTER_NOT_ACTIVE]: (msg) => conflict(`cluster "${c.id}" is not active: ${msg}`, err),
+        });
+      }
+      res.status(202).location(links(c.id).self).json({ ...result, links: { ...links(c.id), events: `/v1/clusters/${c.id}/events` } });
     });
   });
 

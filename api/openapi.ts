@@ -49,6 +49,8 @@ export function openApiDocument(serverUrl: string): Doc {
   const RetryResponse = register('RetryResponse', S.RetryResponseSchema);
   const Pause = register('PauseRequest', S.PauseRequestSchema);
   const PauseResponse = register('PauseResponse', S.PauseResponseSchema);
+  const Change = register('ChangeClusterRequest', S.ChangeClusterRequestSchema);
+  const ChangeResponse = register('ChangeResponse', S.ChangeResponseSchema);
   const SessionResponse = register('SessionResponse', S.SessionResponseSchema);
   const Teardown = register('TeardownResponse', S.TeardownResponseSchema);
   const Readiness = register('ReadinessReport', S.ReadinessRequestSchema);
@@ -242,6 +244,22 @@ export function openApiDocument(serverUrl: string): Doc {
       ...common,
       404: problem('Unknown cluster or service'),
       409: problem('The service has no autoscale, or the cluster is not active'),
+      503: unavailable,
+    },
+  });
+  r.registerPath({
+    method: 'put',
+    path: '/v1/clusters/{id}',
+    summary: 'Change a running cluster to another definition or other context versions (rolling)',
+    description:
+      'Checked as a submission is (on the cluster’s cloud). Services whose image, offering, placement or context version changed are replaced instance by instance in dependency order, maxUnavailable at a time and never below their min ready (a service at its min gets a new instance before an old one goes); added services start, removed ones are torn down once the rest succeeded; a service that fails on the new spec rolls the whole change back. `change` in the cluster status and its events follow it; each instance shows the `spec` it runs.',
+    request: { params: clusterId, ...body(Change) },
+    responses: {
+      202: json(ChangeResponse, 'The change started: what it replaces, adds, removes and keeps'),
+      ...common,
+      404: problem('Unknown cluster'),
+      409: problem('A change is in progress, nothing would change, the cluster is paused, still deploying for the first time, or not active'),
+      422: problem('Unknown definition, a cloud or offering that does not fit, a context version that does not exist, or bad JSON'),
       503: unavailable,
     },
   });

@@ -24,6 +24,17 @@ export const CreateClusterRequestSchema = z
   .strict();
 export type CreateClusterRequest = z.infer<typeof CreateClusterRequestSchema>;
 
+/** `PUT /v1/clusters/:id`: run another definition (or other context versions), replacing instances service by service. */
+export const ChangeClusterRequestSchema = z
+  .object({
+    definitionId: z.string().min(1).max(100),
+    /** Per service: the context version to pin instead of the definition's (else its latest). */
+    contextVersions: z.record(NameSchema, z.number().int().min(1)).optional(),
+    /** Instances of a service replaced at once; never fewer than the service's `min` stay ready. */
+    maxUnavailable: z.number().int().min(1).max(10_000).default(1),
+  })
+  .strict();
+
 export const ScaleRequestSchema = z.object({ instances: z.number().int().min(0).max(10_000) }).strict();
 
 /** What a guest posts; unknown members are ignored so older gateways accept newer agents. */
@@ -175,6 +186,7 @@ export const InstanceStatusSchema = z.object({
   createdAt: z.string().optional(),
   readyAt: z.string().optional(),
   message: z.string().optional(),
+  spec: z.string().optional().describe('The spec it runs: the definition (and context version) it was made from; a change replaces instances of an earlier one'),
 });
 
 /** One instance as the read model lists it (`PublishedInstance`, model/read-model.ts). */
@@ -198,6 +210,34 @@ export const PublishedServiceSchema = z.object({
     .record(z.string(), z.object({ instances: z.number().int(), ready: z.number().int() }))
     .optional()
     .describe('Per cloud the service uses: its live instances there (not failed or leaving) and how many are ready'),
+  spec: z.string().optional().describe('The spec its instances run, or are being replaced with during a change'),
+  outdated: z.number().int().optional().describe('Live instances still on an earlier spec while a change replaces them'),
+});
+
+const SpecDiffSchema = z.object({
+  replace: z.array(z.string()).describe('Services whose instances are replaced (image, offering, placement or context version changed)'),
+  add: z.array(z.string()).describe('Services only the new definition has: they start'),
+  remove: z.array(z.string()).describe('Services only the old definition has: torn down once the change succeeded'),
+  keep: z.array(z.string()).describe('Services whose instances stay'),
+});
+
+/** A change in progress (`ChangeView`, model/rolling.ts). */
+export const ChangeViewSchema = z.object({
+  from: z.string(),
+  to: z.string(),
+  phase: z.enum(['rolling', 'rolling back', 'removing']),
+  maxUnavailable: z.number().int(),
+  startedAt: z.string(),
+  services: SpecDiffSchema,
+  reason: z.string().optional().describe('Why it is rolling back'),
+});
+
+/** `PUT /v1/clusters/:id` accepted: what the change does (`ChangeResult`, workflows/messages.ts). */
+export const ChangeResponseSchema = SpecDiffSchema.extend({
+  from: z.string(),
+  to: z.string(),
+  maxUnavailable: z.number().int(),
+  links: ClusterLinksSchema.extend({ events: z.string() }),
 });
 
 /** `GET /v1/clusters/:id/services/:service`: the service's published summary, when it was observed, where its instances are. */
@@ -231,6 +271,7 @@ export const ClusterDetailSchema = z.object({
     .string()
     .optional()
     .describe('When the session tears itself down unless kept alive (idle limit) or extended (maximum): the earlier deadline'),
+  change: ChangeViewSchema.optional().describe('A change (PUT) in progress: from and to which definition, its phase, what it does to each service'),
   observedAt: z.string().optional().describe('When the cluster workflow saw this state (workflow clock); absent until it has published one'),
   seq: z.number().int().min(0).describe("The cluster workflow's publish sequence number; 0 until it has published"),
 });

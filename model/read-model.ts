@@ -6,11 +6,13 @@
  * so a late or retried write never overwrites a newer one.
  */
 import type { ClusterState, InstanceStatus, ServiceBrief } from './status.js';
+import type { PinnedContext } from './context.js';
+import type { ChangeView } from './rolling.js';
 
 /** What happened, for `GET /v1/clusters/:id/events`. */
 /** `placement`: a cloud had no room or kept failing, and instances went to another (or wait for room). */
 /** `session`: a session's lifetime was extended. */
-export const CLUSTER_EVENT_KINDS = ['state', 'scale', 'replace', 'failure', 'retry', 'teardown', 'placement', 'session'] as const;
+export const CLUSTER_EVENT_KINDS = ['state', 'scale', 'replace', 'failure', 'retry', 'teardown', 'placement', 'session', 'update'] as const;
 export type ClusterEventKind = (typeof CLUSTER_EVENT_KINDS)[number];
 
 /** One thing that happened to a cluster or one of its services. */
@@ -44,6 +46,10 @@ export interface PublishClusterInput {
   services: PublishedService[];
   /** When a session ends unless kept alive or extended (clusters with a lifetime). */
   expiresAt?: string;
+  /** Sent when a change started or ended: the definition and contexts the cluster now runs (or converges to). */
+  spec?: { definitionId: string; contexts?: Record<string, PinnedContext> };
+  /** With `spec`: the change in progress, or null once none is. */
+  change?: ChangeView | null;
   events: ClusterEvent[];
 }
 

@@ -24,6 +24,8 @@ export interface InstanceRecord {
   /** Workflow-clock ms by which the guest must have phoned home. */
   deadline?: number;
   message?: string;
+  /** The spec it was made from (model/rolling.ts); unset in services started before changes existed. */
+  spec?: string;
 }
 
 /** Failures in a row (no instance becoming ready in between) before the service is FAILED. */
@@ -94,15 +96,17 @@ export interface ScalePlan {
 }
 
 /**
- * Scale down by dropping instances that are not ready first, then the newest (never one whose
+ * Scale down by dropping instances on an earlier spec than `spec` first, then those that are not ready, then the newest (never one whose
  * create is still in flight); scale up with fresh ordinals from `nextOrdinal`, unless the
  * service is FAILED (it waits for its next round).
  */
-export function scalePlan(live: InstanceRecord[], desired: number, nextOrdinal: number, failed: boolean): ScalePlan {
+export function scalePlan(live: InstanceRecord[], desired: number, nextOrdinal: number, failed: boolean, spec?: string): ScalePlan {
   if (live.length > desired) {
+    // Instances on an earlier spec go first (a scale-down during a change), then as always.
+    const outdated = (i: InstanceRecord) => Number(spec !== undefined && i.spec !== spec);
     const terminate = live
       .filter((i) => i.state !== 'CREATING')
-      .sort((a, b) => Number(a.state === 'READY') - Number(b.state === 'READY') || b.ordinal - a.ordinal)
+      .sort((a, b) => outdated(b) - outdated(a) || Number(a.state === 'READY') - Number(b.state === 'READY') || b.ordinal - a.ordinal)
       .slice(0, live.length - desired);
     return { terminate, create: [] };
   }
@@ -193,7 +197,7 @@ export function wakeReason(now: number, nextHealthCheck: number, instances: Iter
 
 /** An instance's published fields in one string: a publish sends the instances whose fingerprint changed. */
 export const instanceFingerprint = (i: InstanceRecord): string =>
-  [i.state, i.cloudInstanceId ?? '', i.createdAt ?? '', i.readyAt ?? '', i.message ?? '', ...(i.host ? [i.host] : [])].join('\u0000');
+  [i.state, i.cloudInstanceId ?? '', i.createdAt ?? '', i.readyAt ?? '', i.message ?? '', ...(i.host ? [i.host] : []), ...(i.spec ? [`spec:${i.spec}`] : [])].join('\u0000');
 
 /** `items` in runs of at most `size`. */
 export function chunks<T>(items: T[], size: number): T[][] {

@@ -35,6 +35,8 @@ export interface InstanceStatus {
   readyAt?: string;
   /** Why the instance is failed or was last replaced. */
   message?: string;
+  /** The spec it runs (model/rolling.ts `specLabel`): the definition, and context version, it was made from. */
+  spec?: string;
 }
 
 /**
@@ -53,6 +55,10 @@ export interface ServiceBrief {
   retryingAt?: string;
   /** Per cloud it uses: its instances there (live, not failed or leaving) and how many are ready. */
   clouds?: Record<string, CloudCount>;
+  /** The spec its instances run or are being replaced with (services started since changes exist). */
+  spec?: string;
+  /** Live instances still on an earlier spec while a change replaces them. */
+  outdated?: number;
 }
 
 /** A service's instances on one cloud. */

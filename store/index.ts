@@ -15,6 +15,7 @@ import type { CloudOffering } from '../clouds/contract.js';
 import type { Context, PinnedContext } from '../model/context.js';
 import type { ClusterEvent, PublishClusterInput, PublishedInstance, PublishedService, PublishServiceInput } from '../model/read-model.js';
 import type { ClusterState, InstanceState } from '../model/status.js';
+import type { ChangeView } from '../model/rolling.js';
 import { loadSecretsKey, SECRETS_KEY_BYTES } from './secret.js';
 import { ensurePrivateFile } from './private-files.js';
 import type { Quota } from '../model/config.js';
@@ -323,6 +324,10 @@ export interface Store extends CapacityLedger {
    * no reservation for the service.
    */
   reserveScale(clusterId: string, service: string, instances: number, opts?: ReserveScaleOptions): { previous: number } | undefined;
+  /** A change of definition (`PUT /v1/clusters/:id`): reserves what the new definition claims beyond what the cluster holds (checked); returns what it held. */
+  reserveChange(clusterId: string, claim: QuotaClaim, defaultQuota: Quota): QuotaClaim['services'] | undefined;
+  /** Puts a cluster's reservation back to `services` (a change that was refused). */
+  restoreReservation(clusterId: string, services: QuotaClaim['services']): void;
 
   /** Appends an audit record (the table refuses UPDATE and DELETE). */
   appendAudit(rec: Omit<AuditRecord, 'id'>): AuditRecord;
@@ -406,7 +411,8 @@ CREATE TABLE IF NOT EXISTS cluster_views (
   state        TEXT NOT NULL,
   message      TEXT,
   services     TEXT NOT NULL,
-  expires_at   TEXT
+  expires_at   TEXT,
+  change       TEXT
 );
 CREATE TABLE IF NOT EXISTS service_views (
   cluster_id   TEXT NOT NULL,
@@ -429,6 +435,7 @@ CREATE TABLE IF NOT EXISTS instances (
   ready_at           TEXT,
   message            TEXT,
   host               TEXT,
+  spec               TEXT,
   PRIMARY KEY (cluster_id, id)
 );
 -- The listing order, and the keyset its cursors continue from.
@@ -557,6 +564,7 @@ interface ClusterViewRow {
   message: string | null;
   services: string;
   expires_at: string | null;
+  change: string | null;
 }
 interface ServiceViewRow {
   cluster_id: string;
@@ -578,6 +586,7 @@ interface InstanceRow {
   ready_at: string | null;
   message: string | null;
   host: string | null;
+  spec: string | null;
 }
 interface EventRow {
   id: number;
@@ -597,6 +606,7 @@ const toClusterView = (r: ClusterViewRow): ClusterViewRecord => ({
   ...(r.message !== null && { message: r.message }),
   services: JSON.parse(r.services) as PublishedService[],
   ...(r.expires_at !== null && { expiresAt: r.expires_at }),
+  ...(r.change !== null && { change: JSON.parse(r.change) as ChangeView }),
 });
 
 const toServiceView = (r: ServiceViewRow): ServiceViewRecord => ({
@@ -619,6 +629,7 @@ const toInstance = (r: InstanceRow): PublishedInstance => ({
   ...(r.created_at !== null && { createdAt: r.created_at }),
   ...(r.ready_at !== null && { readyAt: r.ready_at }),
   ...(r.message !== null && { message: r.message }),
+  ...(r.spec !== null && { spec: r.spec }),
 });
 
 const toEvent = (r: EventRow): ClusterEvent => ({
@@ -750,6 +761,9 @@ export function openSqliteStore(file: string, options: StoreOptions = {}): Store
   // Stores made before instances showed their hypervisor host (issue 12).
   const instanceColumns = db.prepare<[], { name: string }>("SELECT name FROM pragma_table_info('instances')").all();
   if (!instanceColumns.some((c) => c.name === 'host')) db.exec('ALTER TABLE instances ADD COLUMN host TEXT');
+  // Stores made before running clusters could be changed (issue 13): the spec each instance runs, the change in progress.
+  if (!instanceColumns.some((c) => c.name === 'spec')) db.exec('ALTER TABLE instances ADD COLUMN spec TEXT');
+  if (!viewColumns.some((c) => c.name === 'change')) db.exec('ALTER TABLE cluster_views ADD COLUMN change TEXT');
   // Stores made before owners: their definitions and contexts have none (only admins see them).
   for (const table of ['cluster_definitions', 'contexts']) {
     const columns = db.prepare<[], { name: string }>(`SELECT name FROM pragma_table_info('${table}')`).all();
@@ -838,11 +852,14 @@ export function openSqliteStore(file: string, options: StoreOptions = {}): Store
 
     clusterViewSeq: db.prepare<[string], { seq: number }>('SELECT seq FROM cluster_views WHERE cluster_id = ?'),
     upsertClusterView: db.prepare(
-      `INSERT INTO cluster_views (cluster_id, seq, observed_at, state, message, services, expires_at)
-       VALUES (@clusterId, @seq, @observedAt, @state, @message, @services, @expiresAt)
+      `INSERT INTO cluster_views (cluster_id, seq, observed_at, state, message, services, expires_at, change)
+       VALUES (@clusterId, @seq, @observedAt, @state, @message, @services, @expiresAt, @change)
        ON CONFLICT(cluster_id) DO UPDATE SET seq = excluded.seq, observed_at = excluded.observed_at, state = excluded.state,
-         message = excluded.message, services = excluded.services, expires_at = excluded.expires_at`,
+         message = excluded.message, services = excluded.services, expires_at = excluded.expires_at,
+         change = CASE WHEN @changeSent THEN excluded.change ELSE cluster_views.change END`,
     ),
+    // A change started or ended: the cluster runs (or converges to) another definition and pins.
+    setClusterSpec: db.prepare('UPDATE clusters SET definition_id = ?, contexts = ? WHERE id = ?'),
     getClusterView: db.prepare<[string], ClusterViewRow>('SELECT * FROM cluster_views WHERE cluster_id = ?'),
     serviceViewSeq: db.prepare<[string, string], { seq: number }>('SELECT seq FROM service_views WHERE cluster_id = ? AND service = ?'),
     upsertServiceView: db.prepare(
@@ -851,11 +868,11 @@ export function openSqliteStore(file: string, options: StoreOptions = {}): Store
     ),
     getServiceViews: db.prepare<[string], ServiceViewRow>('SELECT * FROM service_views WHERE cluster_id = ? ORDER BY service'),
     upsertInstance: db.prepare(
-      `INSERT INTO instances (cluster_id, id, service, ordinal, name, state, cloud, cloud_instance_id, created_at, ready_at, message, host)
-       VALUES (@clusterId, @id, @service, @ordinal, @name, @state, @cloud, @cloudInstanceId, @createdAt, @readyAt, @message, @host)
+      `INSERT INTO instances (cluster_id, id, service, ordinal, name, state, cloud, cloud_instance_id, created_at, ready_at, message, host, spec)
+       VALUES (@clusterId, @id, @service, @ordinal, @name, @state, @cloud, @cloudInstanceId, @createdAt, @readyAt, @message, @host, @spec)
        ON CONFLICT(cluster_id, id) DO UPDATE SET service = excluded.service, ordinal = excluded.ordinal, name = excluded.name,
          state = excluded.state, cloud = excluded.cloud, cloud_instance_id = COALESCE(excluded.cloud_instance_id, instances.cloud_instance_id),
-         host = COALESCE(excluded.host, instances.host),
+         host = COALESCE(excluded.host, instances.host), spec = COALESCE(excluded.spec, instances.spec),
          created_at = COALESCE(excluded.created_at, instances.created_at), ready_at = COALESCE(excluded.ready_at, instances.ready_at),
          message = excluded.message`,
     ),
@@ -902,7 +919,10 @@ export function openSqliteStore(file: string, options: StoreOptions = {}): Store
       message: input.message ?? null,
       services: JSON.stringify(input.services),
       expiresAt: input.expiresAt ?? null,
+      change: input.change ? JSON.stringify(input.change) : null,
+      changeSent: input.change !== undefined ? 1 : 0,
     });
+    if (input.spec) q.setClusterSpec.run(input.spec.definitionId, input.spec.contexts ? JSON.stringify(input.spec.contexts) : null, input.clusterId);
     appendEvents(input.clusterId, input.events);
     return true;
   });
@@ -930,6 +950,7 @@ export function openSqliteStore(file: string, options: StoreOptions = {}): Store
         readyAt: i.readyAt ?? null,
         message: i.message ?? null,
         host: i.host ?? null,
+        spec: i.spec ?? null,
       });
     }
     for (const id of input.removed) q.deleteInstance.run(input.clusterId, input.service, id);
@@ -1137,6 +1158,8 @@ export function openSqliteStore(file: string, options: StoreOptions = {}): Store
     quotaHeldByFailed: (owner) => qa.quotaHeldByFailed(owner),
     releaseQuota: (clusterId, at) => qa.releaseQuota(clusterId, at),
     reserveScale: (clusterId, service, instances, opts) => qa.reserveScale(clusterId, service, instances, opts),
+    reserveChange: (clusterId, claim, defaultQuota) => qa.reserveChange(clusterId, claim, defaultQuota),
+    restoreReservation: (clusterId, services) => qa.restoreReservation(clusterId, services),
     appendAudit: (rec) => qa.appendAudit(rec),
     listAudit({ cursor, limit, ...filter }) {
       const rows = qa.listAuditRows({ ...filter, beforeId: cursor === undefined ? undefined : eventCursor(cursor), limit: limit + 1 });

@@ -277,8 +277,36 @@ export function quotaAuditStatements(db: Database.Database) {
     },
   );
 
+  /**
+   * A change of definition: each service of `claim` holds the larger of what it held and what
+   * the new definition claims (at its new offering), added services are reserved, removed ones
+   * keep theirs until the cluster ends. Growth is checked against the owner's quota. Returns
+   * what was held before (to undo with {@link restoreReservation}), or undefined for a cluster
+   * without a reservation.
+   */
+  const reserveChangeTx = db.transaction((clusterId: string, claim: QuotaClaim, defaultQuota: Quota): QuotaClaim['services'] | undefined => {
+    const row = q.getReservation.get(clusterId);
+    if (!row) return undefined;
+    const before = JSON.parse(row.services) as QuotaClaim['services'];
+    const held = new Map(before.map((s) => [s.service, s.instances]));
+    const next = [
+      ...claim.services.map((s) => ({ ...s, instances: Math.max(s.instances, held.get(s.service) ?? 0) })),
+      ...before.filter((b) => !claim.services.some((s) => s.service === b.service)),
+    ];
+    const [was, will] = [totals(before), totals(next)];
+    if (row.released_at === null && (will.instances > was.instances || will.cpus > was.cpus)) {
+      check(row.owner, defaultQuota, { clusters: 0, instances: Math.max(0, will.instances - was.instances), cpus: Math.max(0, will.cpus - was.cpus) });
+    }
+    q.updateReservation.run({ clusterId, ...will, services: JSON.stringify(next) });
+    return before;
+  });
+
   return {
     quotaOf,
+    reserveChange: (clusterId: string, claim: QuotaClaim, defaultQuota: Quota) => reserveChangeTx.immediate(clusterId, claim, defaultQuota),
+    /** Puts back what {@link reserveChangeTx} replaced (a change the cluster refused). */
+    restoreReservation: (clusterId: string, services: QuotaClaim['services']) =>
+      void q.updateReservation.run({ clusterId, ...totals(services), services: JSON.stringify(services) }),
     /** Inside the transaction that inserts the cluster row: check, then reserve (throws {@link QuotaExceededError}). */
     reserveNewCluster(clusterId: string, claim: QuotaClaim, defaultQuota: Quota): void {
       check(claim.owner, defaultQuota, { clusters: 1, ...totals(claim.services) });

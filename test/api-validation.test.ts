@@ -414,6 +414,7 @@ describe('service endpoints', () => {
         'GET /v1/clusters/{id}/events',
         'DELETE /v1/clusters/{id}',
         'POST /v1/clusters/{id}/services/{service}/scale',
+        'PUT /v1/clusters/{id}',
         'POST /v1/instances/{instanceId}/readiness',
         'POST /v1/contexts',
         'GET /v1/contexts',

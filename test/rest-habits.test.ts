@@ -100,7 +100,7 @@ describe('REST habits', () => {
   it('a known path with the wrong method is a 405 with Allow', async () => {
     for (const [method, url, allow] of [
       ['PUT', '/v1/clusters', 'GET, HEAD, POST'],
-      ['PATCH', `/v1/clusters/${clusterId}`, 'DELETE, GET, HEAD'],
+      ['PATCH', `/v1/clusters/${clusterId}`, 'DELETE, GET, HEAD, PUT'],
       ['POST', `/v1/cluster-definitions/${defId}`, 'DELETE, GET, HEAD'],
       ['GET', `/v1/clusters/${clusterId}/services/svc/scale`, 'POST'],
     ] as const) {

@@ -31,12 +31,14 @@ import {
 import { clusterVerdict, cvmfsChecks, startableServices } from '../model/cluster-plan.js';
 import { clusterClouds, serviceClouds, type ServiceDefinition } from '../model/definition.js';
 import { autoscaleDecision } from '../model/autoscale.js';
+import { diffSpecs, sameSpec, specLabel, type ClusterSpec, type SpecDiff } from '../model/rolling.js';
 import { expiryReason, humanSeconds, sessionExpiry, sessionStart, type SessionDeadlines } from '../model/session.js';
 import type { ClusterEvent, ClusterEventKind, PublishClusterInput, PublishedService } from '../model/read-model.js';
 import type { ClusterState } from '../model/status.js';
 import type { CloudgateActivities } from './activity-types.js';
 import { failureReason } from './failures.js';
 import {
+  CHANGE_REFUSED,
   CLUSTER_NOT_ACTIVE,
   LIFETIME_OUT_OF_BOUNDS,
   NO_AUTOSCALE,
@@ -48,6 +50,7 @@ import {
   SA_STATE,
   SCALE_OUT_OF_BOUNDS,
   UNKNOWN_SERVICE,
+  changeUpdate,
   clusterStatusQuery,
   clusterWorkflowId,
   extendUpdate,
@@ -60,12 +63,16 @@ import {
   retryNowSignal,
   retryUpdate,
   servicePauseSignal,
+  serviceSpecSignal,
   scaleUpdate,
   serviceReportSignal,
   serviceTeardownSignal,
   serviceWorkflowId,
   setDesiredSignal,
   teardownSignal,
+  type ChangeRequest,
+  type ChangeResult,
+  type ChangeView,
   type ClusterCarried,
   type ClusterInput,
   type ClusterView,
@@ -150,12 +157,44 @@ interface ClusterRunState {
   retryNow: Set<string>;
   /** A pause in progress or in force. */
   pause?: PauseState;
+  /** A change of definition or context versions in progress (`PUT /v1/clusters/:id`). */
+  change?: ChangeState;
+  /** The cluster's spec changed and the read model does not know yet (its definition, its change). */
+  specUnpublished: boolean;
+}
+
+/**
+ * A change rolling through the cluster: replaced services are told the new spec once the
+ * replaced services they depend on have finished (dependency order), added ones start as
+ * usual, removed ones are torn down once everything else succeeded. A replaced or added
+ * service that fails rolls the whole change back to `from`. Not carried: a run does not
+ * continue-as-new during a change.
+ */
+interface ChangeState {
+  from: ClusterSpec;
+  to: ClusterSpec;
+  phase: 'rolling' | 'rolling back' | 'removing';
+  maxUnavailable: number;
+  startedAt: number;
+  diff: SpecDiff;
+  /** Replaced services not yet told (their dependencies are still rolling). */
+  waiting: string[];
+  /** Services told a spec, and the label each must reach. */
+  target: Record<string, string>;
+  /** The label each replaced service had before (rollback returns to it). */
+  before: Record<string, string>;
+  /** Services told to tear down (removed, or added by a change rolled back). */
+  tearing: string[];
+  reason?: string;
 }
 
 /** One run of a cluster workflow: its state, message handlers, services and teardown. */
 class ClusterRun {
   private readonly s: ClusterRunState;
-  private readonly specs: Map<string, ServiceDefinition>;
+  /** The definition and pinned contexts the cluster runs (or, during a change, converges to). */
+  private spec: ClusterSpec;
+  /** Its services' definitions by name (during a change: those of both specs, the one converged to winning). */
+  private specs: Map<string, ServiceDefinition>;
   private readonly children = new Map<string, ChildWorkflowHandle<typeof ServiceWorkflow>>();
   private readonly readModel: boolean;
   /** This run may continue-as-new (and its services outlive it); runs started before may not. */
@@ -167,6 +206,7 @@ class ClusterRun {
 
   constructor(private readonly input: ClusterInput) {
     const { definition, carried } = input;
+    this.spec = { definitionId: input.definitionId, definition, ...(input.contexts && { contexts: input.contexts }) };
     this.specs = new Map(definition.services.map((s) => [s.name, s]));
     const fresh = (s: ServiceDefinition): ServiceSummary => ({ name: s.name, state: 'WAITING', desired: s.min, ready: 0, replacements: 0 });
     const services = new Map(definition.services.map((s) => [s.name, fresh(s)]));
@@ -188,6 +228,7 @@ class ClusterRun {
       retire: new Map(),
       retryNow: new Set(),
       ...(carried?.pause && { pause: { ...carried.pause } }),
+      specUnpublished: false,
     };
     this.readModel = patched(READ_MODEL_PATCH);
     this.continues = patched(CONTINUE_AS_NEW_PATCH);
@@ -206,6 +247,7 @@ class ClusterRun {
     setHandler(resumeUpdate, () => this.resumeCluster(), { validator: () => this.validateResume() });
     setHandler(keepaliveUpdate, () => this.keepalive(), { validator: () => this.validateSession('keep alive') });
     setHandler(extendUpdate, (req) => this.extend(req.seconds), { validator: (req) => this.validateExtend(req.seconds) });
+    setHandler(changeUpdate, (req) => this.startChange(req), { validator: (req) => this.validateChange(req) });
   }
 
   private get clusterId(): string {
@@ -217,12 +259,13 @@ class ClusterRun {
     return {
       clusterId: input.clusterId,
       name: input.name,
-      definitionId: input.definitionId,
+      definitionId: this.spec.definitionId,
       cloud: input.cloud,
       state: s.state,
       message: s.message,
       services: [...s.services.values()].map((x) => ({ ...x })),
       ...(this.expiresAt() && { expiresAt: this.expiresAt() }),
+      ...(s.change && { change: this.changeView(s.change) }),
     };
   }
 
@@ -275,6 +318,7 @@ class ClusterRun {
   private validatePause(): void {
     const gone = this.notActive();
     if (gone) throw gone;
+    if (this.s.change) throw ApplicationFailure.nonRetryable(`cluster ${this.clusterId} is changing to ${this.s.change.to.definitionId} (${this.s.change.phase}): pause it once that is done`, NOT_PAUSABLE);
     if (this.s.pause) throw ApplicationFailure.nonRetryable(`cluster ${this.clusterId} is already ${this.s.pause.phase === 'resuming' ? 'resuming' : this.s.state.toLowerCase()}`, NOT_PAUSABLE);
   }
 
@@ -345,6 +389,186 @@ class ClusterRun {
     return false;
   }
 
+  private validateChange(req: ChangeRequest): void {
+    const gone = this.notActive();
+    if (gone) throw gone;
+    this.notPaused();
+    const { clusterId, s } = this;
+    if (s.change) throw ApplicationFailure.nonRetryable(`cluster ${clusterId} is already changing to ${s.change.to.definitionId} (${s.change.phase}); wait until that is done`, CHANGE_REFUSED);
+    if (sameSpec(this.spec, req)) throw ApplicationFailure.nonRetryable(`cluster ${clusterId} already runs definition ${req.definitionId} with these context versions: nothing to change`, CHANGE_REFUSED);
+    if (s.state === 'PENDING' || (s.state === 'DEPLOYING' && !s.everReady)) {
+      throw ApplicationFailure.nonRetryable(`cluster ${clusterId} is still deploying for the first time; change it once it is READY (or tear it down and submit again)`, CHANGE_REFUSED);
+    }
+  }
+
+  /**
+   * Starts a change: the cluster converges to `to` from now on (added services start once
+   * their dependencies have their minimum, replaced ones are told their new spec in
+   * dependency order by {@link reconcileChange}).
+   */
+  private startChange(req: ChangeRequest): ChangeResult {
+    const { s } = this;
+    const from = this.spec;
+    const to: ClusterSpec = { definitionId: req.definitionId, definition: req.definition, ...(req.contexts && { contexts: req.contexts }) };
+    const maxUnavailable = req.maxUnavailable ?? 1;
+    const diff = diffSpecs(from, to);
+    const before = Object.fromEntries(diff.replace.map((name) => [name, s.services.get(name)?.spec ?? specLabel(from.definitionId, from.contexts?.[name])]));
+    s.change = { from, to, phase: 'rolling', maxUnavailable, startedAt: Date.now(), diff, waiting: [...diff.replace], target: {}, before, tearing: [] };
+    this.useSpec(to, from);
+    for (const spec of to.definition.services) {
+      if (!s.services.has(spec.name)) s.services.set(spec.name, { name: spec.name, state: 'WAITING', desired: spec.min, ready: 0, replacements: 0 });
+      // New bounds hold at once; the count moves into them.
+      const summary = s.services.get(spec.name)!;
+      summary.desired = Math.min(Math.max(summary.desired, spec.min), spec.max ?? Infinity);
+    }
+    const parts = [
+      diff.replace.length > 0 && `replace ${diff.replace.join(', ')} (${maxUnavailable} at a time)`,
+      diff.add.length > 0 && `add ${diff.add.join(', ')}`,
+      diff.remove.length > 0 && `remove ${diff.remove.join(', ')}`,
+      diff.keep.length > 0 && `keep ${diff.keep.join(', ')}`,
+    ].filter(Boolean);
+    this.emit('update', `change from ${from.definitionId} to ${to.definitionId}: ${parts.join('; ')}`);
+    this.setState(s.state, `changing to ${to.definitionId}: ${parts.join('; ')}`);
+    s.specUnpublished = true;
+    s.dirty = true;
+    return { from: from.definitionId, to: to.definitionId, maxUnavailable, ...diff };
+  }
+
+  /** Converges to `spec`; the services of `also` (the other side of a change) stay known until it ends. */
+  private useSpec(spec: ClusterSpec, also?: ClusterSpec): void {
+    this.spec = spec;
+    this.specs = new Map([...(also?.definition.services ?? []), ...spec.definition.services].map((x) => [x.name, x]));
+  }
+
+  private changeView(c: ChangeState): ChangeView {
+    return {
+      from: c.from.definitionId,
+      to: c.to.definitionId,
+      phase: c.phase,
+      maxUnavailable: c.maxUnavailable,
+      startedAt: new Date(c.startedAt).toISOString(),
+      services: c.diff,
+      ...(c.reason && { reason: c.reason }),
+    };
+  }
+
+  /** A service told a spec has every instance on it and is READY. */
+  private rolled(name: string, label: string): boolean {
+    const x = this.s.services.get(name)!;
+    return x.spec === label && x.outdated === 0 && x.state === 'READY';
+  }
+
+  /** Tells a service its spec (from `spec`, the label its instances must carry); one not started yet will start with it. */
+  private async tellSpec(name: string, spec: ClusterSpec, label: string): Promise<void> {
+    const c = this.s.change!;
+    c.target[name] = label;
+    if (!this.s.services.get(name)!.workflowId) return;
+    const context = spec.contexts?.[name];
+    await this.service(name).signal(serviceSpecSignal, {
+      service: spec.definition.services.find((x) => x.name === name)!,
+      ...(context && { context }),
+      spec: label,
+      maxUnavailable: c.maxUnavailable,
+      legacy: c.before[name],
+    });
+  }
+
+  /** A replaced or added service failed: every service told goes back to its spec from before. */
+  private async rollBack(c: ChangeState, reason: string): Promise<void> {
+    const { s } = this;
+    c.phase = 'rolling back';
+    c.reason = reason;
+    c.waiting = [];
+    this.useSpec(c.from, c.to);
+    this.emit('update', `change to ${c.to.definitionId} failed: ${reason}; rolling back to ${c.from.definitionId}`);
+    this.setState(s.state, `rolling back to ${c.from.definitionId}: ${reason}`);
+    for (const name of Object.keys(c.target)) {
+      // Its FAILED report belongs to the new spec: the service starts afresh with the old one and reports again.
+      const x = s.services.get(name)!;
+      if (x.state === 'FAILED') x.state = 'DEPLOYING';
+      await this.tellSpec(name, c.from, c.before[name]);
+    }
+    for (const name of c.diff.add) if (s.services.get(name)?.state === 'FAILED') s.services.get(name)!.state = 'TERMINATING';
+    s.specUnpublished = true;
+  }
+
+  /**
+   * Tears down services a change leaves out (removed ones once it succeeded, added ones when
+   * it rolls back) and forgets them once they report TERMINATED. True when none is left.
+   */
+  private removeServices(names: readonly string[]): boolean {
+    const { s } = this;
+    const c = s.change!;
+    let gone = true;
+    for (const name of names) {
+      const x = s.services.get(name);
+      if (!x) continue;
+      if (!x.workflowId || x.state === 'TERMINATED') {
+        for (const m of [s.services, s.sentDesired, s.retire, s.autoscale, this.children]) m.delete(name);
+        s.minReached.delete(name);
+        continue;
+      }
+      gone = false;
+      if (!c.tearing.includes(name)) {
+        c.tearing.push(name);
+        this.emit('teardown', `${name}: tearing down (${c.phase === 'removing' ? `not in ${c.to.definitionId}` : `added by the change to ${c.to.definitionId}, which is rolled back`})`, name);
+        void this.service(name).signal(serviceTeardownSignal);
+      }
+    }
+    return gone;
+  }
+
+  /** The change is over: done (removing), rolled back, or given up because the rollback failed too (`failure`). */
+  private endChange(c: ChangeState, failure?: string): void {
+    const { s } = this;
+    const done = c.phase === 'removing';
+    this.useSpec(done ? c.to : c.from);
+    s.change = undefined;
+    s.specUnpublished = true;
+    const took = Math.round((Date.now() - c.startedAt) / 1000);
+    const message = done
+      ? `changed from ${c.from.definitionId} to ${c.to.definitionId} in ${took} s`
+      : failure
+        ? `change to ${c.to.definitionId} failed (${c.reason}) and so did its rollback: ${failure}`
+        : `change to ${c.to.definitionId} failed (${c.reason}); rolled back to ${c.from.definitionId} in ${took} s`;
+    this.emit(done ? 'update' : 'failure', message);
+    log.info('change ended', { message });
+    s.message = message;
+    s.dirty = true;
+  }
+
+  /**
+   * One step of a change. Rolling: tell each replaced service its new spec once the replaced
+   * services it depends on are done; a replaced or added service that FAILED turns it into a
+   * rollback. Once every replaced service runs the new spec and every added one is READY, the
+   * removed services are torn down and the change is done. Rolling back: every service told
+   * goes back to its label from before, added services are torn down; a service that fails
+   * again ends the change, and the failure policy judges the cluster as always.
+   */
+  private async reconcileChange(c: ChangeState): Promise<void> {
+    const { s } = this;
+    const failed = (names: readonly string[]) => names.find((n) => s.services.get(n)?.state === 'FAILED');
+    if (c.phase === 'rolling') {
+      const bad = failed([...Object.keys(c.target), ...c.diff.add]);
+      if (bad) return this.rollBack(c, `${bad} failed on the new spec: ${s.services.get(bad)!.message ?? 'no reason given'}`);
+      const doneRolling = (n: string) => !c.diff.replace.includes(n) || (c.target[n] !== undefined && this.rolled(n, c.target[n]));
+      const next = c.waiting.filter((n) => this.specs.get(n)!.dependsOn.every(doneRolling));
+      for (const name of next) await this.tellSpec(name, c.to, specLabel(c.to.definitionId, c.to.contexts?.[name]));
+      c.waiting = c.waiting.filter((n) => !next.includes(n));
+      if (c.waiting.length === 0 && c.diff.replace.every(doneRolling) && c.diff.add.every((n) => s.services.get(n)!.state === 'READY')) {
+        c.phase = 'removing';
+        s.specUnpublished = true;
+      }
+    }
+    if (c.phase === 'rolling back') {
+      const bad = failed(Object.keys(c.target));
+      if (bad) return this.endChange(c, `${bad}: ${s.services.get(bad)!.message ?? 'no reason given'}`);
+      if (!this.removeServices(c.diff.add)) return;
+      if (Object.entries(c.target).every(([n, label]) => this.rolled(n, label))) this.endChange(c);
+      return;
+    }
+    if (c.phase === 'removing' && this.removeServices(c.diff.remove)) this.endChange(c);
+  }
   /** The services a retry re-runs: started ones that failed or wait for room. */
   private retryable(): string[] {
     return [...this.s.services.values()].filter((x) => x.workflowId && (x.state === 'FAILED' || x.state === 'WAITING_CAPACITY')).map((x) => x.name);
@@ -504,7 +728,7 @@ class ClusterRun {
     const spec = this.specs.get(name)!;
     const summary = this.s.services.get(name)!;
     const workflowId = serviceWorkflowId(clusterId, name);
-    const context = input.contexts?.[name];
+    const context = this.spec.contexts?.[name];
     const clouds = serviceClouds(spec, input.cloud);
     summary.state = 'DEPLOYING';
     this.s.sentDesired.set(name, summary.desired);
@@ -514,9 +738,10 @@ class ClusterRun {
         {
           clusterId,
           cloud: input.cloud,
-          failurePolicy: input.definition.failurePolicy,
+          failurePolicy: this.spec.definition.failurePolicy,
           service: spec,
           ...(context && { context }),
+          spec: specLabel(this.spec.definitionId, context),
           desired: summary.desired,
           parentWorkflowId: clusterWorkflowId(clusterId),
           tuning: input.tuning,
@@ -561,7 +786,7 @@ class ClusterRun {
   private async publish(): Promise<void> {
     const { s, input } = this;
     if (!this.readModel) return;
-    const services: PublishedService[] = [...s.services.values()].map(({ name, state, desired, ready, replacements, message, retryingAt }) => ({
+    const services: PublishedService[] = [...s.services.values()].map(({ name, state, desired, ready, replacements, message, retryingAt, spec, outdated }) => ({
       name,
       state,
       desired,
@@ -569,13 +794,17 @@ class ClusterRun {
       replacements,
       ...(message !== undefined && { message }),
       ...(retryingAt !== undefined && { retryingAt }),
+      ...(spec !== undefined && { spec, outdated }),
     }));
     // A write that failed is sent again first, unchanged (same seq): the store refuses it if it had landed.
     if (this.pendingPublish && !(await this.send(this.pendingPublish))) return;
     const expiresAt = this.expiresAt();
     // Clusters without a lifetime publish exactly what they did before sessions existed.
     const content = JSON.stringify(expiresAt ? [s.state, s.message, services, expiresAt] : [s.state, s.message, services]);
-    if (content === s.published && s.events.length === 0) return;
+    if (content === s.published && s.events.length === 0 && !s.specUnpublished) return;
+    // After a change started or ended: the spec the cluster runs, and the change in progress (null: none).
+    const spec = s.specUnpublished;
+    s.specUnpublished = false;
     const write: PublishClusterInput = {
       clusterId: input.clusterId,
       seq: ++s.pubSeq,
@@ -584,6 +813,10 @@ class ClusterRun {
       ...(s.message !== undefined && { message: s.message }),
       services,
       ...(expiresAt && { expiresAt }),
+      ...(spec && {
+        spec: { definitionId: this.spec.definitionId, ...(this.spec.contexts && { contexts: this.spec.contexts }) },
+        change: s.change ? this.changeView(s.change) : null,
+      }),
       events: s.events.splice(0),
     };
     if (await this.send(write)) s.published = content;
@@ -613,7 +846,7 @@ class ClusterRun {
 
   /** Fails the cluster before any instance exists when a repository is not fit to deploy with. */
   private async checkRepositories(): Promise<void> {
-    const checks = cvmfsChecks(this.input.contexts);
+    const checks = cvmfsChecks(this.spec.contexts);
     if (checks.length === 0) return;
     setCurrentDetails(`**DEPLOYING** — checking ${checks.length} CVMFS ${checks.length === 1 ? 'repository' : 'repositories'} on their stratum-1s`);
     const results = await Promise.allSettled(
@@ -633,7 +866,8 @@ class ClusterRun {
       await this.publish();
       return;
     }
-    const startable = startableServices(this.input.definition.services, (name) => s.services.get(name)!.state, s.minReached);
+    if (s.change) await this.reconcileChange(s.change);
+    const startable = startableServices(this.spec.definition.services, (name) => s.services.get(name)!.state, s.minReached);
     await Promise.all(startable.map((spec) => this.startService(spec.name)));
     // This run's children first, in the order they started (as runs before continue-as-new did), then those an earlier run started.
     const started = [...this.children.keys(), ...[...s.services.values()].filter((x) => x.workflowId && !this.children.has(x.name)).map((x) => x.name)];
@@ -649,7 +883,7 @@ class ClusterRun {
     }
     for (const name of s.retryNow) await this.service(name).signal(retryNowSignal);
     s.retryNow.clear();
-    const verdict = clusterVerdict([...s.services.values()], this.input.definition.failurePolicy, s.everReady);
+    const verdict = clusterVerdict([...s.services.values()], this.spec.definition.failurePolicy, s.everReady);
     if (verdict.rollback) {
       s.teardown = { reason: verdict.reason, rollback: true };
       return;
@@ -701,7 +935,8 @@ class ClusterRun {
    */
   private async sweepEveryCloud(why: string): Promise<{ clouds: string[]; left: number }> {
     const { input, clusterId } = this;
-    const clouds = clusterClouds(input.definition.services, input.cloud);
+    // A change may have moved services: the clouds of the spec it started from are swept too.
+    const clouds = clusterClouds([...this.spec.definition.services, ...(this.s.change?.from.definition.services ?? []), ...input.definition.services], input.cloud);
     const sweeps = await Promise.all(
       clouds.map((cloud) => sweepCluster.executeWithOptions({ summary: `${why}verify no instance of ${clusterId} is left on ${cloud}` }, [{ cloud, clusterId }])),
     );
@@ -754,13 +989,16 @@ class ClusterRun {
    */
   private async continueAsNewIfDue(): Promise<void> {
     if (!this.shouldContinueAsNew()) return;
-    // A pause's grace timer and its steps live in this run: hand over only a settled pause.
-    if (this.s.pause && this.s.pause.phase !== 'paused') return;
+    // A pause's grace timer and its steps live in this run: hand over only a settled pause; a change, only once done.
+    if ((this.s.pause && this.s.pause.phase !== 'paused') || this.s.change) return;
     await condition(allHandlersFinished);
     if (this.s.teardown || this.s.dirty) return;
     await this.publish();
     if (this.pendingPublish) return;
-    await continueAsNew<typeof ClusterWorkflow>({ ...this.input, carried: this.carried() });
+    // The next run starts from the spec this one runs (a change may have replaced the submitted one).
+    const { contexts: _submitted, ...input } = this.input;
+    const { definitionId, definition, contexts } = this.spec;
+    await continueAsNew<typeof ClusterWorkflow>({ ...input, definitionId, definition, ...(contexts && { contexts }), carried: this.carried() });
   }
 
   async run(): Promise<ClusterView> {

@@ -11,6 +11,8 @@ import type { SessionDeadlines } from '../model/session.js';
 import type { LoadReport } from '../model/autoscale.js';
 import type { PublishedService } from '../model/read-model.js';
 import type { CarriedInstance, InstanceRecord } from '../model/service-plan.js';
+import type { ChangeView, ClusterSpec, SpecDiff } from '../model/rolling.js';
+export type { ChangeView } from '../model/rolling.js';
 import type { ClusterState, ReadinessReport, ServiceStatus } from '../model/status.js';
 
 export const TASK_QUEUE = 'cloudgate';
@@ -133,6 +135,8 @@ export interface ClusterView {
   services: ServiceSummary[];
   /** When a session tears itself down unless kept alive or extended (clusters with a lifetime). */
   expiresAt?: string;
+  /** A change (`PUT /v1/clusters/:id`) in progress. */
+  change?: ChangeView;
 }
 
 /** A session's deadlines as the keepalive and extend updates answer them (ISO). */
@@ -149,6 +153,19 @@ export interface ScaleRequest {
 export interface ScaleResult {
   service: string;
   desired: number;
+}
+
+/** `PUT /v1/clusters/:id`: the new definition (frozen by the API) and its pinned contexts. */
+export interface ChangeRequest extends ClusterSpec {
+  /** Instances of a service replaced at once (default 1); never fewer than the service's `min` stay ready. */
+  maxUnavailable?: number;
+}
+
+/** What a change request did: the services it replaces, adds, removes and keeps. */
+export interface ChangeResult extends SpecDiff {
+  from: string;
+  to: string;
+  maxUnavailable: number;
 }
 
 /** Failure types the scale validator rejects with; the API maps them to 404 / 422 / 409. */
@@ -174,6 +191,10 @@ export const NOT_PAUSABLE = 'NotPausable';
 export const retryUpdate = defineUpdate<{ services: string[] }, []>('retry');
 /** A retry with no service to re-run; the API answers 409. */
 export const NOTHING_TO_RETRY = 'NothingToRetry';
+/** Applies a new definition or context versions to a running cluster, service by service (rolling). */
+export const changeUpdate = defineUpdate<ChangeResult, [ChangeRequest]>('change');
+/** A change while another is in progress, or to the spec the cluster already runs; the API answers 409. */
+export const CHANGE_REFUSED = 'ChangeRefused';
 /** A service's load (autoscale); it also keeps a session alive. */
 export const loadUpdate = defineUpdate<LoadResult, [LoadRequest]>('load');
 /** Resets a session's idle clock. */
@@ -195,6 +216,8 @@ export interface ServiceInput {
   desired: number;
   parentWorkflowId: string;
   tuning?: WorkflowTuning;
+  /** The spec its instances are made from (model/rolling.ts `specLabel`); unset in services started before changes existed. */
+  spec?: string;
   /** Set only on continue-as-new. */
   carried?: ServiceCarried;
 }
@@ -247,3 +270,14 @@ export const serviceTeardownSignal = defineSignal('serviceTeardown');
 export const retryNowSignal = defineSignal('retryNow');
 /** Cluster → service: terminate every instance and make none until resumed (true), or deploy again (false). */
 export const servicePauseSignal = defineSignal<[boolean]>('servicePause');
+
+/** Cluster → service: make instances from this spec from now on, replacing the others `maxUnavailable` at a time. */
+export interface ServiceSpecChange {
+  service: ServiceDefinition;
+  context?: PinnedContext;
+  spec: string;
+  maxUnavailable: number;
+  /** The label of the instances made before the service had one (services started before changes existed). */
+  legacy?: string;
+}
+export const serviceSpecSignal = defineSignal<[ServiceSpecChange]>('serviceSpec');

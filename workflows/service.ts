@@ -58,6 +58,7 @@ import {
 } from '../model/read-model.js';
 import { serviceClouds, type PlacementStrategy } from '../model/definition.js';
 import { cloudRetryMs, MAX_CREATE_FAILURES_PER_CLOUD, placeInstances } from '../model/placement.js';
+import { rollingPlan } from '../model/rolling.js';
 import type { CloudCount, InstanceStatus, ReadinessReport, ServiceState, ServiceStatus } from '../model/status.js';
 import type { CloudgateActivities, CreateInstancesResult, DescribedInstance, InstanceRef } from './activity-types.js';
 import { failureReason } from './failures.js';
@@ -66,6 +67,7 @@ import {
   retryNowSignal,
   servicePauseSignal,
   serviceReportSignal,
+  serviceSpecSignal,
   serviceStatusQuery,
   serviceTeardownSignal,
   setDesiredSignal,
@@ -73,6 +75,7 @@ import {
   type BlockedCloud,
   type ServiceCarried,
   type ServiceInput,
+  type ServiceSpecChange,
   type ServiceSummary,
 } from './messages.js';
 
@@ -144,6 +147,8 @@ interface ServiceRunState extends Omit<ServiceCarried, 'instances' | 'blocked'> 
   unplaced: number;
   /** Idle instances the cluster asked to terminate (autoscale), ahead of the scale plan's own choice. */
   retiring: Set<string>;
+  /** Instances of an earlier spec replaced at once while a change rolls (model/rolling.ts). */
+  maxUnavailable: number;
   desired: number;
   /** Cloud activities still running. */
   inFlight: number;
@@ -173,14 +178,14 @@ interface ServiceRunState extends Omit<ServiceCarried, 'instances' | 'blocked'> 
 class ServiceRun {
   private readonly s: ServiceRunState;
   private readonly instances: Map<string, InstanceRecord>;
-  private readonly repositories: string[];
+  private repositories: string[];
   private readonly healthCheckMs: number;
   /** The longest pause between health checks of a steady service. */
   private readonly healthCheckMaxMs: number;
   private readonly historyLimit: number;
   /** The clouds its instances may go to, in order (its placement's, else the cluster's cloud), and how. */
-  private readonly clouds: string[];
-  private readonly strategy: PlacementStrategy;
+  private clouds: string[];
+  private strategy: PlacementStrategy;
   /** Pauses before a blocked cloud is tried again. */
   private readonly cloudRetry: number[] | undefined;
   private readonly timeScale: number;
@@ -197,13 +202,17 @@ class ServiceRun {
   /** A write to the read model that failed, to send again first. */
   private pendingPublish?: { input: PublishServiceInput; done: () => void };
 
-  constructor(private readonly input: ServiceInput) {
+  /** The input, with the service's spec as the last change made it (see {@link changeSpec}). */
+  constructor(private input: ServiceInput) {
     const carried = input.carried;
     this.clouds = serviceClouds(input.service, input.cloud);
     this.strategy = input.service.placement?.strategy ?? 'fill';
     this.cloudRetry = input.tuning?.cloudRetryMs;
     this.instances = new Map(
-      (carried?.instances ?? []).map((c) => expandInstance(c, input.clusterId, input.service.name, this.clouds)).map((i) => [i.id, i]),
+      (carried?.instances ?? [])
+        .map((c) => expandInstance(c, input.clusterId, input.service.name, this.clouds))
+        // A run continues-as-new only once every instance runs its spec.
+        .map((i) => [i.id, input.spec !== undefined ? { ...i, spec: input.spec } : i]),
     );
     /** What every guest must report OK before it counts as ready. */
     this.repositories = input.context?.repositories ?? [];
@@ -244,6 +253,7 @@ class ServiceRun {
       createFailures: new Map(),
       unplaced: 0,
       retiring: new Set(),
+      maxUnavailable: 1,
     };
     // The previous run published everything before it continued as new: its instances are in
     // the read model as they are here (minus what is not carried, which the store keeps).
@@ -263,6 +273,7 @@ class ServiceRun {
     });
     setHandler(readinessSignal, (reports) => this.onReadiness(reports));
     setHandler(retryNowSignal, () => this.retryNow());
+    setHandler(serviceSpecSignal, (change) => this.changeSpec(change));
     setHandler(servicePauseSignal, (paused) => {
       if (paused !== this.s.paused) this.emit('state', paused ? `${this.name}: pausing: terminating every instance` : `${this.name}: resuming: deploying ${this.s.desired} instances`);
       this.s.paused = paused;
@@ -273,6 +284,30 @@ class ServiceRun {
 
   private get name(): string {
     return this.input.service.name;
+  }
+
+  /**
+   * A change of the cluster: instances are made from the new spec from now on, and those of
+   * another spec are replaced (see {@link reconcile}). The failure budget starts afresh: a
+   * FAILED service gets its chance with the new spec (or, rolling back, the old one again).
+   */
+  private changeSpec({ service, context, spec, maxUnavailable, legacy }: ServiceSpecChange): void {
+    if (legacy !== undefined) for (const i of this.instances.values()) i.spec ??= legacy;
+    const { context: _old, ...rest } = this.input;
+    this.input = { ...rest, service, ...(context && { context }), spec };
+    this.clouds = serviceClouds(service, this.input.cloud);
+    this.strategy = service.placement?.strategy ?? 'fill';
+    this.repositories = context?.repositories ?? [];
+    this.s.maxUnavailable = maxUnavailable;
+    const outdated = liveInstances(this.instances.values()).filter((i) => i.spec !== spec).length;
+    this.emit('update', `${this.name}: instances are made from ${spec} from now on${outdated > 0 ? `; replacing ${outdated}, ${maxUnavailable} at a time` : ''}`);
+    Object.assign(this.s, { consecutiveFailures: 0, failing: false, failedUntil: 0, failedRounds: 0, lastCheckClean: false, dirty: true });
+  }
+
+  /** Live instances on another spec than the service's (a change replacing them). */
+  private outdated(): number {
+    const { spec } = this.input;
+    return spec === undefined ? 0 : liveInstances(this.instances.values()).filter((i) => i.spec !== spec).length;
   }
 
   private readyCount(): number {
@@ -317,6 +352,7 @@ class ServiceRun {
       createdAt: i.createdAt,
       readyAt: i.readyAt,
       message: i.message,
+      ...(i.spec && { spec: i.spec }),
     };
   }
 
@@ -572,7 +608,12 @@ class ServiceRun {
 
     // No new instances while the failure budget is used up (a keep-policy backoff, or a rollback to come).
     const holdCreates = this.honestFailure ? this.s.consecutiveFailures >= MAX_CONSECUTIVE_FAILURES : this.state() === 'FAILED';
-    const plan = scalePlan(liveInstances(all()), this.s.desired, this.s.nextOrdinal, holdCreates);
+    // A change: instances of another spec are replaced, never below the service's floor of ready ones.
+    const { spec } = this.input;
+    const rolling = spec !== undefined ? rollingPlan(liveInstances(all()), spec, this.s.desired, this.input.service.min, this.s.maxUnavailable) : undefined;
+    for (const inst of rolling?.terminate ?? []) inst.state = 'TERMINATING';
+    for (const batch of chunks(rolling?.terminate ?? [], CLOUD_BATCH)) this.terminate(batch, `replace with ${spec}`);
+    const plan = scalePlan(liveInstances(all()), rolling?.target ?? this.s.desired, this.s.nextOrdinal, holdCreates, spec);
     for (const inst of plan.terminate) inst.state = 'TERMINATING';
     for (const batch of chunks(plan.terminate, CLOUD_BATCH)) this.terminate(batch, `scale down to ${this.s.desired}`);
     // Each new instance goes to a cloud of the service with room (model/placement.ts); none: it waits for room.
@@ -593,7 +634,7 @@ class ServiceRun {
     }
     const fresh = places.map((cloud, n): InstanceRecord => {
       const ordinal = this.s.nextOrdinal + n;
-      return { id: instanceId(this.input.clusterId, this.name, ordinal), ordinal, state: 'CREATING', cloud };
+      return { id: instanceId(this.input.clusterId, this.name, ordinal), ordinal, state: 'CREATING', cloud, ...(spec !== undefined && { spec }) };
     });
     for (const inst of fresh) this.instances.set(inst.id, inst);
     this.s.nextOrdinal += fresh.length;
@@ -641,7 +682,10 @@ class ServiceRun {
     const ready = this.readyCount();
     const { desired, replacements, message } = this.s;
     const retryingAt = this.retryingAt();
-    const key = `${state}|${ready >= this.input.service.min}|${desired}|${state === 'FAILED' ? message : ''}${this.honestFailure ? `|${retryingAt ?? ''}` : ''}`;
+    const { spec } = this.input;
+    const outdated = this.outdated();
+    // Services with a spec also report when it changes and when its last outdated instance goes.
+    const key = `${state}|${ready >= this.input.service.min}|${desired}|${state === 'FAILED' ? message : ''}${this.honestFailure ? `|${retryingAt ?? ''}` : ''}${spec !== undefined ? `|${spec}|${outdated > 0}` : ''}`;
     if (key === this.s.lastReport) return;
     this.s.lastReport = key;
     if (state !== this.s.reportedState) {
@@ -653,7 +697,16 @@ class ServiceRun {
     setCurrentDetails(
       `**${this.name}**: ${state}${retrying}, ${ready}/${desired} ready, ${replacements} replaced${this.placementDetails()}${message ? `\n\nlast problem: ${message}` : ''}`,
     );
-    const summary: Omit<ServiceSummary, 'workflowId'> = { name: this.name, state, desired, ready, replacements, message, ...(retryingAt && { retryingAt }) };
+    const summary: Omit<ServiceSummary, 'workflowId'> = {
+      name: this.name,
+      state,
+      desired,
+      ready,
+      replacements,
+      message,
+      ...(retryingAt && { retryingAt }),
+      ...(spec !== undefined && { spec, outdated }),
+    };
     // The service's own view first: the cluster publishes what it is told, and must not be ahead of it.
     await this.publish(true);
     try {
@@ -681,7 +734,17 @@ class ServiceRun {
   private publishedSummary(): PublishedService {
     const { desired, replacements, message } = this.s;
     const retryingAt = this.retryingAt();
-    return { name: this.name, state: this.state(), desired, ready: this.readyCount(), replacements, ...(message && { message }), ...(retryingAt && { retryingAt }) };
+    const { spec } = this.input;
+    return {
+      name: this.name,
+      state: this.state(),
+      desired,
+      ready: this.readyCount(),
+      replacements,
+      ...(message && { message }),
+      ...(retryingAt && { retryingAt }),
+      ...(spec !== undefined && { spec, outdated: this.outdated() }),
+    };
   }
 
   /** When instance-only changes wait to be published (0: nothing waits). */
@@ -818,11 +881,12 @@ class ServiceRun {
       for (;;) {
         s.dirty = false;
         this.keepPolicy();
-        if (!this.shouldContinueAsNew() || s.tearingDown) this.reconcile();
+        if (!this.shouldContinueAsNew() || s.tearingDown || this.outdated() > 0) this.reconcile();
         if (this.readyCount() >= s.desired) {
           s.everReady = true;
           s.degraded = false;
-          if (this.honestFailure && s.failing) {
+          // Mid-change the old instances are ready while new ones may be failing: that is not the end of a failure.
+          if (this.honestFailure && s.failing && this.outdated() === 0) {
             // Scaled down to what is ready: nothing is failing any more.
             s.failing = false;
             s.consecutiveFailures = 0;
@@ -833,7 +897,8 @@ class ServiceRun {
         const leaving = s.tearingDown && this.instances.size === 0 && s.inFlight === 0;
         await this.publish(leaving);
         if (leaving) break;
-        if (this.shouldContinueAsNew() && s.inFlight === 0 && !s.tearingDown) {
+        // Mid-change, the carried instances could not say which spec each runs: a run hands over once all run the same.
+        if (this.shouldContinueAsNew() && s.inFlight === 0 && !s.tearingDown && this.outdated() === 0) {
           await condition(allHandlersFinished);
           // Everything goes to the read model first: the next run counts its carried instances as published.
           await this.publish(true);
