@@ -13,6 +13,7 @@ import {
 import type { SearchAttributePair } from '@temporalio/common';
 import { clusterClouds, NameSchema } from '../model/definition.js';
 import { humanSeconds, resolveLifetime } from '../model/session.js';
+import { nextWindowOpening, resolveWindows } from '../model/windows.js';
 import type { ServiceDefinition } from '../model/definition.js';
 import type { PublishedService } from '../model/read-model.js';
 import { CLUSTER_STATES, type ClusterState } from '../model/status.js';
@@ -94,10 +95,13 @@ const HARD_MAX_INSTANCES = 10_000;
 const newClusterId = (base: string): string =>
   `${base.slice(0, ID_PREFIX_MAX).replace(/-+$/, '')}-${randomInt(36 ** 6).toString(36).padStart(6, '0')}`;
 
-/** Stable hash of the (defaulted) request, to tell a retry from a different request with the same key. */
+/**
+ * Stable hash of the (defaulted) request, to tell a retry from a different request with the same
+ * key. A request's `windows` count only when given, so keys stored before windows keep their hashes.
+ */
 const requestHash = (r: CreateClusterRequest): string =>
   createHash('sha256')
-    .update(JSON.stringify([r.definitionId, r.name ?? null, r.cloud]))
+    .update(JSON.stringify([r.definitionId, r.name ?? null, r.cloud, ...(r.windows ? [r.windows] : [])]))
     .digest('hex');
 
 const isClusterState = (s: unknown): s is ClusterState => (CLUSTER_STATES as readonly unknown[]).includes(s);
@@ -144,10 +148,12 @@ export function mergeServices(view: ClusterViewRecord | undefined, serviceViews:
 /**
  * Weak ETag of a cluster answer built from the read model. Everything else in the answer
  * (name, definition, cloud, pinned contexts, links) never changes for a cluster, so the
- * seqs of the cluster's and its services' publishes identify the answer.
+ * seqs of the cluster's and its services' publishes identify the answer — with, for a
+ * cluster with windows, its `nextWindowAt`, which moves with the clock.
  */
-export function readModelEtag(view: ClusterViewRecord, serviceViews: ServiceViewRecord[]): string {
-  const key = JSON.stringify([view.seq, serviceViews.map((v) => [v.service, v.seq])]);
+export function readModelEtag(view: ClusterViewRecord, serviceViews: ServiceViewRecord[], nextWindowAt?: string): string {
+  const seqs = [view.seq, serviceViews.map((v) => [v.service, v.seq])];
+  const key = JSON.stringify(nextWindowAt === undefined ? seqs : [...seqs, nextWindowAt]);
   return `W/"${createHash('sha256').update(key).digest('base64url').slice(0, 22)}"`;
 }
 
@@ -250,6 +256,7 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
       ...(c.owner && { owner: c.owner }),
       ...(contexts && Object.keys(contexts).length > 0 && { contexts }),
       ...(c.lifetime && { lifetime: { ...c.lifetime, capSeconds: config.maxLifetimeSeconds } }),
+      ...(c.windows && { windows: c.windows }),
     };
     // Every cloud a service may use (placement's, else the cluster's): `CloudgateClouds = "hlt"` finds the clusters that may touch hlt.
     const clouds = clusterClouds(d.services, c.cloud);
@@ -360,6 +367,8 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
       });
     }
     if (!def || !pinned || errors.length > 0) throw invalid(errors);
+    // Schedule windows: the request's list instead of the definition's (`[]`: none).
+    const windows = resolveWindows(def.definition.windows, body.windows);
 
     const name = body.name ?? def.definition.name;
     // Quota: FAILED clusters whose workflow ended stop counting; then check and reserve with the insert (one transaction).
@@ -376,6 +385,7 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
           owner: p.owner,
           ...(Object.keys(pinned.pins).length > 0 && { contexts: pinned.pins }),
           ...(lifetime && { lifetime }),
+          ...(windows && { windows }),
           ...(key && { idempotencyKey: key.data, requestHash: hash }),
         }, quota);
       } catch (err) {
@@ -458,7 +468,13 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
         contexts: Object.fromEntries(Object.entries(c.contexts).map(([svc, p]) => [svc, { id: p.id, version: p.version, repositories: p.repositories }])),
       }),
       ...(c.lifetime && { lifetime: c.lifetime }),
+      ...(c.windows && { windows: c.windows }),
       links: { ...links(c.id), instances: `/v1/clusters/${c.id}/instances`, events: `/v1/clusters/${c.id}/events` },
+    };
+    // Computed now from the windows' cron expressions (the same arithmetic as the cluster workflow's), not published.
+    const nextWindowAt = (state: ClusterState): { nextWindowAt: string } | undefined => {
+      const next = c.windows && !['TERMINATING', 'TERMINATED', 'FAILED'].includes(state) ? nextWindowOpening(c.windows, Date.now()) : undefined;
+      return next && { nextWindowAt: new Date(next.at).toISOString() };
     };
     if (!view) {
       const { state, gone } = await workflowState(c.id);
@@ -469,11 +485,13 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
           ? 'the cluster workflow has not started (or was removed after retention)'
           : 'the cluster workflow has not published its state yet; the state is its search attribute',
         services: mergeServices(undefined, serviceViews),
+        ...nextWindowAt(state),
         seq: 0,
       };
       return void res.set('Cache-Control', 'no-cache').json(detail);
     }
-    res.set({ ETag: readModelEtag(view, serviceViews), 'Cache-Control': 'no-cache' });
+    const next = nextWindowAt(view.state);
+    res.set({ ETag: readModelEtag(view, serviceViews, next?.nextWindowAt), 'Cache-Control': 'no-cache' });
     // req.fresh compares If-None-Match with the ETag just set (weakly, as RFC 9110 says for GET).
     if (req.fresh) return void res.status(304).end();
     const detail: ClusterDetail = {
@@ -483,6 +501,7 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
       services: mergeServices(view, serviceViews),
       ...(view.expiresAt !== undefined && { expiresAt: view.expiresAt }),
       ...(view.change && { change: view.change }),
+      ...next,
       observedAt: view.observedAt,
       seq: view.seq,
     };

@@ -132,7 +132,10 @@ export function openApiDocument(serverUrl: string): Doc {
       'the cloud does not offer or a user-data larger than the cloud accepts is a 422 listing every such error, each naming the ' +
       'service and the cloud. Errors about a placement cloud point into the definition (`/definition/services/<i>/placement/clouds/<j>` ' +
       'for an unregistered cloud or a user-data too large, `.../offering`, `.../image`); the others point at `/cloud` (images: field ' +
-      '`definition.services[<i>].image`). The workflow carries the search attribute `CloudgateClouds`: every cloud the cluster may use.',
+      '`definition.services[<i>].image`). The workflow carries the search attribute `CloudgateClouds`: every cloud the cluster may use. ' +
+      'A cluster with `windows` (the definition\'s, or the request\'s instead) gets one Temporal Schedule per window ' +
+      '(`cluster-window/<id>/<n>`, on the Temporal UI\'s Schedules page) and is active only inside them: created outside every window it is ' +
+      'PAUSED at once with nothing deployed (its message and `nextWindowAt` say when the next opens), and the end of a window pauses it.',
     request: {
       ...body(CreateCluster),
       headers: z.object({
@@ -268,7 +271,8 @@ export function openApiDocument(serverUrl: string): Doc {
     path: '/v1/clusters/{id}/pause',
     summary: 'Vacate a cluster, keeping it (PAUSING → PAUSED)',
     description:
-      'After graceSeconds (default 0: at once) every instance is terminated and a sweep verifies nothing is left on any cloud; the cluster keeps its id, definition, pinned contexts and history. Scale, load and retry answer 409 until it resumes.',
+      'After graceSeconds (default 0: at once) every instance is terminated and a sweep verifies nothing is left on any cloud; the cluster keeps its id, definition, pinned contexts and history. Scale, load and retry answer 409 until it resumes. ' +
+      'A user\'s pause holds across windows: an opening window does not resume it. Pausing a cluster the end of a window paused makes that pause the user\'s (the next window does not resume it).',
     request: { params: clusterId, ...body(Pause) },
     responses: {
       200: json(PauseResponse, 'Pausing'),
@@ -282,6 +286,8 @@ export function openApiDocument(serverUrl: string): Doc {
     method: 'post',
     path: '/v1/clusters/{id}/resume',
     summary: 'Deploy a PAUSED cluster again, in dependency order',
+    description:
+      'Also a cluster paused outside its windows: it deploys now and stays active until the end of the window open then, or else of the next one.',
     request: { params: clusterId },
     responses: {
       200: json(PauseResponse, 'Resuming (DEPLOYING)'),

@@ -8,6 +8,7 @@ import { CloudQuotaSchema } from '../model/clouds-config.js';
 import { ContextSchema, ContextUserSchema } from '../model/context.js';
 import { ClusterDefinitionSchema, LifetimeSchema, NameSchema, OfferingSchema, PlacementSchema, ServiceDefinitionSchema } from '../model/definition.js';
 import { CLUSTER_EVENT_KINDS } from '../model/read-model.js';
+import { WindowsSchema } from '../model/windows.js';
 import { CLUSTER_STATES, INSTANCE_STATES, SERVICE_STATES } from '../model/status.js';
 
 // ---- requests ----
@@ -20,6 +21,8 @@ export const CreateClusterRequestSchema = z
     cloud: z.string().min(1).max(100).default('sim'),
     /** Overrides the definition's `lifetime`, field by field (issue 13, sessions). */
     lifetime: LifetimeSchema.optional(),
+    /** Replaces the definition's `windows` (issue 13); `[]`: none, the cluster is always active. */
+    windows: WindowsSchema.optional().describe("Replaces the definition's windows (an empty list: none, always active)"),
   })
   .strict();
 export type CreateClusterRequest = z.infer<typeof CreateClusterRequestSchema>;
@@ -272,6 +275,11 @@ export const ClusterDetailSchema = z.object({
     .optional()
     .describe('When the session tears itself down unless kept alive (idle limit) or extended (maximum): the earlier deadline'),
   change: ChangeViewSchema.optional().describe('A change (PUT) in progress: from and to which definition, its phase, what it does to each service'),
+  windows: WindowsSchema.optional().describe("When the cluster is active (the definition's, or the submission's instead): PAUSED outside every window; absent: always active"),
+  nextWindowAt: z
+    .string()
+    .optional()
+    .describe('Clusters with windows, until they are torn down: when the next window opens (ISO), by the windows\' cron expressions in UTC'),
   observedAt: z.string().optional().describe('When the cluster workflow saw this state (workflow clock); absent until it has published one'),
   seq: z.number().int().min(0).describe("The cluster workflow's publish sequence number; 0 until it has published"),
 });

@@ -4,6 +4,7 @@
  */
 import { z } from 'zod';
 import { findCycle } from './graph.js';
+import { WindowsSchema } from './windows.js';
 
 /** Names used in workflow ids, instance names and cloud tags: short, DNS-label-like. */
 export const NameSchema = z
@@ -107,6 +108,8 @@ export const ClusterDefinitionSchema = z
     failurePolicy: FailurePolicySchema.default('keep'),
     /** Default lifetime of the clusters made from it (a submission may override it). */
     lifetime: LifetimeSchema.optional(),
+    /** When its clusters are active (issue 13): inside these windows, PAUSED outside them (a submission may replace them). */
+    windows: WindowsSchema.optional(),
     services: z.array(ServiceDefinitionSchema).min(1).max(200),
   })
   .strict()

@@ -11,6 +11,7 @@ import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import type { ClusterDefinition, Lifetime } from '../model/definition.js';
+import type { Window } from '../model/windows.js';
 import type { CloudOffering } from '../clouds/contract.js';
 import type { Context, PinnedContext } from '../model/context.js';
 import type { ClusterEvent, PublishClusterInput, PublishedInstance, PublishedService, PublishServiceInput } from '../model/read-model.js';
@@ -67,6 +68,8 @@ export interface ClusterRecord {
   contexts?: Record<string, PinnedContext>;
   /** The session lifetime it runs with (the definition's, overridden by the submission's). */
   lifetime?: Lifetime;
+  /** The windows it is active in (the definition's, or the submission's instead); absent: always active. */
+  windows?: Window[];
   createdAt: string;
 }
 
@@ -367,6 +370,7 @@ CREATE TABLE IF NOT EXISTS clusters (
   request_hash     TEXT,
   contexts         TEXT,
   lifetime         TEXT,
+  windows          TEXT,
   created_at       TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS clouds (
@@ -489,6 +493,7 @@ interface ClusterRow {
   request_hash: string | null;
   contexts: string | null;
   lifetime: string | null;
+  windows: string | null;
   created_at: string;
 }
 interface CloudRow {
@@ -517,6 +522,7 @@ const toCluster = (r: ClusterRow): ClusterRecord => ({
   ...(r.request_hash !== null && { requestHash: r.request_hash }),
   ...(r.contexts !== null && { contexts: JSON.parse(r.contexts) as Record<string, PinnedContext> }),
   ...(r.lifetime !== null && r.lifetime !== undefined && { lifetime: JSON.parse(r.lifetime) as Lifetime }),
+  ...(r.windows !== null && r.windows !== undefined && { windows: JSON.parse(r.windows) as Window[] }),
   createdAt: r.created_at,
 });
 
@@ -756,6 +762,8 @@ export function openSqliteStore(file: string, options: StoreOptions = {}): Store
   if (!clusterColumns.some((c) => c.name === 'contexts')) db.exec('ALTER TABLE clusters ADD COLUMN contexts TEXT');
   // Stores made before sessions (issue 13): a cluster's lifetime, and when its session ends.
   if (!clusterColumns.some((c) => c.name === 'lifetime')) db.exec('ALTER TABLE clusters ADD COLUMN lifetime TEXT');
+  // Stores made before schedule windows (issue 13).
+  if (!clusterColumns.some((c) => c.name === 'windows')) db.exec('ALTER TABLE clusters ADD COLUMN windows TEXT');
   const viewColumns = db.prepare<[], { name: string }>("SELECT name FROM pragma_table_info('cluster_views')").all();
   if (!viewColumns.some((c) => c.name === 'expires_at')) db.exec('ALTER TABLE cluster_views ADD COLUMN expires_at TEXT');
   // Stores made before instances showed their hypervisor host (issue 12).
@@ -791,8 +799,8 @@ export function openSqliteStore(file: string, options: StoreOptions = {}): Store
     deleteDef: db.prepare('UPDATE cluster_definitions SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL'),
     clustersOfDef: db.prepare<[string], ClusterRow>('SELECT * FROM clusters WHERE definition_id = ? ORDER BY created_at, id'),
     insertCluster: db.prepare(
-      `INSERT INTO clusters (id, name, definition_id, cloud, owner, idempotency_key, request_hash, contexts, lifetime, created_at)
-       VALUES (@id, @name, @definitionId, @cloud, @owner, @idempotencyKey, @requestHash, @contexts, @lifetime, @createdAt)`,
+      `INSERT INTO clusters (id, name, definition_id, cloud, owner, idempotency_key, request_hash, contexts, lifetime, windows, created_at)
+       VALUES (@id, @name, @definitionId, @cloud, @owner, @idempotencyKey, @requestHash, @contexts, @lifetime, @windows, @createdAt)`,
     ),
     getCluster: db.prepare<[string], ClusterRow>('SELECT * FROM clusters WHERE id = ?'),
     listClusters: db.prepare<[], ClusterRow>('SELECT * FROM clusters ORDER BY created_at, id'),
@@ -1032,6 +1040,7 @@ export function openSqliteStore(file: string, options: StoreOptions = {}): Store
           requestHash: rec.requestHash ?? null,
           contexts: rec.contexts ? JSON.stringify(rec.contexts) : null,
           lifetime: rec.lifetime ? JSON.stringify(rec.lifetime) : null,
+          windows: rec.windows ? JSON.stringify(rec.windows) : null,
           createdAt: rec.createdAt,
         }, quota);
       } catch (err) {

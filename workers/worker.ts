@@ -12,6 +12,7 @@ import { NativeConnection, Worker, type WorkerOptions } from '@temporalio/worker
 import type { Logger } from 'pino';
 import { createCatalogueActivities, staticCloudRecord } from '../activities/catalogue.js';
 import { createActivities } from '../activities/index.js';
+import { createWindowActivities } from '../activities/windows.js';
 import { createCloudRegistry } from '../clouds/registry.js';
 import type { SimCloud, SimRule } from '../clouds/sim.js';
 import type { CloudsFile } from '../model/clouds-config.js';
@@ -62,6 +63,8 @@ export async function startWorker(config: Config, opts: StartWorkerOptions = {})
   // The registry's static part only: no cloud is called and no credential read here (the catalogue activity does both).
   publishRegistry(store, registryFile);
   const connection = await NativeConnection.connect({ address: temporalAddressOf(config) });
+  // The worker's own client: the catalogue schedule below and the window activities (a cluster's schedules) use it.
+  const temporal = temporalClient(config, codec);
   const worker = await Worker.create({
     connection,
     namespace: config.namespace,
@@ -85,6 +88,7 @@ export async function startWorker(config: Config, opts: StartWorkerOptions = {})
         },
       }),
       ...createCatalogueActivities({ clouds, registry: registryFile.clouds, store, quotaOf }),
+      ...createWindowActivities({ client: temporal.get, taskQueue: config.taskQueue }),
     },
     maxConcurrentActivityTaskExecutions: 200,
     ...opts.tuning,
@@ -92,9 +96,10 @@ export async function startWorker(config: Config, opts: StartWorkerOptions = {})
   for (const s of sims.values()) s.start();
   const running = worker.run();
   // The schedule is made beside the polling worker, which runs the triggered refresh itself.
-  const schedule = ensureCatalogueSchedule(config, codec, opts.logger);
+  const schedule = ensureCatalogueSchedule(config, temporal.get, opts.logger);
   const done = running.finally(async () => {
-    await schedule.close();
+    await schedule;
+    await temporal.close();
     await Promise.all([...sims.values()].map((s) => s.stop()));
     await clouds.close();
     await connection.close();
@@ -104,7 +109,7 @@ export async function startWorker(config: Config, opts: StartWorkerOptions = {})
     worker,
     sim,
     sims,
-    catalogueScheduled: schedule.ready,
+    catalogueScheduled: schedule,
     done,
     async shutdown() {
       if (worker.getState() === 'RUNNING') worker.shutdown();
@@ -154,17 +159,40 @@ export function catalogueScheduleOptions(config: Pick<Config, 'taskQueue'>): Sch
 }
 
 /**
+ * The worker's Temporal client, connected on first use (the catalogue schedule at start, the
+ * window activities), with the worker's payload codec so what it writes (schedule arguments
+ * and memos) reads like everything else. A failed connect is tried again at the next use.
+ */
+function temporalClient(config: Config, codec: AesGcmPayloadCodec): { get(): Promise<Client>; close(): Promise<void> } {
+  let client: Promise<Client> | undefined;
+  return {
+    get() {
+      client ??= Connection.connect({ address: temporalAddressOf(config) }).then(
+        (connection) => new Client({ connection, namespace: config.namespace, dataConverter: payloadDataConverter(codec) }),
+        (err: unknown) => {
+          client = undefined;
+          throw err;
+        },
+      );
+      return client;
+    },
+    async close() {
+      const c = await client?.catch(() => undefined);
+      await c?.connection.close();
+    },
+  };
+}
+
+/**
  * Creates the catalogue schedule, or brings an existing one's spec and action up to date
  * (several workers start it alike: an AlreadyExists answer is the normal case), then triggers
  * it once so a fresh stack has offerings within seconds. Runs beside the polling worker; a
  * failure is logged (the schedule is tried again at the next start; `POST .../refresh` works
- * without it). Uses a client connection of its own, closed by `close()`.
+ * without it). Resolves when done; never rejects.
  */
-function ensureCatalogueSchedule(config: Config, codec: AesGcmPayloadCodec, logger?: Logger): { ready: Promise<void>; close(): Promise<void> } {
-  let connection: Connection | undefined;
-  const ready = (async () => {
-    connection = await Connection.connect({ address: temporalAddressOf(config) });
-    const client = new Client({ connection, namespace: config.namespace, dataConverter: payloadDataConverter(codec) });
+function ensureCatalogueSchedule(config: Config, temporal: () => Promise<Client>, logger?: Logger): Promise<void> {
+  return (async () => {
+    const client = await temporal();
     const want = catalogueScheduleOptions(config);
     const handle = client.schedule.getHandle(CLOUD_CATALOGUE_SCHEDULE_ID);
     try {
@@ -194,11 +222,4 @@ function ensureCatalogueSchedule(config: Config, codec: AesGcmPayloadCodec, logg
     logger?.error({ err, scheduleId: CLOUD_CATALOGUE_SCHEDULE_ID }, 'could not create or trigger the cloud catalogue schedule');
     if (!logger) console.error(`cloudgate worker: could not create or trigger the ${CLOUD_CATALOGUE_SCHEDULE_ID} schedule:`, err);
   });
-  return {
-    ready,
-    async close() {
-      await ready;
-      await connection?.close();
-    },
-  };
 }

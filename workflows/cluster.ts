@@ -33,6 +33,7 @@ import { clusterClouds, serviceClouds, type ServiceDefinition } from '../model/d
 import { autoscaleDecision } from '../model/autoscale.js';
 import { diffSpecs, sameSpec, specLabel, type ClusterSpec, type SpecDiff } from '../model/rolling.js';
 import { expiryReason, humanSeconds, sessionExpiry, sessionStart, type SessionDeadlines } from '../model/session.js';
+import { nextWindowOpening, openWindowAt, windowName } from '../model/windows.js';
 import type { ClusterEvent, ClusterEventKind, PublishClusterInput, PublishedService } from '../model/read-model.js';
 import type { ClusterState } from '../model/status.js';
 import type { CloudgateActivities } from './activity-types.js';
@@ -73,6 +74,7 @@ import {
   type ChangeRequest,
   type ChangeResult,
   type ChangeView,
+  windowOpenSignal,
   type ClusterCarried,
   type ClusterInput,
   type ClusterView,
@@ -84,8 +86,10 @@ import {
   type PauseState,
   type ServiceSummary,
   type SessionView,
+  type WindowState,
 } from './messages.js';
 import { ServiceWorkflow } from './service.js';
+import type { WindowActivities } from './windows.js';
 
 /** The sweep must finish whatever it takes: no attempt limit, slow backoff. */
 const { sweepCluster } = proxyActivities<CloudgateActivities>({
@@ -101,6 +105,20 @@ const { sweepCluster } = proxyActivities<CloudgateActivities>({
 const { checkCvmfsRepository } = proxyActivities<CloudgateActivities>({
   startToCloseTimeout: '5 minutes',
   retry: { initialInterval: '5s', backoffCoefficient: 2, maximumInterval: '30s', maximumAttempts: 5 },
+});
+
+/**
+ * A cluster's window schedules (issue 13). Creating them is retried for a few minutes, then the
+ * cluster fails (nothing deployed); deleting them at teardown must finish whatever it takes.
+ */
+const { ensureWindowSchedules } = proxyActivities<WindowActivities>({
+  startToCloseTimeout: '1 minute',
+  heartbeatTimeout: '30 seconds',
+  retry: { initialInterval: '2s', backoffCoefficient: 2, maximumInterval: '1 minute', maximumAttempts: 10 },
+});
+const { deleteWindowSchedules } = proxyActivities<WindowActivities>({
+  startToCloseTimeout: '1 minute',
+  retry: { initialInterval: '2s', backoffCoefficient: 2, maximumInterval: '5 minutes' },
 });
 
 /** Writes to the read model: local activities in the worker (see the service workflow's). */
@@ -129,6 +147,13 @@ const CONTINUE_AS_NEW_EVENTS = 4_000;
 const TEARDOWN_ASK_AGAIN = '10 minutes';
 /** A write to the read model that failed is tried again after this long, even when nothing else happens. */
 const PUBLISH_RETRY = '30 seconds';
+/**
+ * Windows whose gap is shorter than this count as one: at a window's end the cluster stays
+ * active if its cron expressions open a window by then (its signal may be a moment late).
+ */
+const WINDOW_JOIN_MS = 5_000;
+
+const iso = (ms: number): string => new Date(ms).toISOString();
 
 /** Everything a cluster workflow knows, in one object. */
 interface ClusterRunState {
@@ -161,6 +186,8 @@ interface ClusterRunState {
   change?: ChangeState;
   /** The cluster's spec changed and the read model does not know yet (its definition, its change). */
   specUnpublished: boolean;
+  /** Clusters with windows: inside one or not, and a counter the window watcher wakes on when the end moves. */
+  windows?: WindowState & { moved: number };
 }
 
 /**
@@ -229,6 +256,7 @@ class ClusterRun {
       retryNow: new Set(),
       ...(carried?.pause && { pause: { ...carried.pause } }),
       specUnpublished: false,
+      ...(input.windows && { windows: { ...(carried?.windows ?? { open: false, openUntil: 0, edge: false }), moved: 0 } }),
     };
     this.readModel = patched(READ_MODEL_PATCH);
     this.continues = patched(CONTINUE_AS_NEW_PATCH);
@@ -240,6 +268,7 @@ class ClusterRun {
       this.s.dirty = true;
     });
     setHandler(serviceReportSignal, (report) => this.onServiceReport(report));
+    setHandler(windowOpenSignal, (req) => this.openWindow(req));
     setHandler(scaleUpdate, (req) => this.scale(req), { validator: (req) => this.validateScale(req) });
     setHandler(loadUpdate, (req) => this.load(req), { validator: (req) => this.validateLoad(req) });
     setHandler(retryUpdate, () => this.retry(), { validator: () => this.validateRetry() });
@@ -266,6 +295,7 @@ class ClusterRun {
       services: [...s.services.values()].map((x) => ({ ...x })),
       ...(this.expiresAt() && { expiresAt: this.expiresAt() }),
       ...(s.change && { change: this.changeView(s.change) }),
+      ...(s.windows && { window: { open: s.windows.open, ...(s.windows.open && { until: iso(s.windows.openUntil) }) } }),
     };
   }
 
@@ -319,7 +349,11 @@ class ClusterRun {
     const gone = this.notActive();
     if (gone) throw gone;
     if (this.s.change) throw ApplicationFailure.nonRetryable(`cluster ${this.clusterId} is changing to ${this.s.change.to.definitionId} (${this.s.change.phase}): pause it once that is done`, NOT_PAUSABLE);
-    if (this.s.pause) throw ApplicationFailure.nonRetryable(`cluster ${this.clusterId} is already ${this.s.pause.phase === 'resuming' ? 'resuming' : this.s.state.toLowerCase()}`, NOT_PAUSABLE);
+    // A pause the end of a window made may become the user's (see pauseCluster).
+    const pause = this.s.pause;
+    if (pause && !(pause.byWindow && pause.phase !== 'resuming')) {
+      throw ApplicationFailure.nonRetryable(`cluster ${this.clusterId} is already ${pause.phase === 'resuming' ? 'resuming' : this.s.state.toLowerCase()}`, NOT_PAUSABLE);
+    }
   }
 
   private validateResume(): void {
@@ -330,11 +364,31 @@ class ClusterRun {
     }
   }
 
-  /** Vacates after a grace period; the cluster keeps its identity, definition, pins and history. */
-  private pauseCluster(graceSeconds: number): { state: ClusterState; pausedAt?: string } {
+  /**
+   * Vacates after a grace period; the cluster keeps its identity, definition, pins and history.
+   * `byWindow`: the end of a window pauses it (at once), and the next opening resumes it. A
+   * user's pause of a cluster a window's end paused makes that pause the user's: windows no
+   * longer resume it, only `resume` does.
+   */
+  private pauseCluster(graceSeconds: number, byWindow = false): { state: ClusterState; pausedAt?: string } {
+    const held = this.s.pause;
+    if (!byWindow && held?.byWindow && held.phase !== 'resuming') {
+      held.byWindow = undefined;
+      this.emit('session', 'paused by a user: windows no longer resume it; POST …/resume does');
+      if (held.phase === 'paused') this.setState('PAUSED', 'paused by a user (it was outside its windows): windows do not resume it; POST …/resume deploys it again');
+      this.s.dirty = true;
+      return { state: this.s.state, pausedAt: new Date(held.graceUntil).toISOString() };
+    }
     const graceUntil = Date.now() + graceSeconds * 1000;
-    this.s.pause = { phase: graceSeconds > 0 ? 'grace' : 'vacating', graceUntil, waiting: [] };
-    this.setState('PAUSING', graceSeconds > 0 ? `pausing: instances may drain until ${new Date(graceUntil).toISOString()}, then every one is terminated` : 'pausing: terminating every instance');
+    this.s.pause = { phase: graceSeconds > 0 ? 'grace' : 'vacating', graceUntil, waiting: [], ...(byWindow && { byWindow }) };
+    this.setState(
+      'PAUSING',
+      byWindow
+        ? 'pausing: its window ended; terminating every instance'
+        : graceSeconds > 0
+          ? `pausing: instances may drain until ${new Date(graceUntil).toISOString()}, then every one is terminated`
+          : 'pausing: terminating every instance',
+    );
     if (graceSeconds > 0) void this.endGrace();
     this.s.dirty = true;
     return { state: this.s.state, pausedAt: new Date(graceUntil).toISOString() };
@@ -349,12 +403,12 @@ class ClusterRun {
   }
 
   /** Deploys again: each started service once its dependencies have their minimum ready again. */
-  private resumeCluster(): { state: ClusterState } {
+  private resumeCluster(why = 'resuming: deploying again in dependency order'): { state: ClusterState } {
     const pause = this.s.pause!;
     pause.phase = 'resuming';
     pause.waiting = [...this.s.services.values()].filter((x) => x.workflowId).map((x) => x.name);
     this.s.minReached.clear();
-    this.setState('DEPLOYING', 'resuming: deploying again in dependency order');
+    this.setState('DEPLOYING', why);
     this.s.dirty = true;
     return { state: this.s.state };
   }
@@ -376,7 +430,8 @@ class ClusterRun {
       if (started.every((x) => x.state === 'PAUSED')) {
         const { clouds, left } = await this.sweepEveryCloud('pause: ');
         pause.phase = 'paused';
-        this.setState('PAUSED', `paused: ${left} instances on ${clouds.join(', ')}; POST …/resume deploys it again`);
+        const vacated = `${left} instances on ${clouds.join(', ')}`;
+        this.setState('PAUSED', pause.byWindow ? this.outsideWindows(vacated) : `paused: ${vacated}; POST …/resume deploys it again`);
       }
       return true;
     }
@@ -676,6 +731,123 @@ class ClusterRun {
     }
   }
 
+  /**
+   * Schedule windows (issue 13), on the first start of a cluster with windows: its Schedules
+   * (one per window), then whether it starts inside a window (it deploys, and pauses at the
+   * window's end) or outside every one (PAUSED at once, nothing deployed, until the next
+   * opening). A Schedule that cannot be made fails the cluster before anything is deployed.
+   */
+  private async startWindows(): Promise<'inside' | 'outside' | 'failed'> {
+    const { input, clusterId } = this;
+    const windows = input.windows!;
+    const w = this.s.windows!;
+    try {
+      await ensureWindowSchedules.executeWithOptions(
+        { summary: `create the schedules of ${windows.length} window${windows.length === 1 ? '' : 's'} of ${clusterId}` },
+        [{ clusterId, ...(input.owner && { owner: input.owner }), windows }],
+      );
+    } catch (err) {
+      this.s.teardown ??= { reason: `could not create the schedules of its windows, nothing was deployed: ${failureReason(err)}`, rollback: true };
+      return 'failed';
+    }
+    const now = Date.now();
+    const open = openWindowAt(windows, now);
+    // A window's signal may have come first: it set the end already.
+    if (open && open.until > w.openUntil) {
+      w.openUntil = open.until;
+      w.moved++;
+    }
+    if (open || w.open) {
+      w.open = true;
+      w.edge = false;
+      this.emit('session', `started inside ${open ? windowName(windows, open.window) : 'a window'}: active until ${iso(w.openUntil)}`);
+      return 'inside';
+    }
+    this.s.pause = { phase: 'paused', graceUntil: now, waiting: [], byWindow: true };
+    this.setState('PAUSED', this.outsideWindows('nothing deployed yet'));
+    return 'outside';
+  }
+
+  /** The message of a cluster paused outside its windows: what it holds, when the next window opens, and how to have it sooner. */
+  private outsideWindows(holding: string): string {
+    const windows = this.input.windows!;
+    const next = nextWindowOpening(windows, Date.now());
+    const when = next ? `the next opens at ${iso(next.at)} (${windowName(windows, next.window)})` : 'no window opens again';
+    return `paused outside its windows: ${holding}; ${when}; POST …/resume deploys it now`;
+  }
+
+  /** A window opened (its Schedule's workflow): be active until `until`; overlapping windows keep the later end. */
+  private openWindow({ window, until }: { window: number; until: number }): void {
+    const w = this.s.windows;
+    const windows = this.input.windows;
+    // A cluster without windows (a stray signal), or one on its way out, has nothing to open.
+    if (!w || !windows || this.s.teardown || until <= Date.now()) return;
+    if (until > w.openUntil) {
+      w.openUntil = until;
+      w.moved++;
+    }
+    if (!w.open) w.edge = true;
+    w.open = true;
+    this.emit('session', `${windows[window] ? windowName(windows, window) : `window ${window}`} opened: active until ${iso(w.openUntil)}`);
+    this.s.dirty = true;
+  }
+
+  /**
+   * One timer on the end of the open window(s), set again whenever an opening moves it. At the
+   * end the cluster looks at its windows' cron expressions once more: a window that opened by
+   * then (its signal not here yet) keeps it active, otherwise the window closes and the
+   * reconcile pauses the cluster. Runs beside the main loop until teardown.
+   */
+  private async watchWindows(): Promise<void> {
+    const w = this.s.windows!;
+    const windows = this.input.windows!;
+    while (!this.s.teardown) {
+      const seen = w.moved;
+      const woken = () => w.moved !== seen || this.s.teardown !== undefined;
+      const now = Date.now();
+      if (!w.open) {
+        await condition(woken);
+      } else if (w.openUntil > now) {
+        await condition(woken, w.openUntil - now, { summary: `window closes at ${iso(w.openUntil)}` });
+      } else {
+        const joined = openWindowAt(windows, now + WINDOW_JOIN_MS);
+        if (joined) {
+          w.openUntil = joined.until;
+          this.emit('session', `${windowName(windows, joined.window)} follows without a gap: active until ${iso(w.openUntil)}`);
+        } else {
+          w.open = false;
+          w.edge = true;
+          const next = nextWindowOpening(windows, now);
+          this.emit('session', `window closed at ${iso(w.openUntil)}; ${next ? `the next opens at ${iso(next.at)} (${windowName(windows, next.window)})` : 'no window opens again'}`);
+        }
+        this.s.dirty = true;
+      }
+    }
+  }
+
+  /**
+   * Acts once on a window's opening or end. The end pauses an active (or resuming) cluster,
+   * marked as the window's pause (once a change in progress has ended). An opening resumes a cluster a window's end paused — once it
+   * is PAUSED, if it was still vacating — and leaves one a user paused as it is (a user's pause
+   * holds across windows until `resume`).
+   */
+  private reconcileWindows(): void {
+    const w = this.s.windows;
+    if (!w?.edge) return;
+    const pause = this.s.pause;
+    if (!w.open) {
+      // A change in progress finishes first (or rolls back); the window's end pauses the cluster then.
+      if (this.s.change) return;
+      w.edge = false;
+      if (!pause || pause.phase === 'resuming') this.pauseCluster(0, true);
+      return;
+    }
+    if (pause?.byWindow && (pause.phase === 'grace' || pause.phase === 'vacating')) return;
+    w.edge = false;
+    if (pause?.byWindow && pause.phase === 'paused') this.resumeCluster(`resuming: a window opened (active until ${iso(w.openUntil)}); deploying again in dependency order`);
+    else if (pause && !pause.byWindow) this.emit('session', `a window opened, but a user paused the cluster: it stays ${this.s.state} until POST …/resume`);
+  }
+
   private setState(next: ClusterState, why?: string): void {
     if (why !== undefined) this.s.message = why;
     if (next === this.s.state) return;
@@ -861,6 +1033,7 @@ class ClusterRun {
   /** One pass: start what may start, pass scale requests on, judge the cluster. */
   private async reconcile(): Promise<void> {
     const { s } = this;
+    this.reconcileWindows();
     if (await this.reconcilePause()) {
       setCurrentDetails(`**${s.state}** — ${this.describe()}${s.message ? `\n\n${s.message}` : ''}`);
       await this.publish();
@@ -908,6 +1081,13 @@ class ClusterRun {
       setCurrentDetails(`**TERMINATING** — ${reason}`);
       for (const x of s.services.values()) if (x.state === 'WAITING') x.state = 'TERMINATED';
       await this.publish();
+      // Its windows' schedules first: no window opens for a cluster on its way out, and none is left on the Schedules page.
+      const windows = this.input.windows;
+      if (windows) {
+        await deleteWindowSchedules.executeWithOptions({ summary: `delete the schedules of the ${windows.length} window${windows.length === 1 ? '' : 's'} of ${this.clusterId}` }, [
+          { clusterId: this.clusterId, windows: windows.map((_, n) => n) },
+        ]);
+      }
       await Promise.all(
         [...this.children.entries()].map(async ([name, child]) => {
           // A child that already finished cannot take the signal; its result still tells.
@@ -980,6 +1160,7 @@ class ClusterRun {
       ...(s.session && { session: { startedAt: s.session.startedAt, idleUntil: s.session.idleUntil, maxUntil: s.session.maxUntil } }),
       ...(s.autoscale.size > 0 && { autoscale: Object.fromEntries(s.autoscale) }),
       ...(s.pause && { pause: { ...s.pause } }),
+      ...(s.windows && { windows: { open: s.windows.open, openUntil: s.windows.openUntil, edge: s.windows.edge } }),
     };
   }
 
@@ -1005,10 +1186,14 @@ class ClusterRun {
     const { s } = this;
     try {
       if (this.s.session) void this.watchSession();
+      if (this.s.windows) void this.watchWindows();
       if (!this.input.carried) {
-        this.setState('DEPLOYING');
+        // A cluster with windows starts PAUSED outside them (startWindows); every other one deploys.
+        const start = this.s.windows ? await this.startWindows() : 'inside';
+        if (start === 'inside') this.setState('DEPLOYING');
         await this.publish();
-        await this.checkRepositories();
+        // Outside its windows too: a repository that is not fit fails the cluster now, not at its first window.
+        if (start !== 'failed') await this.checkRepositories();
       }
       while (!s.teardown) {
         s.dirty = false;

@@ -2,3 +2,4 @@
 export { ClusterWorkflow } from './cluster.js';
 export { ServiceWorkflow } from './service.js';
 export { CloudCatalogueWorkflow } from './catalogue.js';
+export { ClusterWindowWorkflow } from './windows.js';

@@ -8,6 +8,7 @@ import { defineSearchAttributeKey, SearchAttributeType } from '@temporalio/commo
 import type { PinnedContext } from '../model/context.js';
 import type { ClusterDefinition, ServiceDefinition, FailurePolicy, Lifetime } from '../model/definition.js';
 import type { SessionDeadlines } from '../model/session.js';
+import type { Window } from '../model/windows.js';
 import type { LoadReport } from '../model/autoscale.js';
 import type { PublishedService } from '../model/read-model.js';
 import type { CarriedInstance, InstanceRecord } from '../model/service-plan.js';
@@ -19,6 +20,12 @@ export const TASK_QUEUE = 'cloudgate';
 
 export const clusterWorkflowId = (clusterId: string): string => `cluster/${clusterId}`;
 export const serviceWorkflowId = (clusterId: string, service: string): string => `cluster/${clusterId}/${service}`;
+/**
+ * The Temporal Schedule that opens window `n` of a cluster (issue 13), and the id its runs of
+ * `ClusterWindowWorkflow` start with (the server appends the time of each run).
+ */
+export const windowScheduleId = (clusterId: string, n: number): string => `cluster-window/${clusterId}/${n}`;
+export const windowWorkflowId = windowScheduleId;
 
 /** Custom search attributes; `npm start` and the test harness register them with the server. */
 export const SA_CLUSTER_ID = defineSearchAttributeKey('CloudgateClusterId', SearchAttributeType.KEYWORD);
@@ -50,6 +57,8 @@ export interface ClusterInput {
   carried?: ClusterCarried;
   /** A session's lifetime (the definition's, overridden by the submission's) and the site-wide cap of its maximum. */
   lifetime?: Lifetime & { capSeconds: number };
+  /** When it is active (the definition's windows, or the submission's instead); absent: always. */
+  windows?: Window[];
 }
 
 export interface WorkflowTuning {
@@ -85,6 +94,19 @@ export interface ClusterCarried {
   autoscale?: Record<string, AutoscaleMemory>;
   /** A pause in progress or in force (issue 13). */
   pause?: PauseState;
+  /** Where a cluster with windows stands. */
+  windows?: WindowState;
+}
+
+/**
+ * Where a cluster with windows stands (issue 13). `open` is true inside a window, until
+ * `openUntil` (workflow clock, ms; overlapping windows extend it); `edge` says `open` changed
+ * and the cluster has not acted on it yet (pause at a close, resume at an opening).
+ */
+export interface WindowState {
+  open: boolean;
+  openUntil: number;
+  edge: boolean;
 }
 
 /**
@@ -97,6 +119,8 @@ export interface PauseState {
   graceUntil: number;
   /** Resuming: the started services not yet told to deploy again. */
   waiting: string[];
+  /** The end of a window paused it (not a user): the next window's opening resumes it. */
+  byWindow?: boolean;
 }
 
 /** What the cluster remembers of a service's load reports between them. */
@@ -137,6 +161,8 @@ export interface ClusterView {
   expiresAt?: string;
   /** A change (`PUT /v1/clusters/:id`) in progress. */
   change?: ChangeView;
+  /** Clusters with windows: inside one now, and until when (ISO). */
+  window?: { open: boolean; until?: string };
 }
 
 /** A session's deadlines as the keepalive and extend updates answer them (ISO). */
@@ -202,6 +228,12 @@ export const keepaliveUpdate = defineUpdate<SessionView, []>('keepalive');
 /** Moves a session's maximum by `seconds` (within the site-wide cap). */
 export const extendUpdate = defineUpdate<SessionView, [{ seconds: number }]>('extend');
 export const teardownSignal = defineSignal<[{ reason?: string }?]>('teardown');
+/**
+ * Window → cluster (issue 13): window `window` opened; be active until `until` (ms since the
+ * epoch: its scheduled opening plus its duration). Sent by `ClusterWindowWorkflow`, which a
+ * window's Schedule starts (the TypeScript SDK cannot send an Update from a workflow).
+ */
+export const windowOpenSignal = defineSignal<[{ window: number; until: number }]>('windowOpen');
 /** Child → parent: a service changed state or counts. */
 export const serviceReportSignal = defineSignal<[Omit<ServiceSummary, 'workflowId'>]>('serviceReport');
 
