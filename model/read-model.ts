@@ -44,6 +44,11 @@ export interface PublishClusterInput {
   services: PublishedService[];
   /** When a session ends unless kept alive or extended (clusters with a lifetime). */
   expiresAt?: string;
+  /**
+   * While the cluster is PAUSING: when its instances are terminated (the end of the grace
+   * period). Guests read it as their drain notice (`GET /v1/instances/:id/notice`).
+   */
+  drainUntil?: string;
   events: ClusterEvent[];
 }
 

@@ -406,7 +406,8 @@ CREATE TABLE IF NOT EXISTS cluster_views (
   state        TEXT NOT NULL,
   message      TEXT,
   services     TEXT NOT NULL,
-  expires_at   TEXT
+  expires_at   TEXT,
+  drain_until  TEXT
 );
 CREATE TABLE IF NOT EXISTS service_views (
   cluster_id   TEXT NOT NULL,
@@ -557,6 +558,7 @@ interface ClusterViewRow {
   message: string | null;
   services: string;
   expires_at: string | null;
+  drain_until: string | null;
 }
 interface ServiceViewRow {
   cluster_id: string;
@@ -597,6 +599,7 @@ const toClusterView = (r: ClusterViewRow): ClusterViewRecord => ({
   ...(r.message !== null && { message: r.message }),
   services: JSON.parse(r.services) as PublishedService[],
   ...(r.expires_at !== null && { expiresAt: r.expires_at }),
+  ...(r.drain_until !== null && { drainUntil: r.drain_until }),
 });
 
 const toServiceView = (r: ServiceViewRow): ServiceViewRecord => ({
@@ -747,6 +750,7 @@ export function openSqliteStore(file: string, options: StoreOptions = {}): Store
   if (!clusterColumns.some((c) => c.name === 'lifetime')) db.exec('ALTER TABLE clusters ADD COLUMN lifetime TEXT');
   const viewColumns = db.prepare<[], { name: string }>("SELECT name FROM pragma_table_info('cluster_views')").all();
   if (!viewColumns.some((c) => c.name === 'expires_at')) db.exec('ALTER TABLE cluster_views ADD COLUMN expires_at TEXT');
+  if (!viewColumns.some((c) => c.name === 'drain_until')) db.exec('ALTER TABLE cluster_views ADD COLUMN drain_until TEXT');
   // Stores made before instances showed their hypervisor host (issue 12).
   const instanceColumns = db.prepare<[], { name: string }>("SELECT name FROM pragma_table_info('instances')").all();
   if (!instanceColumns.some((c) => c.name === 'host')) db.exec('ALTER TABLE instances ADD COLUMN host TEXT');
@@ -838,10 +842,10 @@ export function openSqliteStore(file: string, options: StoreOptions = {}): Store
 
     clusterViewSeq: db.prepare<[string], { seq: number }>('SELECT seq FROM cluster_views WHERE cluster_id = ?'),
     upsertClusterView: db.prepare(
-      `INSERT INTO cluster_views (cluster_id, seq, observed_at, state, message, services, expires_at)
-       VALUES (@clusterId, @seq, @observedAt, @state, @message, @services, @expiresAt)
+      `INSERT INTO cluster_views (cluster_id, seq, observed_at, state, message, services, expires_at, drain_until)
+       VALUES (@clusterId, @seq, @observedAt, @state, @message, @services, @expiresAt, @drainUntil)
        ON CONFLICT(cluster_id) DO UPDATE SET seq = excluded.seq, observed_at = excluded.observed_at, state = excluded.state,
-         message = excluded.message, services = excluded.services, expires_at = excluded.expires_at`,
+         message = excluded.message, services = excluded.services, expires_at = excluded.expires_at, drain_until = excluded.drain_until`,
     ),
     getClusterView: db.prepare<[string], ClusterViewRow>('SELECT * FROM cluster_views WHERE cluster_id = ?'),
     serviceViewSeq: db.prepare<[string, string], { seq: number }>('SELECT seq FROM service_views WHERE cluster_id = ? AND service = ?'),
@@ -902,6 +906,7 @@ export function openSqliteStore(file: string, options: StoreOptions = {}): Store
       message: input.message ?? null,
       services: JSON.stringify(input.services),
       expiresAt: input.expiresAt ?? null,
+      drainUntil: input.drainUntil ?? null,
     });
     appendEvents(input.clusterId, input.events);
     return true;
