@@ -14,7 +14,9 @@ import { signToken } from '../model/token.js';
 import { NO_CONTEXT, phoneHomeUrl, renderContextUserData, type PhoneHome } from '../model/user-data.js';
 import type { Context as CloudgateContext } from '../model/context.js';
 import { MAX_PUBLISHED_INSTANCES } from '../model/read-model.js';
+import { AddressPolicy } from '../model/address-policy.js';
 import { checkRepository, cvmfsFailureType, isRetryableCvmfsFailure } from './cvmfs.js';
+import { fetchLoad } from './load.js';
 import type {
   CloudgateActivities,
   CvmfsCheckInput,
@@ -26,6 +28,8 @@ import type {
   DescribedInstance,
   DescribeInstancesInput,
   InstanceRef,
+  PollLoadInput,
+  PollLoadResult,
   PublishClusterInput,
   PublishServiceInput,
   SweepClusterInput,
@@ -51,6 +55,8 @@ export interface ActivityDeps {
   readModel: ReadModelSink;
   /** The capacity ledger (store/capacity.ts) and what it needs: each cloud's quota and flavors. */
   capacity: CapacitySource;
+  /** Pulled load (`autoscale.loadUrl`): hosts read although loopback or private (`CLOUDGATE_LOAD_ALLOWED_HOSTS`), and the timeout. */
+  load?: { allowedHosts?: readonly string[]; timeoutMs?: number };
 }
 
 /** What the create, terminate and sweep activities need to keep the capacity ledger. */
@@ -175,6 +181,7 @@ function heartbeat(progress: number): void {
 export function createActivities(deps: ActivityDeps): CloudgateActivities {
   const limit = deps.concurrency ?? 16;
   const { ledger } = deps.capacity;
+  const loadPolicy = new AddressPolicy(deps.load?.allowedHosts);
 
   /** What one instance holds of a cloud: the flavor that serves the offering, else the offering itself. */
   const flavorSize = (cloud: string, offering: Offering): { cpus: number; memoryMiB: number } => {
@@ -359,6 +366,20 @@ export function createActivities(deps: ActivityDeps): CloudgateActivities {
         );
       }
       return deps.readModel.publishService(input);
+    },
+
+    /**
+     * Reads a service's load from its `loadUrl` under the address policy (activities/load.ts).
+     * A bad answer comes back as a problem, not a failure: the workflow polls again anyway.
+     */
+    async pollLoad(input: PollLoadInput): Promise<PollLoadResult> {
+      return fetchLoad(input.url, {
+        policy: loadPolicy,
+        timeoutMs: deps.load?.timeoutMs,
+        idlePrefix: `${input.clusterId}-${input.service}-`,
+        // The cause of a generic "no usable answer" is for the operator only (it would scan ports for a user).
+        onNoAnswer: (url, detail) => activityLog()?.warn('no usable answer from a load URL', { cluster: input.clusterId, service: input.service, url, detail }),
+      });
     },
 
     /** Terminates whatever still carries the cluster's tag, then checks that nothing does. */

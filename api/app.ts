@@ -105,8 +105,8 @@ export function createApp(deps: AppDeps): CloudgateApp {
     app.use(codecRoutes({ codec: deps.payloadCodec, allowedOrigin, authorize: [authenticate({ store, oidc: deps.oidc, now: deps.now }), requireAdmin] }));
   }
 
-  // Everything below needs a bearer, except the few public routes auth.ts lists.
-  app.use(authenticate({ store, oidc: deps.oidc, now: deps.now }));
+  // Everything below needs a bearer, except the few public routes auth.ts lists (and a guest's load report, which may carry its phone-home token).
+  app.use(authenticate({ store, oidc: deps.oidc, now: deps.now, tokenSecret: config.tokenSecret }));
 
   app.use(definitionRoutes({ store, temporal, json: bigJson, now: deps.now }));
   app.use(tokenRoutes({ store, json: smallJson, now: deps.now }));

@@ -10,7 +10,8 @@
  * (`POST /v1/instances/:instanceId/readiness`) are not audited: they are not a user's
  * action, carry their own token and arrive by the thousand; the cluster's events record them.
  * Requests refused before authentication (401) are logged without an owner but not stored,
- * so an anonymous caller cannot grow the table.
+ * so an anonymous caller cannot grow the table; neither is a head node's load report sent with
+ * its instance's phone-home token (logged with the `instance`, recorded as the cluster's event).
  */
 import express, { type Request, type RequestHandler, type Router } from 'express';
 import type { Logger } from 'pino';
@@ -64,6 +65,7 @@ export function auditTrail(deps: { store: Store; logger: Logger }): RequestHandl
     if (!STATE_CHANGING.has(req.method) || PHONE_HOME.test(req.path)) return next();
     res.on('finish', () => {
       const p = res.locals.principal as Principal | undefined;
+      const instance = (res.locals.instance as { iid: string } | undefined)?.iid;
       const pattern = patternOf(req);
       const location = res.getHeader('Location');
       const target = targetOf(req, pattern, typeof location === 'string' ? location : undefined);
@@ -73,7 +75,7 @@ export function auditTrail(deps: { store: Store; logger: Logger }): RequestHandl
         ...(target !== undefined && { target }),
         result: res.statusCode,
       };
-      logger.info({ audit: true, owner: p?.owner, role: p?.role, tokenId: p?.tokenId, ...rec }, 'audit');
+      logger.info({ audit: true, owner: p?.owner, role: p?.role, tokenId: p?.tokenId, ...(instance !== undefined && { instance }), ...rec }, 'audit');
       if (!p) return;
       try {
         store.appendAudit({ ...rec, owner: p.owner, role: p.role, ...(p.tokenId !== undefined && { tokenId: p.tokenId }) });

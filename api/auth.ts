@@ -15,6 +15,8 @@ import type { NextFunction, Request, RequestHandler, Response } from 'express';
 import { createRemoteJWKSet, errors as joseErrors, jwtVerify, type JWTPayload } from 'jose';
 import type { Logger } from 'pino';
 import type { Config } from '../model/config.js';
+import type { InstanceState } from '../model/status.js';
+import { readToken, tokenOrdinal, type TokenClaims } from '../model/token.js';
 import type { Role, Store } from '../store/index.js';
 import { ensurePrivateDir } from '../store/private-files.js';
 import { createOnce } from '../store/secret.js';
@@ -31,13 +33,32 @@ export interface Principal {
 }
 
 
-/** Routes anyone may call: health, the API description, a guest's phone-home (it has its own token) and a laptop's PIN. */
+/**
+ * Routes anyone may call: health, the API description, a guest's phone-home and drain notice
+ * (they check the instance's own token, api/readiness.ts) and a laptop's PIN.
+ */
 const PUBLIC: { method: string; path: RegExp }[] = [
   { method: 'GET', path: /^\/healthz$/ },
   { method: 'GET', path: /^\/openapi\.json$/ },
   { method: 'POST', path: /^\/v1\/instances\/[^/]+\/readiness$/ },
+  { method: 'GET', path: /^\/v1\/instances\/[^/]+\/notice$/ },
   { method: 'GET', path: /^\/v1\/pair\/[^/]+$/ },
 ];
+
+/**
+ * Routes a guest may call with its instance's phone-home token instead of a user's bearer:
+ * only the load report (issue 13), so a cluster's head node reports its batch system's load
+ * without a user's credentials. The route itself checks that the token's cluster is the one
+ * in the path (api/sessions.ts); on any other route such a token is an unknown bearer (401).
+ */
+const INSTANCE_TOKEN_ROUTES: { method: string; path: RegExp }[] = [{ method: 'POST', path: /^\/v1\/clusters\/[^/]+\/services\/[^/]+\/load$/ }];
+
+/**
+ * Instance states (by the read model) in which an instance's phone-home token is good for the
+ * long-lived phone-home routes: its instance is still there. Not FAILED, TERMINATING or
+ * REMOVED, and not unknown to the read model (nothing of it published, or long gone).
+ */
+const LIVE_INSTANCE_STATES: ReadonlySet<InstanceState | 'REMOVED' | undefined> = new Set(['CREATING', 'BOOTING', 'RUNNING', 'READY']);
 
 const CHALLENGE = 'Bearer realm="cloudgate"';
 
@@ -114,6 +135,48 @@ function jwtProblem(err: unknown): Problem {
   return new Problem(503, 'Service Unavailable', 'the identity provider could not be reached to verify the access token; try again', { slug: 'oidc-unavailable' });
 }
 
+/** What the long-lived phone-home routes need to judge an instance's token. */
+export interface InstanceTokenDeps {
+  tokenSecret: string;
+  /** The read model: whether the token's instance is still there. */
+  store: Pick<Store, 'instanceStanding'>;
+}
+
+/**
+ * The claims of a phone-home token used on a long-lived route (load reports, drain notices),
+ * else a 401. A token's `exp` bounds it to the readiness timeout plus a margin (issue 11): the
+ * one readiness report is due by then. A head node reports load, and a guest polls for drain
+ * notices, for as long as the cluster lives — weeks — so here the bound is its instance's
+ * life instead: the signature must be good (the claims are ours) and the instance it names
+ * must be live in the read model (creating, booting, running or ready). Once the instance is
+ * failed, terminating, replaced or gone the token is worth nothing anywhere, however young.
+ * `instanceId`: the instance the route is about (the token must be that instance's).
+ */
+export function liveInstanceClaims(token: string, deps: InstanceTokenDeps, instanceId?: string): TokenClaims {
+  const read = readToken(token, deps.tokenSecret);
+  if (!read.ok) throw unauthorized(`invalid token: ${read.reason}`, true);
+  const { claims } = read;
+  if (instanceId !== undefined && claims.iid !== instanceId) throw unauthorized('invalid token: token belongs to another instance', true);
+  const ordinal = tokenOrdinal(claims);
+  const standing = ordinal === undefined ? undefined : deps.store.instanceStanding(claims.cluster, claims.service, claims.iid, ordinal);
+  if (!LIVE_INSTANCE_STATES.has(standing)) {
+    throw unauthorized(
+      `the token's instance ${claims.iid} is ${standing === undefined ? 'not (or no longer) in its cluster' : standing}: a phone-home token is good only while its instance lives`,
+      true,
+    );
+  }
+  return claims;
+}
+
+/** Who called a route that also takes a phone-home token: a user (or admin), or a guest by its instance's token. */
+export type Caller = { principal: Principal; instance?: never } | { instance: TokenClaims; principal?: never };
+
+/** The caller of a route listed in {@link INSTANCE_TOKEN_ROUTES}. */
+export function callerOf(res: Response): Caller {
+  const instance = res.locals.instance as TokenClaims | undefined;
+  return instance ? { instance } : { principal: principalOf(res) };
+}
+
 /** The principal of a request that passed {@link authenticate}. */
 export function principalOf(res: Response): Principal {
   const p = res.locals.principal as Principal | undefined;
@@ -134,9 +197,14 @@ export function listOwner(p: Principal, requested: string | undefined): { owner?
   return { owner: p.owner };
 }
 
-/** Express middleware: sets `res.locals.principal`, or answers 401 (public routes and CORS preflights pass). */
-export function authenticate(deps: { store: Store; oidc?: OidcVerifier; now?: () => Date }): RequestHandler {
-  const { store, oidc } = deps;
+/**
+ * Express middleware: sets `res.locals.principal`, or answers 401 (public routes and CORS
+ * preflights pass). With `tokenSecret`, a phone-home token (two dot-separated parts, never an
+ * API token's `cg_…` nor a JWT's three) on a route of {@link INSTANCE_TOKEN_ROUTES} sets
+ * `res.locals.instance` to its claims instead ({@link liveInstanceClaims}).
+ */
+export function authenticate(deps: { store: Store; oidc?: OidcVerifier; now?: () => Date; tokenSecret?: string }): RequestHandler {
+  const { store, oidc, tokenSecret } = deps;
   const now = deps.now ?? (() => new Date());
   return (req: Request, res: Response, next: NextFunction) => {
     if (req.method === 'OPTIONS' || PUBLIC.some((r) => (r.method === req.method || (r.method === 'GET' && req.method === 'HEAD')) && r.path.test(req.path))) return next();
@@ -151,6 +219,14 @@ export function authenticate(deps: { store: Store; oidc?: OidcVerifier; now?: ()
       if (rec.revokedAt) return next(unauthorized(`API token ${rec.id} was revoked at ${rec.revokedAt}`, true));
       if (rec.expiresAt && rec.expiresAt <= now().toISOString()) return next(unauthorized(`API token ${rec.id} expired at ${rec.expiresAt}`, true));
       res.locals.principal = { owner: rec.owner, role: rec.role, via: 'token', tokenId: rec.id } satisfies Principal;
+      return next();
+    }
+    if (tokenSecret && token.split('.').length === 2 && INSTANCE_TOKEN_ROUTES.some((r) => r.method === req.method && r.path.test(req.path))) {
+      try {
+        res.locals.instance = liveInstanceClaims(token, { tokenSecret, store });
+      } catch (err) {
+        return next(err);
+      }
       return next();
     }
     if (!oidc || token.split('.').length !== 3) return next(unauthorized('unknown API token', true));

@@ -55,6 +55,7 @@ export function openApiDocument(serverUrl: string): Doc {
   const Teardown = register('TeardownResponse', S.TeardownResponseSchema);
   const Readiness = register('ReadinessReport', S.ReadinessRequestSchema);
   const ReadinessAccepted = register('ReadinessAccepted', S.ReadinessAcceptedSchema);
+  const Notice = register('Notice', S.NoticeSchema);
   const ContextInput = register('ContextInput', ContextInputSchema);
   const ContextRecord = register('ContextRecord', S.ContextRecordSchema);
   const PairingRequest = register('PairingRequest', S.PairingRequestSchema);
@@ -74,7 +75,9 @@ export function openApiDocument(serverUrl: string): Doc {
   r.registerComponent('securitySchemes', 'instanceToken', {
     type: 'http',
     scheme: 'bearer',
-    description: "The per-instance token from the instance's user-data",
+    description:
+      "The per-instance token from the instance's user-data. The readiness report takes it until it expires (the readiness timeout plus a margin); " +
+      'the drain notice and load reports (of its own cluster) take it for as long as its instance lives (not failed, terminating or gone)',
   });
 
   const json = (schema: z.ZodType, description: string): ResponseConfig => ({ description, content: { 'application/json': { schema } } });
@@ -240,12 +243,15 @@ export function openApiDocument(serverUrl: string): Doc {
     path: '/v1/clusters/{id}/services/{service}/load',
     summary: "Report a service's load (autoscale)",
     description:
-      'For a service with `autoscale`: grows it to ceil((queued + running) / jobsPerInstance) within min and max; shrinks it only by instances named in `idleInstances` for scaleDownIdleSeconds in a row; holds within the cooldown. The decision, with its inputs, is an event of the cluster. A report also keeps a session alive.',
+      'For a service with `autoscale`: grows it to ceil((queued + running) / jobsPerInstance) within min and max; shrinks it only by instances named in `idleInstances` for scaleDownIdleSeconds in a row; holds within the cooldown. The decision, with its inputs, is an event of the cluster. A report also keeps a session alive. ' +
+      "The owner's bearer, or the phone-home token of any live instance of this cluster (a head node reports without a user's credentials); another cluster's token answers 404.",
+    security: [{ bearer: [] }, { instanceToken: [] }],
     request: { params: clusterId.extend({ service: z.string() }), ...body(Load) },
     responses: {
       200: json(LoadResponse, 'What the cluster decided'),
       ...common,
-      404: problem('Unknown cluster or service'),
+      401: problem("Missing, malformed, expired or revoked bearer; or a phone-home token whose signature is bad or whose instance no longer lives"),
+      404: problem('Unknown cluster or service (or another cluster\'s token)'),
       409: problem('The service has no autoscale, or the cluster is not active'),
       503: unavailable,
     },
@@ -359,6 +365,20 @@ export function openApiDocument(serverUrl: string): Doc {
       401: problem('Missing, invalid or expired token'),
       410: problem('The service is no longer running'),
       503: unavailable,
+    },
+  });
+  r.registerPath({
+    method: 'get',
+    path: '/v1/instances/{instanceId}/notice',
+    summary: 'Drain notice: what a guest should know of its cluster\'s plans for it',
+    description:
+      '`{drain: {until, reason}}` while the cluster is PAUSING (its instances are terminated at `until`), `{}` otherwise. From the read model: a poll costs no workflow anything. ' +
+      'The instance\'s phone-home token is good here for as long as the instance lives.',
+    security: [{ instanceToken: [] }],
+    request: { params: z.object({ instanceId: z.string() }) },
+    responses: {
+      200: json(Notice, 'The notice (`{}`: none)'),
+      401: problem('Missing or invalid token, another instance\'s, or its instance no longer lives'),
     },
   });
   const contextId = z.object({ id: openapi(z.string(), { description: 'Context id', example: 'ctx-0123456789ab' }) });

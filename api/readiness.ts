@@ -1,7 +1,10 @@
 /**
  * The phone-home endpoint guests call once their CVMFS probes ran. Authenticated by the
  * per-instance token from the instance's user-data; reports go to the instance's service
- * workflow in batches (see readiness-batcher.ts).
+ * workflow in batches (see readiness-batcher.ts). And the drain notice guests poll:
+ * `GET /v1/instances/:instanceId/notice` answers `{drain: {until, reason}}` while the cluster
+ * is PAUSING (its instances are terminated at `until`), `{}` otherwise — from the read model,
+ * so a poll costs no Temporal round trip.
  *
  * What reaches a workflow is bounded (issue 11): a report is at most
  * {@link MAX_REPORT_BYTES} and {@link MAX_REPORT_DEPTH} levels deep (else 413 / 422 before
@@ -13,9 +16,11 @@
 import express, { type Router } from 'express';
 import type { Client } from '@temporalio/client';
 import type { ReadinessReport } from '../model/status.js';
-import { verifyToken, type TokenClaims } from '../model/token.js';
+import { tokenOrdinal, verifyToken, type TokenClaims } from '../model/token.js';
 import type { Store } from '../store/index.js';
 import { readinessSignal, serviceWorkflowId } from '../workflows/messages.js';
+import { liveInstanceClaims } from './auth.js';
+import { NoQuerySchema, queryOf } from './paging.js';
 import { bodyOf, param } from './request.js';
 import { invalid, parseOr422, Problem } from './problem.js';
 import { Batcher, type BatcherOptions } from './readiness-batcher.js';
@@ -26,8 +31,8 @@ import { isTemporalUnreachable, isWorkflowGone, SIGNAL_DEADLINE_MS, temporalProb
 export interface ReadinessRouteDeps {
   temporal: Client;
   tokenSecret: string;
-  /** The read model: which instances still wait for a report. */
-  store: Pick<Store, 'instanceStanding'>;
+  /** The read model: which instances still wait for a report (and live), and whether their cluster is pausing. */
+  store: Pick<Store, 'instanceStanding' | 'getClusterView'>;
   batching?: BatcherOptions;
   /** Seconds since the epoch; injectable for expiry tests. */
   now?: () => number;
@@ -67,13 +72,6 @@ export function nestsDeeperThan(value: unknown, max: number): boolean {
   }
   return false;
 }
-
-/** The ordinal an instance id `<cluster>-<service>-<n>` ends with, if it is that instance's. */
-const ordinalOf = (claims: TokenClaims): number | undefined => {
-  const prefix = `${claims.cluster}-${claims.service}-`;
-  const rest = claims.iid.startsWith(prefix) ? claims.iid.slice(prefix.length) : '';
-  return /^[0-9]{1,9}$/.test(rest) ? Number(rest) : undefined;
-};
 
 /** The router plus the batcher behind it, so the app can drain it on shutdown. */
 export function readinessRoutes(deps: ReadinessRouteDeps): { router: Router; batcher: Batcher<ReadinessReport> } {
@@ -120,7 +118,7 @@ export function readinessRoutes(deps: ReadinessRouteDeps): { router: Router; bat
     const { claims } = claimsOf(res);
     const receivedAt = new Date().toISOString();
     // No longer waiting: the workflow would ignore the report, so it never hears of it.
-    const ordinal = ordinalOf(claims);
+    const ordinal = tokenOrdinal(claims);
     const standing = ordinal === undefined ? undefined : store.instanceStanding(claims.cluster, claims.service, claims.iid, ordinal);
     const seen = delivered.get(claims.iid);
     if ((standing !== undefined && NOT_WAITING.has(standing)) || (seen !== undefined && seen > Date.now() - DELIVERED_TTL_MS)) {
@@ -144,6 +142,23 @@ export function readinessRoutes(deps: ReadinessRouteDeps): { router: Router; bat
     }
     remember(claims.iid, Date.now());
     res.status(202).json({ instanceId: report.instanceId, receivedAt: report.receivedAt });
+  });
+
+  /**
+   * The drain notice (issue 13): what a guest, polling with its phone-home token, should know
+   * of its cluster's plans for it. While the cluster is PAUSING its instances may drain until
+   * `drainUntil` and are terminated then (a past `until`: now); a head node stops taking work
+   * (HTCondor: `condor_off -peaceful`). The token is good as long as its instance lives, not
+   * only until its `exp` (api/auth.ts, liveInstanceClaims): pauses come weeks after boot.
+   */
+  router.get('/v1/instances/:instanceId/notice', (req, res) => {
+    const m = /^Bearer\s+(\S+)\s*$/i.exec(req.get('Authorization') ?? '');
+    if (!m) throw unauthorized('send the instance token as "Authorization: Bearer <token>"');
+    const claims = liveInstanceClaims(m[1], { tokenSecret, store }, param(req, 'instanceId'));
+    queryOf(req, NoQuerySchema);
+    const view = store.getClusterView(claims.cluster);
+    const notice = view?.drainUntil !== undefined ? { drain: { until: view.drainUntil, reason: view.message ?? `cluster ${claims.cluster} is ${view.state}` } } : {};
+    res.set('Cache-Control', 'no-store').json(notice);
   });
   return { router, batcher };
 }

@@ -7,6 +7,7 @@ import { AGENTS } from '../model/agent-views.js';
 import { CloudQuotaSchema } from '../model/clouds-config.js';
 import { ContextSchema, ContextUserSchema } from '../model/context.js';
 import { ClusterDefinitionSchema, LifetimeSchema, NameSchema, OfferingSchema, PlacementSchema, ServiceDefinitionSchema } from '../model/definition.js';
+import { LoadReportSchema } from '../model/autoscale.js';
 import { CLUSTER_EVENT_KINDS } from '../model/read-model.js';
 import { WindowsSchema } from '../model/windows.js';
 import { CLUSTER_STATES, INSTANCE_STATES, SERVICE_STATES } from '../model/status.js';
@@ -287,15 +288,8 @@ export type ClusterDetail = z.infer<typeof ClusterDetailSchema>;
 
 export const ScaleResponseSchema = z.object({ service: z.string(), desired: z.number().int() });
 
-/** `POST /v1/clusters/:id/services/:service/load`: what the cluster's head node sees of its batch system. */
-export const LoadRequestSchema = z
-  .object({
-    queued: z.number().int().min(0).max(100_000_000),
-    running: z.number().int().min(0).max(100_000_000),
-    /** Instances (cloudgate names, `<cluster>-<service>-<n>`) with no job now: the only ones a scale-down may terminate. */
-    idleInstances: z.array(z.string().min(1).max(100)).max(10_000).optional(),
-  })
-  .strict();
+/** `POST /v1/clusters/:id/services/:service/load`: what the cluster's head node sees of its batch system (the shape a `loadUrl` answers too). */
+export const LoadRequestSchema = LoadReportSchema;
 
 export const LoadResponseSchema = z.object({
   service: z.string(),
@@ -327,6 +321,16 @@ export const SessionResponseSchema = z.object({
 export const TeardownResponseSchema = z.object({ id: z.string(), state: ClusterStateSchema, links: ClusterLinksSchema });
 
 export const ReadinessAcceptedSchema = z.object({ instanceId: z.string(), receivedAt: z.string() });
+/** `GET /v1/instances/:instanceId/notice`: `{}`, or a drain notice while the instance's cluster is PAUSING. */
+export const NoticeSchema = z.object({
+  drain: z
+    .object({
+      until: z.string().describe('When the instance is terminated (ISO); a past time: now'),
+      reason: z.string().describe("The cluster's message, e.g. \"pausing: instances may drain until …\""),
+    })
+    .optional()
+    .describe('Stop taking work and finish or checkpoint what runs before `until` (HTCondor: condor_off -peaceful)'),
+});
 
 export const CloudSchema = z.object({
   name: z.string(),

@@ -6,7 +6,9 @@
  * its failed services now, and `POST /v1/clusters/:id/pause {graceSeconds?}` / `resume`
  * vacate a cluster (the HLT farm lent out) and deploy it again. All are Updates of the cluster workflow,
  * validated there (a rejected one leaves no trace in its history). The owner or an admin may
- * call them; anyone else gets 404, as for every other cluster route.
+ * call them; anyone else gets 404, as for every other cluster route. The load report also takes
+ * the phone-home token of any live instance of that cluster (api/auth.ts), so a head node
+ * reports without a user's credentials; a token of another cluster gets the same 404.
  */
 import express, { type Router } from 'express';
 import type { Client } from '@temporalio/client';
@@ -27,7 +29,7 @@ import {
   retryUpdate,
   UNKNOWN_SERVICE,
 } from '../workflows/messages.js';
-import { principalOf } from './auth.js';
+import { callerOf, principalOf } from './auth.js';
 import { NoQuerySchema, queryOf } from './paging.js';
 import { conflict, invalid, notFound, parseOr422, type Problem } from './problem.js';
 import { bodyOf, optionalBodyOf, param } from './request.js';
@@ -42,10 +44,24 @@ export function sessionRoutes(deps: { store: Store; temporal: Client; json: expr
   const { store, temporal, json } = deps;
   const router = express.Router();
 
+  /**
+   * The cluster of the path, as the caller may see it (else 404): a user's or admin's by
+   * ownership; a guest's (load reports only) when its token names this very cluster.
+   */
+  const clusterOf = (req: express.Request, res: express.Response, guests: boolean) => {
+    const id = param(req, 'id');
+    const caller = guests ? callerOf(res) : { principal: principalOf(res) };
+    if (!caller.instance) return visibleCluster(store, id, caller.principal);
+    const c = caller.instance.cluster === id ? store.getCluster(id) : undefined;
+    if (!c) throw notFound(`no cluster "${id}"`);
+    return c;
+  };
+
   /** Runs one session Update on the cluster the caller may see (else 404), mapping its rejections to problems. */
-  const update = async <T>(req: express.Request, res: express.Response, run: (id: string) => Promise<T>, what: string): Promise<void> => {
+  const update = async <T>(req: express.Request, res: express.Response, run: (id: string) => Promise<T>, what: string, guests = false): Promise<void> => {
     queryOf(req, NoQuerySchema);
-    const c = visibleCluster(store, param(req, 'id'), principalOf(res));
+    // Only the load route takes a guest's token (INSTANCE_TOKEN_ROUTES in api/auth.ts); every other one has a principal.
+    const c = clusterOf(req, res, guests);
     let view: T;
     try {
       view = await temporal.withDeadline(Date.now() + UPDATE_DEADLINE_MS, () => run(c.id));
@@ -84,7 +100,7 @@ export function sessionRoutes(deps: { store: Store; temporal: Client; json: expr
     queryOf(req, NoQuerySchema);
     const load = parseOr422(LoadRequestSchema, bodyOf(req));
     const service = param(req, 'service');
-    await update(req, res, (id) => temporal.workflow.getHandle(clusterWorkflowId(id)).executeUpdate(loadUpdate, { args: [{ service, ...load }] }), 'report the load of');
+    await update(req, res, (id) => temporal.workflow.getHandle(clusterWorkflowId(id)).executeUpdate(loadUpdate, { args: [{ service, ...load }] }), 'report the load of', true);
   });
 
   return router;

@@ -108,6 +108,23 @@ export interface SimCloud extends CloudAdapter {
   vanish(id: string): void;
   /** The most instances that were ever live at once in this cloud's file (checked on every create, in its transaction). */
   peakLive(): number;
+  /**
+   * The guests of one service (recently terminated ones too), as a batch system on them would
+   * see them: the job queue (clouds/sim-queue.ts) runs jobs on those that are up.
+   */
+  guests(cluster: string, service: string): SimGuest[];
+}
+
+/** A simulated guest as its batch system sees it. */
+export interface SimGuest {
+  /** The instance name (cloudgate's instance id). */
+  name: string;
+  /** Job slots: its flavor's cpus. */
+  slots: number;
+  /** When it had booted and phoned home ok (epoch ms); undefined while booting, silent or failed. */
+  upAt?: number;
+  /** When it was terminated (or vanished); undefined while live. */
+  goneAt?: number;
 }
 
 /** Default flavors, shaped like a small OpenStack/CloudStack catalogue. */
@@ -209,15 +226,7 @@ export function createSimCloud(opts: SimCloudOptions): SimCloud {
   const throttleRandom = mulberry32(hashUnit32(`${opts.seed}\0throttle`));
   const failRandom = mulberry32(hashUnit32(`${opts.seed}\0create-failure`));
 
-  if (opts.file !== ':memory:' && !opts.file.startsWith('file:')) {
-    mkdirSync(dirname(opts.file), { recursive: true, mode: 0o700 });
-    // 0600 before SQLite opens it (its -wal and -shm get the same mode): it holds every guest's user-data.
-    closeSync(openSync(opts.file, 'a', 0o600));
-    chmodSync(opts.file, 0o600);
-  }
-  const db = new Database(opts.file);
-  db.pragma('journal_mode = WAL');
-  db.pragma('busy_timeout = 5000');
+  const db = openSimSqlite(opts.file);
   // In WAL mode NORMAL loses nothing on a process crash (only on power loss), and saves an fsync per create.
   db.pragma('synchronous = NORMAL');
   db.exec(SCHEMA);
@@ -268,6 +277,9 @@ export function createSimCloud(opts: SimCloudOptions): SimCloud {
   const phoneDone = db.prepare<{ id: string; at: number; result: string }>(
     `UPDATE instances SET phone_next_at = NULL, phone_attempts = phone_attempts + 1, phone_result = @result, phoned_at = @at
      WHERE id = @id AND terminated_at IS NULL`,
+  );
+  const serviceGuests = db.prepare<{ cluster: string; service: string }, Row>(
+    `SELECT ${COLUMNS} FROM instances WHERE cluster = @cluster AND service = @service ORDER BY created_at, id`,
   );
   const phoneRetry = db.prepare<{ id: string; next: number; result: string }>(
     `UPDATE instances SET phone_next_at = @next, phone_attempts = phone_attempts + 1, phone_result = @result
@@ -525,7 +537,34 @@ export function createSimCloud(opts: SimCloudOptions): SimCloud {
     },
 
     peakLive: () => peakGet.get()?.live ?? 0,
+
+    guests(cluster, service) {
+      const slots = new Map(offerings.map((o) => [o.id, o.cpus]));
+      return serviceGuests.all({ cluster, service }).map((r) => {
+        const goneAt = r.terminated_at ?? (r.guest === 'vanish' ? r.running_at : undefined);
+        // Up once its readiness report was delivered (2xx): the guest agent ran, so would a batch daemon.
+        const up = r.guest === 'ok' && r.phoned_at !== null && /^2\d\d$/.test(r.phone_result ?? '');
+        return { name: r.name, slots: slots.get(r.flavor) ?? 1, ...(up && { upAt: r.phoned_at! }), ...(goneAt !== undefined && { goneAt }) };
+      });
+    },
   };
+}
+
+/**
+ * Opens (or creates) a SQLite file of the simulated cloud, owner-only (0600 before SQLite opens
+ * it, so its -wal and -shm get the same mode: the sim's holds every guest's user-data), in WAL
+ * mode with a busy timeout, so a second process may read it while the first writes.
+ */
+export function openSimSqlite(file: string): Database.Database {
+  if (file !== ':memory:' && !file.startsWith('file:')) {
+    mkdirSync(dirname(file), { recursive: true, mode: 0o700 });
+    closeSync(openSync(file, 'a', 0o600));
+    chmodSync(file, 0o600);
+  }
+  const db = new Database(file);
+  db.pragma('journal_mode = WAL');
+  db.pragma('busy_timeout = 5000');
+  return db;
 }
 
 // One keep-alive pool per process, sized to the in-flight cap: a burst reuses a few dozen sockets.

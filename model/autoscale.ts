@@ -6,15 +6,22 @@
  * `scaleDownIdleSeconds` in a row (never a busy one); no change inside the cooldown after the
  * last one. The cluster workflow holds the state and applies the decision.
  */
+import { z } from 'zod';
 import type { Autoscale } from './definition.js';
 
-/** A load report, as a cluster's head node posts it. */
-export interface LoadReport {
-  queued: number;
-  running: number;
-  /** Instance ids (cloudgate names) with no job now. */
-  idleInstances?: string[];
-}
+/**
+ * A load report, as a cluster's head node posts it (`POST …/load`) or a `loadUrl` answers it:
+ * jobs queued and running, and the instances (cloudgate names, `<cluster>-<service>-<n>`)
+ * with no job now — the only ones a scale-down may terminate.
+ */
+export const LoadReportSchema = z
+  .object({
+    queued: z.number().int().min(0).max(100_000_000),
+    running: z.number().int().min(0).max(100_000_000),
+    idleInstances: z.array(z.string().min(1).max(100)).max(10_000).optional(),
+  })
+  .strict();
+export type LoadReport = z.infer<typeof LoadReportSchema>;
 
 export interface AutoscaleState {
   desired: number;

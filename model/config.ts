@@ -73,6 +73,14 @@ export const ConfigSchema = z.object({
      */
     allowedHosts: list.default([]),
   }).prefault({}),
+  /** Pulled load (`autoscale.loadUrl`, issue 13). */
+  load: z.object({
+    /**
+     * Hosts (`host` or `host:port`) a load URL may name although they are loopback, private or
+     * link-local addresses (a site's own batch system; the worker adds its sim job queue's).
+     */
+    allowedHosts: list.default([]),
+  }).prefault({}),
   /** Who may call the API (issue 11). */
   auth: z.object({
     /** OpenID Connect issuer of access tokens (JWT), e.g. CERN's Keycloak realm URL; unset: API tokens only. */
@@ -101,6 +109,8 @@ export const ConfigSchema = z.object({
     silentRate: rate.default(0),
     throttleRate: rate.default(0),
     seed: z.string().default('cloudgate'),
+    /** The sim's job queue (clouds/sim-queue.ts) listens on 127.0.0.1 at this port; unset: no job queue. */
+    queuePort: port.optional(),
   }),
 });
 export type Config = z.infer<typeof ConfigSchema>;
@@ -129,6 +139,7 @@ export function configFromEnv(env: Record<string, string | undefined>): Config {
       maxAgeSeconds: e('CLOUDGATE_CVMFS_MAX_AGE_SECONDS'),
       allowedHosts: e('CLOUDGATE_CVMFS_ALLOWED_HOSTS'),
     },
+    load: { allowedHosts: e('CLOUDGATE_LOAD_ALLOWED_HOSTS') },
     auth: {
       oidcIssuer: e('CLOUDGATE_OIDC_ISSUER'),
       oidcAudience: e('CLOUDGATE_OIDC_AUDIENCE'),
@@ -150,6 +161,7 @@ export function configFromEnv(env: Record<string, string | undefined>): Config {
       silentRate: e('SIM_SILENT_RATE'),
       throttleRate: e('SIM_THROTTLE_RATE'),
       seed: e('SIM_SEED'),
+      queuePort: e('SIM_QUEUE_PORT'),
     },
   });
 }

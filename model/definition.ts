@@ -44,19 +44,65 @@ export const PlacementSchema = z
   .strict();
 export type Placement = z.infer<typeof PlacementSchema>;
 
+/** How often a pulled load (`autoscale.loadUrl`) is read when `pollSeconds` is not given, and the most often it may be. */
+export const DEFAULT_LOAD_POLL_SECONDS = 60;
+export const MIN_LOAD_POLL_SECONDS = 5;
+
+/** Placeholders a `loadUrl` may hold, filled in per cluster (a definition is instantiated many times). */
+export const LOAD_URL_PLACEHOLDERS = ['{clusterId}', '{service}'] as const;
+
+/** The URL a cluster's service reads its load from: `loadUrl` with its placeholders filled in. */
+export function expandLoadUrl(template: string, at: { clusterId: string; service: string }): string {
+  return template.replaceAll('{clusterId}', encodeURIComponent(at.clusterId)).replaceAll('{service}', encodeURIComponent(at.service));
+}
+
+/** The `host[:port]` of an http(s) URL, by its text (workflows name it in summaries without a URL parser). */
+export const loadUrlHost = (url: string): string => /^[a-z][a-z0-9+.-]*:\/\/(?:[^/?#@]*@)?([^/?#]*)/i.exec(url)?.[1] ?? url;
+
+/**
+ * Why a `loadUrl` cannot be one, by its shape alone, or undefined. Where it points is judged
+ * when it is read, by the address policy (activities/load.ts): a host's addresses can change,
+ * and the hosts a site allows are the worker's setting.
+ */
+function loadUrlShapeProblem(template: string): string | undefined {
+  let u: URL;
+  try {
+    u = new URL(expandLoadUrl(template, { clusterId: 'c-abcdef', service: 's' }));
+  } catch {
+    return 'is not a URL';
+  }
+  if (u.protocol !== 'http:' && u.protocol !== 'https:') return `uses the scheme "${u.protocol.slice(0, -1)}"; only http and https are read`;
+  if (u.username || u.password) return 'carries credentials; put none in the URL (it is part of the definition, which its owner and the Temporal history see)';
+  if (u.hash) return 'has a #fragment, which is never sent';
+  return undefined;
+}
+
 /**
  * Elastic scaling of a service from the load its head node reports (issue 13): as many
  * instances as `ceil((queued + running) / jobsPerInstance)` within `min`/`max`; down only by
  * instances reported idle for `scaleDownIdleSeconds`; no change within `cooldownSeconds` of
- * the last one.
+ * the last one. The load is pushed (`POST …/load`), or pulled: with `loadUrl` the cluster reads
+ * `{queued, running, idleInstances?}` from it every `pollSeconds`.
  */
 export const AutoscaleSchema = z
   .object({
     jobsPerInstance: z.number().int().min(1).max(100_000),
     scaleDownIdleSeconds: z.number().int().min(0).max(86_400).default(300),
     cooldownSeconds: z.number().int().min(0).max(86_400).default(60),
+    /** An http(s) URL answering the service's load as JSON; `{clusterId}` and `{service}` are filled in per cluster. */
+    loadUrl: z
+      .string()
+      .max(2000)
+      .superRefine((url, ctx) => {
+        const problem = loadUrlShapeProblem(url);
+        if (problem) ctx.addIssue({ code: 'custom', message: `loadUrl ${problem}` });
+      })
+      .optional(),
+    /** Seconds between two reads of `loadUrl` (default {@link DEFAULT_LOAD_POLL_SECONDS}). */
+    pollSeconds: z.number().int().min(MIN_LOAD_POLL_SECONDS).max(86_400).optional(),
   })
-  .strict();
+  .strict()
+  .refine((a) => a.pollSeconds === undefined || a.loadUrl !== undefined, { message: 'pollSeconds needs a loadUrl (a pushed load is not polled)', path: ['pollSeconds'] });
 export type Autoscale = z.infer<typeof AutoscaleSchema>;
 
 export const ServiceDefinitionSchema = z

@@ -50,6 +50,11 @@ export interface PublishClusterInput {
   spec?: { definitionId: string; contexts?: Record<string, PinnedContext> };
   /** With `spec`: the change in progress, or null once none is. */
   change?: ChangeView | null;
+  /**
+   * While the cluster is PAUSING: when its instances are terminated (the end of the grace
+   * period). Guests read it as their drain notice (`GET /v1/instances/:id/notice`).
+   */
+  drainUntil?: string;
   events: ClusterEvent[];
 }
 

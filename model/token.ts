@@ -24,8 +24,12 @@ export function signToken(claims: TokenClaims, secret: string): string {
 
 export type TokenCheck = { ok: true; claims: TokenClaims } | { ok: false; reason: string };
 
-/** Checks signature, expiry and that the token belongs to `instanceId`. */
-export function verifyToken(token: string, secret: string, instanceId: string, nowSeconds: number): TokenCheck {
+/**
+ * Checks the signature and the shape of the claims only — not the expiry, not the instance.
+ * {@link verifyToken} is the readiness report's check; the long-lived phone-home routes (load
+ * reports, drain notices) bound a token by its instance's life instead (api/auth.ts).
+ */
+export function readToken(token: string, secret: string): TokenCheck {
   const [body, sig, extra] = token.split('.');
   if (!body || !sig || extra !== undefined) return { ok: false, reason: 'malformed token' };
   const expected = createHmac('sha256', secret).update(body).digest();
@@ -37,7 +41,25 @@ export function verifyToken(token: string, secret: string, instanceId: string, n
   } catch {
     return { ok: false, reason: 'malformed token' };
   }
+  if (typeof claims !== 'object' || claims === null || ![claims.iid, claims.cluster, claims.service].every((v) => typeof v === 'string')) {
+    return { ok: false, reason: 'malformed token' };
+  }
+  return { ok: true, claims };
+}
+
+/** Checks signature, expiry and that the token belongs to `instanceId`. */
+export function verifyToken(token: string, secret: string, instanceId: string, nowSeconds: number): TokenCheck {
+  const read = readToken(token, secret);
+  if (!read.ok) return read;
+  const { claims } = read;
   if (typeof claims.exp !== 'number' || claims.exp < nowSeconds) return { ok: false, reason: 'token expired' };
   if (claims.iid !== instanceId) return { ok: false, reason: 'token belongs to another instance' };
   return { ok: true, claims };
+}
+
+/** The ordinal the token's instance id `<cluster>-<service>-<n>` ends with, if it is that instance's. */
+export function tokenOrdinal(claims: TokenClaims): number | undefined {
+  const prefix = `${claims.cluster}-${claims.service}-`;
+  const rest = claims.iid.startsWith(prefix) ? claims.iid.slice(prefix.length) : '';
+  return /^[0-9]{1,9}$/.test(rest) ? Number(rest) : undefined;
 }

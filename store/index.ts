@@ -416,7 +416,8 @@ CREATE TABLE IF NOT EXISTS cluster_views (
   message      TEXT,
   services     TEXT NOT NULL,
   expires_at   TEXT,
-  change       TEXT
+  change       TEXT,
+  drain_until  TEXT
 );
 CREATE TABLE IF NOT EXISTS service_views (
   cluster_id   TEXT NOT NULL,
@@ -571,6 +572,7 @@ interface ClusterViewRow {
   services: string;
   expires_at: string | null;
   change: string | null;
+  drain_until: string | null;
 }
 interface ServiceViewRow {
   cluster_id: string;
@@ -613,6 +615,7 @@ const toClusterView = (r: ClusterViewRow): ClusterViewRecord => ({
   services: JSON.parse(r.services) as PublishedService[],
   ...(r.expires_at !== null && { expiresAt: r.expires_at }),
   ...(r.change !== null && { change: JSON.parse(r.change) as ChangeView }),
+  ...(r.drain_until !== null && { drainUntil: r.drain_until }),
 });
 
 const toServiceView = (r: ServiceViewRow): ServiceViewRecord => ({
@@ -766,6 +769,7 @@ export function openSqliteStore(file: string, options: StoreOptions = {}): Store
   if (!clusterColumns.some((c) => c.name === 'windows')) db.exec('ALTER TABLE clusters ADD COLUMN windows TEXT');
   const viewColumns = db.prepare<[], { name: string }>("SELECT name FROM pragma_table_info('cluster_views')").all();
   if (!viewColumns.some((c) => c.name === 'expires_at')) db.exec('ALTER TABLE cluster_views ADD COLUMN expires_at TEXT');
+  if (!viewColumns.some((c) => c.name === 'drain_until')) db.exec('ALTER TABLE cluster_views ADD COLUMN drain_until TEXT');
   // Stores made before instances showed their hypervisor host (issue 12).
   const instanceColumns = db.prepare<[], { name: string }>("SELECT name FROM pragma_table_info('instances')").all();
   if (!instanceColumns.some((c) => c.name === 'host')) db.exec('ALTER TABLE instances ADD COLUMN host TEXT');
@@ -860,10 +864,10 @@ export function openSqliteStore(file: string, options: StoreOptions = {}): Store
 
     clusterViewSeq: db.prepare<[string], { seq: number }>('SELECT seq FROM cluster_views WHERE cluster_id = ?'),
     upsertClusterView: db.prepare(
-      `INSERT INTO cluster_views (cluster_id, seq, observed_at, state, message, services, expires_at, change)
-       VALUES (@clusterId, @seq, @observedAt, @state, @message, @services, @expiresAt, @change)
+      `INSERT INTO cluster_views (cluster_id, seq, observed_at, state, message, services, expires_at, change, drain_until)
+       VALUES (@clusterId, @seq, @observedAt, @state, @message, @services, @expiresAt, @change, @drainUntil)
        ON CONFLICT(cluster_id) DO UPDATE SET seq = excluded.seq, observed_at = excluded.observed_at, state = excluded.state,
-         message = excluded.message, services = excluded.services, expires_at = excluded.expires_at,
+         message = excluded.message, services = excluded.services, expires_at = excluded.expires_at, drain_until = excluded.drain_until,
          change = CASE WHEN @changeSent THEN excluded.change ELSE cluster_views.change END`,
     ),
     // A change started or ended: the cluster runs (or converges to) another definition and pins.
@@ -929,6 +933,7 @@ export function openSqliteStore(file: string, options: StoreOptions = {}): Store
       expiresAt: input.expiresAt ?? null,
       change: input.change ? JSON.stringify(input.change) : null,
       changeSent: input.change !== undefined ? 1 : 0,
+      drainUntil: input.drainUntil ?? null,
     });
     if (input.spec) q.setClusterSpec.run(input.spec.definitionId, input.spec.contexts ? JSON.stringify(input.spec.contexts) : null, input.clusterId);
     appendEvents(input.clusterId, input.events);

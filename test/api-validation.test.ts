@@ -179,6 +179,28 @@ describe('bad input gets a 4xx problem naming the field, and leaves nothing behi
     }
   });
 
+  it('drain notice and load reports with a phone-home token: 401 unless signed and its instance lives', async () => {
+    const iid = 'c1-abcdef-workers-0';
+    const good = { iid, cluster: 'c1-abcdef', service: 'workers', exp: now() + 600 };
+    const cases: [string, string | undefined, RegExp][] = [
+      ['no header', undefined, /Authorization: Bearer/],
+      ['garbage', 'Bearer garbage', /malformed token/],
+      ['wrong secret', `Bearer ${signToken(good, 'another-secret-0123456789')}`, /bad signature/],
+      ['other instance', `Bearer ${signToken({ ...good, iid: 'c1-abcdef-workers-1' }, config.tokenSecret)}`, /another instance/],
+      // Signed and young, but the read model has never seen the instance: not live.
+      ['unknown instance', `Bearer ${signToken(good, config.tokenSecret)}`, /instance c1-abcdef-workers-0 is not \(or no longer\) in its cluster/],
+    ];
+    for (const [label, auth, why] of cases) {
+      const req = supertest(app).get(`/v1/instances/${iid}/notice`);
+      if (auth) void req.set('Authorization', auth);
+      const p = problem(await req, 401);
+      expect({ label, detail: p.detail }).toEqual({ label, detail: expect.stringMatching(why) });
+    }
+    // The load route: the same judgement (an API token's routes never see a phone-home token).
+    const load = await request(app).post('/v1/clusters/c1-abcdef/services/workers/load').set('Authorization', `Bearer ${signToken(good, config.tokenSecret)}`).send({ queued: 1, running: 0 });
+    expect(problem(load, 401).detail).toMatch(/not \(or no longer\) in its cluster/);
+  });
+
   it('readiness with a valid token but a bad body → 422; for a service that is not running → 410', async () => {
     const iid = 'c1-abcdef-workers-0';
     const token = signToken({ iid, cluster: 'c1-abcdef', service: 'workers', exp: now() + 600 }, config.tokenSecret);
@@ -416,6 +438,7 @@ describe('service endpoints', () => {
         'POST /v1/clusters/{id}/services/{service}/scale',
         'PUT /v1/clusters/{id}',
         'POST /v1/instances/{instanceId}/readiness',
+        'GET /v1/instances/{instanceId}/notice',
         'POST /v1/contexts',
         'GET /v1/contexts',
         'GET /v1/contexts/{id}',

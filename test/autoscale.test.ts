@@ -6,7 +6,8 @@
  * is an event with its inputs. The reaction times are printed (measured, not asserted).
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
-import { clusterInstances, clusterStatus, startStack, waitFor, waitForState, type Stack } from './harness.js';
+import { signToken } from '../model/token.js';
+import { clusterInstances, clusterStatus, phoneHomeToken, startStack, waitFor, waitForState, type Stack } from './harness.js';
 
 let stack: Stack;
 beforeAll(async () => {
@@ -100,6 +101,71 @@ describe('autoscale', () => {
 
     await stack.http('DELETE', `/v1/clusters/${id}`);
     await waitForState(stack, id, 'TERMINATED');
+  }, 180_000);
+
+  it("takes a head node's phone-home token for its own cluster's load, while the instance lives", async () => {
+    const d = await stack.http('POST', '/v1/cluster-definitions', {
+      name: 'condor',
+      services: [
+        { name: 'head', image: 'cernvm4-micro', offering, min: 1 },
+        { name: 'workers', image: 'cernvm4-micro', offering, min: 1, max: 4, dependsOn: ['head'], autoscale: { jobsPerInstance: 2, scaleDownIdleSeconds: 0, cooldownSeconds: 0 } },
+      ],
+    });
+    const other = await stack.http('POST', '/v1/cluster-definitions', { name: 'other', services: [{ name: 'solo', image: 'cernvm4-micro', offering, min: 1 }] });
+    const id = (await stack.http('POST', '/v1/clusters', { definitionId: d.body.id })).body.id as string;
+    const otherId = (await stack.http('POST', '/v1/clusters', { definitionId: other.body.id })).body.id as string;
+    await waitForState(stack, id, 'READY');
+    await waitForState(stack, otherId, 'READY');
+    const as = (token: string) => ({ authorization: `Bearer ${token}` });
+    const load = (token: string, body: unknown, cluster = id) => stack.http('POST', `/v1/clusters/${cluster}/services/workers/load`, body, as(token));
+    const head = phoneHomeToken(stack, `${id}-head-0`);
+
+    // The head node reports with its own token, no user's credentials: the service scales.
+    const up = await load(head, { queued: 6, running: 0 });
+    expect(up.status).toBe(200);
+    expect(up.body).toMatchObject({ action: 'up', desired: 3 });
+    await waitFor(async () => (await clusterStatus(stack, id)).services[1].ready === 3, 60_000, 'three workers ready');
+    // Its token's exp bounds only the readiness report: past it, a live head still reports.
+    const claims = { iid: `${id}-head-0`, cluster: id, service: 'head' };
+    const expired = signToken({ ...claims, exp: Math.floor(Date.now() / 1000) - 3600 }, stack.config.tokenSecret!);
+    expect((await load(expired, { queued: 6, running: 0 })).body).toMatchObject({ action: 'hold', desired: 3 });
+
+    // Another cluster's token: as if the cluster did not exist (other owners' clusters answer 404 too).
+    const stranger = phoneHomeToken(stack, `${otherId}-solo-0`);
+    const refused = await load(stranger, { queued: 6, running: 0 });
+    expect(refused.status).toBe(404);
+    expect(refused.headers.get('content-type')).toMatch(/application\/problem\+json/);
+    // A forged or bent token: 401 problem+json.
+    for (const bad of [signToken({ ...claims, exp: 0 }, 'not-the-secret-0123456789'), `${head.split('.')[0]}x.${head.split('.')[1]}`]) {
+      const r = await load(bad, { queued: 6, running: 0 });
+      expect(r.status).toBe(401);
+      expect(r.headers.get('content-type')).toMatch(/application\/problem\+json/);
+      expect(r.body.detail).toMatch(/invalid token: (bad signature|malformed token)/);
+    }
+    // The token opens no other route: not the cluster, not its scale route, not its pause.
+    expect((await stack.http('GET', `/v1/clusters/${id}`, undefined, as(head))).status).toBe(401);
+    expect((await stack.http('POST', `/v1/clusters/${id}/services/workers/scale`, { instances: 4 }, as(head))).status).toBe(401);
+    expect((await stack.http('POST', `/v1/clusters/${id}/pause`, undefined, as(head))).status).toBe(401);
+    // It is tied to the cluster, not a service: head has no autoscale, so the cluster answers (409).
+    expect((await stack.http('POST', `/v1/clusters/${id}/services/head/load`, { queued: 1, running: 0 }, as(head))).status).toBe(409);
+
+    // A retired instance's token is worth nothing once it is terminating or gone.
+    const retired = `${id}-workers-2`;
+    const retiredToken = phoneHomeToken(stack, retired);
+    expect((await load(retiredToken, { queued: 0, running: 2 })).status).toBe(200);
+    const down = await load(head, { queued: 0, running: 2, idleInstances: [retired, `${id}-workers-1`] });
+    expect(down.body).toMatchObject({ action: 'down', desired: 1 });
+    await waitFor(async () => !(await clusterInstances(stack, id, 'workers')).some((i) => i.id === retired && i.state !== 'TERMINATING'), 30_000, 'the retired worker leaving');
+    const dead = await load(retiredToken, { queued: 0, running: 2 });
+    expect(dead.status).toBe(401);
+    expect(dead.body.detail).toMatch(new RegExp(`instance ${retired} is (TERMINATING|REMOVED|not \\(or no longer\\) in its cluster)`));
+
+    // And every token of a torn-down cluster.
+    await stack.http('DELETE', `/v1/clusters/${id}`);
+    await stack.http('DELETE', `/v1/clusters/${otherId}`);
+    await waitForState(stack, id, 'TERMINATED');
+    expect((await load(head, { queued: 1, running: 0 })).status).toBe(401);
+    await waitForState(stack, otherId, 'TERMINATED');
   }, 180_000);
 
   it('answers clear problems', async () => {

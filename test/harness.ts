@@ -5,6 +5,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import Database from 'better-sqlite3';
 import { pino } from 'pino';
 import { stringify as stringifyYaml } from 'yaml';
 import os from 'node:os';
@@ -21,6 +22,7 @@ import { payloadDataConverter } from '../model/payload-codec.js';
 import { loadPayloadKeys } from '../store/secret.js';
 import type { ClusterDefinitionInput } from '../model/definition.js';
 import type { PublishedInstance } from '../model/read-model.js';
+import { extractPhoneHome } from '../model/user-data.js';
 import { freePort, startDevServer, type DevServer } from '../workers/dev-server.js';
 import { FAILURE_CONVERTER_PATH, startWorker, WORKFLOWS_PATH, type RunningWorker } from '../workers/worker.js';
 import { useHistoryKeys } from './history-text.js';
@@ -75,6 +77,8 @@ export interface Stack {
   adminToken: string;
   temporal: DevServer;
   client: Client;
+  /** Where the worker serves the sim's job queue (`POST /sim/queues/<cluster>/<service>/jobs`, `GET …/load`). */
+  simQueueUrl: string;
   /** The payload codec of the client and the worker (replay needs it to read recorded histories). */
   dataConverter: DataConverter;
   api: { url: string; close(): Promise<void> };
@@ -98,6 +102,8 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
   const dbFile = path.join(dataDir, 'temporal.sqlite');
   let temporal = await startDevServer({ dbFile, port: temporalPort });
   const apiPort = await freePort();
+  // The sim's job queue (clouds/sim-queue.ts): a fixed port, so a restarted worker process serves it at the same URL.
+  const simQueuePort = await freePort();
   let cloudsFile: string | undefined;
   if (opts.clouds) {
     cloudsFile = path.join(dataDir, 'clouds.yaml');
@@ -110,7 +116,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
     temporalAddress: temporal.address,
     tokenSecret: 'test-secret-0123456789abcdef',
     logLevel: 'warn',
-    sim: { bootMs: 300, readyDelayMs: 200, seed: 'test', ...opts.sim },
+    sim: { bootMs: 300, readyDelayMs: 200, seed: 'test', queuePort: simQueuePort, ...opts.sim },
     cvmfs: {
       ...(opts.cvmfsServers && { servers: opts.cvmfsServers.join(';') }),
       // The test stratum-1s listen on 127.0.0.1, which the address policy refuses unless allowed.
@@ -160,6 +166,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
     adminToken: readFileSync(api.adminTokenFile, 'utf8').trim(),
     temporal,
     client,
+    simQueueUrl: `http://127.0.0.1:${simQueuePort}`,
     dataConverter,
     api,
     async startWorker() {
@@ -176,6 +183,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
           SIM_BOOT_MS: String(config.sim.bootMs),
           SIM_READY_DELAY_MS: String(config.sim.readyDelayMs),
           SIM_SEED: config.sim.seed,
+          SIM_QUEUE_PORT: String(config.sim.queuePort ?? ''),
           SIM_RULES: opts.simRules ? JSON.stringify(opts.simRules) : '',
           CLOUDGATE_CLOUDS: cloudsFile ?? '',
           CLOUDGATE_CVMFS_SERVERS: config.cvmfs.servers.join(';'),
@@ -312,4 +320,20 @@ export function waitForState(stack: Stack, id: string, state: string, timeoutMs 
     timeoutMs,
     `cluster ${id} to be ${state}`,
   );
+}
+
+/**
+ * The phone-home token in a sim instance's user-data (the cloud's own record of it), as the
+ * guest reads it: what a head node sends to report load or poll its drain notice.
+ */
+export function phoneHomeToken(stack: Stack, instanceId: string): string {
+  const db = new Database(path.join(stack.dataDir, 'sim-cloud.sqlite'), { readonly: true });
+  try {
+    const row = db.prepare('SELECT user_data FROM instances WHERE name = ? ORDER BY created_at DESC LIMIT 1').get(instanceId) as { user_data: string } | undefined;
+    const token = row && extractPhoneHome(row.user_data)?.token;
+    if (!token) throw new Error(`no phone-home token for ${instanceId} in the sim cloud`);
+    return token;
+  } finally {
+    db.close();
+  }
 }

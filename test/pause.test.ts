@@ -5,7 +5,7 @@
  * API, a real Temporal dev server, the worker and the sim cloud.
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
-import { clusterInstances, clusterStatus, startStack, threeTier, waitFor, waitForState, type Stack } from './harness.js';
+import { clusterInstances, clusterStatus, phoneHomeToken, startStack, threeTier, waitFor, waitForState, type Stack } from './harness.js';
 
 let stack: Stack;
 beforeAll(async () => {
@@ -26,10 +26,23 @@ describe('pause and resume', () => {
     const before = (await clusterInstances(stack, id)).map((i) => i.id);
     expect(before).toHaveLength(5);
 
-    const p = await stack.http('POST', `/v1/clusters/${id}/pause`, { graceSeconds: 3 });
+    // The drain notice a guest polls with its phone-home token: nothing while the cluster runs.
+    const notice = (instance: string, token = phoneHomeToken(stack, instance)) =>
+      stack.http('GET', `/v1/instances/${instance}/notice`, undefined, { authorization: `Bearer ${token}` });
+    const head = `${id}-head-0`;
+    expect(await notice(head)).toMatchObject({ status: 200, body: {} });
+
+    const p = await stack.http('POST', `/v1/clusters/${id}/pause`, { graceSeconds: 5 });
     expect(p.status).toBe(200);
     expect(p.body.state).toBe('PAUSING');
     const graceEnds = Date.parse(p.body.pausedAt);
+    // During the grace period: drain, until the grace ends (what a head node's `condor_off -peaceful` hook acts on).
+    const draining = await notice(head);
+    expect(draining.status).toBe(200);
+    expect(draining.body).toEqual({ drain: { until: p.body.pausedAt, reason: expect.stringMatching(/^pausing: instances may drain until /) } });
+    // Another instance's token, or none: 401.
+    expect((await notice(head, phoneHomeToken(stack, `${id}-proxy-0`))).status).toBe(401);
+    expect((await stack.http('GET', `/v1/instances/${head}/notice`, undefined, { authorization: '' })).status).toBe(401);
     // During the grace period the instances stay (they may drain), and the cluster says until when.
     const pausing = await clusterStatus(stack, id);
     expect(pausing.state).toBe('PAUSING');
@@ -53,6 +66,9 @@ describe('pause and resume', () => {
     const ready = await waitForState(stack, id, 'READY', 90_000);
     expect(ready.services.map((s: any) => [s.name, s.ready])).toEqual([['proxy', 1], ['head', 1], ['workers', 3]]);
     expect(await inCloud(id)).toBe(5);
+    // Resumed: the new instances have no notice; the old ones' tokens died with them.
+    expect(await notice(`${id}-head-1`)).toMatchObject({ status: 200, body: {} });
+    expect((await notice(head)).status).toBe(401);
     // Dependency order again: head after proxy was ready, workers after head.
     const after = await clusterInstances(stack, id);
     const first = (svc: string) => Math.min(...after.filter((i) => i.service === svc).map((i) => Date.parse(i.createdAt!)));

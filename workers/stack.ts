@@ -58,6 +58,8 @@ const env = {
   // Each libvirt call holds one of libuv's threads (4 by default), and a farm host that hangs keeps one: room for many hosts.
   UV_THREADPOOL_SIZE: process.env.UV_THREADPOOL_SIZE ?? '64',
   TEMPORAL_ADDRESS: address,
+  // The sim's job queue (a fake batch system for pulled autoscaling), served by the worker on 127.0.0.1.
+  SIM_QUEUE_PORT: process.env.SIM_QUEUE_PORT ?? '8090',
   ...(stratum1 && { CLOUDGATE_CVMFS_SERVERS: stratum1.url, CLOUDGATE_CVMFS_ALLOWED_HOSTS: allowSim }),
 };
 const children: ChildProcess[] = [];
@@ -74,6 +76,7 @@ const startChild = (name: string, entry: string) => {
 startChild('worker', 'workers/main.ts');
 startChild('api', 'api/main.ts');
 say(`API        ${publicUrlOf(config)}  (OpenAPI: ${publicUrlOf(config)}/openapi.json)`);
+say(`sim job queue http://127.0.0.1:${env.SIM_QUEUE_PORT}/sim/queues/<clusterId>/<service>  (POST …/jobs {"count", "seconds"}; GET …/load is what an autoscale.loadUrl reads)`);
 // The API process writes it on its first start (api/auth.ts); only its path is ever printed.
 say(`admin token in ${path.join(config.dataDir, 'admin-token')}  (curl -H "Authorization: Bearer $(cat ${path.join(config.dataDir, 'admin-token')})" …)`);
 say(`Temporal UI ${devServer?.uiUrl ?? temporalUiUrlOf(config)}  (payloads are encrypted: sign in at ${publicUrlOf(config)}/codec/session to read them, see docs/operations.md)`);

@@ -15,6 +15,7 @@ import { createActivities } from '../activities/index.js';
 import { createWindowActivities } from '../activities/windows.js';
 import { createCloudRegistry } from '../clouds/registry.js';
 import type { SimCloud, SimRule } from '../clouds/sim.js';
+import { createSimJobQueue, serveSimJobQueue, type SimJobQueue } from '../clouds/sim-queue.js';
 import type { CloudsFile } from '../model/clouds-config.js';
 import { publicUrlOf, temporalAddressOf, type Config } from '../model/config.js';
 import { AesGcmPayloadCodec, payloadDataConverter } from '../model/payload-codec.js';
@@ -42,6 +43,8 @@ export interface RunningWorker {
   sim?: SimCloud;
   /** Every simulated cloud of the registry, by name. */
   sims: Map<string, SimCloud>;
+  /** The sims' job queue and where it is served (with `config.sim.queuePort` and a sim cloud). */
+  simQueue?: { url: string; queue: SimJobQueue };
   /**
    * Resolves once the cloud catalogue schedule exists and was triggered (the worker polls
    * meanwhile; the refresh itself runs as a workflow). Never rejects: a failure is logged.
@@ -62,6 +65,7 @@ export async function startWorker(config: Config, opts: StartWorkerOptions = {})
   const clouds = createCloudRegistry(adapters);
   // The registry's static part only: no cloud is called and no credential read here (the catalogue activity does both).
   publishRegistry(store, registryFile);
+  const simQueue = await startSimJobQueue(config, sims, opts.logger);
   const connection = await NativeConnection.connect({ address: temporalAddressOf(config) });
   // The worker's own client: the catalogue schedule below and the window activities (a cluster's schedules) use it.
   const temporal = temporalClient(config, codec);
@@ -86,6 +90,8 @@ export async function startWorker(config: Config, opts: StartWorkerOptions = {})
           quotaOf,
           flavorsOf: (cloud) => store.getCloud(cloud)?.offerings ?? [],
         },
+        // The sim's job queue listens on loopback: its load URLs are read (only its host:port is added).
+        load: { allowedHosts: [...config.load.allowedHosts, ...(simQueue ? [simQueue.host] : [])] },
       }),
       ...createCatalogueActivities({ clouds, registry: registryFile.clouds, store, quotaOf }),
       ...createWindowActivities({ client: temporal.get, taskQueue: config.taskQueue }),
@@ -100,6 +106,7 @@ export async function startWorker(config: Config, opts: StartWorkerOptions = {})
   const done = running.finally(async () => {
     await schedule;
     await temporal.close();
+    await simQueue?.close();
     await Promise.all([...sims.values()].map((s) => s.stop()));
     await clouds.close();
     await connection.close();
@@ -109,6 +116,7 @@ export async function startWorker(config: Config, opts: StartWorkerOptions = {})
     worker,
     sim,
     sims,
+    ...(simQueue && { simQueue: { url: simQueue.url, queue: simQueue.queue } }),
     catalogueScheduled: schedule,
     done,
     async shutdown() {
@@ -116,6 +124,38 @@ export async function startWorker(config: Config, opts: StartWorkerOptions = {})
       await done;
     },
   };
+}
+
+/**
+ * The sims' job queue (clouds/sim-queue.ts) at `config.sim.queuePort` on 127.0.0.1, when the
+ * registry has a sim cloud; state in `<dataDir>/sim-queue.sqlite`. A port in use is logged and
+ * the worker runs on without it (the queue is a demo's and the tests' fake, never needed).
+ */
+async function startSimJobQueue(
+  config: Config,
+  sims: Map<string, SimCloud>,
+  logger?: Logger,
+): Promise<{ url: string; host: string; queue: SimJobQueue; close(): Promise<void> } | undefined> {
+  if (config.sim.queuePort === undefined || sims.size === 0) return undefined;
+  const queue = createSimJobQueue({ file: path.join(config.dataDir, 'sim-queue.sqlite'), clouds: [...sims.values()] });
+  try {
+    const served = await serveSimJobQueue(queue, { port: config.sim.queuePort });
+    queue.start();
+    logger?.info({ url: `${served.url}/sim/queues/<clusterId>/<service>` }, 'sim job queue listening');
+    return {
+      ...served,
+      queue,
+      async close() {
+        await served.close();
+        queue.close();
+      },
+    };
+  } catch (err) {
+    queue.close();
+    logger?.warn({ err, port: config.sim.queuePort }, 'sim job queue not started');
+    if (!logger) console.error(`cloudgate worker: sim job queue not started on port ${config.sim.queuePort}:`, err);
+    return undefined;
+  }
 }
 
 /**

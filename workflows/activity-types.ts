@@ -2,6 +2,7 @@
  * Activity input/output shapes shared by workflows (which see only these types) and
  * activities/ (which implement them). No runtime code: workflows import it with `import type`.
  */
+import type { LoadReport } from '../model/autoscale.js';
 import type { Offering } from '../model/definition.js';
 import type { PublishClusterInput, PublishServiceInput } from '../model/read-model.js';
 
@@ -110,6 +111,21 @@ export interface CvmfsCheckResult {
   attempts: { server: string; error: string }[];
 }
 
+/** One read of a service's pulled load (`autoscale.loadUrl`, placeholders filled in). */
+export interface PollLoadInput {
+  clusterId: string;
+  service: string;
+  url: string;
+}
+
+/**
+ * What the load URL answered: the load (its idle instances only those of the service), or why
+ * there is none — refused by the address policy, no answer, a status other than 200, too
+ * large, not JSON or not the shape — in words for the cluster's events. A bad answer is a
+ * value, not a failure: the next poll is the retry.
+ */
+export type PollLoadResult = { ok: true; load: LoadReport } | { ok: false; problem: string };
+
 /** The activity functions `createActivities(deps)` returns; workflows proxy these. */
 export interface CloudgateActivities {
   createInstances(input: CreateInstancesInput): Promise<CreateInstancesResult | CreatedInstance[]>;
@@ -121,4 +137,6 @@ export interface CloudgateActivities {
   publishCluster(input: PublishClusterInput): Promise<boolean>;
   /** Writes a service's summary and changed instances to the read model; false when the store had a newer one. */
   publishService(input: PublishServiceInput): Promise<boolean>;
+  /** Reads a service's load from its `loadUrl`, under the address policy. */
+  pollLoad(input: PollLoadInput): Promise<PollLoadResult>;
 }

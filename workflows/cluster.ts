@@ -29,14 +29,14 @@ import {
   type ChildWorkflowHandle,
 } from '@temporalio/workflow';
 import { clusterVerdict, cvmfsChecks, startableServices } from '../model/cluster-plan.js';
-import { clusterClouds, serviceClouds, type ServiceDefinition } from '../model/definition.js';
+import { DEFAULT_LOAD_POLL_SECONDS, clusterClouds, expandLoadUrl, loadUrlHost, serviceClouds, type ServiceDefinition } from '../model/definition.js';
 import { autoscaleDecision } from '../model/autoscale.js';
 import { diffSpecs, sameSpec, specLabel, type ClusterSpec, type SpecDiff } from '../model/rolling.js';
 import { expiryReason, humanSeconds, sessionExpiry, sessionStart, type SessionDeadlines } from '../model/session.js';
 import { nextWindowOpening, openWindowAt, windowName } from '../model/windows.js';
 import type { ClusterEvent, ClusterEventKind, PublishClusterInput, PublishedService } from '../model/read-model.js';
 import type { ClusterState } from '../model/status.js';
-import type { CloudgateActivities } from './activity-types.js';
+import type { CloudgateActivities, PollLoadResult } from './activity-types.js';
 import { failureReason } from './failures.js';
 import {
   CHANGE_REFUSED,
@@ -119,6 +119,16 @@ const { ensureWindowSchedules } = proxyActivities<WindowActivities>({
 const { deleteWindowSchedules } = proxyActivities<WindowActivities>({
   startToCloseTimeout: '1 minute',
   retry: { initialInterval: '2s', backoffCoefficient: 2, maximumInterval: '5 minutes' },
+});
+
+/**
+ * Pulled load: one read of a `loadUrl`. A bad answer comes back as a value (the next poll is
+ * the retry); only a lost worker or a crash is retried here, once.
+ */
+const { pollLoad } = proxyActivities<CloudgateActivities>({
+  // The read itself times out after 10 s (activities/load.ts); a read lost with its worker is retried after this.
+  startToCloseTimeout: '30 seconds',
+  retry: { initialInterval: '5s', maximumAttempts: 2 },
 });
 
 /** Writes to the read model: local activities in the worker (see the service workflow's). */
@@ -470,6 +480,8 @@ class ClusterRun {
     const before = Object.fromEntries(diff.replace.map((name) => [name, s.services.get(name)?.spec ?? specLabel(from.definitionId, from.contexts?.[name])]));
     s.change = { from, to, phase: 'rolling', maxUnavailable, startedAt: Date.now(), diff, waiting: [...diff.replace], target: {}, before, tearing: [] };
     this.useSpec(to, from);
+    // An added service whose load is pulled gets its poller (those of the others run on as they were).
+    for (const name of diff.add) if (this.specs.get(name)!.autoscale?.loadUrl) void this.pullLoad(name);
     for (const spec of to.definition.services) {
       if (!s.services.has(spec.name)) s.services.set(spec.name, { name: spec.name, state: 'WAITING', desired: spec.min, ready: 0, replacements: 0 });
       // New bounds hold at once; the count moves into them.
@@ -664,7 +676,7 @@ class ClusterRun {
    * (model/autoscale.ts), sent to the service with the next reconcile. Every change is an
    * event with its inputs; a report also keeps a session alive.
    */
-  private load(req: LoadRequest): LoadResult {
+  private load(req: LoadRequest, pulled = false): LoadResult {
     const { service } = req;
     const spec = this.specs.get(service)!;
     const summary = this.s.services.get(service)!;
@@ -683,8 +695,67 @@ class ClusterRun {
       this.s.dirty = true;
     }
     this.s.autoscale.set(service, memory);
-    if (this.s.session) this.keepalive();
+    // A pushed report is someone there; a pulled one is the cluster asking, so only work keeps it alive.
+    if (this.s.session && (!pulled || req.queued + req.running > 0)) this.keepalive();
     return { service, action: d.action, desired: d.desired, retire: d.retire, reason: d.reason };
+  }
+
+  /** A service's autoscale memory, made when it has none. */
+  private autoscaleMemory(service: string): AutoscaleMemory {
+    let memory = this.s.autoscale.get(service);
+    if (!memory) this.s.autoscale.set(service, (memory = { lastChangeAt: 0, idleSince: {} }));
+    return memory;
+  }
+
+  /** A pulled load may be read and applied: the service runs, and the cluster is neither on its way out nor paused. */
+  private pollable(service: string): boolean {
+    const pause = this.s.pause;
+    return !this.notActive() && !(pause && pause.phase !== 'resuming') && this.s.services.get(service)?.workflowId !== undefined;
+  }
+
+  /**
+   * Pulled load (`autoscale.loadUrl`): one timer until the next read, then one activity that
+   * reads the URL, whose answer goes through {@link load} as a pushed report does (same
+   * decision, events; a session is kept alive only while there is work). While the service has
+   * not started, or the cluster is paused, it waits without a timer. A read that gives no load
+   * is an event only when its reason changes (and again when reads work again), so a URL that
+   * stays broken costs no event per poll; the service holds meanwhile. The pace survives
+   * continue-as-new (`polledAt` in the carried autoscale memory). Runs beside the main loop
+   * until teardown.
+   */
+  private async pullLoad(service: string): Promise<void> {
+    const { loadUrl, pollSeconds = DEFAULT_LOAD_POLL_SECONDS } = this.specs.get(service)!.autoscale!;
+    const url = expandLoadUrl(loadUrl!, { clusterId: this.clusterId, service });
+    const host = loadUrlHost(url);
+    const gone = () => this.s.teardown !== undefined;
+    while (!gone()) {
+      const due = (this.autoscaleMemory(service).polledAt ?? 0) + pollSeconds * 1000;
+      if (due > Date.now()) await condition(gone, due - Date.now(), { summary: `next read of ${service}'s load from ${host}` });
+      if (gone()) return;
+      if (!this.pollable(service)) {
+        await condition(() => gone() || this.pollable(service));
+        continue;
+      }
+      let got: PollLoadResult;
+      try {
+        got = await pollLoad.executeWithOptions({ summary: `read ${service}'s load from ${host}` }, [{ clusterId: this.clusterId, service, url }]);
+      } catch (err) {
+        got = { ok: false, problem: `the read failed: ${failureReason(err)}` };
+      }
+      const memory = this.autoscaleMemory(service);
+      memory.polledAt = Date.now();
+      if (gone() || !this.pollable(service)) continue;
+      if (memory.pollProblem !== (got.ok ? undefined : got.problem)) {
+        const desired = this.s.services.get(service)!.desired;
+        if (got.ok) this.emit('scale', `autoscale ${service}: reading the load from ${host} again`, service);
+        else this.emit('failure', `autoscale ${service}: no load from ${url}: ${got.problem}; holding at ${desired}`, service);
+        memory.pollProblem = got.ok ? undefined : got.problem;
+        this.s.dirty = true;
+      }
+      if (got.ok) this.load({ service, ...got.load }, true);
+      // A read that held changed nothing the main loop waits for, but grew the history: let it continue-as-new when due.
+      if (this.shouldContinueAsNew()) this.s.dirty = true;
+    }
   }
 
   /** Resets the idle clock (a keepalive, or a load report). */
@@ -971,8 +1042,11 @@ class ClusterRun {
     // A write that failed is sent again first, unchanged (same seq): the store refuses it if it had landed.
     if (this.pendingPublish && !(await this.send(this.pendingPublish))) return;
     const expiresAt = this.expiresAt();
-    // Clusters without a lifetime publish exactly what they did before sessions existed.
-    const content = JSON.stringify(expiresAt ? [s.state, s.message, services, expiresAt] : [s.state, s.message, services]);
+    // While PAUSING, the guests' drain notice (api/readiness.ts): when they are terminated. It
+    // comes and goes with the state PAUSING, so it never makes a publish of its own.
+    const drainUntil = s.pause && s.state === 'PAUSING' ? new Date(s.pause.graceUntil).toISOString() : undefined;
+    // Clusters without a lifetime or a pause publish exactly what they did before either existed.
+    const content = JSON.stringify([s.state, s.message, services, ...(expiresAt ? [expiresAt] : []), ...(drainUntil ? [{ drainUntil }] : [])]);
     if (content === s.published && s.events.length === 0 && !s.specUnpublished) return;
     // After a change started or ended: the spec the cluster runs, and the change in progress (null: none).
     const spec = s.specUnpublished;
@@ -989,6 +1063,7 @@ class ClusterRun {
         spec: { definitionId: this.spec.definitionId, ...(this.spec.contexts && { contexts: this.spec.contexts }) },
         change: s.change ? this.changeView(s.change) : null,
       }),
+      ...(drainUntil && { drainUntil }),
       events: s.events.splice(0),
     };
     if (await this.send(write)) s.published = content;
@@ -1187,6 +1262,7 @@ class ClusterRun {
     try {
       if (this.s.session) void this.watchSession();
       if (this.s.windows) void this.watchWindows();
+      for (const spec of this.specs.values()) if (spec.autoscale?.loadUrl) void this.pullLoad(spec.name);
       if (!this.input.carried) {
         // A cluster with windows starts PAUSED outside them (startWindows); every other one deploys.
         const start = this.s.windows ? await this.startWindows() : 'inside';

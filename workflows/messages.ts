@@ -127,6 +127,10 @@ export interface PauseState {
 export interface AutoscaleMemory {
   lastChangeAt: number;
   idleSince: Record<string, number>;
+  /** Pulled load (`autoscale.loadUrl`): when it was last read (workflow clock), so the next run keeps the pace. */
+  polledAt?: number;
+  /** Why the last read gave no load; an event is written only when this changes, not at every poll. */
+  pollProblem?: string;
 }
 
 /** A load report for one service. */
