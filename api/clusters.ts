@@ -101,7 +101,8 @@ const newClusterId = (base: string): string =>
  */
 const requestHash = (r: CreateClusterRequest): string =>
   createHash('sha256')
-    .update(JSON.stringify([r.definitionId, r.name ?? null, r.cloud, ...(r.windows ? [r.windows] : [])]))
+    // Later fields only when given: hashes stored before they existed still match.
+    .update(JSON.stringify([r.definitionId, r.name ?? null, r.cloud, ...(r.windows ? [r.windows] : []), ...(r.lifetime ? [{ lifetime: r.lifetime }] : [])]))
     .digest('hex');
 
 const isClusterState = (s: unknown): s is ClusterState => (CLUSTER_STATES as readonly unknown[]).includes(s);

@@ -335,6 +335,10 @@ describe('definitions, scale checks and cluster creation', () => {
     const other = await request(app).post('/v1/clusters').set('Idempotency-Key', 'req-1').send({ definitionId: defId, name: 'qa2' });
     problem(other, 422);
     expect(fields(other)).toEqual(['Idempotency-Key']);
+    // A lifetime is part of the request too.
+    const longer = await request(app).post('/v1/clusters').set('Idempotency-Key', 'req-1').send({ definitionId: defId, name: 'qa', lifetime: { idleSeconds: 600 } });
+    problem(longer, 422);
+    expect(fields(longer)).toEqual(['Idempotency-Key']);
     expect(store.listClusters()).toHaveLength(1);
   });
 

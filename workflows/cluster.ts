@@ -151,6 +151,11 @@ const CONTINUE_AS_NEW_PATCH = 'cluster-continue-as-new';
  * quick scales could make cluster and service signal each other back and forth for ever.
  */
 const OWNS_DESIRED_PATCH = 'cluster-owns-desired';
+/**
+ * The `patched()` id of not continuing-as-new when a message arrived during the last publish:
+ * a scale accepted then had its event lost (it was not published, and events are not carried).
+ */
+const QUIET_HANDOVER_PATCH = 'cluster-quiet-handover';
 /** Continue-as-new well before Temporal's 51,200-event limit (a steady cluster writes almost nothing). */
 const CONTINUE_AS_NEW_EVENTS = 4_000;
 /** While teardown waits for a service to report TERMINATED, it asks again this often (a closed service counts as done). */
@@ -1251,6 +1256,9 @@ class ClusterRun {
     if (this.s.teardown || this.s.dirty) return;
     await this.publish();
     if (this.pendingPublish) return;
+    // A message handled during that publish: the loop runs again (and publishes it) before handing over.
+    const quiet = !this.s.dirty && this.s.events.length === 0 && allHandlersFinished();
+    if (!quiet && patched(QUIET_HANDOVER_PATCH)) return;
     // The next run starts from the spec this one runs (a change may have replaced the submitted one).
     const { contexts: _submitted, ...input } = this.input;
     const { definitionId, definition, contexts } = this.spec;

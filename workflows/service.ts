@@ -96,6 +96,11 @@ const QUIET_HEALTH_CHECKS_PATCH = 'service-quiet-health-checks';
 const READ_MODEL_PATCH = 'service-read-model';
 /** The `patched()` id of tearing down when the cluster workflow closed without asking (see {@link ServiceRun.report}). */
 const ORPHAN_TEARDOWN_PATCH = 'service-orphan-teardown';
+/**
+ * The `patched()` id of not continuing-as-new when a message arrived during the last publish
+ * (its events, or an instance it changed, would miss the read model); runs before did.
+ */
+const QUIET_HANDOVER_PATCH = 'service-quiet-handover';
 
 /** Cloud error kinds and activity failures no retry will mend (model/cloud-errors.ts). */
 const PERMANENT = [...PERMANENT_CREATE_FAILURES];
@@ -902,7 +907,9 @@ class ServiceRun {
           await condition(allHandlersFinished);
           // Everything goes to the read model first: the next run counts its carried instances as published.
           await this.publish(true);
-          await continueAsNew<typeof ServiceWorkflow>({ ...this.input, desired: s.desired, carried: this.carried() });
+          // A signal handled during that publish: loop once more (reconcile, publish), then hand over.
+          const quiet = !s.dirty && s.events.length === 0 && allHandlersFinished();
+          if (quiet || !patched(QUIET_HANDOVER_PATCH)) await continueAsNew<typeof ServiceWorkflow>({ ...this.input, desired: s.desired, carried: this.carried() });
         }
         if (!s.dirty) {
           const now = Date.now();
