@@ -57,7 +57,26 @@ export interface ActivityDeps {
   capacity: CapacitySource;
   /** Pulled load (`autoscale.loadUrl`): hosts read although loopback or private (`CLOUDGATE_LOAD_ALLOWED_HOSTS`), and the timeout. */
   load?: { allowedHosts?: readonly string[]; timeoutMs?: number };
+  /** Where cloud calls are counted (the worker's `/metrics`, workers/metrics.ts); unset: nowhere. */
+  metrics?: ActivityMetrics;
 }
+
+/** The cloud calls an {@link ActivityMetrics} counts. */
+export type CountedCloudCall = 'create' | 'terminate';
+
+/**
+ * What the activities report of their cloud calls. Labels are bounded: a cloud name, a call,
+ * an error kind ({@link CloudErrorKind}, or `Unknown` for an error that is not a `CloudError`).
+ */
+export interface ActivityMetrics {
+  /** One call to the cloud ended: which, how long it took, and the error kind when it failed (every attempt, local retries included). */
+  cloudCall(cloud: string, call: CountedCloudCall, seconds: number, errorKind?: string): void;
+  /** A create stopped for want of room: the capacity ledger's quota (`Ledger`), or the cloud's `CapacityExhausted` / `QuotaExceeded`. */
+  createRefused(cloud: string, reason: 'Ledger' | 'CapacityExhausted' | 'QuotaExceeded'): void;
+}
+
+/** The kind of a cloud call's error, as a metric label. */
+const errorKindOf = (err: unknown): string => (err instanceof CloudError ? err.kind : 'Unknown');
 
 /** What the create, terminate and sweep activities need to keep the capacity ledger. */
 export interface CapacitySource {
@@ -183,6 +202,21 @@ export function createActivities(deps: ActivityDeps): CloudgateActivities {
   const { ledger } = deps.capacity;
   const loadPolicy = new AddressPolicy(deps.load?.allowedHosts);
 
+  /** One create or terminate call to a cloud, counted (and timed) whether it succeeds or fails. */
+  const counted = async <R>(cloud: string, call: CountedCloudCall, fn: () => Promise<R>): Promise<R> => {
+    const m = deps.metrics;
+    if (!m) return fn();
+    const started = performance.now();
+    try {
+      const r = await fn();
+      m.cloudCall(cloud, call, (performance.now() - started) / 1000);
+      return r;
+    } catch (err) {
+      m.cloudCall(cloud, call, (performance.now() - started) / 1000, errorKindOf(err));
+      throw err;
+    }
+  };
+
   /** What one instance holds of a cloud: the flavor that serves the offering, else the offering itself. */
   const flavorSize = (cloud: string, offering: Offering): { cpus: number; memoryMiB: number } => {
     const flavor = smallestFit(deps.capacity.flavorsOf(cloud), offering) ?? offering;
@@ -256,14 +290,16 @@ export function createActivities(deps: ActivityDeps): CloudgateActivities {
           // An instance the cloud has is recorded whatever the quota says (made before the ledger, or a lost reservation).
           const no = ledger.reserveCapacity(input.cloud, quota, claim, found !== undefined);
           if (no) {
+            deps.metrics?.createRefused(input.cloud, 'Ledger');
             refusal ??= { kind: 'QuotaExceeded', message: no.message };
             return undefined;
           }
-          const inst = found ?? (await withLocalRetry(() => cloud.createInstance(specFor(input, id, ctx), id)));
+          const inst = found ?? (await withLocalRetry(() => counted(input.cloud, 'create', () => cloud.createInstance(specFor(input, id, ctx), id))));
           return { id, cloudInstanceId: inst.id, cloudState: inst.state, createdAt: inst.createdAt ?? new Date().toISOString(), ...(inst.host && { host: inst.host }) };
         } catch (err) {
           // The cloud's own "full" or "over your quota" (EC2 InstanceLimitExceeded, CloudStack resource limits): room elsewhere may do.
           if (err instanceof CloudError && (err.kind === 'CapacityExhausted' || err.kind === 'QuotaExceeded')) {
+            deps.metrics?.createRefused(input.cloud, err.kind);
             ledger.releaseCapacity(input.cloud, [id]);
             const what = err.kind === 'CapacityExhausted' ? 'has no capacity' : 'refused: over its quota';
             refusal ??= { kind: err.kind, message: `${input.cloud} ${what}: ${err.message}` };
@@ -302,10 +338,10 @@ export function createActivities(deps: ActivityDeps): CloudgateActivities {
         try {
           // Without the provider id (create failed midway) the key finds what may have been made.
           const id = known[ref.id] ?? (await withLocalRetry(() => cloud.findInstance(ref.id)))?.id;
-          if (id) await withLocalRetry(() => cloud.terminateInstance(id));
+          if (id) await withLocalRetry(() => counted(input.cloud, 'terminate', () => cloud.terminateInstance(id)));
           // A create retried after we looked may have made another one with the same key.
           const again = await withLocalRetry(() => cloud.findInstance(ref.id));
-          if (again) await withLocalRetry(() => cloud.terminateInstance(again.id));
+          if (again) await withLocalRetry(() => counted(input.cloud, 'terminate', () => cloud.terminateInstance(again.id)));
           // Gone: its room on the cloud is free for anyone.
           ledger.releaseCapacity(input.cloud, [ref.id]);
           return 1;
@@ -387,7 +423,7 @@ export function createActivities(deps: ActivityDeps): CloudgateActivities {
       const cloud = deps.clouds.get(input.cloud);
       try {
         const leftovers = await cloud.listInstances({ cluster: input.clusterId });
-        await forEachLimited(leftovers, limit, (i) => withLocalRetry(() => cloud.terminateInstance(i.id)));
+        await forEachLimited(leftovers, limit, (i) => withLocalRetry(() => counted(input.cloud, 'terminate', () => cloud.terminateInstance(i.id))));
         const remaining = await cloud.listInstances({ cluster: input.clusterId });
         if (remaining.length > 0) {
           throw ApplicationFailure.retryable(

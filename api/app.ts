@@ -3,7 +3,7 @@
  * config) so tests and the stack launcher can run it in-process. Thin on purpose: validate,
  * store or call Temporal, render; every error goes through one problem+json middleware.
  */
-import express, { type Express } from 'express';
+import express, { type Express, type Request } from 'express';
 import type { Client } from '@temporalio/client';
 import type { PayloadCodec } from '@temporalio/common';
 import { pino, type Logger } from 'pino';
@@ -20,10 +20,13 @@ import { hostCheck } from './host-check.js';
 import { readinessRoutes } from './readiness.js';
 import { tokenRoutes } from './tokens.js';
 import { auditRoutes, auditTrail } from './audit.js';
-import { quotaRoutes } from './quotas.js';
+import { DEFAULT_QUOTA, quotaRoutes } from './quotas.js';
 import { DEFAULT_MAX_LIFETIME_SECONDS, sessionRoutes } from './sessions.js';
 import type { Quota } from '../model/config.js';
 import type { BatcherOptions } from './readiness-batcher.js';
+import { createApiMetrics, metricsAuthorization, type ApiMetrics } from './metrics.js';
+import { NoQuerySchema, queryOf } from './paging.js';
+import { requestIds, routePattern } from './request.js';
 
 /** What the API needs to know; a subset of model/config.ts's Config, with URLs resolved. */
 export interface ApiConfig {
@@ -46,6 +49,8 @@ export interface ApiConfig {
   listenHost?: string;
   /** Host names answered besides localhost, 127.0.0.1, [::1] and the public URL's (`CLOUDGATE_ALLOWED_HOST_NAMES`). */
   allowedHostNames?: readonly string[];
+  /** The bearer Prometheus scrapes `/metrics` with (`loadMetricsToken`); admins' bearers are taken too. Unset: admins only. */
+  metricsToken?: string;
 }
 
 export interface AppDeps {
@@ -61,6 +66,8 @@ export interface AppDeps {
   oidc?: OidcVerifier;
   /** The Temporal payload codec; when given, `/codec/decode` and `/codec/encode` serve it to admins (api/codec.ts). */
   payloadCodec?: PayloadCodec;
+  /** The metrics `/metrics` serves (api/metrics.ts); default: made here, without the process's own. */
+  metrics?: ApiMetrics;
 }
 
 /** An Express app that can also flush its pending readiness reports before shutdown. */
@@ -80,12 +87,37 @@ export function createApp(deps: AppDeps): CloudgateApp {
   app.set('etag', false);
   app.set('json spaces', 0);
 
+  let doc: ReturnType<typeof openApiDocument> | undefined;
+  const document = () => (doc ??= openApiDocument(config.publicUrl));
+  const metrics = deps.metrics ?? createApiMetrics({ store, defaultQuota: config.quota ?? DEFAULT_QUOTA });
+  /**
+   * A request's route pattern (`/v1/clusters/:id`) for metrics and logs: the route that answered,
+   * else the documented path it matches (a request refused before routing: 401, 405, 421), else
+   * `unmatched`. Never the raw path: ids, names and PINs stay out of labels.
+   */
+  let documented: { re: RegExp; pattern: string }[] | undefined;
+  const routeOf = (req: Request): string => {
+    const routed = routePattern(req);
+    if (routed !== undefined) return routed;
+    documented ??= Object.keys(document().paths ?? {}).map((p) => ({
+      re: new RegExp(`^${p.replace(/[.*+?^$()|[\]\\]/g, '\\$&').replace(/\{[^}]+\}/g, '[^/]+')}/?$`),
+      pattern: p.replace(/\{([^}]+)\}/g, ':$1'),
+    }));
+    return documented.find((d) => d.re.test(req.path))?.pattern ?? 'unmatched';
+  };
+  app.use(metrics.requests(routeOf));
+
   // Method, path, status and time only: headers (Authorization) and bodies (tokens) are never logged.
+  // The cluster, service and workflow a request was about ride along (api/request.ts, requestIds).
   app.use((req, res, next) => {
     const started = process.hrtime.bigint();
-    res.on('finish', () =>
-      logger.info({ method: req.method, path: loggedPath(req.path), status: res.statusCode, ms: Number(process.hrtime.bigint() - started) / 1e6 }, 'request'),
-    );
+    res.on('finish', () => {
+      const route = routeOf(req);
+      logger.info(
+        { method: req.method, path: loggedPath(req.path), route, status: res.statusCode, ms: Number(process.hrtime.bigint() - started) / 1e6, ...requestIds(req, res, route) },
+        'request',
+      );
+    });
     next();
   });
 
@@ -105,6 +137,17 @@ export function createApp(deps: AppDeps): CloudgateApp {
     app.use(codecRoutes({ codec: deps.payloadCodec, allowedOrigin, authorize: [authenticate({ store, oidc: deps.oidc, now: deps.now }), requireAdmin] }));
   }
 
+  // Prometheus: the scrape token, or an admin's bearer (owner names are labels). Ahead of the bearer check below, which knows no scrape token.
+  app.get(
+    '/metrics',
+    metricsAuthorization(config.metricsToken, [authenticate({ store, oidc: deps.oidc, now: deps.now }), requireAdmin]),
+    async (req, res) => {
+      queryOf(req, NoQuerySchema);
+      const text = await metrics.registry.metrics();
+      res.set('Content-Type', metrics.registry.contentType).set('Cache-Control', 'no-store').send(text);
+    },
+  );
+
   // Everything below needs a bearer, except the few public routes auth.ts lists (and a guest's load report, which may carry its phone-home token).
   app.use(authenticate({ store, oidc: deps.oidc, now: deps.now, tokenSecret: config.tokenSecret }));
 
@@ -117,7 +160,7 @@ export function createApp(deps: AppDeps): CloudgateApp {
   const sessionConfig = { maxLifetimeSeconds: config.maxLifetimeSeconds ?? DEFAULT_MAX_LIFETIME_SECONDS };
   app.use(clusterRoutes({ store, temporal, config: { ...config, ...sessionConfig }, json: smallJson }));
   app.use(sessionRoutes({ store, temporal, json: smallJson }));
-  const readiness = readinessRoutes({ temporal, store, tokenSecret: config.tokenSecret, batching: deps.readinessBatching });
+  const readiness = readinessRoutes({ temporal, store, tokenSecret: config.tokenSecret, batching: deps.readinessBatching, metrics: metrics.phoneHome });
   app.use(readiness.router);
 
   app.use(cloudRoutes({ store, temporal, taskQueue: config.taskQueue }));
@@ -142,8 +185,6 @@ export function createApp(deps: AppDeps): CloudgateApp {
     res.json({ status: 'ok', checks });
   });
 
-  let doc: ReturnType<typeof openApiDocument> | undefined;
-  const document = () => (doc ??= openApiDocument(config.publicUrl));
   app.get('/openapi.json', (_req, res) => {
     res.json(document());
   });

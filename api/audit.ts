@@ -21,6 +21,7 @@ import { InvalidCursorError } from '../store/index.js';
 import { invalid } from './problem.js';
 import { AuditQuerySchema } from './schemas.js';
 import { queryOf } from './paging.js';
+import { routePattern } from './request.js';
 
 const STATE_CHANGING = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
 const PHONE_HOME = /^\/v1\/instances\/[^/]+\/readiness$/;
@@ -29,12 +30,6 @@ const TARGET_PARAMS = ['id', 'owner'];
 /** Creations whose `Location` names the new resource's id. */
 const CREATED = /^\/v1\/(?:clusters|cluster-definitions|contexts|tokens)\/([A-Za-z0-9._@-]{1,200})$/;
 const MAX_TARGET = 200;
-
-/** The matched route pattern (`/v1/clusters/:id`), if routing got that far. */
-function patternOf(req: Request): string | undefined {
-  const path: unknown = (req.route as { path?: unknown } | undefined)?.path;
-  return typeof path === 'string' ? `${req.baseUrl}${path}` : undefined;
-}
 
 /**
  * The resource a request was about: a target parameter of the matched pattern, read from the
@@ -66,7 +61,7 @@ export function auditTrail(deps: { store: Store; logger: Logger }): RequestHandl
     res.on('finish', () => {
       const p = res.locals.principal as Principal | undefined;
       const instance = (res.locals.instance as { iid: string } | undefined)?.iid;
-      const pattern = patternOf(req);
+      const pattern = routePattern(req);
       const location = res.getHeader('Location');
       const target = targetOf(req, pattern, typeof location === 'string' ? location : undefined);
       const rec = {

@@ -4,17 +4,20 @@
  * client and app; closes them in reverse on SIGINT/SIGTERM.
  */
 import { createServer, type Server } from 'node:http';
+import os from 'node:os';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { Client, Connection } from '@temporalio/client';
-import { pino, type Logger } from 'pino';
+import { pino, type DestinationStream, type Logger } from 'pino';
 import { configFromEnv, temporalAddressOf, temporalUiUrlOf, type Config } from '../model/config.js';
 import { openSqliteStore, type Store } from '../store/index.js';
 import { createApp } from './app.js';
 import { createOidcVerifier, ensureAdminToken } from './auth.js';
 import { AesGcmPayloadCodec, payloadDataConverter } from '../model/payload-codec.js';
-import { loadPayloadKeys, loadTokenSecret } from '../store/secret.js';
+import { loadMetricsToken, loadPayloadKeys, loadTokenSecret } from '../store/secret.js';
+import { createApiMetrics } from './metrics.js';
+import { DEFAULT_QUOTA } from './quotas.js';
 import { assertPrivateKeyFile, ensurePrivateDir } from '../store/private-files.js';
 
 export interface StartApiOptions {
@@ -35,9 +38,15 @@ export interface RunningApi {
   close(): Promise<void>;
 }
 
+/** The API's logger: `proc: "api"` tells its lines from the worker's wherever they meet. */
+export function apiLogger(config: Pick<Config, 'logLevel'>, destination?: DestinationStream): Logger {
+  const options = { level: config.logLevel, name: 'cloudgate-api', base: { proc: 'api', pid: process.pid, hostname: os.hostname() } };
+  return destination ? pino(options, destination) : pino(options);
+}
+
 /** Starts the API on `config.apiHost:config.apiPort` (port 0 picks a free one). */
 export async function startApi(config: Config, opts: StartApiOptions = {}): Promise<RunningApi> {
-  const logger = opts.logger ?? pino({ level: config.logLevel, name: 'cloudgate-api' });
+  const logger = opts.logger ?? apiLogger(config);
   const owned: Array<() => Promise<void> | void> = [];
   try {
     let store = opts.store;
@@ -51,6 +60,8 @@ export async function startApi(config: Config, opts: StartApiOptions = {}): Prom
     // The first admin's token, for `npm start` and the README walkthrough (its path is logged, never the token).
     assertPrivateKeyFile(path.join(config.dataDir, 'admin-token'), { missingOk: true }); // refused like every key file others may read
     const adminTokenFile = ensureAdminToken(store, config.dataDir, logger);
+    // The Prometheus scrape's bearer (store/secret.ts): generated once beside the admin token unless configured.
+    const metricsToken = loadMetricsToken(config);
     // One codec for the client and the UI's codec endpoint (model/payload-codec.ts).
     const payloadCodec = new AesGcmPayloadCodec(loadPayloadKeys(config));
     let temporal = opts.temporal;
@@ -76,6 +87,7 @@ export async function startApi(config: Config, opts: StartApiOptions = {}): Prom
       logger,
       oidc: createOidcVerifier(config.auth),
       payloadCodec,
+      metrics: createApiMetrics({ store, defaultQuota: config.quota ?? DEFAULT_QUOTA, processMetrics: true }),
       config: {
         publicUrl: config.publicUrl ?? url,
         temporalUiUrl: temporalUiUrlOf(config),
@@ -88,6 +100,7 @@ export async function startApi(config: Config, opts: StartApiOptions = {}): Prom
         allowedHostNames: config.allowedHostNames,
         quota: config.quota,
         maxLifetimeSeconds: config.maxLifetimeSeconds,
+        metricsToken,
       },
     });
     server.on('request', app);
@@ -119,7 +132,7 @@ export async function startApi(config: Config, opts: StartApiOptions = {}): Prom
 
 async function main(): Promise<void> {
   const config = configFromEnv(process.env);
-  const logger = pino({ level: config.logLevel, name: 'cloudgate-api' });
+  const logger = apiLogger(config);
   const api = await startApi(config, { logger });
   for (const sig of ['SIGINT', 'SIGTERM'] as const) {
     process.once(sig, () => {

@@ -564,6 +564,19 @@ export function openApiDocument(serverUrl: string): Doc {
   });
   r.registerPath({
     method: 'get',
+    path: '/metrics',
+    summary: 'Prometheus metrics (text format 0.0.4): requests, clusters, instances, quotas, capacity, phone-home',
+    description:
+      'Takes the metrics token (`CLOUDGATE_METRICS_TOKEN`, else `<data dir>/metrics-token`) or an admin\'s bearer: owner names are labels. ' +
+      'Gauges are read from the read model at each scrape. Metric names and labels: README, "Metrics and logs".',
+    responses: {
+      200: { description: 'Prometheus text exposition format', content: { 'text/plain; version=0.0.4': { schema: { type: 'string' } } } },
+      403: problem('A user\'s bearer: only the metrics token or an admin may scrape'),
+      422: problem('Unknown query parameter'),
+    },
+  });
+  r.registerPath({
+    method: 'get',
     path: '/openapi.json',
     summary: 'This document',
     responses: { 200: { description: 'OpenAPI 3.1 document', content: { 'application/json': { schema: { type: 'object' } } } } },

@@ -26,6 +26,7 @@ import { invalid, parseOr422, Problem } from './problem.js';
 import { Batcher, type BatcherOptions } from './readiness-batcher.js';
 import { ReadinessRequestSchema } from './schemas.js';
 import { isTemporalUnreachable, isWorkflowGone, SIGNAL_DEADLINE_MS, temporalProblem } from './temporal-errors.js';
+import type { PhoneHomeMetrics } from './metrics.js';
 
 /** What the phone-home route uses. */
 export interface ReadinessRouteDeps {
@@ -34,6 +35,8 @@ export interface ReadinessRouteDeps {
   /** The read model: which instances still wait for a report (and live), and whether their cluster is pausing. */
   store: Pick<Store, 'instanceStanding' | 'getClusterView'>;
   batching?: BatcherOptions;
+  /** Where reports and signals are counted (`/metrics`); unset: nowhere. */
+  metrics?: PhoneHomeMetrics;
   /** Seconds since the epoch; injectable for expiry tests. */
   now?: () => number;
 }
@@ -77,9 +80,22 @@ export function nestsDeeperThan(value: unknown, max: number): boolean {
 export function readinessRoutes(deps: ReadinessRouteDeps): { router: Router; batcher: Batcher<ReadinessReport> } {
   const { temporal, tokenSecret, store } = deps;
   const now = deps.now ?? (() => Math.floor(Date.now() / 1000));
+  const { metrics } = deps;
+  const signal = (workflowId: string, reports: ReadinessReport[]) =>
+    temporal.withDeadline(Date.now() + SIGNAL_DEADLINE_MS, () => temporal.workflow.getHandle(workflowId).signal(readinessSignal, reports));
   const batcher = new Batcher<ReadinessReport>(
-    (workflowId, reports) =>
-      temporal.withDeadline(Date.now() + SIGNAL_DEADLINE_MS, () => temporal.workflow.getHandle(workflowId).signal(readinessSignal, reports)),
+    metrics
+      ? async (workflowId, reports) => {
+          const started = performance.now();
+          try {
+            await signal(workflowId, reports);
+            metrics.signal(true, (performance.now() - started) / 1000, reports.length);
+          } catch (err) {
+            metrics.signal(false, (performance.now() - started) / 1000, reports.length);
+            throw err;
+          }
+        }
+      : signal,
     deps.batching,
     {
       weigh: (r) => Buffer.byteLength(JSON.stringify(r)),
@@ -123,6 +139,7 @@ export function readinessRoutes(deps: ReadinessRouteDeps): { router: Router; bat
     const seen = delivered.get(claims.iid);
     if ((standing !== undefined && NOT_WAITING.has(standing)) || (seen !== undefined && seen > Date.now() - DELIVERED_TTL_MS)) {
       const why = standing !== undefined && NOT_WAITING.has(standing) ? `the instance is ${standing}` : 'a report of this instance was already delivered';
+      metrics?.report('ignored');
       res.status(200).json({ instanceId: claims.iid, receivedAt, ignored: true, note: `${why}; this report was not forwarded` });
       return;
     }
@@ -132,9 +149,12 @@ export function readinessRoutes(deps: ReadinessRouteDeps): { router: Router; bat
       ...(body.checks && { checks: body.checks }),
       receivedAt,
     };
+    const submitted = performance.now();
     try {
       await batcher.submit(serviceWorkflowId(claims.cluster, claims.service), report);
+      metrics?.report('delivered', (performance.now() - submitted) / 1000);
     } catch (err) {
+      metrics?.report(isWorkflowGone(err) ? 'gone' : 'failed');
       if (isWorkflowGone(err)) {
         throw new Problem(410, 'Gone', `the service "${claims.service}" of cluster "${claims.cluster}" is no longer running`, { slug: 'gone' });
       }

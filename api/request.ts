@@ -1,6 +1,60 @@
 /** Small request helpers shared by the routes. */
-import type { Request } from 'express';
+import type { Request, Response } from 'express';
+import { clusterWorkflowId, serviceWorkflowId } from '../workflows/messages.js';
 import { Problem } from './problem.js';
+
+/** The matched route pattern (`/v1/clusters/:id`), if routing got that far. */
+export function routePattern(req: Request): string | undefined {
+  const path: unknown = (req.route as { path?: unknown } | undefined)?.path;
+  return typeof path === 'string' ? `${req.baseUrl}${path}` : undefined;
+}
+
+/** What a request's log line says it was about: the cluster, its service and the workflow. */
+export interface RequestIds {
+  clusterId?: string;
+  service?: string;
+  workflowId?: string;
+  instanceId?: string;
+}
+
+/**
+ * The ids a request was about, for its log line: from the route pattern's `:id` under
+ * `/v1/clusters` and its `:service` (read from the path by position: Express clears
+ * `req.params` when a handler throws), or from a guest's verified phone-home token
+ * (`res.locals.claims` on the readiness route, `res.locals.instance` on a load report). The
+ * pattern is the route's or a documented one the path matches; nothing is read from a path of
+ * another shape.
+ */
+export function requestIds(req: Request, res: Response, pattern: string | undefined): RequestIds {
+  const claims = (res.locals.claims ?? res.locals.instance) as { cluster?: unknown; service?: unknown; iid?: unknown } | undefined;
+  if (claims && typeof claims.cluster === 'string' && typeof claims.service === 'string') {
+    return {
+      clusterId: claims.cluster,
+      service: claims.service,
+      workflowId: serviceWorkflowId(claims.cluster, claims.service),
+      ...(typeof claims.iid === 'string' && { instanceId: claims.iid }),
+    };
+  }
+  if (!pattern?.startsWith('/v1/clusters/:id')) return {};
+  const names = pattern.split('/');
+  const values = req.path.split('/');
+  if (names.length !== values.length) return {};
+  const at = (name: string): string | undefined => {
+    const i = names.indexOf(`:${name}`);
+    if (i < 0) return undefined;
+    try {
+      return decodeURIComponent(values[i]).slice(0, 200);
+    } catch {
+      return undefined;
+    }
+  };
+  const clusterId = at('id');
+  if (clusterId === undefined) return {};
+  const service = at('service');
+  return service === undefined
+    ? { clusterId, workflowId: clusterWorkflowId(clusterId) }
+    : { clusterId, service, workflowId: serviceWorkflowId(clusterId, service) };
+}
 
 /** A path parameter as one string (Express 5 types allow arrays for wildcard parameters). */
 export function param(req: Request, name: string): string {

@@ -102,6 +102,18 @@ export const ConfigSchema = z.object({
   allowedHostNames: list.default([]),
   /** Origin of the Temporal Web UI allowed to call the payload codec endpoint (CORS); default the dev server's UI. */
   codecCorsOrigin: z.string().url().optional(),
+  /** Prometheus metrics (README "Metrics and logs"). */
+  metrics: z.object({
+    /**
+     * The bearer Prometheus scrapes `/metrics` with (the API's, and each worker's); unset:
+     * generated once into `<dataDir>/metrics-token`. Good for `/metrics` only.
+     */
+    token: z.string().min(16).regex(/^[A-Za-z0-9._~+/-]+=*$/, 'must be a bearer token (letters, digits, . _ ~ + / - and trailing =)').optional(),
+    /** Where a worker serves its `/metrics`; unset: it serves none. */
+    workerPort: port.optional(),
+    /** The address a worker's `/metrics` listens on: loopback unless a scraper elsewhere must reach it. */
+    workerHost: z.string().default('127.0.0.1'),
+  }).prefault({}),
   sim: z.object({
     bootMs: z.coerce.number().int().min(0).default(8_000),
     readyDelayMs: z.coerce.number().int().min(0).default(2_000),
@@ -154,6 +166,11 @@ export function configFromEnv(env: Record<string, string | undefined>): Config {
     },
     allowedHostNames: e('CLOUDGATE_ALLOWED_HOST_NAMES'),
     codecCorsOrigin: e('CLOUDGATE_CODEC_CORS_ORIGIN'),
+    metrics: {
+      token: e('CLOUDGATE_METRICS_TOKEN'),
+      workerPort: e('CLOUDGATE_WORKER_METRICS_PORT'),
+      workerHost: e('CLOUDGATE_WORKER_METRICS_HOST'),
+    },
     sim: {
       bootMs: e('SIM_BOOT_MS'),
       readyDelayMs: e('SIM_READY_DELAY_MS'),

@@ -22,9 +22,9 @@ import { ensurePrivateFile } from './private-files.js';
 import type { Quota } from '../model/config.js';
 import type { CloudQuota } from '../model/clouds-config.js';
 import { CAPACITY_SCHEMA, capacityLedger, type CapacityLedger } from './capacity.js';
-import { QUOTA_AUDIT_SCHEMA, quotaAuditStatements, toAuditRecord, type AuditFilter, type AuditRecord, type OwnerQuotaRecord, type QuotaClaim, type QuotaUsage, type ReserveScaleOptions } from './quotas-audit.js';
+import { QUOTA_AUDIT_SCHEMA, quotaAuditStatements, toAuditRecord, type AuditFilter, type AuditRecord, type OwnerQuotaRecord, type OwnerQuotaUsage, type QuotaClaim, type QuotaUsage, type ReserveScaleOptions } from './quotas-audit.js';
 
-export { QuotaExceededError, type AuditRecord, type OwnerQuotaRecord, type QuotaClaim, type QuotaExcess, type QuotaUsage, type ReserveScaleOptions } from './quotas-audit.js';
+export { QuotaExceededError, type AuditRecord, type OwnerQuotaRecord, type OwnerQuotaUsage, type QuotaClaim, type QuotaExcess, type QuotaUsage, type ReserveScaleOptions } from './quotas-audit.js';
 
 /** A stored cluster definition; `definition` is the parsed (defaults applied) schema output. */
 export interface ClusterDefinitionRecord {
@@ -316,6 +316,8 @@ export interface Store extends CapacityLedger {
   setOwnerQuota(owner: string, quota: Quota, at?: Date): OwnerQuotaRecord;
   /** What the owner's counted reservations hold (not released, cluster not TERMINATED in the read model). */
   quotaUsage(owner: string): QuotaUsage;
+  /** Every owner holding quota now (as {@link quotaUsage} counts it) or given one of their own, by name (the metrics). */
+  quotaUsageByOwner(): OwnerQuotaUsage[];
   /** Clusters of the owner that still hold quota while their read model says FAILED (their workflow may have ended). */
   quotaHeldByFailed(owner: string): string[];
   /** Stops counting a cluster's reservation (a FAILED cluster whose workflow ended); false if it held none. */
@@ -336,6 +338,14 @@ export interface Store extends CapacityLedger {
   appendAudit(rec: Omit<AuditRecord, 'id'>): AuditRecord;
   /** Audit records newest first; filters combine with AND. Throws {@link InvalidCursorError}. */
   listAudit(query: Omit<AuditFilter, 'beforeId'> & { cursor?: string }): Page<AuditRecord>;
+
+  /**
+   * Clusters by state, for the metrics: the read model's state, `PENDING` for a cluster whose
+   * workflow has not published yet. One grouped query (read at every scrape).
+   */
+  clusterCountsByState(): { state: string; count: number }[];
+  /** Published (live) instances by cloud and state, for the metrics; one grouped query. */
+  instanceCountsByCloudAndState(): { cloud: string; state: string; count: number }[];
 
   /** Cheap liveness check for health endpoints; throws if the database is unusable. */
   ping(): void;
@@ -892,6 +902,12 @@ export function openSqliteStore(file: string, options: StoreOptions = {}): Store
       'SELECT cloud_instance_id FROM instances WHERE cluster_id = ? AND id = ?',
     ),
     deleteInstance: db.prepare('DELETE FROM instances WHERE cluster_id = ? AND service = ? AND id = ?'),
+    clusterCounts: db.prepare<[], { state: string; count: number }>(
+      `SELECT COALESCE(v.state, 'PENDING') AS state, COUNT(*) AS count FROM clusters c LEFT JOIN cluster_views v ON v.cluster_id = c.id GROUP BY 1 ORDER BY 1`,
+    ),
+    instanceCounts: db.prepare<[], { cloud: string; state: string; count: number }>(
+      'SELECT cloud, state, COUNT(*) AS count FROM instances GROUP BY cloud, state ORDER BY cloud, state',
+    ),
     instanceState: db.prepare<[string, string], { state: InstanceState }>('SELECT state FROM instances WHERE cluster_id = ? AND id = ?'),
     maxOrdinal: db.prepare<[string, string], { ordinal: number | null }>('SELECT MAX(ordinal) AS ordinal FROM instances WHERE cluster_id = ? AND service = ?'),
     // A NULL parameter switches its filter off; (service, ordinal) > cursor continues the keyset.
@@ -1169,6 +1185,7 @@ export function openSqliteStore(file: string, options: StoreOptions = {}): Store
     getOwnerQuota: (owner) => qa.getOwnerQuota(owner),
     setOwnerQuota: (owner, quota, at) => qa.setOwnerQuota(owner, quota, at),
     quotaUsage: (owner) => qa.quotaUsage(owner),
+    quotaUsageByOwner: () => qa.quotaUsageByOwner(),
     quotaHeldByFailed: (owner) => qa.quotaHeldByFailed(owner),
     releaseQuota: (clusterId, at) => qa.releaseQuota(clusterId, at),
     reserveScale: (clusterId, service, instances, opts) => qa.reserveScale(clusterId, service, instances, opts),
@@ -1179,6 +1196,9 @@ export function openSqliteStore(file: string, options: StoreOptions = {}): Store
       const rows = qa.listAuditRows({ ...filter, beforeId: cursor === undefined ? undefined : eventCursor(cursor), limit: limit + 1 });
       return pageOf(rows, limit, toAuditRecord, (r) => [r.id]);
     },
+
+    clusterCountsByState: () => q.clusterCounts.all(),
+    instanceCountsByCloudAndState: () => q.instanceCounts.all(),
 
     ping: () => void q.ping.get(),
     close: () => db.close(),

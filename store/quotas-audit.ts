@@ -25,6 +25,14 @@ export interface QuotaUsage {
   cpus: number;
 }
 
+/** One owner's usage and own quota, for the metrics (`cloudgate_quota_used`, `cloudgate_quota_limit`). */
+export interface OwnerQuotaUsage {
+  owner: string;
+  usage: QuotaUsage;
+  /** Their own quota; absent: the site default applies. */
+  quota?: Quota;
+}
+
 /** What a cluster reserves: its owner and, per service, desired instances and the cpus of one instance. */
 export interface QuotaClaim {
   owner: string;
@@ -205,6 +213,18 @@ export function quotaAuditStatements(db: Database.Database) {
        FROM quota_reservations r LEFT JOIN cluster_views v ON v.cluster_id = r.cluster_id
        WHERE r.owner = ? AND r.released_at IS NULL AND (v.state IS NULL OR v.state <> 'TERMINATED')`,
     ),
+    // Every owner holding something now, and every owner an admin gave a quota; counted as `usage` counts.
+    usageByOwner: db.prepare<[], { owner: string; clusters: number; instances: number; cpus: number; max_instances: number | null; max_clusters: number | null; max_cpus: number | null }>(
+      `WITH used AS (
+         SELECT r.owner AS owner, COUNT(*) AS clusters, SUM(r.instances) AS instances, SUM(r.cpus) AS cpus
+         FROM quota_reservations r LEFT JOIN cluster_views v ON v.cluster_id = r.cluster_id
+         WHERE r.released_at IS NULL AND (v.state IS NULL OR v.state <> 'TERMINATED') GROUP BY r.owner)
+       SELECT o.owner AS owner, COALESCE(u.clusters, 0) AS clusters, COALESCE(u.instances, 0) AS instances, COALESCE(u.cpus, 0) AS cpus,
+              q.max_instances AS max_instances, q.max_clusters AS max_clusters, q.max_cpus AS max_cpus
+       FROM (SELECT owner FROM used UNION SELECT owner FROM owner_quotas) o
+       LEFT JOIN used u ON u.owner = o.owner LEFT JOIN owner_quotas q ON q.owner = o.owner
+       ORDER BY o.owner`,
+    ),
     heldByFailed: db.prepare<[string], { cluster_id: string }>(
       `SELECT r.cluster_id FROM quota_reservations r JOIN cluster_views v ON v.cluster_id = r.cluster_id
        WHERE r.owner = ? AND r.released_at IS NULL AND v.state = 'FAILED' ORDER BY r.cluster_id`,
@@ -324,6 +344,12 @@ export function quotaAuditStatements(db: Database.Database) {
       return { owner, quota, updatedAt };
     },
     quotaUsage: (owner: string): QuotaUsage => q.usage.get(owner)!,
+    quotaUsageByOwner: (): OwnerQuotaUsage[] =>
+      q.usageByOwner.all().map((r) => ({
+        owner: r.owner,
+        usage: { clusters: r.clusters, instances: r.instances, cpus: r.cpus },
+        ...(r.max_instances !== null && r.max_clusters !== null && r.max_cpus !== null && { quota: { maxInstances: r.max_instances, maxClusters: r.max_clusters, maxCpus: r.max_cpus } }),
+      })),
     quotaHeldByFailed: (owner: string): string[] => q.heldByFailed.all(owner).map((r) => r.cluster_id),
     releaseQuota: (clusterId: string, at = new Date()): boolean => q.releaseReservation.run(at.toISOString(), clusterId).changes > 0,
     reserveScale: (clusterId: string, service: string, instances: number, opts: ReserveScaleOptions = {}) =>

@@ -88,3 +88,21 @@ export function loadPayloadKeys(config: Pick<Config, 'dataDir'>, env: Record<str
   assertPrivateKeyFile(file);
   return parsePayloadKeys(readFileSync(file, 'utf8'), file);
 }
+
+/**
+ * The bearer of the Prometheus scrape (`/metrics` on the API and on each worker, and nothing
+ * else): `config.metrics.token` (`CLOUDGATE_METRICS_TOKEN`) when set, else the token in
+ * `<dataDir>/metrics-token`, created once (mode 0600, `cgm_` and 43 base64url characters) the
+ * same race-free way as the token secret, so the API, the worker and Prometheus's
+ * `credentials_file` read the same one. It reads counts and owner names, never changes anything.
+ */
+export function loadMetricsToken(config: Pick<Config, 'dataDir'> & { metrics?: { token?: string } }): string {
+  if (config.metrics?.token) return config.metrics.token;
+  const file = path.join(config.dataDir, 'metrics-token');
+  ensurePrivateDir(config.dataDir);
+  createOnce(file, () => `cgm_${randomBytes(32).toString('base64url')}\n`);
+  assertPrivateKeyFile(file);
+  const token = readFileSync(file, 'utf8').trim();
+  if (!/^[A-Za-z0-9._~+/-]{16,}=*$/.test(token)) throw new Error(`${file} holds no usable token (at least 16 characters of a bearer token)`);
+  return token;
+}

@@ -467,6 +467,7 @@ describe('service endpoints', () => {
         'POST /v1/clusters/{id}/services/{service}/load',
         'POST /v1/clusters/{id}/extend',
         'GET /healthz',
+        'GET /metrics',
         'GET /openapi.json',
       ].sort(),
     );

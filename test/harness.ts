@@ -14,7 +14,7 @@ import { fileURLToPath } from 'node:url';
 import { Client, Connection } from '@temporalio/client';
 import type { DataConverter } from '@temporalio/common';
 import { DefaultLogger, Runtime, bundleWorkflowCode, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
-import { startApi } from '../api/main.js';
+import { apiLogger, startApi } from '../api/main.js';
 import type { SimRule } from '../clouds/sim.js';
 import type { CloudConfigInput } from '../model/clouds-config.js';
 import { ConfigSchema, type Config } from '../model/config.js';
@@ -134,7 +134,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
   const client = new Client({ connection, dataConverter });
   const api = await startApi(
     config,
-    opts.captureLogs ? { logger: pino({ level: 'info', name: 'cloudgate-api' }, pino.destination({ dest: path.join(dataDir, 'api.log'), sync: true })) } : {},
+    opts.captureLogs ? { logger: apiLogger({ logLevel: 'info' }, pino.destination({ dest: path.join(dataDir, 'api.log'), sync: true })) } : {},
   );
   /**
    * Ready when the worker polls the task queue and has registered its clouds with their

@@ -20,9 +20,10 @@ import type { CloudsFile } from '../model/clouds-config.js';
 import { publicUrlOf, temporalAddressOf, type Config } from '../model/config.js';
 import { AesGcmPayloadCodec, payloadDataConverter } from '../model/payload-codec.js';
 import { openSqliteStore, type Store } from '../store/index.js';
-import { loadPayloadKeys, loadTokenSecret } from '../store/secret.js';
+import { loadMetricsToken, loadPayloadKeys, loadTokenSecret } from '../store/secret.js';
 import { CLOUD_CATALOGUE_INTERVAL, CLOUD_CATALOGUE_SCHEDULE_ID, CLOUD_CATALOGUE_SCHEDULED_WORKFLOW_ID } from '../workflows/catalogue.js';
 import { buildClouds, liveQuotas, loadCloudsFile } from './clouds.js';
+import { createWorkerMetrics, serveWorkerMetrics, type ServedWorkerMetrics, type WorkerMetrics } from './metrics.js';
 
 export const WORKFLOWS_PATH = fileURLToPath(new URL('../workflows/index.ts', import.meta.url));
 /** Failure messages into encrypted payloads; bundle it into the workflow code too (`bundleWorkflowCode({failureConverterPath})`). */
@@ -33,6 +34,11 @@ export interface StartWorkerOptions {
   workflowBundle?: WorkerOptions['workflowBundle'];
   simRules?: SimRule[];
   logger?: Logger;
+  /**
+   * The Temporal SDK core's own Prometheus endpoint (`http://127.0.0.1:<port>/metrics`, set up by
+   * `Runtime.install` in workers/main.ts): appended to the worker's `/metrics`. Unset: only cloudgate's.
+   */
+  sdkMetricsUrl?: string;
   /** Extra worker options (tuning). */
   tuning?: Partial<Pick<WorkerOptions, 'maxConcurrentActivityTaskExecutions' | 'maxConcurrentWorkflowTaskExecutions' | 'maxCachedWorkflows'>>;
 }
@@ -50,14 +56,19 @@ export interface RunningWorker {
    * meanwhile; the refresh itself runs as a workflow). Never rejects: a failure is logged.
    */
   catalogueScheduled: Promise<void>;
+  /** Where the worker serves `/metrics` (with `config.metrics.workerPort`). */
+  metricsUrl?: string;
   /** Resolves when the worker has shut down. */
   done: Promise<void>;
   shutdown(): Promise<void>;
 }
 
 export async function startWorker(config: Config, opts: StartWorkerOptions = {}): Promise<RunningWorker> {
+  // First, before anything is opened: a port in use stops the worker (its operator asked for metrics there).
+  const metrics = await startWorkerMetrics(config, opts);
   const store = openSqliteStore(path.join(config.dataDir, 'cloudgate.sqlite'));
   const registryFile = loadCloudsFile(config.cloudsFile);
+  metrics?.knowClouds(registryFile.clouds.map((c) => c.name));
   const codec = new AesGcmPayloadCodec(loadPayloadKeys(config));
   const { adapters, sim, sims } = await buildClouds(registryFile, config, opts.simRules);
   // Quotas follow the registry file without a restart (the ledger checks them at every create).
@@ -92,6 +103,7 @@ export async function startWorker(config: Config, opts: StartWorkerOptions = {})
         },
         // The sim's job queue listens on loopback: its load URLs are read (only its host:port is added).
         load: { allowedHosts: [...config.load.allowedHosts, ...(simQueue ? [simQueue.host] : [])] },
+        ...(metrics && { metrics: metrics.activities }),
       }),
       ...createCatalogueActivities({ clouds, registry: registryFile.clouds, store, quotaOf }),
       ...createWindowActivities({ client: temporal.get, taskQueue: config.taskQueue }),
@@ -111,12 +123,14 @@ export async function startWorker(config: Config, opts: StartWorkerOptions = {})
     await clouds.close();
     await connection.close();
     store.close();
+    await metrics?.served.close();
   });
   return {
     worker,
     sim,
     sims,
     ...(simQueue && { simQueue: { url: simQueue.url, queue: simQueue.queue } }),
+    ...(metrics && { metricsUrl: metrics.served.url }),
     catalogueScheduled: schedule,
     done,
     async shutdown() {
@@ -124,6 +138,25 @@ export async function startWorker(config: Config, opts: StartWorkerOptions = {})
       await done;
     },
   };
+}
+
+/**
+ * The worker's `/metrics` (workers/metrics.ts) at `config.metrics.workerHost:workerPort`, with
+ * the scrape token (`loadMetricsToken`) and the SDK core's metrics appended; undefined without
+ * a port.
+ */
+async function startWorkerMetrics(config: Config, opts: StartWorkerOptions): Promise<(WorkerMetrics & { served: ServedWorkerMetrics }) | undefined> {
+  if (config.metrics.workerPort === undefined) return undefined;
+  const metrics = createWorkerMetrics({ processMetrics: true });
+  const served = await serveWorkerMetrics({
+    registry: metrics.registry,
+    host: config.metrics.workerHost,
+    port: config.metrics.workerPort,
+    token: loadMetricsToken(config),
+    sdkMetricsUrl: opts.sdkMetricsUrl,
+    logger: opts.logger,
+  });
+  return { ...metrics, served };
 }
 
 /**

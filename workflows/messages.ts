@@ -27,6 +27,19 @@ export const serviceWorkflowId = (clusterId: string, service: string): string =>
 export const windowScheduleId = (clusterId: string, n: number): string => `cluster-window/${clusterId}/${n}`;
 export const windowWorkflowId = windowScheduleId;
 
+/**
+ * The cluster (and service) a workflow id names, for log lines: `cluster/<id>` and
+ * `cluster-window/<id>/…` name a cluster, `cluster/<id>/<service>` a service of it; other
+ * workflows (the cloud catalogue) none. Cluster ids and service names never hold a `/`.
+ */
+export function idsOfWorkflowId(workflowId: string): { clusterId?: string; service?: string } {
+  const [kind, clusterId, service] = workflowId.split('/');
+  if (!clusterId) return {};
+  if (kind === 'cluster') return service ? { clusterId, service } : { clusterId };
+  if (kind === 'cluster-window') return { clusterId };
+  return {};
+}
+
 /** Custom search attributes; `npm start` and the test harness register them with the server. */
 export const SA_CLUSTER_ID = defineSearchAttributeKey('CloudgateClusterId', SearchAttributeType.KEYWORD);
 export const SA_DEFINITION = defineSearchAttributeKey('CloudgateDefinition', SearchAttributeType.KEYWORD);
