@@ -100,9 +100,13 @@ describe('cluster workflow', () => {
     ]);
     expect((await cluster.describe()).typedSearchAttributes.get(SA_STATE)).toBe('READY');
     // The saved view's filter finds the running run (search attributes go on with it).
-    const running = [];
-    for await (const wf of stack.client.workflow.list({ query: `CloudgateClusterId = "${clusterId}" AND WorkflowType = "ClusterWorkflow" AND ExecutionStatus = "Running"` })) running.push(wf.runId);
-    expect(running).toEqual([runs.find((r) => r.status.name === 'RUNNING')!.runId]);
+    // (Visibility lags a moment behind a continue-as-new: asked again until it has caught up.)
+    await waitFor(async () => {
+      const running = [];
+      for await (const wf of stack.client.workflow.list({ query: `CloudgateClusterId = "${clusterId}" AND WorkflowType = "ClusterWorkflow" AND ExecutionStatus = "Running"` })) running.push(wf.runId);
+      const now = (await runsOf(clusterWorkflowId(clusterId))).find((r) => r.status.name === 'RUNNING')!.runId;
+      return running.length === 1 && running[0] === now;
+    }, 30_000, 'the running run in visibility');
 
     // A later run validates and applies scale requests like the first.
     await expect(cluster.executeUpdate(scaleUpdate, { args: [{ service: 'workers', instances: 11 }] })).rejects.toMatchObject({

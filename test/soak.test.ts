@@ -11,7 +11,7 @@
  * history must stay under 10,240 events and each payload in it (inputs, results, signal and
  * update arguments, continue-as-new inputs, markers) under 512 KB, measured as stored (the
  * codec's ciphertext). The API cannot lower the workflows' history limits (tuning is not
- * part of it), so the cluster is driven past the default 4,000 events until its workflow
+ * part of it), so the cluster is driven past the default 2,000 events until its workflow
  * has continued-as-new. Every run is then replayed against today's workflow code. Numbers are
  * printed, not asserted on time — events, runs, the longest history, the largest payload, and
  * the workflow tasks that timed out or failed and the slowest one (a service's continue-as-new
@@ -330,7 +330,7 @@ describe('soak: one cluster through thousands of scale, load and replacement eve
     expect(events).toBeGreaterThanOrEqual(WANT_EVENTS);
     expect(counts.down).toBeGreaterThan(0);
     expect(vanishedSeen).toBeGreaterThan(0);
-    // The default limit (4,000 events) is what bounds these histories: the cluster workflow went past it and continued-as-new.
+    // The default limit (2,000 events) is what bounds these histories: the cluster workflow went past it and continued-as-new.
     expect(perWorkflow.get(clusterWorkflowId(id))!.runs).toBeGreaterThan(1);
     for (const [, x] of rows) {
       expect(x.longest).toBeLessThan(MAX_HISTORY_EVENTS);

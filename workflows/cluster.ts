@@ -156,8 +156,12 @@ const OWNS_DESIRED_PATCH = 'cluster-owns-desired';
  * a scale accepted then had its event lost (it was not published, and events are not carried).
  */
 const QUIET_HANDOVER_PATCH = 'cluster-quiet-handover';
-/** Continue-as-new well before Temporal's 51,200-event limit (a steady cluster writes almost nothing). */
-const CONTINUE_AS_NEW_EVENTS = 4_000;
+/** Continue-as-new well before Temporal's 51,200-event limit, and short enough to replay within a workflow task's 10 s (see the service workflow's). */
+const CONTINUE_AS_NEW_EVENTS = 2_000;
+/** Runs started before the lower limit (a replay of one must hand over where it did). See the service workflow's. */
+const CONTINUE_AS_NEW_EVENTS_BEFORE = 4_000;
+/** The `patched()` id of the lower continue-as-new limit. */
+const SHORTER_RUNS_PATCH = 'cluster-shorter-runs';
 /** While teardown waits for a service to report TERMINATED, it asks again this often (a closed service counts as done). */
 const TEARDOWN_ASK_AGAIN = '10 minutes';
 /** A write to the read model that failed is tried again after this long, even when nothing else happens. */
@@ -243,6 +247,8 @@ class ClusterRun {
   private readonly continues: boolean;
   /** Service reports leave the desired counts alone (see {@link OWNS_DESIRED_PATCH}). */
   private readonly ownsDesired: boolean;
+  /** This run continues-as-new at the lower limit (see {@link SHORTER_RUNS_PATCH}). */
+  private readonly shorterRuns: boolean;
   /** A write to the read model that failed, to send again first. */
   private pendingPublish?: PublishClusterInput;
 
@@ -276,6 +282,7 @@ class ClusterRun {
     this.readModel = patched(READ_MODEL_PATCH);
     this.continues = patched(CONTINUE_AS_NEW_PATCH);
     this.ownsDesired = patched(OWNS_DESIRED_PATCH);
+    this.shorterRuns = patched(SHORTER_RUNS_PATCH);
     setHandler(clusterStatusQuery, () => this.view());
     setHandler(teardownSignal, (req) => {
       if (!this.s.teardown) this.emit('teardown', req?.reason ?? 'teardown requested');
@@ -1224,7 +1231,7 @@ class ClusterRun {
   }
 
   private shouldContinueAsNew(): boolean {
-    const limit = this.input.tuning?.clusterHistoryLimit ?? CONTINUE_AS_NEW_EVENTS;
+    const limit = this.input.tuning?.clusterHistoryLimit ?? (this.shorterRuns ? CONTINUE_AS_NEW_EVENTS : CONTINUE_AS_NEW_EVENTS_BEFORE);
     return this.continues && (workflowInfo().continueAsNewSuggested || workflowInfo().historyLength > limit);
   }
 

@@ -85,8 +85,16 @@ export const CREATE_BATCH = 50;
 const CLOUD_BATCH = 200;
 /** How often (at most) the cloud is asked whether instances still exist (vanished guests). */
 const HEALTH_CHECK_MAX_MS = 30_000;
-/** Continue-as-new well before Temporal's 51,200-event limit and our own 10,240 target. */
-const CONTINUE_AS_NEW_EVENTS = 4_000;
+/**
+ * Continue-as-new well before Temporal's 51,200-event limit and our own 10,240 target, and
+ * small enough that a worker replays a run well within the 10 s workflow-task timeout: a
+ * 4,000-event run took 5–10 s to replay on a loaded 2-core machine (test/soak), and a signal
+ * arriving at the handover makes the worker replay it. Runs started before keep 4,000.
+ */
+const CONTINUE_AS_NEW_EVENTS = 2_000;
+const CONTINUE_AS_NEW_EVENTS_BEFORE = 4_000;
+/** The `patched()` id of the lower continue-as-new limit. */
+const SHORTER_RUNS_PATCH = 'service-shorter-runs';
 
 /** The `patched()` id of honest FAILED states (see {@link ServiceRun.honestFailure}). */
 const HONEST_FAILURE_PATCH = 'service-failed-until-ready';
@@ -225,7 +233,7 @@ class ServiceRun {
     const timeScale = (this.timeScale = input.tuning?.timeScale ?? 1);
     this.healthCheckMs = Math.min(HEALTH_CHECK_MAX_MS, (input.service.readinessTimeoutSeconds * 1000) / 2) / timeScale;
     this.healthCheckMaxMs = HEALTH_CHECK_STEADY_MAX_MS / timeScale;
-    this.historyLimit = input.tuning?.serviceHistoryLimit ?? CONTINUE_AS_NEW_EVENTS;
+    this.historyLimit = input.tuning?.serviceHistoryLimit ?? (patched(SHORTER_RUNS_PATCH) ? CONTINUE_AS_NEW_EVENTS : CONTINUE_AS_NEW_EVENTS_BEFORE);
     this.honestFailure = patched(HONEST_FAILURE_PATCH);
     this.quietHealthChecks = patched(QUIET_HEALTH_CHECKS_PATCH);
     this.readModel = patched(READ_MODEL_PATCH);
@@ -309,10 +317,10 @@ class ServiceRun {
     Object.assign(this.s, { consecutiveFailures: 0, failing: false, failedUntil: 0, failedRounds: 0, lastCheckClean: false, dirty: true });
   }
 
-  /** Live instances on another spec than the service's (a change replacing them). */
+  /** Instances still held on another spec than the service's (a change replacing them, until the last is gone from the cloud). */
   private outdated(): number {
     const { spec } = this.input;
-    return spec === undefined ? 0 : liveInstances(this.instances.values()).filter((i) => i.spec !== spec).length;
+    return spec === undefined ? 0 : [...this.instances.values()].filter((i) => i.spec !== spec).length;
   }
 
   private readyCount(): number {
