@@ -178,7 +178,7 @@ describe('pulled autoscale', () => {
     expect(reads).toBeLessThanOrEqual(Math.floor(elapsed / (POLL * 1000)) + 2);
     console.log(`pulled autoscale across ${all.length} runs: ${reads} reads in ${Math.round(elapsed / 1000)} s`);
     expect(handle.workflowId).toBe(clusterWorkflowId(clusterId));
-    await stack.http('DELETE', `/v1/clusters/${clusterId}`);
-    await waitForState(stack, clusterId, 'TERMINATED');
-  }, 240_000);
+    expect((await stack.http('DELETE', `/v1/clusters/${clusterId}`)).status).toBe(202);
+    await waitForState(stack, clusterId, 'TERMINATED', 150_000);
+  }, 330_000);
 });

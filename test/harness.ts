@@ -25,6 +25,7 @@ import type { PublishedInstance } from '../model/read-model.js';
 import { extractPhoneHome } from '../model/user-data.js';
 import { freePort, startDevServer, type DevServer } from '../workers/dev-server.js';
 import { FAILURE_CONVERTER_PATH, startWorker, WORKFLOWS_PATH, type RunningWorker } from '../workers/worker.js';
+import { SA_CLUSTER_ID } from '../workflows/messages.js';
 import { useHistoryKeys } from './history-text.js';
 
 // Workflow logs (state changes, replacements) are for operators, not for test output.
@@ -311,15 +312,51 @@ export async function clusterInstances(stack: Stack, id: string, service?: strin
   return items;
 }
 
-export function waitForState(stack: Stack, id: string, state: string, timeoutMs = 90_000): Promise<any> {
-  return waitFor(
-    async () => {
-      const s = await clusterStatus(stack, id);
-      return s.state === state ? s : undefined;
-    },
-    timeoutMs,
-    `cluster ${id} to be ${state}`,
-  );
+/**
+ * Waits for a cluster to reach `state`. On a timeout the error says where the cluster was
+ * instead: its state and message, each service's state and counts, its last events and what
+ * its workflows were waiting on (pending activities with their attempts and last failures) —
+ * what an operator would look at first, so a failure in CI explains itself.
+ */
+export async function waitForState(stack: Stack, id: string, state: string, timeoutMs = 90_000): Promise<any> {
+  let seen: any;
+  try {
+    return await waitFor(
+      async () => {
+        seen = await clusterStatus(stack, id);
+        return seen.state === state ? seen : undefined;
+      },
+      timeoutMs,
+      `cluster ${id} to be ${state}`,
+    );
+  } catch (err) {
+    throw new Error(`${(err as Error).message}; ${await whereIs(stack, id, seen)}`, { cause: err });
+  }
+}
+
+/** Where a cluster is, in one paragraph (see {@link waitForState}). */
+async function whereIs(stack: Stack, id: string, seen: any): Promise<string> {
+  const parts: string[] = [];
+  if (seen) {
+    parts.push(`last seen ${seen.state}${seen.message ? ` (${seen.message})` : ''}`);
+    parts.push(`services ${(seen.services ?? []).map((s: any) => `${s.name} ${s.state} ${s.ready}/${s.desired}${s.message ? ` (${s.message})` : ''}`).join(', ')}`);
+  }
+  try {
+    const events = ((await stack.http('GET', `/v1/clusters/${id}/events`)).body.items as { at: string; message: string }[]) ?? [];
+    parts.push(`last events: ${events.slice(-5).map((e) => `${e.at} ${e.message}`).join(' | ')}`);
+  } catch (err) {
+    parts.push(`events not read: ${(err as Error).message}`);
+  }
+  try {
+    for await (const wf of stack.client.workflow.list({ query: `${SA_CLUSTER_ID.name} = '${id}' AND ExecutionStatus = 'Running'` })) {
+      const { raw } = await stack.client.workflow.getHandle(wf.workflowId, wf.runId).describe();
+      const pending = (raw.pendingActivities ?? []).map((a) => `${a.activityType?.name} attempt ${a.attempt}${a.lastFailure?.message ? ` (${a.lastFailure.message})` : ''}`);
+      parts.push(`${wf.workflowId} running, ${raw.workflowExecutionInfo?.historyLength ?? '?'} events${pending.length > 0 ? `, pending: ${pending.join('; ')}` : ''}`);
+    }
+  } catch (err) {
+    parts.push(`workflows not listed: ${(err as Error).message}`);
+  }
+  return parts.join('; ');
 }
 
 /**
