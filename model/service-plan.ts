@@ -9,6 +9,9 @@ import type { InstanceState, ServiceState } from './status.js';
 /** cloudgate's id of an instance, also its idempotency key in every cloud: `<clusterId>-<service>-<ordinal>`. */
 export const instanceId = (clusterId: string, service: string, ordinal: number): string => `${clusterId}-${service}-${ordinal}`;
 
+/** The ordinal at the end of an {@link instanceId}. */
+export const ordinalOf = (id: string): number => Number(id.slice(id.lastIndexOf('-') + 1));
+
 /** One instance as a service workflow keeps it. */
 export interface InstanceRecord {
   id: string;

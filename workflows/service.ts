@@ -42,6 +42,7 @@ import {
   MAX_CONSECUTIVE_FAILURES,
   nextHealthCheckMs,
   nextWakeMs,
+  ordinalOf,
   overdueInstances,
   scalePlan,
   serviceState,
@@ -102,6 +103,11 @@ const HONEST_FAILURE_PATCH = 'service-failed-until-ready';
 const QUIET_HEALTH_CHECKS_PATCH = 'service-quiet-health-checks';
 /** The `patched()` id of publishing to the read model. */
 const READ_MODEL_PATCH = 'service-read-model';
+/**
+ * The `patched()` id of terminating what a retried create made for an instance the service had
+ * already let go of (see {@link ServiceRun.onCreated}); runs before left it in the cloud.
+ */
+const STRAY_CREATE_PATCH = 'service-stray-create';
 /** The `patched()` id of tearing down when the cluster workflow closed without asking (see {@link ServiceRun.report}). */
 const ORPHAN_TEARDOWN_PATCH = 'service-orphan-teardown';
 /**
@@ -521,8 +527,24 @@ class ServiceRun {
       for (const id of refused.ids) if (this.instances.get(id)?.state === 'CREATING') this.instances.delete(id);
       this.block(cloud, refused.message, true);
     }
+    /**
+     * A create can come back for an instance the service let go of meanwhile. Its first attempt
+     * made the instance and was lost with its worker (killed); the guest phoned home a failed
+     * probe, and the instance was failed, found by its key, terminated and dropped — all while
+     * the create waited out its heartbeat timeout. The retried create then found no instance
+     * under the key and made it again. Such an instance is terminated (again: terminating by
+     * key is idempotent, and the create that could make it once more has returned).
+     */
+    const strays: InstanceRecord[] = [];
     for (const c of created) {
-      const inst = this.instances.get(c.id);
+      let inst = this.instances.get(c.id);
+      if ((!inst || inst.state === 'TERMINATING') && patched(STRAY_CREATE_PATCH)) {
+        if (!inst) {
+          inst = { id: c.id, ordinal: ordinalOf(c.id), state: 'TERMINATING', cloud, message: 'made by a create retried after the instance was let go' };
+          this.instances.set(c.id, inst);
+        }
+        strays.push(inst);
+      }
       if (!inst) continue;
       inst.cloudInstanceId = c.cloudInstanceId;
       inst.createdAt = c.createdAt;
@@ -531,6 +553,10 @@ class ServiceRun {
         inst.state = c.cloudState === 'RUNNING' ? 'RUNNING' : 'BOOTING';
         inst.deadline = now + this.input.service.readinessTimeoutSeconds * 1000;
       }
+    }
+    if (strays.length > 0) {
+      log.warn('a retried create made instances the service had let go of; terminating them', { instances: strays.map((i) => i.id) });
+      this.terminate(strays, 'made again by a retried create after it was let go');
     }
   }
 
