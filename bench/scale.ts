@@ -1,0 +1,348 @@
+/**
+ * `npm run bench -- --scale` (README, "Scale, measured"): how far one machine goes. On the
+ * production topology (test/topology.ts: PostgreSQL, the real Temporal server on it, two API
+ * processes behind a proxy, worker processes) when its peers are installed (`node
+ * scripts/setup.mjs --test`), else on the Temporal dev server with the same processes. Every
+ * guest boots in exactly `BENCH_BOOT_MS` (20 s) and phones home ready `BENCH_READY_MS` (5 s)
+ * later, so the ideal time of the three-tier cluster is 3 × 25 s = 75 s.
+ *
+ * Scenarios (each deployed, measured to READY, torn down to TERMINATED):
+ * 1. the three-tier cluster (1 % proxy, 4 % head after it, 95 % workers after head) at each
+ *    size of `BENCH_SIZES` (default 1000,5000,10000) with one worker process, and the largest
+ *    again with two: wall, ratio to the ideal, `GET /v1/clusters/:id` p50/p99 at
+ *    `BENCH_READ_RATE` (200) requests/s through the deployment, peak RSS of each worker and API
+ *    process, the largest history and payload-size warnings, and the time to replay the
+ *    largest run of each workflow;
+ * 2. `BENCH_CLUSTERS` (50) clusters of 100 instances (2 → 8 → 90) submitted at once: time to
+ *    all READY and its ratio to the ideal.
+ * Targets (issue 14): ratio ≤ 1.10 at 10,000 instances, API p99 < 50 ms, no payload over
+ * 512 KB. The figures are printed as a table at the end; the command fails only when a
+ * deployment does.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Client, Connection } from '@temporalio/client';
+import type { DataConverter } from '@temporalio/common';
+import { bundleWorkflowCode, DefaultLogger, Worker } from '@temporalio/worker';
+import { startApi } from '../api/main.js';
+import { payloadDataConverter } from '../model/payload-codec.js';
+import { loadPayloadKeys } from '../store/secret.js';
+import { FAILURE_CONVERTER_PATH, WORKFLOWS_PATH } from '../workers/worker.js';
+import { startBenchStack } from './bench-stack.js';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const bootMs = Number(process.env.BENCH_BOOT_MS ?? 20_000);
+const readyMs = Number(process.env.BENCH_READY_MS ?? 5_000);
+const sizes = (process.env.BENCH_SIZES ?? '1000,5000,10000').split(',').map(Number);
+const readRate = Number(process.env.BENCH_READ_RATE ?? 200);
+const manyClusters = Number(process.env.BENCH_CLUSTERS ?? 50);
+const ideal = (3 * (bootMs + readyMs)) / 1000;
+const log = (msg: string) => console.error(`[bench:scale] ${msg}`);
+
+/** The processes and clients a scenario runs against, whichever Temporal serves them. */
+interface Site {
+  kind: string;
+  /** Where users (and the reader) call the API. */
+  url: string;
+  authorization: string;
+  client: Client;
+  /** The workers' data converter (payloads are encrypted), for replays. */
+  dataConverter: DataConverter;
+  /** Temporal's warnings of payloads or histories over its limits so far. */
+  sizeWarnings(): number;
+  /** Runs exactly `n` worker processes. */
+  workers(n: number): Promise<void>;
+  /** The process ids to watch: API processes and running workers. */
+  pids(): { name: string; pid: number }[];
+  stop(): Promise<void>;
+}
+
+async function productionSite(): Promise<Site | undefined> {
+  const { findPostgresBin } = await import('../test/peers/postgres.js');
+  const { findTemporalServer } = await import('../test/peers/temporal-server.js');
+  try {
+    findPostgresBin();
+    findTemporalServer();
+  } catch (err) {
+    log(`production topology not available (${(err as Error).message.slice(0, 160)}…): measuring on the dev server`);
+    return undefined;
+  }
+  const { startTopology } = await import('../test/topology.js');
+  const top = await startTopology({ apis: 2, workers: 2, sim: { bootMs, readyDelayMs: readyMs, seed: 'bench-scale' } });
+  return {
+    kind: 'production topology: PostgreSQL 15, Temporal server 1.32.2, 2 API processes behind a proxy',
+    url: top.url,
+    authorization: `Bearer ${top.adminToken}`,
+    client: top.client,
+    dataConverter: payloadDataConverter(loadPayloadKeys(top.config)),
+    sizeWarnings: () => top.temporal.output().split('\n').filter((l) => /blob size|history size|history count/i.test(l)).length,
+    async workers(n) {
+      await Promise.all(top.workers.map((w, i) => (i < n ? w.start() : w.stop())));
+    },
+    pids: () => [...top.apis, ...top.workers].filter((r) => r.alive()).map((r) => ({ name: r.name, pid: r.proc!.pid! })),
+    stop: () => top.stop(),
+  };
+}
+
+async function devSite(): Promise<Site> {
+  const { dataDir, temporal, config, sizeWarnings } = await startBenchStack('bench-scale', { bootMs, readyDelayMs: readyMs });
+  const api = await startApi(config);
+  const procs: (ChildProcess | undefined)[] = [undefined, undefined];
+  const connection = await Connection.connect({ address: temporal.address, channelArgs: { 'grpc.max_receive_message_length': 64 * 1024 * 1024 } });
+  const client = new Client({ connection, dataConverter: payloadDataConverter(loadPayloadKeys(config)) });
+  const startWorker = () =>
+    spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'workers/main.ts')], {
+      env: {
+        ...process.env,
+        CLOUDGATE_DATA_DIR: dataDir,
+        CLOUDGATE_API_PORT: String(config.apiPort),
+        TEMPORAL_ADDRESS: temporal.address,
+        CLOUDGATE_TOKEN_SECRET: config.tokenSecret,
+        CLOUDGATE_LOG_LEVEL: 'warn',
+        SIM_BOOT_MS: String(bootMs),
+        SIM_READY_DELAY_MS: String(readyMs),
+        SIM_SEED: 'bench-scale',
+        SIM_QUEUE_PORT: '',
+        CLOUDGATE_WORKER_METRICS_PORT: '',
+      },
+      stdio: ['ignore', 'inherit', 'inherit'],
+    });
+  const stopProc = async (p: ChildProcess | undefined) => {
+    if (!p || p.exitCode !== null) return;
+    p.kill('SIGTERM');
+    await new Promise((r) => p.once('exit', r));
+  };
+  const auth = `Bearer ${readFileSync(api.adminTokenFile, 'utf8').trim()}`;
+  return {
+    kind: `Temporal dev server (SQLite), API in the bench process`,
+    url: api.url,
+    authorization: auth,
+    client,
+    dataConverter: payloadDataConverter(loadPayloadKeys(config)),
+    sizeWarnings,
+    async workers(n) {
+      for (let i = 0; i < procs.length; i++) {
+        if (i < n && !procs[i]) procs[i] = startWorker();
+        if (i >= n && procs[i]) {
+          await stopProc(procs[i]);
+          procs[i] = undefined;
+        }
+      }
+      // Polling once its bundle is built.
+      for (;;) {
+        const tq = await client.workflowService.describeTaskQueue({ namespace: 'default', taskQueue: { name: config.taskQueue }, taskQueueType: 1 });
+        const pids = new Set(procs.filter(Boolean).map((p) => p!.pid));
+        const polling = new Set((tq.pollers ?? []).map((p) => Number(p.identity?.split('@')[0])).filter((pid) => pids.has(pid)));
+        // …and the catalogue lists the sim cloud's offerings (submissions are checked against them).
+        const clouds = (await (await fetch(`${api.url}/v1/clouds`, { headers: { authorization: auth } })).json()) as { items?: { name: string; offerings: unknown[] }[] };
+        const listed = clouds.items?.some((c) => c.name === 'sim' && c.offerings.length > 0);
+        if (polling.size === pids.size && listed) break;
+        await new Promise((r) => setTimeout(r, 500));
+      }
+    },
+    pids: () => [{ name: 'api (bench process)', pid: process.pid }, ...procs.flatMap((p, i) => (p ? [{ name: `worker-${i + 1}`, pid: p.pid! }] : []))],
+    async stop() {
+      await Promise.all(procs.map(stopProc));
+      await api.close();
+      await connection.close();
+      await temporal.stop();
+      rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+const site = (process.env.BENCH_DEV === '1' ? undefined : await productionSite()) ?? (await devSite());
+log(`measuring on the ${site.kind}`);
+
+const request = async (method: string, url: string, body?: unknown) => {
+  const res = await fetch(`${site.url}${url}`, {
+    method,
+    headers: { authorization: site.authorization, ...(body !== undefined && { 'content-type': 'application/json' }) },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const json = (await res.json()) as any;
+  if (!res.ok) throw new Error(`${method} ${url}: ${res.status} ${JSON.stringify(json)}`);
+  return json;
+};
+
+/** Peak resident memory of each watched process while `fn` runs (sampled every second). */
+async function watchRss<T>(fn: () => Promise<T>): Promise<{ result: T; rss: Record<string, number> }> {
+  const rss: Record<string, number> = {};
+  const sample = () => {
+    for (const { name, pid } of site.pids()) {
+      try {
+        const kb = Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0);
+        rss[name] = Math.max(rss[name] ?? 0, Math.round(kb / 1024));
+      } catch {
+        // exited meanwhile
+      }
+    }
+  };
+  sample();
+  const timer = setInterval(sample, 1000);
+  try {
+    return { result: await fn(), rss };
+  } finally {
+    clearInterval(timer);
+    sample();
+  }
+}
+
+/** A reader process asking for `url` at `rate`/s until the returned function is called; that resolves its figures. */
+function startReader(url: string, rate: number): () => Promise<Record<string, number>> {
+  const reader = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'bench/read-load.ts'), `${site.url}${url}`, String(rate)], {
+    stdio: ['pipe', 'pipe', 'inherit'],
+    env: { ...process.env, BENCH_AUTHORIZATION: site.authorization },
+  });
+  let out = '';
+  reader.stdout!.on('data', (d: Buffer) => (out += d.toString('utf8')));
+  const done = new Promise<Record<string, number>>((resolve) => reader.once('exit', () => resolve(JSON.parse(out.trim() || '{}'))));
+  return () => {
+    reader.stdin!.end();
+    return done;
+  };
+}
+
+const offering = { cpus: 1, memoryMiB: 2048, diskGiB: 20 };
+const image = 'cernvm4-micro-2020.07';
+const timeoutSeconds = Math.ceil((bootMs + readyMs) / 1000) + 300;
+function threeTier(name: string, proxy: number, head: number, workers: number) {
+  return {
+    name,
+    services: [
+      { name: 'proxy', offering, image, min: proxy, readinessTimeoutSeconds: timeoutSeconds },
+      { name: 'head', offering, image, min: head, dependsOn: ['proxy'], readinessTimeoutSeconds: timeoutSeconds },
+      { name: 'workers', offering, image, min: workers, dependsOn: ['head'], readinessTimeoutSeconds: timeoutSeconds },
+    ],
+  };
+}
+
+async function waitAll(ids: string[], state: string, t0: number, label: string): Promise<number> {
+  const left = new Set(ids);
+  let lastLog = 0;
+  while (left.size > 0) {
+    for (const id of [...left]) {
+      const c = await request('GET', `/v1/clusters/${id}`);
+      if (c.state === state) left.delete(id);
+      else if (c.state === 'FAILED') throw new Error(`${label}: cluster ${id} FAILED: ${c.message}`);
+    }
+    if (Date.now() - lastLog > 10_000) {
+      log(`${label}: ${((Date.now() - t0) / 1000).toFixed(0)} s, ${ids.length - left.size}/${ids.length} ${state}`);
+      lastLog = Date.now();
+    }
+    if (left.size > 0) await new Promise((r) => setTimeout(r, ids.length > 1 ? 1000 : 250));
+  }
+  return (Date.now() - t0) / 1000;
+}
+
+let bundle: Awaited<ReturnType<typeof bundleWorkflowCode>> | undefined;
+const quiet = new DefaultLogger('WARN');
+
+/** Every run of the cluster's workflows: the largest history, and the time to replay the largest run of each workflow. */
+async function histories(clusterId: string) {
+  let largest = { id: '', events: 0 };
+  const biggestRun = new Map<string, { runId: string; events: number }>();
+  for await (const wf of site.client.workflow.list({ query: `CloudgateClusterId = "${clusterId}"` })) {
+    const n = (await site.client.workflow.getHandle(wf.workflowId, wf.runId).fetchHistory()).events?.length ?? 0;
+    if (n > largest.events) largest = { id: wf.workflowId, events: n };
+    if (n > (biggestRun.get(wf.workflowId)?.events ?? 0)) biggestRun.set(wf.workflowId, { runId: wf.runId, events: n });
+  }
+  const replays: string[] = [];
+  bundle ??= await bundleWorkflowCode({ workflowsPath: WORKFLOWS_PATH, failureConverterPath: FAILURE_CONVERTER_PATH, logger: quiet });
+  for (const [workflowId, { runId, events }] of biggestRun) {
+    const history = await site.client.workflow.getHandle(workflowId, runId).fetchHistory();
+    const t0 = Date.now();
+    await Worker.runReplayHistory({ workflowBundle: bundle, dataConverter: site.dataConverter }, history, workflowId);
+    replays.push(`${workflowId.split('/').at(-1)} ${events} events ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+  }
+  return { largest, replays };
+}
+
+interface Row {
+  scenario: string;
+  figures: [string, string][];
+}
+const rows: Row[] = [];
+
+async function threeTierRun(size: number, workers: number): Promise<void> {
+  await site.workers(workers);
+  const [p, h] = [Math.max(1, Math.round(size * 0.01)), Math.max(1, Math.round(size * 0.04))];
+  const w = size - p - h;
+  const label = `${size} instances, ${workers} worker${workers === 1 ? '' : 's'}`;
+  const def = await request('POST', '/v1/cluster-definitions', threeTier(`scale-${size}-${workers}w`, p, h, w));
+  log(`${label}: deploying (proxy ${p} → head ${h} → workers ${w})`);
+  const { result, rss } = await watchRss(async () => {
+    const t0 = Date.now();
+    const cluster = await request('POST', '/v1/clusters', { definitionId: def.id, cloud: 'sim' });
+    const stopReader = readRate > 0 ? startReader(`/v1/clusters/${cluster.id}`, readRate) : undefined;
+    const wall = await waitAll([cluster.id], 'READY', t0, label);
+    const reads = await stopReader?.();
+    return { id: cluster.id as string, wall, reads };
+  });
+  const { largest, replays } = await histories(result.id);
+  const td0 = Date.now();
+  await request('DELETE', `/v1/clusters/${result.id}`);
+  const teardown = await waitAll([result.id], 'TERMINATED', td0, `${label} teardown`);
+  rows.push({
+    scenario: label,
+    figures: [
+      ['wall to READY / ideal', `${result.wall.toFixed(1)} s / ${ideal.toFixed(0)} s = ${(result.wall / ideal).toFixed(3)}`],
+      ...(result.reads
+        ? ([[`GET /v1/clusters/:id at ${readRate}/s`, `p50 ${result.reads.p50} ms, p99 ${result.reads.p99} ms, max ${result.reads.max} ms (${result.reads.answered}/${result.reads.sent} answered, ${result.reads.non2xx} non-2xx)`]] as [string, string][])
+        : []),
+      ['peak RSS', Object.entries(rss).map(([n, mib]) => `${n} ${mib} MiB`).join(', ')],
+      ['largest history', `${largest.events} events (${largest.id})`],
+      ['payload or history size warnings (so far)', String(site.sizeWarnings())],
+      ['replay of the largest run of each workflow', replays.join('; ')],
+      ['teardown to TERMINATED', `${teardown.toFixed(1)} s`],
+    ],
+  });
+  print(rows.at(-1)!);
+}
+
+async function manyClustersRun(n: number): Promise<void> {
+  await site.workers(2);
+  const def = await request('POST', '/v1/cluster-definitions', threeTier('scale-hundred', 2, 8, 90));
+  const label = `${n} clusters × 100 instances at once, 2 workers`;
+  log(`${label}: submitting`);
+  const { result, rss } = await watchRss(async () => {
+    const t0 = Date.now();
+    const ids = (await Promise.all(Array.from({ length: n }, () => request('POST', '/v1/clusters', { definitionId: def.id, cloud: 'sim' })))).map((c) => c.id as string);
+    const submitted = (Date.now() - t0) / 1000;
+    const wall = await waitAll(ids, 'READY', t0, label);
+    return { ids, wall, submitted };
+  });
+  const td0 = Date.now();
+  await Promise.all(result.ids.map((id) => request('DELETE', `/v1/clusters/${id}`)));
+  const teardown = await waitAll(result.ids, 'TERMINATED', td0, `${label} teardown`);
+  rows.push({
+    scenario: label,
+    figures: [
+      ['all submitted (202) after', `${result.submitted.toFixed(1)} s`],
+      ['all READY / ideal', `${result.wall.toFixed(1)} s / ${ideal.toFixed(0)} s = ${(result.wall / ideal).toFixed(3)}`],
+      ['peak RSS', Object.entries(rss).map(([name, mib]) => `${name} ${mib} MiB`).join(', ')],
+      ['all TERMINATED after', `${teardown.toFixed(1)} s`],
+    ],
+  });
+  print(rows.at(-1)!);
+}
+
+function print({ scenario, figures }: Row): void {
+  const w = Math.max(...figures.map(([k]) => k.length));
+  console.log(`${scenario}\n${figures.map(([k, v]) => `  ${k.padEnd(w)}  ${v}`).join('\n')}`);
+}
+
+try {
+  const started = Date.now();
+  for (const size of sizes) await threeTierRun(size, 1);
+  await threeTierRun(Math.max(...sizes), 2);
+  if (manyClusters > 0) await manyClustersRun(manyClusters);
+  console.log(`\n=== scale on the ${site.kind} (boot ${bootMs} ms + readiness ${readyMs} ms; ideal ${ideal} s) — ${((Date.now() - started) / 60_000).toFixed(1)} min ===`);
+  for (const row of rows) print(row);
+  mkdirSync(path.join(ROOT, '.tmp'), { recursive: true });
+  writeFileSync(path.join(ROOT, '.tmp', 'bench-scale.json'), JSON.stringify({ site: site.kind, bootMs, readyMs, rows }, null, 1));
+} finally {
+  await site.stop();
+}
