@@ -12,7 +12,7 @@ export default tseslint.config(
   importX.flatConfigs.typescript,
   { files: ['**/*.mjs', '**/*.js'], languageOptions: { globals: { process: 'readonly', console: 'readonly' } } },
   {
-    files: ['**/*.ts'],
+    files: ['**/*.ts', '**/*.tsx'],
     languageOptions: { parserOptions: { projectService: true, tsconfigRootDir: import.meta.dirname } },
     settings: { 'import-x/resolver-next': [createTypeScriptImportResolver()] },
     rules: {
@@ -43,6 +43,24 @@ export default tseslint.config(
     files: ['model/**/*.ts'],
     rules: {
       'no-restricted-imports': ['error', { patterns: [{ group: ['../*/**', '!../model/**'], message: 'model/ is pure domain code' }] }],
+    },
+  },
+  {
+    // The web portal is a client of the REST API only: it runs in the browser, imports pure model/
+    // helpers and, as types only, the API's own request and answer shapes.
+    files: ['portal/**/*.ts', 'portal/**/*.tsx'],
+    rules: {
+      'no-restricted-imports': 'off',
+      '@typescript-eslint/no-restricted-imports': [
+        'error',
+        {
+          patterns: [
+            { group: ['node:*'], message: 'the portal runs in a browser' },
+            { group: ['../../api/*', '../../store/*', '../../activities/*', '../../clouds/*', '../../workers/*', '../../workflows/*'], allowTypeImports: true, message: 'the portal talks to the server over REST only (types may be imported)' },
+            { group: ['zod', 'express', '@temporalio/*'], allowTypeImports: true, message: 'server-side packages stay out of the browser bundle' },
+          ],
+        },
+      ],
     },
   },
   {

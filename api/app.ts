@@ -17,6 +17,7 @@ import { definitionRoutes } from './definitions.js';
 import { openApiDocument } from './openapi.js';
 import { loggedPath, methodNotAllowed, notFoundHandler, Problem, problemMiddleware } from './problem.js';
 import { hostCheck } from './host-check.js';
+import { portalRoutes } from './portal.js';
 import { readinessRoutes } from './readiness.js';
 import { tokenRoutes } from './tokens.js';
 import { auditRoutes, auditTrail } from './audit.js';
@@ -51,6 +52,8 @@ export interface ApiConfig {
   allowedHostNames?: readonly string[];
   /** The bearer Prometheus scrapes `/metrics` with (`loadMetricsToken`); admins' bearers are taken too. Unset: admins only. */
   metricsToken?: string;
+  /** The built web portal served at `/` (api/portal.ts); default `<repo>/dist/portal`. */
+  portalDir?: string;
 }
 
 export interface AppDeps {
@@ -127,6 +130,9 @@ export function createApp(deps: AppDeps): CloudgateApp {
 
   // The audit trail (api/audit.ts): a line per POST/PUT/PATCH/DELETE, and a stored record for authenticated ones.
   app.use(auditTrail({ store, logger }));
+
+  // The web portal's page and assets: public, like the API description (the pages hold no data, the API they call checks the bearer).
+  app.use(portalRoutes({ dir: config.portalDir }));
 
   const bigJson = express.json({ limit: DEFINITION_LIMIT });
   const smallJson = express.json({ limit: SMALL_LIMIT });

@@ -465,6 +465,7 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
       name: c.name,
       definitionId: c.definitionId,
       cloud: c.cloud,
+      ...(c.owner && { owner: c.owner }),
       ...(c.contexts && {
         contexts: Object.fromEntries(Object.entries(c.contexts).map(([svc, p]) => [svc, { id: p.id, version: p.version, repositories: p.repositories }])),
       }),

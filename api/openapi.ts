@@ -64,6 +64,7 @@ export function openApiDocument(serverUrl: string): Doc {
   const Health = register('Health', S.HealthSchema);
   const CreateToken = register('CreateTokenRequest', S.CreateTokenRequestSchema);
   const ApiToken = register('ApiToken', S.ApiTokenSchema);
+  const WhoAmI = register('WhoAmI', S.WhoAmISchema);
   const QuotaRequest = register('QuotaRequest', S.QuotaRequestSchema);
   const QuotaStatus = register('QuotaStatus', S.QuotaStatusSchema);
   const AuditRecord = register('AuditRecord', S.AuditRecordSchema);
@@ -487,6 +488,12 @@ export function openApiDocument(serverUrl: string): Doc {
     summary: "List API tokens (never their values): one's own, or an admin's choice with ?owner=; a page at a time",
     request: { query: listQuery },
     responses: { 200: json(S.pageOf(ApiToken), 'Tokens, oldest first') },
+  });
+  r.registerPath({
+    method: 'get',
+    path: '/v1/me',
+    summary: 'Who the bearer is: its owner, role and how it was proven (the web portal checks a pasted token with it)',
+    responses: { 200: json(WhoAmI, 'The principal every route sees for this bearer') },
   });
   r.registerPath({
     method: 'delete',

@@ -121,6 +121,7 @@ export const ContextRecordSchema = z.object({
   id: z.string(),
   version: z.number().int().min(1),
   name: z.string(),
+  owner: z.string().optional().describe('Who stored it (absent for contexts from before owners)'),
   context: PublicContextSchema,
   createdAt: z.string(),
 });
@@ -264,6 +265,7 @@ export const ClusterDetailSchema = z.object({
   name: z.string(),
   definitionId: z.string(),
   cloud: z.string(),
+  owner: z.string().optional().describe('Who submitted it (absent for clusters from before owners)'),
   state: ClusterStateSchema,
   message: z.string().optional(),
   services: z.array(PublishedServiceSchema),
@@ -407,6 +409,14 @@ export const ApiTokenSchema = z.object({
   createdAt: z.string(),
   expiresAt: z.string().optional(),
   revokedAt: z.string().optional(),
+});
+
+/** `GET /v1/me`: who the bearer is, as every route sees it. */
+export const WhoAmISchema = z.object({
+  owner: z.string().describe('The owner this bearer acts as: what it creates is theirs, it sees only theirs (an admin: everything)'),
+  role: z.enum(['user', 'admin']),
+  via: z.enum(['token', 'oidc']).describe('How it proved it: an API token of cloudgate or an OIDC access token of the site'),
+  tokenId: z.string().optional().describe('The API token used (its id, never its value); absent for OIDC access tokens'),
 });
 
 // ---- quotas and the audit trail (issue 11) ----

@@ -1,6 +1,8 @@
 /**
  * `/v1/tokens`: API tokens. An admin issues them (`POST`, the value shown once); everyone
  * lists and revokes their own, an admin anyone's. A token of someone else is a 404.
+ * `GET /v1/me` says who a bearer is (owner, role, how): a client such as the web portal
+ * checks a pasted token with it and learns whose quota to show.
  */
 import express, { type Router } from 'express';
 import type { ApiTokenRecord, Store } from '../store/index.js';
@@ -30,6 +32,12 @@ export function tokenRoutes(deps: { store: Store; json: express.RequestHandler; 
     const expiresAt = ttlSeconds === undefined ? undefined : new Date(now().getTime() + ttlSeconds * 1000);
     const { record, token } = store.createApiToken({ owner, role, ...(expiresAt && { expiresAt }) });
     res.status(201).location(`/v1/tokens/${record.id}`).set('Cache-Control', 'no-store').json({ ...view(record), token, expiresAt: record.expiresAt ?? null });
+  });
+
+  router.get('/v1/me', (req, res) => {
+    queryOf(req, NoQuerySchema);
+    const { owner, role, via, tokenId } = principalOf(res);
+    res.set('Cache-Control', 'no-store').json({ owner, role, via, ...(tokenId !== undefined && { tokenId }) });
   });
 
   router.get('/v1/tokens', (req, res) => {

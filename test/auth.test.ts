@@ -162,6 +162,17 @@ describe('who is asking', () => {
     const { token } = store.createApiToken({ owner: 'carol', role: 'user', expiresAt: new Date(Date.now() - 1000) });
     expect401(await stack.http('GET', '/v1/contexts', undefined, bearer(token)), /expired/);
   });
+
+  it('GET /v1/me says who a bearer is: owner, role and how, never the token', async () => {
+    const issued = await stack.http('POST', '/v1/tokens', { owner: 'frank', role: 'user' });
+    const me = await stack.http('GET', '/v1/me', undefined, bearer(issued.body.token));
+    expect(me).toMatchObject({ status: 200, body: { owner: 'frank', role: 'user', via: 'token', tokenId: issued.body.id } });
+    expect(me.headers.get('cache-control')).toBe('no-store');
+    expect(JSON.stringify(me.body)).not.toContain(issued.body.token.slice(3));
+    expect((await stack.http('GET', '/v1/me')).body).toMatchObject({ owner: 'admin', role: 'admin', via: 'token' });
+    expect401(await stack.http('GET', '/v1/me', undefined, { Authorization: '' }), /Authorization: Bearer/);
+    expect((await stack.http('GET', '/v1/me?owner=admin', undefined, bearer(issued.body.token))).status).toBe(422);
+  });
 });
 
 describe('OIDC access tokens from the site issuer', () => {
@@ -175,6 +186,8 @@ describe('OIDC access tokens from the site issuer', () => {
     // A user may not issue tokens; an admin by role may.
     expect((await stack.http('POST', '/v1/tokens', { owner: 'x', role: 'user' }, bearer(jwt))).status).toBe(403);
     const adminJwt = await issuer.sign({ preferred_username: 'ops', realm_access: { roles: ['offline_access', 'cloudgate-admin'] } });
+    expect((await stack.http('GET', '/v1/me', undefined, bearer(jwt))).body).toEqual({ owner: 'dana', role: 'user', via: 'oidc' });
+    expect((await stack.http('GET', '/v1/me', undefined, bearer(adminJwt))).body).toEqual({ owner: 'ops', role: 'admin', via: 'oidc' });
     expect((await stack.http('POST', '/v1/tokens', { owner: 'x', role: 'user' }, bearer(adminJwt))).status).toBe(201);
   });
 
@@ -255,7 +268,7 @@ describe('whose is what', () => {
 
     // Nothing of bob's attempts changed alice's things.
     expect((await stack.http('GET', `/v1/contexts/${ctx.body.id}`, undefined, alice)).body).toMatchObject({ name: 'alice-ctx', version: 1 });
-    expect((await stack.http('GET', `/v1/clusters/${id}`, undefined, alice)).body.state).toBe('READY');
+    expect((await stack.http('GET', `/v1/clusters/${id}`, undefined, alice)).body).toMatchObject({ state: 'READY', owner: 'alice' });
 
     // The owner is the CloudgateOwner search attribute of the cluster's and its services' workflows.
     expect((await stack.client.workflow.getHandle(clusterWorkflowId(id)).describe()).typedSearchAttributes.get(SA_OWNER)).toBe('alice');
