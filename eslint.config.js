@@ -69,4 +69,19 @@ export default tseslint.config(
       'no-restricted-imports': ['error', { patterns: [{ group: ['../activities/*', '../clouds/sim*', '../workers/*'], message: 'api/ may import model/, store/ and the Temporal client' }] }],
     },
   },
+  {
+    // The command is a REST client (issue 15): the API's response types, never its code, nor the store's or Temporal's.
+    files: ['cli/**/*.ts'],
+    rules: {
+      '@typescript-eslint/no-restricted-imports': [
+        'error',
+        {
+          patterns: [
+            { group: ['../api/*'], message: 'cli/ talks to the API over HTTP: import its types only', allowTypeImports: true },
+            { group: ['../store/*', '../workflows/*', '../activities/*', '../clouds/*', '../workers/*'], message: 'cli/ may import model/ and the API\'s types only' },
+          ],
+        },
+      ],
+    },
+  },
 );

