@@ -222,9 +222,17 @@ function threeTier(name: string, proxy: number, head: number, workers: number) {
 async function waitAll(ids: string[], state: string, t0: number, label: string): Promise<number> {
   const left = new Set(ids);
   let lastLog = 0;
+  let lastLine = '';
   while (left.size > 0) {
     for (const id of [...left]) {
       const c = await request('GET', `/v1/clusters/${id}`);
+      // One cluster: each change of its services, timed (where the time goes).
+      if (ids.length === 1) {
+        const services = c.services as { name: string; state: string; ready: number; desired: number }[];
+        const key = services.map((s) => `${s.name} ${s.state}`).join(', ');
+        if (key !== lastLine) log(`${label}: ${((Date.now() - t0) / 1000).toFixed(1)} s: ${services.map((s) => `${s.name} ${s.state} ${s.ready}/${s.desired}`).join(', ')}`);
+        lastLine = key;
+      }
       if (c.state === state) left.delete(id);
       else if (c.state === 'FAILED') throw new Error(`${label}: cluster ${id} FAILED: ${c.message}`);
     }
