@@ -78,3 +78,20 @@ if (!(process.env.MOTO_SERVER && existsSync(process.env.MOTO_SERVER)) && !motoOn
   ensureVenv();
   run(venvPip, ['install', '--quiet', '--disable-pip-version-check', `moto[server]==${MOTO_VERSION}`]);
 }
+
+// ---- tests only (`--test`, npm test's set-up) ----------------------------------------------
+// 5. Docker: test/compose.test.ts runs docker-compose.yml on a private Docker daemon
+//    (test/peers/docker.ts: its state under the git-ignored .cache/docker) and builds the
+//    images it needs from Debian packages (debootstrap makes the base), as no image registry
+//    is reachable from the test machines. Debian 12's docker.io (20.10: BuildKit built in)
+//    and docker-compose (1.29).
+if (process.argv.includes('--test')) {
+  const DOCKER_PACKAGES = { 'docker.io': '/usr/sbin/dockerd', 'docker-compose': '/usr/bin/docker-compose', debootstrap: '/usr/sbin/debootstrap' };
+  const missingDocker = Object.entries(DOCKER_PACKAGES).filter(([, file]) => !existsSync(file)).map(([pkg]) => pkg);
+  if (missingDocker.length > 0) {
+    if (process.getuid?.() !== 0) throw new Error(`[setup] the compose test needs the Debian packages ${missingDocker.join(' ')} (and root, as dockerd does): install them with apt-get as root`);
+    log(`installing Debian packages for the compose test: ${missingDocker.join(' ')}`);
+    run('apt-get', ['update', '-qq']);
+    run('apt-get', ['install', '-y', '-qq', '--no-install-recommends', ...missingDocker], { env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } });
+  }
+}
