@@ -6,7 +6,7 @@ import { importX } from 'eslint-plugin-import-x';
 import { createTypeScriptImportResolver } from 'eslint-import-resolver-typescript';
 
 export default tseslint.config(
-  { ignores: ['node_modules/', 'dist/', 'data/', '.venv/', 'coverage/', 'test/fixtures/', '.tmp/'] },
+  { ignores: ['node_modules/', 'dist/', 'data/', '.venv/', 'coverage/', 'test/fixtures/', '.tmp/', '.cache/', 'secrets/'] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   importX.flatConfigs.typescript,

@@ -15,7 +15,7 @@ import { openSqliteStore, type Store } from '../store/index.js';
 import { createApp } from './app.js';
 import { createOidcVerifier, ensureAdminToken } from './auth.js';
 import { AesGcmPayloadCodec, payloadDataConverter } from '../model/payload-codec.js';
-import { loadMetricsToken, loadPayloadKeys, loadTokenSecret } from '../store/secret.js';
+import { loadMetricsToken, loadPayloadKeys, loadTokenSecret, readFileVariables } from '../store/secret.js';
 import { createApiMetrics } from './metrics.js';
 import { DEFAULT_QUOTA } from './quotas.js';
 import { assertPrivateKeyFile, ensurePrivateDir } from '../store/private-files.js';
@@ -131,6 +131,8 @@ export async function startApi(config: Config, opts: StartApiOptions = {}): Prom
 }
 
 async function main(): Promise<void> {
+  // `CLOUDGATE_…_FILE` (compose secrets) into the variables everything below reads.
+  readFileVariables(process.env);
   const config = configFromEnv(process.env);
   const logger = apiLogger(config);
   const api = await startApi(config, { logger });

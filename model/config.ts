@@ -60,6 +60,11 @@ export const ConfigSchema = z.object({
   /** The longest a cluster may live (its `lifetime.maxSeconds`, extensions included); default 30 days. */
   maxLifetimeSeconds: z.coerce.number().int().min(10).default(DEFAULT_MAX_LIFETIME_SECONDS),
   logLevel: z.string().default('info'),
+  /**
+   * A workflow bundle made at build time (workers/bundle-workflows.ts; the image sets it): the
+   * worker loads it instead of bundling the workflow sources at start.
+   */
+  workflowBundle: z.string().optional(),
   /** The cloud registry file (YAML or JSON); unset: only the simulated cloud `sim`. */
   cloudsFile: z.string().optional(),
   /** The gateway's stratum-1 check before a cluster deploys. */
@@ -145,6 +150,7 @@ export function configFromEnv(env: Record<string, string | undefined>): Config {
     tokenMarginSeconds: e('CLOUDGATE_TOKEN_MARGIN_SECONDS'),
     maxLifetimeSeconds: e('CLOUDGATE_MAX_LIFETIME_SECONDS'),
     logLevel: e('CLOUDGATE_LOG_LEVEL'),
+    workflowBundle: e('CLOUDGATE_WORKFLOW_BUNDLE'),
     cloudsFile: e('CLOUDGATE_CLOUDS'),
     cvmfs: {
       servers: e('CLOUDGATE_CVMFS_SERVERS'),

@@ -10,7 +10,7 @@
 // portal's browser test.
 // Plain Node, no dependencies: it runs before node_modules exists.
 import { execFileSync } from 'node:child_process';
-import { chmodSync, cpSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
+import { chmodSync, copyFileSync, cpSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -116,6 +116,8 @@ if (!existsSync(cliBuilt) || statSync(cliBuilt).mtimeMs < sourcesAt) {
   log('compiling to dist/ (tsc -p tsconfig.build.json): sources changed since the last build');
   run(process.execPath, [path.join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', buildConfig]);
   chmodSync(cliBuilt, 0o755);
+  // The worker's failure converter is CommonJS beside its source: the compiled worker needs it beside it too.
+  copyFileSync(path.join(root, 'workers', 'failure-converter.cjs'), path.join(root, 'dist', 'workers', 'failure-converter.cjs'));
 }
 
 // The web portal (portal/ → dist/portal, scripts/build-portal.mjs): built when missing or
@@ -212,5 +214,21 @@ if (process.argv.includes('--test')) {
     };
     writable(schemaDir);
     log(`copied the Temporal PostgreSQL schemas to ${path.relative(root, schemaDir)} (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
+  }
+}
+
+// Docker (tests only): test/compose.test.ts runs docker-compose.yml on a private Docker daemon
+// (test/peers/docker.ts: its state under the git-ignored .cache/docker) and builds the
+// images it needs from Debian packages (debootstrap makes the base), as no image registry
+// is reachable from the test machines. Debian 12's docker.io (20.10: BuildKit built in)
+// and docker-compose (1.29).
+if (process.argv.includes('--test')) {
+  const DOCKER_PACKAGES = { 'docker.io': '/usr/sbin/dockerd', 'docker-compose': '/usr/bin/docker-compose', debootstrap: '/usr/sbin/debootstrap' };
+  const missingDocker = Object.entries(DOCKER_PACKAGES).filter(([, file]) => !existsSync(file)).map(([pkg]) => pkg);
+  if (missingDocker.length > 0) {
+    if (process.getuid?.() !== 0) throw new Error(`[setup] the compose test needs the Debian packages ${missingDocker.join(' ')} (and root, as dockerd does): install them with apt-get as root`);
+    log(`installing Debian packages for the compose test: ${missingDocker.join(' ')}`);
+    run('apt-get', ['update', '-qq']);
+    run('apt-get', ['install', '-y', '-qq', '--no-install-recommends', ...missingDocker], { env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } });
   }
 }

@@ -106,3 +106,33 @@ export function loadMetricsToken(config: Pick<Config, 'dataDir'> & { metrics?: {
   if (!/^[A-Za-z0-9._~+/-]{16,}=*$/.test(token)) throw new Error(`${file} holds no usable token (at least 16 characters of a bearer token)`);
   return token;
 }
+
+/**
+ * The variables that may name a file instead of holding the value (`<NAME>_FILE`), as Docker
+ * and compose secrets are files under `/run/secrets/`: the secrets above, and the store's URL
+ * (`CLOUDGATE_DATABASE_URL`, which carries a password).
+ */
+export const FILE_VARIABLES = ['CLOUDGATE_TOKEN_SECRET', 'CLOUDGATE_SECRETS_KEY', 'CLOUDGATE_PAYLOAD_KEYS', 'CLOUDGATE_METRICS_TOKEN', 'CLOUDGATE_DATABASE_URL'] as const;
+
+/**
+ * Sets each of {@link FILE_VARIABLES} from the file its `<NAME>_FILE` names (trailing white
+ * space dropped), before the configuration is read — so every later reader (`configFromEnv`,
+ * the key loaders above) sees one value wherever it came from. Entry points call it on
+ * `process.env`. Both forms at once, or a file that cannot be read, stop the process, naming
+ * the variable (never the value).
+ */
+export function readFileVariables(env: Record<string, string | undefined>): void {
+  for (const name of FILE_VARIABLES) {
+    const file = env[`${name}_FILE`];
+    if (file === undefined || file === '') continue;
+    if (env[name] !== undefined && env[name] !== '') throw new Error(`set ${name} or ${name}_FILE, not both`);
+    let value: string;
+    try {
+      value = readFileSync(file, 'utf8').trimEnd();
+    } catch (err) {
+      throw new Error(`${name}_FILE=${file} cannot be read`, { cause: err });
+    }
+    if (value === '') throw new Error(`${name}_FILE=${file} is empty`);
+    env[name] = value;
+  }
+}

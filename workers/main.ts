@@ -8,10 +8,13 @@ import { Runtime, makeTelemetryFilterString, type TelemetryOptions } from '@temp
 import { configFromEnv } from '../model/config.js';
 import { SimRulesSchema } from '../clouds/sim.js';
 import { ensurePrivateDir } from '../store/private-files.js';
+import { readFileVariables } from '../store/secret.js';
 import { idsOfWorkflowId } from '../workflows/messages.js';
 import { freePort } from './dev-server.js';
 import { startWorker } from './worker.js';
 
+// `CLOUDGATE_…_FILE` (compose secrets) into the variables everything below reads.
+readFileVariables(process.env);
 const config = configFromEnv(process.env);
 // `proc` tells the worker's lines from the API's wherever they meet (a shared collector, one terminal).
 const logger = pino({ level: config.logLevel, base: { proc: 'worker', pid: process.pid, hostname: os.hostname() } });

@@ -25,12 +25,17 @@ import { CLOUD_CATALOGUE_INTERVAL, CLOUD_CATALOGUE_SCHEDULE_ID, CLOUD_CATALOGUE_
 import { buildClouds, liveQuotas, loadCloudsFile } from './clouds.js';
 import { createWorkerMetrics, serveWorkerMetrics, type ServedWorkerMetrics, type WorkerMetrics } from './metrics.js';
 
-export const WORKFLOWS_PATH = fileURLToPath(new URL('../workflows/index.ts', import.meta.url));
+/**
+ * The workflows' entry for the bundler: `workflows/index.ts` beside this source under tsx and
+ * jest, `index.js` beside the compiled `dist/workers/worker.js` (npm run build). The image runs
+ * a bundle made once at build time instead (`CLOUDGATE_WORKFLOW_BUNDLE`, workers/bundle-workflows.ts).
+ */
+export const WORKFLOWS_PATH = fileURLToPath(new URL(`../workflows/index${path.extname(fileURLToPath(import.meta.url))}`, import.meta.url));
 /** Failure messages into encrypted payloads; bundle it into the workflow code too (`bundleWorkflowCode({failureConverterPath})`). */
 export const FAILURE_CONVERTER_PATH = fileURLToPath(new URL('./failure-converter.cjs', import.meta.url));
 
 export interface StartWorkerOptions {
-  /** Reuse a bundle built once (tests, benchmark); default: bundle `workflows/index.ts`. */
+  /** Reuse a bundle built once (tests, benchmark); default: `config.workflowBundle`, else bundle {@link WORKFLOWS_PATH}. */
   workflowBundle?: WorkerOptions['workflowBundle'];
   simRules?: SimRule[];
   logger?: Logger;
@@ -86,7 +91,11 @@ export async function startWorker(config: Config, opts: StartWorkerOptions = {})
     taskQueue: config.taskQueue,
     // Payloads (failure messages included) are encrypted before they reach Temporal (model/payload-codec.ts).
     dataConverter: { payloadCodecs: [codec], failureConverterPath: FAILURE_CONVERTER_PATH },
-    ...(opts.workflowBundle ? { workflowBundle: opts.workflowBundle } : { workflowsPath: WORKFLOWS_PATH }),
+    ...(opts.workflowBundle
+      ? { workflowBundle: opts.workflowBundle }
+      : config.workflowBundle
+        ? { workflowBundle: { codePath: config.workflowBundle } }
+        : { workflowsPath: WORKFLOWS_PATH }),
     activities: {
       ...createActivities({
         clouds,
