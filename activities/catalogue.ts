@@ -26,7 +26,7 @@ export interface CatalogueDeps {
   /** The worker's registry entries (the file's `clouds`). */
   registry: readonly CloudConfig[];
   /** Where cloud records live (the store). */
-  store: { getCloud(name: string): CloudRecord | undefined; upsertCloud(cloud: CloudRecord): void };
+  store: { getCloud(name: string): Promise<CloudRecord | undefined>; upsertCloud(cloud: CloudRecord): Promise<void> };
   /** Default {@link LIST_OFFERINGS_TIMEOUT_MS}. */
   timeoutMs?: number;
   /** Each cloud's quota as the registry file says now (it may have been edited since start); default the entry's. */
@@ -79,13 +79,13 @@ export function createCatalogueActivities(deps: CatalogueDeps): CatalogueActivit
       const started = Date.now();
       try {
         const offerings = await withTimeout(deps.clouds.get(cloud).listOfferings(), timeoutMs);
-        deps.store.upsertCloud(staticCloudRecord(entry, offerings));
+        await deps.store.upsertCloud(staticCloudRecord(entry, offerings));
         logOf()?.info('listed offerings', { cloud, offerings: offerings.length });
         return { cloud, ok: true, offerings: offerings.length, ms: Date.now() - started };
       } catch (err) {
         // Keep the offerings listed before; endpoint, credential references, images and quota are the registry's now.
-        const kept = deps.store.getCloud(cloud)?.offerings ?? [];
-        deps.store.upsertCloud(staticCloudRecord(entry, kept));
+        const kept = (await deps.store.getCloud(cloud))?.offerings ?? [];
+        await deps.store.upsertCloud(staticCloudRecord(entry, kept));
         const errorKind = err instanceof CloudError ? err.kind : err instanceof ListTimeout ? 'Timeout' : undefined;
         const message = err instanceof Error ? err.message : String(err);
         logOf()?.warn('cloud did not list its offerings', { cloud, errorKind, error: message, kept: kept.length });

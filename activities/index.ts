@@ -84,13 +84,13 @@ export interface CapacitySource {
   /** The registry entry's quota (undefined: unlimited). */
   quotaOf(cloud: string): CloudQuota | undefined;
   /** The cloud's flavors as the catalogue last listed them (an instance counts with the flavor that serves its offering). */
-  flavorsOf(cloud: string): CloudOffering[];
+  flavorsOf(cloud: string): Promise<CloudOffering[]>;
 }
 
 /** The store's context reads the create activity needs. */
 export interface ContextSource {
-  getContext(id: string, version?: number): { context: CloudgateContext } | undefined;
-  getContextSecrets(id: string, version: number): Record<string, string> | undefined;
+  getContext(id: string, version?: number): Promise<{ context: CloudgateContext } | undefined>;
+  getContextSecrets(id: string, version: number): Promise<Record<string, string> | undefined>;
 }
 
 /**
@@ -98,10 +98,10 @@ export interface ContextSource {
  * writes all or nothing in one transaction, so the publish activities are idempotent.
  */
 export interface ReadModelSink {
-  publishCluster(input: PublishClusterInput): boolean;
-  publishService(input: PublishServiceInput): boolean;
+  publishCluster(input: PublishClusterInput): Promise<boolean>;
+  publishService(input: PublishServiceInput): Promise<boolean>;
   /** Provider ids of published instances: a service workflow does not carry them across continue-as-new. */
-  cloudInstanceIds(clusterId: string, ids: readonly string[]): Record<string, string>;
+  cloudInstanceIds(clusterId: string, ids: readonly string[]): Promise<Record<string, string>>;
 }
 
 /** Failure type of a service publish carrying more instances than {@link MAX_PUBLISHED_INSTANCES}: a workflow bug, not retried. */
@@ -218,8 +218,8 @@ export function createActivities(deps: ActivityDeps): CloudgateActivities {
   };
 
   /** What one instance holds of a cloud: the flavor that serves the offering, else the offering itself. */
-  const flavorSize = (cloud: string, offering: Offering): { cpus: number; memoryMiB: number } => {
-    const flavor = smallestFit(deps.capacity.flavorsOf(cloud), offering) ?? offering;
+  const flavorSize = async (cloud: string, offering: Offering): Promise<{ cpus: number; memoryMiB: number }> => {
+    const flavor = smallestFit(await deps.capacity.flavorsOf(cloud), offering) ?? offering;
     return { cpus: flavor.cpus, memoryMiB: flavor.memoryMiB };
   };
 
@@ -227,17 +227,17 @@ export function createActivities(deps: ActivityDeps): CloudgateActivities {
    * Provider ids of the instances of a describe or terminate: those the workflow sent, else
    * what the read model has (a service workflow drops them on continue-as-new).
    */
-  const providerIds = (input: { clusterId?: string; instances: InstanceRef[] }): Record<string, string> => {
+  const providerIds = async (input: { clusterId?: string; instances: InstanceRef[] }): Promise<Record<string, string>> => {
     const given = Object.fromEntries(input.instances.flatMap((r) => (r.cloudInstanceId ? [[r.id, r.cloudInstanceId]] : [])));
     const missing = input.instances.filter((r) => !r.cloudInstanceId).map((r) => r.id);
-    return missing.length && input.clusterId ? { ...deps.readModel.cloudInstanceIds(input.clusterId, missing), ...given } : given;
+    return missing.length && input.clusterId ? { ...(await deps.readModel.cloudInstanceIds(input.clusterId, missing)), ...given } : given;
   };
 
   /** The pinned context version and its secrets, read once per batch. */
-  const loadContext = (ref: { id: string; version: number }): { context: CloudgateContext; secrets: Record<string, string> } => {
+  const loadContext = async (ref: { id: string; version: number }): Promise<{ context: CloudgateContext; secrets: Record<string, string> }> => {
     const what = `context ${ref.id} version ${ref.version}`;
-    const rec = deps.contexts.getContext(ref.id, ref.version);
-    const secrets = rec && deps.contexts.getContextSecrets(ref.id, ref.version);
+    const rec = await deps.contexts.getContext(ref.id, ref.version);
+    const secrets = rec && (await deps.contexts.getContextSecrets(ref.id, ref.version));
     if (!rec || !secrets) throw ApplicationFailure.nonRetryable(`${what} is not in the store`, CONTEXT_UNAVAILABLE);
     return { context: rec.context, secrets };
   };
@@ -277,9 +277,9 @@ export function createActivities(deps: ActivityDeps): CloudgateActivities {
      */
     async createInstances(input): Promise<CreateInstancesResult> {
       const cloud = deps.clouds.get(input.cloud);
-      const ctx = input.context && loadContext(input.context);
+      const ctx = input.context && (await loadContext(input.context));
       const { ledger } = deps.capacity;
-      const size = flavorSize(input.cloud, input.offering);
+      const size = await flavorSize(input.cloud, input.offering);
       const quota = deps.capacity.quotaOf(input.cloud);
       let refusal: { kind: CapacityRefusalKind; message: string } | undefined;
       const made = await forEachLimited(input.ids, limit, async (id): Promise<CreatedInstance | undefined> => {
@@ -288,7 +288,7 @@ export function createActivities(deps: ActivityDeps): CloudgateActivities {
         try {
           const found = await withLocalRetry(() => cloud.findInstance(id));
           // An instance the cloud has is recorded whatever the quota says (made before the ledger, or a lost reservation).
-          const no = ledger.reserveCapacity(input.cloud, quota, claim, found !== undefined);
+          const no = await ledger.reserveCapacity(input.cloud, quota, claim, found !== undefined);
           if (no) {
             deps.metrics?.createRefused(input.cloud, 'Ledger');
             refusal ??= { kind: 'QuotaExceeded', message: no.message };
@@ -300,7 +300,7 @@ export function createActivities(deps: ActivityDeps): CloudgateActivities {
           // The cloud's own "full" or "over your quota" (EC2 InstanceLimitExceeded, CloudStack resource limits): room elsewhere may do.
           if (err instanceof CloudError && (err.kind === 'CapacityExhausted' || err.kind === 'QuotaExceeded')) {
             deps.metrics?.createRefused(input.cloud, err.kind);
-            ledger.releaseCapacity(input.cloud, [id]);
+            await ledger.releaseCapacity(input.cloud, [id]);
             const what = err.kind === 'CapacityExhausted' ? 'has no capacity' : 'refused: over its quota';
             refusal ??= { kind: err.kind, message: `${input.cloud} ${what}: ${err.message}` };
             return undefined;
@@ -316,7 +316,7 @@ export function createActivities(deps: ActivityDeps): CloudgateActivities {
 
     async describeInstances(input: DescribeInstancesInput) {
       const cloud = deps.clouds.get(input.cloud);
-      const known = providerIds(input);
+      const known = await providerIds(input);
       return forEachLimited(input.instances, limit, async (ref): Promise<DescribedInstance> => {
         try {
           // Without a provider id anywhere, the key finds the instance (or nothing: it is gone).
@@ -333,7 +333,7 @@ export function createActivities(deps: ActivityDeps): CloudgateActivities {
 
     async terminateInstances(input: TerminateInstancesInput) {
       const cloud = deps.clouds.get(input.cloud);
-      const known = providerIds(input);
+      const known = await providerIds(input);
       const gone = await forEachLimited(input.instances, limit, async (ref) => {
         try {
           // Without the provider id (create failed midway) the key finds what may have been made.
@@ -343,7 +343,7 @@ export function createActivities(deps: ActivityDeps): CloudgateActivities {
           const again = await withLocalRetry(() => cloud.findInstance(ref.id));
           if (again) await withLocalRetry(() => counted(input.cloud, 'terminate', () => cloud.terminateInstance(again.id)));
           // Gone: its room on the cloud is free for anyone.
-          ledger.releaseCapacity(input.cloud, [ref.id]);
+          await ledger.releaseCapacity(input.cloud, [ref.id]);
           return 1;
         } catch (err) {
           throw toFailure(err, `terminate ${ref.id} on ${input.cloud}`);
@@ -389,7 +389,7 @@ export function createActivities(deps: ActivityDeps): CloudgateActivities {
      * busy database) are thrown as they are and retried by the activity's policy.
      */
     async publishCluster(input: PublishClusterInput): Promise<boolean> {
-      return deps.readModel.publishCluster(input);
+      return await deps.readModel.publishCluster(input);
     },
 
     /** Writes a service's summary and changed instances to the read model; idempotent like {@link publishCluster}. */
@@ -401,7 +401,7 @@ export function createActivities(deps: ActivityDeps): CloudgateActivities {
           PUBLISH_TOO_LARGE,
         );
       }
-      return deps.readModel.publishService(input);
+      return await deps.readModel.publishService(input);
     },
 
     /**
@@ -435,7 +435,7 @@ export function createActivities(deps: ActivityDeps): CloudgateActivities {
           );
         }
         // Nothing of the cluster is left on the cloud: nothing of it may hold room there.
-        deps.capacity.ledger.releaseClusterCapacity(input.cloud, input.clusterId);
+        await deps.capacity.ledger.releaseClusterCapacity(input.cloud, input.clusterId);
         return { cloud: input.cloud, terminated: leftovers.map((i) => i.name || i.id), remaining: 0 };
       } catch (err) {
         throw toFailure(err, `sweep cluster ${input.clusterId} on ${input.cloud}`);

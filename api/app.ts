@@ -129,7 +129,8 @@ export function createApp(deps: AppDeps): CloudgateApp {
   if (hosts) app.use(hosts);
 
   // The audit trail (api/audit.ts): a line per POST/PUT/PATCH/DELETE, and a stored record for authenticated ones.
-  app.use(auditTrail({ store, logger }));
+  const audit = auditTrail({ store, logger });
+  app.use(audit);
 
   // The web portal's page and assets: public, like the API description (the pages hold no data, the API they call checks the bearer).
   app.use(portalRoutes({ dir: config.portalDir }));
@@ -160,7 +161,7 @@ export function createApp(deps: AppDeps): CloudgateApp {
   app.use(definitionRoutes({ store, temporal, json: bigJson, now: deps.now }));
   app.use(tokenRoutes({ store, json: smallJson, now: deps.now }));
   app.use(quotaRoutes({ store, temporal, defaultQuota: config.quota, json: smallJson }));
-  app.use(auditRoutes({ store }));
+  app.use(auditRoutes({ store, trail: audit }));
 
   app.use(contextRoutes({ store, config, json: bigJson, now: deps.now }));
   const sessionConfig = { maxLifetimeSeconds: config.maxLifetimeSeconds ?? DEFAULT_MAX_LIFETIME_SECONDS };
@@ -174,7 +175,7 @@ export function createApp(deps: AppDeps): CloudgateApp {
   app.get('/healthz', async (_req, res) => {
     const checks: Record<string, string> = {};
     try {
-      store.ping();
+      await store.ping();
       checks.store = 'ok';
     } catch (err) {
       checks.store = `failed: ${(err as Error).message}`;

@@ -53,10 +53,22 @@ function targetOf(req: Request, pattern: string | undefined, location: string | 
   return location === undefined ? undefined : CREATED.exec(location)?.[1];
 }
 
-/** Express middleware (mounted ahead of authentication): writes the audit line and record when the answer is sent. */
-export function auditTrail(deps: { store: Store; logger: Logger }): RequestHandler {
+/** The audit middleware, and a way to wait for the records it is still writing. */
+export type AuditTrail = RequestHandler & {
+  /** Resolves once every record whose answer was sent before this call is stored (or failed to be). */
+  settled(): Promise<void>;
+};
+
+/**
+ * Express middleware (mounted ahead of authentication): writes the audit line and record when
+ * the answer is sent. The record is written after the answer, so `GET /v1/audit` first waits
+ * for this process's pending ones ({@link AuditTrail.settled}): a client sees its own request
+ * in the trail as soon as it has the answer, as it did when the store was synchronous.
+ */
+export function auditTrail(deps: { store: Store; logger: Logger }): AuditTrail {
   const { store, logger } = deps;
-  return (req, res, next) => {
+  const pending = new Set<Promise<void>>();
+  const handler: RequestHandler = (req, res, next) => {
     if (!STATE_CHANGING.has(req.method) || PHONE_HOME.test(req.path)) return next();
     res.on('finish', () => {
       const p = res.locals.principal as Principal | undefined;
@@ -72,24 +84,29 @@ export function auditTrail(deps: { store: Store; logger: Logger }): RequestHandl
       };
       logger.info({ audit: true, owner: p?.owner, role: p?.role, tokenId: p?.tokenId, ...(instance !== undefined && { instance }), ...rec }, 'audit');
       if (!p) return;
-      try {
-        store.appendAudit({ ...rec, owner: p.owner, role: p.role, ...(p.tokenId !== undefined && { tokenId: p.tokenId }) });
-      } catch (err) {
-        logger.error({ err, route: rec.route }, 'could not store an audit record');
-      }
+      const write = store
+        .appendAudit({ ...rec, owner: p.owner, role: p.role, ...(p.tokenId !== undefined && { tokenId: p.tokenId }) })
+        .then(
+          () => undefined,
+          (err: unknown) => logger.error({ err, route: rec.route }, 'could not store an audit record'),
+        )
+        .finally(() => pending.delete(write));
+      pending.add(write);
     });
     next();
   };
+  return Object.assign(handler, { settled: async () => void (await Promise.all([...pending])) });
 }
 
 /** `GET /v1/audit`: admins only; newest first, a page at a time, filtered by owner, target and time. */
-export function auditRoutes(deps: { store: Store }): Router {
-  const { store } = deps;
+export function auditRoutes(deps: { store: Store; trail?: Pick<AuditTrail, 'settled'> }): Router {
+  const { store, trail } = deps;
   const router = express.Router();
-  router.get('/v1/audit', requireAdmin, (req, res) => {
+  router.get('/v1/audit', requireAdmin, async (req, res) => {
     const query = queryOf(req, AuditQuerySchema);
+    await trail?.settled();
     try {
-      res.set('Cache-Control', 'no-store').json(store.listAudit(query));
+      res.set('Cache-Control', 'no-store').json(await store.listAudit(query));
     } catch (err) {
       if (err instanceof InvalidCursorError) {
         throw invalid([{ field: 'cursor', pointer: '/cursor', message: 'is not a cursor of this list; pass the `next` of a previous page' }]);

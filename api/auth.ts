@@ -152,13 +152,13 @@ export interface InstanceTokenDeps {
  * failed, terminating, replaced or gone the token is worth nothing anywhere, however young.
  * `instanceId`: the instance the route is about (the token must be that instance's).
  */
-export function liveInstanceClaims(token: string, deps: InstanceTokenDeps, instanceId?: string): TokenClaims {
+export async function liveInstanceClaims(token: string, deps: InstanceTokenDeps, instanceId?: string): Promise<TokenClaims> {
   const read = readToken(token, deps.tokenSecret);
   if (!read.ok) throw unauthorized(`invalid token: ${read.reason}`, true);
   const { claims } = read;
   if (instanceId !== undefined && claims.iid !== instanceId) throw unauthorized('invalid token: token belongs to another instance', true);
   const ordinal = tokenOrdinal(claims);
-  const standing = ordinal === undefined ? undefined : deps.store.instanceStanding(claims.cluster, claims.service, claims.iid, ordinal);
+  const standing = ordinal === undefined ? undefined : await deps.store.instanceStanding(claims.cluster, claims.service, claims.iid, ordinal);
   if (!LIVE_INSTANCE_STATES.has(standing)) {
     throw unauthorized(
       `the token's instance ${claims.iid} is ${standing === undefined ? 'not (or no longer) in its cluster' : standing}: a phone-home token is good only while its instance lives`,
@@ -206,7 +206,7 @@ export function listOwner(p: Principal, requested: string | undefined): { owner?
 export function authenticate(deps: { store: Store; oidc?: OidcVerifier; now?: () => Date; tokenSecret?: string }): RequestHandler {
   const { store, oidc, tokenSecret } = deps;
   const now = deps.now ?? (() => new Date());
-  return (req: Request, res: Response, next: NextFunction) => {
+  return async (req: Request, res: Response, next: NextFunction) => {
     if (req.method === 'OPTIONS' || PUBLIC.some((r) => (r.method === req.method || (r.method === 'GET' && req.method === 'HEAD')) && r.path.test(req.path))) return next();
     const header = req.headers.authorization;
     if (!header) return next(unauthorized('this route needs Authorization: Bearer <token> (an API token or an OIDC access token)'));
@@ -214,7 +214,7 @@ export function authenticate(deps: { store: Store; oidc?: OidcVerifier; now?: ()
     if (!m) return next(unauthorized('the Authorization header must be "Bearer <token>"', true));
     const token = m[1];
     if (token.startsWith('cg_')) {
-      const rec = store.findApiToken(token);
+      const rec = await store.findApiToken(token);
       if (!rec) return next(unauthorized('unknown API token', true));
       if (rec.revokedAt) return next(unauthorized(`API token ${rec.id} was revoked at ${rec.revokedAt}`, true));
       if (rec.expiresAt && rec.expiresAt <= now().toISOString()) return next(unauthorized(`API token ${rec.id} expired at ${rec.expiresAt}`, true));
@@ -223,7 +223,7 @@ export function authenticate(deps: { store: Store; oidc?: OidcVerifier; now?: ()
     }
     if (tokenSecret && token.split('.').length === 2 && INSTANCE_TOKEN_ROUTES.some((r) => r.method === req.method && r.path.test(req.path))) {
       try {
-        res.locals.instance = liveInstanceClaims(token, { tokenSecret, store });
+        res.locals.instance = await liveInstanceClaims(token, { tokenSecret, store });
       } catch (err) {
         return next(err);
       }
@@ -252,7 +252,7 @@ export const requireAdmin: RequestHandler = (_req, res, next) => {
  * (a new store, or the token was revoked). Returns the file's path; the token itself is
  * never logged.
  */
-export function ensureAdminToken(store: Store, dataDir: string, logger?: Logger): string {
+export async function ensureAdminToken(store: Store, dataDir: string, logger?: Logger): Promise<string> {
   const file = path.join(dataDir, 'admin-token');
   ensurePrivateDir(dataDir);
   let current: string | undefined;
@@ -261,13 +261,13 @@ export function ensureAdminToken(store: Store, dataDir: string, logger?: Logger)
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw new Error(`cannot read ${file}`, { cause: err });
   }
-  const rec = current ? store.findApiToken(current) : undefined;
+  const rec = current ? await store.findApiToken(current) : undefined;
   if (rec && !rec.revokedAt && rec.role === 'admin') return file;
-  const { record, token } = store.createApiToken({ owner: 'admin', role: 'admin' });
+  const { record, token } = await store.createApiToken({ owner: 'admin', role: 'admin' });
   if (current === undefined) {
     // Another process may have written the file meanwhile: theirs wins, ours is revoked.
     if (!createOnce(file, () => `${token}\n`)) {
-      store.revokeApiToken(record.id);
+      await store.revokeApiToken(record.id);
       return file;
     }
   } else {

@@ -25,7 +25,7 @@ export const REFRESH_TIMEOUT_MS = 45_000;
 const REFRESH_DEADLINE_MS = REFRESH_TIMEOUT_MS + 10_000;
 
 /** A cloud as the API shows it. */
-export function cloudView(store: Pick<Store, 'capacityUsage'>, c: CloudRecord): Cloud {
+export async function cloudView(store: Pick<Store, 'capacityUsage'>, c: CloudRecord): Promise<Cloud> {
   return {
     name: c.name,
     kind: c.kind,
@@ -34,7 +34,7 @@ export function cloudView(store: Pick<Store, 'capacityUsage'>, c: CloudRecord): 
     offerings: c.offerings,
     images: c.images ?? [],
     ...(c.quota !== undefined && { quota: c.quota }),
-    usage: store.capacityUsage(c.name),
+    usage: await store.capacityUsage(c.name),
   };
 }
 
@@ -42,15 +42,15 @@ export function cloudRoutes(deps: { store: Store; temporal: Client; taskQueue: s
   const { store, temporal, taskQueue } = deps;
   const router = express.Router();
 
-  router.get('/v1/clouds', (req, res) => {
+  router.get('/v1/clouds', async (req, res) => {
     queryOf(req, NoQuerySchema);
-    res.json({ items: store.listClouds().map((c) => cloudView(store, c)) });
+    res.json({ items: await Promise.all((await store.listClouds()).map((c) => cloudView(store, c))) });
   });
 
   router.post('/v1/clouds/:id/refresh', requireAdmin, async (req, res) => {
     queryOf(req, NoQuerySchema);
     const name = param(req, 'id');
-    if (!store.getCloud(name)) throw notFound(`no cloud named "${name}"; GET /v1/clouds lists them`);
+    if (!(await store.getCloud(name))) throw notFound(`no cloud named "${name}"; GET /v1/clouds lists them`);
     const workflowId = cloudRefreshWorkflowId(name, `${new Date().toISOString()}-${randomBytes(3).toString('hex')}`);
     const what = `refreshing the catalogue of cloud ${name}`;
     let result: CloudCatalogueResult;
@@ -78,7 +78,7 @@ export function cloudRoutes(deps: { store: Store; temporal: Client; taskQueue: s
     }
     const failed = result.failed.find((f) => f.cloud === name);
     if (failed) {
-      const kept = store.getCloud(name)?.offerings.length ?? 0;
+      const kept = (await store.getCloud(name))?.offerings.length ?? 0;
       const extensions = { cloud: name, error: failed.error, ...(failed.errorKind !== undefined && { errorKind: failed.errorKind }), offeringsKept: kept, workflowId };
       if (failed.errorKind === 'UnknownCloud') {
         // The API's store knows it, the worker's registry does not: a worker of another configuration.
@@ -90,9 +90,9 @@ export function cloudRoutes(deps: { store: Store; temporal: Client; taskQueue: s
         extensions,
       });
     }
-    const record = store.getCloud(name);
+    const record = await store.getCloud(name);
     if (!record) throw notFound(`cloud ${name} is no longer in the registry`);
-    res.set('Cache-Control', 'no-store').json(cloudView(store, record));
+    res.set('Cache-Control', 'no-store').json(await cloudView(store, record));
   });
 
   return router;

@@ -77,8 +77,8 @@ export interface ClusterRouteDeps {
 }
 
 /** The cluster `id` if the caller may see it; someone else's is a 404 exactly like an unknown one. */
-export function visibleCluster(store: Pick<Store, 'getCluster'>, id: string, p: Principal): ClusterRecord {
-  const c = isName(id) ? store.getCluster(id) : undefined;
+export async function visibleCluster(store: Pick<Store, 'getCluster'>, id: string, p: Principal): Promise<ClusterRecord> {
+  const c = isName(id) ? await store.getCluster(id) : undefined;
   if (!c || !canSee(p, c.owner)) throw notFound(`no cluster "${id}"`);
   return c;
 }
@@ -159,9 +159,9 @@ export function readModelEtag(view: ClusterViewRecord, serviceViews: ServiceView
 }
 
 /** A store page, with a cursor the store did not make as a 422 naming `cursor`. */
-function pageOr422<T>(list: () => Page<T>): Page<T> {
+async function pageOr422<T>(list: () => Promise<Page<T>>): Promise<Page<T>> {
   try {
-    return list();
+    return await list();
   } catch (err) {
     if (err instanceof InvalidCursorError) {
       throw invalid([{ field: 'cursor', pointer: '/cursor', message: 'is not a cursor of this list; pass the `next` of a previous page' }]);
@@ -222,11 +222,11 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
     workerSeenAt = Date.now();
   }
 
-  const clusterOr404 = (id: string, p: Principal): ClusterRecord => visibleCluster(store, id, p);
+  const clusterOr404 = (id: string, p: Principal): Promise<ClusterRecord> => visibleCluster(store, id, p);
 
   /** A service of the cluster's definition, else 404. */
-  const serviceOr404 = (c: ClusterRecord, service: string): ServiceDefinition => {
-    const s = isName(service) ? store.getDefinition(c.definitionId)?.definition.services.find((x) => x.name === service) : undefined;
+  const serviceOr404 = async (c: ClusterRecord, service: string): Promise<ServiceDefinition> => {
+    const s = isName(service) ? (await store.getDefinition(c.definitionId))?.definition.services.find((x) => x.name === service) : undefined;
     if (!s) throw notFound(`cluster "${c.id}" has no service "${service}"`);
     return s;
   };
@@ -288,11 +288,11 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
     if (existing.requestHash !== hash) {
       throw invalid([{ field: 'Idempotency-Key', message: 'this key was already used with a different request body' }]);
     }
-    const def = store.getDefinition(existing.definitionId);
+    const def = await store.getDefinition(existing.definitionId);
     if (def) {
       try {
         // Only reached when a crash left the row without its workflow: the versions pinned then still hold.
-        await startWorkflow(existing, def, existing.contexts ?? pinContexts(def.definition, store, (owner) => canSee(p, owner)).pins);
+        await startWorkflow(existing, def, existing.contexts ?? (await pinContexts(def.definition, store, (owner) => canSee(p, owner))).pins);
       } catch (err) {
         if (!(err instanceof WorkflowExecutionAlreadyStartedError)) throw temporalProblem(err, 'could not start the cluster workflow');
       }
@@ -307,16 +307,18 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
    * overriding a service's version), its user data fits each cloud, and its images are ones
    * the clouds name. Nothing is written.
    */
-  function checkSpec(definitionId: string, cloudName: string, mayUse: (owner: string | undefined) => boolean, contextVersions?: Record<string, number>) {
+  async function checkSpec(definitionId: string, cloudName: string, mayUse: (owner: string | undefined) => boolean, contextVersions?: Record<string, number>) {
     const errors: FieldError[] = [];
-    const stored = store.getDefinition(definitionId);
+    const stored = await store.getDefinition(definitionId);
     const def = stored && !stored.deletedAt && mayUse(stored.owner) ? stored : undefined;
     if (!def) errors.push({ field: 'definitionId', pointer: '/definitionId', message: `no cluster definition "${definitionId}"` });
-    const cloud = store.getCloud(cloudName);
-    const registered = () => store.listClouds().map((c) => c.name).join(', ') || 'none';
+    // Every registered cloud, read once: the checks below look clouds up by name.
+    const clouds = new Map((await store.listClouds()).map((c) => [c.name, c]));
+    const cloud = clouds.get(cloudName);
+    const registered = () => [...clouds.keys()].join(', ') || 'none';
     if (!cloud) errors.push({ field: 'cloud', pointer: '/cloud', message: `unknown cloud "${cloudName}" (registered: ${registered()})` });
     // Every cloud a service may land on (its placement's, else the cluster's) is checked, before anything is written.
-    const targets = def ? cloudTargets(def.definition.services, cloud, (name) => store.getCloud(name)) : [];
+    const targets = def ? cloudTargets(def.definition.services, cloud, (name) => clouds.get(name)) : [];
     for (const t of targets) {
       if (!t.cloud) errors.push({ field: t.field, pointer: t.pointer, message: `service "${t.service.name}": unknown cloud "${t.name}" (registered: ${registered()})` });
     }
@@ -327,15 +329,15 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
         errors.push({ field: `contextVersions.${service}`, pointer: `/contextVersions/${service}`, message: s ? `service "${service}" has no context` : `definition "${def.id}" has no service "${service}"` });
       } else if (s) s.contextVersion = version;
     }
-    const pinned = def && pinContexts(def.definition, store, mayUse);
+    const pinned = def && (await pinContexts(def.definition, store, mayUse));
     if (pinned) errors.push(...pinned.errors);
     if (def && pinned && pinned.errors.length === 0) {
       const registeredOf = (_s: ServiceDefinition, i: number) =>
         targets.flatMap((t) => (t.index === i && t.cloud ? [{ cloud: t.cloud, field: t.field, pointer: t.pointer }] : []));
-      errors.push(...userDataMisfits(def.definition, registeredOf, pinned.pins, store, config));
+      errors.push(...(await userDataMisfits(def.definition, registeredOf, pinned.pins, store, config)));
     }
     // Only images the cloud's registry entry names (model/images.ts); nothing else reaches an adapter.
-    if (def) errors.push(...imageErrors(def.definition, cloud, (name) => store.getCloud(name)));
+    if (def) errors.push(...imageErrors(def.definition, cloud, (name) => clouds.get(name)));
     return { def, pinned, errors };
   }
 
@@ -352,11 +354,11 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
     const hash = requestHash(body);
 
     if (key) {
-      const existing = store.findClusterByIdempotencyKey(key.data);
+      const existing = await store.findClusterByIdempotencyKey(key.data);
       if (existing) return void res.status(202).location(links(existing.id).self).json(created(await replay(existing, hash, p)));
     }
 
-    const { def, pinned, errors } = checkSpec(body.definitionId, body.cloud, mayUse);
+    const { def, pinned, errors } = await checkSpec(body.definitionId, body.cloud, mayUse);
     // A session's lifetime: the definition's, overridden by the request's, its maximum within the site's cap.
     const lifetime = def && resolveLifetime(def.definition.lifetime, body.lifetime);
     if (lifetime?.maxSeconds !== undefined && lifetime.maxSeconds > config.maxLifetimeSeconds) {
@@ -378,7 +380,7 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
     let cluster: ClusterRecord | undefined;
     for (let attempt = 0; !cluster; attempt++) {
       try {
-        cluster = store.createCluster({
+        cluster = await store.createCluster({
           id: newClusterId(name),
           name,
           definitionId: def.id,
@@ -394,7 +396,7 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
         if (!(err instanceof DuplicateKeyError) || attempt >= 3) throw err;
         if (err.field === 'idempotencyKey' && key) {
           // A concurrent request with the same key won the insert: answer as its retry.
-          const winner = store.findClusterByIdempotencyKey(key.data);
+          const winner = await store.findClusterByIdempotencyKey(key.data);
           if (winner) return void res.status(202).location(links(winner.id).self).json(created(await replay(winner, hash, p)));
         }
         // Otherwise an id collision (1 in 2·10⁹): draw another suffix.
@@ -404,7 +406,7 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
       await startWorkflow(cluster, def, pinned.pins);
     } catch (err) {
       // Nothing half-written: without a workflow the row would be a cluster that never deploys.
-      store.deleteCluster(cluster.id);
+      await store.deleteCluster(cluster.id);
       throw temporalProblem(err, 'could not start the cluster workflow');
     }
     res.status(202).location(links(cluster.id).self).json(created(cluster));
@@ -415,10 +417,10 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
   router.get('/v1/clusters', async (req, res) => {
     const { owner, state: wanted, cursor, limit } = queryOf(req, ClusterListQuerySchema);
     const scope = listOwner(principalOf(res), owner);
-    const rows = scope.none ? [] : store.listClusters().filter((c) => scope.owner === undefined || c.owner === scope.owner);
+    const rows = scope.none ? [] : (await store.listClusters()).filter((c) => scope.owner === undefined || c.owner === scope.owner);
     const items = await Promise.all(
       rows.map(async (c) => {
-        const state = store.getClusterView(c.id)?.state ?? (await workflowState(c.id)).state;
+        const state = (await store.getClusterView(c.id))?.state ?? (await workflowState(c.id)).state;
         return { id: c.id, name: c.name, definitionId: c.definitionId, cloud: c.cloud, ...(c.owner && { owner: c.owner }), state, createdAt: c.createdAt };
       }),
     );
@@ -427,12 +429,12 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
   });
 
   /** One service of the cluster as its workflows last published it (before any publish: WAITING with its minimum). */
-  router.get('/v1/clusters/:id/services/:service', (req, res) => {
+  router.get('/v1/clusters/:id/services/:service', async (req, res) => {
     queryOf(req, NoQuerySchema);
-    const c = clusterOr404(param(req, 'id'), principalOf(res));
-    const spec = serviceOr404(c, param(req, 'service'));
-    const views = store.getServiceViews(c.id);
-    const summary = mergeServices(store.getClusterView(c.id), views).find((s) => s.name === spec.name) ?? {
+    const c = await clusterOr404(param(req, 'id'), principalOf(res));
+    const spec = await serviceOr404(c, param(req, 'service'));
+    const views = await store.getServiceViews(c.id);
+    const summary = mergeServices(await store.getClusterView(c.id), views).find((s) => s.name === spec.name) ?? {
       name: spec.name,
       state: 'WAITING' as const,
       desired: spec.min,
@@ -457,9 +459,9 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
    */
   router.get('/v1/clusters/:id', async (req, res) => {
     queryOf(req, NoQuerySchema);
-    const c = clusterOr404(param(req, 'id'), principalOf(res));
-    const view = store.getClusterView(c.id);
-    const serviceViews = store.getServiceViews(c.id);
+    const c = await clusterOr404(param(req, 'id'), principalOf(res));
+    const view = await store.getClusterView(c.id);
+    const serviceViews = await store.getServiceViews(c.id);
     const fixed = {
       id: c.id,
       name: c.name,
@@ -511,25 +513,25 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
   });
 
   /** The cluster's published instances, by service then ordinal, a page at a time. */
-  router.get('/v1/clusters/:id/instances', (req, res) => {
-    const c = clusterOr404(param(req, 'id'), principalOf(res));
+  router.get('/v1/clusters/:id/instances', async (req, res) => {
+    const c = await clusterOr404(param(req, 'id'), principalOf(res));
     const { service, state, cursor, limit } = queryOf(req, InstancesQuerySchema);
-    if (service !== undefined) serviceOr404(c, service);
-    res.set('Cache-Control', 'no-cache').json(pageOr422(() => store.listInstances(c.id, { service, state, cursor, limit })));
+    if (service !== undefined) await serviceOr404(c, service);
+    res.set('Cache-Control', 'no-cache').json(await pageOr422(() => store.listInstances(c.id, { service, state, cursor, limit })));
   });
 
   /** What happened to the cluster, oldest first, a page at a time. */
-  router.get('/v1/clusters/:id/events', (req, res) => {
-    const c = clusterOr404(param(req, 'id'), principalOf(res));
+  router.get('/v1/clusters/:id/events', async (req, res) => {
+    const c = await clusterOr404(param(req, 'id'), principalOf(res));
     const { cursor, limit } = queryOf(req, PageQuerySchema);
-    res.set('Cache-Control', 'no-cache').json(pageOr422(() => store.listEvents(c.id, { cursor, limit })));
+    res.set('Cache-Control', 'no-cache').json(await pageOr422(() => store.listEvents(c.id, { cursor, limit })));
   });
 
   router.post('/v1/clusters/:id/services/:service/scale', json, async (req, res) => {
     queryOf(req, NoQuerySchema);
-    const c = clusterOr404(param(req, 'id'), principalOf(res));
+    const c = await clusterOr404(param(req, 'id'), principalOf(res));
     const service = param(req, 'service');
-    const s = serviceOr404(c, service);
+    const s = await serviceOr404(c, service);
     const { instances } = parseOr422(ScaleRequestSchema, bodyOf(req));
     const max = s.max ?? HARD_MAX_INSTANCES;
     if (instances < s.min) throw invalid([{ field: 'instances', pointer: '/instances', message: `must be at least the service's min (${s.min})` }]);
@@ -541,10 +543,10 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
       let reserved: { previous: number } | undefined;
       if (c.owner) {
         await releaseEnded(store, temporal, c.owner);
-        const def = store.getDefinition(c.definitionId);
-        const published = new Map(store.getServiceViews(c.id).map((v) => [v.service, v.summary.desired]));
+        const def = await store.getDefinition(c.definitionId);
+        const published = new Map((await store.getServiceViews(c.id)).map((v) => [v.service, v.summary.desired]));
         try {
-          reserved = store.reserveScale(c.id, service, instances, {
+          reserved = await store.reserveScale(c.id, service, instances, {
             defaultQuota,
             growOnly: true,
             ...(def && { seed: claimOf(c.owner, def.definition, (name) => published.get(name)) }),
@@ -560,10 +562,10 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
           temporal.workflow.getHandle(clusterWorkflowId(c.id)).executeUpdate(scaleUpdate, { args: [{ service, instances }] }),
         );
       } catch (err) {
-        if (reserved && instances > reserved.previous) store.reserveScale(c.id, service, reserved.previous, { onlyIf: instances });
+        if (reserved && instances > reserved.previous) await store.reserveScale(c.id, service, reserved.previous, { onlyIf: instances });
         throw scaleProblem(err, c.id);
       }
-      if (reserved) store.reserveScale(c.id, service, result.desired);
+      if (reserved) await store.reserveScale(c.id, service, result.desired);
       res.json({ service: result.service, desired: result.desired });
     });
   });
@@ -579,16 +581,16 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
   router.put('/v1/clusters/:id', json, async (req, res) => {
     queryOf(req, NoQuerySchema);
     const p = principalOf(res);
-    const c = clusterOr404(param(req, 'id'), p);
+    const c = await clusterOr404(param(req, 'id'), p);
     const body = parseOr422(ChangeClusterRequestSchema, bodyOf(req));
-    const { def, pinned, errors } = checkSpec(body.definitionId, c.cloud, (owner) => canSee(p, owner), body.contextVersions);
+    const { def, pinned, errors } = await checkSpec(body.definitionId, c.cloud, (owner) => canSee(p, owner), body.contextVersions);
     if (!def || !pinned || errors.length > 0) throw invalid(errors.map((e) => (e.field === 'cloud' ? { ...e, message: `the cluster's cloud: ${e.message}` } : e)));
     await requireWorker();
     await oneAtATime(c.id, async () => {
-      let held: ReturnType<Store['reserveChange']>;
+      let held: Awaited<ReturnType<Store['reserveChange']>>;
       if (c.owner) {
         try {
-          held = store.reserveChange(c.id, claimOf(c.owner, def.definition), defaultQuota);
+          held = await store.reserveChange(c.id, claimOf(c.owner, def.definition), defaultQuota);
         } catch (err) {
           if (err instanceof QuotaExceededError) throw quotaProblem(err);
           throw err;
@@ -602,7 +604,7 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
           }),
         );
       } catch (err) {
-        if (held) store.restoreReservation(c.id, held);
+        if (held) await store.restoreReservation(c.id, held);
         throw updateProblem(err, c.id, 'change', {
           [CHANGE_REFUSED]: (msg) => conflict(msg, err),
           [CLUSTER_NOT_ACTIVE]: (msg) => conflict(`cluster "${c.id}" is not active: ${msg}`, err),
@@ -614,7 +616,7 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
 
   router.delete('/v1/clusters/:id', async (req, res) => {
     queryOf(req, NoQuerySchema);
-    const c = clusterOr404(param(req, 'id'), principalOf(res));
+    const c = await clusterOr404(param(req, 'id'), principalOf(res));
     const handle = temporal.workflow.getHandle(clusterWorkflowId(c.id));
     try {
       await temporal.withDeadline(Date.now() + SIGNAL_DEADLINE_MS, () => handle.signal(teardownSignal, { reason: 'requested via the API' }));

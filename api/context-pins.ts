@@ -33,10 +33,10 @@ type Lookup = { rec: ContextRecord } | { error: string };
 export type MayUse = (owner: string | undefined) => boolean;
 
 /** The context version a service names (latest when it names none), or why it cannot be used. */
-function lookup(store: Store, id: string, version: number | undefined, mayUse: MayUse): Lookup {
-  const latest = store.getContext(id);
+async function lookup(store: Store, id: string, version: number | undefined, mayUse: MayUse): Promise<Lookup> {
+  const latest = await store.getContext(id);
   if (!latest || !mayUse(latest.owner)) return { error: `no context "${id}"` };
-  const rec = store.getContext(id, version);
+  const rec = await store.getContext(id, version);
   if (!rec) {
     const known = version !== undefined;
     return { error: known ? `context "${id}" has no version ${version}` : `no context "${id}"` };
@@ -46,14 +46,16 @@ function lookup(store: Store, id: string, version: number | undefined, mayUse: M
 }
 
 /** At definition time: each `contextId` (and `contextVersion`) names a context that exists and is not deleted. */
-export function contextReferenceErrors(def: ClusterDefinition, store: Store, mayUse: MayUse): FieldError[] {
-  return def.services.flatMap((s, i) => {
-    if (s.contextId === undefined) return [];
-    const found = lookup(store, s.contextId, s.contextVersion, mayUse);
-    if ('rec' in found) return [];
+export async function contextReferenceErrors(def: ClusterDefinition, store: Store, mayUse: MayUse): Promise<FieldError[]> {
+  const errors: FieldError[] = [];
+  for (const [i, s] of def.services.entries()) {
+    if (s.contextId === undefined) continue;
+    const found = await lookup(store, s.contextId, s.contextVersion, mayUse);
+    if ('rec' in found) continue;
     const field = found.error.includes('has no version') ? 'contextVersion' : 'contextId';
-    return [{ field: `services[${i}].${field}`, pointer: `/services/${i}/${field}`, message: found.error }];
-  });
+    errors.push({ field: `services[${i}].${field}`, pointer: `/services/${i}/${field}`, message: found.error });
+  }
+  return errors;
 }
 
 /**
@@ -61,16 +63,22 @@ export function contextReferenceErrors(def: ClusterDefinition, store: Store, may
  * the definition was stored is an error naming the service (pointer `/definitionId`, the
  * request's own field).
  */
-export function pinContexts(def: ClusterDefinition, store: Store, mayUse: MayUse): { pins: Record<string, PinnedContext>; errors: FieldError[] } {
+export async function pinContexts(def: ClusterDefinition, store: Store, mayUse: MayUse): Promise<{ pins: Record<string, PinnedContext>; errors: FieldError[] }> {
   const pins: Record<string, PinnedContext> = {};
   const errors: FieldError[] = [];
   for (const s of def.services) {
     if (s.contextId === undefined) continue;
-    const found = lookup(store, s.contextId, s.contextVersion, mayUse);
+    const found = await lookup(store, s.contextId, s.contextVersion, mayUse);
     if ('rec' in found) pins[s.name] = pinContext(found.rec.id, found.rec.version, found.rec.context);
     else errors.push({ field: 'definitionId', pointer: '/definitionId', message: `service "${s.name}": ${found.error}` });
   }
   return { pins, errors };
+}
+
+/** The decrypted secret values, or the decryption's error thrown where the rendering's would be. */
+function secretsOf(read: { ok: true; value: Record<string, string> } | { ok: false; err: unknown }): Record<string, string> {
+  if (!read.ok) throw read.err;
+  return read.value;
 }
 
 /** A cloud a service may land on, and where an error about it points (the request's `cloud`, or the placement's entry). */
@@ -86,16 +94,30 @@ export interface CloudTarget {
  * cluster could use. `cloudsOf` names each service's registered clouds (the cluster's
  * `cloud`, or each of its placement's); one error per service and cloud that does not fit.
  */
-export function userDataMisfits(
+export async function userDataMisfits(
   def: ClusterDefinition,
   cloudsOf: (service: ServiceDefinition, index: number) => readonly CloudTarget[],
   pins: Record<string, PinnedContext>,
   store: Store,
   settings: RenderSettings,
-): FieldError[] {
+): Promise<FieldError[]> {
+  // The services' versions and secrets first (async), then the synchronous rendering as before.
+  const stored = await Promise.all(
+    def.services.map(async (s) => {
+      const pin = pins[s.name];
+      const rec = pin && (await store.getContext(pin.id, pin.version));
+      if (!rec) return undefined;
+      // Secrets that cannot be decrypted make the version unrenderable, reported like any other rendering error below.
+      const secrets = await store.getContextSecrets(pin.id, pin.version).then(
+        (v) => ({ ok: true as const, value: v ?? {} }),
+        (err: unknown) => ({ ok: false as const, err }),
+      );
+      return { rec, secrets };
+    }),
+  );
   return def.services.flatMap((s, i) => {
     const pin = pins[s.name];
-    const rec = pin && store.getContext(pin.id, pin.version);
+    const rec = stored[i]?.rec;
     if (!pin || !rec) return [];
     const targets = cloudsOf(s, i);
     if (targets.length === 0) return [];
@@ -105,7 +127,7 @@ export function userDataMisfits(
     try {
       text = renderContextUserData(rec.context, {
         phoneHome: { url: phoneHomeUrl(settings.publicUrl, id), instanceId: id, token, repositories: [] },
-        secrets: store.getContextSecrets(pin.id, pin.version) ?? {},
+        secrets: secretsOf(stored[i]!.secrets),
       });
     } catch (err) {
       return [{ field: 'definitionId', pointer: '/definitionId', message: `service "${s.name}": context ${pin.id} v${pin.version} cannot be rendered: ${(err as Error).message}` }];

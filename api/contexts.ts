@@ -11,7 +11,7 @@ import { canSee, listOwner, principalOf } from './auth.js';
 import { contextInputSchema, ContextSchema, contextSecrets, hashContextPasswords, type Context, type ContextInput } from '../model/context.js';
 import { agentView, type Agent } from '../model/agent-views.js';
 import { MASK, multipartUserData, phoneHomeUrl, renderContextParts, renderContextUserData, type PhoneHome } from '../model/user-data.js';
-import type { ContextRecord, ContextVersionInput, PairingRecord, Store } from '../store/index.js';
+import { LivePairingLimitError, type ContextRecord, type ContextVersionInput, type PairingRecord, type Store } from '../store/index.js';
 import { invalid, notFound, parseOr422, Problem, unavailable, zodFieldErrors } from './problem.js';
 import { bodyOf, param } from './request.js';
 import { NoQuerySchema, pageOf, queryOf } from './paging.js';
@@ -36,8 +36,6 @@ export const PIN_MISS_WINDOW_MS = 60_000;
 const PAIRING_RETENTION_MS = 24 * 60 * 60_000;
 /** Tries at a free PIN before giving up (a collision needs one among 2^30 lookup halves). */
 const PIN_ATTEMPTS = 5;
-/** Bounds the miss counter's memory: beyond this many clients, stale entries are swept. */
-const MAX_TRACKED_CLIENTS = 10_000;
 
 /**
  * Pairing PINs (issue 11). A PIN is 12 symbols of Crockford's base32 (digits and letters
@@ -84,40 +82,13 @@ export function parsePin(text: string): string | undefined {
 }
 const lookupOf = (pin: string): string => pin.slice(0, PIN_LOOKUP_LENGTH);
 
-/**
- * Counts failed PIN lookups per client over a sliding window, in memory: after
- * {@link PIN_MISS_LIMIT} misses a client waits until its oldest miss leaves the window.
- * Per process and per IP: it slows one guesser down and keeps floods off the store; the
- * PIN's length and failure budget (above) are what hold against many addresses.
+/*
+ * Failed PIN lookups are counted per client over a sliding window in the store
+ * ({@link Store.chargePinLookup}), so every API replica counts the same misses: after
+ * {@link PIN_MISS_LIMIT} misses a client waits until its oldest miss leaves the window. Per
+ * IP: it slows one guesser down; the PIN's length and failure budget (above) are what hold
+ * against many addresses.
  */
-class PinMissCounter {
-  private readonly misses = new Map<string, number[]>();
-
-  /** Seconds `client` must wait before its next lookup, or 0 if it may look up now. */
-  retryAfter(client: string, at: number): number {
-    const recent = this.recent(client, at);
-    if (recent.length < PIN_MISS_LIMIT) return 0;
-    return Math.max(1, Math.ceil((recent[0] + PIN_MISS_WINDOW_MS - at) / 1000));
-  }
-
-  record(client: string, at: number): void {
-    const recent = this.recent(client, at);
-    recent.push(at);
-    this.misses.set(client, recent);
-    if (this.misses.size > MAX_TRACKED_CLIENTS) {
-      for (const key of [...this.misses.keys()]) if (this.recent(key, at).length === 0) this.misses.delete(key);
-    }
-  }
-
-  /** The client's misses still inside the window, oldest first. */
-  private recent(client: string, at: number): number[] {
-    const recent = (this.misses.get(client) ?? []).filter((t) => t > at - PIN_MISS_WINDOW_MS);
-    if (recent.length) this.misses.set(client, recent);
-    else this.misses.delete(client);
-    return recent;
-  }
-}
-
 /** 410 for a soft-deleted context; `deletedAt` is also an extension member for programs. */
 const gone = (rec: ContextRecord): Problem =>
   new Problem(410, 'Gone', `context "${rec.id}" was deleted at ${rec.deletedAt ?? 'an unknown time'}`, {
@@ -180,7 +151,6 @@ const view = (r: ContextRecord) => ({
 export function contextRoutes(deps: ContextRouteDeps): Router {
   const { store, config, json } = deps;
   const now = deps.now ?? (() => new Date());
-  const pinMisses = new PinMissCounter();
   const router = express.Router();
   const ContextInputSchema = contextInputSchema({ cvmfsAllowedHosts: config.cvmfsAllowedHosts });
 
@@ -189,9 +159,9 @@ export function contextRoutes(deps: ContextRouteDeps): Router {
    * when the body leaves `secrets` out (they are write-only, so a client that edits what
    * GET returned cannot resend them); `"secrets": {}` removes them all.
    */
-  const toVersion = (req: Request, previous?: ContextRecord): ContextVersionInput => {
+  const toVersion = async (req: Request, previous?: ContextRecord): Promise<ContextVersionInput> => {
     const input: ContextInput = parseOr422(ContextInputSchema, bodyOf(req));
-    const secrets = input.secrets === undefined && previous ? (store.getContextSecrets(previous.id, previous.version) ?? {}) : contextSecrets(input);
+    const secrets = input.secrets === undefined && previous ? ((await store.getContextSecrets(previous.id, previous.version)) ?? {}) : contextSecrets(input);
     const context = hashContextPasswords({ ...input, secrets });
     // Carried-over secret names must still not clash with the new environment.
     const checked = ContextSchema.safeParse(context);
@@ -208,60 +178,60 @@ export function contextRoutes(deps: ContextRouteDeps): Router {
    * The latest version of a live context the caller may see; 404 if unknown or someone
    * else's (the same answer: nothing of theirs shows), 410 if deleted (whatever version is asked for).
    */
-  const liveContext = (id: string, res: Response): ContextRecord => {
-    const latest = CONTEXT_ID_RE.test(id) ? store.getContext(id) : undefined;
+  const liveContext = async (id: string, res: Response): Promise<ContextRecord> => {
+    const latest = CONTEXT_ID_RE.test(id) ? await store.getContext(id) : undefined;
     if (!latest || !canSee(principalOf(res), latest.owner)) throw notFound(`no context "${id}"`);
     if (latest.deletedAt) throw gone(latest);
     return latest;
   };
 
   /** Version `version` (default the latest) of the live context `id`. */
-  const liveVersion = (id: string, res: Response, version?: number): ContextRecord => {
-    const latest = liveContext(id, res);
+  const liveVersion = async (id: string, res: Response, version?: number): Promise<ContextRecord> => {
+    const latest = await liveContext(id, res);
     if (version === undefined || version === latest.version) return latest;
-    const rec = store.getContext(id, version);
+    const rec = await store.getContext(id, version);
     if (!rec) throw notFound(`context "${id}" has no version ${version}`);
     return rec;
   };
 
   /** The record `:id` and `version` (from `?version=n`) name, else 404 (410 if deleted). */
-  const recordOf = (req: Request, res: Response, version: number | undefined): ContextRecord => liveVersion(param(req, 'id'), res, version);
+  const recordOf = (req: Request, res: Response, version: number | undefined): Promise<ContextRecord> => liveVersion(param(req, 'id'), res, version);
 
-  router.post('/v1/contexts', json, (req, res) => {
+  router.post('/v1/contexts', json, async (req, res) => {
     queryOf(req, NoQuerySchema);
-    const rec = store.createContext(toVersion(req), principalOf(res).owner);
+    const rec = await store.createContext(await toVersion(req), principalOf(res).owner);
     res.status(201).location(`/v1/contexts/${rec.id}`).json(view(rec));
   });
 
-  router.get('/v1/contexts', (req, res) => {
+  router.get('/v1/contexts', async (req, res) => {
     const { owner, cursor, limit } = queryOf(req, ListQuerySchema);
     const scope = listOwner(principalOf(res), owner);
-    const mine = scope.none ? [] : store.listContexts().filter((c) => scope.owner === undefined || c.owner === scope.owner);
+    const mine = scope.none ? [] : (await store.listContexts()).filter((c) => scope.owner === undefined || c.owner === scope.owner);
     const page = pageOf(mine, { cursor, limit });
     res.json({ ...page, items: page.items.map(view) });
   });
 
-  router.get('/v1/contexts/:id', (req, res) => {
-    res.json(view(recordOf(req, res, queryOf(req, ContextVersionQuerySchema).version)));
+  router.get('/v1/contexts/:id', async (req, res) => {
+    res.json(view(await recordOf(req, res, queryOf(req, ContextVersionQuerySchema).version)));
   });
 
-  router.put('/v1/contexts/:id', json, (req, res) => {
+  router.put('/v1/contexts/:id', json, async (req, res) => {
     queryOf(req, NoQuerySchema);
     const id = param(req, 'id');
-    const latest = liveContext(id, res);
-    const rec = store.updateContext(id, toVersion(req, latest));
+    const latest = await liveContext(id, res);
+    const rec = await store.updateContext(id, await toVersion(req, latest));
     if (!rec) {
-      liveContext(id, res); // deleted between the check and the write: 410 as if it had been before
+      await liveContext(id, res); // deleted between the check and the write: 410 as if it had been before
       throw notFound(`no context "${id}"`);
     }
     res.setHeader('Content-Location', `/v1/contexts/${rec.id}?version=${rec.version}`);
     res.json(view(rec));
   });
 
-  router.get('/v1/contexts/:id/versions', (req, res) => {
+  router.get('/v1/contexts/:id/versions', async (req, res) => {
     const { cursor, limit } = queryOf(req, PageQuerySchema);
     const id = param(req, 'id');
-    const versions = CONTEXT_ID_RE.test(id) ? store.listContextVersions(id) : [];
+    const versions = CONTEXT_ID_RE.test(id) ? await store.listContextVersions(id) : [];
     if (!versions.length || !canSee(principalOf(res), versions[0].owner)) throw notFound(`no context "${id}"`);
     if (versions[0].deletedAt) throw gone(versions[0]);
     // Versions share the context's id: their number is the tie-break of the page order.
@@ -269,47 +239,49 @@ export function contextRoutes(deps: ContextRouteDeps): Router {
     res.json({ ...page, items: page.items.map((x) => view(x.v)) });
   });
 
-  router.get('/v1/contexts/:id/preview', (req, res) => {
+  router.get('/v1/contexts/:id/preview', async (req, res) => {
     const { agent, version } = queryOf(req, ContextPreviewQuerySchema);
-    const rec = recordOf(req, res, version);
+    const rec = await recordOf(req, res, version);
     res.type('text/plain; charset=utf-8').send(renderPreview(rec.context, config.publicUrl, agent));
   });
 
   // Soft delete: versions and secrets stay for clusters pinned to them. A second DELETE is a
   // 410 like every other route on a deleted context (a retrying client can take 410 as done).
-  router.delete('/v1/contexts/:id', (req, res) => {
+  router.delete('/v1/contexts/:id', async (req, res) => {
     queryOf(req, NoQuerySchema);
     const id = param(req, 'id');
-    liveContext(id, res);
-    if (!store.deleteContext(id, now())) liveContext(id, res); // lost a race with another DELETE: 410
+    await liveContext(id, res);
+    if (!(await store.deleteContext(id, now()))) await liveContext(id, res); // lost a race with another DELETE: 410
     res.status(204).end();
   });
 
-  router.post('/v1/contexts/:id/pairings', json, (req, res) => {
+  router.post('/v1/contexts/:id/pairings', json, async (req, res) => {
     queryOf(req, NoQuerySchema);
     const id = param(req, 'id');
     // The body is optional: no body at all means the latest version.
     const empty = req.body === undefined && req.headers['transfer-encoding'] === undefined && Number(req.headers['content-length'] ?? 0) === 0;
     const { version } = parseOr422(PairingRequestSchema, empty ? {} : bodyOf(req));
-    const rec = liveVersion(id, res, version);
+    const rec = await liveVersion(id, res, version);
     // A PIN hands out the secret values: only the context's owner pairs (an admin sees the context, not its secrets).
     const owner = principalOf(res).owner;
     if (rec.owner !== owner) throw new Problem(403, 'Forbidden', `only the owner of context "${id}" may pair a machine with it`, { slug: 'not-owner' });
     const createdAt = now();
     const expiresAt = new Date(createdAt.getTime() + PAIRING_TTL_MS);
-    store.purgePairings(new Date(createdAt.getTime() - PAIRING_RETENTION_MS));
-    // Count and insert run in one synchronous handler: no other request of this process interleaves.
-    const live = store.livePairingExpiries(owner, createdAt);
-    if (live.length >= MAX_LIVE_PINS_PER_OWNER) {
-      const wait = Math.max(1, Math.ceil((Date.parse(live[0]) - createdAt.getTime()) / 1000));
-      throw new Problem(429, 'Too Many Requests', `you hold ${live.length} live pairing PINs, the most one owner may; the next expires in ${wait} s`, {
-        slug: 'too-many-pins',
-        headers: { 'Retry-After': String(wait) },
-      });
-    }
+    await store.purgePairings(new Date(createdAt.getTime() - PAIRING_RETENTION_MS));
     for (let attempt = 0; attempt < PIN_ATTEMPTS; attempt++) {
       const pin = newPin();
-      const pairing = store.createPairing({ pin, lookup: lookupOf(pin), contextId: rec.id, version: rec.version, createdAt, expiresAt });
+      let pairing: PairingRecord | undefined;
+      try {
+        // The owner's live PINs are counted in the insert's transaction: requests at several replicas cannot overshoot.
+        pairing = await store.createPairing({ pin, lookup: lookupOf(pin), contextId: rec.id, version: rec.version, createdAt, expiresAt, ownerLimit: { owner, limit: MAX_LIVE_PINS_PER_OWNER } });
+      } catch (err) {
+        if (!(err instanceof LivePairingLimitError)) throw err;
+        const wait = Math.max(1, Math.ceil((Date.parse(err.expiries[0]) - createdAt.getTime()) / 1000));
+        throw new Problem(429, 'Too Many Requests', `you hold ${err.expiries.length} live pairing PINs, the most one owner may; the next expires in ${wait} s`, {
+          slug: 'too-many-pins',
+          headers: { 'Retry-After': String(wait) },
+        });
+      }
       if (pairing) {
         res.status(201).location(`/v1/pair/${formatPin(pairing.pin)}`).json(pairingView(pairing));
         return;
@@ -323,32 +295,32 @@ export function contextRoutes(deps: ContextRouteDeps): Router {
    * (no workflow waits for a laptop). Every failure is the same 404 (see the PIN notes above);
    * the request log shows this path as `/v1/pair/:pin`. Do not log more of this request.
    */
-  router.get('/v1/pair/:pin', (req, res) => {
+  router.get('/v1/pair/:pin', async (req, res) => {
     const at = now();
     // Behind a reverse proxy every client has the proxy's address unless the app trusts it.
     const client = req.ip ?? req.socket.remoteAddress ?? 'unknown';
-    const wait = pinMisses.retryAfter(client, at.getTime());
-    if (wait > 0) {
+    // Charged as a miss up front, given back once the PIN turned out right: concurrent lookups cannot overshoot the limit.
+    const charged = await store.chargePinLookup(client, at, { limit: PIN_MISS_LIMIT, windowMs: PIN_MISS_WINDOW_MS });
+    if ('retryAfterSeconds' in charged) {
+      const wait = charged.retryAfterSeconds;
       throw new Problem(429, 'Too Many Requests', `too many failed PIN lookups from this client; retry in ${wait} s`, {
         slug: 'too-many-pin-lookups',
         headers: { 'Retry-After': String(wait) },
       });
     }
-    const miss = (): Problem => {
-      pinMisses.record(client, at.getTime());
-      return notFound(NO_PAIRING);
-    };
+    const miss = (): Problem => notFound(NO_PAIRING);
     const pin = parsePin(param(req, 'pin'));
     if (pin === undefined) throw miss();
-    const taken = store.takePairing(pin, at);
+    const taken = await store.takePairing(pin, at);
     if (taken.status !== 'ok') {
       // A wrong PIN whose lookup half is a live PIN's counts against that PIN's budget.
-      store.chargePairingMiss(lookupOf(pin), at, PIN_FAILURE_BUDGET);
+      await store.chargePairingMiss(lookupOf(pin), at, PIN_FAILURE_BUDGET);
       throw miss();
     }
-    const rec = store.getContext(taken.contextId, taken.version);
+    const rec = await store.getContext(taken.contextId, taken.version);
     if (!rec || rec.deletedAt) throw miss();
-    const secrets = store.getContextSecrets(rec.id, rec.version) ?? {};
+    const secrets = (await store.getContextSecrets(rec.id, rec.version)) ?? {};
+    await store.refundPinLookup(charged.charge);
     res.setHeader('Cache-Control', 'no-store');
     res.type('text/plain; charset=utf-8').send(renderContextUserData(rec.context, { secrets }));
   });

@@ -22,15 +22,15 @@ export function definitionRoutes(deps: { store: Store; temporal: Client; json: e
   const router = express.Router();
 
   /** The live definition `id` if the caller may see it; else 404 (deleted ones too). */
-  const definitionOr404 = (id: string, p: Principal): ClusterDefinitionRecord => {
-    const rec = store.getDefinition(id);
+  const definitionOr404 = async (id: string, p: Principal): Promise<ClusterDefinitionRecord> => {
+    const rec = await store.getDefinition(id);
     if (!rec || rec.deletedAt || !canSee(p, rec.owner)) throw notFound(`no cluster definition "${id}"`);
     return rec;
   };
 
   /** A cluster still uses its definition until its workflow has ended (TERMINATED, or FAILED after a rollback). */
   async function stillRunning(clusterId: string): Promise<boolean> {
-    if (store.getClusterView(clusterId)?.state === 'TERMINATED') return false;
+    if ((await store.getClusterView(clusterId))?.state === 'TERMINATED') return false;
     try {
       const desc = await temporal.workflow.getHandle(clusterWorkflowId(clusterId)).describe();
       return desc.status.name === 'RUNNING';
@@ -40,37 +40,37 @@ export function definitionRoutes(deps: { store: Store; temporal: Client; json: e
     }
   }
 
-  router.post('/v1/cluster-definitions', json, (req, res) => {
+  router.post('/v1/cluster-definitions', json, async (req, res) => {
     queryOf(req, NoQuerySchema);
     const p = principalOf(res);
     const definition = parseOr422(ClusterDefinitionSchema, bodyOf(req));
-    const unknownContexts = contextReferenceErrors(definition, store, (owner) => canSee(p, owner));
+    const unknownContexts = await contextReferenceErrors(definition, store, (owner) => canSee(p, owner));
     if (unknownContexts.length > 0) throw invalid(unknownContexts);
-    const rec = store.createDefinition({ name: definition.name, definition, owner: p.owner });
+    const rec = await store.createDefinition({ name: definition.name, definition, owner: p.owner });
     res.status(201).location(`/v1/cluster-definitions/${rec.id}`).json(rec);
   });
 
-  router.get('/v1/cluster-definitions', (req, res) => {
+  router.get('/v1/cluster-definitions', async (req, res) => {
     const { owner, cursor, limit } = queryOf(req, ListQuerySchema);
     const scope = listOwner(principalOf(res), owner);
-    const mine = scope.none ? [] : store.listDefinitions().filter((d) => scope.owner === undefined || d.owner === scope.owner);
+    const mine = scope.none ? [] : (await store.listDefinitions()).filter((d) => scope.owner === undefined || d.owner === scope.owner);
     res.json(pageOf(mine, { cursor, limit }));
   });
 
-  router.get('/v1/cluster-definitions/:id', (req, res) => {
+  router.get('/v1/cluster-definitions/:id', async (req, res) => {
     queryOf(req, NoQuerySchema);
-    res.json(definitionOr404(param(req, 'id'), principalOf(res)));
+    res.json(await definitionOr404(param(req, 'id'), principalOf(res)));
   });
 
   router.delete('/v1/cluster-definitions/:id', async (req, res) => {
     queryOf(req, NoQuerySchema);
-    const rec = definitionOr404(param(req, 'id'), principalOf(res));
+    const rec = await definitionOr404(param(req, 'id'), principalOf(res));
     const running = [];
-    for (const c of store.clustersOfDefinition(rec.id)) if (await stillRunning(c.id)) running.push(c.id);
+    for (const c of await store.clustersOfDefinition(rec.id)) if (await stillRunning(c.id)) running.push(c.id);
     if (running.length > 0) {
       throw conflict(`cluster definition "${rec.id}" is used by ${running.length === 1 ? 'cluster' : 'clusters'} ${running.join(', ')}; tear ${running.length === 1 ? 'it' : 'them'} down first`);
     }
-    store.deleteDefinition(rec.id, now());
+    await store.deleteDefinition(rec.id, now());
     res.status(204).end();
   });
 

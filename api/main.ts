@@ -11,7 +11,7 @@ import { pathToFileURL } from 'node:url';
 import { Client, Connection } from '@temporalio/client';
 import { pino, type DestinationStream, type Logger } from 'pino';
 import { configFromEnv, temporalAddressOf, temporalUiUrlOf, type Config } from '../model/config.js';
-import { openSqliteStore, type Store } from '../store/index.js';
+import { describeStore, openStore, type Store } from '../store/index.js';
 import { createApp } from './app.js';
 import { createOidcVerifier, ensureAdminToken } from './auth.js';
 import { AesGcmPayloadCodec, payloadDataConverter } from '../model/payload-codec.js';
@@ -22,7 +22,7 @@ import { assertPrivateKeyFile, ensurePrivateDir } from '../store/private-files.j
 
 export interface StartApiOptions {
   logger?: Logger;
-  /** Use this store instead of opening `<dataDir>/cloudgate.sqlite` (not closed by `close()`). */
+  /** Use this store instead of opening the configured one ({@link openStore}; not closed by `close()`). */
   store?: Store;
   /** Use this client instead of connecting to `temporalAddressOf(config)` (not closed by `close()`). */
   temporal?: Client;
@@ -52,14 +52,15 @@ export async function startApi(config: Config, opts: StartApiOptions = {}): Prom
     let store = opts.store;
     if (!store) {
       ensurePrivateDir(config.dataDir);
-      const s = openSqliteStore(path.join(config.dataDir, 'cloudgate.sqlite'));
+      // PostgreSQL when CLOUDGATE_DATABASE_URL is set (shared by every replica), else SQLite in the data folder.
+      const s = await openStore(config);
       owned.push(() => s.close());
       store = s;
     }
     const tokenSecret = loadTokenSecret(config);
     // The first admin's token, for `npm start` and the README walkthrough (its path is logged, never the token).
     assertPrivateKeyFile(path.join(config.dataDir, 'admin-token'), { missingOk: true }); // refused like every key file others may read
-    const adminTokenFile = ensureAdminToken(store, config.dataDir, logger);
+    const adminTokenFile = await ensureAdminToken(store, config.dataDir, logger);
     // The Prometheus scrape's bearer (store/secret.ts): generated once beside the admin token unless configured.
     const metricsToken = loadMetricsToken(config);
     // One codec for the client and the UI's codec endpoint (model/payload-codec.ts).
@@ -105,7 +106,7 @@ export async function startApi(config: Config, opts: StartApiOptions = {}): Prom
     });
     server.on('request', app);
     logger.info(
-      { url, temporal: temporalAddressOf(config), namespace: config.namespace, taskQueue: config.taskQueue, adminTokenFile, oidcIssuer: config.auth.oidcIssuer },
+      { url, store: describeStore(config), temporal: temporalAddressOf(config), namespace: config.namespace, taskQueue: config.taskQueue, adminTokenFile, oidcIssuer: config.auth.oidcIssuer },
       'cloudgate API listening',
     );
 

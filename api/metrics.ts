@@ -74,11 +74,11 @@ export function createApiMetrics(deps: ApiMetricsDeps): ApiMetrics {
     help: 'Clusters by state, from the read model (PENDING until a cluster workflow first publishes); TERMINATED ones stay counted',
     labelNames: ['state'] as const,
     registers,
-    collect() {
+    async collect() {
       this.reset();
       // Every state, zeros included, so "no READY cluster" is a 0 and not a missing series.
       for (const state of CLUSTER_STATES) this.set({ state }, 0);
-      for (const { state, count } of store.clusterCountsByState()) this.set({ state }, count);
+      for (const { state, count } of await store.clusterCountsByState()) this.set({ state }, count);
     },
   });
 
@@ -87,9 +87,9 @@ export function createApiMetrics(deps: ApiMetricsDeps): ApiMetrics {
     help: 'Live instances by cloud and state, from the read model',
     labelNames: ['cloud', 'state'] as const,
     registers,
-    collect() {
+    async collect() {
       this.reset();
-      for (const { cloud, state, count } of store.instanceCountsByCloudAndState()) this.set({ cloud, state }, count);
+      for (const { cloud, state, count } of await store.instanceCountsByCloudAndState()) this.set({ cloud, state }, count);
     },
   });
 
@@ -99,9 +99,9 @@ export function createApiMetrics(deps: ApiMetricsDeps): ApiMetrics {
     help: 'What an owner holds of their quota by resource (instances, cpus, clusters); owners holding nothing and without a quota of their own are left out',
     labelNames: ['owner', 'resource'] as const,
     registers,
-    collect() {
+    async collect() {
       this.reset();
-      for (const { owner, usage } of store.quotaUsageByOwner()) {
+      for (const { owner, usage } of await store.quotaUsageByOwner()) {
         for (const [resource] of QUOTA_RESOURCES) this.set({ owner, resource }, usage[resource]);
       }
     },
@@ -111,9 +111,9 @@ export function createApiMetrics(deps: ApiMetricsDeps): ApiMetrics {
     help: "An owner's quota (their own, else the site default) by resource, for every owner in cloudgate_quota_used",
     labelNames: ['owner', 'resource'] as const,
     registers,
-    collect() {
+    async collect() {
       this.reset();
-      for (const { owner, quota } of store.quotaUsageByOwner()) {
+      for (const { owner, quota } of await store.quotaUsageByOwner()) {
         for (const [resource, limit] of QUOTA_RESOURCES) this.set({ owner, resource }, (quota ?? deps.defaultQuota)[limit]);
       }
     },
@@ -125,10 +125,10 @@ export function createApiMetrics(deps: ApiMetricsDeps): ApiMetrics {
     help: 'What the capacity ledger holds on each cloud over all clusters, by resource (instances, cpus, memory_mib)',
     labelNames: ['cloud', 'resource'] as const,
     registers,
-    collect() {
+    async collect() {
       this.reset();
-      for (const cloud of store.listClouds()) {
-        const usage = store.capacityUsage(cloud.name);
+      for (const cloud of await store.listClouds()) {
+        const usage = await store.capacityUsage(cloud.name);
         for (const [resource, key] of CAPACITY_RESOURCES) this.set({ cloud: cloud.name, resource }, usage[key]);
       }
     },
@@ -138,9 +138,9 @@ export function createApiMetrics(deps: ApiMetricsDeps): ApiMetrics {
     help: "A cloud's quota in the registry file by resource (instances, cpus, memory_mib); absent: unlimited",
     labelNames: ['cloud', 'resource'] as const,
     registers,
-    collect() {
+    async collect() {
       this.reset();
-      for (const cloud of store.listClouds()) {
+      for (const cloud of await store.listClouds()) {
         for (const [resource, key] of CAPACITY_RESOURCES) {
           const limit = cloud.quota?.[key];
           if (limit !== undefined) this.set({ cloud: cloud.name, resource }, limit);

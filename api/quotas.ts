@@ -49,12 +49,12 @@ export function quotaProblem(err: QuotaExceededError): Problem {
  */
 export async function releaseEnded(store: Store, temporal: Client, owner: string): Promise<void> {
   await Promise.all(
-    store.quotaHeldByFailed(owner).map(async (id) => {
+    (await store.quotaHeldByFailed(owner)).map(async (id) => {
       try {
         const desc = await temporal.workflow.getHandle(clusterWorkflowId(id)).describe();
-        if (desc.status.name !== 'RUNNING' && desc.status.name !== 'CONTINUED_AS_NEW') store.releaseQuota(id);
+        if (desc.status.name !== 'RUNNING' && desc.status.name !== 'CONTINUED_AS_NEW') await store.releaseQuota(id);
       } catch (err) {
-        if (isWorkflowGone(err)) store.releaseQuota(id);
+        if (isWorkflowGone(err)) await store.releaseQuota(id);
       }
     }),
   );
@@ -72,23 +72,23 @@ export function quotaRoutes(deps: { store: Store; temporal: Client; defaultQuota
   const defaultQuota = deps.defaultQuota ?? DEFAULT_QUOTA;
   const router = express.Router();
 
-  const status = (owner: string) => {
-    const own = store.getOwnerQuota(owner);
+  const status = async (owner: string) => {
+    const own = await store.getOwnerQuota(owner);
     return {
       owner,
       quota: own?.quota ?? defaultQuota,
-      usage: store.quotaUsage(owner),
+      usage: await store.quotaUsage(owner),
       source: own ? ('owner' as const) : ('default' as const),
       ...(own && { updatedAt: own.updatedAt }),
     };
   };
 
-  router.put('/v1/owners/:owner/quota', requireAdmin, json, (req, res) => {
+  router.put('/v1/owners/:owner/quota', requireAdmin, json, async (req, res) => {
     queryOf(req, NoQuerySchema);
     const owner = ownerOr422(param(req, 'owner'));
     const quota = parseOr422(QuotaRequestSchema, bodyOf(req));
-    store.setOwnerQuota(owner, quota);
-    res.json(status(owner));
+    await store.setOwnerQuota(owner, quota);
+    res.json(await status(owner));
   });
 
   router.get('/v1/owners/:owner/quota', async (req, res) => {
@@ -99,7 +99,7 @@ export function quotaRoutes(deps: { store: Store; temporal: Client; defaultQuota
     if (p.role !== 'admin' && owner !== p.owner) throw notFound(`no owner "${owner}"`);
     ownerOr422(owner);
     await releaseEnded(store, temporal, owner);
-    res.set('Cache-Control', 'no-cache').json(status(owner));
+    res.set('Cache-Control', 'no-cache').json(await status(owner));
   });
 
   return router;

@@ -135,7 +135,7 @@ export function readinessRoutes(deps: ReadinessRouteDeps): { router: Router; bat
     const receivedAt = new Date().toISOString();
     // No longer waiting: the workflow would ignore the report, so it never hears of it.
     const ordinal = tokenOrdinal(claims);
-    const standing = ordinal === undefined ? undefined : store.instanceStanding(claims.cluster, claims.service, claims.iid, ordinal);
+    const standing = ordinal === undefined ? undefined : await store.instanceStanding(claims.cluster, claims.service, claims.iid, ordinal);
     const seen = delivered.get(claims.iid);
     if ((standing !== undefined && NOT_WAITING.has(standing)) || (seen !== undefined && seen > Date.now() - DELIVERED_TTL_MS)) {
       const why = standing !== undefined && NOT_WAITING.has(standing) ? `the instance is ${standing}` : 'a report of this instance was already delivered';
@@ -171,12 +171,12 @@ export function readinessRoutes(deps: ReadinessRouteDeps): { router: Router; bat
    * (HTCondor: `condor_off -peaceful`). The token is good as long as its instance lives, not
    * only until its `exp` (api/auth.ts, liveInstanceClaims): pauses come weeks after boot.
    */
-  router.get('/v1/instances/:instanceId/notice', (req, res) => {
+  router.get('/v1/instances/:instanceId/notice', async (req, res) => {
     const m = /^Bearer\s+(\S+)\s*$/i.exec(req.get('Authorization') ?? '');
     if (!m) throw unauthorized('send the instance token as "Authorization: Bearer <token>"');
-    const claims = liveInstanceClaims(m[1], { tokenSecret, store }, param(req, 'instanceId'));
+    const claims = await liveInstanceClaims(m[1], { tokenSecret, store }, param(req, 'instanceId'));
     queryOf(req, NoQuerySchema);
-    const view = store.getClusterView(claims.cluster);
+    const view = await store.getClusterView(claims.cluster);
     const notice = view?.drainUntil !== undefined ? { drain: { until: view.drainUntil, reason: view.message ?? `cluster ${claims.cluster} is ${view.state}` } } : {};
     res.set('Cache-Control', 'no-store').json(notice);
   });

@@ -48,11 +48,11 @@ export function sessionRoutes(deps: { store: Store; temporal: Client; json: expr
    * The cluster of the path, as the caller may see it (else 404): a user's or admin's by
    * ownership; a guest's (load reports only) when its token names this very cluster.
    */
-  const clusterOf = (req: express.Request, res: express.Response, guests: boolean) => {
+  const clusterOf = async (req: express.Request, res: express.Response, guests: boolean) => {
     const id = param(req, 'id');
     const caller = guests ? callerOf(res) : { principal: principalOf(res) };
-    if (!caller.instance) return visibleCluster(store, id, caller.principal);
-    const c = caller.instance.cluster === id ? store.getCluster(id) : undefined;
+    if (!caller.instance) return await visibleCluster(store, id, caller.principal);
+    const c = caller.instance.cluster === id ? await store.getCluster(id) : undefined;
     if (!c) throw notFound(`no cluster "${id}"`);
     return c;
   };
@@ -61,7 +61,7 @@ export function sessionRoutes(deps: { store: Store; temporal: Client; json: expr
   const update = async <T>(req: express.Request, res: express.Response, run: (id: string) => Promise<T>, what: string, guests = false): Promise<void> => {
     queryOf(req, NoQuerySchema);
     // Only the load route takes a guest's token (INSTANCE_TOKEN_ROUTES in api/auth.ts); every other one has a principal.
-    const c = clusterOf(req, res, guests);
+    const c = await clusterOf(req, res, guests);
     let view: T;
     try {
       view = await temporal.withDeadline(Date.now() + UPDATE_DEADLINE_MS, () => run(c.id));

@@ -26,11 +26,11 @@ export function tokenRoutes(deps: { store: Store; json: express.RequestHandler; 
   const now = deps.now ?? (() => new Date());
   const router = express.Router();
 
-  router.post('/v1/tokens', requireAdmin, json, (req, res) => {
+  router.post('/v1/tokens', requireAdmin, json, async (req, res) => {
     queryOf(req, NoQuerySchema);
     const { owner, role, ttlSeconds } = parseOr422(CreateTokenRequestSchema, bodyOf(req));
     const expiresAt = ttlSeconds === undefined ? undefined : new Date(now().getTime() + ttlSeconds * 1000);
-    const { record, token } = store.createApiToken({ owner, role, ...(expiresAt && { expiresAt }) });
+    const { record, token } = await store.createApiToken({ owner, role, ...(expiresAt && { expiresAt }) });
     res.status(201).location(`/v1/tokens/${record.id}`).set('Cache-Control', 'no-store').json({ ...view(record), token, expiresAt: record.expiresAt ?? null });
   });
 
@@ -40,19 +40,19 @@ export function tokenRoutes(deps: { store: Store; json: express.RequestHandler; 
     res.set('Cache-Control', 'no-store').json({ owner, role, via, ...(tokenId !== undefined && { tokenId }) });
   });
 
-  router.get('/v1/tokens', (req, res) => {
+  router.get('/v1/tokens', async (req, res) => {
     const { owner, cursor, limit } = queryOf(req, ListQuerySchema);
     const scope = listOwner(principalOf(res), owner);
-    const page = pageOf(scope.none ? [] : store.listApiTokens(scope.owner), { cursor, limit });
+    const page = pageOf(scope.none ? [] : await store.listApiTokens(scope.owner), { cursor, limit });
     res.json({ ...page, items: page.items.map(view) });
   });
 
-  router.delete('/v1/tokens/:id', (req, res) => {
+  router.delete('/v1/tokens/:id', async (req, res) => {
     queryOf(req, NoQuerySchema);
     const id = param(req, 'id');
-    const rec = store.getApiToken(id);
+    const rec = await store.getApiToken(id);
     if (!rec || !canSee(principalOf(res), rec.owner)) throw notFound(`no token "${id}"`);
-    store.revokeApiToken(id, now());
+    await store.revokeApiToken(id, now());
     res.status(204).end();
   });
 

@@ -48,7 +48,7 @@ const worker = await startWorker(config);
 const connection = await Connection.connect({ address: temporal.address });
 // The worker's payload keys (<dataDir>/payload-keys): queries and results come back encrypted.
 const client = new Client({ connection, dataConverter: payloadDataConverter(loadPayloadKeys(config)) });
-const store = openSqliteStore(path.join(dataDir, 'cloudgate.sqlite'));
+const store = await openSqliteStore(path.join(dataDir, 'cloudgate.sqlite'));
 
 const clusterId = 'steady-week';
 const offering = { cpus: 1, memoryMiB: 1024, diskGiB: 10 };
@@ -85,8 +85,8 @@ async function largestInput(): Promise<number> {
 }
 
 try {
-  const def = store.createDefinition({ name: clusterId, definition });
-  store.createCluster({ id: clusterId, name: clusterId, definitionId: def.id, cloud: 'sim' });
+  const def = await store.createDefinition({ name: clusterId, definition });
+  await store.createCluster({ id: clusterId, name: clusterId, definitionId: def.id, cloud: 'sim' });
   const input: ClusterInput = { clusterId, name: clusterId, definitionId: def.id, definition, cloud: 'sim', tuning: { timeScale } };
   const cluster = await client.workflow.start('ClusterWorkflow', {
     taskQueue: TASK_QUEUE,
@@ -145,7 +145,7 @@ try {
   const final = (await cluster.result()) as { state: string };
   log(`teardown: ${final.state}, ${worker.sim!.count({ cluster: clusterId })} instances left`);
 } finally {
-  store.close();
+  await store.close();
   await worker.shutdown();
   await api.close();
   await connection.close();

@@ -39,6 +39,15 @@ export type Quota = z.infer<typeof QuotaSchema>;
 export const ConfigSchema = z.object({
   /** Folder for the Temporal SQLite file, cloudgate's store, the sim cloud's state and the token secret. */
   dataDir: z.string().default('data'),
+  /**
+   * cloudgate's store on PostgreSQL (`postgres://user:password@host:port/database`), shared by
+   * every API replica and worker; unset: SQLite in `<dataDir>/cloudgate.sqlite`. Never logged
+   * (it may hold a password).
+   */
+  databaseUrl: z
+    .string()
+    .regex(/^postgres(ql)?:\/\/\S+$/, 'must be a postgres:// URL')
+    .optional(),
   apiHost: z.string().default('127.0.0.1'),
   apiPort: port.default(8080),
   /** Base URL guests use to phone home; defaults to http://<apiHost>:<apiPort>. */
@@ -137,6 +146,7 @@ export function configFromEnv(env: Record<string, string | undefined>): Config {
   const e = (k: string) => (env[k] === '' ? undefined : env[k]);
   return ConfigSchema.parse({
     dataDir: e('CLOUDGATE_DATA_DIR'),
+    databaseUrl: e('CLOUDGATE_DATABASE_URL'),
     apiHost: e('CLOUDGATE_API_HOST'),
     apiPort: e('CLOUDGATE_API_PORT'),
     publicUrl: e('CLOUDGATE_PUBLIC_URL'),

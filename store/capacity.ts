@@ -7,9 +7,10 @@
  * sweep) releases once the instance is gone. So a retried or replayed create finds its own
  * reservation and never counts twice; a worker killed between the reservation and the create
  * leaves a reservation its retry reuses — and the instance, created or not, is terminated by
- * key and released later like any other. Check-and-insert is one IMMEDIATE transaction, so
- * creates racing for the last room — from any number of activities, workers or processes on
- * one store file — cannot both pass: the ledger never grants more than the quota.
+ * key and released later like any other. Check-and-insert is one write transaction (IMMEDIATE
+ * on SQLite, SERIALIZABLE on PostgreSQL: store/database.ts), so creates racing for the last
+ * room — from any number of activities, workers or processes on one store — cannot both
+ * pass: the ledger never grants more than the quota.
  *
  * Why a transactional store rather than a per-cloud entity workflow granting reservations by
  * Update: a create batch would need one Update round trip (and two history events) per
@@ -17,7 +18,8 @@
  * a single point that must itself continue-as-new; the store already serializes the read
  * model's writes this way and answers `GET /v1/clouds` without a worker. (docs/architecture.md)
  */
-import type Database from 'better-sqlite3';
+import type { StoreDatabase } from './database.js';
+import type { Db } from './tables.js';
 import type { CloudQuota } from '../model/clouds-config.js';
 
 /** What cloudgate holds on one cloud: instances, and the cpus and memory of their flavors. */
@@ -45,31 +47,18 @@ export interface CapacityRefusal {
   message: string;
 }
 
-export const CAPACITY_SCHEMA = `
-CREATE TABLE IF NOT EXISTS capacity_reservations (
-  cloud TEXT NOT NULL,
-  instance_id TEXT NOT NULL,
-  cluster_id TEXT NOT NULL,
-  cpus INTEGER NOT NULL,
-  memory_mib INTEGER NOT NULL,
-  reserved_at TEXT NOT NULL,
-  PRIMARY KEY (cloud, instance_id)
-);
-CREATE INDEX IF NOT EXISTS capacity_reservations_cluster ON capacity_reservations (cloud, cluster_id);
-`;
-
 export interface CapacityLedger {
   /**
    * Reserves room for one instance, or says why not (nothing written). A claim already held
    * (same cloud and instance id) is granted again without counting twice. `force` records
    * the claim whatever the quota says (an instance the cloud already has).
    */
-  reserveCapacity(cloud: string, quota: CloudQuota | undefined, claim: CapacityClaim, force?: boolean): CapacityRefusal | undefined;
+  reserveCapacity(cloud: string, quota: CloudQuota | undefined, claim: CapacityClaim, force?: boolean): Promise<CapacityRefusal | undefined>;
   /** Releases the claims of instances that are gone; the number released. */
-  releaseCapacity(cloud: string, instanceIds: readonly string[]): number;
+  releaseCapacity(cloud: string, instanceIds: readonly string[]): Promise<number>;
   /** Releases every claim of a cluster on a cloud (after its sweep found nothing left). */
-  releaseClusterCapacity(cloud: string, clusterId: string): number;
-  capacityUsage(cloud: string): CapacityUsage;
+  releaseClusterCapacity(cloud: string, clusterId: string): Promise<number>;
+  capacityUsage(cloud: string): Promise<CapacityUsage>;
 }
 
 const LIMITS: { limit: keyof CloudQuota; of: keyof CapacityUsage; unit: string }[] = [
@@ -84,37 +73,47 @@ export function describeCapacity(quota: CloudQuota | undefined, usage: CapacityU
   return `quota ${limits.join(', ') || 'unlimited'}; in use ${usage.instances} instances, ${usage.cpus} cpus, ${usage.memoryMiB} MiB`;
 }
 
-/** The ledger's statements over an open store database (store/index.ts wires them into its Store). */
-export function capacityLedger(db: Database.Database): CapacityLedger {
-  const usageOf = db.prepare<[string], { instances: number; cpus: number | null; memoryMiB: number | null }>(
-    'SELECT COUNT(*) AS instances, SUM(cpus) AS cpus, SUM(memory_mib) AS memoryMiB FROM capacity_reservations WHERE cloud = ?',
-  );
-  const held = db.prepare<[string, string], { n: number }>('SELECT 1 AS n FROM capacity_reservations WHERE cloud = ? AND instance_id = ?');
-  const insert = db.prepare(
-    'INSERT OR IGNORE INTO capacity_reservations (cloud, instance_id, cluster_id, cpus, memory_mib, reserved_at) VALUES (?, ?, ?, ?, ?, ?)',
-  );
-  const release = db.prepare('DELETE FROM capacity_reservations WHERE cloud = ? AND instance_id = ?');
-  const releaseCluster = db.prepare('DELETE FROM capacity_reservations WHERE cloud = ? AND cluster_id = ?');
-  const usage = (cloud: string): CapacityUsage => {
-    const r = usageOf.get(cloud)!;
+/** The ledger's queries over an open store database (store/index.ts wires them into its Store). */
+export function capacityLedger({ db, write }: StoreDatabase): CapacityLedger {
+  const usage = async (executor: Db, cloud: string): Promise<CapacityUsage> => {
+    const r = await executor
+      .selectFrom('capacity_reservations')
+      .select((eb) => [eb.fn.countAll<number>().as('instances'), eb.fn.sum<number | null>('cpus').as('cpus'), eb.fn.sum<number | null>('memory_mib').as('memoryMiB')])
+      .where('cloud', '=', cloud)
+      .executeTakeFirstOrThrow();
     return { instances: r.instances, cpus: r.cpus ?? 0, memoryMiB: r.memoryMiB ?? 0 };
   };
-  const reserveTx = db.transaction((cloud: string, quota: CloudQuota | undefined, claim: CapacityClaim, force: boolean): CapacityRefusal | undefined => {
-    if (held.get(cloud, claim.instanceId)) return undefined;
-    const now = usage(cloud);
-    const adds: CapacityUsage = { instances: 1, cpus: claim.cpus, memoryMiB: claim.memoryMiB };
-    const crossed = force ? undefined : LIMITS.find((l) => quota?.[l.limit] !== undefined && now[l.of] + adds[l.of] > quota[l.limit]!);
-    if (crossed) {
-      return { cloud, limit: crossed.limit, quota: quota!, usage: now, message: `cloudgate's quota for ${cloud} is used up: ${describeCapacity(quota, now)}` };
-    }
-    insert.run(cloud, claim.instanceId, claim.clusterId, claim.cpus, claim.memoryMiB, new Date().toISOString());
-    return undefined;
-  });
-  const releaseTx = db.transaction((cloud: string, ids: readonly string[]) => ids.reduce((n, id) => n + release.run(cloud, id).changes, 0));
   return {
-    reserveCapacity: (cloud, quota, claim, force = false) => reserveTx.immediate(cloud, quota, claim, force),
-    releaseCapacity: (cloud, ids) => (ids.length === 0 ? 0 : releaseTx.immediate(cloud, ids)),
-    releaseClusterCapacity: (cloud, clusterId) => releaseCluster.run(cloud, clusterId).changes,
-    capacityUsage: usage,
+    reserveCapacity: (cloud, quota, claim, force = false) =>
+      write(async (trx): Promise<CapacityRefusal | undefined> => {
+        const held = await trx.selectFrom('capacity_reservations').select('cloud').where('cloud', '=', cloud).where('instance_id', '=', claim.instanceId).executeTakeFirst();
+        if (held) return undefined;
+        const now = await usage(trx, cloud);
+        const adds: CapacityUsage = { instances: 1, cpus: claim.cpus, memoryMiB: claim.memoryMiB };
+        const crossed = force ? undefined : LIMITS.find((l) => quota?.[l.limit] !== undefined && now[l.of] + adds[l.of] > quota[l.limit]!);
+        if (crossed) {
+          return { cloud, limit: crossed.limit, quota: quota!, usage: now, message: `cloudgate's quota for ${cloud} is used up: ${describeCapacity(quota, now)}` };
+        }
+        await trx
+          .insertInto('capacity_reservations')
+          .values({ cloud, instance_id: claim.instanceId, cluster_id: claim.clusterId, cpus: claim.cpus, memory_mib: claim.memoryMiB, reserved_at: new Date().toISOString() })
+          .onConflict((oc) => oc.doNothing())
+          .execute();
+        return undefined;
+      }),
+    releaseCapacity: async (cloud, ids) => {
+      let released = 0;
+      // In slices: one statement's parameters stay far below either engine's limit.
+      for (let i = 0; i < ids.length; i += 500) {
+        const r = await db.deleteFrom('capacity_reservations').where('cloud', '=', cloud).where('instance_id', 'in', ids.slice(i, i + 500)).executeTakeFirst();
+        released += Number(r.numDeletedRows);
+      }
+      return released;
+    },
+    releaseClusterCapacity: async (cloud, clusterId) => {
+      const r = await db.deleteFrom('capacity_reservations').where('cloud', '=', cloud).where('cluster_id', '=', clusterId).executeTakeFirst();
+      return Number(r.numDeletedRows);
+    },
+    capacityUsage: (cloud) => usage(db, cloud),
   };
 }

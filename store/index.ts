@@ -1,15 +1,19 @@
 /**
  * cloudgate's own state outside Temporal: cluster definitions, the clusters made from them
- * (so the API can list and idempotently create them) and the clouds a worker registered.
+ * (so the API can list and idempotently create them), the clouds a worker registered,
+ * contexts, tokens, quotas, the audit trail and the read model the workflows publish.
  *
- * SQLite through better-sqlite3 by default. The {@link Store} interface is synchronous
- * because better-sqlite3 is; it uses nothing SQLite-specific in its shape, so a PostgreSQL
- * implementation can follow (its callers would then await the same methods).
+ * One asynchronous {@link Store} with one implementation over Kysely (store/database.ts):
+ * SQLite through better-sqlite3 by default (a file in the data folder), PostgreSQL when
+ * `CLOUDGATE_DATABASE_URL` names one ({@link openStore}), so several API replicas and workers
+ * share it. Whatever must hold across processes — an idempotency key, a quota, a pairing
+ * PIN's single use, a token's revocation, the PIN lookup limit — is decided by the database
+ * (a unique key, a write transaction, a conditional UPDATE), never by one process's memory.
+ * test/store-contract.test.ts runs the same assertions on both engines.
  */
 import { createCipheriv, createDecipheriv, createHash, randomBytes, randomUUID } from 'node:crypto';
-import { mkdirSync } from 'node:fs';
 import path from 'node:path';
-import Database from 'better-sqlite3';
+import { sql } from 'kysely';
 import type { ClusterDefinition, Lifetime } from '../model/definition.js';
 import type { Window } from '../model/windows.js';
 import type { CloudOffering } from '../clouds/contract.js';
@@ -18,11 +22,11 @@ import type { ClusterEvent, PublishClusterInput, PublishedInstance, PublishedSer
 import type { ClusterState, InstanceState } from '../model/status.js';
 import type { ChangeView } from '../model/rolling.js';
 import { loadSecretsKey, SECRETS_KEY_BYTES } from './secret.js';
-import { ensurePrivateFile } from './private-files.js';
-import type { Quota } from '../model/config.js';
+import type { Config, Quota } from '../model/config.js';
 import type { CloudQuota } from '../model/clouds-config.js';
-import { CAPACITY_SCHEMA, capacityLedger, type CapacityLedger } from './capacity.js';
-import { QUOTA_AUDIT_SCHEMA, quotaAuditStatements, toAuditRecord, type AuditFilter, type AuditRecord, type OwnerQuotaRecord, type OwnerQuotaUsage, type QuotaClaim, type QuotaUsage, type ReserveScaleOptions } from './quotas-audit.js';
+import { capacityLedger, type CapacityLedger } from './capacity.js';
+import { openPostgresDatabase, openSqliteDatabase, type Db, type StoreDatabase } from './database.js';
+import { quotaAuditStatements, toAuditRecord, type AuditFilter, type AuditRecord, type OwnerQuotaRecord, type OwnerQuotaUsage, type QuotaClaim, type QuotaUsage, type ReserveScaleOptions } from './quotas-audit.js';
 
 export { QuotaExceededError, type AuditRecord, type OwnerQuotaRecord, type OwnerQuotaUsage, type QuotaClaim, type QuotaExcess, type QuotaUsage, type ReserveScaleOptions } from './quotas-audit.js';
 
@@ -181,6 +185,18 @@ export interface EventQuery {
   limit: number;
 }
 
+/** Thrown by {@link Store.createPairing} when the owner holds as many live pairings as its `ownerLimit` allows; nothing was written. */
+export class LivePairingLimitError extends Error {
+  constructor(
+    readonly owner: string,
+    /** When each of the owner's live pairings expires, soonest first. */
+    readonly expiries: string[],
+  ) {
+    super(`${owner} holds ${expiries.length} live pairing PINs`);
+    this.name = 'LivePairingLimitError';
+  }
+}
+
 /** Thrown by the list methods for a cursor they did not make (the API answers 422). */
 export class InvalidCursorError extends Error {
   constructor(message = 'not a cursor this list made') {
@@ -190,47 +206,47 @@ export class InvalidCursorError extends Error {
 }
 
 export interface Store extends CapacityLedger {
-  createDefinition(input: { name: string; definition: ClusterDefinition; owner?: string }): ClusterDefinitionRecord;
-  getDefinition(id: string): ClusterDefinitionRecord | undefined;
+  createDefinition(input: { name: string; definition: ClusterDefinition; owner?: string }): Promise<ClusterDefinitionRecord>;
+  getDefinition(id: string): Promise<ClusterDefinitionRecord | undefined>;
   /** Oldest first. */
-  listDefinitions(): ClusterDefinitionRecord[];
+  listDefinitions(): Promise<ClusterDefinitionRecord[]>;
   /** Soft-deletes a definition: it leaves the list, clusters made from it keep reading it. False if unknown or already deleted. */
-  deleteDefinition(id: string, at?: Date): boolean;
+  deleteDefinition(id: string, at?: Date): Promise<boolean>;
   /** The clusters made from one definition. */
-  clustersOfDefinition(definitionId: string): ClusterRecord[];
+  clustersOfDefinition(definitionId: string): Promise<ClusterRecord[]>;
 
   /**
    * Inserts the row; throws {@link DuplicateKeyError} if the id or idempotency key exists. With
    * `quota`, in the same IMMEDIATE transaction the claim is checked against its owner's quota
    * (their own, else `defaultQuota`) and reserved; {@link QuotaExceededError} writes nothing.
    */
-  createCluster(input: Omit<ClusterRecord, 'createdAt'> & { createdAt?: string }, quota?: { claim: QuotaClaim; defaultQuota: Quota }): ClusterRecord;
-  getCluster(id: string): ClusterRecord | undefined;
+  createCluster(input: Omit<ClusterRecord, 'createdAt'> & { createdAt?: string }, quota?: { claim: QuotaClaim; defaultQuota: Quota }): Promise<ClusterRecord>;
+  getCluster(id: string): Promise<ClusterRecord | undefined>;
   /** Oldest first. */
-  listClusters(): ClusterRecord[];
+  listClusters(): Promise<ClusterRecord[]>;
   /** Removes a row and its quota reservation (used to undo an insert when starting its workflow failed). True if it existed. */
-  deleteCluster(id: string): boolean;
-  findClusterByIdempotencyKey(key: string): ClusterRecord | undefined;
+  deleteCluster(id: string): Promise<boolean>;
+  findClusterByIdempotencyKey(key: string): Promise<ClusterRecord | undefined>;
 
   /** Stores version 1 of a new context. */
   /** Version 1 of a new context, owned by `owner`. */
-  createContext(input: ContextVersionInput, owner?: string): ContextRecord;
+  createContext(input: ContextVersionInput, owner?: string): Promise<ContextRecord>;
   /** Adds version n+1 (earlier versions are kept); undefined for an unknown id. */
-  updateContext(id: string, input: ContextVersionInput): ContextRecord | undefined;
+  updateContext(id: string, input: ContextVersionInput): Promise<ContextRecord | undefined>;
   /** The given version, else the latest; undefined if either is unknown. */
-  getContext(id: string, version?: number): ContextRecord | undefined;
+  getContext(id: string, version?: number): Promise<ContextRecord | undefined>;
   /** The latest version of each context, oldest context first. */
-  listContexts(): ContextRecord[];
+  listContexts(): Promise<ContextRecord[]>;
   /** Every version of one context, oldest first; empty for an unknown id. */
-  listContextVersions(id: string): ContextRecord[];
+  listContextVersions(id: string): Promise<ContextRecord[]>;
   /** The decrypted secret values of one version (for rendering user-data); undefined if unknown. */
-  getContextSecrets(id: string, version: number): Record<string, string> | undefined;
+  getContextSecrets(id: string, version: number): Promise<Record<string, string> | undefined>;
   /**
    * Soft-deletes a context: it leaves {@link listContexts} and {@link updateContext} refuses it,
    * but its versions and encrypted secrets stay, because running clusters are pinned to a
    * version and must still render it. False for an unknown or already deleted id.
    */
-  deleteContext(id: string, at?: Date): boolean;
+  deleteContext(id: string, at?: Date): Promise<boolean>;
 
   /**
    * Issues a pairing PIN for one context version. Undefined when the PIN is held by a pairing
@@ -238,29 +254,47 @@ export interface Store extends CapacityLedger {
    * the same `lookup` (the part of the PIN that names its pairing); a used or expired row with
    * the same PIN is replaced. Throws if the context version does not exist.
    */
-  createPairing(input: { pin: string; lookup?: string; contextId: string; version: number; expiresAt: Date; createdAt?: Date }): PairingRecord | undefined;
+  createPairing(input: {
+    pin: string;
+    lookup?: string;
+    contextId: string;
+    version: number;
+    expiresAt: Date;
+    createdAt?: Date;
+    /** Refuse (throw {@link LivePairingLimitError}) when `owner` holds `limit` live pairings already; checked in the same transaction as the insert. */
+    ownerLimit?: { owner: string; limit: number };
+  }): Promise<PairingRecord | undefined>;
   /**
    * Marks the pairing used if it is unused and unexpired at `now` (one conditional UPDATE, so of
    * concurrent takes, even from several processes on one file, exactly one gets `ok`).
    */
-  takePairing(pin: string, now?: Date): PairingTake;
+  takePairing(pin: string, now?: Date): Promise<PairingTake>;
   /** Forgets pairings that expired before `expiredBefore` (their PINs then read as unknown); returns how many. */
-  purgePairings(expiredBefore: Date): number;
+  purgePairings(expiredBefore: Date): Promise<number>;
   /**
    * Charges one wrong guess to the live pairing with this `lookup`, if there is one; its
    * `budget`-th wrong guess uses it up (its PIN then fails like a used one). True if one was charged.
    */
-  chargePairingMiss(lookup: string, now: Date, budget: number): boolean;
+  chargePairingMiss(lookup: string, now: Date, budget: number): Promise<boolean>;
   /** When each live (unused, unexpired at `now`) pairing of `owner`'s contexts expires, soonest first. */
-  livePairingExpiries(owner: string, now: Date): string[];
+  livePairingExpiries(owner: string, now: Date): Promise<string[]>;
+  /**
+   * The limit of failed PIN lookups per client (api/contexts.ts), shared by every process on
+   * the store. Counts this lookup as a miss unless `client` has `limit` misses within
+   * `windowMs` before `now` already, in one write transaction (so concurrent lookups at
+   * several replicas cannot overshoot): then the seconds until its oldest miss leaves the
+   * window. A lookup that turns out right gives its charge back ({@link refundPinLookup}).
+   */
+  chargePinLookup(client: string, now: Date, limit: { limit: number; windowMs: number }): Promise<{ charge: number } | { retryAfterSeconds: number }>;
+  refundPinLookup(charge: number): Promise<void>;
 
   /** Inserts or replaces a cloud registration. */
-  upsertCloud(cloud: CloudRecord): void;
+  upsertCloud(cloud: CloudRecord): Promise<void>;
   /** Sorted by name. */
-  listClouds(): CloudRecord[];
-  getCloud(name: string): CloudRecord | undefined;
+  listClouds(): Promise<CloudRecord[]>;
+  getCloud(name: string): Promise<CloudRecord | undefined>;
   /** Forgets a cloud the worker no longer has. */
-  deleteCloud(name: string): boolean;
+  deleteCloud(name: string): Promise<boolean>;
 
   /**
    * The read model. The workflows publish through activities; the API reads only these, so
@@ -269,7 +303,7 @@ export interface Store extends CapacityLedger {
    * nothing at all is written and the result is false. So a retried or late publish is
    * harmless, and a publish and its events are written together or not at all.
    */
-  publishCluster(input: PublishClusterInput): boolean;
+  publishCluster(input: PublishClusterInput): Promise<boolean>;
   /**
    * Keeps the service's summary, inserts or updates `upserts` and deletes `removed` (only
    * among the service's own instances), appends `events`; all or nothing, under the same
@@ -277,9 +311,9 @@ export interface Store extends CapacityLedger {
    * keeps the provider id, creation and ready times it has when the upsert leaves them out:
    * a service workflow does not carry them across continue-as-new (they live here).
    */
-  publishService(input: PublishServiceInput): boolean;
+  publishService(input: PublishServiceInput): Promise<boolean>;
   /** The provider ids of published instances, by instance id (ids without one are absent). */
-  cloudInstanceIds(clusterId: string, ids: readonly string[]): Record<string, string>;
+  cloudInstanceIds(clusterId: string, ids: readonly string[]): Promise<Record<string, string>>;
   /**
    * Where a phone-home's instance stands in the read model: its published state; `REMOVED`
    * when it is not there but its service has published an instance with a higher ordinal
@@ -287,185 +321,70 @@ export interface Store extends CapacityLedger {
    * left); undefined when the read model cannot tell (not published yet, or nothing of the
    * service published).
    */
-  instanceStanding(clusterId: string, service: string, instanceId: string, ordinal: number): InstanceState | 'REMOVED' | undefined;
+  instanceStanding(clusterId: string, service: string, instanceId: string, ordinal: number): Promise<InstanceState | 'REMOVED' | undefined>;
   /** The cluster workflow's last publish; undefined before its first. */
-  getClusterView(clusterId: string): ClusterViewRecord | undefined;
+  getClusterView(clusterId: string): Promise<ClusterViewRecord | undefined>;
   /** Each service's last own publish, by service name; empty before the first. */
-  getServiceViews(clusterId: string): ServiceViewRecord[];
+  getServiceViews(clusterId: string): Promise<ServiceViewRecord[]>;
   /** Published instances ordered by service, then ordinal; filters combine with AND. Throws {@link InvalidCursorError}. */
-  listInstances(clusterId: string, query: InstanceQuery): Page<PublishedInstance>;
+  listInstances(clusterId: string, query: InstanceQuery): Promise<Page<PublishedInstance>>;
   /**
    * Events oldest first, in the order they were accepted (a log, read forward like the
    * history it summarises; a page boundary never moves as new events arrive). Throws
    * {@link InvalidCursorError}.
    */
-  listEvents(clusterId: string, query: EventQuery): Page<ClusterEvent>;
+  listEvents(clusterId: string, query: EventQuery): Promise<Page<ClusterEvent>>;
 
   /** Issues an API token; its value is returned here once and stored only as a hash. */
-  createApiToken(input: { owner: string; role: Role; expiresAt?: Date }): { record: ApiTokenRecord; token: string };
+  createApiToken(input: { owner: string; role: Role; expiresAt?: Date }): Promise<{ record: ApiTokenRecord; token: string }>;
   /** The record of a token value (revoked and expired ones too: the caller decides); undefined if unknown. */
-  findApiToken(token: string): ApiTokenRecord | undefined;
-  getApiToken(id: string): ApiTokenRecord | undefined;
+  findApiToken(token: string): Promise<ApiTokenRecord | undefined>;
+  getApiToken(id: string): Promise<ApiTokenRecord | undefined>;
   /** Tokens oldest first, of one owner or all. */
-  listApiTokens(owner?: string): ApiTokenRecord[];
+  listApiTokens(owner?: string): Promise<ApiTokenRecord[]>;
   /** Revokes at once; false if unknown or already revoked. */
-  revokeApiToken(id: string, at?: Date): boolean;
+  revokeApiToken(id: string, at?: Date): Promise<boolean>;
 
   /** Quotas (store/quotas-audit.ts): an owner's own quota as an admin set it; undefined: the site default applies. */
-  getOwnerQuota(owner: string): OwnerQuotaRecord | undefined;
-  setOwnerQuota(owner: string, quota: Quota, at?: Date): OwnerQuotaRecord;
+  getOwnerQuota(owner: string): Promise<OwnerQuotaRecord | undefined>;
+  setOwnerQuota(owner: string, quota: Quota, at?: Date): Promise<OwnerQuotaRecord>;
   /** What the owner's counted reservations hold (not released, cluster not TERMINATED in the read model). */
-  quotaUsage(owner: string): QuotaUsage;
+  quotaUsage(owner: string): Promise<QuotaUsage>;
   /** Every owner holding quota now (as {@link quotaUsage} counts it) or given one of their own, by name (the metrics). */
-  quotaUsageByOwner(): OwnerQuotaUsage[];
+  quotaUsageByOwner(): Promise<OwnerQuotaUsage[]>;
   /** Clusters of the owner that still hold quota while their read model says FAILED (their workflow may have ended). */
-  quotaHeldByFailed(owner: string): string[];
+  quotaHeldByFailed(owner: string): Promise<string[]>;
   /** Stops counting a cluster's reservation (a FAILED cluster whose workflow ended); false if it held none. */
-  releaseQuota(clusterId: string, at?: Date): boolean;
+  releaseQuota(clusterId: string, at?: Date): Promise<boolean>;
   /**
    * Sets a service's reserved instance count in one IMMEDIATE transaction, checking the owner's
    * quota (throws {@link QuotaExceededError}) when it grows and `defaultQuota` is given (see
    * {@link ReserveScaleOptions}). Returns the count before; undefined when the cluster holds
    * no reservation for the service.
    */
-  reserveScale(clusterId: string, service: string, instances: number, opts?: ReserveScaleOptions): { previous: number } | undefined;
+  reserveScale(clusterId: string, service: string, instances: number, opts?: ReserveScaleOptions): Promise<{ previous: number } | undefined>;
   /** A change of definition (`PUT /v1/clusters/:id`): reserves what the new definition claims beyond what the cluster holds (checked); returns what it held. */
-  reserveChange(clusterId: string, claim: QuotaClaim, defaultQuota: Quota): QuotaClaim['services'] | undefined;
+  reserveChange(clusterId: string, claim: QuotaClaim, defaultQuota: Quota): Promise<QuotaClaim['services'] | undefined>;
   /** Puts a cluster's reservation back to `services` (a change that was refused). */
-  restoreReservation(clusterId: string, services: QuotaClaim['services']): void;
+  restoreReservation(clusterId: string, services: QuotaClaim['services']): Promise<void>;
 
   /** Appends an audit record (the table refuses UPDATE and DELETE). */
-  appendAudit(rec: Omit<AuditRecord, 'id'>): AuditRecord;
+  appendAudit(rec: Omit<AuditRecord, 'id'>): Promise<AuditRecord>;
   /** Audit records newest first; filters combine with AND. Throws {@link InvalidCursorError}. */
-  listAudit(query: Omit<AuditFilter, 'beforeId'> & { cursor?: string }): Page<AuditRecord>;
+  listAudit(query: Omit<AuditFilter, 'beforeId'> & { cursor?: string }): Promise<Page<AuditRecord>>;
 
   /**
    * Clusters by state, for the metrics: the read model's state, `PENDING` for a cluster whose
    * workflow has not published yet. One grouped query (read at every scrape).
    */
-  clusterCountsByState(): { state: string; count: number }[];
+  clusterCountsByState(): Promise<{ state: string; count: number }[]>;
   /** Published (live) instances by cloud and state, for the metrics; one grouped query. */
-  instanceCountsByCloudAndState(): { cloud: string; state: string; count: number }[];
+  instanceCountsByCloudAndState(): Promise<{ cloud: string; state: string; count: number }[]>;
 
   /** Cheap liveness check for health endpoints; throws if the database is unusable. */
-  ping(): void;
-  close(): void;
+  ping(): Promise<void>;
+  close(): Promise<void>;
 }
-
-const SCHEMA = `
-CREATE TABLE IF NOT EXISTS cluster_definitions (
-  id          TEXT PRIMARY KEY,
-  name        TEXT NOT NULL,
-  definition  TEXT NOT NULL,
-  created_at  TEXT NOT NULL,
-  owner       TEXT,
-  deleted_at  TEXT
-);
-CREATE TABLE IF NOT EXISTS api_tokens (
-  id          TEXT PRIMARY KEY,
-  token_hash  TEXT NOT NULL UNIQUE,
-  owner       TEXT NOT NULL,
-  role        TEXT NOT NULL,
-  created_at  TEXT NOT NULL,
-  expires_at  TEXT,
-  revoked_at  TEXT
-);
-CREATE TABLE IF NOT EXISTS clusters (
-  id               TEXT PRIMARY KEY,
-  name             TEXT NOT NULL,
-  definition_id    TEXT NOT NULL REFERENCES cluster_definitions(id),
-  cloud            TEXT NOT NULL,
-  owner            TEXT,
-  idempotency_key  TEXT UNIQUE,
-  request_hash     TEXT,
-  contexts         TEXT,
-  lifetime         TEXT,
-  windows          TEXT,
-  created_at       TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS clouds (
-  name        TEXT PRIMARY KEY,
-  kind        TEXT NOT NULL,
-  offerings   TEXT NOT NULL,
-  info        TEXT,
-  updated_at  TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS contexts (
-  id          TEXT PRIMARY KEY,
-  created_at  TEXT NOT NULL,
-  deleted_at  TEXT,
-  owner       TEXT
-);
-CREATE TABLE IF NOT EXISTS context_versions (
-  context_id  TEXT NOT NULL REFERENCES contexts(id),
-  version     INTEGER NOT NULL,
-  name        TEXT NOT NULL,
-  context     TEXT NOT NULL,
-  -- AES-256-GCM of the JSON map of secret values: 'v1:' base64(iv | tag | ciphertext)
-  secrets     TEXT NOT NULL,
-  created_at  TEXT NOT NULL,
-  PRIMARY KEY (context_id, version)
-);
--- Times are ISO 8601 UTC strings of one length, so they compare as text.
-CREATE TABLE IF NOT EXISTS pairings (
-  pin         TEXT PRIMARY KEY,
-  context_id  TEXT NOT NULL,
-  version     INTEGER NOT NULL,
-  created_at  TEXT NOT NULL,
-  expires_at  TEXT NOT NULL,
-  used_at     TEXT,
-  FOREIGN KEY (context_id, version) REFERENCES context_versions(context_id, version)
-);
--- The read model (publishCluster / publishService). No foreign keys to clusters: a publish
--- must never fail (and be retried forever) because of a row the API owns.
-CREATE TABLE IF NOT EXISTS cluster_views (
-  cluster_id   TEXT PRIMARY KEY,
-  seq          INTEGER NOT NULL,
-  observed_at  TEXT NOT NULL,
-  state        TEXT NOT NULL,
-  message      TEXT,
-  services     TEXT NOT NULL,
-  expires_at   TEXT,
-  change       TEXT,
-  drain_until  TEXT
-);
-CREATE TABLE IF NOT EXISTS service_views (
-  cluster_id   TEXT NOT NULL,
-  service      TEXT NOT NULL,
-  seq          INTEGER NOT NULL,
-  observed_at  TEXT NOT NULL,
-  summary      TEXT NOT NULL,
-  PRIMARY KEY (cluster_id, service)
-);
-CREATE TABLE IF NOT EXISTS instances (
-  cluster_id         TEXT NOT NULL,
-  id                 TEXT NOT NULL,
-  service            TEXT NOT NULL,
-  ordinal            INTEGER NOT NULL,
-  name               TEXT NOT NULL,
-  state              TEXT NOT NULL,
-  cloud              TEXT NOT NULL,
-  cloud_instance_id  TEXT,
-  created_at         TEXT,
-  ready_at           TEXT,
-  message            TEXT,
-  host               TEXT,
-  spec               TEXT,
-  PRIMARY KEY (cluster_id, id)
-);
--- The listing order, and the keyset its cursors continue from.
-CREATE INDEX IF NOT EXISTS instances_by_service ON instances (cluster_id, service, ordinal);
-CREATE TABLE IF NOT EXISTS cluster_events (
-  id          INTEGER PRIMARY KEY AUTOINCREMENT,
-  cluster_id  TEXT NOT NULL,
-  at          TEXT NOT NULL,
-  kind        TEXT NOT NULL,
-  service     TEXT,
-  instance    TEXT,
-  message     TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS cluster_events_by_cluster ON cluster_events (cluster_id, id);
-`;
 
 interface ApiTokenRow {
   id: string;
@@ -564,14 +483,6 @@ const toContext = (r: ContextRow): ContextRecord => ({
   ...(r.deleted_at !== null && { deletedAt: r.deleted_at }),
 });
 
-interface PairingRow {
-  pin: string;
-  context_id: string;
-  version: number;
-  created_at: string;
-  expires_at: string;
-  used_at: string | null;
-}
 
 interface ClusterViewRow {
   cluster_id: string;
@@ -726,440 +637,453 @@ function decryptSecrets(key: Buffer, id: string, version: number, stored: string
   }
 }
 
-/** A context version's columns joined with its context's deletion time. */
-const CONTEXT_COLUMNS = 'v.context_id, v.version, v.name, v.context, v.created_at, c.deleted_at, c.owner';
-
 /** `ctx-` and 12 hex digits, like definition ids. */
 const newContextId = (): string => `ctx-${randomUUID().replace(/-/g, '').slice(0, 12)}`;
-
-/** Options of {@link openSqliteStore}. */
-export interface StoreOptions {
-  /**
-   * AES-256-GCM key (32 bytes) for context secrets. Default: {@link loadSecretsKey} with the
-   * store file's folder as data dir (`CLOUDGATE_SECRETS_KEY`, else `<folder>/secrets-key`);
-   * for `':memory:'` a random key that lives as long as the store.
-   */
-  secretsKey?: Buffer;
-}
 
 /** `def-` and 12 hex digits: short enough to type, random enough for one installation. */
 const newDefinitionId = (): string => `def-${randomUUID().replace(/-/g, '').slice(0, 12)}`;
 
+/** Rows changed by an UPDATE, DELETE or upsert, as a number. */
+const changed = (r: { numUpdatedRows?: bigint; numDeletedRows?: bigint; numInsertedOrUpdatedRows?: bigint }): number =>
+  Number(r.numUpdatedRows ?? r.numDeletedRows ?? r.numInsertedOrUpdatedRows ?? 0n);
+
+/** Rows per statement of a batched insert or `IN` list: far below either engine's parameter limit. */
+const BATCH = 200;
+const slices = <T>(items: readonly T[]): T[][] => Array.from({ length: Math.ceil(items.length / BATCH) }, (_, i) => items.slice(i * BATCH, (i + 1) * BATCH));
+
+/** Options of {@link openSqliteStore} and {@link openPostgresStore}. */
+export interface StoreOptions {
+  /**
+   * AES-256-GCM key (32 bytes) for context secrets. Default: {@link loadSecretsKey} with the
+   * store file's folder (PostgreSQL: `dataDir`) as data dir (`CLOUDGATE_SECRETS_KEY`, else
+   * `<folder>/secrets-key`); for `':memory:'` a random key that lives as long as the store.
+   */
+  secretsKey?: Buffer;
+  /** PostgreSQL only: where `<dataDir>/secrets-key` is when `secretsKey` and `CLOUDGATE_SECRETS_KEY` are unset. */
+  dataDir?: string;
+  /** PostgreSQL only: connections of this process's pool (default 10). */
+  maxConnections?: number;
+}
+
 /**
- * Opens (creating if needed) a SQLite store. `':memory:'` gives a private in-memory one.
- * WAL mode lets the API read while a worker writes cloud registrations.
+ * Opens (creating and migrating if needed) a SQLite store. `':memory:'` gives a private
+ * in-memory one. WAL mode lets the API read while a worker writes cloud registrations.
  */
-export function openSqliteStore(file: string, options: StoreOptions = {}): Store {
+export async function openSqliteStore(file: string, options: StoreOptions = {}): Promise<Store> {
   const inMemory = file === ':memory:' || file === '';
-  if (!inMemory) mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
   const secretsKey = options.secretsKey ?? (inMemory ? randomBytes(SECRETS_KEY_BYTES) : loadSecretsKey({ dataDir: path.dirname(file) }));
-  if (secretsKey.length !== SECRETS_KEY_BYTES) throw new Error(`the secrets key must be ${SECRETS_KEY_BYTES} bytes, got ${secretsKey.length}`);
-  // Created 0600 before SQLite opens it (its -wal and -shm then get the same mode): it holds tokens' hashes and encrypted secrets.
-  if (!inMemory && !file.startsWith('file:')) ensurePrivateFile(file);
-  const db = new Database(file);
-  db.pragma('journal_mode = WAL');
-  // The API and the worker may open the same file; wait for each other's short writes.
-  db.pragma('busy_timeout = 5000');
-  db.pragma('foreign_keys = ON');
-  db.exec(SCHEMA);
-  db.exec(QUOTA_AUDIT_SCHEMA);
-  db.exec(CAPACITY_SCHEMA);
-  // Stores made before clouds had endpoints and credential references.
-  const cloudColumns = db.prepare<[], { name: string }>("SELECT name FROM pragma_table_info('clouds')").all();
-  if (!cloudColumns.some((c) => c.name === 'info')) db.exec('ALTER TABLE clouds ADD COLUMN info TEXT');
-  // Stores made before contexts could be deleted.
-  const contextColumns = db.prepare<[], { name: string }>("SELECT name FROM pragma_table_info('contexts')").all();
-  if (!contextColumns.some((c) => c.name === 'deleted_at')) db.exec('ALTER TABLE contexts ADD COLUMN deleted_at TEXT');
-  // Stores made before clusters pinned context versions.
-  const clusterColumns = db.prepare<[], { name: string }>("SELECT name FROM pragma_table_info('clusters')").all();
-  if (!clusterColumns.some((c) => c.name === 'contexts')) db.exec('ALTER TABLE clusters ADD COLUMN contexts TEXT');
-  // Stores made before sessions (issue 13): a cluster's lifetime, and when its session ends.
-  if (!clusterColumns.some((c) => c.name === 'lifetime')) db.exec('ALTER TABLE clusters ADD COLUMN lifetime TEXT');
-  // Stores made before schedule windows (issue 13).
-  if (!clusterColumns.some((c) => c.name === 'windows')) db.exec('ALTER TABLE clusters ADD COLUMN windows TEXT');
-  const viewColumns = db.prepare<[], { name: string }>("SELECT name FROM pragma_table_info('cluster_views')").all();
-  if (!viewColumns.some((c) => c.name === 'expires_at')) db.exec('ALTER TABLE cluster_views ADD COLUMN expires_at TEXT');
-  if (!viewColumns.some((c) => c.name === 'drain_until')) db.exec('ALTER TABLE cluster_views ADD COLUMN drain_until TEXT');
-  // Stores made before instances showed their hypervisor host (issue 12).
-  const instanceColumns = db.prepare<[], { name: string }>("SELECT name FROM pragma_table_info('instances')").all();
-  if (!instanceColumns.some((c) => c.name === 'host')) db.exec('ALTER TABLE instances ADD COLUMN host TEXT');
-  // Stores made before running clusters could be changed (issue 13): the spec each instance runs, the change in progress.
-  if (!instanceColumns.some((c) => c.name === 'spec')) db.exec('ALTER TABLE instances ADD COLUMN spec TEXT');
-  if (!viewColumns.some((c) => c.name === 'change')) db.exec('ALTER TABLE cluster_views ADD COLUMN change TEXT');
-  // Stores made before owners: their definitions and contexts have none (only admins see them).
-  for (const table of ['cluster_definitions', 'contexts']) {
-    const columns = db.prepare<[], { name: string }>(`SELECT name FROM pragma_table_info('${table}')`).all();
-    if (!columns.some((c) => c.name === 'owner')) db.exec(`ALTER TABLE ${table} ADD COLUMN owner TEXT`);
+  checkSecretsKey(secretsKey);
+  return createStore(await openSqliteDatabase(file), secretsKey);
+}
+
+/**
+ * Opens a PostgreSQL store at `url` (`postgres://user:password@host:port/database`) and
+ * migrates its database. Every API replica and worker that opens the same database shares
+ * one store: they must also share the secrets key (`CLOUDGATE_SECRETS_KEY`, or the same
+ * `<dataDir>/secrets-key`).
+ */
+export async function openPostgresStore(url: string, options: StoreOptions = {}): Promise<Store> {
+  const secretsKey = options.secretsKey ?? loadSecretsKey({ dataDir: options.dataDir ?? 'data' });
+  checkSecretsKey(secretsKey);
+  return createStore(await openPostgresDatabase(url, { maxConnections: options.maxConnections }), secretsKey);
+}
+
+/**
+ * The store a process of this installation uses: PostgreSQL when `databaseUrl`
+ * (`CLOUDGATE_DATABASE_URL`) is set, else SQLite in `<dataDir>/cloudgate.sqlite`. The API and
+ * the workers both open it this way, so they always meet in the same store.
+ */
+export function openStore(config: Pick<Config, 'dataDir' | 'databaseUrl'>, options: Omit<StoreOptions, 'dataDir'> = {}): Promise<Store> {
+  return config.databaseUrl
+    ? openPostgresStore(config.databaseUrl, { ...options, dataDir: config.dataDir })
+    : openSqliteStore(path.join(config.dataDir, 'cloudgate.sqlite'), options);
+}
+
+/** What a store of `config` is, for logs: never the URL (it may hold a password). */
+export const describeStore = (config: Pick<Config, 'dataDir' | 'databaseUrl'>): string =>
+  config.databaseUrl ? `PostgreSQL at ${safeDatabaseUrl(config.databaseUrl)}` : `SQLite ${path.join(config.dataDir, 'cloudgate.sqlite')}`;
+
+/** `postgres://user@host:port/db`: the URL without its password or query. */
+export function safeDatabaseUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    return `${u.protocol}//${u.username ? `${decodeURIComponent(u.username)}@` : ''}${u.host}${u.pathname}`;
+  } catch {
+    return 'postgres://(unparsable URL)';
   }
-  // Stores made before definitions could be deleted.
-  const definitionColumns = db.prepare<[], { name: string }>("SELECT name FROM pragma_table_info('cluster_definitions')").all();
-  if (!definitionColumns.some((c) => c.name === 'deleted_at')) db.exec('ALTER TABLE cluster_definitions ADD COLUMN deleted_at TEXT');
-  // Pairings before PINs had a lookup half and a budget of wrong guesses (issue 11).
-  const pairingColumns = db.prepare<[], { name: string }>("SELECT name FROM pragma_table_info('pairings')").all();
-  if (!pairingColumns.some((c) => c.name === 'lookup')) db.exec('ALTER TABLE pairings ADD COLUMN lookup TEXT; ALTER TABLE pairings ADD COLUMN misses INTEGER NOT NULL DEFAULT 0');
+}
 
-  const q = {
-    insertDef: db.prepare('INSERT INTO cluster_definitions (id, name, definition, created_at, owner) VALUES (?, ?, ?, ?, ?)'),
-    insertToken: db.prepare(
-      'INSERT INTO api_tokens (id, token_hash, owner, role, created_at, expires_at) VALUES (@id, @hash, @owner, @role, @createdAt, @expiresAt)',
-    ),
-    tokenByHash: db.prepare<[string], ApiTokenRow>('SELECT * FROM api_tokens WHERE token_hash = ?'),
-    tokenById: db.prepare<[string], ApiTokenRow>('SELECT * FROM api_tokens WHERE id = ?'),
-    listTokens: db.prepare<[], ApiTokenRow>('SELECT * FROM api_tokens ORDER BY created_at, rowid'),
-    listOwnerTokens: db.prepare<[string], ApiTokenRow>('SELECT * FROM api_tokens WHERE owner = ? ORDER BY created_at, rowid'),
-    revokeToken: db.prepare('UPDATE api_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL'),
-    getDef: db.prepare<[string], DefinitionRow>('SELECT * FROM cluster_definitions WHERE id = ?'),
-    listDefs: db.prepare<[], DefinitionRow>('SELECT * FROM cluster_definitions WHERE deleted_at IS NULL ORDER BY created_at, id'),
-    deleteDef: db.prepare('UPDATE cluster_definitions SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL'),
-    clustersOfDef: db.prepare<[string], ClusterRow>('SELECT * FROM clusters WHERE definition_id = ? ORDER BY created_at, id'),
-    insertCluster: db.prepare(
-      `INSERT INTO clusters (id, name, definition_id, cloud, owner, idempotency_key, request_hash, contexts, lifetime, windows, created_at)
-       VALUES (@id, @name, @definitionId, @cloud, @owner, @idempotencyKey, @requestHash, @contexts, @lifetime, @windows, @createdAt)`,
-    ),
-    getCluster: db.prepare<[string], ClusterRow>('SELECT * FROM clusters WHERE id = ?'),
-    listClusters: db.prepare<[], ClusterRow>('SELECT * FROM clusters ORDER BY created_at, id'),
-    deleteCluster: db.prepare('DELETE FROM clusters WHERE id = ?'),
-    findByKey: db.prepare<[string], ClusterRow>('SELECT * FROM clusters WHERE idempotency_key = ?'),
-    upsertCloud: db.prepare(
-      `INSERT INTO clouds (name, kind, offerings, info, updated_at) VALUES (?, ?, ?, ?, ?)
-       ON CONFLICT(name) DO UPDATE SET kind = excluded.kind, offerings = excluded.offerings, info = excluded.info, updated_at = excluded.updated_at`,
-    ),
-    listClouds: db.prepare<[], CloudRow>('SELECT name, kind, offerings, info FROM clouds ORDER BY name'),
-    getCloud: db.prepare<[string], CloudRow>('SELECT name, kind, offerings, info FROM clouds WHERE name = ?'),
-    deleteCloud: db.prepare('DELETE FROM clouds WHERE name = ?'),
-    insertContext: db.prepare('INSERT INTO contexts (id, created_at, owner) VALUES (?, ?, ?)'),
-    insertContextVersion: db.prepare(
-      'INSERT INTO context_versions (context_id, version, name, context, secrets, created_at) VALUES (?, ?, ?, ?, ?, ?)',
-    ),
-    latestContextVersion: db.prepare<[string], { version: number | null }>('SELECT MAX(version) AS version FROM context_versions WHERE context_id = ?'),
-    getContextVersion: db.prepare<[string, number], ContextRow>(
-      `SELECT ${CONTEXT_COLUMNS} FROM context_versions v JOIN contexts c ON c.id = v.context_id WHERE v.context_id = ? AND v.version = ?`,
-    ),
-    getLatestContext: db.prepare<[string], ContextRow>(
-      `SELECT ${CONTEXT_COLUMNS} FROM context_versions v JOIN contexts c ON c.id = v.context_id WHERE v.context_id = ? ORDER BY v.version DESC LIMIT 1`,
-    ),
-    listLatestContexts: db.prepare<[], ContextRow>(
-      `SELECT ${CONTEXT_COLUMNS}
-       FROM contexts c JOIN context_versions v ON v.context_id = c.id
-       WHERE c.deleted_at IS NULL AND v.version = (SELECT MAX(version) FROM context_versions WHERE context_id = c.id)
-       ORDER BY c.created_at, c.rowid`, // rowid: creation order within one millisecond (ids are random)
-    ),
-    listContextVersions: db.prepare<[string], ContextRow>(
-      `SELECT ${CONTEXT_COLUMNS} FROM context_versions v JOIN contexts c ON c.id = v.context_id WHERE v.context_id = ? ORDER BY v.version`,
-    ),
-    contextDeletedAt: db.prepare<[string], { deleted_at: string | null }>('SELECT deleted_at FROM contexts WHERE id = ?'),
-    deleteContext: db.prepare('UPDATE contexts SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL'),
-    // Replaces a row with the same PIN only if that one is used or expired; else changes nothing.
-    insertPairing: db.prepare(
-      `INSERT INTO pairings (pin, lookup, context_id, version, created_at, expires_at) VALUES (@pin, @lookup, @contextId, @version, @createdAt, @expiresAt)
-       ON CONFLICT(pin) DO UPDATE SET lookup = excluded.lookup, misses = 0, context_id = excluded.context_id, version = excluded.version,
-         created_at = excluded.created_at, expires_at = excluded.expires_at, used_at = NULL
-       WHERE pairings.used_at IS NOT NULL OR pairings.expires_at <= excluded.created_at`,
-    ),
-    liveLookup: db.prepare<[string, string], { pin: string }>('SELECT pin FROM pairings WHERE lookup = ? AND used_at IS NULL AND expires_at > ?'),
-    // All SET expressions read the row as it was: the budget-th miss also marks it used.
-    chargePairingMiss: db.prepare(
-      `UPDATE pairings SET misses = misses + 1, used_at = CASE WHEN misses + 1 >= @budget THEN @now ELSE used_at END
-       WHERE lookup = @lookup AND used_at IS NULL AND expires_at > @now`,
-    ),
-    livePairingExpiries: db.prepare<[string, string], { expires_at: string }>(
-      `SELECT p.expires_at FROM pairings p JOIN contexts c ON c.id = p.context_id
-       WHERE c.owner = ? AND c.deleted_at IS NULL AND p.used_at IS NULL AND p.expires_at > ? ORDER BY p.expires_at`,
-    ),
-    takePairing: db.prepare('UPDATE pairings SET used_at = ? WHERE pin = ? AND used_at IS NULL AND expires_at > ?'),
-    getPairing: db.prepare<[string], PairingRow>('SELECT * FROM pairings WHERE pin = ?'),
-    purgePairings: db.prepare('DELETE FROM pairings WHERE expires_at < ?'),
-    getContextSecrets: db.prepare<[string, number], { secrets: string }>('SELECT secrets FROM context_versions WHERE context_id = ? AND version = ?'),
-    ping: db.prepare('SELECT 1'),
+function checkSecretsKey(key: Buffer): void {
+  if (key.length !== SECRETS_KEY_BYTES) throw new Error(`the secrets key must be ${SECRETS_KEY_BYTES} bytes, got ${key.length}`);
+}
 
-    clusterViewSeq: db.prepare<[string], { seq: number }>('SELECT seq FROM cluster_views WHERE cluster_id = ?'),
-    upsertClusterView: db.prepare(
-      `INSERT INTO cluster_views (cluster_id, seq, observed_at, state, message, services, expires_at, change, drain_until)
-       VALUES (@clusterId, @seq, @observedAt, @state, @message, @services, @expiresAt, @change, @drainUntil)
-       ON CONFLICT(cluster_id) DO UPDATE SET seq = excluded.seq, observed_at = excluded.observed_at, state = excluded.state,
-         message = excluded.message, services = excluded.services, expires_at = excluded.expires_at, drain_until = excluded.drain_until,
-         change = CASE WHEN @changeSent THEN excluded.change ELSE cluster_views.change END`,
-    ),
-    // A change started or ended: the cluster runs (or converges to) another definition and pins.
-    setClusterSpec: db.prepare('UPDATE clusters SET definition_id = ?, contexts = ? WHERE id = ?'),
-    getClusterView: db.prepare<[string], ClusterViewRow>('SELECT * FROM cluster_views WHERE cluster_id = ?'),
-    serviceViewSeq: db.prepare<[string, string], { seq: number }>('SELECT seq FROM service_views WHERE cluster_id = ? AND service = ?'),
-    upsertServiceView: db.prepare(
-      `INSERT INTO service_views (cluster_id, service, seq, observed_at, summary) VALUES (@clusterId, @service, @seq, @observedAt, @summary)
-       ON CONFLICT(cluster_id, service) DO UPDATE SET seq = excluded.seq, observed_at = excluded.observed_at, summary = excluded.summary`,
-    ),
-    getServiceViews: db.prepare<[string], ServiceViewRow>('SELECT * FROM service_views WHERE cluster_id = ? ORDER BY service'),
-    upsertInstance: db.prepare(
-      `INSERT INTO instances (cluster_id, id, service, ordinal, name, state, cloud, cloud_instance_id, created_at, ready_at, message, host, spec)
-       VALUES (@clusterId, @id, @service, @ordinal, @name, @state, @cloud, @cloudInstanceId, @createdAt, @readyAt, @message, @host, @spec)
-       ON CONFLICT(cluster_id, id) DO UPDATE SET service = excluded.service, ordinal = excluded.ordinal, name = excluded.name,
-         state = excluded.state, cloud = excluded.cloud, cloud_instance_id = COALESCE(excluded.cloud_instance_id, instances.cloud_instance_id),
-         host = COALESCE(excluded.host, instances.host), spec = COALESCE(excluded.spec, instances.spec),
-         created_at = COALESCE(excluded.created_at, instances.created_at), ready_at = COALESCE(excluded.ready_at, instances.ready_at),
-         message = excluded.message`,
-    ),
-    cloudInstanceId: db.prepare<[string, string], { cloud_instance_id: string | null }>(
-      'SELECT cloud_instance_id FROM instances WHERE cluster_id = ? AND id = ?',
-    ),
-    deleteInstance: db.prepare('DELETE FROM instances WHERE cluster_id = ? AND service = ? AND id = ?'),
-    clusterCounts: db.prepare<[], { state: string; count: number }>(
-      `SELECT COALESCE(v.state, 'PENDING') AS state, COUNT(*) AS count FROM clusters c LEFT JOIN cluster_views v ON v.cluster_id = c.id GROUP BY 1 ORDER BY 1`,
-    ),
-    instanceCounts: db.prepare<[], { cloud: string; state: string; count: number }>(
-      'SELECT cloud, state, COUNT(*) AS count FROM instances GROUP BY cloud, state ORDER BY cloud, state',
-    ),
-    instanceState: db.prepare<[string, string], { state: InstanceState }>('SELECT state FROM instances WHERE cluster_id = ? AND id = ?'),
-    maxOrdinal: db.prepare<[string, string], { ordinal: number | null }>('SELECT MAX(ordinal) AS ordinal FROM instances WHERE cluster_id = ? AND service = ?'),
-    // A NULL parameter switches its filter off; (service, ordinal) > cursor continues the keyset.
-    listInstances: db.prepare<
-      { clusterId: string; service: string | null; state: string | null; afterService: string | null; afterOrdinal: number | null; limit: number },
-      InstanceRow
-    >(
-      `SELECT * FROM instances
-       WHERE cluster_id = @clusterId
-         AND (@service IS NULL OR service = @service)
-         AND (@state IS NULL OR state = @state)
-         AND (@afterService IS NULL OR (service, ordinal) > (@afterService, @afterOrdinal))
-       ORDER BY service, ordinal
-       LIMIT @limit`,
-    ),
-    insertEvent: db.prepare(
-      'INSERT INTO cluster_events (cluster_id, at, kind, service, instance, message) VALUES (@clusterId, @at, @kind, @service, @instance, @message)',
-    ),
-    listEvents: db.prepare<[string, number, number], EventRow>('SELECT * FROM cluster_events WHERE cluster_id = ? AND id > ? ORDER BY id LIMIT ?'),
+/** A context version's columns joined with its context's deletion time and owner. */
+const contextColumns = ['v.context_id', 'v.version', 'v.name', 'v.context', 'v.created_at', 'c.deleted_at', 'c.owner'] as const;
+
+/** The {@link Store} over an open database: one implementation for both engines. */
+function createStore(database: StoreDatabase, secretsKey: Buffer): Store {
+  const { db, write } = database;
+  const qa = quotaAuditStatements(database);
+
+  const contextsJoined = (executor: Db) => executor.selectFrom('context_versions as v').innerJoin('contexts as c', 'c.id', 'v.context_id').select(contextColumns);
+  const latestContext = (executor: Db, id: string) => contextsJoined(executor).where('v.context_id', '=', id).orderBy('v.version', 'desc').limit(1).executeTakeFirst();
+
+  const insertVersion = async (trx: Db, id: string, version: number, input: ContextVersionInput, createdAt: string, owner: string | undefined): Promise<ContextRecord> => {
+    await trx
+      .insertInto('context_versions')
+      .values({ context_id: id, version, name: input.name, context: JSON.stringify(input.context), secrets: encryptSecrets(secretsKey, id, version, input.secrets), created_at: createdAt })
+      .execute();
+    return { id, version, name: input.name, context: input.context, ...(owner !== undefined && { owner }), createdAt };
   };
 
-  const appendEvents = (clusterId: string, events: ClusterEvent[]) => {
-    for (const e of events) {
-      q.insertEvent.run({ clusterId, at: e.at, kind: e.kind, service: e.service ?? null, instance: e.instance ?? null, message: e.message });
+  const appendEvents = async (trx: Db, clusterId: string, events: ClusterEvent[]) => {
+    for (const part of slices(events)) {
+      await trx
+        .insertInto('cluster_events')
+        .values(part.map((e) => ({ cluster_id: clusterId, at: e.at, kind: e.kind, service: e.service ?? null, instance: e.instance ?? null, message: e.message })))
+        .execute();
     }
   };
-  // Compare and write in one IMMEDIATE transaction: two writers (retried activity, second
-  // worker) cannot both pass the seq check, and a reader never sees half a publish.
-  const publishClusterTx = db.transaction((input: PublishClusterInput): boolean => {
-    const stored = q.clusterViewSeq.get(input.clusterId);
-    if (stored && stored.seq >= input.seq) return false;
-    q.upsertClusterView.run({
-      clusterId: input.clusterId,
-      seq: input.seq,
-      observedAt: input.observedAt,
-      state: input.state,
-      message: input.message ?? null,
-      services: JSON.stringify(input.services),
-      expiresAt: input.expiresAt ?? null,
-      change: input.change ? JSON.stringify(input.change) : null,
-      changeSent: input.change !== undefined ? 1 : 0,
-      drainUntil: input.drainUntil ?? null,
-    });
-    if (input.spec) q.setClusterSpec.run(input.spec.definitionId, input.spec.contexts ? JSON.stringify(input.spec.contexts) : null, input.clusterId);
-    appendEvents(input.clusterId, input.events);
-    return true;
-  });
-  const publishServiceTx = db.transaction((input: PublishServiceInput): boolean => {
-    const stored = q.serviceViewSeq.get(input.clusterId, input.service);
-    if (stored && stored.seq >= input.seq) return false;
-    q.upsertServiceView.run({
-      clusterId: input.clusterId,
-      service: input.service,
-      seq: input.seq,
-      observedAt: input.observedAt,
-      summary: JSON.stringify(input.summary),
-    });
-    for (const i of input.upserts) {
-      q.upsertInstance.run({
-        clusterId: input.clusterId,
-        id: i.id,
-        service: input.service,
-        ordinal: i.ordinal,
-        name: i.name,
-        state: i.state,
-        cloud: i.cloud,
-        cloudInstanceId: i.cloudInstanceId ?? null,
-        createdAt: i.createdAt ?? null,
-        readyAt: i.readyAt ?? null,
-        message: i.message ?? null,
-        host: i.host ?? null,
-        spec: i.spec ?? null,
-      });
-    }
-    for (const id of input.removed) q.deleteInstance.run(input.clusterId, input.service, id);
-    appendEvents(input.clusterId, input.events);
-    return true;
-  });
 
-  const insertVersion = (id: string, version: number, input: ContextVersionInput, createdAt: string, owner: string | undefined): ContextRecord => {
-    const rec: ContextRecord = { id, version, name: input.name, context: input.context, ...(owner !== undefined && { owner }), createdAt };
-    q.insertContextVersion.run(id, version, input.name, JSON.stringify(input.context), encryptSecrets(secretsKey, id, version, input.secrets), createdAt);
-    return rec;
-  };
-  const createContextTx = db.transaction((input: ContextVersionInput, owner: string | undefined): ContextRecord => {
-    const id = newContextId();
-    const createdAt = new Date().toISOString();
-    q.insertContext.run(id, createdAt, owner ?? null);
-    return insertVersion(id, 1, input, createdAt, owner);
-  });
-  // Read the latest version and write the next in one transaction: concurrent updates get distinct versions.
-  const updateContextTx = db.transaction((id: string, input: ContextVersionInput): ContextRecord | undefined => {
-    const ctx = q.contextDeletedAt.get(id);
-    if (!ctx || ctx.deleted_at !== null) return undefined;
-    const latest = q.latestContextVersion.get(id)?.version;
-    if (latest === null || latest === undefined) return undefined;
-    return insertVersion(id, latest + 1, input, new Date().toISOString(), q.getLatestContext.get(id)?.owner ?? undefined);
-  });
-
-  // The conditional UPDATE alone decides who wins; the transaction only keeps the read that explains a loss consistent with it.
-  const qa = quotaAuditStatements(db);
-  // The row and its reservation together, after the quota check, or nothing.
-  const createClusterTx = db.transaction((row: Record<string, unknown>, quota?: { claim: QuotaClaim; defaultQuota: Quota }) => {
-    q.insertCluster.run(row);
-    if (quota) qa.reserveNewCluster(row.id as string, quota.claim, quota.defaultQuota);
-  });
-  const deleteClusterTx = db.transaction((id: string): boolean => {
-    qa.deleteReservation(id);
-    return q.deleteCluster.run(id).changes > 0;
-  });
-
-  const createPairingTx = db.transaction((row: { pin: string; lookup: string | null; contextId: string; version: number; createdAt: string; expiresAt: string }): boolean => {
-    if (row.lookup !== null && q.liveLookup.get(row.lookup, row.createdAt)) return false;
-    return q.insertPairing.run(row).changes > 0;
-  });
-
-  const takePairingTx = db.transaction((pin: string, now: string): PairingTake => {
-    const won = q.takePairing.run(now, pin, now).changes > 0;
-    const r = q.getPairing.get(pin);
-    if (!r) return { status: 'unknown' };
-    if (won) return { status: 'ok', contextId: r.context_id, version: r.version };
-    if (r.used_at !== null) return { status: 'used', usedAt: r.used_at };
-    return { status: 'expired', expiresAt: r.expires_at };
-  });
+  const livePairings = (executor: Db, owner: string, now: string) =>
+    executor
+      .selectFrom('pairings as p')
+      .innerJoin('contexts as c', 'c.id', 'p.context_id')
+      .select('p.expires_at')
+      .where('c.owner', '=', owner)
+      .where('c.deleted_at', 'is', null)
+      .where('p.used_at', 'is', null)
+      .where('p.expires_at', '>', now)
+      .orderBy('p.expires_at')
+      .execute();
 
   return {
-    ...capacityLedger(db),
-    createDefinition({ name, definition, owner }) {
+    ...capacityLedger(database),
+    async createDefinition({ name, definition, owner }) {
       const rec: ClusterDefinitionRecord = { id: newDefinitionId(), name, definition, ...(owner !== undefined && { owner }), createdAt: new Date().toISOString() };
-      q.insertDef.run(rec.id, rec.name, JSON.stringify(definition), rec.createdAt, owner ?? null);
+      await db.insertInto('cluster_definitions').values({ id: rec.id, name, definition: JSON.stringify(definition), created_at: rec.createdAt, owner: owner ?? null }).execute();
       return rec;
     },
-    getDefinition: (id) => {
-      const r = q.getDef.get(id);
+    async getDefinition(id) {
+      const r = await db.selectFrom('cluster_definitions').selectAll().where('id', '=', id).executeTakeFirst();
       return r && toDefinition(r);
     },
-    listDefinitions: () => q.listDefs.all().map(toDefinition),
-    deleteDefinition: (id, at = new Date()) => q.deleteDef.run(at.toISOString(), id).changes > 0,
-    clustersOfDefinition: (definitionId) => q.clustersOfDef.all(definitionId).map(toCluster),
+    listDefinitions: async () =>
+      (await db.selectFrom('cluster_definitions').selectAll().where('deleted_at', 'is', null).orderBy('created_at').orderBy('id').execute()).map(toDefinition),
+    deleteDefinition: async (id, at = new Date()) =>
+      changed(await db.updateTable('cluster_definitions').set({ deleted_at: at.toISOString() }).where('id', '=', id).where('deleted_at', 'is', null).executeTakeFirst()) > 0,
+    clustersOfDefinition: async (definitionId) =>
+      (await db.selectFrom('clusters').selectAll().where('definition_id', '=', definitionId).orderBy('created_at').orderBy('id').execute()).map(toCluster),
 
-    createCluster(input, quota) {
+    async createCluster(input, quota) {
       const rec: ClusterRecord = { ...input, createdAt: input.createdAt ?? new Date().toISOString() };
       try {
-        createClusterTx.immediate({
-          id: rec.id,
-          name: rec.name,
-          definitionId: rec.definitionId,
-          cloud: rec.cloud,
-          owner: rec.owner ?? null,
-          idempotencyKey: rec.idempotencyKey ?? null,
-          requestHash: rec.requestHash ?? null,
-          contexts: rec.contexts ? JSON.stringify(rec.contexts) : null,
-          lifetime: rec.lifetime ? JSON.stringify(rec.lifetime) : null,
-          windows: rec.windows ? JSON.stringify(rec.windows) : null,
-          createdAt: rec.createdAt,
-        }, quota);
+        // The row and its reservation together, after the quota check, or nothing.
+        await write(async (trx) => {
+          await trx
+            .insertInto('clusters')
+            .values({
+              id: rec.id,
+              name: rec.name,
+              definition_id: rec.definitionId,
+              cloud: rec.cloud,
+              owner: rec.owner ?? null,
+              idempotency_key: rec.idempotencyKey ?? null,
+              request_hash: rec.requestHash ?? null,
+              contexts: rec.contexts ? JSON.stringify(rec.contexts) : null,
+              lifetime: rec.lifetime ? JSON.stringify(rec.lifetime) : null,
+              windows: rec.windows ? JSON.stringify(rec.windows) : null,
+              created_at: rec.createdAt,
+            })
+            .execute();
+          if (quota) await qa.reserveNewCluster(trx, rec.id, quota.claim, quota.defaultQuota);
+        });
       } catch (err) {
-        const e = err as { code?: string; message?: string };
-        if (e.code === 'SQLITE_CONSTRAINT_UNIQUE' || e.code === 'SQLITE_CONSTRAINT_PRIMARYKEY') {
-          const field = e.message?.includes('idempotency_key') ? 'idempotencyKey' : 'id';
+        const violated = database.uniqueViolation(err);
+        if (violated !== undefined) {
+          const field = violated.includes('idempotency_key') ? 'idempotencyKey' : 'id';
           throw new DuplicateKeyError(`cluster ${field} already exists`, field, { cause: err });
         }
         throw err;
       }
       return rec;
     },
-    getCluster: (id) => {
-      const r = q.getCluster.get(id);
+    async getCluster(id) {
+      const r = await db.selectFrom('clusters').selectAll().where('id', '=', id).executeTakeFirst();
       return r && toCluster(r);
     },
-    listClusters: () => q.listClusters.all().map(toCluster),
-    deleteCluster: (id) => deleteClusterTx.immediate(id),
-    findClusterByIdempotencyKey: (key) => {
-      const r = q.findByKey.get(key);
+    listClusters: async () => (await db.selectFrom('clusters').selectAll().orderBy('created_at').orderBy('id').execute()).map(toCluster),
+    deleteCluster: (id) =>
+      write(async (trx) => {
+        await qa.deleteReservation(trx, id);
+        return changed(await trx.deleteFrom('clusters').where('id', '=', id).executeTakeFirst()) > 0;
+      }),
+    async findClusterByIdempotencyKey(key) {
+      const r = await db.selectFrom('clusters').selectAll().where('idempotency_key', '=', key).executeTakeFirst();
       return r && toCluster(r);
     },
 
-    createContext: (input, owner) => createContextTx.immediate(input, owner),
-    updateContext: (id, input) => updateContextTx.immediate(id, input),
-    getContext: (id, version) => {
-      const r = version === undefined ? q.getLatestContext.get(id) : q.getContextVersion.get(id, version);
+    createContext: (input, owner) =>
+      write(async (trx) => {
+        const id = newContextId();
+        const createdAt = new Date().toISOString();
+        await trx.insertInto('contexts').values({ id, created_at: createdAt, owner: owner ?? null }).execute();
+        return insertVersion(trx, id, 1, input, createdAt, owner);
+      }),
+    // Concurrent updates get distinct versions: the no-op UPDATE locks the context's row (PostgreSQL; SQLite's
+    // transaction holds the file), so the second reads the latest version only after the first wrote it.
+    updateContext: (id, input) =>
+      write(async (trx) => {
+        const live = changed(await trx.updateTable('contexts').set((eb) => ({ deleted_at: eb.ref('deleted_at') })).where('id', '=', id).where('deleted_at', 'is', null).executeTakeFirst());
+        if (live === 0) return undefined;
+        const latest = await latestContext(trx, id);
+        if (!latest) return undefined;
+        return insertVersion(trx, id, latest.version + 1, input, new Date().toISOString(), latest.owner ?? undefined);
+      }),
+    async getContext(id, version) {
+      const r = version === undefined ? await latestContext(db, id) : await contextsJoined(db).where('v.context_id', '=', id).where('v.version', '=', version).executeTakeFirst();
       return r && toContext(r);
     },
-    listContexts: () => q.listLatestContexts.all().map(toContext),
-    listContextVersions: (id) => q.listContextVersions.all(id).map(toContext),
-    getContextSecrets: (id, version) => {
-      const r = q.getContextSecrets.get(id, version);
+    listContexts: async () =>
+      (
+        await contextsJoined(db)
+          .where('c.deleted_at', 'is', null)
+          .where('v.version', '=', (eb) => eb.selectFrom('context_versions as w').select((w) => w.fn.max('w.version').as('latest')).whereRef('w.context_id', '=', 'c.id'))
+          .orderBy('c.created_at')
+          .orderBy('c.rowid') // creation order within one millisecond (ids are random)
+          .execute()
+      ).map(toContext),
+    listContextVersions: async (id) => (await contextsJoined(db).where('v.context_id', '=', id).orderBy('v.version').execute()).map(toContext),
+    async getContextSecrets(id, version) {
+      const r = await db.selectFrom('context_versions').select('secrets').where('context_id', '=', id).where('version', '=', version).executeTakeFirst();
       return r && decryptSecrets(secretsKey, id, version, r.secrets);
     },
-    deleteContext: (id, at = new Date()) => q.deleteContext.run(at.toISOString(), id).changes > 0,
+    deleteContext: async (id, at = new Date()) =>
+      changed(await db.updateTable('contexts').set({ deleted_at: at.toISOString() }).where('id', '=', id).where('deleted_at', 'is', null).executeTakeFirst()) > 0,
 
-    createPairing({ pin, lookup, contextId, version, expiresAt, createdAt = new Date() }) {
+    async createPairing({ pin, lookup, contextId, version, expiresAt, createdAt = new Date(), ownerLimit }) {
       const rec: PairingRecord = { pin, contextId, version, createdAt: createdAt.toISOString(), expiresAt: expiresAt.toISOString() };
-      return createPairingTx.immediate({ ...rec, lookup: lookup ?? null }) ? rec : undefined;
+      const row = { lookup: lookup ?? null, misses: 0, context_id: contextId, version, created_at: rec.createdAt, expires_at: rec.expiresAt, used_at: null };
+      const made = await write(async (trx) => {
+        if (ownerLimit) {
+          const live = await livePairings(trx, ownerLimit.owner, rec.createdAt);
+          if (live.length >= ownerLimit.limit) throw new LivePairingLimitError(ownerLimit.owner, live.map((r) => r.expires_at));
+        }
+        if (lookup !== undefined) {
+          const taken = await trx.selectFrom('pairings').select('pin').where('lookup', '=', lookup).where('used_at', 'is', null).where('expires_at', '>', rec.createdAt).executeTakeFirst();
+          if (taken) return false;
+        }
+        // Replaces a row with the same PIN only if that one is used or expired; else changes nothing.
+        const r = await trx
+          .insertInto('pairings')
+          .values({ pin, ...row })
+          .onConflict((oc) =>
+            oc
+              .column('pin')
+              .doUpdateSet(row)
+              .where((eb) => eb.or([eb('pairings.used_at', 'is not', null), eb('pairings.expires_at', '<=', eb.ref('excluded.created_at'))])),
+          )
+          .executeTakeFirst();
+        return changed(r) > 0;
+      });
+      return made ? rec : undefined;
     },
-    takePairing: (pin, now = new Date()) => takePairingTx.immediate(pin, now.toISOString()),
-    purgePairings: (expiredBefore) => q.purgePairings.run(expiredBefore.toISOString()).changes,
-    chargePairingMiss: (lookup, now, budget) => q.chargePairingMiss.run({ lookup, now: now.toISOString(), budget }).changes > 0,
-    livePairingExpiries: (owner, now) => q.livePairingExpiries.all(owner, now.toISOString()).map((r) => r.expires_at),
+    // The conditional UPDATE alone decides who wins (of takes racing in any number of processes, one
+    // matches the unused row); the transaction only keeps the read that explains a loss consistent with it.
+    takePairing: (pin, now = new Date()) =>
+      write(async (trx): Promise<PairingTake> => {
+        const at = now.toISOString();
+        const won = changed(await trx.updateTable('pairings').set({ used_at: at }).where('pin', '=', pin).where('used_at', 'is', null).where('expires_at', '>', at).executeTakeFirst()) > 0;
+        const r = await trx.selectFrom('pairings').selectAll().where('pin', '=', pin).executeTakeFirst();
+        if (!r) return { status: 'unknown' };
+        if (won) return { status: 'ok', contextId: r.context_id, version: r.version };
+        if (r.used_at !== null) return { status: 'used', usedAt: r.used_at };
+        return { status: 'expired', expiresAt: r.expires_at };
+      }),
+    purgePairings: async (expiredBefore) => changed(await db.deleteFrom('pairings').where('expires_at', '<', expiredBefore.toISOString()).executeTakeFirst()),
+    // Both SET expressions read the row as it was: the budget-th miss also marks it used.
+    chargePairingMiss: async (lookup, now, budget) => {
+      const at = now.toISOString();
+      const r = await db
+        .updateTable('pairings')
+        .set((eb) => ({
+          misses: eb('misses', '+', 1),
+          used_at: eb.case().when(eb(eb('misses', '+', 1), '>=', budget)).then(at).else(eb.ref('used_at')).end(),
+        }))
+        .where('lookup', '=', lookup)
+        .where('used_at', 'is', null)
+        .where('expires_at', '>', at)
+        .executeTakeFirst();
+      return changed(r) > 0;
+    },
+    livePairingExpiries: async (owner, now) => (await livePairings(db, owner, now.toISOString())).map((r) => r.expires_at),
+    chargePinLookup: (client, now, { limit, windowMs }) =>
+      write(async (trx) => {
+        const at = now.toISOString();
+        const since = new Date(now.getTime() - windowMs).toISOString();
+        // Misses that left the window are forgotten (everyone's: the table stays as small as the window).
+        await trx.deleteFrom('pin_lookup_misses').where('at', '<=', since).execute();
+        const recent = await trx.selectFrom('pin_lookup_misses').select('at').where('client', '=', client).orderBy('at').orderBy('id').execute();
+        if (recent.length >= limit) return { retryAfterSeconds: Math.max(1, Math.ceil((Date.parse(recent[0].at) + windowMs - now.getTime()) / 1000)) };
+        const { id } = await trx.insertInto('pin_lookup_misses').values({ client, at }).returning('id').executeTakeFirstOrThrow();
+        return { charge: Number(id) };
+      }),
+    refundPinLookup: async (charge) => void (await db.deleteFrom('pin_lookup_misses').where('id', '=', charge).execute()),
 
-    deleteCloud(name) {
-      return q.deleteCloud.run(name).changes > 0;
-    },
-    upsertCloud({ name, kind, offerings, endpoint, credentials, images, quota }) {
+    deleteCloud: async (name) => changed(await db.deleteFrom('clouds').where('name', '=', name).executeTakeFirst()) > 0,
+    async upsertCloud({ name, kind, offerings, endpoint, credentials, images, quota }) {
       const info = endpoint || credentials || images || quota ? JSON.stringify({ endpoint, credentials, images, quota }) : null;
-      q.upsertCloud.run(name, kind, JSON.stringify(offerings), info, new Date().toISOString());
+      const row = { kind, offerings: JSON.stringify(offerings), info, updated_at: new Date().toISOString() };
+      await db
+        .insertInto('clouds')
+        .values({ name, ...row })
+        .onConflict((oc) => oc.column('name').doUpdateSet(row))
+        .execute();
     },
-    listClouds: () => q.listClouds.all().map(toCloud),
-    getCloud: (name) => {
-      const r = q.getCloud.get(name);
+    listClouds: async () => (await db.selectFrom('clouds').select(['name', 'kind', 'offerings', 'info']).orderBy('name').execute()).map(toCloud),
+    async getCloud(name) {
+      const r = await db.selectFrom('clouds').select(['name', 'kind', 'offerings', 'info']).where('name', '=', name).executeTakeFirst();
       return r && toCloud(r);
     },
 
-    publishCluster: (input) => publishClusterTx.immediate(input),
-    publishService: (input) => publishServiceTx.immediate(input),
-    getClusterView: (clusterId) => {
-      const r = q.getClusterView.get(clusterId);
+    // Compare and write in one write transaction: two writers (retried activity, second worker)
+    // cannot both pass the seq check, and a reader never sees half a publish.
+    publishCluster: (input) =>
+      write(async (trx) => {
+        const stored = await trx.selectFrom('cluster_views').select('seq').where('cluster_id', '=', input.clusterId).executeTakeFirst();
+        if (stored && stored.seq >= input.seq) return false;
+        const row = {
+          seq: input.seq,
+          observed_at: input.observedAt,
+          state: input.state,
+          message: input.message ?? null,
+          services: JSON.stringify(input.services),
+          expires_at: input.expiresAt ?? null,
+          drain_until: input.drainUntil ?? null,
+        };
+        // A publish without `change` keeps the change stored (only one that names it replaces it).
+        const change = input.change !== undefined ? { change: input.change ? JSON.stringify(input.change) : null } : {};
+        await trx
+          .insertInto('cluster_views')
+          .values({ cluster_id: input.clusterId, ...row, change: change.change ?? null })
+          .onConflict((oc) => oc.column('cluster_id').doUpdateSet({ ...row, ...change }))
+          .execute();
+        // A change started or ended: the cluster runs (or converges to) another definition and pins.
+        if (input.spec) {
+          await trx
+            .updateTable('clusters')
+            .set({ definition_id: input.spec.definitionId, contexts: input.spec.contexts ? JSON.stringify(input.spec.contexts) : null })
+            .where('id', '=', input.clusterId)
+            .execute();
+        }
+        await appendEvents(trx, input.clusterId, input.events);
+        return true;
+      }),
+    publishService: (input) =>
+      write(async (trx) => {
+        const stored = await trx.selectFrom('service_views').select('seq').where('cluster_id', '=', input.clusterId).where('service', '=', input.service).executeTakeFirst();
+        if (stored && stored.seq >= input.seq) return false;
+        const view = { seq: input.seq, observed_at: input.observedAt, summary: JSON.stringify(input.summary) };
+        await trx
+          .insertInto('service_views')
+          .values({ cluster_id: input.clusterId, service: input.service, ...view })
+          .onConflict((oc) => oc.columns(['cluster_id', 'service']).doUpdateSet(view))
+          .execute();
+        // One row per instance id (the last upsert of an id wins, as when they were written one by one).
+        const upserts = [...new Map(input.upserts.map((i) => [i.id, i])).values()];
+        for (const part of slices(upserts)) {
+          await trx
+            .insertInto('instances')
+            .values(
+              part.map((i) => ({
+                cluster_id: input.clusterId,
+                id: i.id,
+                service: input.service,
+                ordinal: i.ordinal,
+                name: i.name,
+                state: i.state,
+                cloud: i.cloud,
+                cloud_instance_id: i.cloudInstanceId ?? null,
+                created_at: i.createdAt ?? null,
+                ready_at: i.readyAt ?? null,
+                message: i.message ?? null,
+                host: i.host ?? null,
+                spec: i.spec ?? null,
+              })),
+            )
+            .onConflict((oc) =>
+              oc.columns(['cluster_id', 'id']).doUpdateSet((eb) => ({
+                service: eb.ref('excluded.service'),
+                ordinal: eb.ref('excluded.ordinal'),
+                name: eb.ref('excluded.name'),
+                state: eb.ref('excluded.state'),
+                cloud: eb.ref('excluded.cloud'),
+                // What the upsert leaves out is kept: a service workflow does not carry it across continue-as-new.
+                cloud_instance_id: eb.fn.coalesce(eb.ref('excluded.cloud_instance_id'), eb.ref('instances.cloud_instance_id')),
+                host: eb.fn.coalesce(eb.ref('excluded.host'), eb.ref('instances.host')),
+                spec: eb.fn.coalesce(eb.ref('excluded.spec'), eb.ref('instances.spec')),
+                created_at: eb.fn.coalesce(eb.ref('excluded.created_at'), eb.ref('instances.created_at')),
+                ready_at: eb.fn.coalesce(eb.ref('excluded.ready_at'), eb.ref('instances.ready_at')),
+                message: eb.ref('excluded.message'),
+              })),
+            )
+            .execute();
+        }
+        for (const part of slices(input.removed)) {
+          await trx.deleteFrom('instances').where('cluster_id', '=', input.clusterId).where('service', '=', input.service).where('id', 'in', part).execute();
+        }
+        await appendEvents(trx, input.clusterId, input.events);
+        return true;
+      }),
+    async getClusterView(clusterId) {
+      const r = await db.selectFrom('cluster_views').selectAll().where('cluster_id', '=', clusterId).executeTakeFirst();
       return r && toClusterView(r);
     },
-    getServiceViews: (clusterId) => q.getServiceViews.all(clusterId).map(toServiceView),
-    cloudInstanceIds(clusterId, ids) {
+    getServiceViews: async (clusterId) => (await db.selectFrom('service_views').selectAll().where('cluster_id', '=', clusterId).orderBy('service').execute()).map(toServiceView),
+    async cloudInstanceIds(clusterId, ids) {
       const out: Record<string, string> = {};
-      for (const id of ids) {
-        const found = q.cloudInstanceId.get(clusterId, id)?.cloud_instance_id;
-        if (found) out[id] = found;
+      for (const part of slices(ids)) {
+        const rows = await db.selectFrom('instances').select(['id', 'cloud_instance_id']).where('cluster_id', '=', clusterId).where('id', 'in', part).execute();
+        for (const r of rows) if (r.cloud_instance_id) out[r.id] = r.cloud_instance_id;
       }
       return out;
     },
-    instanceStanding(clusterId, service, instanceId, ordinal) {
-      const found = q.instanceState.get(clusterId, instanceId);
-      if (found) return found.state;
-      const highest = q.maxOrdinal.get(clusterId, service)?.ordinal;
+    async instanceStanding(clusterId, service, instanceId, ordinal) {
+      const found = await db.selectFrom('instances').select('state').where('cluster_id', '=', clusterId).where('id', '=', instanceId).executeTakeFirst();
+      if (found) return found.state as InstanceState;
+      const highest = (
+        await db
+          .selectFrom('instances')
+          .select((eb) => eb.fn.max('ordinal').as('ordinal'))
+          .where('cluster_id', '=', clusterId)
+          .where('service', '=', service)
+          .executeTakeFirst()
+      )?.ordinal;
       return highest !== null && highest !== undefined && highest > ordinal ? 'REMOVED' : undefined;
     },
-    listInstances(clusterId, { service, state, cursor, limit }) {
+    async listInstances(clusterId, { service, state, cursor, limit }) {
       const after = cursor === undefined ? undefined : instanceCursor(cursor);
-      const rows = q.listInstances.all({
-        clusterId,
-        service: service ?? null,
-        state: state ?? null,
-        afterService: after?.service ?? null,
-        afterOrdinal: after?.ordinal ?? null,
-        limit: limit + 1,
-      });
+      let q = db.selectFrom('instances').selectAll().where('cluster_id', '=', clusterId);
+      if (service !== undefined) q = q.where('service', '=', service);
+      if (state !== undefined) q = q.where('state', '=', state);
+      // (service, ordinal) > cursor continues the keyset.
+      if (after) q = q.where((eb) => eb(eb.refTuple('service', 'ordinal'), '>', eb.tuple(after.service, after.ordinal)));
+      const rows = await q.orderBy('service').orderBy('ordinal').limit(limit + 1).execute();
       return pageOf(rows, limit, toInstance, (r) => [r.service, r.ordinal]);
     },
-    listEvents(clusterId, { cursor, limit }) {
-      const rows = q.listEvents.all(clusterId, cursor === undefined ? 0 : eventCursor(cursor), limit + 1);
+    async listEvents(clusterId, { cursor, limit }) {
+      const rows = await db
+        .selectFrom('cluster_events')
+        .selectAll()
+        .where('cluster_id', '=', clusterId)
+        .where('id', '>', cursor === undefined ? 0 : eventCursor(cursor))
+        .orderBy('id')
+        .limit(limit + 1)
+        .execute();
       return pageOf(rows, limit, toEvent, (r) => [r.id]);
     },
 
-    createApiToken({ owner, role, expiresAt }) {
+    async createApiToken({ owner, role, expiresAt }) {
       const token = newTokenValue();
       const record: ApiTokenRecord = {
         id: `tok-${randomUUID().replace(/-/g, '').slice(0, 12)}`,
@@ -1168,19 +1092,27 @@ export function openSqliteStore(file: string, options: StoreOptions = {}): Store
         createdAt: new Date().toISOString(),
         ...(expiresAt && { expiresAt: expiresAt.toISOString() }),
       };
-      q.insertToken.run({ id: record.id, hash: tokenHash(token), owner, role, createdAt: record.createdAt, expiresAt: record.expiresAt ?? null });
+      await db
+        .insertInto('api_tokens')
+        .values({ id: record.id, token_hash: tokenHash(token), owner, role, created_at: record.createdAt, expires_at: record.expiresAt ?? null })
+        .execute();
       return { record, token };
     },
-    findApiToken: (token) => {
-      const r = q.tokenByHash.get(tokenHash(token));
+    async findApiToken(token) {
+      const r = await db.selectFrom('api_tokens').selectAll().where('token_hash', '=', tokenHash(token)).executeTakeFirst();
       return r && toApiToken(r);
     },
-    getApiToken: (id) => {
-      const r = q.tokenById.get(id);
+    async getApiToken(id) {
+      const r = await db.selectFrom('api_tokens').selectAll().where('id', '=', id).executeTakeFirst();
       return r && toApiToken(r);
     },
-    listApiTokens: (owner) => (owner === undefined ? q.listTokens.all() : q.listOwnerTokens.all(owner)).map(toApiToken),
-    revokeApiToken: (id, at = new Date()) => q.revokeToken.run(at.toISOString(), id).changes > 0,
+    async listApiTokens(owner) {
+      let q = db.selectFrom('api_tokens').selectAll();
+      if (owner !== undefined) q = q.where('owner', '=', owner);
+      return (await q.orderBy('created_at').orderBy('rowid').execute()).map(toApiToken);
+    },
+    revokeApiToken: async (id, at = new Date()) =>
+      changed(await db.updateTable('api_tokens').set({ revoked_at: at.toISOString() }).where('id', '=', id).where('revoked_at', 'is', null).executeTakeFirst()) > 0,
 
     getOwnerQuota: (owner) => qa.getOwnerQuota(owner),
     setOwnerQuota: (owner, quota, at) => qa.setOwnerQuota(owner, quota, at),
@@ -1192,15 +1124,33 @@ export function openSqliteStore(file: string, options: StoreOptions = {}): Store
     reserveChange: (clusterId, claim, defaultQuota) => qa.reserveChange(clusterId, claim, defaultQuota),
     restoreReservation: (clusterId, services) => qa.restoreReservation(clusterId, services),
     appendAudit: (rec) => qa.appendAudit(rec),
-    listAudit({ cursor, limit, ...filter }) {
-      const rows = qa.listAuditRows({ ...filter, beforeId: cursor === undefined ? undefined : eventCursor(cursor), limit: limit + 1 });
+    async listAudit({ cursor, limit, ...filter }) {
+      const rows = await qa.listAuditRows({ ...filter, beforeId: cursor === undefined ? undefined : eventCursor(cursor), limit: limit + 1 });
       return pageOf(rows, limit, toAuditRecord, (r) => [r.id]);
     },
 
-    clusterCountsByState: () => q.clusterCounts.all(),
-    instanceCountsByCloudAndState: () => q.instanceCounts.all(),
+    // A cluster whose workflow has not published is PENDING (grouped here: its NULL and a published PENDING are one state).
+    async clusterCountsByState() {
+      const rows = await db
+        .selectFrom('clusters as c')
+        .leftJoin('cluster_views as v', 'v.cluster_id', 'c.id')
+        .select((eb) => ['v.state', eb.fn.countAll<number>().as('count')])
+        .groupBy('v.state')
+        .execute();
+      const counts = new Map<string, number>();
+      for (const r of rows) counts.set(r.state ?? 'PENDING', (counts.get(r.state ?? 'PENDING') ?? 0) + r.count);
+      return [...counts].map(([state, count]) => ({ state, count })).sort((a, b) => (a.state < b.state ? -1 : a.state > b.state ? 1 : 0));
+    },
+    instanceCountsByCloudAndState: () =>
+      db
+        .selectFrom('instances')
+        .select((eb) => ['cloud', 'state', eb.fn.countAll<number>().as('count')])
+        .groupBy(['cloud', 'state'])
+        .orderBy('cloud')
+        .orderBy('state')
+        .execute(),
 
-    ping: () => void q.ping.get(),
-    close: () => db.close(),
+    ping: async () => void (await sql`SELECT 1`.execute(db)),
+    close: () => database.close(),
   };
 }

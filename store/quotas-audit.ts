@@ -1,13 +1,14 @@
 /**
- * Per-owner quotas and the audit trail, in the same SQLite file as the rest of the store
+ * Per-owner quotas and the audit trail, in the same database as the rest of the store
  * (`store/index.ts` wires these into its {@link Store} and re-exports the types).
  *
  * **Quotas.** Every cluster submitted since quotas exist holds a *reservation*: its owner and,
  * per service, the desired instance count and the cpus of one instance. An owner's usage is
  * the sum over their reservations that still count: not released, and whose cluster's read
  * model state is not TERMINATED (a cluster whose workflow has not published yet counts). The
- * check and the write of a reservation are one IMMEDIATE transaction, so two submissions or
- * scale-ups racing for the last room — in one process or in several on one file — cannot both
+ * check and the write of a reservation are one write transaction (IMMEDIATE on SQLite,
+ * SERIALIZABLE on PostgreSQL: store/database.ts), so two submissions or scale-ups racing for
+ * the last room — in one process, or in several on one store (API replicas) — cannot both
  * pass. A FAILED cluster's reservation is released explicitly ({@link QuotaAuditStatements.releaseQuota})
  * once the API has seen that its workflow ended (a FAILED cluster under `keep` still runs).
  *
@@ -15,7 +16,9 @@
  * pattern, the target resource id and the status code. Append-only: triggers refuse UPDATE
  * and DELETE. No bodies, no token values, no raw paths.
  */
-import type Database from 'better-sqlite3';
+import type { ExpressionBuilder } from 'kysely';
+import type { StoreDatabase } from './database.js';
+import type { Db, Tables } from './tables.js';
 import type { Quota } from '../model/config.js';
 
 /** What an owner's clusters hold: clusters, desired instances, and cpus (instances × the offering's cpus). */
@@ -113,41 +116,6 @@ export interface ReserveScaleOptions {
   seed?: QuotaClaim;
 }
 
-export const QUOTA_AUDIT_SCHEMA = `
-CREATE TABLE IF NOT EXISTS owner_quotas (
-  owner          TEXT PRIMARY KEY,
-  max_instances  INTEGER NOT NULL,
-  max_clusters   INTEGER NOT NULL,
-  max_cpus       INTEGER NOT NULL,
-  updated_at     TEXT NOT NULL
-);
--- One row per cluster submitted under quotas; totals beside the per-service JSON they sum.
-CREATE TABLE IF NOT EXISTS quota_reservations (
-  cluster_id   TEXT PRIMARY KEY,
-  owner        TEXT NOT NULL,
-  instances    INTEGER NOT NULL,
-  cpus         INTEGER NOT NULL,
-  services     TEXT NOT NULL,
-  created_at   TEXT NOT NULL,
-  released_at  TEXT
-);
-CREATE INDEX IF NOT EXISTS quota_reservations_by_owner ON quota_reservations (owner);
-CREATE TABLE IF NOT EXISTS audit_log (
-  id        INTEGER PRIMARY KEY AUTOINCREMENT,
-  at        TEXT NOT NULL,
-  owner     TEXT NOT NULL,
-  role      TEXT NOT NULL,
-  token_id  TEXT,
-  route     TEXT NOT NULL,
-  target    TEXT,
-  result    INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS audit_log_by_owner ON audit_log (owner, id);
-CREATE INDEX IF NOT EXISTS audit_log_by_target ON audit_log (target, id);
-CREATE TRIGGER IF NOT EXISTS audit_log_no_update BEFORE UPDATE ON audit_log BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS audit_log_no_delete BEFORE DELETE ON audit_log BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-`;
-
 interface ReservationRow {
   cluster_id: string;
   owner: string;
@@ -163,7 +131,7 @@ interface OwnerQuotaRow {
   max_cpus: number;
   updated_at: string;
 }
-export interface AuditRow {
+interface AuditRow {
   id: number;
   at: string;
   owner: string;
@@ -198,88 +166,62 @@ function excessOf(limit: Quota, usage: QuotaUsage, ask: QuotaUsage): QuotaExcess
   });
 }
 
-/** Prepared statements and transactions over the quota and audit tables of `db` (after {@link QUOTA_AUDIT_SCHEMA} ran). */
-export function quotaAuditStatements(db: Database.Database) {
-  const q = {
-    getQuota: db.prepare<[string], OwnerQuotaRow>('SELECT * FROM owner_quotas WHERE owner = ?'),
-    setQuota: db.prepare(
-      `INSERT INTO owner_quotas (owner, max_instances, max_clusters, max_cpus, updated_at) VALUES (@owner, @maxInstances, @maxClusters, @maxCpus, @updatedAt)
-       ON CONFLICT(owner) DO UPDATE SET max_instances = excluded.max_instances, max_clusters = excluded.max_clusters,
-         max_cpus = excluded.max_cpus, updated_at = excluded.updated_at`,
-    ),
-    // A reservation counts until released or until its cluster's read model says TERMINATED.
-    usage: db.prepare<[string], QuotaUsage>(
-      `SELECT COUNT(*) AS clusters, COALESCE(SUM(r.instances), 0) AS instances, COALESCE(SUM(r.cpus), 0) AS cpus
-       FROM quota_reservations r LEFT JOIN cluster_views v ON v.cluster_id = r.cluster_id
-       WHERE r.owner = ? AND r.released_at IS NULL AND (v.state IS NULL OR v.state <> 'TERMINATED')`,
-    ),
-    // Every owner holding something now, and every owner an admin gave a quota; counted as `usage` counts.
-    usageByOwner: db.prepare<[], { owner: string; clusters: number; instances: number; cpus: number; max_instances: number | null; max_clusters: number | null; max_cpus: number | null }>(
-      `WITH used AS (
-         SELECT r.owner AS owner, COUNT(*) AS clusters, SUM(r.instances) AS instances, SUM(r.cpus) AS cpus
-         FROM quota_reservations r LEFT JOIN cluster_views v ON v.cluster_id = r.cluster_id
-         WHERE r.released_at IS NULL AND (v.state IS NULL OR v.state <> 'TERMINATED') GROUP BY r.owner)
-       SELECT o.owner AS owner, COALESCE(u.clusters, 0) AS clusters, COALESCE(u.instances, 0) AS instances, COALESCE(u.cpus, 0) AS cpus,
-              q.max_instances AS max_instances, q.max_clusters AS max_clusters, q.max_cpus AS max_cpus
-       FROM (SELECT owner FROM used UNION SELECT owner FROM owner_quotas) o
-       LEFT JOIN used u ON u.owner = o.owner LEFT JOIN owner_quotas q ON q.owner = o.owner
-       ORDER BY o.owner`,
-    ),
-    heldByFailed: db.prepare<[string], { cluster_id: string }>(
-      `SELECT r.cluster_id FROM quota_reservations r JOIN cluster_views v ON v.cluster_id = r.cluster_id
-       WHERE r.owner = ? AND r.released_at IS NULL AND v.state = 'FAILED' ORDER BY r.cluster_id`,
-    ),
-    getReservation: db.prepare<[string], ReservationRow>('SELECT * FROM quota_reservations WHERE cluster_id = ?'),
-    insertReservation: db.prepare(
-      `INSERT INTO quota_reservations (cluster_id, owner, instances, cpus, services, created_at)
-       VALUES (@clusterId, @owner, @instances, @cpus, @services, @createdAt)`,
-    ),
-    updateReservation: db.prepare('UPDATE quota_reservations SET instances = @instances, cpus = @cpus, services = @services WHERE cluster_id = @clusterId'),
-    deleteReservation: db.prepare('DELETE FROM quota_reservations WHERE cluster_id = ?'),
-    releaseReservation: db.prepare('UPDATE quota_reservations SET released_at = ? WHERE cluster_id = ? AND released_at IS NULL'),
-    insertAudit: db.prepare(
-      `INSERT INTO audit_log (at, owner, role, token_id, route, target, result) VALUES (@at, @owner, @role, @tokenId, @route, @target, @result)`,
-    ),
-    // A NULL parameter switches its filter off; newest first, keyset on id.
-    listAudit: db.prepare<
-      { owner: string | null; target: string | null; since: string | null; until: string | null; beforeId: number | null; limit: number },
-      AuditRow
-    >(
-      `SELECT * FROM audit_log
-       WHERE (@owner IS NULL OR owner = @owner)
-         AND (@target IS NULL OR target = @target)
-         AND (@since IS NULL OR at >= @since)
-         AND (@until IS NULL OR at < @until)
-         AND (@beforeId IS NULL OR id < @beforeId)
-       ORDER BY id DESC
-       LIMIT @limit`,
-    ),
-  };
+/** A reservation counts until released or until its cluster's read model says TERMINATED (`r` and its `v`). */
+const counts = (eb: ExpressionBuilder<{ r: Tables['quota_reservations']; v: Tables['cluster_views'] }, 'r' | 'v'>) =>
+  eb.and([eb('r.released_at', 'is', null), eb.or([eb('v.state', 'is', null), eb('v.state', '<>', 'TERMINATED')])]);
 
-  const quotaOf = (owner: string, defaultQuota: Quota): { quota: Quota; source: 'owner' | 'default' } => {
-    const r = q.getQuota.get(owner);
-    return r ? { quota: { maxInstances: r.max_instances, maxClusters: r.max_clusters, maxCpus: r.max_cpus }, source: 'owner' } : { quota: defaultQuota, source: 'default' };
+const quotaOfRow = (r: OwnerQuotaRow): Quota => ({ maxInstances: r.max_instances, maxClusters: r.max_clusters, maxCpus: r.max_cpus });
+
+/** The quota and audit queries and transactions over an open store database. */
+export function quotaAuditStatements({ db, write }: StoreDatabase) {
+  const getQuota = (executor: Db, owner: string): Promise<OwnerQuotaRow | undefined> => executor.selectFrom('owner_quotas').selectAll().where('owner', '=', owner).executeTakeFirst();
+  const getReservation = (executor: Db, clusterId: string): Promise<ReservationRow | undefined> =>
+    executor.selectFrom('quota_reservations').selectAll().where('cluster_id', '=', clusterId).executeTakeFirst();
+  const usageOf = async (executor: Db, owner: string): Promise<QuotaUsage> =>
+    executor
+      .selectFrom('quota_reservations as r')
+      .leftJoin('cluster_views as v', 'v.cluster_id', 'r.cluster_id')
+      .select((eb) => [
+        eb.fn.countAll<number>().as('clusters'),
+        eb.fn.coalesce(eb.fn.sum<number>('r.instances'), eb.lit(0)).as('instances'),
+        eb.fn.coalesce(eb.fn.sum<number>('r.cpus'), eb.lit(0)).as('cpus'),
+      ])
+      .where('r.owner', '=', owner)
+      .where(counts)
+      .executeTakeFirstOrThrow();
+  const updateReservation = (executor: Db, clusterId: string, services: QuotaClaim['services']) =>
+    executor
+      .updateTable('quota_reservations')
+      .set({ ...totals(services), services: JSON.stringify(services) })
+      .where('cluster_id', '=', clusterId)
+      .execute();
+
+  const quotaOf = async (executor: Db, owner: string, defaultQuota: Quota): Promise<{ quota: Quota; source: 'owner' | 'default' }> => {
+    const r = await getQuota(executor, owner);
+    return r ? { quota: quotaOfRow(r), source: 'owner' } : { quota: defaultQuota, source: 'default' };
   };
 
   /** Throws {@link QuotaExceededError} if `ask` does not fit `owner`'s quota now. Call inside a write transaction. */
-  const check = (owner: string, defaultQuota: Quota, ask: QuotaUsage): void => {
-    const { quota, source } = quotaOf(owner, defaultQuota);
-    const usage = q.usage.get(owner)!;
+  const check = async (trx: Db, owner: string, defaultQuota: Quota, ask: QuotaUsage): Promise<void> => {
+    const { quota, source } = await quotaOf(trx, owner, defaultQuota);
+    const usage = await usageOf(trx, owner);
     const excess = excessOf(quota, usage, ask);
     if (excess.length > 0) throw new QuotaExceededError(owner, quota, source, usage, excess);
   };
 
-  const insertReservation = (clusterId: string, claim: QuotaClaim) => {
-    q.insertReservation.run({ clusterId, owner: claim.owner, ...totals(claim.services), services: JSON.stringify(claim.services), createdAt: new Date().toISOString() });
-  };
+  const insertReservation = (trx: Db, clusterId: string, claim: QuotaClaim) =>
+    trx
+      .insertInto('quota_reservations')
+      .values({ cluster_id: clusterId, owner: claim.owner, ...totals(claim.services), services: JSON.stringify(claim.services), created_at: new Date().toISOString() })
+      .execute();
 
-  const reserveScaleTx = db.transaction(
-    (clusterId: string, service: string, instances: number, opts: ReserveScaleOptions): { previous: number } | undefined => {
-      let row = q.getReservation.get(clusterId);
+  const reserveScale = (clusterId: string, service: string, instances: number, opts: ReserveScaleOptions = {}) =>
+    write(async (trx): Promise<{ previous: number } | undefined> => {
+      let row = await getReservation(trx, clusterId);
       if (!row && opts.seed) {
         // A cluster from before quotas: it starts holding what it has now, unchecked.
-        insertReservation(clusterId, opts.seed);
-        row = q.getReservation.get(clusterId);
+        await insertReservation(trx, clusterId, opts.seed);
+        row = await getReservation(trx, clusterId);
       }
       if (!row) return undefined;
       const services = JSON.parse(row.services) as QuotaClaim['services'];
@@ -289,13 +231,12 @@ export function quotaAuditStatements(db: Database.Database) {
       if (opts.onlyIf !== undefined && previous !== opts.onlyIf) return { previous };
       if (opts.growOnly && instances < previous) return { previous };
       if (instances > previous && opts.defaultQuota && row.released_at === null) {
-        check(row.owner, opts.defaultQuota, { clusters: 0, instances: instances - previous, cpus: (instances - previous) * entry.cpus });
+        await check(trx, row.owner, opts.defaultQuota, { clusters: 0, instances: instances - previous, cpus: (instances - previous) * entry.cpus });
       }
       entry.instances = instances;
-      q.updateReservation.run({ clusterId, ...totals(services), services: JSON.stringify(services) });
+      await updateReservation(trx, clusterId, services);
       return { previous };
-    },
-  );
+    });
 
   /**
    * A change of definition: each service of `claim` holds the larger of what it held and what
@@ -304,73 +245,117 @@ export function quotaAuditStatements(db: Database.Database) {
    * what was held before (to undo with {@link restoreReservation}), or undefined for a cluster
    * without a reservation.
    */
-  const reserveChangeTx = db.transaction((clusterId: string, claim: QuotaClaim, defaultQuota: Quota): QuotaClaim['services'] | undefined => {
-    const row = q.getReservation.get(clusterId);
-    if (!row) return undefined;
-    const before = JSON.parse(row.services) as QuotaClaim['services'];
-    const held = new Map(before.map((s) => [s.service, s.instances]));
-    const next = [
-      ...claim.services.map((s) => ({ ...s, instances: Math.max(s.instances, held.get(s.service) ?? 0) })),
-      ...before.filter((b) => !claim.services.some((s) => s.service === b.service)),
-    ];
-    const [was, will] = [totals(before), totals(next)];
-    if (row.released_at === null && (will.instances > was.instances || will.cpus > was.cpus)) {
-      check(row.owner, defaultQuota, { clusters: 0, instances: Math.max(0, will.instances - was.instances), cpus: Math.max(0, will.cpus - was.cpus) });
-    }
-    q.updateReservation.run({ clusterId, ...will, services: JSON.stringify(next) });
-    return before;
-  });
+  const reserveChange = (clusterId: string, claim: QuotaClaim, defaultQuota: Quota) =>
+    write(async (trx): Promise<QuotaClaim['services'] | undefined> => {
+      const row = await getReservation(trx, clusterId);
+      if (!row) return undefined;
+      const before = JSON.parse(row.services) as QuotaClaim['services'];
+      const held = new Map(before.map((s) => [s.service, s.instances]));
+      const next = [
+        ...claim.services.map((s) => ({ ...s, instances: Math.max(s.instances, held.get(s.service) ?? 0) })),
+        ...before.filter((b) => !claim.services.some((s) => s.service === b.service)),
+      ];
+      const [was, will] = [totals(before), totals(next)];
+      if (row.released_at === null && (will.instances > was.instances || will.cpus > was.cpus)) {
+        await check(trx, row.owner, defaultQuota, { clusters: 0, instances: Math.max(0, will.instances - was.instances), cpus: Math.max(0, will.cpus - was.cpus) });
+      }
+      await updateReservation(trx, clusterId, next);
+      return before;
+    });
 
   return {
-    quotaOf,
-    reserveChange: (clusterId: string, claim: QuotaClaim, defaultQuota: Quota) => reserveChangeTx.immediate(clusterId, claim, defaultQuota),
-    /** Puts back what {@link reserveChangeTx} replaced (a change the cluster refused). */
-    restoreReservation: (clusterId: string, services: QuotaClaim['services']) =>
-      void q.updateReservation.run({ clusterId, ...totals(services), services: JSON.stringify(services) }),
+    reserveChange,
+    /** Puts back what {@link reserveChange} replaced (a change the cluster refused). */
+    restoreReservation: async (clusterId: string, services: QuotaClaim['services']): Promise<void> => void (await updateReservation(db, clusterId, services)),
     /** Inside the transaction that inserts the cluster row: check, then reserve (throws {@link QuotaExceededError}). */
-    reserveNewCluster(clusterId: string, claim: QuotaClaim, defaultQuota: Quota): void {
-      check(claim.owner, defaultQuota, { clusters: 1, ...totals(claim.services) });
-      insertReservation(clusterId, claim);
+    async reserveNewCluster(trx: Db, clusterId: string, claim: QuotaClaim, defaultQuota: Quota): Promise<void> {
+      await check(trx, claim.owner, defaultQuota, { clusters: 1, ...totals(claim.services) });
+      await insertReservation(trx, clusterId, claim);
     },
-    deleteReservation: (clusterId: string) => void q.deleteReservation.run(clusterId),
+    deleteReservation: async (trx: Db, clusterId: string): Promise<void> => void (await trx.deleteFrom('quota_reservations').where('cluster_id', '=', clusterId).execute()),
 
-    getOwnerQuota(owner: string): OwnerQuotaRecord | undefined {
-      const r = q.getQuota.get(owner);
-      return r && { owner, quota: { maxInstances: r.max_instances, maxClusters: r.max_clusters, maxCpus: r.max_cpus }, updatedAt: r.updated_at };
+    async getOwnerQuota(owner: string): Promise<OwnerQuotaRecord | undefined> {
+      const r = await getQuota(db, owner);
+      return r && { owner, quota: quotaOfRow(r), updatedAt: r.updated_at };
     },
-    setOwnerQuota(owner: string, quota: Quota, at = new Date()): OwnerQuotaRecord {
+    async setOwnerQuota(owner: string, quota: Quota, at = new Date()): Promise<OwnerQuotaRecord> {
       const updatedAt = at.toISOString();
-      q.setQuota.run({ owner, ...quota, updatedAt });
+      const row = { max_instances: quota.maxInstances, max_clusters: quota.maxClusters, max_cpus: quota.maxCpus, updated_at: updatedAt };
+      await db
+        .insertInto('owner_quotas')
+        .values({ owner, ...row })
+        .onConflict((oc) => oc.column('owner').doUpdateSet(row))
+        .execute();
       return { owner, quota, updatedAt };
     },
-    quotaUsage: (owner: string): QuotaUsage => q.usage.get(owner)!,
-    quotaUsageByOwner: (): OwnerQuotaUsage[] =>
-      q.usageByOwner.all().map((r) => ({
+    quotaUsage: (owner: string): Promise<QuotaUsage> => usageOf(db, owner),
+    // Every owner holding something now, and every owner an admin gave a quota; counted as `usage` counts.
+    async quotaUsageByOwner(): Promise<OwnerQuotaUsage[]> {
+      const rows = await db
+        .with('used', (w) =>
+          w
+            .selectFrom('quota_reservations as r')
+            .leftJoin('cluster_views as v', 'v.cluster_id', 'r.cluster_id')
+            .where(counts)
+            .groupBy('r.owner')
+            .select((eb) => ['r.owner as owner', eb.fn.countAll<number>().as('clusters'), eb.fn.sum<number>('r.instances').as('instances'), eb.fn.sum<number>('r.cpus').as('cpus')]),
+        )
+        .selectFrom((eb) => eb.selectFrom('used').select('used.owner').union(eb.selectFrom('owner_quotas').select('owner_quotas.owner')).as('o'))
+        .leftJoin('used as u', 'u.owner', 'o.owner')
+        .leftJoin('owner_quotas as q', 'q.owner', 'o.owner')
+        .select((eb) => [
+          'o.owner as owner',
+          eb.fn.coalesce('u.clusters', eb.lit(0)).as('clusters'),
+          eb.fn.coalesce('u.instances', eb.lit(0)).as('instances'),
+          eb.fn.coalesce('u.cpus', eb.lit(0)).as('cpus'),
+          'q.max_instances',
+          'q.max_clusters',
+          'q.max_cpus',
+        ])
+        .orderBy('o.owner')
+        .execute();
+      return rows.map((r) => ({
         owner: r.owner,
         usage: { clusters: r.clusters, instances: r.instances, cpus: r.cpus },
         ...(r.max_instances !== null && r.max_clusters !== null && r.max_cpus !== null && { quota: { maxInstances: r.max_instances, maxClusters: r.max_clusters, maxCpus: r.max_cpus } }),
-      })),
-    quotaHeldByFailed: (owner: string): string[] => q.heldByFailed.all(owner).map((r) => r.cluster_id),
-    releaseQuota: (clusterId: string, at = new Date()): boolean => q.releaseReservation.run(at.toISOString(), clusterId).changes > 0,
-    reserveScale: (clusterId: string, service: string, instances: number, opts: ReserveScaleOptions = {}) =>
-      reserveScaleTx.immediate(clusterId, service, instances, opts),
-
-    appendAudit(rec: Omit<AuditRecord, 'id'>): AuditRecord {
-      const id = Number(
-        q.insertAudit.run({ at: rec.at, owner: rec.owner, role: rec.role, tokenId: rec.tokenId ?? null, route: rec.route, target: rec.target ?? null, result: rec.result })
-          .lastInsertRowid,
-      );
-      return { id, ...rec };
+      }));
     },
-    listAuditRows: (f: AuditFilter): AuditRow[] =>
-      q.listAudit.all({
-        owner: f.owner ?? null,
-        target: f.target ?? null,
-        since: f.since ?? null,
-        until: f.until ?? null,
-        beforeId: f.beforeId ?? null,
-        limit: f.limit,
-      }),
+    quotaHeldByFailed: async (owner: string): Promise<string[]> => {
+      const rows = await db
+        .selectFrom('quota_reservations as r')
+        .innerJoin('cluster_views as v', 'v.cluster_id', 'r.cluster_id')
+        .select('r.cluster_id')
+        .where('r.owner', '=', owner)
+        .where('r.released_at', 'is', null)
+        .where('v.state', '=', 'FAILED')
+        .orderBy('r.cluster_id')
+        .execute();
+      return rows.map((r) => r.cluster_id);
+    },
+    releaseQuota: async (clusterId: string, at = new Date()): Promise<boolean> => {
+      const r = await db.updateTable('quota_reservations').set({ released_at: at.toISOString() }).where('cluster_id', '=', clusterId).where('released_at', 'is', null).executeTakeFirst();
+      return r.numUpdatedRows > 0n;
+    },
+    reserveScale,
+
+    async appendAudit(rec: Omit<AuditRecord, 'id'>): Promise<AuditRecord> {
+      const { id } = await db
+        .insertInto('audit_log')
+        .values({ at: rec.at, owner: rec.owner, role: rec.role, token_id: rec.tokenId ?? null, route: rec.route, target: rec.target ?? null, result: rec.result })
+        .returning('id')
+        .executeTakeFirstOrThrow();
+      return { id: Number(id), ...rec };
+    },
+    /** Newest first, keyset on id; an unset filter is off. */
+    listAuditRows: (f: AuditFilter): Promise<AuditRow[]> => {
+      let q = db.selectFrom('audit_log').selectAll();
+      if (f.owner !== undefined) q = q.where('owner', '=', f.owner);
+      if (f.target !== undefined) q = q.where('target', '=', f.target);
+      if (f.since !== undefined) q = q.where('at', '>=', f.since);
+      if (f.until !== undefined) q = q.where('at', '<', f.until);
+      if (f.beforeId !== undefined) q = q.where('id', '<', f.beforeId);
+      return q.orderBy('id', 'desc').limit(f.limit).execute();
+    },
   };
 }
 

@@ -1,7 +1,7 @@
 /**
  * The API built in-process against a real Temporal dev server and no worker, as the supertest
  * suites use it; and supertest as an admin: every route but the public ones needs a bearer
- * (api/auth.ts). One API token per store, issued on first use.
+ * (api/auth.ts). One admin API token per store, issued when the fixture opens it.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -15,13 +15,10 @@ import { startDevServer, type DevServer } from '../workers/dev-server.js';
 
 const tokens = new WeakMap<Store, string>();
 
-/** The admin token of `store` (owner `admin`), created once. */
+/** The admin token of `store` (owner `admin`), created by {@link ApiFixture.start}. */
 export function adminToken(store: Store): string {
-  let token = tokens.get(store);
-  if (!token) {
-    token = store.createApiToken({ owner: 'admin', role: 'admin' }).token;
-    tokens.set(store, token);
-  }
+  const token = tokens.get(store);
+  if (!token) throw new Error('no admin token for this store: open it with ApiFixture.start');
   return token;
 }
 
@@ -54,18 +51,19 @@ export class ApiFixture {
     };
   }
 
-  async start(openStore: () => Store, deps: Omit<AppDeps, 'store' | 'temporal' | 'config'> = {}): Promise<this> {
+  async start(openStore: () => Promise<Store>, deps: Omit<AppDeps, 'store' | 'temporal' | 'config'> = {}): Promise<this> {
     this.server = await startDevServer({ dbFile: path.join(this.dir, 't.sqlite') });
     this.connection = await Connection.connect({ address: this.server.address });
     this.temporal = new Client({ connection: this.connection, namespace: this.config.namespace });
-    this.store = openStore();
+    this.store = await openStore();
+    tokens.set(this.store, (await this.store.createApiToken({ owner: 'admin', role: 'admin' })).token);
     this.app = createApp({ store: this.store, temporal: this.temporal, config: this.config, ...deps });
     return this;
   }
 
   async stop(): Promise<void> {
     await this.app?.drain();
-    this.store?.close();
+    await this.store?.close();
     await this.connection?.close();
     await this.server?.stop();
     rmSync(this.dir, { recursive: true, force: true });

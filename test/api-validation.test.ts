@@ -25,7 +25,7 @@ const now = () => Math.floor(Date.now() / 1000);
 
 beforeAll(async () => {
   ({ temporal, store, app } = await api.start(() => openSqliteStore(':memory:'), { readinessBatching: { maxDelayMs: 5 } }));
-  store.upsertCloud({ name: 'sim', kind: 'sim', offerings: [{ id: 'small', name: 'small', cpus: 1, memoryMiB: 2048, diskGiB: 20 }], images: ['cernvm', 'cernvm4', 'i'] });
+  await store.upsertCloud({ name: 'sim', kind: 'sim', offerings: [{ id: 'small', name: 'small', cpus: 1, memoryMiB: 2048, diskGiB: 20 }], images: ['cernvm', 'cernvm4', 'i'] });
 });
 
 afterAll(() => api.stop());
@@ -223,8 +223,8 @@ describe('bad input gets a 4xx problem naming the field, and leaves nothing behi
   });
 
   it('stored nothing and started no workflow', async () => {
-    expect(store.listDefinitions()).toEqual([]);
-    expect(store.listClusters()).toEqual([]);
+    expect(await store.listDefinitions()).toEqual([]);
+    expect(await store.listClusters()).toEqual([]);
     const started: string[] = [];
     for await (const wf of temporal.workflow.list()) started.push(wf.workflowId);
     expect(started).toEqual([]);
@@ -252,7 +252,7 @@ describe('definitions, scale checks and cluster creation', () => {
     const res = await request(app).post('/v1/clusters').send({ definitionId: defId, cloud: 'ec2' });
     problem(res, 422);
     expect(fields(res)).toEqual(['cloud']);
-    expect(store.listClusters()).toEqual([]);
+    expect(await store.listClusters()).toEqual([]);
   });
 
   it('a service no offering of the cloud fits → 422 naming the cloud and service, nothing stored', async () => {
@@ -263,12 +263,12 @@ describe('definitions, scale checks and cluster creation', () => {
     const res = await request(app).post('/v1/clusters').send({ definitionId: big.body.id });
     problem(res, 422);
     expect(messageFor(res, 'cloud')).toMatch(/no offering of cloud "sim" fits service "fat" \(64 cpus.*largest is small \(1 cpus/);
-    expect(store.listClusters()).toEqual([]);
+    expect(await store.listClusters()).toEqual([]);
   });
 
   it('scale: checked against the definition before any workflow call', async () => {
     // A row without a workflow: the checks below must answer before Temporal is asked.
-    store.createCluster({ id: 't3-box-zzzzzz', name: 't3-box', definitionId: defId, cloud: 'sim' });
+    await store.createCluster({ id: 't3-box-zzzzzz', name: 't3-box', definitionId: defId, cloud: 'sim' });
     try {
       const url = (svcName: string) => `/v1/clusters/t3-box-zzzzzz/services/${svcName}/scale`;
       problem(await request(app).post(url('nope')).send({ instances: 1 }), 404);
@@ -291,7 +291,7 @@ describe('definitions, scale checks and cluster creation', () => {
       const p = problem(await request(app).post(url('workers')).send({ instances: 3 }), 503);
       expect(p.detail).toMatch(/worker is not reachable/);
     } finally {
-      store.deleteCluster('t3-box-zzzzzz');
+      await store.deleteCluster('t3-box-zzzzzz');
     }
   });
 
@@ -299,7 +299,7 @@ describe('definitions, scale checks and cluster creation', () => {
     const broken = createApp({ store, temporal: new Client({ connection: api.connection, namespace: 'no-such-namespace' }), config });
     const res = await request(broken).post('/v1/clusters').send({ definitionId: defId });
     problem(res, 503);
-    expect(store.listClusters()).toEqual([]);
+    expect(await store.listClusters()).toEqual([]);
     await broken.drain();
   });
 
@@ -331,7 +331,7 @@ describe('definitions, scale checks and cluster creation', () => {
     const again = await request(app).post('/v1/clusters').set('Idempotency-Key', 'req-1').send({ definitionId: defId, name: 'qa', cloud: 'sim' });
     expect(again.status).toBe(202);
     expect((again.body as { id: string }).id).toBe(clusterId);
-    expect(store.listClusters()).toHaveLength(1);
+    expect(await store.listClusters()).toHaveLength(1);
     const other = await request(app).post('/v1/clusters').set('Idempotency-Key', 'req-1').send({ definitionId: defId, name: 'qa2' });
     problem(other, 422);
     expect(fields(other)).toEqual(['Idempotency-Key']);
@@ -339,7 +339,7 @@ describe('definitions, scale checks and cluster creation', () => {
     const longer = await request(app).post('/v1/clusters').set('Idempotency-Key', 'req-1').send({ definitionId: defId, name: 'qa', lifetime: { idleSeconds: 600 } });
     problem(longer, 422);
     expect(fields(longer)).toEqual(['Idempotency-Key']);
-    expect(store.listClusters()).toHaveLength(1);
+    expect(await store.listClusters()).toHaveLength(1);
   });
 
   it('defaults the cluster name to the definition name and keeps long ids ≤ 40 chars', async () => {
@@ -395,7 +395,7 @@ describe('service endpoints', () => {
   });
 
   it('/v1/clouds lists registered clouds with credential references, never values', async () => {
-    store.upsertCloud({
+    await store.upsertCloud({
       name: 'zz-ec2',
       kind: 'ec2',
       endpoint: 'https://ec2.eu-west-1.amazonaws.com',
@@ -404,7 +404,7 @@ describe('service endpoints', () => {
     });
     const withRefs = await request(app).get('/v1/clouds');
     expect(withRefs.body.items[1]).toMatchObject({ name: 'zz-ec2', credentials: { secretAccessKey: 'file:/etc/cloudgate/aws-secret' } });
-    store.deleteCloud('zz-ec2');
+    await store.deleteCloud('zz-ec2');
     const res = await request(app).get('/v1/clouds');
     // With what the capacity ledger holds there (nothing yet).
     expect(res.body).toEqual({

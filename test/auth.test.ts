@@ -75,10 +75,10 @@ let store: Store;
 beforeAll(async () => {
   issuer = await startIssuer();
   stack = await startStack({ auth: { oidcIssuer: issuer.url, oidcAudience: 'cloudgate' } });
-  store = openSqliteStore(path.join(stack.config.dataDir, 'cloudgate.sqlite'));
+  store = await openSqliteStore(path.join(stack.config.dataDir, 'cloudgate.sqlite'));
 });
 afterAll(async () => {
-  store?.close();
+  await store?.close();
   await stack?.stop();
   await issuer?.close();
 });
@@ -124,7 +124,7 @@ describe('who is asking', () => {
     expect(phoneHome.body.detail).not.toMatch(/API token/); // its own per-instance token, not ours
   });
 
-  it('the first admin token sits in <data dir>/admin-token, mode 0600', () => {
+  it('the first admin token sits in <data dir>/admin-token, mode 0600', async () => {
     const file = path.join(stack.dataDir, 'admin-token');
     expect(statSync(file).mode & 0o777).toBe(0o600);
     expect(stack.adminToken).toMatch(/^cg_[A-Za-z0-9_-]{43}$/);
@@ -143,7 +143,7 @@ describe('who is asking', () => {
     expect(listed.body.items).toEqual([{ id: issued.body.id, owner: 'carol', role: 'user', createdAt: expect.any(String), expiresAt: issued.body.expiresAt }]);
     expect(JSON.stringify((await stack.http('GET', '/v1/tokens')).body)).not.toContain(issued.body.token.slice(3, 20));
     // Stored as a hash only.
-    expect(JSON.stringify(store.listApiTokens('carol'))).not.toContain(issued.body.token);
+    expect(JSON.stringify(await store.listApiTokens('carol'))).not.toContain(issued.body.token);
 
     // A user may not issue tokens, and sees only their own.
     const bad = await stack.http('POST', '/v1/tokens', { owner: 'carol', role: 'admin' }, carol);
@@ -159,7 +159,7 @@ describe('who is asking', () => {
     expect401(await stack.http('GET', '/v1/contexts', undefined, carol), /revoked/);
 
     // Expired (issued with a lifetime already over, straight into the store).
-    const { token } = store.createApiToken({ owner: 'carol', role: 'user', expiresAt: new Date(Date.now() - 1000) });
+    const { token } = await store.createApiToken({ owner: 'carol', role: 'user', expiresAt: new Date(Date.now() - 1000) });
     expect401(await stack.http('GET', '/v1/contexts', undefined, bearer(token)), /expired/);
   });
 

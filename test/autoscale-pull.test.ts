@@ -20,10 +20,10 @@ let store: Store;
 beforeAll(async () => {
   // The worker as a process of its own, so it can be killed with SIGKILL (the sim and its queue live in it).
   stack = await startStack({ workerProcess: true });
-  store = openSqliteStore(path.join(stack.config.dataDir, 'cloudgate.sqlite'));
+  store = await openSqliteStore(path.join(stack.config.dataDir, 'cloudgate.sqlite'));
 });
 afterAll(async () => {
-  store?.close();
+  await store?.close();
   await stack?.stop();
 });
 
@@ -137,8 +137,8 @@ describe('pulled autoscale', () => {
     const clusterId = 'pull-can-abcdef';
     const def = definition(clusterId, { scaleDownIdleSeconds: 0, cooldownSeconds: 0, loadUrl: `${stack.simQueueUrl}/sim/queues/{clusterId}/{service}/load`, pollSeconds: POLL });
     const parsed = ClusterDefinitionSchema.parse(def);
-    const stored = store.createDefinition({ name: clusterId, definition: parsed });
-    store.createCluster({ id: clusterId, name: clusterId, definitionId: stored.id, cloud: 'sim' });
+    const stored = await store.createDefinition({ name: clusterId, definition: parsed });
+    await store.createCluster({ id: clusterId, name: clusterId, definitionId: stored.id, cloud: 'sim' });
     const input: ClusterInput = { clusterId, name: clusterId, definitionId: stored.id, definition: parsed, cloud: 'sim', tuning: { clusterHistoryLimit: 60 } };
     const started = Date.now();
     const handle = await stack.client.workflow.start('ClusterWorkflow', {

@@ -18,51 +18,51 @@ import { ROOT } from './harness.js';
 const claim = (n: number, cluster = 'c1') => ({ instanceId: `${cluster}-w-${n}`, clusterId: cluster, cpus: 2, memoryMiB: 4096 });
 
 describe('capacity ledger', () => {
-  it('reserves up to the quota, once per instance, and says what is full', () => {
-    const store = openSqliteStore(':memory:');
+  it('reserves up to the quota, once per instance, and says what is full', async () => {
+    const store = await openSqliteStore(':memory:');
     const quota = { instances: 3, cpus: 5 };
-    expect(store.reserveCapacity('hlt', quota, claim(0))).toBeUndefined();
-    expect(store.reserveCapacity('hlt', quota, claim(1))).toBeUndefined();
+    expect(await store.reserveCapacity('hlt', quota, claim(0))).toBeUndefined();
+    expect(await store.reserveCapacity('hlt', quota, claim(1))).toBeUndefined();
     // The same instance again (a retried create): granted, not counted twice.
-    expect(store.reserveCapacity('hlt', quota, claim(1))).toBeUndefined();
-    expect(store.capacityUsage('hlt')).toEqual({ instances: 2, cpus: 4, memoryMiB: 8192 });
+    expect(await store.reserveCapacity('hlt', quota, claim(1))).toBeUndefined();
+    expect(await store.capacityUsage('hlt')).toEqual({ instances: 2, cpus: 4, memoryMiB: 8192 });
     // A third would need 6 cpus of 5: refused on cpus, before instances.
-    const no = store.reserveCapacity('hlt', quota, claim(2));
+    const no = await store.reserveCapacity('hlt', quota, claim(2));
     expect(no).toMatchObject({ cloud: 'hlt', limit: 'cpus', usage: { instances: 2, cpus: 4, memoryMiB: 8192 } });
     expect(no!.message).toBe('cloudgate\'s quota for hlt is used up: quota 3 instances, 5 cpus; in use 2 instances, 4 cpus, 8192 MiB');
-    expect(store.capacityUsage('hlt').instances).toBe(2);
+    expect((await store.capacityUsage('hlt')).instances).toBe(2);
     // An instance the cloud already has is recorded whatever the quota says.
-    expect(store.reserveCapacity('hlt', quota, claim(3), true)).toBeUndefined();
-    expect(store.capacityUsage('hlt').instances).toBe(3);
+    expect(await store.reserveCapacity('hlt', quota, claim(3), true)).toBeUndefined();
+    expect((await store.capacityUsage('hlt')).instances).toBe(3);
     // Other clouds are counted apart; no quota is no limit.
-    for (let n = 0; n < 50; n++) expect(store.reserveCapacity('aws', undefined, claim(n))).toBeUndefined();
-    expect(store.capacityUsage('aws').instances).toBe(50);
-    expect(store.releaseCapacity('hlt', ['c1-w-0', 'c1-w-0', 'c1-w-3', 'nope'])).toBe(2);
-    expect(store.reserveCapacity('hlt', quota, claim(2))).toBeUndefined();
-    expect(store.capacityUsage('hlt')).toEqual({ instances: 2, cpus: 4, memoryMiB: 8192 });
-    expect(store.releaseClusterCapacity('aws', 'c1')).toBe(50);
-    expect(store.capacityUsage('aws')).toEqual({ instances: 0, cpus: 0, memoryMiB: 0 });
-    store.close();
+    for (let n = 0; n < 50; n++) expect(await store.reserveCapacity('aws', undefined, claim(n))).toBeUndefined();
+    expect((await store.capacityUsage('aws')).instances).toBe(50);
+    expect(await store.releaseCapacity('hlt', ['c1-w-0', 'c1-w-0', 'c1-w-3', 'nope'])).toBe(2);
+    expect(await store.reserveCapacity('hlt', quota, claim(2))).toBeUndefined();
+    expect(await store.capacityUsage('hlt')).toEqual({ instances: 2, cpus: 4, memoryMiB: 8192 });
+    expect(await store.releaseClusterCapacity('aws', 'c1')).toBe(50);
+    expect(await store.capacityUsage('aws')).toEqual({ instances: 0, cpus: 0, memoryMiB: 0 });
+    await store.close();
   });
 
   it('never grants more than the quota to several processes reserving on one store file at once', async () => {
     const dir = mkdtempSync(path.join(os.tmpdir(), 'cloudgate-ledger-'));
     try {
       const file = path.join(dir, 'cloudgate.sqlite');
-      openSqliteStore(file).close();
+      await (await openSqliteStore(file)).close();
       // Four processes, 25 different instances each, one quota of 30, all at once.
       const script = `
         import { openSqliteStore } from ${JSON.stringify(path.join(ROOT, 'store/index.ts'))};
         // node -e <script> <file> <who>: argv is [node, file, who].
-        const store = openSqliteStore(process.argv[1]);
+        const store = await openSqliteStore(process.argv[1]);
         let granted = 0;
         // Everyone starts at the same moment (argv[3]), so the reservations really interleave.
         while (Date.now() < Number(process.argv[3]));
         for (let n = 0; n < 25; n++) {
-          const no = store.reserveCapacity('hlt', { instances: 30 }, { instanceId: process.argv[2] + '-' + n, clusterId: process.argv[2], cpus: 1, memoryMiB: 1024 });
+          const no = await store.reserveCapacity('hlt', { instances: 30 }, { instanceId: process.argv[2] + '-' + n, clusterId: process.argv[2], cpus: 1, memoryMiB: 1024 });
           if (!no) granted++;
         }
-        store.close();
+        await store.close();
         console.log(granted);`;
       const startAt = Date.now() + 3_000;
       const run = (who: string) =>
@@ -74,9 +74,9 @@ describe('capacity ledger', () => {
         });
       const granted = await Promise.all(['p1', 'p2', 'p3', 'p4'].map(run));
       expect(granted.reduce((a, b) => a + b, 0)).toBe(30);
-      const store = openSqliteStore(file);
-      expect(store.capacityUsage('hlt').instances).toBe(30);
-      store.close();
+      const store = await openSqliteStore(file);
+      expect((await store.capacityUsage('hlt')).instances).toBe(30);
+      await store.close();
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
@@ -85,19 +85,19 @@ describe('capacity ledger', () => {
 
 describe('placement', () => {
   const none = new Set<string>();
-  it('fills the first open cloud', () => {
+  it('fills the first open cloud', async () => {
     expect(placeInstances(3, ['a', 'b'], 'fill', new Map(), none)).toEqual(['a', 'a', 'a']);
     expect(placeInstances(2, ['a', 'b'], 'fill', new Map([['a', 9]]), new Set(['a']))).toEqual(['b', 'b']);
     expect(placeInstances(2, ['a', 'b'], 'fill', new Map(), new Set(['a', 'b']))).toEqual([]);
   });
 
-  it('spreads over the open clouds, fewest first, earlier first on ties', () => {
+  it('spreads over the open clouds, fewest first, earlier first on ties', async () => {
     expect(placeInstances(5, ['a', 'b'], 'spread', new Map(), none)).toEqual(['a', 'b', 'a', 'b', 'a']);
     expect(placeInstances(3, ['a', 'b', 'c'], 'spread', new Map([['a', 2]]), none)).toEqual(['b', 'c', 'b']);
     expect(placeInstances(2, ['a', 'b', 'c'], 'spread', new Map(), new Set(['b']))).toEqual(['a', 'c']);
   });
 
-  it('carries an instance on another cloud than the service\'s first as an index after its state', () => {
+  it('carries an instance on another cloud than the service\'s first as an index after its state', async () => {
     const clouds = ['hlt', 'aws'];
     const onAws = { id: 'c-w-7', ordinal: 7, state: 'READY' as const, cloud: 'aws' };
     expect(compactInstance(onAws, clouds)).toEqual([7, 'Y1']);

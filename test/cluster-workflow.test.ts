@@ -28,10 +28,10 @@ let stack: Stack;
 let store: Store;
 beforeAll(async () => {
   stack = await startStack();
-  store = openSqliteStore(path.join(stack.config.dataDir, 'cloudgate.sqlite'));
+  store = await openSqliteStore(path.join(stack.config.dataDir, 'cloudgate.sqlite'));
 });
 afterAll(async () => {
-  store?.close();
+  await store?.close();
   await stack?.stop();
 });
 
@@ -40,8 +40,8 @@ const offering = { cpus: 1, memoryMiB: 1024, diskGiB: 10 };
 /** Starts a cluster workflow as the API would (a cluster row, then the workflow), with tuning the API never sets. */
 async function startCluster(clusterId: string, services: unknown[], tuning: ClusterInput['tuning']) {
   const definition = ClusterDefinitionSchema.parse({ name: clusterId, services });
-  const def = store.createDefinition({ name: clusterId, definition });
-  store.createCluster({ id: clusterId, name: clusterId, definitionId: def.id, cloud: 'sim' });
+  const def = await store.createDefinition({ name: clusterId, definition });
+  await store.createCluster({ id: clusterId, name: clusterId, definitionId: def.id, cloud: 'sim' });
   const input: ClusterInput = { clusterId, name: clusterId, definitionId: def.id, definition, cloud: 'sim', tuning };
   return stack.client.workflow.start('ClusterWorkflow', {
     taskQueue: TASK_QUEUE,

@@ -99,12 +99,12 @@ describe('context portal routes', () => {
     expect(user).not.toHaveProperty('passwordHash');
     expect(user).toMatchObject({ name: 'alice', passwordSet: true });
     expect(res.text).not.toContain('$6$');
-    const stored = store.getContext(created.id)?.context.users[0].passwordHash ?? '';
+    const stored = (await store.getContext(created.id))?.context.users[0].passwordHash ?? '';
     expect(stored).toMatch(/^\$6\$/);
     expect(verify(PASSWORD, stored)).toBe(true);
     expect(created.context.cvmfs.proxy).toBe(input.cvmfs.proxy);
     // The store decrypts the values for the activity that renders real user-data.
-    expect(store.getContextSecrets(created.id, 1)).toEqual(input.secrets);
+    expect(await store.getContextSecrets(created.id, 1)).toEqual(input.secrets);
   });
 
   it('GET /v1/contexts/:id returns the latest; GET /v1/contexts lists it', async () => {
@@ -128,7 +128,7 @@ describe('context portal routes', () => {
     noLeak(res);
     expect(res.body).toMatchObject({ id: created.id, version: 2, context: { services: ['condor', 'httpd'], secretNames: ['API_TOKEN', 'DB_PASSWORD'] } });
     expect(res.headers['content-location']).toBe(`/v1/contexts/${created.id}?version=2`);
-    expect(store.getContextSecrets(created.id, 2)).toEqual(input.secrets);
+    expect(await store.getContextSecrets(created.id, 2)).toEqual(input.secrets);
 
     res = await request(app)
       .put(`/v1/contexts/${created.id}`)
@@ -136,8 +136,8 @@ describe('context portal routes', () => {
     expect(res.status).toBe(200);
     noLeak(res);
     expect(res.body).toMatchObject({ version: 3, name: 'ALICE analysis v3', context: { secretNames: ['DB_PASSWORD'] } });
-    expect(store.getContextSecrets(created.id, 3)).toEqual({ DB_PASSWORD: SECRET2 });
-    expect(store.getContextSecrets(created.id, 1)).toEqual(input.secrets);
+    expect(await store.getContextSecrets(created.id, 3)).toEqual({ DB_PASSWORD: SECRET2 });
+    expect(await store.getContextSecrets(created.id, 1)).toEqual(input.secrets);
 
     const latest = await request(app).get(`/v1/contexts/${created.id}`);
     expect(latest.body).toMatchObject({ version: 3, name: 'ALICE analysis v3' });
@@ -166,7 +166,7 @@ describe('context portal routes', () => {
       .send({ ...withoutSecrets, environment: { DB_PASSWORD: 'x' } });
     problem(res, 422);
     expect(fields(res)).toEqual(['secrets.DB_PASSWORD']);
-    expect(store.listContextVersions(other.id).map((v) => v.version)).toEqual([1]);
+    expect((await store.listContextVersions(other.id)).map((v) => v.version)).toEqual([1]);
   });
 
   it('GET /v1/contexts/:id/preview renders masked user-data as text/plain', async () => {
@@ -265,7 +265,7 @@ describe('context portal routes', () => {
     for (const v of [SECRET, SECRET2, PASSWORD]) expect(lines.join('')).not.toContain(v);
   });
 
-  it('the SQLite files hold neither the secret values nor the plain password', () => {
+  it('the SQLite files hold neither the secret values nor the plain password', async () => {
     const files = [dbFile, `${dbFile}-wal`].filter((f) => existsSync(f));
     expect(files.length).toBeGreaterThan(0);
     const bytes = Buffer.concat(files.map((f) => readFileSync(f)));
@@ -280,61 +280,61 @@ describe('context store', () => {
     return { name, context: hashContextPasswords(parsed), secrets: contextSecrets(parsed) };
   };
 
-  it('round-trips immutable versions and encrypted secrets through a reopen', () => {
+  it('round-trips immutable versions and encrypted secrets through a reopen', async () => {
     const file = path.join(dir, 'rt', 'cloudgate.sqlite');
-    let s = openSqliteStore(file, { secretsKey: Buffer.alloc(32, 1) });
-    const a = s.createContext(ctxOf('a', { K: 'v1' }));
+    let s = await openSqliteStore(file, { secretsKey: Buffer.alloc(32, 1) });
+    const a = await s.createContext(ctxOf('a', { K: 'v1' }));
     expect(a).toMatchObject({ id: expect.stringMatching(/^ctx-[0-9a-f]{12}$/), version: 1, name: 'a' });
-    const b = s.createContext(ctxOf('b', {}));
-    const a2 = s.updateContext(a.id, ctxOf('a2', { K: 'v2' }));
+    const b = await s.createContext(ctxOf('b', {}));
+    const a2 = await s.updateContext(a.id, ctxOf('a2', { K: 'v2' }));
     expect(a2).toMatchObject({ id: a.id, version: 2, name: 'a2' });
-    expect(s.updateContext('ctx-000000000000', ctxOf('x', {}))).toBeUndefined();
-    s.close();
+    expect(await s.updateContext('ctx-000000000000', ctxOf('x', {}))).toBeUndefined();
+    await s.close();
 
-    s = openSqliteStore(file, { secretsKey: Buffer.alloc(32, 1) });
-    expect(s.getContext(a.id)).toEqual(a2);
-    expect(s.getContext(a.id, 1)).toEqual(a);
-    expect(s.getContext(a.id, 3)).toBeUndefined();
-    expect(s.getContext('ctx-000000000000')).toBeUndefined();
-    expect(s.listContexts()).toEqual([a2, b]);
-    expect(s.listContextVersions(a.id)).toEqual([a, a2]);
-    expect(s.listContextVersions('ctx-000000000000')).toEqual([]);
-    expect(s.getContextSecrets(a.id, 1)).toEqual({ K: 'v1' });
-    expect(s.getContextSecrets(a.id, 2)).toEqual({ K: 'v2' });
-    expect(s.getContextSecrets(b.id, 1)).toEqual({});
-    expect(s.getContextSecrets(a.id, 9)).toBeUndefined();
-    s.close();
+    s = await openSqliteStore(file, { secretsKey: Buffer.alloc(32, 1) });
+    expect(await s.getContext(a.id)).toEqual(a2);
+    expect(await s.getContext(a.id, 1)).toEqual(a);
+    expect(await s.getContext(a.id, 3)).toBeUndefined();
+    expect(await s.getContext('ctx-000000000000')).toBeUndefined();
+    expect(await s.listContexts()).toEqual([a2, b]);
+    expect(await s.listContextVersions(a.id)).toEqual([a, a2]);
+    expect(await s.listContextVersions('ctx-000000000000')).toEqual([]);
+    expect(await s.getContextSecrets(a.id, 1)).toEqual({ K: 'v1' });
+    expect(await s.getContextSecrets(a.id, 2)).toEqual({ K: 'v2' });
+    expect(await s.getContextSecrets(b.id, 1)).toEqual({});
+    expect(await s.getContextSecrets(a.id, 9)).toBeUndefined();
+    await s.close();
 
     // Another key cannot read them (GCM authentication fails loudly, never garbage).
-    s = openSqliteStore(file, { secretsKey: Buffer.alloc(32, 2) });
-    expect(() => s.getContextSecrets(a.id, 1)).toThrow(/cannot decrypt/);
-    s.close();
+    s = await openSqliteStore(file, { secretsKey: Buffer.alloc(32, 2) });
+    await expect(s.getContextSecrets(a.id, 1)).rejects.toThrow(/cannot decrypt/);
+    await s.close();
   });
 
-  it('without a key, uses <folder>/secrets-key (created once, mode 0600) and reads it back after a reopen', () => {
+  it('without a key, uses <folder>/secrets-key (created once, mode 0600) and reads it back after a reopen', async () => {
     const folder = path.join(dir, 'keyed');
     const file = path.join(folder, 'cloudgate.sqlite');
     const saved = process.env.CLOUDGATE_SECRETS_KEY;
     delete process.env.CLOUDGATE_SECRETS_KEY;
     try {
-      let s = openSqliteStore(file);
+      let s = await openSqliteStore(file);
       const keyFile = path.join(folder, 'secrets-key');
       expect(statSync(keyFile).mode & 0o777).toBe(0o600);
       const key = readFileSync(keyFile, 'utf8');
       expect(key).toMatch(/^[0-9a-f]{64}$/);
-      const rec = s.createContext(ctxOf('k', { K: 'kept' }));
-      s.close();
-      s = openSqliteStore(file);
+      const rec = await s.createContext(ctxOf('k', { K: 'kept' }));
+      await s.close();
+      s = await openSqliteStore(file);
       expect(readFileSync(keyFile, 'utf8')).toBe(key);
-      expect(s.getContextSecrets(rec.id, 1)).toEqual({ K: 'kept' });
-      s.close();
+      expect(await s.getContextSecrets(rec.id, 1)).toEqual({ K: 'kept' });
+      await s.close();
       expect(loadSecretsKey({ dataDir: folder })).toEqual(Buffer.from(key, 'hex'));
     } finally {
       if (saved !== undefined) process.env.CLOUDGATE_SECRETS_KEY = saved;
     }
   });
 
-  it('CLOUDGATE_SECRETS_KEY wins over the file and must be 64 hex digits', () => {
+  it('CLOUDGATE_SECRETS_KEY wins over the file and must be 64 hex digits', async () => {
     const folder = path.join(dir, 'env-key');
     const hex = 'ab'.repeat(32);
     expect(loadSecretsKey({ dataDir: folder }, { CLOUDGATE_SECRETS_KEY: hex })).toEqual(Buffer.from(hex, 'hex'));
@@ -512,15 +512,15 @@ describe('soft delete and laptop pairing', () => {
     const list = (await request(paired).get('/v1/contexts')).body as { items: ContextRecord[] };
     expect(list.items.map((c) => c.id)).not.toContain(doomed.id);
     expect(list.items.map((c) => c.id)).toContain(ctx.id);
-    expect(store.listContextVersions(doomed.id)).toHaveLength(2);
+    expect(await store.listContextVersions(doomed.id)).toHaveLength(2);
 
     // Clusters pinned to a version can still render it.
-    const { context: storedContext, ...storedRecord } = store.getContext(doomed.id, 1)!;
+    const { context: storedContext, ...storedRecord } = (await store.getContext(doomed.id, 1))!;
     const { context: answeredContext, ...answeredRecord } = doomed;
     expect(storedRecord).toEqual({ ...answeredRecord, deletedAt });
     // The answer showed passwordSet; the store keeps the hash the guests need.
     expect(storedContext).toEqual({ ...answeredContext, users: [{ ...answeredContext.users[0], passwordSet: undefined, passwordHash: expect.stringMatching(/^\$6\$/) }] });
-    expect(store.getContextSecrets(doomed.id, 1)).toEqual(input.secrets);
+    expect(await store.getContextSecrets(doomed.id, 1)).toEqual(input.secrets);
 
     problem(await request(paired).delete('/v1/contexts/ctx-000000000000'), 404);
     problem(await request(paired).delete('/v1/contexts/not-an-id'), 404);

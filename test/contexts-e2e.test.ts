@@ -238,10 +238,10 @@ describe('references and sizes checked at submission', () => {
 
   it('user-data over a cloud\'s limit is a 422 naming the cloud and the size (EC2 16 KB raw, CloudStack 32 KB base64)', async () => {
     // Clouds of those kinds, as a worker would register them (the check needs only kind and offerings).
-    const store = openSqliteStore(path.join(stack.dataDir, 'cloudgate.sqlite'));
+    const store = await openSqliteStore(path.join(stack.dataDir, 'cloudgate.sqlite'));
     const offerings = [{ id: 'm', name: 'm', cpus: 4, memoryMiB: 8192, diskGiB: 100 }];
-    store.upsertCloud({ name: 'aws-test', kind: 'ec2', offerings, images: ['cernvm'] });
-    store.upsertCloud({ name: 'cs-test', kind: 'cloudstack', offerings, images: ['cernvm'] });
+    await store.upsertCloud({ name: 'aws-test', kind: 'ec2', offerings, images: ['cernvm'] });
+    await store.upsertCloud({ name: 'cs-test', kind: 'cloudstack', offerings, images: ['cernvm'] });
 
     const script = `#!/bin/sh\n${'echo padding-padding-padding-padding\n'.repeat(400)}`; // ~14.4 KB
     const mid = await createContext({ repositories: ['alice.cern.ch'], startupScript: script });
@@ -278,7 +278,7 @@ describe('references and sizes checked at submission', () => {
     await waitForState(stack, sim.body.id, 'READY', 120_000);
     await stack.http('DELETE', `/v1/clusters/${sim.body.id}`);
     await waitForState(stack, sim.body.id, 'TERMINATED', 120_000);
-    for (const name of ['aws-test', 'cs-test']) store.deleteCloud(name);
-    store.close();
+    for (const name of ['aws-test', 'cs-test']) await store.deleteCloud(name);
+    await store.close();
   }, 240_000);
 });

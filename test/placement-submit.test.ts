@@ -144,11 +144,11 @@ describe('POST /v1/clusters checks every cloud a service may land on', () => {
 
   it('a user-data too large for one placement cloud → 422 naming the service and that cloud, pointing at its placement entry', async () => {
     // An EC2 cloud as a worker would register it (the check needs only its kind, offerings and images): 16 KB of user-data.
-    const store = openSqliteStore(path.join(stack.dataDir, 'cloudgate.sqlite'));
+    const store = await openSqliteStore(path.join(stack.dataDir, 'cloudgate.sqlite'));
     try {
-      store.upsertCloud({ name: 'aws-test', kind: 'ec2', offerings: [{ id: 'm', name: 'm', cpus: 4, memoryMiB: 8192, diskGiB: 100 }], images: ['cernvm4-micro'] });
+      await store.upsertCloud({ name: 'aws-test', kind: 'ec2', offerings: [{ id: 'm', name: 'm', cpus: 4, memoryMiB: 8192, diskGiB: 100 }], images: ['cernvm4-micro'] });
     } finally {
-      store.close();
+      await store.close();
     }
     const script = `#!/bin/sh\n${'echo padding-padding-padding-padding\n'.repeat(400)}`; // ~14.4 KB: the rendered user-data is more than 16 KB
     const ctx = await stack.http('POST', '/v1/contexts', { name: 'big', repositories: ['alice.cern.ch'], startupScript: script });

@@ -7,14 +7,14 @@
 import { openSqliteStore, QuotaExceededError } from '../store/index.js';
 
 const [file, definitionId, startAt, count] = process.argv.slice(2);
-const store = openSqliteStore(file, { secretsKey: Buffer.alloc(32) });
+const store = await openSqliteStore(file, { secretsKey: Buffer.alloc(32) });
 const defaultQuota = { maxInstances: 0, maxClusters: 0, maxCpus: 0 };
 while (Date.now() < Number(startAt)) await new Promise((r) => setTimeout(r, 1));
 let ok = 0;
 let refused = 0;
 for (let i = 0; i < Number(count); i++) {
   try {
-    store.createCluster(
+    await store.createCluster(
       { id: `race-${process.pid}-${i}`, name: 'race', definitionId, cloud: 'sim', owner: 'race' },
       { claim: { owner: 'race', services: [{ service: 'w', instances: 1, cpus: 1 }] }, defaultQuota },
     );
@@ -24,5 +24,5 @@ for (let i = 0; i < Number(count); i++) {
     refused++;
   }
 }
-store.close();
+await store.close();
 process.stdout.write(JSON.stringify({ ok, refused }));

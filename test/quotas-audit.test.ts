@@ -277,13 +277,13 @@ describe('quotas', () => {
   });
 
   it('holds the limit across processes sharing one store file (the check and the reservation are one IMMEDIATE transaction)', async () => {
-    // One API process answers one request's check and insert without yielding, so the HTTP race above cannot
-    // interleave them; several processes on one file can. Six of them race 40 submissions each for 50 places.
+    // Several processes on one file, each with its own connection: only the file's write lock keeps their checks
+    // and inserts apart. Six of them race 40 submissions each for 50 places.
     const file = path.join(stack.dataDir, 'race.sqlite');
     const secretsKey = Buffer.alloc(32);
-    const setup = openSqliteStore(file, { secretsKey });
-    const def = setup.createDefinition({ name: 'race', owner: 'race', definition: ClusterDefinitionSchema.parse({ name: 'race', services: [{ name: 'w', image, offering: { cpus: 1, memoryMiB: 1024, diskGiB: 10 } }] }) });
-    setup.setOwnerQuota('race', { maxInstances: 1_000, maxClusters: 50, maxCpus: 1_000 });
+    const setup = await openSqliteStore(file, { secretsKey });
+    const def = await setup.createDefinition({ name: 'race', owner: 'race', definition: ClusterDefinitionSchema.parse({ name: 'race', services: [{ name: 'w', image, offering: { cpus: 1, memoryMiB: 1024, diskGiB: 10 } }] }) });
+    await setup.setOwnerQuota('race', { maxInstances: 1_000, maxClusters: 50, maxCpus: 1_000 });
     const startAt = Date.now() + 3_000;
     const racers = Array.from({ length: 6 }, () => {
       const proc = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'test/quota-racer.ts'), file, def.id, String(startAt), '40'], {
@@ -300,9 +300,9 @@ describe('quotas', () => {
     const results = await Promise.all(racers);
     expect(results.reduce((n, r) => n + r.ok, 0)).toBe(50);
     expect(results.reduce((n, r) => n + r.refused, 0)).toBe(6 * 40 - 50);
-    expect(setup.quotaUsage('race')).toEqual({ instances: 50, clusters: 50, cpus: 50 });
-    expect(setup.listClusters().filter((c) => c.owner === 'race')).toHaveLength(50);
-    setup.close();
+    expect(await setup.quotaUsage('race')).toEqual({ instances: 50, clusters: 50, cpus: 50 });
+    expect((await setup.listClusters()).filter((c) => c.owner === 'race')).toHaveLength(50);
+    await setup.close();
   }, 60_000);
 });
 

@@ -27,7 +27,7 @@ let defId: string;
 
 beforeAll(async () => {
   ({ store, app } = await api.start(() => openSqliteStore(path.join(api.dir, 'store', 'cloudgate.sqlite'))));
-  store.upsertCloud({ name: 'sim', kind: 'sim', offerings: [{ id: 'small', name: 'small', ...offering }], images: ['cernvm', 'cernvm4'] });
+  await store.upsertCloud({ name: 'sim', kind: 'sim', offerings: [{ id: 'small', name: 'small', ...offering }], images: ['cernvm', 'cernvm4'] });
   const def = await request(app)
     .post('/v1/cluster-definitions')
     .send({
@@ -136,18 +136,18 @@ describe('GET /v1/clusters/:id from the read model, with no worker', () => {
   });
 
   it('a cluster row without a workflow answers PENDING saying so', async () => {
-    store.createCluster({ id: 'orphan-aaaaaa', name: 'orphan', definitionId: defId, cloud: 'sim' });
+    await store.createCluster({ id: 'orphan-aaaaaa', name: 'orphan', definitionId: defId, cloud: 'sim' });
     const res = await request(app).get('/v1/clusters/orphan-aaaaaa');
     expect(res.status).toBe(200);
     expect(res.body).toMatchObject({ state: 'PENDING', message: expect.stringMatching(/has not started/), services: [], seq: 0 });
     expect(res.body).not.toHaveProperty('observedAt');
-    store.deleteCluster('orphan-aaaaaa');
+    await store.deleteCluster('orphan-aaaaaa');
   });
 
   it('answers what was published, each service from its own publish unless that is behind the cluster’s; no instances', async () => {
     const id = await submit('shown');
     expect(
-      publishCluster(id, 3, {
+      (await publishCluster(id, 3, {
         observedAt: at(10),
         state: 'FAILED',
         message: 'service workers failed',
@@ -156,16 +156,16 @@ describe('GET /v1/clusters/:id from the read model, with no worker', () => {
           summary('workers', { state: 'FAILED', desired: 2, message: 'create failed: InvalidRequest' }),
           summary('monitor', { state: 'WAITING' }),
         ],
-      }),
+      })),
     ).toBe(true);
     // proxy: same state as the cluster's copy, fresher counts → its own publish.
     const proxy = summary('proxy', { state: 'READY', ready: 1, replacements: 2, message: 'proxy-0 never phoned home' });
-    expect(publishService(id, 'proxy', 2, { observedAt: at(5), summary: proxy, upserts: [instance(id, 'proxy', 1, 'READY')] })).toBe(true);
+    expect(await publishService(id, 'proxy', 2, { observedAt: at(5), summary: proxy, upserts: [instance(id, 'proxy', 1, 'READY')] })).toBe(true);
     // workers: another state than the cluster's copy and older than the cluster's publish (the
     // cluster heard of the failure before the workers' own publish landed) → the cluster's copy.
-    expect(publishService(id, 'workers', 7, { observedAt: at(4), summary: summary('workers', { state: 'DEPLOYING', desired: 2, ready: 1 }), upserts: [instance(id, 'workers', 0, 'READY')] })).toBe(true);
+    expect(await publishService(id, 'workers', 7, { observedAt: at(4), summary: summary('workers', { state: 'DEPLOYING', desired: 2, ready: 1 }), upserts: [instance(id, 'workers', 0, 'READY')] })).toBe(true);
     // monitor: another state, but newer than the cluster's publish (its report is on its way) → its own.
-    expect(publishService(id, 'monitor', 1, { observedAt: at(11), summary: summary('monitor', { state: 'DEPLOYING' }) })).toBe(true);
+    expect(await publishService(id, 'monitor', 1, { observedAt: at(11), summary: summary('monitor', { state: 'DEPLOYING' }) })).toBe(true);
 
     const res = await request(app).get(`/v1/clusters/${id}`);
     expect(res.status).toBe(200);
@@ -191,17 +191,17 @@ describe('GET /v1/clusters/:id from the read model, with no worker', () => {
 
   it('shows a service that published before the cluster workflow listed it as it published itself', async () => {
     const id = await submit('early');
-    expect(publishService(id, 'proxy', 1, { summary: summary('proxy', { state: 'DEPLOYING', desired: 2 }) })).toBe(true);
+    expect(await publishService(id, 'proxy', 1, { summary: summary('proxy', { state: 'DEPLOYING', desired: 2 }) })).toBe(true);
     const before = await request(app).get(`/v1/clusters/${id}`);
     expect(before.body).toMatchObject({ state: 'PENDING', seq: 0, services: [summary('proxy', { state: 'DEPLOYING', desired: 2 })] });
-    expect(publishCluster(id, 1, { services: [summary('workers', { state: 'WAITING' })] })).toBe(true);
+    expect(await publishCluster(id, 1, { services: [summary('workers', { state: 'WAITING' })] })).toBe(true);
     const after = await request(app).get(`/v1/clusters/${id}`);
     expect((after.body as { services: PublishedService[] }).services).toEqual([summary('workers', { state: 'WAITING' }), summary('proxy', { state: 'DEPLOYING', desired: 2 })]);
   });
 
   it('carries a weak ETag that changes with every accepted publish; If-None-Match → 304', async () => {
     const id = await submit('tagged');
-    expect(publishCluster(id, 1, { services: [summary('proxy')] })).toBe(true);
+    expect(await publishCluster(id, 1, { services: [summary('proxy')] })).toBe(true);
     const first = await request(app).get(`/v1/clusters/${id}`);
     const etag = first.headers.etag;
     expect(etag).toMatch(/^W\/".+"$/);
@@ -217,17 +217,17 @@ describe('GET /v1/clusters/:id from the read model, with no worker', () => {
     expect((await request(app).get(`/v1/clusters/${id}`).set('If-None-Match', 'W/"other"')).status).toBe(200);
 
     // A rejected (stale) publish changes nothing, so the tag holds.
-    expect(publishCluster(id, 1, { state: 'READY' })).toBe(false);
+    expect(await publishCluster(id, 1, { state: 'READY' })).toBe(false);
     expect((await request(app).get(`/v1/clusters/${id}`).set('If-None-Match', etag)).status).toBe(304);
 
     // A service's publish alone changes the answer, and so the tag.
-    expect(publishService(id, 'proxy', 1, { summary: summary('proxy', { state: 'READY', ready: 1 }) })).toBe(true);
+    expect(await publishService(id, 'proxy', 1, { summary: summary('proxy', { state: 'READY', ready: 1 }) })).toBe(true);
     const afterService = await request(app).get(`/v1/clusters/${id}`).set('If-None-Match', etag);
     expect(afterService.status).toBe(200);
     expect(afterService.headers.etag).not.toBe(etag);
     expect((afterService.body as { services: PublishedService[] }).services[0]).toMatchObject({ ready: 1 });
 
-    expect(publishCluster(id, 2, { state: 'READY', services: [summary('proxy', { state: 'READY', ready: 1 })] })).toBe(true);
+    expect(await publishCluster(id, 2, { state: 'READY', services: [summary('proxy', { state: 'READY', ready: 1 })] })).toBe(true);
     const afterCluster = await request(app).get(`/v1/clusters/${id}`).set('If-None-Match', afterService.headers.etag);
     expect(afterCluster.status).toBe(200);
     expect(afterCluster.body).toMatchObject({ state: 'READY', seq: 2 });
@@ -247,9 +247,9 @@ describe('GET /v1/clusters/:id/instances', () => {
     id = await submit('paged');
     const workers = Array.from({ length: 23 }, (_, n) => instance(id, 'workers', n, workerStates[n % workerStates.length]));
     // Two publishes of workers (the second removes one), one of proxy.
-    expect(publishService(id, 'workers', 1, { upserts: workers.slice(0, 20) })).toBe(true);
-    expect(publishService(id, 'workers', 2, { upserts: workers.slice(20), removed: [workers[4].id] })).toBe(true);
-    expect(publishService(id, 'proxy', 1, { upserts: [instance(id, 'proxy', 0, 'READY')], events: [event('proxy-0 created'), event('proxy-0 ready')] })).toBe(true);
+    expect(await publishService(id, 'workers', 1, { upserts: workers.slice(0, 20) })).toBe(true);
+    expect(await publishService(id, 'workers', 2, { upserts: workers.slice(20), removed: [workers[4].id] })).toBe(true);
+    expect(await publishService(id, 'proxy', 1, { upserts: [instance(id, 'proxy', 0, 'READY')], events: [event('proxy-0 created'), event('proxy-0 ready')] })).toBe(true);
   });
   const url = () => `/v1/clusters/${id}/instances`;
   /** The workers' ordinals still published (4 was removed). */
@@ -309,17 +309,17 @@ describe('GET /v1/clusters/:id/instances', () => {
 describe('GET /v1/clusters/:id/events', () => {
   it('lists the events of accepted publishes, oldest first, a page at a time; rejected publishes add none', async () => {
     const id = await submit('logged');
-    expect(publishCluster(id, 1, { events: [event('deploying: checking CVMFS repositories')] })).toBe(true);
+    expect(await publishCluster(id, 1, { events: [event('deploying: checking CVMFS repositories')] })).toBe(true);
     expect(
-      publishService(id, 'workers', 1, {
+      (await publishService(id, 'workers', 1, {
         events: [
           event('workers-0 created', { kind: 'scale', service: 'workers', instance: `${id}-workers-0`, at: at(1) }),
           event('workers-0 never phoned home; replaced by workers-1', { kind: 'replace', service: 'workers', instance: `${id}-workers-0`, at: at(2) }),
         ],
-      }),
+      })),
     ).toBe(true);
-    expect(publishCluster(id, 1, { events: [event('retried publish')] })).toBe(false);
-    expect(publishCluster(id, 2, { state: 'TERMINATING', events: [event('teardown requested via the API', { kind: 'teardown', at: at(3) })] })).toBe(true);
+    expect(await publishCluster(id, 1, { events: [event('retried publish')] })).toBe(false);
+    expect(await publishCluster(id, 2, { state: 'TERMINATING', events: [event('teardown requested via the API', { kind: 'teardown', at: at(3) })] })).toBe(true);
 
     const all = (await request(app).get(`/v1/clusters/${id}/events`)).body as PageBody<ClusterEvent>;
     expect(all).toEqual({

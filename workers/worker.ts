@@ -19,7 +19,7 @@ import { createSimJobQueue, serveSimJobQueue, type SimJobQueue } from '../clouds
 import type { CloudsFile } from '../model/clouds-config.js';
 import { publicUrlOf, temporalAddressOf, type Config } from '../model/config.js';
 import { AesGcmPayloadCodec, payloadDataConverter } from '../model/payload-codec.js';
-import { openSqliteStore, type Store } from '../store/index.js';
+import { openStore, type Store } from '../store/index.js';
 import { loadMetricsToken, loadPayloadKeys, loadTokenSecret } from '../store/secret.js';
 import { CLOUD_CATALOGUE_INTERVAL, CLOUD_CATALOGUE_SCHEDULE_ID, CLOUD_CATALOGUE_SCHEDULED_WORKFLOW_ID } from '../workflows/catalogue.js';
 import { buildClouds, liveQuotas, loadCloudsFile } from './clouds.js';
@@ -71,7 +71,8 @@ export interface RunningWorker {
 export async function startWorker(config: Config, opts: StartWorkerOptions = {}): Promise<RunningWorker> {
   // First, before anything is opened: a port in use stops the worker (its operator asked for metrics there).
   const metrics = await startWorkerMetrics(config, opts);
-  const store = openSqliteStore(path.join(config.dataDir, 'cloudgate.sqlite'));
+  // The API's store: PostgreSQL when CLOUDGATE_DATABASE_URL is set, else SQLite in the data folder.
+  const store = await openStore(config);
   const registryFile = loadCloudsFile(config.cloudsFile);
   metrics?.knowClouds(registryFile.clouds.map((c) => c.name));
   const codec = new AesGcmPayloadCodec(loadPayloadKeys(config));
@@ -80,7 +81,7 @@ export async function startWorker(config: Config, opts: StartWorkerOptions = {})
   const quotaOf = liveQuotas(config.cloudsFile, registryFile, (message) => opts.logger?.warn({ file: config.cloudsFile }, message));
   const clouds = createCloudRegistry(adapters);
   // The registry's static part only: no cloud is called and no credential read here (the catalogue activity does both).
-  publishRegistry(store, registryFile);
+  await publishRegistry(store, registryFile);
   const simQueue = await startSimJobQueue(config, sims, opts.logger);
   const connection = await NativeConnection.connect({ address: temporalAddressOf(config) });
   // The worker's own client: the catalogue schedule below and the window activities (a cluster's schedules) use it.
@@ -108,7 +109,7 @@ export async function startWorker(config: Config, opts: StartWorkerOptions = {})
         capacity: {
           ledger: store,
           quotaOf,
-          flavorsOf: (cloud) => store.getCloud(cloud)?.offerings ?? [],
+          flavorsOf: async (cloud) => (await store.getCloud(cloud))?.offerings ?? [],
         },
         // The sim's job queue listens on loopback: its load URLs are read (only its host:port is added).
         load: { allowedHosts: [...config.load.allowedHosts, ...(simQueue ? [simQueue.host] : [])] },
@@ -131,7 +132,7 @@ export async function startWorker(config: Config, opts: StartWorkerOptions = {})
     await Promise.all([...sims.values()].map((s) => s.stop()));
     await clouds.close();
     await connection.close();
-    store.close();
+    await store.close();
     await metrics?.served.close();
   });
   return {
@@ -206,10 +207,10 @@ async function startSimJobQueue(
  * forgets clouds the file no longer names. No cloud is called: the catalogue workflow lists
  * offerings (workflows/catalogue.ts), so a cloud that is down does not hold the worker up.
  */
-export function publishRegistry(store: Store, file: CloudsFile): void {
+export async function publishRegistry(store: Store, file: CloudsFile): Promise<void> {
   const known = new Set(file.clouds.map((c) => c.name));
-  for (const stale of store.listClouds()) if (!known.has(stale.name)) store.deleteCloud(stale.name);
-  for (const c of file.clouds) store.upsertCloud(staticCloudRecord(c, store.getCloud(c.name)?.offerings ?? []));
+  for (const stale of await store.listClouds()) if (!known.has(stale.name)) await store.deleteCloud(stale.name);
+  for (const c of file.clouds) await store.upsertCloud(staticCloudRecord(c, (await store.getCloud(c.name))?.offerings ?? []));
 }
 
 /** What the catalogue schedule is for, in the Temporal UI (its note) and its memo. */
