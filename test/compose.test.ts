@@ -110,7 +110,9 @@ describe('docker-compose.yml: the production topology in containers', () => {
       writeFileSync(path.join(secretsDir, name), `${value}\n`);
       chmodSync(path.join(secretsDir, name), 0o444);
     };
-    secret('postgres-password', randomBytes(24).toString('hex'));
+    const postgresPassword = randomBytes(24).toString('hex');
+    secret('postgres-password', postgresPassword);
+    secret('cloudgate-database-url', `postgres://temporal:${postgresPassword}@postgres:5432/cloudgate`);
     secret('cloudgate-token-secret', randomBytes(32).toString('hex'));
     secret('cloudgate-secrets-key', randomBytes(32).toString('hex'));
     secret('cloudgate-payload-keys', `k1:${randomBytes(32).toString('hex')}`);
@@ -221,6 +223,11 @@ describe('docker-compose.yml: the production topology in containers', () => {
     );
     expect(done.services.every((s: { state: string }) => s.state === 'TERMINATED')).toBe(true);
     expect(calls).toBeGreaterThan(4); // both replicas answered (alternating)
+    // The replicas share the store in PostgreSQL (the `cloudgate` database), not a file of their own.
+    const row = await compose(['exec', '-T', 'postgres', 'psql', '-U', 'temporal', '-d', 'cloudgate', '-Atc', `SELECT id FROM clusters WHERE id = '${id}'`]);
+    expect(row.stdout.trim()).toBe(id);
+    const files = await compose(['exec', '-T', '--index', '1', 'api', 'sh', '-c', 'ls /data']);
+    expect(files.stdout).not.toMatch(/cloudgate\.sqlite/);
     passed++;
   });
 

@@ -9,10 +9,9 @@
  * drops it (idempotent methods only, as nginx's `proxy_next_upstream` does by default), else
  * 502. Users, the test and the guests' phone-homes (`CLOUDGATE_PUBLIC_URL`) all go through it.
  *
- * What is shared, and how: cloudgate's store is still SQLite (the PostgreSQL store is another
- * part of issue 14), so the replicas and workers share one `cloudgate.sqlite` in the data
- * folder (WAL, busy timeout, immediate transactions: several processes on one host may use
- * it, not several hosts). The sim cloud is one state file, `sim-cloud.sqlite`, which every
+ * What is shared, and how: cloudgate's store is the PostgreSQL peer's own database
+ * (`CLOUDGATE_DATABASE_URL`), as a site runs it; Temporal has its two databases beside it on
+ * the same server. The sim cloud is one state file, `sim-cloud.sqlite`, which every
  * worker opens: each sees the same cloud, and each runs the guest ticker, so a guest's
  * phone-home is sent by whichever worker sees it due first — sometimes by both, which the API
  * answers as a repeated report (200, dropped). A killed worker's guests therefore keep
@@ -110,6 +109,7 @@ export async function startTopology(opts: TopologyOptions = {}): Promise<Topolog
       TEMPORAL_ADDRESS: temporal.address,
       TEMPORAL_NAMESPACE: temporal.namespace,
       CLOUDGATE_PUBLIC_URL: proxy.url,
+      CLOUDGATE_DATABASE_URL: pg.url,
       CLOUDGATE_TOKEN_SECRET: config.tokenSecret,
       CLOUDGATE_LOG_LEVEL: 'warn',
       CLOUDGATE_CLOUDS: '',
