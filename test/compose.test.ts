@@ -179,6 +179,9 @@ describe('docker-compose.yml: the production topology in containers', () => {
       const res = await fetch(`${base}/healthz`);
       expect(res.status).toBe(200);
       expect(await res.json()).toEqual({ status: 'ok', checks: { store: 'ok', temporal: 'ok' } });
+      // The web portal is in the image too (built at image build time).
+      const page = await fetch(`${base}/`);
+      expect([page.status, page.headers.get('content-type')]).toEqual([200, expect.stringMatching(/^text\/html/)]);
     }
     // Non-root, compiled JavaScript (not tsx), the prebuilt workflow bundle.
     const ps = (await compose(['exec', '-T', '--index', '1', 'worker', 'sh', '-c', 'id -u; cat /proc/1/cmdline | tr "\\0" " "; echo; echo "$CLOUDGATE_WORKFLOW_BUNDLE"'])).stdout.split('\n');
