@@ -114,6 +114,7 @@ describe('GET /v1/clusters/:id from the read model, with no worker', () => {
     expect(res.body).toEqual({
       id,
       name: 'fresh',
+      owner: 'admin',
       definitionId: defId,
       cloud: 'sim',
       state: 'PENDING',
@@ -172,6 +173,7 @@ describe('GET /v1/clusters/:id from the read model, with no worker', () => {
     expect(res.body).toEqual({
       id,
       name: 'shown',
+      owner: 'admin',
       definitionId: defId,
       cloud: 'sim',
       state: 'FAILED',

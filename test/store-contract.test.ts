@@ -146,7 +146,9 @@ describe.each(ENGINES.map((e) => [e.name, e] as const))('store contract: %s', (_
       const b = await store.createDefinition({ name: 'b', definition });
       expect(await store.getDefinition(a.id)).toEqual(a);
       expect(await store.getDefinition('def-000000000000')).toBeUndefined();
-      expect((await store.listDefinitions()).map((d) => d.id)).toEqual([a.id, b.id]);
+      // Oldest first; two made in the same millisecond come by id.
+      const byAge = [a, b].sort((x, y) => x.createdAt.localeCompare(y.createdAt) || x.id.localeCompare(y.id));
+      expect((await store.listDefinitions()).map((d) => d.id)).toEqual(byAge.map((d) => d.id));
       expect(await store.deleteDefinition(a.id, t0)).toBe(true);
       expect(await store.deleteDefinition(a.id, t0)).toBe(false);
       expect(await store.listDefinitions()).toEqual([b]);

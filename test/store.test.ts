@@ -86,7 +86,7 @@ describe('SQLite store', () => {
 
   it('refuses clusters of unknown definitions', async () => {
     const store = await openSqliteStore(':memory:');
-    await expect(store.createCluster({ id: 'x-000001', name: 'x', definitionId: 'def-missing', cloud: 'sim' })).rejects.toThrow(/FOREIGN KEY/);
+    await expect(store.createCluster({ id: 'x-000001', name: 'x', definitionId: 'def-missing', cloud: 'sim' })).rejects.toMatchObject({ message: expect.stringMatching(/FOREIGN KEY/) });
     await store.close();
   });
 });
@@ -281,7 +281,7 @@ describe('pairings', () => {
 
   it('refuses a pairing for a version that does not exist', async () => {
     const { store, pair } = await setup();
-    await expect(pair('444444', t0, 2)).rejects.toThrow(/FOREIGN KEY/);
+    await expect(pair('444444', t0, 2)).rejects.toMatchObject({ message: expect.stringMatching(/FOREIGN KEY/) });
     expect(await store.takePairing('444444', t0)).toEqual({ status: 'unknown' });
     await store.close();
   });
