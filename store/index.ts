@@ -13,7 +13,7 @@
  */
 import { createCipheriv, createDecipheriv, createHash, randomBytes, randomUUID } from 'node:crypto';
 import path from 'node:path';
-import { sql } from 'kysely';
+import { sql, type Selectable } from 'kysely';
 import type { ClusterDefinition, Lifetime } from '../model/definition.js';
 import type { Window } from '../model/windows.js';
 import type { CloudOffering } from '../clouds/contract.js';
@@ -26,6 +26,7 @@ import type { Config, Quota } from '../model/config.js';
 import type { CloudQuota } from '../model/clouds-config.js';
 import { capacityLedger, type CapacityLedger } from './capacity.js';
 import { openPostgresDatabase, openSqliteDatabase, type Db, type StoreDatabase } from './database.js';
+import type { Tables } from './tables.js';
 import { quotaAuditStatements, toAuditRecord, type AuditFilter, type AuditRecord, type OwnerQuotaRecord, type OwnerQuotaUsage, type QuotaClaim, type QuotaUsage, type ReserveScaleOptions } from './quotas-audit.js';
 
 export { QuotaExceededError, type AuditRecord, type OwnerQuotaRecord, type OwnerQuotaUsage, type QuotaClaim, type QuotaExcess, type QuotaUsage, type ReserveScaleOptions } from './quotas-audit.js';
@@ -386,15 +387,7 @@ export interface Store extends CapacityLedger {
   close(): Promise<void>;
 }
 
-interface ApiTokenRow {
-  id: string;
-  token_hash: string;
-  owner: string;
-  role: string;
-  created_at: string;
-  expires_at: string | null;
-  revoked_at: string | null;
-}
+type ApiTokenRow = Selectable<Tables['api_tokens']>;
 
 const toApiToken = (r: ApiTokenRow): ApiTokenRecord => ({
   id: r.id,
@@ -405,33 +398,9 @@ const toApiToken = (r: ApiTokenRow): ApiTokenRecord => ({
   ...(r.revoked_at !== null && { revokedAt: r.revoked_at }),
 });
 
-interface DefinitionRow {
-  id: string;
-  name: string;
-  definition: string;
-  created_at: string;
-  owner: string | null;
-  deleted_at: string | null;
-}
-interface ClusterRow {
-  id: string;
-  name: string;
-  definition_id: string;
-  cloud: string;
-  owner: string | null;
-  idempotency_key: string | null;
-  request_hash: string | null;
-  contexts: string | null;
-  lifetime: string | null;
-  windows: string | null;
-  created_at: string;
-}
-interface CloudRow {
-  name: string;
-  kind: string;
-  offerings: string;
-  info: string | null;
-}
+type DefinitionRow = Selectable<Tables['cluster_definitions']>;
+type ClusterRow = Selectable<Tables['clusters']>;
+type CloudRow = Pick<Selectable<Tables['clouds']>, 'name' | 'kind' | 'offerings' | 'info'>;
 
 const toDefinition = (r: DefinitionRow): ClusterDefinitionRecord => ({
   id: r.id,
@@ -484,48 +453,11 @@ const toContext = (r: ContextRow): ContextRecord => ({
 });
 
 
-interface ClusterViewRow {
-  cluster_id: string;
-  seq: number;
-  observed_at: string;
-  state: string;
-  message: string | null;
-  services: string;
-  expires_at: string | null;
-  change: string | null;
-  drain_until: string | null;
-}
-interface ServiceViewRow {
-  cluster_id: string;
-  service: string;
-  seq: number;
-  observed_at: string;
-  summary: string;
-}
-interface InstanceRow {
-  cluster_id: string;
-  id: string;
-  service: string;
-  ordinal: number;
-  name: string;
-  state: string;
-  cloud: string;
-  cloud_instance_id: string | null;
-  created_at: string | null;
-  ready_at: string | null;
-  message: string | null;
-  host: string | null;
-  spec: string | null;
-}
-interface EventRow {
-  id: number;
-  cluster_id: string;
-  at: string;
-  kind: string;
-  service: string | null;
-  instance: string | null;
-  message: string;
-}
+/** The read model's rows, as store/tables.ts has them. */
+type ClusterViewRow = Selectable<Tables['cluster_views']>;
+type ServiceViewRow = Selectable<Tables['service_views']>;
+type InstanceRow = Selectable<Tables['instances']>;
+type EventRow = Selectable<Tables['cluster_events']>;
 
 const toClusterView = (r: ClusterViewRow): ClusterViewRecord => ({
   clusterId: r.cluster_id,
