@@ -215,29 +215,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
       temporal = await startDevServer({ dbFile, port: temporalPort });
       stack.temporal = temporal;
     },
-    async http(method, url, body, headers = {}) {
-      // As the admin unless the caller sends its own Authorization ('' sends none: anonymous).
-      const auth = Object.entries(headers).find(([k]) => k.toLowerCase() === 'authorization');
-      const sent = { ...headers };
-      if (auth?.[1] === '') delete sent[auth[0]];
-      const res = await fetch(`${api.url}${url}`, {
-        method,
-        headers: {
-          ...(body !== undefined ? { 'content-type': 'application/json' } : {}),
-          ...(auth ? {} : { authorization: `Bearer ${stack.adminToken}` }),
-          ...sent,
-        },
-        body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
-      });
-      const text = await res.text();
-      let parsed: unknown = text;
-      try {
-        parsed = JSON.parse(text);
-      } catch {
-        // not JSON: keep the text
-      }
-      return { status: res.status, body: parsed as any, headers: res.headers };
-    },
+    http: (method, url, body, headers) => adminHttp(api.url, stack.adminToken)(method, url, body, headers),
     async stop(stopOpts) {
       await stack.killWorker();
       await stack.worker?.shutdown().catch(() => undefined);
@@ -249,6 +227,36 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
   };
   await stack.startWorker();
   return stack;
+}
+
+/**
+ * A stack's `http`: JSON to `baseUrl`, as the admin unless the caller sends its own Authorization
+ * ('' sends none: anonymous); the answer's body parsed when it is JSON.
+ */
+export function adminHttp(baseUrl: string, adminToken: string): Stack['http'] {
+  return async (method, url, body, headers = {}) => {
+    // As the admin unless the caller sends its own Authorization ('' sends none: anonymous).
+    const auth = Object.entries(headers).find(([k]) => k.toLowerCase() === 'authorization');
+    const sent = { ...headers };
+    if (auth?.[1] === '') delete sent[auth[0]];
+    const res = await fetch(`${baseUrl}${url}`, {
+      method,
+      headers: {
+        ...(body !== undefined ? { 'content-type': 'application/json' } : {}),
+        ...(auth ? {} : { authorization: `Bearer ${adminToken}` }),
+        ...sent,
+      },
+      body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
+    });
+    const text = await res.text();
+    let parsed: unknown = text;
+    try {
+      parsed = JSON.parse(text);
+    } catch {
+      // not JSON: keep the text
+    }
+    return { status: res.status, body: parsed as any, headers: res.headers };
+  };
 }
 
 /** Polls `fn` until it returns a truthy value (or throws the last error after `timeoutMs`). */

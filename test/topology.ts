@@ -32,7 +32,7 @@ import { ConfigSchema, type Config } from '../model/config.js';
 import { payloadDataConverter } from '../model/payload-codec.js';
 import { loadPayloadKeys } from '../store/secret.js';
 import { freePort } from '../workers/dev-server.js';
-import { ROOT, waitFor, type ApiClient } from './harness.js';
+import { adminHttp, ROOT, waitFor, type ApiClient } from './harness.js';
 import { startPostgresPeer, type PostgresPeer } from './peers/postgres.js';
 import { startTemporalServerPeer, type TemporalServerPeer } from './peers/temporal-server.js';
 
@@ -181,28 +181,7 @@ export async function startTopology(opts: TopologyOptions = {}): Promise<Topolog
       proxied: proxy.counts,
       client,
       adminToken,
-      async http(method, url, body, headers = {}) {
-        const auth = Object.entries(headers).find(([k]) => k.toLowerCase() === 'authorization');
-        const sent = { ...headers };
-        if (auth?.[1] === '') delete sent[auth[0]];
-        const res = await fetch(`${proxy.url}${url}`, {
-          method,
-          headers: {
-            ...(body !== undefined ? { 'content-type': 'application/json' } : {}),
-            ...(auth ? {} : { authorization: `Bearer ${adminToken}` }),
-            ...sent,
-          },
-          body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
-        });
-        const text = await res.text();
-        let parsed: unknown = text;
-        try {
-          parsed = JSON.parse(text);
-        } catch {
-          // not JSON: keep the text
-        }
-        return { status: res.status, body: parsed as any, headers: res.headers };
-      },
+      http: adminHttp(proxy.url, adminToken),
       logTails(lines = 40) {
         return [...apis, ...topology.workers]
           .map((r) => `--- ${r.name} (${r.logFile})\n${tail(r.logFile, lines)}`)
