@@ -4,7 +4,7 @@
  * is the error kind, retryable or not as the kind says.
  */
 import { ApplicationFailure, Context } from '@temporalio/activity';
-import { CloudError, RETRYABLE_KINDS, type CloudAdapter, type CloudOffering, type InstanceSpec } from '../clouds/contract.js';
+import { CloudError, RETRYABLE_KINDS, type CloudAdapter, type CloudInstance, type CloudOffering, type InstanceSpec } from '../clouds/contract.js';
 import type { CloudQuota } from '../model/clouds-config.js';
 import type { Offering } from '../model/definition.js';
 import { smallestFit } from '../model/placement.js';
@@ -271,9 +271,11 @@ export function createActivities(deps: ActivityDeps): CloudgateActivities {
   return {
     /**
      * Idempotent per instance: an instance already made with the key is found, not made again.
-     * Each new instance first reserves room in the capacity ledger (keyed by its id, so a retry
-     * reuses its reservation). When the ledger or the cloud has no room, no further create of
-     * the batch starts and the ids not made come back as `refused` (their reservations freed).
+     * The batch first reserves room for its new instances in the capacity ledger, in one
+     * transaction (keyed by instance id, so a retry reuses its reservations); instances the
+     * cloud already has are recorded whatever the quota says (made before the ledger, or a
+     * lost reservation). The ids the ledger has no room for, and — once the cloud itself says
+     * it is full — every id not made yet, come back as `refused`, their reservations freed.
      */
     async createInstances(input): Promise<CreateInstancesResult> {
       const cloud = deps.clouds.get(input.cloud);
@@ -281,36 +283,45 @@ export function createActivities(deps: ActivityDeps): CloudgateActivities {
       const { ledger } = deps.capacity;
       const size = await flavorSize(input.cloud, input.offering);
       const quota = deps.capacity.quotaOf(input.cloud);
-      let refusal: { kind: CapacityRefusalKind; message: string } | undefined;
-      const made = await forEachLimited(input.ids, limit, async (id): Promise<CreatedInstance | undefined> => {
-        if (refusal) return undefined;
-        const claim = { instanceId: id, clusterId: input.clusterId, ...size };
+      const found = new Map<string, CloudInstance>();
+      await forEachLimited(input.ids, limit, async (id) => {
         try {
-          const found = await withLocalRetry(() => cloud.findInstance(id));
-          // An instance the cloud has is recorded whatever the quota says (made before the ledger, or a lost reservation).
-          const no = await ledger.reserveCapacity(input.cloud, quota, claim, found !== undefined);
-          if (no) {
-            deps.metrics?.createRefused(input.cloud, 'Ledger');
-            refusal ??= { kind: 'QuotaExceeded', message: no.message };
-            return undefined;
-          }
-          const inst = found ?? (await withLocalRetry(() => counted(input.cloud, 'create', () => cloud.createInstance(specFor(input, id, ctx), id))));
+          const inst = await withLocalRetry(() => cloud.findInstance(id));
+          if (inst) found.set(id, inst);
+        } catch (err) {
+          throw toFailure(err, `create ${id} on ${input.cloud}`);
+        }
+      });
+      const grant = await ledger.reserveCapacity(
+        input.cloud,
+        quota,
+        input.ids.map((id) => ({ instanceId: id, clusterId: input.clusterId, ...size, ...(found.has(id) && { force: true }) })),
+      );
+      if (grant.refusal) deps.metrics?.createRefused(input.cloud, 'Ledger');
+      let full: { kind: CapacityRefusalKind; message: string } | undefined;
+      const made = await forEachLimited(grant.granted, limit, async (id): Promise<CreatedInstance | undefined> => {
+        let inst = found.get(id);
+        if (!inst && full) return undefined;
+        try {
+          inst ??= await withLocalRetry(() => counted(input.cloud, 'create', () => cloud.createInstance(specFor(input, id, ctx), id)));
           return { id, cloudInstanceId: inst.id, cloudState: inst.state, createdAt: inst.createdAt ?? new Date().toISOString(), ...(inst.host && { host: inst.host }) };
         } catch (err) {
           // The cloud's own "full" or "over your quota" (EC2 InstanceLimitExceeded, CloudStack resource limits): room elsewhere may do.
           if (err instanceof CloudError && (err.kind === 'CapacityExhausted' || err.kind === 'QuotaExceeded')) {
             deps.metrics?.createRefused(input.cloud, err.kind);
-            await ledger.releaseCapacity(input.cloud, [id]);
             const what = err.kind === 'CapacityExhausted' ? 'has no capacity' : 'refused: over its quota';
-            refusal ??= { kind: err.kind, message: `${input.cloud} ${what}: ${err.message}` };
+            full ??= { kind: err.kind, message: `${input.cloud} ${what}: ${err.message}` };
             return undefined;
           }
           throw toFailure(err, `create ${id} on ${input.cloud}`);
         }
       });
       const created = made.filter((c): c is CreatedInstance => c !== undefined);
-      if (!refusal) return { created };
       const createdIds = new Set(created.map((c) => c.id));
+      const unmade = grant.granted.filter((id) => !createdIds.has(id));
+      if (unmade.length) await ledger.releaseCapacity(input.cloud, unmade);
+      const refusal = full ?? (grant.refusal && { kind: 'QuotaExceeded' as const, message: grant.refusal.message });
+      if (!refusal) return { created };
       return { created, refused: { ...refusal, ids: input.ids.filter((id) => !createdIds.has(id)) } };
     },
 

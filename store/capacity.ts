@@ -7,10 +7,13 @@
  * sweep) releases once the instance is gone. So a retried or replayed create finds its own
  * reservation and never counts twice; a worker killed between the reservation and the create
  * leaves a reservation its retry reuses — and the instance, created or not, is terminated by
- * key and released later like any other. Check-and-insert is one write transaction (IMMEDIATE
- * on SQLite, SERIALIZABLE on PostgreSQL: store/database.ts), so creates racing for the last
- * room — from any number of activities, workers or processes on one store — cannot both
- * pass: the ledger never grants more than the quota.
+ * key and released later like any other. A create batch reserves for all its instances in
+ * one check-and-insert, a write transaction serialized per cloud (IMMEDIATE on SQLite, an
+ * advisory lock on PostgreSQL: store/database.ts `writeSerially`), so creates racing for the
+ * last room — from any number of activities, workers or processes on one store — cannot
+ * both pass: the ledger never grants more than the quota. (Reserving one instance per
+ * SERIALIZABLE transaction made 190 batches of a 10,000-instance service abort each other
+ * until their retries ran out.)
  *
  * Why a transactional store rather than a per-cloud entity workflow granting reservations by
  * Update: a create batch would need one Update round trip (and two history events) per
@@ -35,6 +38,15 @@ export interface CapacityClaim {
   clusterId: string;
   cpus: number;
   memoryMiB: number;
+  /** Record the claim whatever the quota says (an instance the cloud already has). */
+  force?: boolean;
+}
+
+/** What a reservation granted: the claims' instance ids held now, and why the others were not. */
+export interface CapacityGrant {
+  granted: string[];
+  /** Set when a claim was refused: the first limit it would cross. */
+  refusal?: CapacityRefusal;
 }
 
 /** Why a reservation was refused: the first limit it would cross, and the cloud's usage before it. */
@@ -49,11 +61,11 @@ export interface CapacityRefusal {
 
 export interface CapacityLedger {
   /**
-   * Reserves room for one instance, or says why not (nothing written). A claim already held
-   * (same cloud and instance id) is granted again without counting twice. `force` records
-   * the claim whatever the quota says (an instance the cloud already has).
+   * Reserves room for the claims in order until the first that would cross the quota; that
+   * one and every later claim not forced are refused (nothing written for them). A claim
+   * already held (same cloud and instance id) is granted again without counting twice.
    */
-  reserveCapacity(cloud: string, quota: CloudQuota | undefined, claim: CapacityClaim, force?: boolean): Promise<CapacityRefusal | undefined>;
+  reserveCapacity(cloud: string, quota: CloudQuota | undefined, claims: readonly CapacityClaim[]): Promise<CapacityGrant>;
   /** Releases the claims of instances that are gone; the number released. */
   releaseCapacity(cloud: string, instanceIds: readonly string[]): Promise<number>;
   /** Releases every claim of a cluster on a cloud (after its sweep found nothing left). */
@@ -74,7 +86,7 @@ export function describeCapacity(quota: CloudQuota | undefined, usage: CapacityU
 }
 
 /** The ledger's queries over an open store database (store/index.ts wires them into its Store). */
-export function capacityLedger({ db, write }: StoreDatabase): CapacityLedger {
+export function capacityLedger({ db, writeSerially }: StoreDatabase): CapacityLedger {
   const usage = async (executor: Db, cloud: string): Promise<CapacityUsage> => {
     const r = await executor
       .selectFrom('capacity_reservations')
@@ -84,23 +96,48 @@ export function capacityLedger({ db, write }: StoreDatabase): CapacityLedger {
     return { instances: r.instances, cpus: r.cpus ?? 0, memoryMiB: r.memoryMiB ?? 0 };
   };
   return {
-    reserveCapacity: (cloud, quota, claim, force = false) =>
-      write(async (trx): Promise<CapacityRefusal | undefined> => {
-        const held = await trx.selectFrom('capacity_reservations').select('cloud').where('cloud', '=', cloud).where('instance_id', '=', claim.instanceId).executeTakeFirst();
-        if (held) return undefined;
-        const now = await usage(trx, cloud);
-        const adds: CapacityUsage = { instances: 1, cpus: claim.cpus, memoryMiB: claim.memoryMiB };
-        const crossed = force ? undefined : LIMITS.find((l) => quota?.[l.limit] !== undefined && now[l.of] + adds[l.of] > quota[l.limit]!);
-        if (crossed) {
-          return { cloud, limit: crossed.limit, quota: quota!, usage: now, message: `cloudgate's quota for ${cloud} is used up: ${describeCapacity(quota, now)}` };
-        }
-        await trx
-          .insertInto('capacity_reservations')
-          .values({ cloud, instance_id: claim.instanceId, cluster_id: claim.clusterId, cpus: claim.cpus, memory_mib: claim.memoryMiB, reserved_at: new Date().toISOString() })
-          .onConflict((oc) => oc.doNothing())
-          .execute();
-        return undefined;
-      }),
+    reserveCapacity: (cloud, quota, claims) =>
+      claims.length === 0
+        ? Promise.resolve({ granted: [] })
+        : writeSerially(`capacity:${cloud}`, async (trx): Promise<CapacityGrant> => {
+            const ids = claims.map((c) => c.instanceId);
+            const held = new Set<string>();
+            for (let i = 0; i < ids.length; i += 500) {
+              const rows = await trx.selectFrom('capacity_reservations').select('instance_id').where('cloud', '=', cloud).where('instance_id', 'in', ids.slice(i, i + 500)).execute();
+              for (const r of rows) held.add(r.instance_id);
+            }
+            const before = await usage(trx, cloud);
+            const now = { ...before };
+            const granted: string[] = [];
+            const adding: CapacityClaim[] = [];
+            let refusal: CapacityRefusal | undefined;
+            for (const claim of claims) {
+              if (held.has(claim.instanceId)) {
+                granted.push(claim.instanceId);
+                continue;
+              }
+              const adds: CapacityUsage = { instances: 1, cpus: claim.cpus, memoryMiB: claim.memoryMiB };
+              const crossed = claim.force || refusal ? undefined : LIMITS.find((l) => quota?.[l.limit] !== undefined && now[l.of] + adds[l.of] > quota[l.limit]!);
+              if (crossed) {
+                const msg = `cloudgate's quota for ${cloud} is used up: ${describeCapacity(quota, now)}`;
+                refusal = { cloud, limit: crossed.limit, quota: quota!, usage: { ...now }, message: msg };
+              }
+              if (refusal && !claim.force) continue;
+              for (const l of LIMITS) now[l.of] += adds[l.of];
+              held.add(claim.instanceId);
+              granted.push(claim.instanceId);
+              adding.push(claim);
+            }
+            const reservedAt = new Date().toISOString();
+            for (let i = 0; i < adding.length; i += 500) {
+              await trx
+                .insertInto('capacity_reservations')
+                .values(adding.slice(i, i + 500).map((c) => ({ cloud, instance_id: c.instanceId, cluster_id: c.clusterId, cpus: c.cpus, memory_mib: c.memoryMiB, reserved_at: reservedAt })))
+                .onConflict((oc) => oc.doNothing())
+                .execute();
+            }
+            return refusal ? { granted, refusal } : { granted };
+          }),
     releaseCapacity: async (cloud, ids) => {
       let released = 0;
       // In slices: one statement's parameters stay far below either engine's limit.

@@ -14,6 +14,14 @@
  *   read-check-write holds across any number of processes and pool connections: of two
  *   replicas racing for the last room in a quota, one commits and the other runs again and
  *   sees the first one's row.
+ * - **Serialized writes** ({@link StoreDatabase.writeSerially}): a read-check-write that
+ *   every writer of one key contends for (the capacity ledger of a cloud, which each create
+ *   batch of every cluster reserves in). Under SERIALIZABLE, dozens of such transactions at
+ *   once mostly abort each other (each reads the aggregate the others insert into) and burn
+ *   their retries; so on PostgreSQL these take a transaction-scoped advisory lock on the key
+ *   first and run READ COMMITTED: they queue instead of failing, and each statement after
+ *   the lock sees every earlier holder's committed rows. SQLite's `BEGIN IMMEDIATE` already
+ *   queues every writer.
  * - **Unique violations** ({@link StoreDatabase.uniqueViolation}): SQLite names the column in
  *   its message, PostgreSQL the constraint.
  * - **DDL**: auto-increment keys, the audit log's append-only triggers, and the insertion
@@ -44,6 +52,12 @@ export interface StoreDatabase {
    * once (a serialization failure retries it), so it must do nothing but database work.
    */
   write<T>(fn: (trx: Db) => Promise<T>): Promise<T>;
+  /**
+   * Runs `fn` as one write transaction after every earlier one of the same `key` (in any
+   * process on the database) has ended: for a read-check-write all writers of `key` contend
+   * for. Rows of `key` only: `fn`'s reads of anything else are not isolated.
+   */
+  writeSerially<T>(key: string, fn: (trx: Db) => Promise<T>): Promise<T>;
   /** The text naming the column or constraint `err` violated, if it is a unique (or primary key) violation. */
   uniqueViolation(err: unknown): string | undefined;
   close(): Promise<void>;
@@ -124,6 +138,7 @@ async function openSqliteConnection(file: string): Promise<StoreDatabase> {
           throw err;
         }
       }),
+    writeSerially: (_key, fn) => store.write(fn),
     uniqueViolation(err) {
       const e = err as { code?: string; message?: string };
       return e.code === 'SQLITE_CONSTRAINT_UNIQUE' || e.code === 'SQLITE_CONSTRAINT_PRIMARYKEY' ? (e.message ?? '') : undefined;
@@ -168,6 +183,19 @@ export async function openPostgresDatabase(url: string, opts: PostgresOptions = 
     write: (fn) =>
       withRetries(
         () => db.transaction().setIsolationLevel('serializable').execute(fn),
+        (err) => RETRYABLE_PG.has(codeOf(err)),
+        PG_WRITE_ATTEMPTS,
+      ),
+    writeSerially: (key, fn) =>
+      withRetries(
+        () =>
+          db
+            .transaction()
+            .setIsolationLevel('read committed')
+            .execute(async (trx) => {
+              await sql`SELECT pg_advisory_xact_lock(hashtextextended(${key}, 0))`.execute(trx);
+              return fn(trx);
+            }),
         (err) => RETRYABLE_PG.has(codeOf(err)),
         PG_WRITE_ATTEMPTS,
       ),

@@ -15,33 +15,47 @@ import { compactInstance, expandInstance } from '../model/service-plan.js';
 import { openSqliteStore } from '../store/index.js';
 import { ROOT } from './harness.js';
 
-const claim = (n: number, cluster = 'c1') => ({ instanceId: `${cluster}-w-${n}`, clusterId: cluster, cpus: 2, memoryMiB: 4096 });
+const claim = (n: number, cluster = 'c1', force = false) => ({ instanceId: `${cluster}-w-${n}`, clusterId: cluster, cpus: 2, memoryMiB: 4096, ...(force && { force }) });
 
 describe('capacity ledger', () => {
   it('reserves up to the quota, once per instance, and says what is full', async () => {
     const store = await openSqliteStore(':memory:');
     const quota = { instances: 3, cpus: 5 };
-    expect(await store.reserveCapacity('hlt', quota, claim(0))).toBeUndefined();
-    expect(await store.reserveCapacity('hlt', quota, claim(1))).toBeUndefined();
+    expect(await store.reserveCapacity('hlt', quota, [claim(0)])).toEqual({ granted: ['c1-w-0'] });
+    expect(await store.reserveCapacity('hlt', quota, [claim(1)])).toEqual({ granted: ['c1-w-1'] });
     // The same instance again (a retried create): granted, not counted twice.
-    expect(await store.reserveCapacity('hlt', quota, claim(1))).toBeUndefined();
+    expect(await store.reserveCapacity('hlt', quota, [claim(1)])).toEqual({ granted: ['c1-w-1'] });
     expect(await store.capacityUsage('hlt')).toEqual({ instances: 2, cpus: 4, memoryMiB: 8192 });
     // A third would need 6 cpus of 5: refused on cpus, before instances.
-    const no = await store.reserveCapacity('hlt', quota, claim(2));
-    expect(no).toMatchObject({ cloud: 'hlt', limit: 'cpus', usage: { instances: 2, cpus: 4, memoryMiB: 8192 } });
-    expect(no!.message).toBe('cloudgate\'s quota for hlt is used up: quota 3 instances, 5 cpus; in use 2 instances, 4 cpus, 8192 MiB');
+    const no = await store.reserveCapacity('hlt', quota, [claim(2)]);
+    expect(no).toMatchObject({ granted: [], refusal: { cloud: 'hlt', limit: 'cpus', usage: { instances: 2, cpus: 4, memoryMiB: 8192 } } });
+    expect(no.refusal!.message).toBe('cloudgate\'s quota for hlt is used up: quota 3 instances, 5 cpus; in use 2 instances, 4 cpus, 8192 MiB');
     expect((await store.capacityUsage('hlt')).instances).toBe(2);
     // An instance the cloud already has is recorded whatever the quota says.
-    expect(await store.reserveCapacity('hlt', quota, claim(3), true)).toBeUndefined();
+    expect(await store.reserveCapacity('hlt', quota, [claim(3, 'c1', true)])).toEqual({ granted: ['c1-w-3'] });
     expect((await store.capacityUsage('hlt')).instances).toBe(3);
     // Other clouds are counted apart; no quota is no limit.
-    for (let n = 0; n < 50; n++) expect(await store.reserveCapacity('aws', undefined, claim(n))).toBeUndefined();
+    expect((await store.reserveCapacity('aws', undefined, Array.from({ length: 50 }, (_, n) => claim(n)))).granted).toHaveLength(50);
     expect((await store.capacityUsage('aws')).instances).toBe(50);
     expect(await store.releaseCapacity('hlt', ['c1-w-0', 'c1-w-0', 'c1-w-3', 'nope'])).toBe(2);
-    expect(await store.reserveCapacity('hlt', quota, claim(2))).toBeUndefined();
+    expect(await store.reserveCapacity('hlt', quota, [claim(2)])).toEqual({ granted: ['c1-w-2'] });
     expect(await store.capacityUsage('hlt')).toEqual({ instances: 2, cpus: 4, memoryMiB: 8192 });
     expect(await store.releaseClusterCapacity('aws', 'c1')).toBe(50);
     expect(await store.capacityUsage('aws')).toEqual({ instances: 0, cpus: 0, memoryMiB: 0 });
+    await store.close();
+  });
+
+  it('reserves a create batch at once: the claims that fit, in order, held ones free, forced ones always', async () => {
+    const store = await openSqliteStore(':memory:');
+    const quota = { instances: 5 };
+    await store.reserveCapacity('hlt', quota, [claim(0, 'other')]);
+    // A retried batch: w-0 is held already, w-1…w-3 fit, w-4 would be the sixth; w-5 is on the cloud already.
+    await store.reserveCapacity('hlt', quota, [claim(0)]);
+    const grant = await store.reserveCapacity('hlt', quota, [claim(0), claim(1), claim(2), claim(3), claim(4), claim(5, 'c1', true), claim(6)]);
+    expect(grant.granted).toEqual(['c1-w-0', 'c1-w-1', 'c1-w-2', 'c1-w-3', 'c1-w-5']);
+    expect(grant.refusal).toMatchObject({ limit: 'instances', usage: { instances: 5 } });
+    expect((await store.capacityUsage('hlt')).instances).toBe(6);
+    expect(await store.reserveCapacity('hlt', quota, [])).toEqual({ granted: [] });
     await store.close();
   });
 
@@ -59,8 +73,8 @@ describe('capacity ledger', () => {
         // Everyone starts at the same moment (argv[3]), so the reservations really interleave.
         while (Date.now() < Number(process.argv[3]));
         for (let n = 0; n < 25; n++) {
-          const no = await store.reserveCapacity('hlt', { instances: 30 }, { instanceId: process.argv[2] + '-' + n, clusterId: process.argv[2], cpus: 1, memoryMiB: 1024 });
-          if (!no) granted++;
+          const grant = await store.reserveCapacity('hlt', { instances: 30 }, [{ instanceId: process.argv[2] + '-' + n, clusterId: process.argv[2], cpus: 1, memoryMiB: 1024 }]);
+          granted += grant.granted.length;
         }
         await store.close();
         console.log(granted);`;

@@ -401,13 +401,14 @@ describe.each(ENGINES.map((e) => [e.name, e] as const))('store contract: %s', (_
 
   it('keeps the capacity ledger: one claim per instance, refusals name the limit, force, releases', () =>
     withStore(async (store) => {
-      const claim = (n: number, clusterId = 'c1') => ({ instanceId: `${clusterId}-w-${n}`, clusterId, cpus: 2, memoryMiB: 4096 });
+      const claim = (n: number, force = false) => ({ instanceId: `c1-w-${n}`, clusterId: 'c1', cpus: 2, memoryMiB: 4096, ...(force && { force }) });
       const quota = { instances: 3, cpus: 5 };
-      expect(await store.reserveCapacity('hlt', quota, claim(0))).toBeUndefined();
-      expect(await store.reserveCapacity('hlt', quota, claim(0))).toBeUndefined(); // held: not counted twice
-      expect(await store.reserveCapacity('hlt', quota, claim(1))).toBeUndefined();
-      expect(await store.reserveCapacity('hlt', quota, claim(2))).toMatchObject({ cloud: 'hlt', limit: 'cpus', usage: { instances: 2, cpus: 4, memoryMiB: 8192 } });
-      expect(await store.reserveCapacity('hlt', quota, claim(2), true)).toBeUndefined();
+      expect(await store.reserveCapacity('hlt', quota, [claim(0)])).toEqual({ granted: ['c1-w-0'] });
+      expect(await store.reserveCapacity('hlt', quota, [claim(0)])).toEqual({ granted: ['c1-w-0'] }); // held: not counted twice
+      // A batch: the claims that fit, in order; the first that does not names the limit.
+      const grant = await store.reserveCapacity('hlt', quota, [claim(0), claim(1), claim(2)]);
+      expect(grant).toMatchObject({ granted: ['c1-w-0', 'c1-w-1'], refusal: { cloud: 'hlt', limit: 'cpus', usage: { instances: 2, cpus: 4, memoryMiB: 8192 } } });
+      expect(await store.reserveCapacity('hlt', quota, [claim(2, true)])).toEqual({ granted: ['c1-w-2'] });
       expect(await store.capacityUsage('hlt')).toEqual({ instances: 3, cpus: 6, memoryMiB: 12288 });
       expect(await store.capacityUsage('other')).toEqual({ instances: 0, cpus: 0, memoryMiB: 0 });
       expect(await store.releaseCapacity('hlt', [claim(0).instanceId, 'nope'])).toBe(1);
@@ -448,9 +449,14 @@ describe.each(ENGINES.map((e) => [e.name, e] as const))('store contract: %s', (_
         expect((await store.listInstances(cid, { limit: 10 })).items).toHaveLength(1);
         expect((await store.listEvents(cid, { limit: 10 })).items).toHaveLength(1);
 
-        const granted = await Promise.all(all.flatMap((s, i) => Array.from({ length: 5 }, (_, n) => s.reserveCapacity('hlt', { instances: 7 }, { instanceId: `i${i}-${n}`, clusterId: 'c', cpus: 1, memoryMiB: 1 }))));
-        expect(granted.filter((g) => g === undefined)).toHaveLength(7);
-        expect((await store.capacityUsage('hlt')).instances).toBe(7);
+        const granted = await Promise.all(all.flatMap((s, i) => Array.from({ length: 5 }, (_, n) => s.reserveCapacity('hlt', { instances: 7 }, [{ instanceId: `i${i}-${n}`, clusterId: 'c', cpus: 1, memoryMiB: 1 }]))));
+        expect(granted.flatMap((g) => g.granted)).toHaveLength(7);
+        // Batches racing: 4 stores × 3 batches of 10 for 25 more rooms (an advisory lock per cloud on PostgreSQL, not SERIALIZABLE aborts).
+        const batches = await Promise.all(
+          all.flatMap((s, i) => Array.from({ length: 3 }, (_, b) => s.reserveCapacity('hlt', { instances: 32 }, Array.from({ length: 10 }, (_, n) => ({ instanceId: `b${i}-${b}-${n}`, clusterId: 'c', cpus: 1, memoryMiB: 1 }))))),
+        );
+        expect(batches.flatMap((g) => g.granted)).toHaveLength(25);
+        expect((await store.capacityUsage('hlt')).instances).toBe(32);
 
         const versions = await Promise.all(all.map((s) => s.updateContext(ctx.id, { name: 'race', context, secrets: {} })));
         expect(versions.map((v) => v?.version).sort()).toEqual([2, 3, 4, 5]);
