@@ -138,7 +138,9 @@ export async function startTopology(opts: TopologyOptions = {}): Promise<Topolog
           if (r.alive()) return;
           const fd = openSync(logFile, 'a');
           try {
-            r.proc = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, entry)], { env: { ...env, ...extraEnv }, stdio: ['ignore', fd, fd] });
+            // TOPOLOGY_NODE_ARGS: node flags for every process, e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof` to see where a benchmark's time goes.
+            const nodeArgs = (process.env.TOPOLOGY_NODE_ARGS ?? '').split(' ').filter(Boolean);
+            r.proc = spawn(process.execPath, [...nodeArgs, '--import', 'tsx', path.join(ROOT, entry)], { env: { ...env, ...extraEnv }, stdio: ['ignore', fd, fd] });
           } finally {
             closeSync(fd);
           }
