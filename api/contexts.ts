@@ -8,7 +8,7 @@
 import { randomInt } from 'node:crypto';
 import express, { type Request, type Response, type Router } from 'express';
 import { canSee, listOwner, principalOf } from './auth.js';
-import { contextInputSchema, ContextSchema, contextSecrets, hashContextPasswords, type Context, type ContextInput } from '../model/context.js';
+import { contextInputSchema, ContextSchema, contextSecrets, hashContextPasswords, keepingPasswords, type Context, type ContextInput } from '../model/context.js';
 import { agentView, type Agent } from '../model/agent-views.js';
 import { MASK, multipartUserData, phoneHomeUrl, renderContextParts, renderContextUserData, type PhoneHome } from '../model/user-data.js';
 import { LivePairingLimitError, type ContextRecord, type ContextVersionInput, type PairingRecord, type Store } from '../store/index.js';
@@ -155,14 +155,16 @@ export function contextRoutes(deps: ContextRouteDeps): Router {
   const ContextInputSchema = contextInputSchema({ cvmfsAllowedHosts: config.cvmfsAllowedHosts });
 
   /**
-   * Validated input → stored form + secret values. `previous` supplies the secret values
-   * when the body leaves `secrets` out (they are write-only, so a client that edits what
-   * GET returned cannot resend them); `"secrets": {}` removes them all.
+   * Validated input → stored form + secret values. `previous` supplies what is write-only and
+   * so cannot come back from a client that edits what GET returned: the secret values when
+   * the body leaves `secrets` out (`"secrets": {}` removes them all), and the password hash of
+   * each user sent with `passwordSet: true` and no `password` (no `password` and no
+   * `passwordSet`: the user has no password).
    */
   const toVersion = async (req: Request, previous?: ContextRecord): Promise<ContextVersionInput> => {
-    const input: ContextInput = parseOr422(ContextInputSchema, bodyOf(req));
+    const input: ContextInput = parseOr422(keepingPasswords(ContextInputSchema, previous?.context), bodyOf(req));
     const secrets = input.secrets === undefined && previous ? ((await store.getContextSecrets(previous.id, previous.version)) ?? {}) : contextSecrets(input);
-    const context = hashContextPasswords({ ...input, secrets });
+    const context = hashContextPasswords({ ...input, secrets }, previous?.context);
     // Carried-over secret names must still not clash with the new environment.
     const checked = ContextSchema.safeParse(context);
     if (!checked.success) throw invalid(zodFieldErrors(checked.error));

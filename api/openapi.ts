@@ -416,7 +416,7 @@ export function openApiDocument(serverUrl: string): Doc {
   r.registerPath({
     method: 'put',
     path: '/v1/contexts/{id}',
-    summary: 'Store a new immutable version of a context; leaving out "secrets" keeps the previous values',
+    summary: 'Store a new immutable version of a context; leaving out "secrets" keeps the previous values, and a user with "passwordSet": true and no "password" keeps its password',
     request: { params: contextId, ...body(ContextInput) },
     responses: { 200: json(ContextRecord, 'The new version'), ...common, 404: problem('Unknown context'), 410: deleted },
   });

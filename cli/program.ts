@@ -287,13 +287,14 @@ const indent = (text: string) =>
 
 /** The editable text of a context for `context edit`: what a PUT takes, with notes on what the API does not show. */
 function editableContext(rec: ContextRecord): string {
-  const { secretNames, users, ...rest } = rec.context as ContextRecord['context'] & { secretNames?: string[] };
-  const withPassword = users.filter((u) => u.passwordSet).map((u) => u.name);
-  const body = { ...rest, users: users.map(({ passwordSet: _set, ...u }) => u) };
+  const { secretNames, ...body } = rec.context as ContextRecord['context'] & { secretNames?: string[] };
+  const withPassword = body.users.filter((u) => u.passwordSet).map((u) => u.name);
   const notes = [
     `# cloudgate context edit ${rec.id} (version ${rec.version}): saving makes version ${rec.version + 1}; an unchanged file changes nothing.`,
     ...(secretNames?.length ? [`# Secrets ${secretNames.join(', ')} are kept as they are unless you add a \`secrets:\` map (its values replace them all).`] : []),
-    ...(withPassword.length ? [`# Users ${withPassword.join(', ')} have a password the API does not show: add \`password:\` to keep one, else the new version has none.`] : []),
+    ...(withPassword.length
+      ? [`# Users ${withPassword.join(', ')} keep the password the API does not show while \`passwordSet: true\` stays; a \`password:\` replaces it, removing both removes it.`]
+      : []),
   ];
   return `${notes.join('\n')}\n${stringifyYaml(body, { lineWidth: 0 })}`;
 }
@@ -319,6 +320,8 @@ export function buildProgram(out: Out = stdout): Command {
   const program = new Command('cloudgate')
     .description('cloudgate: CernVM clusters on any cloud, through the cloudgate REST API')
     .version(packageVersion(), '-V, --version')
+    // The program's own options only before a command: `context pair ID --version 1` is the command's --version, not this one.
+    .enablePositionalOptions()
     // Throw instead of exiting (main.ts maps usage errors to EXIT.usage); set first so every subcommand inherits it.
     .exitOverride()
     // Usage errors read like every other failure: one line, `cloudgate: …`.

@@ -193,7 +193,12 @@ const userFields = {
   sshKeys: z.array(SshKeySchema).max(MAX_SSH_KEYS).optional(),
 };
 
-/** A user as submitted: plain password, never stored. */
+/**
+ * A user as submitted: plain password, never stored. `passwordSet: true` without a
+ * `password` keeps the password the user has in the version being replaced: answers show a
+ * user with a password that way (the hash is never answered), so a client that edits what
+ * GET returned and sends it back keeps it ({@link keepingPasswords}, {@link hashContextPasswords}).
+ */
 export const ContextUserInputSchema = z
   .object({
     ...userFields,
@@ -204,6 +209,11 @@ export const ContextUserInputSchema = z
       .max(256)
       .refine((s) => !hasControl(s), 'must not contain control characters')
       .optional(),
+    /** Keep the stored password (ignored when `password` gives a new one); as answers show it, so only `true`. */
+    passwordSet: z
+      .literal(true, 'must be true (keep the stored password) or left out')
+      .optional()
+      .describe('true without "password": keep the password this user has in the version being replaced (answers show a user with a password so)'),
   })
   .strict();
 
@@ -410,18 +420,48 @@ export const ContextSchema = z
   .superRefine((c, ctx) => crossFieldRules(c, c.secretNames, ctx));
 export type Context = z.infer<typeof ContextSchema>;
 
+/** The password hash of each user of `context` that has one, by user name. */
+const passwordHashes = (context: Context | undefined): Map<string, string> =>
+  new Map((context?.users ?? []).flatMap((u) => (u.passwordHash === undefined ? [] : [[u.name, u.passwordHash] as const])));
+
+/**
+ * `schema` (a {@link contextInputSchema}) for a new version of a context whose latest version
+ * is `previous` (none: a new context): a user sent with `passwordSet: true` and no `password`
+ * must have a password hash under the same name in `previous`, else there is nothing to keep
+ * and the 422 names `users[i].passwordSet`.
+ */
+export function keepingPasswords(schema: ReturnType<typeof contextInputSchema>, previous: Context | undefined) {
+  const kept = passwordHashes(previous);
+  return schema.superRefine((c, ctx) => {
+    c.users.forEach((u, i) => {
+      if (u.passwordSet && u.password === undefined && !kept.has(u.name)) {
+        const where = previous ? `the version this replaces has no password for user "${u.name}"` : 'a new context has no stored password';
+        ctx.addIssue({ code: 'custom', path: ['users', i, 'passwordSet'], message: `there is no password to keep: ${where}; send "password" to set one, or leave both out for none` });
+      }
+    });
+  });
+}
+
 /**
  * The stored form of a validated input: each plain password replaced by a fresh-salted
- * sha512-crypt hash, secrets reduced to their (sorted) names. Take the values with
- * `contextSecrets` before dropping the input.
+ * sha512-crypt hash, a user with `passwordSet: true` and no `password` given the hash its
+ * name has in `previous` (the version being replaced; checked by {@link keepingPasswords}),
+ * secrets reduced to their (sorted) names. Take the values with `contextSecrets` before
+ * dropping the input.
+ *
+ * @throws Error when a kept password has no hash in `previous` (input not checked by {@link keepingPasswords}).
  */
-export function hashContextPasswords(input: ContextInput): Context {
+export function hashContextPasswords(input: ContextInput, previous?: Context): Context {
   const { secrets, users, ...rest } = input;
-  return {
-    ...rest,
-    users: users.map(({ password, ...user }) => (password === undefined ? user : { ...user, passwordHash: encrypt(password) })),
-    secretNames: Object.keys(secrets ?? {}).sort(),
+  const kept = passwordHashes(previous);
+  const stored = ({ password, passwordSet, ...user }: ContextInput['users'][number]): ContextUser => {
+    if (password !== undefined) return { ...user, passwordHash: encrypt(password) };
+    if (!passwordSet) return user;
+    const passwordHash = kept.get(user.name);
+    if (passwordHash === undefined) throw new Error(`user "${user.name}": passwordSet without a stored password to keep (check the input with keepingPasswords)`);
+    return { ...user, passwordHash };
   };
+  return { ...rest, users: users.map(stored), secretNames: Object.keys(secrets ?? {}).sort() };
 }
 
 /** The secret values of a validated input, for the store to encrypt. */

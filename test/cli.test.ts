@@ -11,6 +11,7 @@ import { promisify } from 'node:util';
 import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { verify } from 'unixcrypt';
 import { parse as parseYaml, stringify as stringifyYaml } from 'yaml';
 import { freePort } from '../workers/dev-server.js';
 import { ROOT, startStack, type Stack } from './harness.js';
@@ -246,24 +247,41 @@ describe('the cloudgate command', () => {
     expect(c.services.find((s: { name: string }) => s.name === 'workers').desired).toBe(3);
   });
 
-  it('contexts: create, edit (from a file and in $EDITOR), preview with secrets masked, pair by PIN', async () => {
-    const created = await ok(['context', 'create', '-f', writeFile('ctx.yaml', { name: 'laptop', environment: { A: '1' }, secrets: { TOKEN: 'hidden-value-5e2a' } })], as(aliceToken));
+  it('contexts: create, edit (from a file and in $EDITOR, keeping the password), preview with secrets masked, pair by PIN', async () => {
+    const PASSWORD = 'laptop-PASSWORD-8e1f';
+    const created = await ok(
+      ['context', 'create', '-f', writeFile('ctx.yaml', { name: 'laptop', environment: { A: '1' }, users: [{ name: 'lap', password: PASSWORD }], secrets: { TOKEN: 'hidden-value-5e2a' } })],
+      as(aliceToken),
+    );
     const id = /created (ctx-[0-9a-f]{12}) v1/.exec(created)?.[1] ?? '';
     expect(id).not.toBe('');
-    expect(await ok(['context', 'edit', id, '-f', writeFile('ctx2.yaml', { name: 'laptop', environment: { A: '2' } })], as(aliceToken))).toBe(`context laptop: ${id} v2\n`);
+    // A file says to keep the password as GET shows it (the API never shows the hash).
+    const file2 = writeFile('ctx2.yaml', { name: 'laptop', environment: { A: '2' }, users: [{ name: 'lap', passwordSet: true }] });
+    expect(await ok(['context', 'edit', id, '-f', file2], as(aliceToken))).toBe(`context laptop: ${id} v2\n`);
     // $EDITOR edits the current version in place (a shell command, as git runs it); an unchanged file stores nothing.
     expect(await ok(['context', 'edit', id], { ...as(aliceToken), EDITOR: "sed -i 's/A: \"2\"/A: \"3\"/'" })).toBe(`context laptop: ${id} v3\n`);
     expect(await ok(['context', 'edit', id], { ...as(aliceToken), EDITOR: 'true' })).toBe(`context ${id}: no change (still v3)\n`);
     const preview = await ok(['context', 'preview', id], as(aliceToken));
     expect(preview).toContain("export A='3'");
     expect(preview).toContain("TOKEN='********'");
+    expect(preview).toContain('users=lap:lap:********'); // the kept password's hash, masked
+    // A command's own --version, not the program's (cloudgate --version).
+    expect(await ok(['context', 'preview', id, '--version', '1'], as(aliceToken))).toContain("export A='1'");
     expect(preview).not.toContain('hidden-value');
     const pin = await ok(['context', 'pair', id], as(aliceToken));
     const m = /^PIN ([0-9A-Z]{4}-[0-9A-Z]{4}-[0-9A-Z]{4}) for (ctx-[0-9a-f]{12}) v3, good once until \S+\nin the VM: curl -s (\S+)$/m.exec(pin);
     expect(m?.[2]).toBe(id);
     const userData = await fetch(m![3]);
     expect(userData.status).toBe(200);
-    expect(await userData.text()).toContain('hidden-value-5e2a'); // the laptop's one fetch gets the real values
+    const v3 = await userData.text();
+    expect(v3).toContain('hidden-value-5e2a'); // the laptop's one fetch gets the real values
+    // Version 3, edited twice, has version 1's very password hash: `lap` logs in as before.
+    const v1Pin = /curl -s (\S+)$/m.exec(await ok(['context', 'pair', id, '--version', '1'], as(aliceToken)))![1];
+    const v1 = await (await fetch(v1Pin)).text();
+    const hashes = (text: string) => [...new Set(text.match(/\$6\$[./0-9A-Za-z]+\$[./0-9A-Za-z]{86}/g))];
+    expect(hashes(v1)).toHaveLength(1);
+    expect(hashes(v3)).toEqual(hashes(v1));
+    expect(verify(PASSWORD, hashes(v3)[0])).toBe(true);
     // An admin sees the context but may not pair it: only its owner hands out its secrets.
     expect(await refused(['context', 'pair', id], 4)).toMatch(/only the owner .* may pair .*\(403 Forbidden\)/);
   });

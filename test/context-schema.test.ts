@@ -11,6 +11,7 @@ import {
   contextSecrets,
   MAX_YAML_ALIASES,
   hashContextPasswords,
+  keepingPasswords,
   parseCvmfsProxy,
   type ContextInputRequest,
 } from '../model/context.js';
@@ -224,6 +225,33 @@ describe('hashContextPasswords', () => {
     expect(ContextSchema.safeParse(withPlain).success).toBe(false);
     const md5 = ContextSchema.safeParse({ ...ctx, users: [{ name: 'alice', passwordHash: '$1$abc$def' }] });
     expect(md5.success ? [] : md5.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`)).toEqual(['users.0.passwordHash: must be a sha512-crypt hash ($6$...)']);
+  });
+  it('keeps the previous version’s hash for a user sent with passwordSet: true and no password', () => {
+    const edited = keepingPasswords(ContextInputSchema, ctx).parse({
+      ...base,
+      users: [
+        { name: 'alice', passwordSet: true },
+        { name: 'bob', password: 'a new password for bob' },
+      ],
+    });
+    const next = hashContextPasswords(edited, ctx);
+    expect(next.users[0]).toEqual({ name: 'alice', passwordHash: ctx.users[0].passwordHash });
+    expect(verify('a new password for bob', next.users[1].passwordHash!)).toBe(true);
+    expect(ContextSchema.parse(next)).toEqual(next);
+    // A new password wins over passwordSet.
+    const replaced = hashContextPasswords(keepingPasswords(ContextInputSchema, ctx).parse({ ...base, users: [{ name: 'alice', password: 'replaced horse battery', passwordSet: true }] }), ctx);
+    expect(verify('replaced horse battery', replaced.users[0].passwordHash!)).toBe(true);
+  });
+  it('refuses passwordSet: true where there is no hash to keep, naming the user’s field', () => {
+    const refused = (previous: typeof ctx | undefined, users: unknown[]) => {
+      const r = keepingPasswords(ContextInputSchema, previous).safeParse({ ...base, users });
+      return r.success ? [] : r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`);
+    };
+    expect(refused(ctx, [{ name: 'bob', passwordSet: true }])).toEqual([expect.stringMatching(/^users\.0\.passwordSet: there is no password to keep: the version this replaces has no password for user "bob"/)]);
+    expect(refused(undefined, [{ name: 'alice', passwordSet: true }])).toEqual([expect.stringMatching(/^users\.0\.passwordSet: there is no password to keep: a new context has no stored password/)]);
+    expect(refused(ctx, [{ name: 'alice', passwordSet: false }])).toEqual(['users.0.passwordSet: must be true (keep the stored password) or left out']);
+    // The model will not make one up either, if the input skipped the check.
+    expect(() => hashContextPasswords(ContextInputSchema.parse({ ...base, users: [{ name: 'carol', passwordSet: true }] }), ctx)).toThrow(/carol/);
   });
 });
 

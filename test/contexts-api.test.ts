@@ -18,6 +18,7 @@ import { simpleParser } from 'mailparser';
 import { verify } from 'unixcrypt';
 import { createApp, type CloudgateApp } from '../api/app.js';
 import { PAIRING_TTL_MS, PIN_MISS_LIMIT, PIN_MISS_WINDOW_MS } from '../api/contexts.js';
+import type { PublicContext } from '../api/schemas.js';
 
 /** The one answer of every failed PIN lookup (unknown, malformed, used, expired, deleted context). */
 const NO_PAIRING = 'no pairing with this PIN: a PIN works once, within 5 minutes of being made';
@@ -155,6 +156,70 @@ describe('context portal routes', () => {
     const list = await request(app).get('/v1/contexts');
     const mine = (list.body as { items: ContextRecord[] }).items.filter((c) => c.id === created.id);
     expect(mine.map((c) => c.version)).toEqual([3]);
+  });
+
+  it('PUT of what GET answered keeps each user’s password (passwordSet: true); a new password replaces it, neither removes it', async () => {
+    const BOB = 'bob-PASSWORD-55aa';
+    const NEW = 'alice-NEW-password-3c9d';
+    const users = [
+      { name: 'alice', password: PASSWORD },
+      { name: 'bob', password: BOB },
+      { name: 'carol', sshKeys: [sshKey('ssh-ed25519')] },
+    ];
+    const first = (await post({ ...input, users })).body as ContextRecord;
+    const hashes = async (version: number) => Object.fromEntries((await store.getContext(first.id, version))!.context.users.map((u) => [u.name, u.passwordHash]));
+    const v1 = await hashes(1);
+    expect(verify(PASSWORD, v1.alice!)).toBe(true);
+    expect(verify(BOB, v1.bob!)).toBe(true);
+
+    // What the portal's form and `cloudgate context edit` do: GET, change a field, PUT the context back as shown.
+    const shown = (await request(app).get(`/v1/contexts/${first.id}`)).body as { context: PublicContext };
+    expect(shown.context.users.map((u) => u.passwordSet)).toEqual([true, true, undefined]);
+    const { secretNames: _names, ...editable } = shown.context;
+    void _names;
+    let res = await request(app)
+      .put(`/v1/contexts/${first.id}`)
+      .send({ ...editable, services: ['condor', 'httpd'] });
+    expect(res.status).toBe(200);
+    noLeak(res);
+    expect((res.body as { context: PublicContext }).context.users).toEqual(shown.context.users);
+    // The very hashes of version 1: the users log in to the new version's VMs as before.
+    expect(await hashes(2)).toEqual(v1);
+    // The preview shows them there (masked), as it did for version 1.
+    const amiconfig = (v: number) => request(app).get(`/v1/contexts/${first.id}/preview?agent=amiconfig&version=${v}`);
+    const usersLine = (text: string) => /\n\[cernvm\]\n(?:.*\n)*?users = (.*)\n/.exec(text)?.[1];
+    expect(usersLine((await amiconfig(2)).text)).toBe(usersLine((await amiconfig(1)).text));
+    expect(usersLine((await amiconfig(2)).text)).toBe('alice:alice:********,bob:bob:********,carol:carol:');
+
+    // A new password gets a new hash; a user sent with neither has no password.
+    res = await request(app)
+      .put(`/v1/contexts/${first.id}`)
+      .send({ ...editable, users: [{ name: 'alice', password: NEW, passwordSet: true }, { name: 'bob' }, users[2]] });
+    expect(res.status).toBe(200);
+    noLeak(res);
+    expect(res.text).not.toContain(NEW);
+    expect((res.body as { context: PublicContext }).context.users.map((u) => u.passwordSet)).toEqual([true, undefined, undefined]);
+    const v3 = await hashes(3);
+    expect(v3.alice).not.toBe(v1.alice);
+    expect(verify(NEW, v3.alice!)).toBe(true);
+    expect(v3.bob).toBeUndefined();
+
+    // passwordSet with nothing to keep: the replaced version has no password for the name (bob's
+    // is in version 1 only; dave is new), nor has a new context; and it is only ever true.
+    for (const [body, field] of [
+      [{ ...editable, users: [{ name: 'bob', passwordSet: true }] }, 'users[0].passwordSet'],
+      [{ ...editable, users: [{ name: 'alice', passwordSet: true }, { name: 'dave', passwordSet: true }] }, 'users[1].passwordSet'],
+      [{ ...editable, users: [{ name: 'alice', passwordSet: false }] }, 'users[0].passwordSet'],
+    ] as const) {
+      res = await request(app).put(`/v1/contexts/${first.id}`).send(body);
+      const p = problem(res, 422);
+      expect(fields(res)).toEqual([field]);
+      expect(p.errors?.[0].message).toMatch(field === 'users[0].passwordSet' && body.users[0].passwordSet === false ? /must be true/ : /no password to keep/);
+    }
+    res = await post({ ...input, users: [{ name: 'alice', passwordSet: true }] });
+    expect(problem(res, 422).errors?.[0].message).toMatch(/no password to keep: a new context has no stored password/);
+    expect(fields(res)).toEqual(['users[0].passwordSet']);
+    expect((await store.listContextVersions(first.id)).map((v) => v.version)).toEqual([1, 2, 3]);
   });
 
   it('PUT with carried-over secrets that clash with the new environment → 422', async () => {
@@ -531,5 +596,8 @@ describe('soft delete and laptop pairing', () => {
     expect(Object.keys(doc.paths['/v1/contexts/{id}'])).toEqual(expect.arrayContaining(['get', 'put', 'delete']));
     expect(Object.keys(doc.paths['/v1/contexts/{id}/pairings'].post.responses)).toEqual(expect.arrayContaining(['201', '404', '410']));
     expect(Object.keys(doc.paths['/v1/pair/{pin}'].get.responses).sort()).toEqual(['200', '404', '429']); // one 404 for every failed lookup, no 410
+    // A PUT takes a user as GET shows it: passwordSet: true keeps the stored password.
+    const contextInput = (doc as unknown as { components: { schemas: Record<string, { properties: { users: { items: { properties: Record<string, unknown> } } } }> } }).components.schemas.ContextInput;
+    expect(contextInput.properties.users.items.properties.passwordSet).toMatchObject({ type: 'boolean', enum: [true] });
   });
 });

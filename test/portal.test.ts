@@ -10,8 +10,11 @@
  * README's `docs/portal.png`.
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
-import { existsSync, mkdirSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, statSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import path from 'node:path';
+import type * as Axe from 'axe-core';
+import { verify } from 'unixcrypt';
 import { chromium, type Browser, type BrowserContext, type Locator, type Page } from 'playwright-core';
 import { PORTAL_CSP } from '../api/portal.js';
 import { ROOT, startStack, waitForState, type Stack } from './harness.js';
@@ -101,6 +104,30 @@ async function expectLabelled(page: Page) {
   expect(unlabelled).toEqual([]);
 }
 
+/** axe-core's browser build, injected into the page by the test (no network, nothing served by the API). */
+const AXE_SOURCE = readFileSync(createRequire(import.meta.url).resolve('axe-core/axe.min.js'), 'utf8');
+/** WCAG 2.0, 2.1 and 2.2 A and AA (color-contrast among them), and axe's best practices (landmarks, headings). */
+const AXE_TAGS = ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa', 'wcag22aa', 'best-practice'];
+
+/**
+ * axe-core's verdict on the page as it is now, in the real browser: fails listing each
+ * violation (rule, element, what is wrong), and each check axe could not decide ("needs
+ * review") except colour contrast over what it cannot measure (SVG shapes, text scrolled
+ * under a box's edge: the same colours it measured elsewhere on the page). The page's CSP
+ * refuses inline scripts, so the source goes in by `evaluate` (the DevTools protocol).
+ */
+async function expectAccessible(page: Page, what: string) {
+  if (!(await page.evaluate(() => 'axe' in window))) await page.evaluate(AXE_SOURCE);
+  const problems = await page.evaluate(async (tags) => {
+    const { axe } = window as unknown as { axe: typeof Axe };
+    const results = await axe.run(document, { runOnly: { type: 'tag', values: tags }, resultTypes: ['violations', 'incomplete'] });
+    const say = (kind: string) => (v: Axe.Result) =>
+      v.nodes.map((n) => `${kind} ${v.id} (${v.impact ?? 'n/a'}) at ${n.target.join(' ')}: ${(n.failureSummary ?? [...n.any, ...n.all, ...n.none].map((c) => c.message).join('; ')).replace(/\s+/g, ' ')}`);
+    return [...results.violations.flatMap(say('violation')), ...results.incomplete.filter((v) => v.id !== 'color-contrast').flatMap(say('needs review'))];
+  }, AXE_TAGS);
+  expect({ page: what, problems }).toEqual({ page: what, problems: [] });
+}
+
 /** Signs in by keyboard only: Tab to the token field, type it, Enter. */
 async function signIn(who: { token: string; page: Page }) {
   const { page } = who;
@@ -137,11 +164,13 @@ describe('the web portal', () => {
     const { page } = alice;
     await page.goto(`${stack.api.url}/`);
     await expectLabelled(page);
+    await expectAccessible(page, 'sign-in');
     await shot(page, '01-sign-in');
     // A wrong token is refused on the page.
     await page.getByLabel('API token').fill('cg_not-a-token');
     await page.keyboard.press('Enter');
     await seeText(page.getByRole('alert'), /unknown API token/);
+    await expectAccessible(page, 'sign-in, token refused');
     await page.getByLabel('API token').fill('');
     await signIn(alice);
     await page.getByText('Signed in as').waitFor();
@@ -150,12 +179,26 @@ describe('the web portal', () => {
     // Nothing a script of another site could read: no cookie, nothing in localStorage.
     const stored = await page.evaluate(() => ({ cookie: document.cookie, local: localStorage.length, session: sessionStorage.getItem('cloudgate.token') }));
     expect(stored).toEqual({ cookie: '', local: 0, session: alice.token });
+    await visible(page.getByText('No clusters'));
+    await expectAccessible(page, 'clusters list, empty');
+    // The skip link: the Tab stop before the brand, the first of the page (hidden until
+    // focused); Enter takes the focus past the navigation, and Tab on into the page.
+    await page.getByRole('link', { name: 'cloudgate' }).focus();
+    await page.keyboard.press('Shift+Tab');
+    await visible(page.getByRole('link', { name: 'Skip to content' }));
+    expect(await page.evaluate(() => document.activeElement?.textContent)).toBe('Skip to content');
+    await page.keyboard.press('Enter');
+    expect(await page.evaluate(() => document.activeElement?.id)).toBe('main');
+    await page.keyboard.press('Tab');
+    expect(await page.evaluate(() => document.activeElement?.getAttribute('aria-label') ?? (document.activeElement as HTMLSelectElement | null)?.labels?.[0]?.textContent)).toBe('Show');
     await shot(page, '02-clusters-empty');
   });
 
   it('creates a context with the form: the API’s errors show at their fields, secrets are write-only', async () => {
     const { page } = alice;
     await page.getByRole('link', { name: 'Contexts' }).click();
+    await visible(page.getByText('No contexts yet.'));
+    await expectAccessible(page, 'contexts list, empty');
     await page.getByRole('link', { name: 'New context' }).click();
     await page.getByRole('heading', { name: 'New context' }).waitFor();
     await page.getByLabel('Name', { exact: true }).fill('ALICE analysis');
@@ -176,6 +219,7 @@ describe('the web portal', () => {
     const ccErrors = page.locator('.field.has-error', { has: page.getByLabel('Extra cloud-config') });
     await seeText(ccErrors.locator('.field-errors'), '"runcmd" must be a list');
     expect(await page.getByLabel('Repositories').getAttribute('aria-invalid')).toBe('true');
+    await expectAccessible(page, 'context form, errors at their fields');
     await shot(page, '03-context-errors');
 
     await page.getByLabel('Repositories').fill('alice.cern.ch');
@@ -196,7 +240,15 @@ describe('the web portal', () => {
     await seeText(page.locator('pre.preview'), 'POOL_PASSWORD');
     await seeText(page.locator('pre.preview'), '********');
     expect(await page.locator('pre.preview').textContent()).not.toContain(SECRET);
+    await expectAccessible(page, 'context page with its preview');
     await shot(page, '04-context');
+    // Its delete confirmation, opened and cancelled.
+    await page.getByRole('button', { name: 'Delete…' }).click();
+    const dialog = page.getByRole('dialog', { name: 'Delete context ALICE analysis?' });
+    await visible(dialog);
+    await expectAccessible(page, 'context delete confirmation');
+    await dialog.getByRole('button', { name: 'Cancel' }).click();
+    await dialog.waitFor({ state: 'hidden' });
   });
 
   it('pairs a laptop: the PIN and its expiry, and the PIN fetches the real user-data once', async () => {
@@ -205,6 +257,7 @@ describe('the web portal', () => {
     const pin = (await page.locator('.pin').textContent())!;
     expect(pin).toMatch(/^[0-9A-Z]{4}-[0-9A-Z]{4}-[0-9A-Z]{4}$/);
     await seeText(page.locator('.pin-box'), /Expires at .* \(4:[0-5]\d left\)/);
+    await expectAccessible(page, 'pairing');
     await shot(page, '05-pairing');
     made.pin = pin;
     const fetched = await fetch(`${stack.api.url}/v1/pair/${pin}`);
@@ -213,28 +266,46 @@ describe('the web portal', () => {
     expect((await fetch(`${stack.api.url}/v1/pair/${pin}`)).status).toBe(404);
   });
 
-  it('edits the context into version 2, keeping the secrets, with the history listed', async () => {
+  it('edits the context into version 2, keeping the secrets and the user’s password, with the history listed', async () => {
     const { page } = alice;
     await page.getByRole('link', { name: 'Edit (new version)' }).click();
     await page.getByRole('heading', { name: /Edit context/ }).waitFor();
     expect(await page.getByLabel('Replace the secrets', { exact: false }).isChecked()).toBe(false);
-    await page.getByLabel('User 1 password').fill('correct-horse-battery');
+    // The password is never shown, and kept unless replaced or removed: the field stays empty.
+    expect(await page.getByLabel('User 1 password').inputValue()).toBe('');
+    await seeText(page.locator('.field', { has: page.getByLabel('User 1 password') }).locator('.hint'), 'Empty: keep it');
+    expect(await page.getByLabel('Remove the password of user 1', { exact: false }).isChecked()).toBe(false);
+    await expectAccessible(page, 'context edit form');
     await page.getByLabel('Services').fill('condor\nhttpd');
     await page.getByRole('button', { name: 'Save new version' }).click();
     await page.getByRole('heading', { name: 'Version history' }).waitFor();
     await seeText(page.locator('dl.facts'), 'condor, httpd');
     const versions = page.locator('table', { has: page.getByRole('columnheader', { name: 'Version' }) }).locator('tbody tr');
     await seeCount(versions, 2);
+    await expectAccessible(page, 'context page with its version history');
     // The stored secret value was kept: version 2 renders it.
     await page.getByRole('button', { name: 'Preview version 1' }).click();
     await hasValue(page.getByLabel('Version', { exact: true }), '1');
-    const v2 = await stack.http('GET', `/v1/contexts/${made.contextId}`, undefined, { Authorization: `Bearer ${alice.token}` });
-    expect(v2.body).toMatchObject({ version: 2, context: { secretNames: ['POOL_PASSWORD'], services: ['condor', 'httpd'] } });
+    const asAlice = { Authorization: `Bearer ${alice.token}` };
+    const v2 = await stack.http('GET', `/v1/contexts/${made.contextId}`, undefined, asAlice);
+    expect(v2.body).toMatchObject({ version: 2, context: { secretNames: ['POOL_PASSWORD'], services: ['condor', 'httpd'], users: [{ name: 'alice', passwordSet: true }] } });
+    // Version 2 has version 1's very hash (what a VM gets, through a PIN each): alice logs in as before.
+    const hashOf = async (version: number) => {
+      const pairing = await stack.http('POST', `/v1/contexts/${made.contextId}/pairings`, { version }, asAlice);
+      const userData = await (await fetch(`${stack.api.url}${pairing.body.links.userData}`)).text();
+      return [...new Set(userData.match(/\$6\$[./0-9A-Za-z]+\$[./0-9A-Za-z]{86}/g))];
+    };
+    const [v1Hash, v2Hash] = [await hashOf(1), await hashOf(2)];
+    expect(v1Hash).toHaveLength(1);
+    expect(v2Hash).toEqual(v1Hash);
+    expect(verify('correct-horse-battery', v2Hash[0])).toBe(true);
   });
 
   it('defines a three-service cluster with the form: graph drawn, YAML view of the same, fit checked against the clouds', async () => {
     const { page } = alice;
     await page.getByRole('link', { name: 'Definitions' }).click();
+    await visible(page.getByText('No definitions yet.'));
+    await expectAccessible(page, 'definitions list, empty');
     await page.getByRole('link', { name: 'New definition' }).click();
     await page.getByRole('heading', { name: 'New definition' }).waitFor();
     await page.getByLabel('Name', { exact: true }).fill('portal-demo');
@@ -260,8 +331,10 @@ describe('the web portal', () => {
     await page.getByLabel('Service 3 CPUs').fill('512');
     await seeText(page.locator('#fit-heading + p'), '1 of 3 placements do not fit');
     await seeText(page.locator('tr.fit-bad'), 'no offering fits 512 cpus');
+    await expectAccessible(page, 'definition form, a service that does not fit');
     await page.getByLabel('Service 3 CPUs').fill('1');
     await visible(page.getByText('Every service fits its clouds.'));
+    await expectAccessible(page, 'definition form with its graph');
     await shot(page, '06-definition-form');
 
     // The YAML view holds the same definition; an edit there shows in the form.
@@ -271,6 +344,7 @@ describe('the web portal', () => {
     expect(text).toContain('name: portal-demo');
     expect(text).toMatch(/- name: workers[\s\S]*dependsOn:\s*\n\s*- head/);
     await yaml.fill(text.replace('description', 'description').replace('name: portal-demo', 'name: portal-demo\ndescription: made in the portal test'));
+    await expectAccessible(page, 'definition YAML view');
     await shot(page, '07-definition-yaml');
     await page.getByRole('button', { name: 'Form' }).click();
     await hasValue(page.getByLabel('Description'), 'made in the portal test');
@@ -279,6 +353,7 @@ describe('the web portal', () => {
     await page.getByRole('heading', { name: /Definition portal-demo/ }).waitFor();
     made.definitionId = (await page.locator('h1 .id').textContent())!;
     await visible(page.getByText('Every service fits its clouds.'));
+    await expectAccessible(page, 'definition page');
   });
 
   it('deploys it and watches it reach READY, with bars, instances, events and quota updating live', async () => {
@@ -301,6 +376,7 @@ describe('the web portal', () => {
     await seeText(page.locator('ol.events'), /ready/i);
     await seeText(page.locator('table.quota'), 'Instances');
     await hasAttribute(page.getByRole('link', { name: /Open in the Temporal UI/ }), 'href', new RegExp(`/workflows/cluster%2F${made.clusterId}$`));
+    await expectAccessible(page, 'live cluster page, READY');
     await shot(page, '08-cluster-ready');
     if (process.env.CLOUDGATE_PORTAL_SCREENSHOT) {
       await page.screenshot({ path: path.join(ROOT, 'docs', 'portal.png') });
@@ -316,6 +392,7 @@ describe('the web portal', () => {
     await page.keyboard.type('11');
     await page.keyboard.press('Enter');
     await seeText(page.locator('tr[data-service="workers"] .field-errors'), "at most the service's max (10)");
+    await expectAccessible(page, 'live cluster page, a scale refused');
     await input.focus();
     await page.keyboard.press('Control+A');
     await page.keyboard.type('3');
@@ -331,9 +408,11 @@ describe('the web portal', () => {
     await page.getByRole('button', { name: 'Retry failed' }).click();
     await seeText(page.getByRole('alert'), 'Retry');
     await seeText(page.getByRole('alert'), '409');
+    await expectAccessible(page, 'live cluster page, an action refused');
     await page.getByRole('button', { name: 'Pause' }).click();
     await hasText(page.locator('.state-line .badge'), 'PAUSED', 60_000);
     await seeCount(page.locator('table.instances tbody tr'), 0);
+    await expectAccessible(page, 'live cluster page, PAUSED');
     await shot(page, '10-cluster-paused');
     await page.getByRole('button', { name: 'Resume' }).click();
     await hasText(page.locator('.state-line .badge'), 'READY', 90_000);
@@ -359,6 +438,7 @@ describe('the web portal', () => {
       await page.getByRole('heading', { name: heading }).waitFor();
       await seeText(page.getByRole('alert'), 'Not Found');
     }
+    await expectAccessible(page, 'a page of another user, refused');
     await shot(page, '11-other-user-refused');
     // Every call the portal makes for her, made with bob's token from his page: refused.
     const calls: [string, string, unknown?][] = [
@@ -407,6 +487,7 @@ describe('the web portal', () => {
     await visible(page.getByText('No clusters in state PAUSED'));
     await page.getByLabel('Show').selectOption('READY');
     await visible(row);
+    await expectAccessible(page, 'clusters list');
     await shot(page, '12-cluster-list');
     await row.getByRole('link', { name: 'demo' }).click();
     await page.getByRole('heading', { name: /Cluster demo/ }).waitFor();
@@ -417,6 +498,7 @@ describe('the web portal', () => {
     const dialog = page.getByRole('dialog', { name: 'Delete cluster demo?' });
     await visible(dialog);
     expect(await page.evaluate(() => document.activeElement?.textContent)).toBe('Cancel');
+    await expectAccessible(page, 'cluster delete confirmation');
     await shot(page, '13-delete-confirm');
     await page.keyboard.press('Escape');
     await dialog.waitFor({ state: 'hidden' });
@@ -429,6 +511,7 @@ describe('the web portal', () => {
     await hasText(page.locator('.state-line .badge'), /TERMINATING|TERMINATED/);
     await hasText(page.locator('.state-line .badge'), 'TERMINATED', 60_000);
     await until('disabled', () => page.getByRole('button', { name: 'Delete…' }).isDisabled(), (d) => d === true);
+    await expectAccessible(page, 'live cluster page, TERMINATED');
     await shot(page, '14-cluster-terminated');
     await waitForState(stack, made.clusterId!, 'TERMINATED');
     expect(await stack.worker!.sim!.count({ cluster: made.clusterId! })).toBe(0);
@@ -445,6 +528,7 @@ describe('the web portal', () => {
     await page.getByRole('link', { name: 'Clusters' }).click();
     await page.getByRole('heading', { name: 'Sign in to cloudgate' }).waitFor({ timeout: 15_000 });
     await seeText(page.getByRole('status'), 'revoked');
+    await expectAccessible(page, 'sign-in after the token was revoked');
     expect(await page.evaluate(() => sessionStorage.getItem('cloudgate.token'))).toBeNull();
     await alice.page.getByRole('button', { name: 'Sign out' }).click();
     await alice.page.getByRole('heading', { name: 'Sign in to cloudgate' }).waitFor();

@@ -314,10 +314,11 @@ export function ClusterPage(props: { id: string }) {
         </table>
       )}
 
-      <h2>Events</h2>
+      <h2 id="events-heading">Events</h2>
       {events && events.length === 0 && <p class="muted">Nothing has happened yet.</p>}
       {events && events.length > 0 && (
-        <ol class="events" reversed>
+        // It scrolls when long: focusable, so a keyboard can scroll it too (axe: scrollable-region-focusable).
+        <ol class="events" reversed tabIndex={0} aria-labelledby="events-heading">
           {[...events]
             .reverse()
             .slice(0, 100)

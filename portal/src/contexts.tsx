@@ -74,8 +74,9 @@ interface UserRow {
   group: string;
   password: string;
   sshKeys: string;
-  /** The stored version has a password (the API never returns it). */
+  /** The stored version has a password (the API never returns it): kept unless a new one is typed or `removePassword`. */
   passwordSet?: boolean;
+  removePassword?: boolean;
 }
 
 interface ContextForm {
@@ -159,7 +160,8 @@ function toBody(f: ContextForm, editing: boolean): { body: Record<string, unknow
     users: f.users.map((u) => ({
       name: u.name.trim(),
       ...(u.group.trim() && { group: u.group.trim() }),
-      ...(u.password && { password: u.password }),
+      // A stored password the user did not replace or remove is kept: `passwordSet: true`, as GET showed it.
+      ...(u.password ? { password: u.password } : u.passwordSet && !u.removePassword && { passwordSet: true }),
       ...(lines(u.sshKeys).length > 0 && { sshKeys: lines(u.sshKeys) }),
     })),
     ...(f.startupScript.trim() && { startupScript: f.startupScript }),
@@ -253,15 +255,32 @@ export function ContextEdit(props: { id?: string }) {
               <legend>User {i + 1}</legend>
               <TextInput label={`User ${i + 1} name`} value={u.name} onValue={(name) => setUser(i, { name })} errors={at(`/users/${i}/name`)} />
               <TextInput label={`User ${i + 1} group`} value={u.group} onValue={(group) => setUser(i, { group })} errors={at(`/users/${i}/group`)} hint="Empty: a group named like the user" />
-              <TextInput
-                label={`User ${i + 1} password`}
-                type="password"
-                autocomplete="new-password"
-                value={u.password}
-                onValue={(password) => setUser(i, { password })}
-                errors={at(`/users/${i}/password`)}
-                hint={u.passwordSet ? 'A password is set. The API never shows it: type it again to keep it, or leave empty to lock the password.' : 'At least 8 characters; stored only as a hash. Empty: no password (SSH keys only).'}
-              />
+              {!u.removePassword && (
+                <TextInput
+                  label={`User ${i + 1} password`}
+                  type="password"
+                  autocomplete="new-password"
+                  value={u.password}
+                  onValue={(password) => setUser(i, { password })}
+                  errors={at(`/users/${i}/password`) ?? at(`/users/${i}/passwordSet`)}
+                  hint={
+                    u.passwordSet
+                      ? 'A password is set (the API never shows it). Empty: keep it; or type a new one, at least 8 characters.'
+                      : 'At least 8 characters; stored only as a hash. Empty: no password (SSH keys only).'
+                  }
+                />
+              )}
+              {u.passwordSet && (
+                <div class="field checkbox">
+                  <input
+                    id={`remove-password-${i}`}
+                    type="checkbox"
+                    checked={u.removePassword ?? false}
+                    onChange={(e) => setUser(i, { removePassword: (e.currentTarget as HTMLInputElement).checked, password: '' })}
+                  />
+                  <label for={`remove-password-${i}`}>Remove the password of user {i + 1} (SSH keys only)</label>
+                </div>
+              )}
               <TextArea label={`User ${i + 1} SSH keys`} value={u.sshKeys} onValue={(sshKeys) => setUser(i, { sshKeys })} rows={2} hint="OpenSSH public keys, one per line" errors={at(`/users/${i}/sshKeys`, 'key')} />
               <button type="button" onClick={() => set({ users: form.users.filter((_, j) => j !== i) })}>
                 Remove user {i + 1}
@@ -438,7 +457,8 @@ export function ContextPage(props: { id: string; me: Me }) {
         />
       </div>
       <ProblemBanner error={preview.error} />
-      <pre class="preview" tabIndex={0} aria-labelledby="preview-heading" aria-busy={preview.data === undefined && !preview.error}>
+      {/* A named region: a plain <pre> may not be named (ARIA 1.2), and it scrolls, so it takes the focus. */}
+      <pre class="preview" role="region" tabIndex={0} aria-labelledby="preview-heading" aria-busy={preview.data === undefined && !preview.error}>
         {preview.data ?? ''}
       </pre>
       <p class="muted small">Secrets and password hashes are masked; the phone-home token is a placeholder.</p>

@@ -440,7 +440,7 @@ export function DefinitionPage(props: { id: string }) {
       <DependencyGraph services={def.services.map((s) => ({ name: s.name, dependsOn: s.dependsOn ?? [] }))} />
 
       <h2 id="yaml-heading">YAML</h2>
-      <pre class="code" tabIndex={0} aria-labelledby="yaml-heading">
+      <pre class="code" role="region" tabIndex={0} aria-labelledby="yaml-heading">
         {toYaml(def)}
       </pre>
       <h2>Services</h2>
