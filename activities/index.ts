@@ -197,6 +197,30 @@ function heartbeat(progress: number): void {
   }
 }
 
+/** How often {@link beating} tells Temporal the activity is alive (its heartbeat timeout is a minute). */
+const ALIVE_EVERY_MS = 10_000;
+
+/**
+ * Runs `fn`, heartbeating every {@link ALIVE_EVERY_MS} besides the per-instance progress: a
+ * batch of a 10,000-instance deployment may wait its turn on the capacity ledger, or on a
+ * busy cloud, longer than the heartbeat timeout while its worker is alive and well (the
+ * timeout is there to notice a dead worker; a hung call still ends at startToClose).
+ */
+async function beating<T>(fn: () => Promise<T>): Promise<T> {
+  let ctx: Context;
+  try {
+    ctx = Context.current();
+  } catch {
+    return fn();
+  }
+  const timer = setInterval(() => ctx.heartbeat(), ALIVE_EVERY_MS);
+  try {
+    return await fn();
+  } finally {
+    clearInterval(timer);
+  }
+}
+
 export function createActivities(deps: ActivityDeps): CloudgateActivities {
   const limit = deps.concurrency ?? 16;
   const { ledger } = deps.capacity;
@@ -268,62 +292,64 @@ export function createActivities(deps: ActivityDeps): CloudgateActivities {
     };
   };
 
+  /**
+   * Idempotent per instance: an instance already made with the key is found, not made again.
+   * The batch first reserves room for its new instances in the capacity ledger, in one
+   * transaction (keyed by instance id, so a retry reuses its reservations); instances the
+   * cloud already has are recorded whatever the quota says (made before the ledger, or a
+   * lost reservation). The ids the ledger has no room for, and — once the cloud itself says
+   * it is full — every id not made yet, come back as `refused`, their reservations freed.
+   */
+  const createBatch = async (input: CreateInstancesInput): Promise<CreateInstancesResult> => {
+    const cloud = deps.clouds.get(input.cloud);
+    const ctx = input.context && (await loadContext(input.context));
+    const { ledger } = deps.capacity;
+    const size = await flavorSize(input.cloud, input.offering);
+    const quota = deps.capacity.quotaOf(input.cloud);
+    const found = new Map<string, CloudInstance>();
+    await forEachLimited(input.ids, limit, async (id) => {
+      try {
+        const inst = await withLocalRetry(() => cloud.findInstance(id));
+        if (inst) found.set(id, inst);
+      } catch (err) {
+        throw toFailure(err, `create ${id} on ${input.cloud}`);
+      }
+    });
+    const grant = await ledger.reserveCapacity(
+      input.cloud,
+      quota,
+      input.ids.map((id) => ({ instanceId: id, clusterId: input.clusterId, ...size, ...(found.has(id) && { force: true }) })),
+    );
+    if (grant.refusal) deps.metrics?.createRefused(input.cloud, 'Ledger');
+    let full: { kind: CapacityRefusalKind; message: string } | undefined;
+    const made = await forEachLimited(grant.granted, limit, async (id): Promise<CreatedInstance | undefined> => {
+      let inst = found.get(id);
+      if (!inst && full) return undefined;
+      try {
+        inst ??= await withLocalRetry(() => counted(input.cloud, 'create', () => cloud.createInstance(specFor(input, id, ctx), id)));
+        return { id, cloudInstanceId: inst.id, cloudState: inst.state, createdAt: inst.createdAt ?? new Date().toISOString(), ...(inst.host && { host: inst.host }) };
+      } catch (err) {
+        // The cloud's own "full" or "over your quota" (EC2 InstanceLimitExceeded, CloudStack resource limits): room elsewhere may do.
+        if (err instanceof CloudError && (err.kind === 'CapacityExhausted' || err.kind === 'QuotaExceeded')) {
+          deps.metrics?.createRefused(input.cloud, err.kind);
+          const what = err.kind === 'CapacityExhausted' ? 'has no capacity' : 'refused: over its quota';
+          full ??= { kind: err.kind, message: `${input.cloud} ${what}: ${err.message}` };
+          return undefined;
+        }
+        throw toFailure(err, `create ${id} on ${input.cloud}`);
+      }
+    });
+    const created = made.filter((c): c is CreatedInstance => c !== undefined);
+    const createdIds = new Set(created.map((c) => c.id));
+    const unmade = grant.granted.filter((id) => !createdIds.has(id));
+    if (unmade.length) await ledger.releaseCapacity(input.cloud, unmade);
+    const refusal = full ?? (grant.refusal && { kind: 'QuotaExceeded' as const, message: grant.refusal.message });
+    if (!refusal) return { created };
+    return { created, refused: { ...refusal, ids: input.ids.filter((id) => !createdIds.has(id)) } };
+  };
+
   return {
-    /**
-     * Idempotent per instance: an instance already made with the key is found, not made again.
-     * The batch first reserves room for its new instances in the capacity ledger, in one
-     * transaction (keyed by instance id, so a retry reuses its reservations); instances the
-     * cloud already has are recorded whatever the quota says (made before the ledger, or a
-     * lost reservation). The ids the ledger has no room for, and — once the cloud itself says
-     * it is full — every id not made yet, come back as `refused`, their reservations freed.
-     */
-    async createInstances(input): Promise<CreateInstancesResult> {
-      const cloud = deps.clouds.get(input.cloud);
-      const ctx = input.context && (await loadContext(input.context));
-      const { ledger } = deps.capacity;
-      const size = await flavorSize(input.cloud, input.offering);
-      const quota = deps.capacity.quotaOf(input.cloud);
-      const found = new Map<string, CloudInstance>();
-      await forEachLimited(input.ids, limit, async (id) => {
-        try {
-          const inst = await withLocalRetry(() => cloud.findInstance(id));
-          if (inst) found.set(id, inst);
-        } catch (err) {
-          throw toFailure(err, `create ${id} on ${input.cloud}`);
-        }
-      });
-      const grant = await ledger.reserveCapacity(
-        input.cloud,
-        quota,
-        input.ids.map((id) => ({ instanceId: id, clusterId: input.clusterId, ...size, ...(found.has(id) && { force: true }) })),
-      );
-      if (grant.refusal) deps.metrics?.createRefused(input.cloud, 'Ledger');
-      let full: { kind: CapacityRefusalKind; message: string } | undefined;
-      const made = await forEachLimited(grant.granted, limit, async (id): Promise<CreatedInstance | undefined> => {
-        let inst = found.get(id);
-        if (!inst && full) return undefined;
-        try {
-          inst ??= await withLocalRetry(() => counted(input.cloud, 'create', () => cloud.createInstance(specFor(input, id, ctx), id)));
-          return { id, cloudInstanceId: inst.id, cloudState: inst.state, createdAt: inst.createdAt ?? new Date().toISOString(), ...(inst.host && { host: inst.host }) };
-        } catch (err) {
-          // The cloud's own "full" or "over your quota" (EC2 InstanceLimitExceeded, CloudStack resource limits): room elsewhere may do.
-          if (err instanceof CloudError && (err.kind === 'CapacityExhausted' || err.kind === 'QuotaExceeded')) {
-            deps.metrics?.createRefused(input.cloud, err.kind);
-            const what = err.kind === 'CapacityExhausted' ? 'has no capacity' : 'refused: over its quota';
-            full ??= { kind: err.kind, message: `${input.cloud} ${what}: ${err.message}` };
-            return undefined;
-          }
-          throw toFailure(err, `create ${id} on ${input.cloud}`);
-        }
-      });
-      const created = made.filter((c): c is CreatedInstance => c !== undefined);
-      const createdIds = new Set(created.map((c) => c.id));
-      const unmade = grant.granted.filter((id) => !createdIds.has(id));
-      if (unmade.length) await ledger.releaseCapacity(input.cloud, unmade);
-      const refusal = full ?? (grant.refusal && { kind: 'QuotaExceeded' as const, message: grant.refusal.message });
-      if (!refusal) return { created };
-      return { created, refused: { ...refusal, ids: input.ids.filter((id) => !createdIds.has(id)) } };
-    },
+    createInstances: (input) => beating(() => createBatch(input)),
 
     async describeInstances(input: DescribeInstancesInput) {
       const cloud = deps.clouds.get(input.cloud);

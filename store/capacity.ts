@@ -95,49 +95,57 @@ export function capacityLedger({ db, writeSerially }: StoreDatabase): CapacityLe
       .executeTakeFirstOrThrow();
     return { instances: r.instances, cpus: r.cpus ?? 0, memoryMiB: r.memoryMiB ?? 0 };
   };
+  /** Records claims (held ones stay as they are), in slices far below either engine's parameter limit. */
+  const insertClaims = async (executor: Db, cloud: string, claims: readonly CapacityClaim[]): Promise<void> => {
+    const reservedAt = new Date().toISOString();
+    for (let i = 0; i < claims.length; i += 500) {
+      await executor
+        .insertInto('capacity_reservations')
+        .values(claims.slice(i, i + 500).map((c) => ({ cloud, instance_id: c.instanceId, cluster_id: c.clusterId, cpus: c.cpus, memory_mib: c.memoryMiB, reserved_at: reservedAt })))
+        .onConflict((oc) => oc.doNothing())
+        .execute();
+    }
+  };
   return {
-    reserveCapacity: (cloud, quota, claims) =>
-      claims.length === 0
-        ? Promise.resolve({ granted: [] })
-        : writeSerially(`capacity:${cloud}`, async (trx): Promise<CapacityGrant> => {
-            const ids = claims.map((c) => c.instanceId);
-            const held = new Set<string>();
-            for (let i = 0; i < ids.length; i += 500) {
-              const rows = await trx.selectFrom('capacity_reservations').select('instance_id').where('cloud', '=', cloud).where('instance_id', 'in', ids.slice(i, i + 500)).execute();
-              for (const r of rows) held.add(r.instance_id);
-            }
-            const before = await usage(trx, cloud);
-            const now = { ...before };
-            const granted: string[] = [];
-            const adding: CapacityClaim[] = [];
-            let refusal: CapacityRefusal | undefined;
-            for (const claim of claims) {
-              if (held.has(claim.instanceId)) {
-                granted.push(claim.instanceId);
-                continue;
-              }
-              const adds: CapacityUsage = { instances: 1, cpus: claim.cpus, memoryMiB: claim.memoryMiB };
-              const crossed = claim.force || refusal ? undefined : LIMITS.find((l) => quota?.[l.limit] !== undefined && now[l.of] + adds[l.of] > quota[l.limit]!);
-              if (crossed) {
-                const msg = `cloudgate's quota for ${cloud} is used up: ${describeCapacity(quota, now)}`;
-                refusal = { cloud, limit: crossed.limit, quota: quota!, usage: { ...now }, message: msg };
-              }
-              if (refusal && !claim.force) continue;
-              for (const l of LIMITS) now[l.of] += adds[l.of];
-              held.add(claim.instanceId);
-              granted.push(claim.instanceId);
-              adding.push(claim);
-            }
-            const reservedAt = new Date().toISOString();
-            for (let i = 0; i < adding.length; i += 500) {
-              await trx
-                .insertInto('capacity_reservations')
-                .values(adding.slice(i, i + 500).map((c) => ({ cloud, instance_id: c.instanceId, cluster_id: c.clusterId, cpus: c.cpus, memory_mib: c.memoryMiB, reserved_at: reservedAt })))
-                .onConflict((oc) => oc.doNothing())
-                .execute();
-            }
-            return refusal ? { granted, refusal } : { granted };
-          }),
+    reserveCapacity: async (cloud, quota, claims) => {
+      if (claims.length === 0) return { granted: [] };
+      // No limit to check (a cloud without a quota, like most public clouds here): record the claims, no turn to wait for.
+      if (!LIMITS.some((l) => quota?.[l.limit] !== undefined)) {
+        await insertClaims(db, cloud, claims);
+        return { granted: claims.map((c) => c.instanceId) };
+      }
+      return writeSerially(`capacity:${cloud}`, async (trx): Promise<CapacityGrant> => {
+        const ids = claims.map((c) => c.instanceId);
+        const held = new Set<string>();
+        for (let i = 0; i < ids.length; i += 500) {
+          const rows = await trx.selectFrom('capacity_reservations').select('instance_id').where('cloud', '=', cloud).where('instance_id', 'in', ids.slice(i, i + 500)).execute();
+          for (const r of rows) held.add(r.instance_id);
+        }
+        const now = await usage(trx, cloud);
+        const granted: string[] = [];
+        const adding: CapacityClaim[] = [];
+        let refusal: CapacityRefusal | undefined;
+        for (const claim of claims) {
+          if (held.has(claim.instanceId)) {
+            granted.push(claim.instanceId);
+            continue;
+          }
+          const adds: CapacityUsage = { instances: 1, cpus: claim.cpus, memoryMiB: claim.memoryMiB };
+          const crossed = claim.force || refusal ? undefined : LIMITS.find((l) => quota?.[l.limit] !== undefined && now[l.of] + adds[l.of] > quota[l.limit]!);
+          if (crossed) {
+            const msg = `cloudgate's quota for ${cloud} is used up: ${describeCapacity(quota, now)}`;
+            refusal = { cloud, limit: crossed.limit, quota: quota!, usage: { ...now }, message: msg };
+          }
+          if (refusal && !claim.force) continue;
+          for (const l of LIMITS) now[l.of] += adds[l.of];
+          held.add(claim.instanceId);
+          granted.push(claim.instanceId);
+          adding.push(claim);
+        }
+        await insertClaims(trx, cloud, adding);
+        return refusal ? { granted, refusal } : { granted };
+      });
+    },
     releaseCapacity: async (cloud, ids) => {
       let released = 0;
       // In slices: one statement's parameters stay far below either engine's limit.

@@ -177,6 +177,16 @@ export async function openPostgresDatabase(url: string, opts: PostgresOptions = 
   // An idle client losing its connection (a server restart) must not kill the process; the pool replaces it.
   pool.on('error', () => undefined);
   const db = new Kysely<Tables>({ dialect: new PostgresDialect({ pool }) });
+  // This process's writers of one key queue here, holding no connection: only one per process waits on the
+  // advisory lock, so 190 create batches of one worker queueing for a cloud's ledger leave the pool to everything else.
+  const turns = new Map<string, Promise<unknown>>();
+  const inTurn = <T>(key: string, f: () => Promise<T>): Promise<T> => {
+    const run = (turns.get(key) ?? Promise.resolve()).then(f, f);
+    const settled = run.catch(() => undefined);
+    turns.set(key, settled);
+    void settled.then(() => turns.get(key) === settled && turns.delete(key));
+    return run;
+  };
   const store: StoreDatabase = {
     engine: 'postgres',
     db,
@@ -187,17 +197,19 @@ export async function openPostgresDatabase(url: string, opts: PostgresOptions = 
         PG_WRITE_ATTEMPTS,
       ),
     writeSerially: (key, fn) =>
-      withRetries(
-        () =>
-          db
-            .transaction()
-            .setIsolationLevel('read committed')
-            .execute(async (trx) => {
-              await sql`SELECT pg_advisory_xact_lock(hashtextextended(${key}, 0))`.execute(trx);
-              return fn(trx);
-            }),
-        (err) => RETRYABLE_PG.has(codeOf(err)),
-        PG_WRITE_ATTEMPTS,
+      inTurn(key, () =>
+        withRetries(
+          () =>
+            db
+              .transaction()
+              .setIsolationLevel('read committed')
+              .execute(async (trx) => {
+                await sql`SELECT pg_advisory_xact_lock(hashtextextended(${key}, 0))`.execute(trx);
+                return fn(trx);
+              }),
+          (err) => RETRYABLE_PG.has(codeOf(err)),
+          PG_WRITE_ATTEMPTS,
+        ),
       ),
     uniqueViolation(err) {
       const e = err as { code?: string; constraint?: string; detail?: string };
