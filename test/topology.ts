@@ -4,10 +4,12 @@
  * small reverse proxy, and several worker processes — each a real `api/main.ts` or
  * `workers/main.ts` process, so any of them can be killed with SIGKILL and started again.
  *
- * The proxy stands in for a site's nginx or HAProxy: round robin over the API replicas,
- * passing a request to the next replica when one refuses the connection (any method) or
- * drops it (idempotent methods only, as nginx's `proxy_next_upstream` does by default), else
- * 502. Users, the test and the guests' phone-homes (`CLOUDGATE_PUBLIC_URL`) all go through it.
+ * The proxy stands in for a site's nginx or HAProxy: round robin over the API replicas, over
+ * kept-alive connections (nginx's upstream `keepalive`), passing a request to the next
+ * replica when one refuses the connection or closes a kept-alive one before answering (any
+ * method: the request never reached it) or drops it (idempotent methods only, as nginx's
+ * `proxy_next_upstream` does by default), else 502. (A new connection per request cost the
+ * proxy and the API replicas a third of the machine at 200 requests/s in the scale bench.) Users, the test and the guests' phone-homes (`CLOUDGATE_PUBLIC_URL`) all go through it.
  *
  * What is shared, and how: cloudgate's store is the PostgreSQL peer's own database
  * (`CLOUDGATE_DATABASE_URL`), as a site runs it; Temporal has its two databases beside it on
@@ -248,6 +250,7 @@ const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE']);
 async function startProxy(backends: { name: string; port: number }[]): Promise<{ url: string; counts: Record<string, number>; close(): Promise<void> }> {
   const counts: Record<string, number> = Object.fromEntries([...backends.map((b) => [b.name, 0]), ['502', 0]]);
   let next = 0;
+  const agents = backends.map(() => new http.Agent({ keepAlive: true }));
   const server = http.createServer((req, res) => {
     const chunks: Buffer[] = [];
     req.on('data', (c: Buffer) => chunks.push(c));
@@ -255,9 +258,10 @@ async function startProxy(backends: { name: string; port: number }[]): Promise<{
       const body = Buffer.concat(chunks);
       const first = next++ % backends.length;
       const attempt = (tried: number) => {
-        const backend = backends[(first + tried) % backends.length];
+        const at = (first + tried) % backends.length;
+        const backend = backends[at];
         const upstream = http.request(
-          { host: '127.0.0.1', port: backend.port, method: req.method, path: req.url, headers: req.headers, agent: false },
+          { host: '127.0.0.1', port: backend.port, method: req.method, path: req.url, headers: { ...req.headers, connection: 'keep-alive' }, agent: agents[at] },
           (up) => {
             counts[backend.name]++;
             res.writeHead(up.statusCode ?? 502, up.headers);
@@ -267,7 +271,8 @@ async function startProxy(backends: { name: string; port: number }[]): Promise<{
         );
         upstream.on('error', (err: NodeJS.ErrnoException) => {
           if (res.headersSent) return void res.destroy();
-          const refused = err.code === 'ECONNREFUSED';
+          // Refused, or a kept-alive connection the replica had closed (killed, or idle timeout): the request never reached it.
+          const refused = err.code === 'ECONNREFUSED' || (upstream.reusedSocket && err.code === 'ECONNRESET');
           if (tried + 1 < backends.length && (refused || IDEMPOTENT.has(req.method ?? ''))) return attempt(tried + 1);
           counts['502']++;
           res.writeHead(502, { 'content-type': 'application/problem+json' });
@@ -286,6 +291,7 @@ async function startProxy(backends: { name: string; port: number }[]): Promise<{
     close: () =>
       new Promise<void>((resolve) => {
         server.closeAllConnections();
+        for (const a of agents) a.destroy();
         server.close(() => resolve());
       }),
   };
