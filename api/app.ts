@@ -24,6 +24,7 @@ import { auditRoutes, auditTrail } from './audit.js';
 import { DEFAULT_QUOTA, quotaRoutes } from './quotas.js';
 import { DEFAULT_MAX_LIFETIME_SECONDS, sessionRoutes } from './sessions.js';
 import type { Quota } from '../model/config.js';
+import type { OidcLogin } from './schemas.js';
 import type { BatcherOptions } from './readiness-batcher.js';
 import { createApiMetrics, metricsAuthorization, type ApiMetrics } from './metrics.js';
 import { NoQuerySchema, queryOf } from './paging.js';
@@ -54,6 +55,8 @@ export interface ApiConfig {
   metricsToken?: string;
   /** The built web portal served at `/` (api/portal.ts); default `<repo>/dist/portal`. */
   portalDir?: string;
+  /** The OIDC sign-in offered to clients (`oidcLoginOf(config.auth)`): `GET /v1/login-options`, and the portal's CSP lets it reach the issuer. */
+  oidcLogin?: OidcLogin;
 }
 
 export interface AppDeps {
@@ -133,7 +136,7 @@ export function createApp(deps: AppDeps): CloudgateApp {
   app.use(audit);
 
   // The web portal's page and assets: public, like the API description (the pages hold no data, the API they call checks the bearer).
-  app.use(portalRoutes({ dir: config.portalDir }));
+  app.use(portalRoutes({ dir: config.portalDir, oidcLogin: config.oidcLogin }));
 
   const bigJson = express.json({ limit: DEFINITION_LIMIT });
   const smallJson = express.json({ limit: SMALL_LIMIT });
@@ -159,7 +162,7 @@ export function createApp(deps: AppDeps): CloudgateApp {
   app.use(authenticate({ store, oidc: deps.oidc, now: deps.now, tokenSecret: config.tokenSecret }));
 
   app.use(definitionRoutes({ store, temporal, json: bigJson, now: deps.now }));
-  app.use(tokenRoutes({ store, json: smallJson, now: deps.now }));
+  app.use(tokenRoutes({ store, json: smallJson, now: deps.now, oidcLogin: config.oidcLogin }));
   app.use(quotaRoutes({ store, temporal, defaultQuota: config.quota, json: smallJson }));
   app.use(auditRoutes({ store, trail: audit }));
 

@@ -21,7 +21,7 @@ import type { Role, Store } from '../store/index.js';
 import { ensurePrivateDir } from '../store/private-files.js';
 import { createOnce } from '../store/secret.js';
 import { Problem } from './problem.js';
-import { OWNER_RE } from './schemas.js';
+import { OWNER_RE, type OidcLogin } from './schemas.js';
 
 /** Who a request comes from. */
 export interface Principal {
@@ -34,12 +34,13 @@ export interface Principal {
 
 
 /**
- * Routes anyone may call: health, the API description, a guest's phone-home and drain notice
- * (they check the instance's own token, api/readiness.ts) and a laptop's PIN.
+ * Routes anyone may call: health, the API description, how to sign in, a guest's phone-home
+ * and drain notice (they check the instance's own token, api/readiness.ts) and a laptop's PIN.
  */
 const PUBLIC: { method: string; path: RegExp }[] = [
   { method: 'GET', path: /^\/healthz$/ },
   { method: 'GET', path: /^\/openapi\.json$/ },
+  { method: 'GET', path: /^\/v1\/login-options$/ },
   { method: 'POST', path: /^\/v1\/instances\/[^/]+\/readiness$/ },
   { method: 'GET', path: /^\/v1\/instances\/[^/]+\/notice$/ },
   { method: 'GET', path: /^\/v1\/pair\/[^/]+$/ },
@@ -124,6 +125,17 @@ export function createOidcVerifier(auth: Config['auth'], fetchImpl: typeof fetch
       const isAdmin = Array.isArray(admin) ? admin.includes(auth.oidcAdminValue) : admin === auth.oidcAdminValue;
       return { owner, role: isAdmin ? 'admin' : 'user' };
     },
+  };
+}
+
+/** The OIDC sign-in the site offers clients (`GET /v1/login-options`), or undefined when it takes API tokens only. */
+export function oidcLoginOf(auth: Config['auth']): OidcLogin | undefined {
+  if (!auth.oidcIssuer || !auth.oidcAudience) return undefined;
+  return {
+    issuer: auth.oidcIssuer,
+    ...(auth.oidcClientId && { clientId: auth.oidcClientId }),
+    scope: auth.oidcScopes,
+    ...(auth.oidcResource && { resource: auth.oidcResource }),
   };
 }
 

@@ -13,7 +13,7 @@ import { pino, type DestinationStream, type Logger } from 'pino';
 import { configFromEnv, temporalAddressOf, temporalUiUrlOf, type Config } from '../model/config.js';
 import { describeStore, openStore, type Store } from '../store/index.js';
 import { createApp } from './app.js';
-import { createOidcVerifier, ensureAdminToken } from './auth.js';
+import { createOidcVerifier, ensureAdminToken, oidcLoginOf } from './auth.js';
 import { AesGcmPayloadCodec, payloadDataConverter } from '../model/payload-codec.js';
 import { loadMetricsToken, loadPayloadKeys, loadTokenSecret, readFileVariables } from '../store/secret.js';
 import { createApiMetrics } from './metrics.js';
@@ -102,6 +102,7 @@ export async function startApi(config: Config, opts: StartApiOptions = {}): Prom
         quota: config.quota,
         maxLifetimeSeconds: config.maxLifetimeSeconds,
         metricsToken,
+        oidcLogin: oidcLoginOf(config.auth),
       },
     });
     server.on('request', app);

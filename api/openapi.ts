@@ -65,6 +65,7 @@ export function openApiDocument(serverUrl: string): Doc {
   const CreateToken = register('CreateTokenRequest', S.CreateTokenRequestSchema);
   const ApiToken = register('ApiToken', S.ApiTokenSchema);
   const WhoAmI = register('WhoAmI', S.WhoAmISchema);
+  const LoginOptions = register('LoginOptions', S.LoginOptionsSchema);
   const QuotaRequest = register('QuotaRequest', S.QuotaRequestSchema);
   const QuotaStatus = register('QuotaStatus', S.QuotaStatusSchema);
   const AuditRecord = register('AuditRecord', S.AuditRecordSchema);
@@ -496,6 +497,12 @@ export function openApiDocument(serverUrl: string): Doc {
     responses: { 200: json(WhoAmI, 'The principal every route sees for this bearer') },
   });
   r.registerPath({
+    method: 'get',
+    path: '/v1/login-options',
+    summary: "How to sign in besides an API token: the site's OIDC issuer, public client, scopes and resource (public; the web portal and `cloudgate login --oidc` read it)",
+    responses: { 200: json(LoginOptions, '`oidc` when the site accepts OIDC access tokens; without a `clientId` it offers no sign-in of its own') },
+  });
+  r.registerPath({
     method: 'delete',
     path: '/v1/tokens/{id}',
     summary: 'Revoke an API token at once',
@@ -602,7 +609,7 @@ export function openApiDocument(serverUrl: string): Doc {
     security: [{ bearer: [] }],
   });
   // Public routes opt out; every other route may answer 401.
-  const PUBLIC = new Set(['GET /healthz', 'GET /openapi.json', 'GET /v1/pair/{pin}']);
+  const PUBLIC = new Set(['GET /healthz', 'GET /openapi.json', 'GET /v1/login-options', 'GET /v1/pair/{pin}']);
   for (const [p, ops] of Object.entries(doc.paths ?? {})) {
     for (const [method, op] of Object.entries(ops as Record<string, { security?: unknown[]; responses?: Record<string, unknown> }>)) {
       if (PUBLIC.has(`${method.toUpperCase()} ${p}`)) op.security = [];

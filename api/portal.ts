@@ -6,27 +6,38 @@
  * them needs no authentication and grants nothing.
  *
  * Every page answer carries a strict Content-Security-Policy: scripts and styles only from
- * this origin and never inline, requests only to this origin, no frames, no plugins, no
- * `<base>` — so a script injected into a page could neither run nor send the token anywhere.
+ * this origin and never inline, requests only to this origin (and the site's identity
+ * provider, where the portal offers its sign-in), no frames, no plugins, no `<base>` — so a
+ * script injected into a page could neither run nor send the token anywhere.
  */
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import express, { type Response, type Router } from 'express';
 import { notFound, Problem } from './problem.js';
+import type { OidcLogin } from './schemas.js';
 
-/** The portal pages' policy: this origin only, nothing inline, no framing. */
-export const PORTAL_CSP = [
-  "default-src 'none'",
-  "script-src 'self'",
-  "style-src 'self'",
-  "img-src 'self' data:",
-  "connect-src 'self'",
-  "font-src 'self'",
-  "base-uri 'none'",
-  "form-action 'self'",
-  "frame-ancestors 'none'",
-].join('; ');
+/**
+ * The portal pages' policy: this origin only, nothing inline, no framing. Where the site
+ * offers OIDC sign-in (`oidcIssuer`), the page may also call its identity provider's origin
+ * (discovery and token requests of the sign-in), and no other.
+ */
+export function portalCsp(oidcIssuer?: string): string {
+  return [
+    "default-src 'none'",
+    "script-src 'self'",
+    "style-src 'self'",
+    "img-src 'self' data:",
+    `connect-src 'self'${oidcIssuer ? ` ${new URL(oidcIssuer).origin}` : ''}`,
+    "font-src 'self'",
+    "base-uri 'none'",
+    "form-action 'self'",
+    "frame-ancestors 'none'",
+  ].join('; ');
+}
+
+/** The policy of a site without OIDC sign-in. */
+export const PORTAL_CSP = portalCsp();
 
 /**
  * Where the built portal is: `<repo>/dist/portal`, whether the API runs from its sources
@@ -39,9 +50,9 @@ export function defaultPortalDir(): string {
   return path.join(repo, 'dist', 'portal');
 }
 
-const securityHeaders = (res: Response): void => {
+const securityHeaders = (res: Response, csp: string): void => {
   res.set({
-    'Content-Security-Policy': PORTAL_CSP,
+    'Content-Security-Policy': csp,
     'X-Content-Type-Options': 'nosniff',
     'Referrer-Policy': 'no-referrer',
     'Cross-Origin-Opener-Policy': 'same-origin',
@@ -54,8 +65,10 @@ const securityHeaders = (res: Response): void => {
  * `GET /` (the page) and `GET /assets/*` (its script, style sheet and source map). Without a
  * build the page is a 503 saying how to make one; the API itself works either way.
  */
-export function portalRoutes(deps: { dir?: string } = {}): Router {
+export function portalRoutes(deps: { dir?: string; oidcLogin?: OidcLogin } = {}): Router {
   const dir = deps.dir ?? defaultPortalDir();
+  // The issuer's origin only when the portal offers its sign-in (a client id is configured).
+  const csp = portalCsp(deps.oidcLogin?.clientId ? deps.oidcLogin.issuer : undefined);
   const router = express.Router();
   const index = path.join(dir, 'index.html');
 
@@ -65,7 +78,7 @@ export function portalRoutes(deps: { dir?: string } = {}): Router {
         slug: 'portal-not-built',
       });
     }
-    securityHeaders(res);
+    securityHeaders(res, csp);
     // Always revalidated: a new build must reach the next page load.
     res.set('Cache-Control', 'no-cache');
     res.sendFile(index);
@@ -78,7 +91,7 @@ export function portalRoutes(deps: { dir?: string } = {}): Router {
       redirect: false,
       fallthrough: true,
       setHeaders: (res) => {
-        securityHeaders(res);
+        securityHeaders(res, csp);
         res.setHeader('Cache-Control', 'no-cache');
       },
     }),

@@ -419,6 +419,24 @@ export const WhoAmISchema = z.object({
   tokenId: z.string().optional().describe('The API token used (its id, never its value); absent for OIDC access tokens'),
 });
 
+/**
+ * `GET /v1/login-options` (public): how a client signs in besides an API token. `oidc` is there
+ * when the site accepts OIDC access tokens; with a `clientId` the web portal offers "Sign in
+ * with …" (authorization code flow with PKCE) and `cloudgate login --oidc` the device flow.
+ */
+export const LoginOptionsSchema = z.object({
+  oidc: z
+    .object({
+      issuer: z.string().describe("The identity provider's issuer (its discovery document is `<issuer>/.well-known/openid-configuration`)"),
+      clientId: z.string().optional().describe('The public client (no secret, PKCE) to sign in as; absent when the site names none'),
+      scope: z.string().describe('The scopes to ask for, space-separated'),
+      resource: z.string().optional().describe('The RFC 8707 resource indicator to send in the authorization and token requests, so the access token is for this API'),
+    })
+    .optional(),
+});
+export type LoginOptions = z.infer<typeof LoginOptionsSchema>;
+export type OidcLogin = NonNullable<LoginOptions['oidc']>;
+
 // ---- quotas and the audit trail (issue 11) ----
 
 const quotaLimit = z.number().int().min(0).max(1_000_000_000);

@@ -2,7 +2,8 @@
  * `/v1/tokens`: API tokens. An admin issues them (`POST`, the value shown once); everyone
  * lists and revokes their own, an admin anyone's. A token of someone else is a 404.
  * `GET /v1/me` says who a bearer is (owner, role, how): a client such as the web portal
- * checks a pasted token with it and learns whose quota to show.
+ * checks a pasted token with it and learns whose quota to show. `GET /v1/login-options`
+ * (public) says how else to get a bearer: the site's OIDC sign-in, if it offers one.
  */
 import express, { type Router } from 'express';
 import type { ApiTokenRecord, Store } from '../store/index.js';
@@ -10,7 +11,7 @@ import { canSee, listOwner, principalOf, requireAdmin } from './auth.js';
 import { notFound, parseOr422 } from './problem.js';
 import { bodyOf, param } from './request.js';
 import { NoQuerySchema, pageOf, queryOf } from './paging.js';
-import { CreateTokenRequestSchema, ListQuerySchema } from './schemas.js';
+import { CreateTokenRequestSchema, ListQuerySchema, type LoginOptions, type OidcLogin } from './schemas.js';
 
 const view = (r: ApiTokenRecord) => ({
   id: r.id,
@@ -21,7 +22,7 @@ const view = (r: ApiTokenRecord) => ({
   ...(r.revokedAt && { revokedAt: r.revokedAt }),
 });
 
-export function tokenRoutes(deps: { store: Store; json: express.RequestHandler; now?: () => Date }): Router {
+export function tokenRoutes(deps: { store: Store; json: express.RequestHandler; now?: () => Date; oidcLogin?: OidcLogin }): Router {
   const { store, json } = deps;
   const now = deps.now ?? (() => new Date());
   const router = express.Router();
@@ -32,6 +33,11 @@ export function tokenRoutes(deps: { store: Store; json: express.RequestHandler; 
     const expiresAt = ttlSeconds === undefined ? undefined : new Date(now().getTime() + ttlSeconds * 1000);
     const { record, token } = await store.createApiToken({ owner, role, ...(expiresAt && { expiresAt }) });
     res.status(201).location(`/v1/tokens/${record.id}`).set('Cache-Control', 'no-store').json({ ...view(record), token, expiresAt: record.expiresAt ?? null });
+  });
+
+  router.get('/v1/login-options', (req, res) => {
+    queryOf(req, NoQuerySchema);
+    res.json({ ...(deps.oidcLogin && { oidc: deps.oidcLogin }) } satisfies LoginOptions);
   });
 
   router.get('/v1/me', (req, res) => {

@@ -2,7 +2,8 @@
  * Where the command finds the API and its credential: the user's config file
  * (`$CLOUDGATE_CONFIG`, else `$XDG_CONFIG_HOME/cloudgate/config.yaml`, else
  * `~/.config/cloudgate/config.yaml`), written by `cloudgate login` with mode 0600 in a 0700
- * folder, and `CLOUDGATE_URL` / `CLOUDGATE_TOKEN`, which override it.
+ * folder, and `CLOUDGATE_URL` / `CLOUDGATE_TOKEN`, which override it. After an OIDC sign-in
+ * the file also holds the refresh token and what refreshing needs (cli/oidc.ts).
  */
 import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
@@ -12,7 +13,20 @@ import { CliError, EXIT } from './client.js';
 
 export interface UserConfig {
   url?: string;
+  /** The bearer: an API token, or the access token of an OIDC sign-in (`oidc`). */
   token?: string;
+  /** Where `token` came from when `cloudgate login --oidc` got it: what refreshing it needs. */
+  oidc?: OidcSession;
+}
+
+/** An OIDC sign-in of `cloudgate login --oidc` (cli/oidc.ts). */
+export interface OidcSession {
+  issuer: string;
+  clientId: string;
+  resource?: string;
+  refreshToken?: string;
+  /** When the access token expires (ISO time), if the provider said. */
+  expiresAt?: string;
 }
 
 export function configPath(env: NodeJS.ProcessEnv = process.env): string {
@@ -39,8 +53,20 @@ export function readConfig(file = configPath()): UserConfig {
   }
   if (parsed === null || parsed === undefined) return {};
   if (typeof parsed !== 'object' || Array.isArray(parsed)) throw new CliError(`${file}: expected a mapping with url and token`, EXIT.usage);
-  const { url, token } = parsed as Record<string, unknown>;
-  return { ...(typeof url === 'string' && { url }), ...(typeof token === 'string' && { token }) };
+  const { url, token, oidc } = parsed as Record<string, unknown>;
+  return { ...(typeof url === 'string' && { url }), ...(typeof token === 'string' && { token }), ...(oidcSession(oidc) && { oidc: oidcSession(oidc) }) };
+}
+
+/** The `oidc:` part of the file, when it has what a refresh needs (else it is ignored: the token stands alone). */
+function oidcSession(v: unknown): OidcSession | undefined {
+  if (typeof v !== 'object' || v === null) return undefined;
+  const o = v as Record<string, unknown>;
+  const str = (k: string) => (typeof o[k] === 'string' && o[k] !== '' ? (o[k] as string) : undefined);
+  const issuer = str('issuer');
+  const clientId = str('clientId');
+  if (!issuer || !clientId) return undefined;
+  const [resource, refreshToken, expiresAt] = [str('resource'), str('refreshToken'), str('expiresAt')];
+  return { issuer, clientId, ...(resource && { resource }), ...(refreshToken && { refreshToken }), ...(expiresAt && { expiresAt }) };
 }
 
 /** Writes the config file (0600; its folder 0700), replacing it whole so no reader sees half of it. */
@@ -59,7 +85,10 @@ export function resolveEndpoint(env: NodeJS.ProcessEnv = process.env): { url: st
   const url = env.CLOUDGATE_URL || stored.url;
   const token = env.CLOUDGATE_TOKEN || stored.token;
   if (!url || !token) {
-    throw new CliError(`not logged in: run \`cloudgate login --url URL --token-file FILE\` (or set CLOUDGATE_URL and CLOUDGATE_TOKEN); no ${!url ? 'URL' : 'token'} in ${file}`, EXIT.auth);
+    throw new CliError(
+      `not logged in: run \`cloudgate login --url URL --token-file FILE\` or \`cloudgate login --url URL --oidc\` (or set CLOUDGATE_URL and CLOUDGATE_TOKEN); no ${!url ? 'URL' : 'token'} in ${file}`,
+      EXIT.auth,
+    );
   }
   return { url, token };
 }

@@ -25,7 +25,8 @@ import type {
 import { carryOut, describePlan, plan, readApplyFile, type WhoAmI } from './apply.js';
 import { ApiClient, CliError, EXIT } from './client.js';
 import { bashCompletion, zshCompletion } from './completion.js';
-import { configPath, readConfig, resolveEndpoint, writeConfig } from './config.js';
+import { configPath, readConfig, resolveEndpoint, writeConfig, type UserConfig } from './config.js';
+import { deviceLogin, refreshStoredToken } from './oidc.js';
 import { changed, deployed, follow, tornDown } from './follow.js';
 import { age, OUTPUT_FORMATS, serialise, stdout, table, type OutputFormat, type Out } from './output.js';
 
@@ -337,12 +338,21 @@ Exit codes: 0 done; 1 refused by the API (409, 422, …) or failed; 2 usage; 3 n
 rolled back; 6 --wait: --timeout ran out; 7 the API could not be reached; 8 diff: apply would change something.`,
     );
 
+  // Before every command that calls the API: an OIDC sign-in's expired access token is refreshed first (cli/oidc.ts).
+  program.hook('preAction', async (_program, action) => {
+    let top = action;
+    while (top.parent && top.parent !== program) top = top.parent;
+    if (!['login', 'logout', 'completion'].includes(top.name())) await refreshStoredToken();
+  });
+
   program
     .command('login')
-    .description('store the API URL and a token in your config file (checked against the API first)')
+    .description("store the API URL and a credential in your config file: an API token (checked against the API first), or with --oidc the tokens of a sign-in at the site's identity provider")
     .requiredOption('--url <url>', 'the cloudgate API, e.g. http://127.0.0.1:8080')
-    .option('--token-file <file>', 'read the token from this file (- for standard input); else it is asked for')
-    .action(async (opts: { url: string; tokenFile?: string }) => {
+    .addOption(new Option('--token-file <file>', 'read the token from this file (- for standard input); else it is asked for').conflicts('oidc'))
+    .option('--oidc', "sign in at the site's OIDC provider with the device flow: open the link it prints and enter the code (the access token is refreshed when it expires)")
+    .option('--client-id <id>', "with --oidc: this OIDC client instead of the one the API names")
+    .action(async (opts: { url: string; tokenFile?: string; oidc?: boolean; clientId?: string }) => {
       let url: URL;
       try {
         url = new URL(opts.url);
@@ -350,12 +360,17 @@ rolled back; 6 --wait: --timeout ran out; 7 the API could not be reached; 8 diff
         throw new CliError(`--url ${opts.url}: not a URL`, EXIT.usage);
       }
       if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new CliError(`--url ${opts.url}: must be http or https`, EXIT.usage);
-      const token = opts.tokenFile !== undefined ? readToken(opts.tokenFile) : await promptToken();
+      if (opts.clientId !== undefined && !opts.oidc) throw new CliError('--client-id goes with --oidc', EXIT.usage);
       const endpoint = url.toString().replace(/\/+$/, '');
-      const me = await new ApiClient({ url: endpoint, token }).get<WhoAmI>('/v1/me');
+      const credential: Pick<UserConfig, 'token' | 'oidc'> = opts.oidc
+        ? await deviceLogin({ url: endpoint, clientId: opts.clientId, say: (line) => process.stderr.write(`${line}\n`) })
+        : { token: opts.tokenFile !== undefined ? readToken(opts.tokenFile) : await promptToken() };
+      const me = await new ApiClient({ url: endpoint, token: credential.token }).get<WhoAmI>('/v1/me');
       const file = configPath();
-      writeConfig({ ...readConfig(file), url: endpoint, token }, file);
-      say(`logged in to ${endpoint} as ${me.owner} (${me.role}); saved in ${file} (mode 0600)`);
+      // A token login drops an earlier OIDC sign-in's refresh token with it.
+      const { oidc: _earlier, ...kept } = readConfig(file);
+      writeConfig({ ...kept, url: endpoint, ...credential }, file);
+      say(`logged in to ${endpoint} as ${me.owner} (${me.role})${me.via === 'oidc' ? ` via ${credential.oidc?.issuer}` : ''}; saved in ${file} (mode 0600)`);
     });
 
   program

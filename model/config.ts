@@ -106,7 +106,24 @@ export const ConfigSchema = z.object({
     /** The claim (a string or list, dotted path allowed: `realm_access.roles`) whose value `oidcAdminValue` makes an admin. */
     oidcAdminClaim: z.string().default('realm_access.roles'),
     oidcAdminValue: z.string().default('cloudgate-admin'),
-  }).refine((a) => !a.oidcIssuer || a.oidcAudience, { message: 'CLOUDGATE_OIDC_AUDIENCE is required with CLOUDGATE_OIDC_ISSUER', path: ['oidcAudience'] }).prefault({}),
+    /**
+     * The public client (no secret; PKCE) of the identity provider that the web portal's
+     * "Sign in with …" and `cloudgate login --oidc` use; unset: they offer no OIDC sign-in (OIDC
+     * access tokens are still accepted).
+     */
+    oidcClientId: z.string().regex(/^[\x21-\x7e]+$/, 'must be printable ASCII without spaces').optional(),
+    /** The scopes they ask for (space-separated); the command adds `offline_access` for its refresh token. */
+    oidcScopes: z.string().trim().regex(/^[\x21\x23-\x5b\x5d-\x7e]+( [\x21\x23-\x5b\x5d-\x7e]+)*$/, 'must be scope names separated by single spaces').default('openid profile'),
+    /**
+     * The RFC 8707 resource indicator they ask tokens for, so the provider issues access tokens
+     * whose `aud` is `oidcAudience` (providers that issue tokens per resource); unset: none is
+     * sent (Keycloak: an audience mapper on the client puts it there).
+     */
+    oidcResource: z.string().url().refine((u) => !u.includes('#'), 'must be an absolute URI without a fragment (RFC 8707)').optional(),
+  })
+    .refine((a) => !a.oidcIssuer || a.oidcAudience, { message: 'CLOUDGATE_OIDC_AUDIENCE is required with CLOUDGATE_OIDC_ISSUER', path: ['oidcAudience'] })
+    .refine((a) => a.oidcIssuer || !a.oidcClientId, { message: 'CLOUDGATE_OIDC_CLIENT_ID needs CLOUDGATE_OIDC_ISSUER', path: ['oidcClientId'] })
+    .prefault({}),
   /** The site-wide default quota of every owner without one of their own. */
   quota: QuotaSchema.prefault({ maxInstances: 20_000, maxClusters: 500, maxCpus: 200_000 }),
   /**
@@ -174,6 +191,9 @@ export function configFromEnv(env: Record<string, string | undefined>): Config {
       oidcOwnerClaim: e('CLOUDGATE_OIDC_OWNER_CLAIM'),
       oidcAdminClaim: e('CLOUDGATE_OIDC_ADMIN_CLAIM'),
       oidcAdminValue: e('CLOUDGATE_OIDC_ADMIN_VALUE'),
+      oidcClientId: e('CLOUDGATE_OIDC_CLIENT_ID'),
+      oidcScopes: e('CLOUDGATE_OIDC_SCOPES'),
+      oidcResource: e('CLOUDGATE_OIDC_RESOURCE'),
     },
     quota: {
       maxInstances: e('CLOUDGATE_QUOTA_MAX_INSTANCES') ?? 20_000,

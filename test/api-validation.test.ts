@@ -454,6 +454,7 @@ describe('service endpoints', () => {
         'GET /v1/tokens',
         'DELETE /v1/tokens/{id}',
         'GET /v1/me',
+        'GET /v1/login-options',
         'PUT /v1/owners/{owner}/quota',
         'GET /v1/owners/{owner}/quota',
         'GET /v1/audit',

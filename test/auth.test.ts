@@ -12,6 +12,8 @@ import { statSync } from 'node:fs';
 import path from 'node:path';
 import { SignJWT, UnsecuredJWT, exportJWK, generateKeyPair, type JWK } from 'jose';
 import { SA_OWNER, clusterWorkflowId, serviceWorkflowId } from '../workflows/messages.js';
+import { oidcLoginOf } from '../api/auth.js';
+import { configFromEnv } from '../model/config.js';
 import { openSqliteStore, type Store } from '../store/index.js';
 import { startStack, waitForState, type Stack } from './harness.js';
 
@@ -118,6 +120,9 @@ describe('who is asking', () => {
     // The public ones answer without a bearer.
     expect((await stack.http('GET', '/healthz', undefined, { Authorization: '' })).status).toBe(200);
     expect((await stack.http('GET', '/openapi.json', undefined, { Authorization: '' })).status).toBe(200);
+    // How to sign in: this site trusts an issuer but names no client of its own (no "Sign in with …").
+    const options = await stack.http('GET', '/v1/login-options', undefined, { Authorization: '' });
+    expect({ status: options.status, body: options.body }).toEqual({ status: 200, body: { oidc: { issuer: issuer.url, scope: 'openid profile' } } });
     expect((await stack.http('GET', '/v1/pair/123456', undefined, { Authorization: '' })).status).toBe(404);
     const phoneHome = await stack.http('POST', '/v1/instances/x-svc-0/readiness', { status: 'ok' }, { Authorization: '' });
     expect(phoneHome.status).toBe(401);
@@ -176,6 +181,25 @@ describe('who is asking', () => {
 });
 
 describe('OIDC access tokens from the site issuer', () => {
+  it('the sign-in settings: CLOUDGATE_OIDC_CLIENT_ID, _SCOPES and _RESOURCE read and checked, offered only with an issuer', () => {
+    const site = { CLOUDGATE_OIDC_ISSUER: 'https://auth.example.org/realms/cern', CLOUDGATE_OIDC_AUDIENCE: 'cloudgate' };
+    expect(oidcLoginOf(configFromEnv(site).auth)).toEqual({ issuer: site.CLOUDGATE_OIDC_ISSUER, scope: 'openid profile' });
+    const full = configFromEnv({ ...site, CLOUDGATE_OIDC_CLIENT_ID: 'cloudgate-portal', CLOUDGATE_OIDC_SCOPES: 'openid profile cloudgate', CLOUDGATE_OIDC_RESOURCE: 'https://cloudgate.example.org/' });
+    expect(oidcLoginOf(full.auth)).toEqual({ issuer: site.CLOUDGATE_OIDC_ISSUER, clientId: 'cloudgate-portal', scope: 'openid profile cloudgate', resource: 'https://cloudgate.example.org/' });
+    expect(oidcLoginOf(configFromEnv({ CLOUDGATE_OIDC_AUDIENCE: 'cloudgate' }).auth)).toBeUndefined();
+    const refused = (env: Record<string, string>) => {
+      try {
+        configFromEnv(env);
+      } catch (err) {
+        return (err as { issues: { path: (string | number)[]; message: string }[] }).issues.map((i) => `${i.path.join('.')}: ${i.message}`);
+      }
+      return [];
+    };
+    expect(refused({ CLOUDGATE_OIDC_CLIENT_ID: 'cloudgate-portal' })).toEqual(['auth.oidcClientId: CLOUDGATE_OIDC_CLIENT_ID needs CLOUDGATE_OIDC_ISSUER']);
+    expect(refused({ ...site, CLOUDGATE_OIDC_RESOURCE: 'https://cloudgate.example.org/#api' })).toEqual(['auth.oidcResource: must be an absolute URI without a fragment (RFC 8707)']);
+    expect(refused({ ...site, CLOUDGATE_OIDC_SCOPES: 'openid  "profile"' })).toEqual(['auth.oidcScopes: must be scope names separated by single spaces']);
+  });
+
   it('accepts a valid token: owner from preferred_username (else sub), admin from realm_access.roles', async () => {
     const jwt = await issuer.sign({ sub: 'f3a9-uuid', preferred_username: 'dana' });
     const mine = await stack.http('POST', '/v1/contexts', { name: 'dana-ctx' }, bearer(jwt));

@@ -14,12 +14,12 @@ import path from 'node:path';
 import { verify } from 'unixcrypt';
 import { parse as parseYaml, stringify as stringifyYaml } from 'yaml';
 import { freePort } from '../workers/dev-server.js';
-import { ROOT, startStack, type Stack } from './harness.js';
+import { CLI_BIN, cliEnv, ROOT, startStack, type Stack } from './harness.js';
 
 const run = promisify(execFile);
 let stack: Stack;
 let home: string;
-const BIN = path.join(ROOT, 'dist', 'cli', 'main.js');
+const BIN = CLI_BIN;
 
 beforeAll(async () => {
   // The binary users run: compiled JavaScript, not the TypeScript sources.
@@ -41,9 +41,8 @@ interface Run {
 
 /** Runs `cloudgate args…` with HOME in the test's folder; `env` adds to (or, with '', removes from) its environment. */
 function cg(args: string[], env: Record<string, string> = {}, input?: string): Promise<Run> {
-  const base = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('CLOUDGATE_') && k !== 'NODE_OPTIONS' && k !== 'XDG_CONFIG_HOME'));
   return new Promise((resolve) => {
-    const child = execFile(process.execPath, [BIN, ...args], { env: { ...base, HOME: home, ...env }, timeout: 170_000 }, (err, stdout, stderr) => {
+    const child = execFile(process.execPath, [BIN, ...args], { env: cliEnv(home, env), timeout: 170_000 }, (err, stdout, stderr) => {
       const code = err ? (typeof err.code === 'number' ? err.code : -1) : 0;
       resolve({ code, stdout, stderr });
     });

@@ -37,6 +37,18 @@ try {
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
+/** The `cloudgate` command as users run it: the compiled JavaScript (`npm run build`). */
+export const CLI_BIN = path.join(ROOT, 'dist', 'cli', 'main.js');
+
+/**
+ * The environment the command runs in under test: this process's without any `CLOUDGATE_*`,
+ * NODE_OPTIONS (jest's) or XDG_CONFIG_HOME, with HOME in the test's folder, plus `env`.
+ */
+export function cliEnv(home: string, env: Record<string, string> = {}): NodeJS.ProcessEnv {
+  const base = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('CLOUDGATE_') && k !== 'NODE_OPTIONS' && k !== 'XDG_CONFIG_HOME'));
+  return { ...base, HOME: home, ...env };
+}
+
 let bundlePromise: Promise<WorkflowBundleWithSourceMap> | undefined;
 /** The workflow bundle, built once per test file. */
 export function workflowBundle(): Promise<WorkflowBundleWithSourceMap> {
@@ -63,6 +75,8 @@ export interface StackOptions {
   cvmfsAllowedHosts?: string[];
   /** Who may call the API: an OIDC issuer and its claims (`config.auth`). */
   auth?: Partial<Config['auth']>;
+  /** The API's port, when a peer must know its URL before the stack starts (an OIDC client's redirect URI); default a free one. */
+  apiPort?: number;
   /** Write the worker process's and the API's logs (info level) to worker.log and api.log in the data folder. */
   captureLogs?: boolean;
   /** The site-wide default quota (`config.quota`); default the config's. */
@@ -105,7 +119,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
   const temporalPort = await freePort();
   const dbFile = path.join(dataDir, 'temporal.sqlite');
   let temporal = await startDevServer({ dbFile, port: temporalPort });
-  const apiPort = await freePort();
+  const apiPort = opts.apiPort ?? (await freePort());
   // The sim's job queue (clouds/sim-queue.ts): a fixed port, so a restarted worker process serves it at the same URL.
   const simQueuePort = await freePort();
   let cloudsFile: string | undefined;

@@ -10,18 +10,45 @@ import type { FieldError, ProblemBody } from '../../api/problem.js';
 export type { FieldError };
 
 const STORAGE_KEY = 'cloudgate.token';
+const EXPIRY_KEY = 'cloudgate.token.expiresAt';
 
 let token: string | undefined = sessionStorage.getItem(STORAGE_KEY) ?? undefined;
+/** When the token expires (ms since the epoch), where that is known: an OIDC sign-in's access token. */
+let expiresAt: number | undefined = Number(sessionStorage.getItem(EXPIRY_KEY)) || undefined;
 const signedOut = new Set<(why?: string) => void>();
 
-/** The bearer the next requests carry; `undefined` signs out. */
-export function setToken(t: string | undefined): void {
+let expiryTimer: ReturnType<typeof setTimeout> | undefined;
+
+/** The bearer the next requests carry (and when it expires, if known); `undefined` signs out. */
+export function setToken(t: string | undefined, expires?: number): void {
   token = t;
+  expiresAt = t === undefined ? undefined : expires;
   if (t === undefined) sessionStorage.removeItem(STORAGE_KEY);
   else sessionStorage.setItem(STORAGE_KEY, t);
+  if (expiresAt === undefined) sessionStorage.removeItem(EXPIRY_KEY);
+  else sessionStorage.setItem(EXPIRY_KEY, String(expiresAt));
+  watchExpiry();
 }
 
 export const hasToken = (): boolean => token !== undefined;
+
+function signOut(why: string | undefined): void {
+  setToken(undefined);
+  for (const f of signedOut) f(why);
+}
+
+const expiredWhy = (at: number) => `your sign-in expired at ${new Date(at).toLocaleTimeString()}; sign in again`;
+
+/** A page left open past the token's expiry goes back to the sign-in page then, not at its next request. */
+function watchExpiry(): void {
+  clearTimeout(expiryTimer);
+  if (token === undefined || expiresAt === undefined) return;
+  const at = expiresAt;
+  // setTimeout takes at most 2^31-1 ms; a longer-lived token is looked at again then.
+  expiryTimer = setTimeout(() => (Date.now() >= at ? signOut(expiredWhy(at)) : watchExpiry()), Math.min(Math.max(at - Date.now(), 0), 2 ** 31 - 1));
+}
+// A reload of the tab: a token that expired meanwhile is caught by the first request (call()), once the page listens.
+if (expiresAt === undefined || Date.now() < expiresAt) watchExpiry();
 
 /** Called when the API refuses the bearer (revoked, expired): the app shows the sign-in page. */
 export function onSignedOut(f: (why?: string) => void): () => void {
@@ -67,6 +94,12 @@ export async function getIfChanged<T>(path: string, etag: string | undefined): P
 }
 
 async function call<T>(method: string, path: string, opts: RequestOptions): Promise<{ status: number; body: T | undefined; etag?: string }> {
+  // An access token past its expiry: back to the sign-in page at once, rather than a request the API must refuse.
+  if (token !== undefined && expiresAt !== undefined && Date.now() >= expiresAt) {
+    const detail = expiredWhy(expiresAt);
+    signOut(detail);
+    throw new ApiError(401, { title: 'Unauthorized', detail });
+  }
   let res: Response;
   try {
     res = await fetch(path, {
@@ -96,10 +129,7 @@ async function call<T>(method: string, path: string, opts: RequestOptions): Prom
     } catch {
       problem = { title: res.statusText, detail: text.slice(0, 500) || `HTTP ${res.status}` };
     }
-    if (res.status === 401 && token !== undefined) {
-      setToken(undefined);
-      for (const f of signedOut) f(problem.detail);
-    }
+    if (res.status === 401 && token !== undefined) signOut(problem.detail);
     throw new ApiError(res.status, problem);
   }
   const body = (opts.text ? text : text === '' ? undefined : JSON.parse(text)) as T;

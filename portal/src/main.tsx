@@ -1,16 +1,42 @@
 /**
- * The web portal's entry point: sign-in (paste an API token; checked with `GET /v1/me`), the
- * frame (skip link, navigation, who is signed in) and the pages by hash route.
+ * The web portal's entry point: sign-in (the site's OIDC provider where it offers one, or
+ * paste an API token; either checked with `GET /v1/me`), the frame (skip link, navigation,
+ * who is signed in) and the pages by hash route.
  */
 import { render } from 'preact';
 import { useEffect, useState } from 'preact/hooks';
+import type { LoginOptions } from '../../api/schemas.js';
 import { api, type ApiError, hasToken, onSignedOut, setToken, type Me } from './api.js';
 import { ClusterList, ClusterPage } from './clusters.js';
 import { ContextEdit, ContextList, ContextPage } from './contexts.js';
 import { DefinitionEditor, DefinitionList, DefinitionPage } from './definitions.js';
-import { href, PageTitle, ProblemBanner, useRoute } from './ui.js';
+import { finishSignIn, isCallback, issuerLabel, startSignIn, type OidcLogin } from './oidc.js';
+import { asApiError, href, PageTitle, ProblemBanner, useRoute } from './ui.js';
 
-function SignIn(props: { onSignedIn: (me: Me) => void; reason?: string }) {
+/** "Sign in with <issuer>": off to the provider (the page comes back through {@link finishSignIn}). */
+function OidcSignIn(props: { login: OidcLogin }) {
+  const [error, setError] = useState<ApiError>();
+  const [busy, setBusy] = useState(false);
+  const go = () => {
+    setBusy(true);
+    setError(undefined);
+    startSignIn(props.login).catch((err: unknown) => {
+      setError(asApiError(err));
+      setBusy(false);
+    });
+  };
+  return (
+    <div class="oidc">
+      <button class="primary" type="button" onClick={go} disabled={busy}>
+        Sign in with {issuerLabel(props.login.issuer)}
+      </button>
+      <ProblemBanner error={error} what={`Sign-in with ${issuerLabel(props.login.issuer)} failed`} />
+      <p class="hint">Or paste a token:</p>
+    </div>
+  );
+}
+
+function SignIn(props: { onSignedIn: (me: Me) => void; reason?: string; login?: OidcLogin; error?: ApiError }) {
   const [value, setValue] = useState('');
   const [error, setError] = useState<ApiError>();
   const [busy, setBusy] = useState(false);
@@ -36,6 +62,8 @@ function SignIn(props: { onSignedIn: (me: Me) => void; reason?: string }) {
           You were signed out: {props.reason}
         </p>
       )}
+      <ProblemBanner error={props.error} what="Sign-in failed" />
+      {props.login?.clientId && <OidcSignIn login={props.login} />}
       <form onSubmit={submit}>
         <div class="field">
           <label for="token">API token</label>
@@ -84,8 +112,10 @@ function Page(props: { route: string[]; me: Me }) {
 
 function App() {
   const [me, setMe] = useState<Me>();
-  const [checking, setChecking] = useState(hasToken());
+  const [checking, setChecking] = useState(hasToken() || isCallback());
   const [reason, setReason] = useState<string>();
+  const [login, setLogin] = useState<OidcLogin>();
+  const [signInError, setSignInError] = useState<ApiError>();
   const route = useRoute();
 
   useEffect(
@@ -96,8 +126,33 @@ function App() {
       }),
     [],
   );
-  // A reload of the tab: the token from sessionStorage, checked again.
   useEffect(() => {
+    // How else one may sign in (public); without it, the token form alone.
+    const options = api<LoginOptions>('GET', '/v1/login-options').then(
+      (o) => {
+        setLogin(o.oidc);
+        return o.oidc;
+      },
+      () => undefined,
+    );
+    // Back from the provider: trade the code for the access token, which then stands where a pasted token does.
+    if (isCallback()) {
+      options
+        .then(async (oidc) => {
+          if (!oidc) throw new Error('this site offers no OIDC sign-in');
+          const signedIn = await finishSignIn(oidc);
+          setToken(signedIn.accessToken, signedIn.expiresAt);
+          setMe(await api<Me>('GET', '/v1/me'));
+        })
+        .catch((err: unknown) => {
+          setToken(undefined);
+          setReason(undefined);
+          setSignInError(asApiError(err));
+        })
+        .finally(() => setChecking(false));
+      return;
+    }
+    // A reload of the tab: the token from sessionStorage, checked again.
     if (!hasToken()) return;
     api<Me>('GET', '/v1/me').then(setMe, () => setToken(undefined)).finally(() => setChecking(false));
   }, []);
@@ -111,8 +166,11 @@ function App() {
         </header>
         <SignIn
           reason={reason}
+          login={login}
+          error={signInError}
           onSignedIn={(m) => {
             setReason(undefined);
+            setSignInError(undefined);
             setMe(m);
           }}
         />
@@ -151,6 +209,7 @@ function App() {
             onClick={() => {
               setToken(undefined);
               setReason(undefined);
+              setSignInError(undefined);
               setMe(undefined);
             }}
           >
