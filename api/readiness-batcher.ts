@@ -12,6 +12,15 @@ export interface BatcherOptions {
   maxDelayMs?: number;
   /** A batch is sent as soon as it has this many reports (default 200). */
   maxBatch?: number;
+  /**
+   * The least time between two batches to one key from this process (default 250 ms): what
+   * arrives meanwhile waits and goes together. A 10,000-instance service phoning home at once
+   * otherwise received a signal every 40 ms (one round trip) per API process; while one of its
+   * long workflow tasks ran, more than 100 signals buffered up, and the Temporal server then
+   * fails the task (`FORCE_CLOSE_COMMAND`, `history.maximumBufferedEventsBatch`) and the
+   * workflow starts it again from the top — over and over.
+   */
+  minIntervalMs?: number;
 }
 
 /** How a batcher weighs and isolates its items (the caller's knowledge of them). */
@@ -40,6 +49,8 @@ interface Lane<T> {
   pending: Pending<T>[];
   timer?: NodeJS.Timeout;
   inFlight: boolean;
+  /** When the last batch to this key was sent (0: none lately). */
+  lastSentAt: number;
   /** Settles when the batch in flight settled. */
   sending?: Promise<void>;
 }
@@ -55,6 +66,7 @@ export class Batcher<T> {
   private readonly maxDelayMs: number;
   private readonly maxBatch: number;
   private readonly maxWeight: number;
+  private readonly minIntervalMs: number;
 
   constructor(
     private readonly send: BatchSender<T>,
@@ -63,6 +75,7 @@ export class Batcher<T> {
   ) {
     this.maxDelayMs = opts.maxDelayMs ?? 50;
     this.maxBatch = opts.maxBatch ?? 200;
+    this.minIntervalMs = opts.minIntervalMs ?? 250;
     this.maxWeight = items.maxBatchWeight ?? Infinity;
   }
 
@@ -70,7 +83,7 @@ export class Batcher<T> {
   submit(key: string, item: T): Promise<void> {
     let lane = this.lanes.get(key);
     if (!lane) {
-      lane = { pending: [], inFlight: false };
+      lane = { pending: [], inFlight: false, lastSentAt: 0 };
       this.lanes.set(key, lane);
     }
     const l = lane;
@@ -79,8 +92,10 @@ export class Batcher<T> {
     const done = new Promise<void>((res, rej) => ((resolve = res), (reject = rej)));
     l.pending.push({ item, weight: this.items.weigh?.(item) ?? 0, resolve, reject, done });
     if (l.inFlight) return done; // goes out when the current batch settles
-    if (l.pending.length >= this.maxBatch || l.pending.reduce((w, p) => w + p.weight, 0) >= this.maxWeight) this.flush(key, l);
-    else l.timer ??= setTimeout(() => this.flush(key, l), this.maxDelayMs);
+    const full = l.pending.length >= this.maxBatch || l.pending.reduce((w, p) => w + p.weight, 0) >= this.maxWeight;
+    const wait = this.untilNextSend(l);
+    if (full && wait === 0) this.flush(key, l);
+    else if (!l.timer) l.timer = setTimeout(() => this.flush(key, l), Math.max(wait, full ? 0 : this.maxDelayMs));
     return done;
   }
 
@@ -92,6 +107,11 @@ export class Batcher<T> {
       if (!lane.inFlight) this.flush(key, lane);
     }
     await Promise.allSettled(waits);
+  }
+
+  /** How long `lane` must wait before its next batch (its minimum interval since the last one). */
+  private untilNextSend(lane: Lane<T>): number {
+    return Math.max(0, lane.lastSentAt + this.minIntervalMs - Date.now());
   }
 
   private flush(key: string, lane: Lane<T>): void {
@@ -109,6 +129,7 @@ export class Batcher<T> {
       return;
     }
     lane.inFlight = true;
+    lane.lastSentAt = Date.now();
     lane.sending = this.sendSafely(
       key,
       batch.map((p) => p.item),
@@ -123,9 +144,17 @@ export class Batcher<T> {
     void lane.sending.then(() => {
       lane.inFlight = false;
       lane.sending = undefined;
-      // Whatever queued up meanwhile has waited one round trip already: send it now.
-      if (lane.pending.length > 0) this.flush(key, lane);
-      else this.lanes.delete(key);
+      // Whatever queued up meanwhile has waited one round trip already: send it once the interval allows.
+      const wait = this.untilNextSend(lane);
+      if (lane.pending.length > 0) {
+        if (wait === 0) this.flush(key, lane);
+        else lane.timer = setTimeout(() => this.flush(key, lane), wait);
+      } else if (wait === 0) this.lanes.delete(key);
+      else {
+        // Kept a while, empty, so that the next report to this key still keeps the interval.
+        lane.timer = setTimeout(() => this.flush(key, lane), wait);
+        lane.timer.unref();
+      }
     });
   }
 

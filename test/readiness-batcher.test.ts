@@ -63,7 +63,7 @@ describe('readiness batcher', () => {
 
   it('keeps one batch in flight per key and sends what queued meanwhile, in order', async () => {
     const r = recorder();
-    const b = new Batcher<number>(r.send, { maxDelayMs: 5, maxBatch: 4 });
+    const b = new Batcher<number>(r.send, { maxDelayMs: 5, maxBatch: 4, minIntervalMs: 0 });
     const all: Promise<void>[] = [];
     all.push(b.submit('wf', 1), b.submit('wf', 2));
     await sleep(20);
@@ -84,6 +84,24 @@ describe('readiness batcher', () => {
     expect(r.maxInFlight()).toBe(1);
   });
 
+  it('sends at most one batch per key per minimum interval: what arrives meanwhile goes together, other keys are not held', async () => {
+    const r = recorder();
+    const b = new Batcher<number>(r.send, { maxDelayMs: 5, minIntervalMs: 300 });
+    const all = [b.submit('wf', 1)];
+    await sleep(20);
+    r.calls[0].settle();
+    await all[0];
+    // Answered at once, but the next batch to 'wf' waits out the interval; 'other' goes after its 5 ms.
+    for (let i = 2; i <= 6; i++) all.push(b.submit('wf', i));
+    all.push(b.submit('other', 99));
+    await sleep(60);
+    expect(r.calls.map((c) => c.key)).toEqual(['wf', 'other']);
+    await sleep(300);
+    expect(r.calls.map((c) => c.items)).toEqual([[1], [99], [2, 3, 4, 5, 6]]);
+    r.calls.forEach((c) => c.settle());
+    await Promise.all(all);
+  });
+
   it('runs different keys concurrently', async () => {
     const r = recorder();
     const b = new Batcher<number>(r.send, { maxDelayMs: 5 });
@@ -97,7 +115,7 @@ describe('readiness batcher', () => {
 
   it("rejects every report of a failed batch with the sender's error, and later batches still go", async () => {
     const r = recorder();
-    const b = new Batcher<number>(r.send, { maxDelayMs: 5 });
+    const b = new Batcher<number>(r.send, { maxDelayMs: 5, minIntervalMs: 0 });
     const first = [b.submit('wf', 1), b.submit('wf', 2)];
     await sleep(20);
     const second = b.submit('wf', 3);

@@ -148,6 +148,8 @@ export async function startTemporalServerPeer(pg: PostgresPeer, opts: TemporalSe
     stringifyYaml({
       // Search attributes added at start-up are usable at once (the dev server sets it too).
       'system.forceSearchAttributesCacheRefreshOnRead': [{ value: true, constraints: {} }],
+      // As docker/temporal/dynamicconfig.yaml: room for the signals a 10,000-instance service receives during one of its workflow tasks.
+      'history.maximumBufferedEventsBatch': [{ value: 500, constraints: {} }],
     }),
   );
   const config = {
