@@ -10,8 +10,8 @@
  * 1. the three-tier cluster (1 % proxy, 4 % head after it, 95 % workers after head) at each
  *    size of `BENCH_SIZES` (default 1000,5000,10000) with one worker process, and the largest
  *    again with two: wall, ratio to the ideal, `GET /v1/clusters/:id` p50/p99 at
- *    `BENCH_READ_RATE` (200) requests/s through the deployment (`BENCH_TWO_WORKERS=0`: one
- *    worker only), peak RSS of each worker and API
+ *    `BENCH_READ_RATE` (200) requests/s through the deployment (`BENCH_LARGEST_WORKERS`, default
+ *    `1,2`: the worker counts of the largest size's runs), peak RSS of each worker and API
  *    process, the largest history and payload-size warnings, and the time to replay the
  *    largest run of each workflow;
  * 2. `BENCH_CLUSTERS` (50) clusters of 100 instances (2 → 8 → 90) submitted at once: time to
@@ -39,8 +39,8 @@ const readyMs = Number(process.env.BENCH_READY_MS ?? 5_000);
 const sizes = (process.env.BENCH_SIZES ?? '1000,5000,10000').split(',').map(Number);
 const readRate = Number(process.env.BENCH_READ_RATE ?? 200);
 const manyClusters = Number(process.env.BENCH_CLUSTERS ?? 50);
-/** `BENCH_TWO_WORKERS=0` skips the second run of the largest size (with two workers). */
-const twoWorkers = process.env.BENCH_TWO_WORKERS !== '0';
+/** The worker processes of each run of the largest size (`BENCH_LARGEST_WORKERS`, default `1,2`); smaller sizes run with one. */
+const largestWorkers = (process.env.BENCH_LARGEST_WORKERS ?? '1,2').split(',').filter(Boolean).map(Number);
 const ideal = (3 * (bootMs + readyMs)) / 1000;
 const log = (msg: string) => console.error(`[bench:scale] ${msg}`);
 
@@ -354,8 +354,9 @@ function print({ scenario, figures }: Row): void {
 
 try {
   const started = Date.now();
-  for (const size of sizes) await threeTierRun(size, 1);
-  if (twoWorkers) await threeTierRun(Math.max(...sizes), 2);
+  const largest = Math.max(...sizes);
+  for (const size of sizes.filter((s) => s !== largest)) await threeTierRun(size, 1);
+  for (const workers of largestWorkers) await threeTierRun(largest, workers);
   if (manyClusters > 0) await manyClustersRun(manyClusters);
   console.log(`\n=== scale on the ${site.kind} (boot ${bootMs} ms + readiness ${readyMs} ms; ideal ${ideal} s) — ${((Date.now() - started) / 60_000).toFixed(1)} min ===`);
   for (const row of rows) print(row);

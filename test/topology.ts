@@ -127,7 +127,8 @@ export async function startTopology(opts: TopologyOptions = {}): Promise<Topolog
       CLOUDGATE_WORKER_METRICS_PORT: '',
     };
 
-    const connection = await Connection.connect({ address: temporal.address });
+    // A page of a 10,000-instance service's history is over gRPC's default 4 MB (5.1 MB measured).
+    const connection = await Connection.connect({ address: temporal.address, channelArgs: { 'grpc.max_receive_message_length': 64 * 1024 * 1024 } });
     cleanups.push(() => connection.close());
 
     const replica = (name: string, entry: string, extraEnv: NodeJS.ProcessEnv, ready: (proc: ChildProcess) => Promise<unknown>): Replica => {
