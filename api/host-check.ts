@@ -8,6 +8,7 @@
 import { isIP } from 'node:net';
 import type { RequestHandler } from 'express';
 import { Problem } from './problem.js';
+import { isLoopbackHost } from '../model/loopback.js';
 
 export interface HostCheckOptions {
   /** The address the server listens on (`CLOUDGATE_API_HOST`); the check applies when it is loopback. */
@@ -21,13 +22,6 @@ export interface HostCheckOptions {
 /** The host names accepted always (besides the public URL's). */
 const LOOPBACK_NAMES = ['localhost', '127.0.0.1', '[::1]'];
 
-/** True for `localhost`, 127.0.0.0/8 and ::1 (also as an IPv4-mapped address). */
-export function isLoopbackHost(host: string): boolean {
-  const h = host.replace(/^\[|\]$/g, '').toLowerCase();
-  if (h === 'localhost' || h === '::1') return true;
-  const v4 = h.startsWith('::ffff:') ? h.slice(7) : h;
-  return isIP(v4) === 4 && v4.startsWith('127.');
-}
 
 /** The name part of a `Host` header or `host[:port]`: lower case, IPv6 kept in brackets. */
 export function hostName(host: string): string {

@@ -9,6 +9,7 @@
  */
 import * as oidc from 'openid-client';
 import type { LoginOptions } from '../api/schemas.js';
+import { isLoopbackHttp } from '../model/loopback.js';
 import { ApiClient, CliError, EXIT } from './client.js';
 import { configPath, readConfig, writeConfig, type OidcSession, type UserConfig } from './config.js';
 
@@ -18,7 +19,7 @@ const EXPIRY_MARGIN_MS = 30_000;
 /** Plain http only for a provider on this machine (a developer's or a test's); anything else must be https. */
 function httpOptions(issuer: URL): oidc.DiscoveryRequestOptions {
   if (issuer.protocol === 'https:') return { timeout: 30 };
-  if (issuer.protocol === 'http:' && ['localhost', '127.0.0.1', '[::1]'].includes(issuer.hostname)) return { timeout: 30, execute: [oidc.allowInsecureRequests] };
+  if (isLoopbackHttp(issuer)) return { timeout: 30, execute: [oidc.allowInsecureRequests] };
   throw new CliError(`the identity provider ${issuer.href} is not https`, EXIT.usage);
 }
 

@@ -11,6 +11,7 @@
  */
 import * as oauth from 'oauth4webapi';
 import type { OidcLogin } from '../../api/schemas.js';
+import { isLoopbackHttp } from '../../model/loopback.js';
 
 export type { OidcLogin };
 
@@ -32,9 +33,8 @@ export interface SignedIn {
 }
 
 /** Plain http only for a provider on this machine (a developer's or a test's); anything else must be https. */
-const loopback = (url: URL) => url.protocol === 'http:' && ['localhost', '127.0.0.1', '[::1]'].includes(url.hostname);
 
-const httpOptions = (issuer: URL) => ({ [oauth.allowInsecureRequests]: loopback(issuer) });
+const httpOptions = (issuer: URL) => ({ [oauth.allowInsecureRequests]: isLoopbackHttp(issuer) });
 
 /** Where the provider sends the user back: this page, without query or fragment (the client's registered redirect URI). */
 export const redirectUri = (): string => `${location.origin}/`;
