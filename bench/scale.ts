@@ -21,7 +21,8 @@
  * deployment does.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Client, Connection } from '@temporalio/client';
@@ -177,9 +178,38 @@ const request = async (method: string, url: string, body?: unknown): Promise<any
   }
 };
 
-/** Peak resident memory of each watched process while `fn` runs (sampled every second). */
-async function watchRss<T>(fn: () => Promise<T>): Promise<{ result: T; rss: Record<string, number> }> {
+/** What a process on this machine is, for the CPU figures: cloudgate's node processes by their entry file, the rest by command name. */
+function processKind(pid: string): string | undefined {
+  try {
+    const cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+    const entry = cmd.find((a) => /(api|workers)\/main\.ts$|bench\/(main|read-load)\.ts$/.test(a));
+    if (entry) return { 'api/main.ts': 'API processes', 'workers/main.ts': 'worker processes', 'bench/main.ts': 'bench (and proxy)', 'bench/read-load.ts': 'reader' }[entry.split('/').slice(-2).join('/')];
+    if (/temporal.*\/server$/.test(cmd[0]) || (/\btemporal$/.test(cmd[0]) && cmd.includes('start-dev'))) return 'Temporal server';
+    return readFileSync(`/proc/${pid}/comm`, 'utf8').startsWith('postgres') ? 'PostgreSQL' : undefined;
+  } catch {
+    return undefined; // exited meanwhile
+  }
+}
+
+/** CPU seconds a process has used so far (user + system), from /proc. */
+function cpuSeconds(pid: string): number | undefined {
+  try {
+    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in clock ticks (USER_HZ 100)
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * While `fn` runs (sampled every second): the peak resident memory of each watched process,
+ * and the CPU seconds each kind of process on the machine used (cloudgate's, PostgreSQL's, the
+ * Temporal server's, the bench's) — where a 2-core machine's time goes.
+ */
+async function watchProcesses<T>(fn: () => Promise<T>): Promise<{ result: T; rss: Record<string, number>; cpu: Record<string, number> }> {
   const rss: Record<string, number> = {};
+  const first = new Map<string, number>();
+  const last = new Map<string, { kind: string; cpu: number }>();
   const sample = () => {
     for (const { name, pid } of site.pids()) {
       try {
@@ -189,16 +219,39 @@ async function watchRss<T>(fn: () => Promise<T>): Promise<{ result: T; rss: Reco
         // exited meanwhile
       }
     }
+    for (const pid of readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
+      const kind = last.get(pid)?.kind ?? processKind(pid);
+      const cpu = kind ? cpuSeconds(pid) : undefined;
+      if (!kind || cpu === undefined) continue;
+      // A process running before counts from its first sample, one started meanwhile from zero.
+      if (!first.has(pid)) first.set(pid, baseline ? cpu : 0);
+      last.set(pid, { kind, cpu });
+    }
   };
+  let baseline = true;
   sample();
+  baseline = false;
   const timer = setInterval(sample, 1000);
+  let result: T;
   try {
-    return { result: await fn(), rss };
+    result = await fn();
   } finally {
     clearInterval(timer);
     sample();
   }
+  const cpu: Record<string, number> = {};
+  for (const [pid, { kind, cpu: used }] of last) cpu[kind] = (cpu[kind] ?? 0) + used - first.get(pid)!;
+  return { result, rss, cpu };
 }
+
+/** CPU seconds by kind of process, largest first. */
+const cpuFigure = (cpu: Record<string, number>, wall: number): [string, string] => [
+  `CPU seconds used (of ${(os.availableParallelism() * wall).toFixed(0)} on ${os.availableParallelism()} cores)`,
+  Object.entries(cpu)
+    .sort((a, b) => b[1] - a[1])
+    .map(([kind, s]) => `${kind} ${s.toFixed(0)}`)
+    .join(', '),
+];
 
 /** A reader process asking for `url` at `rate`/s until the returned function is called; that resolves its figures. */
 function startReader(url: string, rate: number): () => Promise<Record<string, number>> {
@@ -233,14 +286,20 @@ async function waitAll(ids: string[], state: string, t0: number, label: string):
   const left = new Set(ids);
   let lastLog = 0;
   let lastLine = '';
+  let lastProgress = 0;
   while (left.size > 0) {
     for (const id of [...left]) {
       const c = await request('GET', `/v1/clusters/${id}`);
       // One cluster: each change of its services, timed (where the time goes).
       if (ids.length === 1) {
-        const services = c.services as { name: string; state: string; ready: number; desired: number }[];
+        const services = c.services as { name: string; state: string; ready: number; desired: number; clouds?: Record<string, { instances: number }> }[];
         const key = services.map((s) => `${s.name} ${s.state}`).join(', ');
-        if (key !== lastLine) log(`${label}: ${((Date.now() - t0) / 1000).toFixed(1)} s: ${services.map((s) => `${s.name} ${s.state} ${s.ready}/${s.desired}`).join(', ')}`);
+        // Each change of state, and every 5 s the instances created and ready of each service.
+        if (key !== lastLine || Date.now() - lastProgress > 5000) {
+          const created = (s: (typeof services)[number]) => Object.values(s.clouds ?? {}).reduce((n, x) => n + x.instances, 0);
+          log(`${label}: ${((Date.now() - t0) / 1000).toFixed(1)} s: ${services.map((s) => `${s.name} ${s.state} ${created(s)} created ${s.ready}/${s.desired} ready`).join(', ')}`);
+          lastProgress = Date.now();
+        }
         lastLine = key;
       }
       if (c.state === state) left.delete(id);
@@ -291,7 +350,7 @@ async function threeTierRun(size: number, workers: number): Promise<void> {
   const label = `${size} instances, ${workers} worker${workers === 1 ? '' : 's'}`;
   const def = await request('POST', '/v1/cluster-definitions', threeTier(`scale-${size}-${workers}w`, p, h, w));
   log(`${label}: deploying (proxy ${p} → head ${h} → workers ${w})`);
-  const { result, rss } = await watchRss(async () => {
+  const { result, rss, cpu } = await watchProcesses(async () => {
     const t0 = Date.now();
     const cluster = await request('POST', '/v1/clusters', { definitionId: def.id, cloud: 'sim' });
     const stopReader = readRate > 0 ? startReader(`/v1/clusters/${cluster.id}`, readRate) : undefined;
@@ -311,6 +370,7 @@ async function threeTierRun(size: number, workers: number): Promise<void> {
         ? ([[`GET /v1/clusters/:id at ${readRate}/s`, `p50 ${result.reads.p50} ms, p99 ${result.reads.p99} ms, max ${result.reads.max} ms (${result.reads.answered}/${result.reads.sent} answered, ${result.reads.non2xx} non-2xx)`]] as [string, string][])
         : []),
       ['peak RSS', Object.entries(rss).map(([n, mib]) => `${n} ${mib} MiB`).join(', ')],
+      cpuFigure(cpu, result.wall),
       ['largest history', `${largest.events} events (${largest.id})`],
       ['payload or history size warnings (so far)', String(site.sizeWarnings())],
       ['replay of the largest run of each workflow', replays.join('; ')],
@@ -325,7 +385,7 @@ async function manyClustersRun(n: number): Promise<void> {
   const def = await request('POST', '/v1/cluster-definitions', threeTier('scale-hundred', 2, 8, 90));
   const label = `${n} clusters × 100 instances at once, 2 workers`;
   log(`${label}: submitting`);
-  const { result, rss } = await watchRss(async () => {
+  const { result, rss, cpu } = await watchProcesses(async () => {
     const t0 = Date.now();
     const ids = (await Promise.all(Array.from({ length: n }, () => request('POST', '/v1/clusters', { definitionId: def.id, cloud: 'sim' })))).map((c) => c.id as string);
     const submitted = (Date.now() - t0) / 1000;
@@ -341,6 +401,7 @@ async function manyClustersRun(n: number): Promise<void> {
       ['all submitted (202) after', `${result.submitted.toFixed(1)} s`],
       ['all READY / ideal', `${result.wall.toFixed(1)} s / ${ideal.toFixed(0)} s = ${(result.wall / ideal).toFixed(3)}`],
       ['peak RSS', Object.entries(rss).map(([name, mib]) => `${name} ${mib} MiB`).join(', ')],
+      cpuFigure(cpu, result.wall),
       ['all TERMINATED after', `${teardown.toFixed(1)} s`],
     ],
   });

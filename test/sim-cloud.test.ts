@@ -11,7 +11,7 @@ import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { CloudError, type InstanceSpec } from '../clouds/contract.js';
-import { SimRulesSchema, createSimCloud, type SimCloud, type SimCloudOptions } from '../clouds/sim.js';
+import { PHONE_HOMES_IN_FLIGHT, SimRulesSchema, createSimCloud, type SimCloud, type SimCloudOptions } from '../clouds/sim.js';
 import { NO_CONTEXT, renderContextUserData } from '../model/user-data.js';
 
 interface Received {
@@ -383,7 +383,7 @@ describe('sim at scale', () => {
         `first→last phone-home ${lastAt - firstAt} ms over ${gateway.sockets.size} connections`,
     );
     expect(new Set(gateway.received.map((r) => r.instanceId)).size).toBe(1000);
-    expect(gateway.sockets.size).toBeLessThanOrEqual(32); // keep-alive, bounded concurrency
+    expect(gateway.sockets.size).toBeLessThanOrEqual(PHONE_HOMES_IN_FLIGHT); // keep-alive, bounded concurrency
     expect((await sim.listInstances({ cluster: 'big' })).length).toBe(1000);
   });
 });
