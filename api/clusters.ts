@@ -460,8 +460,10 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
   router.get('/v1/clusters/:id', async (req, res) => {
     queryOf(req, NoQuerySchema);
     const id = param(req, 'id');
-    // The three reads at once (one round trip's wait, not three); the views are only used once the cluster is known to be the caller's.
-    const [c, view, serviceViews] = await Promise.all([clusterOr404(id, principalOf(res)), store.getClusterView(id), store.getServiceViews(id)]);
+    // The cluster and its views in one statement; the views are only used once the cluster is known to be the caller's.
+    const read = isName(id) ? await store.getClusterRead(id) : undefined;
+    if (!read || !canSee(principalOf(res), read.cluster.owner)) throw notFound(`no cluster "${id}"`);
+    const { cluster: c, view, services: serviceViews } = read;
     const fixed = {
       id: c.id,
       name: c.name,

@@ -26,6 +26,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Client, Connection } from '@temporalio/client';
+import Database from 'better-sqlite3';
 import type { DataConverter } from '@temporalio/common';
 import { bundleWorkflowCode, DefaultLogger, Worker } from '@temporalio/worker';
 import { startApi } from '../api/main.js';
@@ -50,6 +51,8 @@ interface Site {
   kind: string;
   /** Where users (and the reader) call the API. */
   url: string;
+  /** The data folder the workers share (the sim cloud's state file is in it). */
+  dataDir: string;
   authorization: string;
   client: Client;
   /** The workers' data converter (payloads are encrypted), for replays. */
@@ -78,6 +81,7 @@ async function productionSite(): Promise<Site | undefined> {
   return {
     kind: 'production topology: PostgreSQL 15, Temporal server 1.32.2, 2 API processes behind a proxy',
     url: top.url,
+    dataDir: top.dataDir,
     authorization: `Bearer ${top.adminToken}`,
     client: top.client,
     dataConverter: payloadDataConverter(loadPayloadKeys(top.config)),
@@ -122,6 +126,7 @@ async function devSite(): Promise<Site> {
   return {
     kind: `Temporal dev server (SQLite), API in the bench process`,
     url: api.url,
+    dataDir,
     authorization: auth,
     client,
     dataConverter: payloadDataConverter(loadPayloadKeys(config)),
@@ -314,6 +319,35 @@ async function waitAll(ids: string[], state: string, t0: number, label: string):
   return (Date.now() - t0) / 1000;
 }
 
+/**
+ * Where a service's time went, from the sim cloud's own record of its guests: when the first
+ * and last were created (seconds after `t0`), and how late their phone-homes were delivered
+ * after falling due (boot + readiness delay after the create): p50, p99, max.
+ */
+function guestTimes(clusterId: string, t0: number): string {
+  const db = new Database(path.join(site.dataDir, 'sim-cloud.sqlite'), { readonly: true, fileMustExist: true });
+  try {
+    const rows = db
+      .prepare<{ cluster: string }, { service: string; created_at: number; late: number | null }>(
+        `SELECT service, created_at, phoned_at - phone_due_at AS late FROM instances WHERE cluster = @cluster AND terminated_at IS NULL ORDER BY service`,
+      )
+      .all({ cluster: clusterId });
+    const services = [...new Set(rows.map((r) => r.service))];
+    const s = (ms: number) => (ms / 1000).toFixed(1);
+    return services
+      .map((service) => {
+        const mine = rows.filter((r) => r.service === service);
+        const created = mine.map((r) => r.created_at - t0);
+        const late = mine.flatMap((r) => (r.late === null ? [] : [r.late])).sort((a, b) => a - b);
+        const at = (q: number) => late[Math.min(late.length - 1, Math.floor(q * late.length))] ?? 0;
+        return `${service}: created ${s(Math.min(...created))}–${s(Math.max(...created))} s, phone-homes late p50 ${s(at(0.5))} p99 ${s(at(0.99))} max ${s(late.at(-1) ?? 0)} s`;
+      })
+      .join('; ');
+  } finally {
+    db.close();
+  }
+}
+
 let bundle: Awaited<ReturnType<typeof bundleWorkflowCode>> | undefined;
 const quiet = new DefaultLogger('WARN');
 
@@ -356,7 +390,7 @@ async function threeTierRun(size: number, workers: number): Promise<void> {
     const stopReader = readRate > 0 ? startReader(`/v1/clusters/${cluster.id}`, readRate) : undefined;
     const wall = await waitAll([cluster.id], 'READY', t0, label);
     const reads = await stopReader?.();
-    return { id: cluster.id as string, wall, reads };
+    return { id: cluster.id as string, wall, reads, guests: guestTimes(cluster.id, t0) };
   });
   const { largest, replays } = await histories(result.id);
   const td0 = Date.now();
@@ -369,6 +403,7 @@ async function threeTierRun(size: number, workers: number): Promise<void> {
       ...(result.reads
         ? ([[`GET /v1/clusters/:id at ${readRate}/s`, `p50 ${result.reads.p50} ms, p99 ${result.reads.p99} ms, max ${result.reads.max} ms (${result.reads.answered}/${result.reads.sent} answered, ${result.reads.non2xx} non-2xx)`]] as [string, string][])
         : []),
+      ['guests (the sim cloud\'s record)', result.guests],
       ['peak RSS', Object.entries(rss).map(([n, mib]) => `${n} ${mib} MiB`).join(', ')],
       cpuFigure(cpu, result.wall),
       ['largest history', `${largest.events} events (${largest.id})`],

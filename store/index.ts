@@ -14,6 +14,8 @@
 import { createCipheriv, createDecipheriv, createHash, randomBytes, randomUUID } from 'node:crypto';
 import path from 'node:path';
 import { sql, type Selectable } from 'kysely';
+import { jsonArrayFrom as pgJsonArrayFrom, jsonObjectFrom as pgJsonObjectFrom } from 'kysely/helpers/postgres';
+import { jsonArrayFrom as sqliteJsonArrayFrom, jsonObjectFrom as sqliteJsonObjectFrom } from 'kysely/helpers/sqlite';
 import type { ClusterDefinition, Lifetime } from '../model/definition.js';
 import type { Window } from '../model/windows.js';
 import type { CloudOffering } from '../clouds/contract.js';
@@ -327,6 +329,12 @@ export interface Store extends CapacityLedger {
   getClusterView(clusterId: string): Promise<ClusterViewRecord | undefined>;
   /** Each service's last own publish, by service name; empty before the first. */
   getServiceViews(clusterId: string): Promise<ServiceViewRecord[]>;
+  /**
+   * A cluster with its views ({@link getCluster}, {@link getClusterView}, {@link getServiceViews})
+   * in one statement — one round trip, one connection: what `GET /v1/clusters/:id` reads, and
+   * pollers ask for it hundreds of times a second.
+   */
+  getClusterRead(id: string): Promise<{ cluster: ClusterRecord; view?: ClusterViewRecord; services: ServiceViewRecord[] } | undefined>;
   /** Published instances ordered by service, then ordinal; filters combine with AND. Throws {@link InvalidCursorError}. */
   listInstances(clusterId: string, query: InstanceQuery): Promise<Page<PublishedInstance>>;
   /**
@@ -972,6 +980,27 @@ function createStore(database: StoreDatabase, secretsKey: Buffer): Store {
       return r && toClusterView(r);
     },
     getServiceViews: async (clusterId) => (await db.selectFrom('service_views').selectAll().where('cluster_id', '=', clusterId).orderBy('service').execute()).map(toServiceView),
+    async getClusterRead(id) {
+      // The views as JSON beside the cluster's columns (each engine's JSON functions; SQLite's answer JSON as text).
+      const json = database.engine === 'postgres' ? { array: pgJsonArrayFrom, object: pgJsonObjectFrom } : { array: sqliteJsonArrayFrom, object: sqliteJsonObjectFrom };
+      const r = await db
+        .selectFrom('clusters as c')
+        .selectAll('c')
+        .select((eb) => [
+          json
+            .object(eb.selectFrom('cluster_views as v').select(['v.cluster_id', 'v.seq', 'v.observed_at', 'v.state', 'v.message', 'v.services', 'v.expires_at', 'v.change', 'v.drain_until']).whereRef('v.cluster_id', '=', 'c.id'))
+            .as('view'),
+          json
+            .array(eb.selectFrom('service_views as s').select(['s.cluster_id', 's.service', 's.seq', 's.observed_at', 's.summary']).whereRef('s.cluster_id', '=', 'c.id').orderBy('s.service'))
+            .as('service_views'),
+        ])
+        .where('c.id', '=', id)
+        .executeTakeFirst();
+      if (!r) return undefined;
+      const parsed = <T>(v: T | string | null): T | null => (typeof v === 'string' ? (JSON.parse(v) as T) : v);
+      const view = parsed(r.view);
+      return { cluster: toCluster(r), ...(view && { view: toClusterView(view) }), services: (parsed(r.service_views) ?? []).map(toServiceView) };
+    },
     async cloudInstanceIds(clusterId, ids) {
       const out: Record<string, string> = {};
       for (const part of slices(ids)) {

@@ -311,6 +311,25 @@ describe.each(ENGINES.map((e) => [e.name, e] as const))('store contract: %s', (_
       ]);
     }));
 
+  it('reads a cluster with its views in one statement, the same as the three reads', () =>
+    withStore(async (store) => {
+      const def = await store.createDefinition({ name: 'a', definition });
+      const c = await store.createCluster({ id: cid, name: 'c1', definitionId: def.id, cloud: 'sim', owner: 'alice', contexts: {}, windows: [] });
+      expect(await store.getClusterRead(cid)).toEqual({ cluster: c, services: [] });
+      expect(await store.getClusterRead('c9-zzzzzz')).toBeUndefined();
+      const change: ChangeView = { from: 'def-1', to: 'def-2', phase: 'rolling', maxUnavailable: 1, startedAt: at(1), services: { replace: ['workers'], add: [], remove: [], keep: [] } };
+      await store.publishCluster({ clusterId: cid, seq: 2, observedAt: at(2), state: 'DEPLOYING', message: 'deploying "quoted" ünïcode', services: [brief('proxy')], change, events: [] });
+      await store.publishService(servicePublish('workers', 3, { summary: brief('workers', { ready: 1, clouds: { sim: { instances: 2, ready: 1 } } }) }));
+      await store.publishService(servicePublish('proxy', 1));
+      const read = await store.getClusterRead(cid);
+      expect(read).toEqual({ cluster: await store.getCluster(cid), view: await store.getClusterView(cid), services: await store.getServiceViews(cid) });
+      expect(read?.view).toMatchObject({ seq: 2, state: 'DEPLOYING', change });
+      expect(read?.services.map((s) => [s.service, s.seq])).toEqual([
+        ['proxy', 1],
+        ['workers', 3],
+      ]);
+    }));
+
   it('issues, finds, lists and revokes API tokens', () =>
     withStore(async (store) => {
       const a = await store.createApiToken({ owner: 'alice', role: 'user', expiresAt: after(1000) });
