@@ -152,6 +152,13 @@ const GIVE_UP_MS = 10 * 60_000;
 /** Like EC2, terminated instances stay describable (as TERMINATED) for a while. */
 const TERMINATED_RETENTION_MS = 60 * 60_000;
 const PHONE_HOME_TIMEOUT_MS = 30_000;
+/**
+ * How long a ticker's claim on the due phone-homes it queued lasts. Several processes may run
+ * guests of one state file (the production topology's workers): each claims what it queues,
+ * so a guest phones home once, not once per process (which doubled the gateway's load). A
+ * claim of a process killed meanwhile runs out, and another process sends those.
+ */
+const CLAIM_MS = 15_000;
 
 interface Row {
   id: string;
@@ -291,8 +298,15 @@ export function createSimCloud(opts: SimCloudOptions): SimCloud {
   const purgeTerminated = db.prepare<{ before: number }>(
     `DELETE FROM instances WHERE terminated_at IS NOT NULL AND terminated_at <= @before`,
   );
-  const duePhoneHomes = db.prepare<Now & { limit: number }, { id: string }>(
-    `SELECT id FROM instances WHERE phone_next_at <= @now ORDER BY phone_next_at LIMIT @limit`,
+  // Claims (see CLAIM_MS) the longest due phone-homes: they fall due again when the claim runs out.
+  const claimDuePhoneHomes = db.prepare<Now & { limit: number; until: number }, { id: string }>(
+    `UPDATE instances SET phone_next_at = @until
+     WHERE id IN (SELECT id FROM instances WHERE phone_next_at <= @now ORDER BY phone_next_at LIMIT @limit)
+     RETURNING id`,
+  );
+  // Gives a claimed, unsent phone-home back (a stopping ticker): due now, for whoever runs next.
+  const unclaim = db.prepare<Now & { id: string }>(
+    `UPDATE instances SET phone_next_at = @now WHERE id = @id AND terminated_at IS NULL AND phone_next_at IS NOT NULL`,
   );
   const phoneRow = db.prepare<{ id: string }, PhoneRow>(
     `SELECT user_data, guest, phone_due_at, phone_attempts FROM instances
@@ -390,8 +404,8 @@ export function createSimCloud(opts: SimCloudOptions): SimCloud {
     deleteVanished.run({ now });
     purgeTerminated.run({ before: now - TERMINATED_RETENTION_MS });
     if (queued.size < QUEUE_BATCH) {
-      // Rows queued or in flight are still due, so ask for that many more than a batch.
-      for (const { id } of duePhoneHomes.all({ now, limit: queued.size + inFlight.size + QUEUE_BATCH })) {
+      for (const { id } of claimDuePhoneHomes.all({ now, limit: QUEUE_BATCH - queued.size, until: now + CLAIM_MS })) {
+        // Our own claim ran out while the phone-home waited or was in flight.
         if (queued.has(id) || inFlight.has(id)) continue;
         queued.add(id);
         queue.push(id);
@@ -475,6 +489,8 @@ export function createSimCloud(opts: SimCloudOptions): SimCloud {
     if (timer) clearTimeout(timer);
     timer = undefined;
     // Unsent phone-homes are still due in the file; whoever starts next sends them.
+    const now = Date.now();
+    if (queue.length > 0 && db.open) db.transaction(() => queue.forEach((id) => unclaim.run({ id, now })))();
     queue.length = 0;
     queued.clear();
     await Promise.all(inFlight.values());

@@ -314,6 +314,46 @@ describe('sim state is durable', () => {
   });
 });
 
+describe('two processes on one state file', () => {
+  it('each guest phones home once, whichever ticker claims it; a stopped ticker leaves its unsent claims to the other', async () => {
+    // Two opens of one file stand for the topology's two workers (each its own connection and ticker).
+    const file = path.join(dir, 'shared.sqlite');
+    const a = open({ file, bootMs: 50, readyDelayMs: 50 });
+    const b = open({ file, bootMs: 50, readyDelayMs: 50 });
+    a.start();
+    b.start();
+    const keys = Array.from({ length: 300 }, (_, i) => `shared-${i}`);
+    await Promise.all(keys.map((k, i) => create(i % 2 ? a : b, k, 'shared')));
+    await until('300 phone-homes', () => keys.every((k) => gateway.for(k).length > 0), 20_000);
+    await sleep(300); // a second send would come within a few ticks
+    expect(keys.filter((k) => gateway.for(k).length !== 1)).toEqual([]);
+
+    // `c` claims more than it keeps in flight (its sends held), and stops: `b` sends the rest.
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    const sentByC: string[] = [];
+    const c = open({ file, bootMs: 50, readyDelayMs: 50, phoneHome: async (url) => (sentByC.push(url.split('/').pop()!), await held, 204) });
+    await b.stop();
+    await a.stop();
+    c.start();
+    const later = Array.from({ length: PHONE_HOMES_IN_FLIGHT + 88 }, (_, i) => `shared-late-${i}`);
+    await Promise.all(later.map((k) => create(c, k, 'shared')));
+    await until('c to have its phone-homes in flight', () => sentByC.length === PHONE_HOMES_IN_FLIGHT);
+    await sleep(200);
+    const stopping = c.stop();
+    release();
+    await stopping;
+    b.start();
+    // Those c claimed and never sent are due again at once, not after the claim runs out (15 s).
+    const sent = (k: string) => gateway.for(k).length + sentByC.filter((x) => x === k).length;
+    await until('the rest of the phone-homes', () => later.every((k) => sent(k) > 0), 5_000);
+    await sleep(300);
+    expect(later.filter((k) => sent(k) !== 1)).toEqual([]);
+    expect(sentByC).toHaveLength(PHONE_HOMES_IN_FLIGHT);
+    await b.stop();
+  });
+});
+
 describe('sim state survives kill -9', () => {
   it('a process killed mid-burst leaves every instance it reported, and a restart does not duplicate them', async () => {
     const file = path.join(dir, 'killed.sqlite');
