@@ -47,6 +47,8 @@ interface Pending<T> {
 
 interface Lane<T> {
   pending: Pending<T>[];
+  /** The weight of `pending`, kept as items come and go. */
+  weight: number;
   timer?: NodeJS.Timeout;
   inFlight: boolean;
   /** When the last batch to this key was sent (0: none lately). */
@@ -83,16 +85,18 @@ export class Batcher<T> {
   submit(key: string, item: T): Promise<void> {
     let lane = this.lanes.get(key);
     if (!lane) {
-      lane = { pending: [], inFlight: false, lastSentAt: 0 };
+      lane = { pending: [], weight: 0, inFlight: false, lastSentAt: 0 };
       this.lanes.set(key, lane);
     }
     const l = lane;
     let resolve!: () => void;
     let reject!: (err: unknown) => void;
     const done = new Promise<void>((res, rej) => ((resolve = res), (reject = rej)));
-    l.pending.push({ item, weight: this.items.weigh?.(item) ?? 0, resolve, reject, done });
+    const weight = this.items.weigh?.(item) ?? 0;
+    l.pending.push({ item, weight, resolve, reject, done });
+    l.weight += weight;
     if (l.inFlight) return done; // goes out when the current batch settles
-    const full = l.pending.length >= this.maxBatch || l.pending.reduce((w, p) => w + p.weight, 0) >= this.maxWeight;
+    const full = l.pending.length >= this.maxBatch || l.weight >= this.maxWeight;
     const wait = this.untilNextSend(l);
     if (full && wait === 0) this.flush(key, l);
     else if (!l.timer) l.timer = setTimeout(() => this.flush(key, l), Math.max(wait, full ? 0 : this.maxDelayMs));
@@ -124,6 +128,7 @@ export class Batcher<T> {
       if (count > 0 && weight > this.maxWeight) break;
     }
     const batch = lane.pending.splice(0, count);
+    for (const p of batch) lane.weight -= p.weight;
     if (batch.length === 0) {
       this.lanes.delete(key);
       return;
