@@ -90,7 +90,8 @@ async function productionSite(): Promise<Site | undefined> {
       await Promise.all(top.workers.map((w, i) => (i < n ? w.start() : w.stop())));
     },
     pids: () => [...top.apis, ...top.workers].filter((r) => r.alive()).map((r) => ({ name: r.name, pid: r.proc!.pid! })),
-    stop: () => top.stop(),
+    // BENCH_KEEP=1: the data folder (every process's log, the sim cloud's state) stays for a look afterwards.
+    stop: () => top.stop({ keepDataDir: process.env.BENCH_KEEP === '1' }),
   };
 }
 

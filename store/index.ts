@@ -29,7 +29,7 @@ import type { CloudQuota } from '../model/clouds-config.js';
 import { capacityLedger, type CapacityLedger } from './capacity.js';
 import { openPostgresDatabase, openSqliteDatabase, type Db, type StoreDatabase } from './database.js';
 import type { Tables } from './tables.js';
-import { quotaAuditStatements, toAuditRecord, type AuditFilter, type AuditRecord, type OwnerQuotaRecord, type OwnerQuotaUsage, type QuotaClaim, type QuotaUsage, type ReserveScaleOptions } from './quotas-audit.js';
+import { ownerQuotaKey, quotaAuditStatements, toAuditRecord, type AuditFilter, type AuditRecord, type OwnerQuotaRecord, type OwnerQuotaUsage, type QuotaClaim, type QuotaUsage, type ReserveScaleOptions } from './quotas-audit.js';
 
 export { QuotaExceededError, type AuditRecord, type OwnerQuotaRecord, type OwnerQuotaUsage, type QuotaClaim, type QuotaExcess, type QuotaUsage, type ReserveScaleOptions } from './quotas-audit.js';
 
@@ -719,7 +719,9 @@ function createStore(database: StoreDatabase, secretsKey: Buffer): Store {
       const rec: ClusterRecord = { ...input, createdAt: input.createdAt ?? new Date().toISOString() };
       try {
         // The row and its reservation together, after the quota check, or nothing.
-        await write(async (trx) => {
+        // With a quota, in the owner's turn (store/quotas-audit.ts): the check reads what every earlier submission reserved.
+        const transaction = <T>(fn: (trx: Db) => Promise<T>) => (quota ? database.writeSerially(ownerQuotaKey(quota.claim.owner), fn) : write(fn));
+        await transaction(async (trx) => {
           await trx
             .insertInto('clusters')
             .values({

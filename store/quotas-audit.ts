@@ -6,10 +6,10 @@
  * per service, the desired instance count and the cpus of one instance. An owner's usage is
  * the sum over their reservations that still count: not released, and whose cluster's read
  * model state is not TERMINATED (a cluster whose workflow has not published yet counts). The
- * check and the write of a reservation are one write transaction (IMMEDIATE on SQLite,
- * SERIALIZABLE on PostgreSQL: store/database.ts), so two submissions or scale-ups racing for
- * the last room — in one process, or in several on one store (API replicas) — cannot both
- * pass. A FAILED cluster's reservation is released explicitly ({@link QuotaAuditStatements.releaseQuota})
+ * check and the write of a reservation are one write transaction in the owner's turn
+ * (`writeSerially`: IMMEDIATE on SQLite, an advisory lock per owner on PostgreSQL:
+ * store/database.ts), so two submissions or scale-ups racing for the last room — in one
+ * process, or in several on one store (API replicas) — cannot both pass. A FAILED cluster's reservation is released explicitly ({@link QuotaAuditStatements.releaseQuota})
  * once the API has seen that its workflow ended (a FAILED cluster under `keep` still runs).
  *
  * **Audit.** One row per state-changing request: when, who (owner, role, token id), the route
@@ -173,7 +173,18 @@ const counts = (eb: ExpressionBuilder<{ r: Tables['quota_reservations']; v: Tabl
 const quotaOfRow = (r: OwnerQuotaRow): Quota => ({ maxInstances: r.max_instances, maxClusters: r.max_clusters, maxCpus: r.max_cpus });
 
 /** The quota and audit queries and transactions over an open store database. */
-export function quotaAuditStatements({ db, write }: StoreDatabase) {
+/** The `writeSerially` key of the writes that may grow `owner`'s quota usage. */
+export const ownerQuotaKey = (owner: string): string => `quota:${owner}`;
+
+export function quotaAuditStatements({ db, writeSerially }: StoreDatabase) {
+  /**
+   * Every write that may grow an owner's usage runs after the others of that owner, each
+   * reading what the ones before committed (`writeSerially`: an advisory lock on PostgreSQL).
+   * Fifty clusters of one owner submitted at once as SERIALIZABLE transactions all read the
+   * same usage, failed to serialize again and again, and some gave up (a 500). Releases only
+   * shrink usage and need no turn.
+   */
+  const inOwnersTurn = <T>(owner: string, fn: (trx: Db) => Promise<T>): Promise<T> => writeSerially(ownerQuotaKey(owner), fn);
   const getQuota = (executor: Db, owner: string): Promise<OwnerQuotaRow | undefined> => executor.selectFrom('owner_quotas').selectAll().where('owner', '=', owner).executeTakeFirst();
   const getReservation = (executor: Db, clusterId: string): Promise<ReservationRow | undefined> =>
     executor.selectFrom('quota_reservations').selectAll().where('cluster_id', '=', clusterId).executeTakeFirst();
@@ -215,8 +226,13 @@ export function quotaAuditStatements({ db, write }: StoreDatabase) {
       .values({ cluster_id: clusterId, owner: claim.owner, ...totals(claim.services), services: JSON.stringify(claim.services), created_at: new Date().toISOString() })
       .execute();
 
-  const reserveScale = (clusterId: string, service: string, instances: number, opts: ReserveScaleOptions = {}) =>
-    write(async (trx): Promise<{ previous: number } | undefined> => {
+  /** The owner of a cluster's reservation (fixed for its life), or of the seed that would make one. */
+  const reservationOwner = async (clusterId: string, seed?: QuotaClaim): Promise<string | undefined> => (await getReservation(db, clusterId))?.owner ?? seed?.owner;
+
+  const reserveScale = async (clusterId: string, service: string, instances: number, opts: ReserveScaleOptions = {}) => {
+    const owner = await reservationOwner(clusterId, opts.seed);
+    if (owner === undefined) return undefined;
+    return inOwnersTurn(owner, async (trx): Promise<{ previous: number } | undefined> => {
       let row = await getReservation(trx, clusterId);
       if (!row && opts.seed) {
         // A cluster from before quotas: it starts holding what it has now, unchecked.
@@ -237,6 +253,7 @@ export function quotaAuditStatements({ db, write }: StoreDatabase) {
       await updateReservation(trx, clusterId, services);
       return { previous };
     });
+  };
 
   /**
    * A change of definition: each service of `claim` holds the larger of what it held and what
@@ -245,8 +262,10 @@ export function quotaAuditStatements({ db, write }: StoreDatabase) {
    * what was held before (to undo with {@link restoreReservation}), or undefined for a cluster
    * without a reservation.
    */
-  const reserveChange = (clusterId: string, claim: QuotaClaim, defaultQuota: Quota) =>
-    write(async (trx): Promise<QuotaClaim['services'] | undefined> => {
+  const reserveChange = async (clusterId: string, claim: QuotaClaim, defaultQuota: Quota) => {
+    const owner = await reservationOwner(clusterId);
+    if (owner === undefined) return undefined;
+    return inOwnersTurn(owner, async (trx): Promise<QuotaClaim['services'] | undefined> => {
       const row = await getReservation(trx, clusterId);
       if (!row) return undefined;
       const before = JSON.parse(row.services) as QuotaClaim['services'];
@@ -262,12 +281,13 @@ export function quotaAuditStatements({ db, write }: StoreDatabase) {
       await updateReservation(trx, clusterId, next);
       return before;
     });
+  };
 
   return {
     reserveChange,
     /** Puts back what {@link reserveChange} replaced (a change the cluster refused). */
     restoreReservation: async (clusterId: string, services: QuotaClaim['services']): Promise<void> => void (await updateReservation(db, clusterId, services)),
-    /** Inside the transaction that inserts the cluster row: check, then reserve (throws {@link QuotaExceededError}). */
+    /** Inside the transaction that inserts the cluster row, in the owner's turn ({@link ownerQuotaKey}): check, then reserve (throws {@link QuotaExceededError}). */
     async reserveNewCluster(trx: Db, clusterId: string, claim: QuotaClaim, defaultQuota: Quota): Promise<void> {
       await check(trx, claim.owner, defaultQuota, { clusters: 1, ...totals(claim.services) });
       await insertReservation(trx, clusterId, claim);

@@ -453,6 +453,19 @@ describe.each(ENGINES.map((e) => [e.name, e] as const))('store contract: %s', (_
         expect(results.filter((r) => r.status === 'rejected').every((r) => (r as PromiseRejectedResult).reason instanceof QuotaExceededError)).toBe(true);
         expect(await store.quotaUsage('race')).toEqual({ instances: 10, clusters: 10, cpus: 10 });
 
+        // A crowd of one owner's submissions that mostly fit: each is decided, none gives up (as SERIALIZABLE transactions some failed to serialize 12 times over, a 500 for 50 at once in the scale bench).
+        await store.setOwnerQuota('crowd', { maxInstances: 1000, maxClusters: 150, maxCpus: 1000 });
+        const crowd = await Promise.allSettled(
+          all.flatMap((s, i) =>
+            Array.from({ length: 40 }, (_, n) =>
+              s.createCluster({ id: `c${i}-${n}`, name: 'crowd', definitionId: def.id, cloud: 'sim', owner: 'crowd' }, { claim: { ...claim, owner: 'crowd' }, defaultQuota }),
+            ),
+          ),
+        );
+        expect(crowd.flatMap((r) => (r.status === 'rejected' && !(r.reason instanceof QuotaExceededError) ? [String(r.reason)] : []))).toEqual([]);
+        expect(crowd.filter((r) => r.status === 'fulfilled')).toHaveLength(150);
+        expect(await store.quotaUsage('crowd')).toEqual({ instances: 150, clusters: 150, cpus: 150 });
+
         // One idempotency key, four stores at once: one row, the others are told the key is taken.
         const keyed = await Promise.allSettled(all.map((s, i) => s.createCluster({ id: `k-00000${i}`, name: 'k', definitionId: def.id, cloud: 'sim', idempotencyKey: 'race k' })));
         expect(keyed.filter((r) => r.status === 'fulfilled')).toHaveLength(1);
