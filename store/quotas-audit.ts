@@ -9,8 +9,8 @@
  * check and the write of a reservation are one write transaction in the owner's turn
  * (`writeSerially`: IMMEDIATE on SQLite, an advisory lock per owner on PostgreSQL:
  * store/database.ts), so two submissions or scale-ups racing for the last room — in one
- * process, or in several on one store (API replicas) — cannot both pass. A FAILED cluster's reservation is released explicitly ({@link QuotaAuditStatements.releaseQuota})
- * once the API has seen that its workflow ended (a FAILED cluster under `keep` still runs).
+ * process, or in several on one store (API replicas) — cannot both pass. A FAILED cluster's
+ * reservation is released explicitly ({@link QuotaAuditStatements.releaseQuota}) once the API has seen that its workflow ended (a FAILED cluster under `keep` still runs).
  *
  * **Audit.** One row per state-changing request: when, who (owner, role, token id), the route
  * pattern, the target resource id and the status code. Append-only: triggers refuse UPDATE
@@ -172,10 +172,10 @@ const counts = (eb: ExpressionBuilder<{ r: Tables['quota_reservations']; v: Tabl
 
 const quotaOfRow = (r: OwnerQuotaRow): Quota => ({ maxInstances: r.max_instances, maxClusters: r.max_clusters, maxCpus: r.max_cpus });
 
-/** The quota and audit queries and transactions over an open store database. */
 /** The `writeSerially` key of the writes that may grow `owner`'s quota usage. */
 export const ownerQuotaKey = (owner: string): string => `quota:${owner}`;
 
+/** The quota and audit queries and transactions over an open store database. */
 export function quotaAuditStatements({ db, writeSerially }: StoreDatabase) {
   /**
    * Every write that may grow an owner's usage runs after the others of that owner, each
