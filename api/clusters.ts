@@ -76,12 +76,16 @@ export interface ClusterRouteDeps {
   json: express.RequestHandler;
 }
 
-/** The cluster `id` if the caller may see it; someone else's is a 404 exactly like an unknown one. */
-export async function visibleCluster(store: Pick<Store, 'getCluster'>, id: string, p: Principal): Promise<ClusterRecord> {
-  const c = isName(id) ? await store.getCluster(id) : undefined;
-  if (!c || !canSee(p, c.owner)) throw notFound(`no cluster "${id}"`);
-  return c;
+/** What `read` gives of cluster `id` if the caller may see it; someone else's is a 404 exactly like an unknown one. */
+async function visible<T>(id: string, p: Principal, read: (id: string) => Promise<T | undefined>, owner: (found: T) => string | undefined): Promise<T> {
+  const found = isName(id) ? await read(id) : undefined;
+  if (!found || !canSee(p, owner(found))) throw notFound(`no cluster "${id}"`);
+  return found;
 }
+
+/** The cluster `id` if the caller may see it (see {@link visible}). */
+export const visibleCluster = (store: Pick<Store, 'getCluster'>, id: string, p: Principal): Promise<ClusterRecord> =>
+  visible(id, p, (i) => store.getCluster(i), (c) => c.owner);
 
 /** Route parameters that cannot name a cluster or service get a 404 without a store or Temporal round trip. */
 const isName = (s: string): boolean => NameSchema.safeParse(s).success;
@@ -461,9 +465,7 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
     queryOf(req, NoQuerySchema);
     const id = param(req, 'id');
     // The cluster and its views in one statement; the views are only used once the cluster is known to be the caller's.
-    const read = isName(id) ? await store.getClusterRead(id) : undefined;
-    if (!read || !canSee(principalOf(res), read.cluster.owner)) throw notFound(`no cluster "${id}"`);
-    const { cluster: c, view, services: serviceViews } = read;
+    const { cluster: c, view, services: serviceViews } = await visible(id, principalOf(res), (i) => store.getClusterRead(i), (r) => r.cluster.owner);
     const fixed = {
       id: c.id,
       name: c.name,
