@@ -5,7 +5,12 @@
  * one JSON line: requests sent and answered, non-2xx answers, errors, p50/p90/p99/max in ms.
  *
  * Usage: BENCH_AUTHORIZATION='Bearer <token>' node --import tsx bench/read-load.ts <url> <rate>
+ *
+ * node:http with a keep-alive agent rather than fetch: on the bench's 2 cores fetch cost the
+ * reader about 1.1 ms of CPU a request, a fifth of a core at 200/s taken from what it measures.
  */
+import http from 'node:http';
+
 const [url, rateArg] = process.argv.slice(2);
 const rate = Number(rateArg ?? 200);
 if (!url || !(rate > 0)) throw new Error('usage: read-load <url> <requests per second>');
@@ -16,27 +21,36 @@ let bad = 0;
 let errors = 0;
 let inFlight = 0;
 
-const once = async () => {
+const agent = new http.Agent({ keepAlive: true });
+const headers = process.env.BENCH_AUTHORIZATION ? { authorization: process.env.BENCH_AUTHORIZATION } : {};
+
+/** One GET, timed from its start to the last byte of the answer. */
+const once = () => {
   sent++;
   inFlight++;
   const t0 = performance.now();
-  try {
-    const res = await fetch(url, { headers: process.env.BENCH_AUTHORIZATION ? { authorization: process.env.BENCH_AUTHORIZATION } : {} });
-    await res.arrayBuffer();
-    if (!res.ok) bad++;
-    latencies.push(performance.now() - t0);
-  } catch {
+  const failed = () => {
     errors++;
-  } finally {
     inFlight--;
-  }
+  };
+  http
+    .get(url, { agent, headers }, (res) => {
+      res.resume();
+      res.on('end', () => {
+        if (!res.statusCode || res.statusCode >= 300) bad++;
+        latencies.push(performance.now() - t0);
+        inFlight--;
+      });
+      res.on('error', failed);
+    })
+    .on('error', failed);
 };
 
 // Ticks of 10 ms, each firing the requests due by then: 200 req/s is two per tick.
 const started = performance.now();
 const timer = setInterval(() => {
   const due = Math.floor(((performance.now() - started) / 1000) * rate);
-  while (sent < due) void once();
+  while (sent < due) once();
 }, 10);
 
 const quantile = (sorted: number[], q: number) => (sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] : NaN);

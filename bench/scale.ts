@@ -61,6 +61,8 @@ interface Site {
   sizeWarnings(): number;
   /** Runs exactly `n` worker processes. */
   workers(n: number): Promise<void>;
+  /** Each API process's own address (its `/metrics`). */
+  apiUrls(): string[];
   /** The process ids to watch: API processes and running workers. */
   pids(): { name: string; pid: number }[];
   stop(): Promise<void>;
@@ -89,6 +91,7 @@ async function productionSite(): Promise<Site | undefined> {
     async workers(n) {
       await Promise.all(top.workers.map((w, i) => (i < n ? w.start() : w.stop())));
     },
+    apiUrls: () => top.apis.map((a) => a.url!),
     pids: () => [...top.apis, ...top.workers].filter((r) => r.alive()).map((r) => ({ name: r.name, pid: r.proc!.pid! })),
     // BENCH_KEEP=1: the data folder (every process's log, the sim cloud's state) stays for a look afterwards.
     stop: () => top.stop({ keepDataDir: process.env.BENCH_KEEP === '1' }),
@@ -152,6 +155,7 @@ async function devSite(): Promise<Site> {
         await new Promise((r) => setTimeout(r, 500));
       }
     },
+    apiUrls: () => [api.url],
     pids: () => [{ name: 'api (bench process)', pid: process.pid }, ...procs.flatMap((p, i) => (p ? [{ name: `worker-${i + 1}`, pid: p.pid! }] : []))],
     async stop() {
       await Promise.all(procs.map(stopProc));
@@ -349,6 +353,31 @@ function guestTimes(clusterId: string, t0: number): string {
   }
 }
 
+/** The phone-home path's counters summed over the API processes (api/metrics.ts), for the difference a run made. */
+async function phoneHomeCounters(): Promise<Record<string, number>> {
+  const sums: Record<string, number> = {};
+  for (const url of site.apiUrls()) {
+    const text = await (await fetch(`${url}/metrics`, { headers: { authorization: site.authorization } })).text();
+    for (const m of text.matchAll(/^(cloudgate_phone_home_(?:signal_duration_seconds_(?:sum|count)\{result="ok"\}|delivery_seconds_(?:sum|count)|signalled_reports_total)) (\S+)$/gm)) {
+      sums[m[1]] = (sums[m[1]] ?? 0) + Number(m[2]);
+    }
+  }
+  return sums;
+}
+
+/** What a run's readiness reports cost on their way to the workflows: signals, their round trip, batch size, each report's wait. */
+function phoneHomeFigure(before: Record<string, number>, after: Record<string, number>): [string, string] {
+  const d = (k: string) => (after[k] ?? 0) - (before[k] ?? 0);
+  const signals = d('cloudgate_phone_home_signal_duration_seconds_count{result="ok"}');
+  const reports = d('cloudgate_phone_home_delivery_seconds_count');
+  return [
+    'phone-homes through the APIs',
+    `${reports} reports in ${signals} signals (mean ${(d('cloudgate_phone_home_signalled_reports_total') / signals).toFixed(0)} a signal), ` +
+      `signal round trip mean ${((d('cloudgate_phone_home_signal_duration_seconds_sum{result="ok"}') / signals) * 1000).toFixed(0)} ms, ` +
+      `report arrival to delivery mean ${((d('cloudgate_phone_home_delivery_seconds_sum') / reports) * 1000).toFixed(0)} ms`,
+  ];
+}
+
 let bundle: Awaited<ReturnType<typeof bundleWorkflowCode>> | undefined;
 const quiet = new DefaultLogger('WARN');
 
@@ -385,6 +414,7 @@ async function threeTierRun(size: number, workers: number): Promise<void> {
   const label = `${size} instances, ${workers} worker${workers === 1 ? '' : 's'}`;
   const def = await request('POST', '/v1/cluster-definitions', threeTier(`scale-${size}-${workers}w`, p, h, w));
   log(`${label}: deploying (proxy ${p} → head ${h} → workers ${w})`);
+  const counted = await phoneHomeCounters();
   const { result, rss, cpu } = await watchProcesses(async () => {
     const t0 = Date.now();
     const cluster = await request('POST', '/v1/clusters', { definitionId: def.id, cloud: 'sim' });
@@ -393,6 +423,7 @@ async function threeTierRun(size: number, workers: number): Promise<void> {
     const reads = await stopReader?.();
     return { id: cluster.id as string, wall, reads, guests: guestTimes(cluster.id, t0) };
   });
+  const phoneHomes = phoneHomeFigure(counted, await phoneHomeCounters());
   const { largest, replays } = await histories(result.id);
   const td0 = Date.now();
   await request('DELETE', `/v1/clusters/${result.id}`);
@@ -405,6 +436,7 @@ async function threeTierRun(size: number, workers: number): Promise<void> {
         ? ([[`GET /v1/clusters/:id at ${readRate}/s`, `p50 ${result.reads.p50} ms, p99 ${result.reads.p99} ms, max ${result.reads.max} ms (${result.reads.answered}/${result.reads.sent} answered, ${result.reads.non2xx} non-2xx)`]] as [string, string][])
         : []),
       ['guests (the sim cloud\'s record)', result.guests],
+      phoneHomes,
       ['peak RSS', Object.entries(rss).map(([n, mib]) => `${n} ${mib} MiB`).join(', ')],
       cpuFigure(cpu, result.wall),
       ['largest history', `${largest.events} events (${largest.id})`],

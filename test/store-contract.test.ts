@@ -346,6 +346,40 @@ describe.each(ENGINES.map((e) => [e.name, e] as const))('store contract: %s', (_
       expect(await store.findApiToken(a.token)).toEqual({ ...a.record, revokedAt: t0.toISOString() });
     }));
 
+  it('answers reads made at the same moment together, each caller with its own answer', () =>
+    withStore(async (store) => {
+      // Issued in one turn of the event loop, the reads of each kind go to the database together (store/index.ts, coalesced).
+      const def = await store.createDefinition({ name: 'a', definition });
+      const other = 'c2-def456';
+      const c1 = await store.createCluster({ id: cid, name: 'c1', definitionId: def.id, cloud: 'sim', owner: 'alice', contexts: {}, windows: [] });
+      const c2 = await store.createCluster({ id: other, name: 'c2', definitionId: def.id, cloud: 'sim', owner: 'bob', contexts: {}, windows: [] });
+      await store.publishCluster({ clusterId: cid, seq: 1, observedAt: at(1), state: 'DEPLOYING', services: [brief('workers')], events: [] });
+      await store.publishService(servicePublish('workers', 1, { upserts: [0, 1, 2, 3].map((n) => inst('workers', n, { state: n === 1 ? 'READY' : 'BOOTING' })) }));
+      await store.publishService({ ...servicePublish('workers', 1), clusterId: other, upserts: [{ ...inst('workers', 0), id: `${other}-workers-0`, name: `${other}-workers-0`, state: 'FAILED' }] });
+      const [a, b] = [await store.createApiToken({ owner: 'alice', role: 'user' }), await store.createApiToken({ owner: 'bob', role: 'admin' })];
+      await store.revokeApiToken(b.record.id, t0);
+
+      const standings = await Promise.all([
+        store.instanceStanding(cid, 'workers', `${cid}-workers-1`, 1),
+        store.instanceStanding(cid, 'workers', `${cid}-workers-0`, 0),
+        store.instanceStanding(other, 'workers', `${other}-workers-0`, 0),
+        store.instanceStanding(cid, 'workers', `${cid}-workers-9`, 2), // gone: its service has a higher ordinal
+        store.instanceStanding(cid, 'workers', `${cid}-workers-9`, 9), // not (yet) there
+        store.instanceStanding(other, 'workers', `${cid}-workers-1`, 1), // another cluster's instance id
+        store.instanceStanding(cid, 'workers', `${cid}-workers-1`, 1), // asked twice
+      ]);
+      expect(standings).toEqual(['READY', 'BOOTING', 'FAILED', 'REMOVED', undefined, undefined, 'READY']);
+      const reads = await Promise.all([store.getClusterRead(other), store.getClusterRead(cid), store.getClusterRead('c9-zzzzzz'), store.getClusterRead(cid)]);
+      expect(reads).toEqual([
+        { cluster: c2, services: [expect.objectContaining({ service: 'workers' })] },
+        { cluster: c1, view: await store.getClusterView(cid), services: await store.getServiceViews(cid) },
+        undefined,
+        reads[1],
+      ]);
+      const found = await Promise.all([store.findApiToken(b.token), store.findApiToken('cg_nope'), store.findApiToken(a.token), store.findApiToken(b.token)]);
+      expect(found).toEqual([{ ...b.record, revokedAt: t0.toISOString() }, undefined, a.record, { ...b.record, revokedAt: t0.toISOString() }]);
+    }));
+
   it('counts quotas: own and default limits, scale and change reservations, releases, failed and terminated clusters, usage by owner', () =>
     withStore(async (store) => {
       const def = await store.createDefinition({ name: 'q', definition });

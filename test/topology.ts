@@ -45,6 +45,8 @@ export interface Replica {
   proc?: ChildProcess;
   /** Its log (stdout and stderr, appended across starts). */
   logFile: string;
+  /** An API replica's own address (not the proxy's): what only it answers, such as its `/metrics`. */
+  url?: string;
   /** Starts it (if not running) and resolves when it serves: an API answers /healthz, a worker polls the task queue. */
   start(): Promise<void>;
   /** SIGKILL. */
@@ -131,11 +133,12 @@ export async function startTopology(opts: TopologyOptions = {}): Promise<Topolog
     const connection = await Connection.connect({ address: temporal.address, channelArgs: { 'grpc.max_receive_message_length': 64 * 1024 * 1024 } });
     cleanups.push(() => connection.close());
 
-    const replica = (name: string, entry: string, extraEnv: NodeJS.ProcessEnv, ready: (proc: ChildProcess) => Promise<unknown>): Replica => {
+    const replica = (name: string, entry: string, extraEnv: NodeJS.ProcessEnv, ready: (proc: ChildProcess) => Promise<unknown>, url?: string): Replica => {
       const logFile = path.join(dataDir, `${name}.log`);
       const r: Replica = {
         name,
         logFile,
+        url,
         alive: () => !!r.proc && r.proc.exitCode === null && r.proc.signalCode === null,
         async start() {
           if (r.alive()) return;
@@ -165,8 +168,12 @@ export async function startTopology(opts: TopologyOptions = {}): Promise<Topolog
     };
 
     const apis = apiPorts.map((port, i) =>
-      replica(`api-${i + 1}`, 'api/main.ts', { CLOUDGATE_API_PORT: String(port) }, () =>
-        waitFor(async () => (await fetch(`http://127.0.0.1:${port}/healthz`)).ok, 120_000, `api-${i + 1} to answer /healthz`),
+      replica(
+        `api-${i + 1}`,
+        'api/main.ts',
+        { CLOUDGATE_API_PORT: String(port) },
+        () => waitFor(async () => (await fetch(`http://127.0.0.1:${port}/healthz`)).ok, 120_000, `api-${i + 1} to answer /healthz`),
+        `http://127.0.0.1:${port}`,
       ),
     );
     // The first replica makes the key files; the others read them.
