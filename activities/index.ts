@@ -11,7 +11,7 @@ import { smallestFit } from '../model/placement.js';
 import type { CapacityLedger } from '../store/capacity.js';
 import { CONTEXT_UNAVAILABLE } from '../model/cloud-errors.js';
 import { signToken } from '../model/token.js';
-import { NO_CONTEXT, phoneHomeUrl, renderContextUserData, type PhoneHome } from '../model/user-data.js';
+import { contextUserDataRenderer, NO_CONTEXT, phoneHomeUrl, type PhoneHome } from '../model/user-data.js';
 import type { Context as CloudgateContext } from '../model/context.js';
 import { MAX_PUBLISHED_INSTANCES } from '../model/read-model.js';
 import { AddressPolicy } from '../model/address-policy.js';
@@ -266,7 +266,16 @@ export function createActivities(deps: ActivityDeps): CloudgateActivities {
     return { context: rec.context, secrets };
   };
 
-  const specFor = (input: CreateInstancesInput, id: string, ctx?: { context: CloudgateContext; secrets: Record<string, string> }): InstanceSpec => {
+  /** Renders the user-data of one batch's instances (model/user-data.ts, contextUserDataRenderer): once per batch, then per instance. */
+  const userDataOf = (ctx?: { context: CloudgateContext; secrets: Record<string, string> }) => {
+    try {
+      return contextUserDataRenderer(ctx?.context ?? NO_CONTEXT, ctx?.secrets);
+    } catch (err) {
+      throw ApplicationFailure.nonRetryable(`cannot render the user-data of this batch: ${(err as Error).message}`, CONTEXT_UNAVAILABLE);
+    }
+  };
+
+  const specFor = (input: CreateInstancesInput, id: string, render: (phoneHome: PhoneHome) => string): InstanceSpec => {
     const token = signToken(
       { iid: id, cluster: input.clusterId, service: input.service, exp: Math.floor(Date.now() / 1000) + tokenLifetimeSeconds(input, deps.tokenMarginSeconds) },
       deps.tokenSecret,
@@ -279,7 +288,7 @@ export function createActivities(deps: ActivityDeps): CloudgateActivities {
     };
     let userData: string;
     try {
-      userData = renderContextUserData(ctx?.context ?? NO_CONTEXT, { phoneHome, secrets: ctx?.secrets });
+      userData = render(phoneHome);
     } catch (err) {
       throw ApplicationFailure.nonRetryable(`cannot render the user-data of ${id}: ${(err as Error).message}`, CONTEXT_UNAVAILABLE);
     }
@@ -303,6 +312,7 @@ export function createActivities(deps: ActivityDeps): CloudgateActivities {
   const createBatch = async (input: CreateInstancesInput): Promise<CreateInstancesResult> => {
     const cloud = deps.clouds.get(input.cloud);
     const ctx = input.context && (await loadContext(input.context));
+    const render = userDataOf(ctx);
     const { ledger } = deps.capacity;
     const size = await flavorSize(input.cloud, input.offering);
     const quota = deps.capacity.quotaOf(input.cloud);
@@ -326,7 +336,7 @@ export function createActivities(deps: ActivityDeps): CloudgateActivities {
       let inst = found.get(id);
       if (!inst && full) return undefined;
       try {
-        inst ??= await withLocalRetry(() => counted(input.cloud, 'create', () => cloud.createInstance(specFor(input, id, ctx), id)));
+        inst ??= await withLocalRetry(() => counted(input.cloud, 'create', () => cloud.createInstance(specFor(input, id, render), id)));
         return { id, cloudInstanceId: inst.id, cloudState: inst.state, createdAt: inst.createdAt ?? new Date().toISOString(), ...(inst.host && { host: inst.host }) };
       } catch (err) {
         // The cloud's own "full" or "over your quota" (EC2 InstanceLimitExceeded, CloudStack resource limits): room elsewhere may do.

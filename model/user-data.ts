@@ -185,6 +185,47 @@ export function renderContextParts(ctx: Context, instance: RenderInstance): User
 /** The whole user-data for one instance of a context: {@link renderContextParts} as multipart MIME. */
 export const renderContextUserData = (ctx: Context, instance: RenderInstance): string => multipartUserData(renderContextParts(ctx, instance));
 
+/**
+ * Placeholders of a phone-home's per-instance values: letters only, so every format they pass
+ * through (YAML, JSON, shell quotes) writes them as they are, as it does the real values.
+ */
+const SLOTS = { url: 'cgslotUrlzq', instanceId: 'cgslotIdzq', token: 'cgslotTokenzq' } as const;
+/** What a real value may hold to go where its placeholder was: no format above quotes or escapes these. */
+const PLAIN_VALUE = /^[A-Za-z0-9._~:/?&=%+-]*$/;
+
+/**
+ * The user-data of many instances of one context with phone-homes (a create batch), as
+ * {@link renderContextUserData} renders each, byte for byte, at a tenth of the cost: the parts
+ * are rendered once with placeholders for the phone-home's URL, instance id and token, then
+ * each instance gets its own values put in and its own boundary. Rendering cost about 0.55 ms
+ * an instance (YAML), a tenth of a worker's CPU in a 10,000-instance deployment. The first
+ * instance is also rendered in full and compared; on any difference, or a value with a
+ * character some format would quote, each instance is rendered in full as before.
+ * @throws Error as {@link renderContextParts} does (a declared secret without a value).
+ */
+export function contextUserDataRenderer(ctx: Context, secrets?: Record<string, string>): (phoneHome: PhoneHome) => string {
+  const full = (phoneHome: PhoneHome) => renderContextUserData(ctx, { phoneHome, secrets });
+  const repositories: string[] = [];
+  const template = renderContextParts(ctx, { phoneHome: { ...SLOTS, repositories }, secrets });
+  const fill = (phoneHome: PhoneHome): string | undefined => {
+    const values = [phoneHome.url, phoneHome.instanceId, phoneHome.token];
+    if (phoneHome.repositories.length > 0 || !values.every((v) => PLAIN_VALUE.test(v))) return undefined;
+    const put = (body: string) => body.replaceAll(SLOTS.url, phoneHome.url).replaceAll(SLOTS.instanceId, phoneHome.instanceId).replaceAll(SLOTS.token, phoneHome.token);
+    return multipartUserData(template.map((part) => ({ ...part, body: put(part.body) })));
+  };
+  let checked: boolean | undefined;
+  return (phoneHome) => {
+    if (checked === false) return full(phoneHome);
+    const filled = fill(phoneHome);
+    if (filled === undefined) return full(phoneHome);
+    if (checked === undefined) {
+      checked = filled === full(phoneHome);
+      if (!checked) return full(phoneHome);
+    }
+    return filled;
+  };
+}
+
 function secretValues(ctx: Context, given: Record<string, string>, mask: boolean): Record<string, string> {
   const unknown = Object.keys(given).filter((n) => !ctx.secretNames.includes(n));
   if (unknown.length) throw new Error(`secrets not declared by the context: ${unknown.join(', ')}`);

@@ -24,6 +24,7 @@ import {
   MASK,
   PHONE_HOME_CONTENT_TYPE,
   renderContextUserData,
+  contextUserDataRenderer,
   NO_CONTEXT,
   measureUserData,
   UCERNVM_CONTENT_TYPE,
@@ -31,6 +32,7 @@ import {
   userDataSize,
   type PhoneHome,
 } from '../model/user-data.js';
+import { signToken } from '../model/token.js';
 import { cloudInitRead } from './agents.js';
 import { sshKey } from './ssh-key.js';
 
@@ -310,6 +312,34 @@ describe('secrets and masking', () => {
     expect(renderContextUserData(ctx, { phoneHome: PHONE_HOME, maskSecrets: true })).toBe(masked);
     expect(() => renderContextUserData(ctx, { phoneHome: PHONE_HOME, secrets: { API_KEY: 'x' } })).toThrow('no value for the context\'s secret "DB_PASSWORD"');
     expect(() => renderContextUserData(ctx, { phoneHome: PHONE_HOME, secrets: { ...SECRETS, OTHER: 'x' } })).toThrow('secrets not declared by the context: OTHER');
+  });
+});
+
+describe("a create batch's user-data, rendered once with each instance's values put in", () => {
+  const phoneHomeOf = (id: string, token = signToken({ iid: id, cluster: 'c1', service: 'workers', exp: 2_000_000_000 + id.length }, 'test-secret-0123456789abcdef')): PhoneHome => ({
+    url: `https://gw.example.org:8443/v1/instances/${id}/readiness`,
+    instanceId: id,
+    token,
+    repositories: [],
+  });
+
+  it('is byte for byte what rendering each instance gives, with and without a context (secrets, extra cloud-config, non-ASCII parts)', () => {
+    for (const [context, secrets] of [[ctx, SECRETS], [NO_CONTEXT, undefined]] as const) {
+      const render = contextUserDataRenderer(context, secrets);
+      for (const id of ['c1-workers-0', 'c1-workers-7', 'c1-workers-12345', 'scale-10000-1w-6vkp3t-workers-9499']) {
+        expect(render(phoneHomeOf(id))).toBe(renderContextUserData(context, { phoneHome: phoneHomeOf(id), secrets }));
+      }
+    }
+  });
+
+  it('renders in full a value some format would quote or escape, and repositories of its own', () => {
+    const render = contextUserDataRenderer(ctx, SECRETS);
+    const odd = [phoneHomeOf("c1-o'brien-0"), phoneHomeOf('c1-workers-1', 'a "token" with spaces\\'), { ...phoneHomeOf('c1-workers-2'), repositories: ['atlas.cern.ch'] }];
+    for (const phoneHome of odd) expect(render(phoneHome)).toBe(renderContextUserData(ctx, { phoneHome, secrets: SECRETS }));
+  });
+
+  it('refuses, as rendering one does, a context without its secret values', () => {
+    expect(() => contextUserDataRenderer(ctx, { API_KEY: 'x' })).toThrow('no value for the context\'s secret "DB_PASSWORD"');
   });
 });
 
