@@ -116,6 +116,7 @@ export function createApp(deps: AppDeps): CloudgateApp {
   // Method, path, status and time only: headers (Authorization) and bodies (tokens) are never logged.
   // The cluster, service and workflow a request was about ride along (api/request.ts, requestIds).
   app.use((req, res, next) => {
+    if (!logger.isLevelEnabled('info')) return next(); // a site logging warnings only pays nothing per request
     const started = process.hrtime.bigint();
     res.on('finish', () => {
       const route = routeOf(req);

@@ -398,6 +398,24 @@ export function createSimCloud(opts: SimCloudOptions): SimCloud {
   const queue: string[] = [];
   const queued = new Set<string>();
   const inFlight = new Map<string, Promise<void>>();
+  /**
+   * The phone-homes' outcomes not yet written: written together once per turn of the event
+   * loop, in one transaction. A burst of answers (hundreds a second at 10,000 guests) cost a
+   * commit each, about half a millisecond of the worker's CPU apiece.
+   */
+  const outcomes: (() => void)[] = [];
+  const writeOutcomes = (): void => {
+    const writes = outcomes.splice(0);
+    if (writes.length === 0 || !db.open) return;
+    try {
+      db.transaction(() => writes.forEach((w) => w()))();
+    } catch (err) {
+      onError(err);
+    }
+  };
+  const record = (write: () => void): void => {
+    if (outcomes.push(write) === 1) setImmediate(writeOutcomes);
+  };
 
   const tick = (): void => {
     const now = Date.now();
@@ -450,7 +468,7 @@ export function createSimCloud(opts: SimCloudOptions): SimCloud {
     if (!row) return;
     const ph = extractPhoneHome(row.user_data);
     if (!ph) {
-      phoneDone.run({ id, at: Date.now(), result: 'no phone-home part in user-data' });
+      record(() => phoneDone.run({ id, at: Date.now(), result: 'no phone-home part in user-data' }));
       return;
     }
     const probe = row.guest === 'ok' ? 'OK' : 'FAILED';
@@ -471,17 +489,17 @@ export function createSimCloud(opts: SimCloudOptions): SimCloud {
     const at = Date.now();
     // 2xx: delivered. 4xx: the gateway refuses this guest (bad/expired token, instance gone); retrying won't help.
     if (status !== undefined && ((status >= 200 && status < 300) || (status >= 400 && status < 500))) {
-      phoneDone.run({ id, at, result: String(status) });
+      record(() => phoneDone.run({ id, at, result: String(status) }));
       return;
     }
     const result = status !== undefined ? `HTTP ${status}` : failure;
     if (at - row.phone_due_at >= GIVE_UP_MS) {
-      phoneDone.run({ id, at, result: `gave up: ${result}` });
+      record(() => phoneDone.run({ id, at, result: `gave up: ${result}` }));
       return;
     }
     const attempts = row.phone_attempts + 1;
     const backoff = Math.min(1000 * 2 ** (attempts - 1), 30_000) * (1 + Math.random() * 0.25);
-    phoneRetry.run({ id, next: at + Math.round(backoff), result });
+    record(() => phoneRetry.run({ id, next: at + Math.round(backoff), result }));
   };
 
   const stop = async (): Promise<void> => {
@@ -494,6 +512,7 @@ export function createSimCloud(opts: SimCloudOptions): SimCloud {
     queue.length = 0;
     queued.clear();
     await Promise.all(inFlight.values());
+    writeOutcomes();
   };
 
   return {
