@@ -168,6 +168,22 @@ describe('readiness batcher', () => {
     expect(sent).toEqual([[4, 4], [4], [30], [1]]);
   });
 
+  it('sends at once, without waiting for the delay, when the reports waiting reach maxBatchWeight', async () => {
+    const r = recorder();
+    const b = new Batcher<number>(r.send, { maxDelayMs: 300, maxBatch: 100, minIntervalMs: 0 }, { weigh: (n) => n, maxBatchWeight: 10 });
+    const all = [b.submit('wf', 3), b.submit('wf', 4)]; // 7: waits for company
+    await sleep(20);
+    expect(r.calls).toHaveLength(0);
+    all.push(b.submit('wf', 5)); // 12: full
+    await sleep(5);
+    expect(r.calls.map((c) => c.items)).toEqual([[3, 4]]);
+    r.calls[0].settle();
+    await sleep(5);
+    expect(r.calls.map((c) => c.items)).toEqual([[3, 4], [5]]); // what stayed goes right after, its own weight under the limit
+    r.calls[1].settle();
+    await Promise.all(all);
+  });
+
   it('turns a synchronous throw of the sender into rejections', async () => {
     const b = new Batcher<number>(
       () => {
