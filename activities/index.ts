@@ -266,15 +266,6 @@ export function createActivities(deps: ActivityDeps): CloudgateActivities {
     return { context: rec.context, secrets };
   };
 
-  /** Renders the user-data of one batch's instances (model/user-data.ts, contextUserDataRenderer): once per batch, then per instance. */
-  const userDataOf = (ctx?: { context: CloudgateContext; secrets: Record<string, string> }) => {
-    try {
-      return contextUserDataRenderer(ctx?.context ?? NO_CONTEXT, ctx?.secrets);
-    } catch (err) {
-      throw ApplicationFailure.nonRetryable(`cannot render the user-data of this batch: ${(err as Error).message}`, CONTEXT_UNAVAILABLE);
-    }
-  };
-
   const specFor = (input: CreateInstancesInput, id: string, render: (phoneHome: PhoneHome) => string): InstanceSpec => {
     const token = signToken(
       { iid: id, cluster: input.clusterId, service: input.service, exp: Math.floor(Date.now() / 1000) + tokenLifetimeSeconds(input, deps.tokenMarginSeconds) },
@@ -312,7 +303,9 @@ export function createActivities(deps: ActivityDeps): CloudgateActivities {
   const createBatch = async (input: CreateInstancesInput): Promise<CreateInstancesResult> => {
     const cloud = deps.clouds.get(input.cloud);
     const ctx = input.context && (await loadContext(input.context));
-    const render = userDataOf(ctx);
+    // The batch's user-data renderer (model/user-data.ts): made at the first create, so instances the cloud already has need none.
+    let renderer: ((phoneHome: PhoneHome) => string) | undefined;
+    const render = (phoneHome: PhoneHome) => (renderer ??= contextUserDataRenderer(ctx?.context ?? NO_CONTEXT, ctx?.secrets))(phoneHome);
     const { ledger } = deps.capacity;
     const size = await flavorSize(input.cloud, input.offering);
     const quota = deps.capacity.quotaOf(input.cloud);
