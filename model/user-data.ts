@@ -200,7 +200,10 @@ const PLAIN_VALUE = /^[A-Za-z0-9._~:/?&=%+-]*$/;
  * each instance gets its own values put in and its own boundary. Rendering cost about 0.55 ms
  * an instance (YAML), a tenth of a worker's CPU in a 10,000-instance deployment. The first
  * instance is also rendered in full and compared; on any difference, or a value with a
- * character some format would quote, each instance is rendered in full as before.
+ * character some format would quote, each instance is rendered in full as before. This holds
+ * while the values go only where text is written as it is (the phone-home env file's block
+ * text, the JSON part): a YAML scalar of its own could be quoted for one id and not another;
+ * test/user-data-render.test.ts compares whole renders of several ids.
  * @throws Error as {@link renderContextParts} does (a declared secret without a value).
  */
 export function contextUserDataRenderer(ctx: Context, secrets?: Record<string, string>): (phoneHome: PhoneHome) => string {
