@@ -96,6 +96,13 @@ const STATES: Record<string, CloudInstanceState> = {
  * look this much later does. (On AWS the shared `ClientToken` already stops most races.)
  */
 const RACE_RECHECK_MS = 300;
+/**
+ * EC2 gives `LaunchTime` to the second, so a racer launched in the same second as ours may
+ * sort before it (by id) yet be listed only after our first look. The last look therefore
+ * waits until our instance's second is over (plus `RACE_RECHECK_MS`): every racer that can
+ * sort before ours is listed by then, and later ones sort after it. Capped, for clock skew.
+ */
+const LAUNCH_TIME_GRAIN_MS = 1000;
 /** How often a token may replay a terminated instance before we give up (see `launch`). */
 const MAX_TOKEN_REPLAYS = 5;
 
@@ -305,11 +312,18 @@ export function createEc2Cloud(cfg: Ec2CloudConfig): CloudAdapter {
     }
   };
 
-  /** After a create, the earliest live instance with the key survives and the others are terminated. */
+  /**
+   * After a create, the earliest live instance with the key survives and the others are
+   * terminated. Nobody terminates the earliest, and the last look (see
+   * `LAUNCH_TIME_GRAIN_MS`) sees every racer that could be earlier, so racers agree.
+   */
   const settle = async (key: string, mine: Instance): Promise<Instance> => {
+    const now = Date.now();
+    const secondOver = (mine.LaunchTime?.getTime() ?? now) + LAUNCH_TIME_GRAIN_MS;
+    const lastLook = Math.min(Math.max(now, secondOver) + RACE_RECHECK_MS, now + LAUNCH_TIME_GRAIN_MS + RACE_RECHECK_MS);
     let survivor = mine;
-    for (const pause of [0, RACE_RECHECK_MS]) {
-      if (pause > 0) await sleep(pause);
+    for (const at of [now, lastLook]) {
+      if (at > Date.now()) await sleep(at - Date.now());
       const found = await liveByKey(key);
       // AWS lists a new instance only eventually; ours counts even before it shows.
       const all = found.some((i) => i.InstanceId === mine.InstanceId) ? found : [...found, mine].sort(byAge);

@@ -5,6 +5,8 @@
  * against a fake endpoint (test/targets/ec2.ts) only to prove that no call was made or to
  * send an error moto never sends.
  */
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import {
   DescribeImagesCommand,
@@ -22,6 +24,36 @@ import { MOTO_KEY_ENV, startMotoPeer, type MotoPeer } from './peers/moto.js';
 import { startFakeEc2 } from './targets/ec2.js';
 import { cloudErrorOf, instanceSpecs } from './cloud-assertions.js';
 
+
+/** A proxy to `target` that holds each request whose body contains `marker` for `ms` before passing it on. */
+async function startHoldingProxy(target: string, marker: string, ms: number) {
+  const server = http.createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      const body = Buffer.concat(chunks);
+      const pass = () => {
+        const out = http.request(`${target}${req.url}`, { method: req.method, headers: req.headers }, (answer) => {
+          res.writeHead(answer.statusCode ?? 502, answer.headers);
+          answer.pipe(res);
+        });
+        out.on('error', () => res.writeHead(502).end());
+        out.end(body);
+      };
+      if (body.includes(marker)) setTimeout(pass, ms);
+      else pass();
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    endpoint: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
+  };
+}
 
 const run = `ec2t${Date.now().toString(36)}`;
 const spec = instanceSpecs(run);
@@ -117,6 +149,30 @@ describe('EC2 adapter on moto', () => {
       expect(states.filter((st) => st === 'pending' || st === 'running')).toHaveLength(1);
     } finally {
       await other.close?.();
+    }
+  });
+
+  it('agrees on one survivor when a racer launched in the same second is listed after the first one settled', async () => {
+    // moto gives LaunchTime to the second and ids at random, so a racer launched later in the
+    // same second sorts first half the time. A proxy holds `late`'s RunInstances 500 ms, and
+    // each round starts just after a second begins: before the fix, `late` killed the instance
+    // `ec2` had already returned in about half the rounds.
+    const hold = await startHoldingProxy(peer.endpoint, 'Action=RunInstances', 500);
+    const late = createEc2Cloud({ ...peer.cloudConfig, endpoint: hold.endpoint });
+    try {
+      await late.listOfferings();
+      for (let round = 0; round < 4; round++) {
+        const cluster = `${run}-late${round}`;
+        const s = spec({}, cluster);
+        await new Promise((r) => setTimeout(r, 1020 - (Date.now() % 1000)));
+        const made = await Promise.all([ec2, late].map((a) => a.createInstance(s, s.tags.key)));
+        expect(made[1].id).toBe(made[0].id);
+        expect(await peer.count(cluster)).toBe(1);
+        expect((await ec2.findInstance(s.tags.key))?.id).toBe(made[0].id);
+      }
+    } finally {
+      await late.close?.();
+      await hold.close();
     }
   });
 
