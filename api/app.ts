@@ -28,7 +28,7 @@ import type { OidcLogin } from './schemas.js';
 import type { BatcherOptions } from './readiness-batcher.js';
 import { createApiMetrics, metricsAuthorization, type ApiMetrics } from './metrics.js';
 import { NoQuerySchema, queryOf } from './paging.js';
-import { requestIds, routePattern } from './request.js';
+import { enteredByItsPaths, requestIds, routePattern } from './request.js';
 
 /** What the API needs to know; a subset of model/config.ts's Config, with URLs resolved. */
 export interface ApiConfig {
@@ -137,7 +137,7 @@ export function createApp(deps: AppDeps): CloudgateApp {
   app.use(audit);
 
   // The web portal's page and assets: public, like the API description (the pages hold no data, the API they call checks the bearer).
-  app.use(portalRoutes({ dir: config.portalDir, oidcLogin: config.oidcLogin }));
+  app.use(enteredByItsPaths(portalRoutes({ dir: config.portalDir, oidcLogin: config.oidcLogin })));
 
   const bigJson = express.json({ limit: DEFINITION_LIMIT });
   const smallJson = express.json({ limit: SMALL_LIMIT });
@@ -145,7 +145,7 @@ export function createApp(deps: AppDeps): CloudgateApp {
   // The Web UI's payload codec, for admins. Ahead of the bearer check below: there a browser's session cookie stands in for the header.
   if (deps.payloadCodec) {
     const allowedOrigin = config.codecCorsOrigin ?? new URL(config.temporalUiUrl).origin;
-    app.use(codecRoutes({ codec: deps.payloadCodec, allowedOrigin, authorize: [authenticate({ store, oidc: deps.oidc, now: deps.now }), requireAdmin] }));
+    app.use(enteredByItsPaths(codecRoutes({ codec: deps.payloadCodec, allowedOrigin, authorize: [authenticate({ store, oidc: deps.oidc, now: deps.now }), requireAdmin] })));
   }
 
   // Prometheus: the scrape token, or an admin's bearer (owner names are labels). Ahead of the bearer check below, which knows no scrape token.
@@ -162,19 +162,20 @@ export function createApp(deps: AppDeps): CloudgateApp {
   // Everything below needs a bearer, except the few public routes auth.ts lists (and a guest's load report, which may carry its phone-home token).
   app.use(authenticate({ store, oidc: deps.oidc, now: deps.now, tokenSecret: config.tokenSecret }));
 
-  app.use(definitionRoutes({ store, temporal, json: bigJson, now: deps.now }));
-  app.use(tokenRoutes({ store, json: smallJson, now: deps.now, oidcLogin: config.oidcLogin }));
-  app.use(quotaRoutes({ store, temporal, defaultQuota: config.quota, json: smallJson }));
-  app.use(auditRoutes({ store, trail: audit }));
+  // Each router is entered only by requests on its own paths (enteredByItsPaths), so a request skips the others' routes.
+  app.use(enteredByItsPaths(definitionRoutes({ store, temporal, json: bigJson, now: deps.now })));
+  app.use(enteredByItsPaths(tokenRoutes({ store, json: smallJson, now: deps.now, oidcLogin: config.oidcLogin })));
+  app.use(enteredByItsPaths(quotaRoutes({ store, temporal, defaultQuota: config.quota, json: smallJson })));
+  app.use(enteredByItsPaths(auditRoutes({ store, trail: audit })));
 
-  app.use(contextRoutes({ store, config, json: bigJson, now: deps.now }));
+  app.use(enteredByItsPaths(contextRoutes({ store, config, json: bigJson, now: deps.now })));
   const sessionConfig = { maxLifetimeSeconds: config.maxLifetimeSeconds ?? DEFAULT_MAX_LIFETIME_SECONDS };
-  app.use(clusterRoutes({ store, temporal, config: { ...config, ...sessionConfig }, json: smallJson }));
-  app.use(sessionRoutes({ store, temporal, json: smallJson }));
+  app.use(enteredByItsPaths(clusterRoutes({ store, temporal, config: { ...config, ...sessionConfig }, json: smallJson })));
+  app.use(enteredByItsPaths(sessionRoutes({ store, temporal, json: smallJson })));
   const readiness = readinessRoutes({ temporal, store, tokenSecret: config.tokenSecret, batching: deps.readinessBatching, metrics: metrics.phoneHome });
-  app.use(readiness.router);
+  app.use(enteredByItsPaths(readiness.router));
 
-  app.use(cloudRoutes({ store, temporal, taskQueue: config.taskQueue }));
+  app.use(enteredByItsPaths(cloudRoutes({ store, temporal, taskQueue: config.taskQueue })));
 
   app.get('/healthz', async (_req, res) => {
     const checks: Record<string, string> = {};

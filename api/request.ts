@@ -1,7 +1,39 @@
 /** Small request helpers shared by the routes. */
-import type { Request, Response } from 'express';
+import type { NextFunction, Request, RequestHandler, Response, Router } from 'express';
 import { clusterWorkflowId, serviceWorkflowId } from '../workflows/messages.js';
 import { Problem } from './problem.js';
+
+/**
+ * `router`, entered only by requests whose path can match one of its layers. Express otherwise
+ * tries every layer of every router in turn: a `GET /v1/clusters/:id` went through some 30
+ * other routes first, about 0.2 ms of its time in the API. A layer's static start (its path up
+ * to the first parameter, wildcard or optional part; Express matches case-insensitively) decides.
+ * A router with a layer that has no such start (a path-less `use`, a RegExp) is always entered.
+ * Its layers are read at the first request, when every route is in place.
+ */
+export function enteredByItsPaths(router: Router): RequestHandler {
+  let starts: string[] | null | undefined;
+  return (req: Request, res: Response, next: NextFunction) => {
+    starts ??= staticStarts(router);
+    if (starts === null) return router(req, res, next);
+    const path = req.path.toLowerCase();
+    return starts.some((s) => path.startsWith(s)) ? router(req, res, next) : next();
+  };
+}
+
+/** Each layer's static start (see {@link enteredByItsPaths}), or null when some layer may match any path. */
+function staticStarts(router: Router): string[] | null {
+  const starts: string[] = [];
+  for (const layer of router.stack as { rawPath?: unknown }[]) {
+    for (const raw of [layer.rawPath].flat()) {
+      if (typeof raw !== 'string') return null;
+      const start = raw.split(/[:*{(]/)[0].toLowerCase();
+      if (start === '' || start === '/') return null;
+      starts.push(start);
+    }
+  }
+  return starts;
+}
 
 /** The matched route pattern (`/v1/clusters/:id`), if routing got that far. */
 export function routePattern(req: Request): string | undefined {
