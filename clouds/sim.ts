@@ -340,7 +340,8 @@ export function createSimCloud(opts: SimCloudOptions): SimCloud {
     return 'ok';
   };
 
-  const createTx = db.transaction((spec: InstanceSpec, image: string, key: string, flavor: CloudOffering, now: number): Row => {
+  /** One create, inside the transaction of its turn's creates ({@link makeCreates}). */
+  const createOne = (spec: InstanceSpec, image: string, key: string, flavor: CloudOffering, now: number): Row => {
     dropVanishedKey.run({ key, now });
     const existing = liveByKey.get({ key, now });
     if (existing) return existing;
@@ -367,7 +368,40 @@ export function createSimCloud(opts: SimCloudOptions): SimCloud {
     };
     insert.run(row);
     return { ...row, terminated_at: null, phone_attempts: 0, phone_result: null, phoned_at: null };
-  });
+  };
+
+  /**
+   * The creates asked in one turn of the event loop, made in one transaction. A commit each
+   * cost the worker about 0.5 ms of CPU a create (WAL pages of the table and its indexes): 5.5 s
+   * of the 14 s in which one worker created 9,500 instances, in a profile of the scale bench.
+   * Each create still gets its own answer or error, after the commit; capacity counts the
+   * creates before it, and a key asked twice gets the first one's instance.
+   */
+  const creates: { run: () => Row; settle: (answer: { row: Row } | { err: unknown }) => void }[] = [];
+  const makeCreates = (): void => {
+    const batch = creates.splice(0);
+    const answers: (() => void)[] = [];
+    try {
+      db.transaction(() => {
+        for (const c of batch) {
+          try {
+            const row = c.run();
+            answers.push(() => c.settle({ row }));
+          } catch (err) {
+            answers.push(() => c.settle({ err }));
+          }
+        }
+      }).immediate();
+    } catch (err) {
+      for (const c of batch) c.settle({ err });
+      return;
+    }
+    for (const answer of answers) answer();
+  };
+  const create = (run: () => Row): Promise<Row> =>
+    new Promise((resolve, reject) => {
+      if (creates.push({ run, settle: (a) => ('row' in a ? resolve(a.row) : reject(a.err)) }) === 1) setImmediate(makeCreates);
+    });
 
   const toInstance = (r: Row, now: number): CloudInstance => ({
     id: r.id,
@@ -544,7 +578,7 @@ export function createSimCloud(opts: SimCloudOptions): SimCloud {
         );
       }
       const now = Date.now();
-      return toInstance(createTx.immediate(spec, image, idempotencyKey, flavor, now), now);
+      return toInstance(await create(() => createOne(spec, image, idempotencyKey, flavor, now)), now);
     },
 
     async describeInstance(id) {

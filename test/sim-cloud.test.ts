@@ -400,6 +400,22 @@ for (let i = 0; ; i++) {
   });
 });
 
+describe('sim creates asked together (one transaction a turn)', () => {
+  it('a cloud with room for 5 makes 5 of 8 and refuses the rest as full; a key asked twice gets one instance', async () => {
+    const sim = open({ capacity: 5 });
+    const keys = ['t-0', 't-1', 't-0', 't-2', 't-3', 't-4', 't-5', 't-6', 't-7'];
+    const answers = await Promise.allSettled(keys.map((k) => create(sim, k, 'together')));
+    const made = answers.flatMap((a, i) => (a.status === 'fulfilled' ? [{ key: keys[i], id: a.value.id }] : []));
+    const refused = answers.flatMap((a) => (a.status === 'rejected' ? [a.reason as CloudError] : []));
+    expect(made.map((m) => m.key)).toEqual(['t-0', 't-1', 't-0', 't-2', 't-3', 't-4']);
+    expect(made[2].id).toBe(made[0].id);
+    expect(refused.map((e) => e.kind)).toEqual(['CapacityExhausted', 'CapacityExhausted', 'CapacityExhausted']);
+    expect(refused[0].message).toContain('5 of 5 instances live');
+    expect(sim.count({ cluster: 'together' })).toBe(5);
+    expect((await sim.findInstance('t-0'))?.id).toBe(made[0].id);
+  });
+});
+
 describe('sim at scale', () => {
   it('creates 1,000 instances quickly and all 1,000 phone home', async () => {
     const sim = open({ bootMs: 200, readyDelayMs: 100 });
