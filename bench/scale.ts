@@ -370,11 +370,12 @@ function phoneHomeFigure(before: Record<string, number>, after: Record<string, n
   const d = (k: string) => (after[k] ?? 0) - (before[k] ?? 0);
   const signals = d('cloudgate_phone_home_signal_duration_seconds_count{result="ok"}');
   const reports = d('cloudgate_phone_home_delivery_seconds_count');
+  const mean = (sum: number, n: number, scale = 1) => (n > 0 ? ((sum / n) * scale).toFixed(0) : '–');
   return [
     'phone-homes through the APIs',
-    `${reports} reports in ${signals} signals (mean ${(d('cloudgate_phone_home_signalled_reports_total') / signals).toFixed(0)} a signal), ` +
-      `signal round trip mean ${((d('cloudgate_phone_home_signal_duration_seconds_sum{result="ok"}') / signals) * 1000).toFixed(0)} ms, ` +
-      `report arrival to delivery mean ${((d('cloudgate_phone_home_delivery_seconds_sum') / reports) * 1000).toFixed(0)} ms`,
+    `${reports} reports in ${signals} signals (mean ${mean(d('cloudgate_phone_home_signalled_reports_total'), signals)} a signal), ` +
+      `signal round trip mean ${mean(d('cloudgate_phone_home_signal_duration_seconds_sum{result="ok"}'), signals, 1000)} ms, ` +
+      `report arrival to delivery mean ${mean(d('cloudgate_phone_home_delivery_seconds_sum'), reports, 1000)} ms`,
   ];
 }
 
