@@ -10,9 +10,10 @@
  * the phone-home token of any live instance of that cluster (api/auth.ts), so a head node
  * reports without a user's credentials; a token of another cluster gets the same 404.
  */
+import { setTimeout as sleep } from 'node:timers/promises';
 import express, { type Router } from 'express';
 import type { Client } from '@temporalio/client';
-import type { Store } from '../store/index.js';
+import type { ServiceViewRecord, Store } from '../store/index.js';
 import {
   CLUSTER_NOT_ACTIVE,
   clusterWorkflowId,
@@ -34,7 +35,7 @@ import { NoQuerySchema, queryOf } from './paging.js';
 import { conflict, invalid, notFound, parseOr422, type Problem } from './problem.js';
 import { bodyOf, optionalBodyOf, param } from './request.js';
 import { ExtendRequestSchema, LoadRequestSchema, PauseRequestSchema } from './schemas.js';
-import { UPDATE_DEADLINE_MS, updateProblem } from './temporal-errors.js';
+import { refusedAs, UPDATE_DEADLINE_MS, updateProblem } from './temporal-errors.js';
 import { visibleCluster } from './clusters.js';
 
 /** The default site-wide cap of a cluster's lifetime (`config.maxLifetimeSeconds`). */
@@ -93,7 +94,12 @@ export function sessionRoutes(deps: { store: Store; temporal: Client; json: expr
   });
 
   router.post('/v1/clusters/:id/retry', async (req, res) => {
-    await update(req, res, (id) => temporal.workflow.getHandle(clusterWorkflowId(id)).executeUpdate(retryUpdate), 'retry');
+    await update(
+      req,
+      res,
+      (id) => retryOnceHeard(() => temporal.workflow.getHandle(clusterWorkflowId(id)).executeUpdate(retryUpdate), () => store.getServiceViews(id)),
+      'retry',
+    );
   });
 
   router.post('/v1/clusters/:id/services/:service/load', json, async (req, res) => {
@@ -104,6 +110,32 @@ export function sessionRoutes(deps: { store: Store; temporal: Client; json: expr
   });
 
   return router;
+}
+
+/** How long a retry waits for its cluster workflow to hear what the read model already shows, and how often it asks again. */
+export const RETRY_CATCH_UP_MS = 3_000;
+const RETRY_CATCH_UP_STEP_MS = 100;
+/** The states a retry re-runs (the cluster workflow's `retryable`). */
+const RETRYABLE_STATES = new Set<string>(['FAILED', 'WAITING_CAPACITY']);
+
+/**
+ * A service publishes its own state (which `GET /v1/clusters/:id` shows) just before its
+ * cluster workflow hears of it: a retry asked for in between would be refused although the
+ * answer just read says FAILED. So while the read model (`shown`) has a service to retry, a
+ * refusal is tried again every {@link RETRY_CATCH_UP_STEP_MS} for at most `waitMs` (a refused
+ * Update leaves nothing in the workflow's history); any other failure is thrown at once.
+ */
+export async function retryOnceHeard<T>(run: () => Promise<T>, shown: () => Promise<Pick<ServiceViewRecord, 'summary'>[]>, waitMs = RETRY_CATCH_UP_MS): Promise<T> {
+  const until = Date.now() + waitMs;
+  for (;;) {
+    try {
+      return await run();
+    } catch (err) {
+      if (!refusedAs(err, NOTHING_TO_RETRY) || Date.now() >= until) throw err;
+      if (!(await shown()).some((v) => RETRYABLE_STATES.has(v.summary.state))) throw err;
+      await sleep(RETRY_CATCH_UP_STEP_MS);
+    }
+  }
 }
 
 function sessionProblem(err: unknown, clusterId: string, what: string): Problem {

@@ -48,6 +48,10 @@ export function temporalProblem(err: unknown, what: string): Problem {
   return unavailable(`${what}: ${reason(err)}`, err);
 }
 
+/** True when an Update was refused by its validator with a failure of this type. */
+export const refusedAs = (err: unknown, type: string): boolean =>
+  err instanceof WorkflowUpdateFailedError && err.cause instanceof ApplicationFailure && err.cause.type === type;
+
 /**
  * The problem for a cluster workflow Update that did not go through: a closed workflow is a
  * 409; a rejection by its validator maps by failure type through `byType` (anything else is a
