@@ -13,6 +13,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import express, { type Router } from 'express';
 import type { Client } from '@temporalio/client';
+import { RETRYABLE_SERVICE_STATES } from '../model/status.js';
 import type { ServiceViewRecord, Store } from '../store/index.js';
 import {
   CLUSTER_NOT_ACTIVE,
@@ -113,10 +114,8 @@ export function sessionRoutes(deps: { store: Store; temporal: Client; json: expr
 }
 
 /** How long a retry waits for its cluster workflow to hear what the read model already shows, and how often it asks again. */
-export const RETRY_CATCH_UP_MS = 3_000;
+const RETRY_CATCH_UP_MS = 3_000;
 const RETRY_CATCH_UP_STEP_MS = 100;
-/** The states a retry re-runs (the cluster workflow's `retryable`). */
-const RETRYABLE_STATES = new Set<string>(['FAILED', 'WAITING_CAPACITY']);
 
 /**
  * A service publishes its own state (which `GET /v1/clusters/:id` shows) just before its
@@ -132,7 +131,7 @@ export async function retryOnceHeard<T>(run: () => Promise<T>, shown: () => Prom
       return await run();
     } catch (err) {
       if (!refusedAs(err, NOTHING_TO_RETRY) || Date.now() >= until) throw err;
-      if (!(await shown()).some((v) => RETRYABLE_STATES.has(v.summary.state))) throw err;
+      if (!(await shown()).some((v) => RETRYABLE_SERVICE_STATES.has(v.summary.state))) throw err;
       await sleep(RETRY_CATCH_UP_STEP_MS);
     }
   }

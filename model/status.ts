@@ -11,6 +11,8 @@ export type ClusterState = (typeof CLUSTER_STATES)[number];
  */
 export const SERVICE_STATES = ['WAITING', 'DEPLOYING', 'WAITING_CAPACITY', 'READY', 'DEGRADED', 'FAILED', 'PAUSED', 'TERMINATING', 'TERMINATED'] as const;
 export type ServiceState = (typeof SERVICE_STATES)[number];
+/** The states of a started service that a user's retry re-runs now (`POST /v1/clusters/:id/retry`). */
+export const RETRYABLE_SERVICE_STATES: ReadonlySet<string> = new Set<ServiceState>(['FAILED', 'WAITING_CAPACITY']);
 
 /**
  * One instance's life as cloudgate sees it: CREATING (create call in flight) → BOOTING

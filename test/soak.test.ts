@@ -73,8 +73,9 @@ async function call(method: string, url: string, body?: unknown): Promise<{ stat
   let firstAt: number | undefined;
   for (;;) {
     const r = await stack.http(method, url, body);
+    if (r.status !== 503) return r;
     firstAt ??= Date.now();
-    if (r.status !== 503 || Date.now() - firstAt > UNAVAILABLE_BUDGET_MS) return r;
+    if (Date.now() - firstAt > UNAVAILABLE_BUDGET_MS) return r;
     unavailable.push(`${method} ${url.replace(/\/clusters\/[^/]+/, '/clusters/:id')}: ${r.body?.detail ?? r.status}`);
     await new Promise((res) => setTimeout(res, Math.min(1_000, Number(r.headers.get('retry-after') ?? 1) * 1000)));
   }

@@ -35,7 +35,7 @@ import { diffSpecs, sameSpec, specLabel, type ClusterSpec, type SpecDiff } from 
 import { expiryReason, humanSeconds, sessionExpiry, sessionStart, type SessionDeadlines } from '../model/session.js';
 import { nextWindowOpening, openWindowAt, windowName } from '../model/windows.js';
 import type { ClusterEvent, ClusterEventKind, PublishClusterInput, PublishedService } from '../model/read-model.js';
-import type { ClusterState } from '../model/status.js';
+import { RETRYABLE_SERVICE_STATES, type ClusterState } from '../model/status.js';
 import type { CloudgateActivities, PollLoadResult } from './activity-types.js';
 import { failureReason } from './failures.js';
 import {
@@ -653,7 +653,7 @@ class ClusterRun {
   }
   /** The services a retry re-runs: started ones that failed or wait for room. */
   private retryable(): string[] {
-    return [...this.s.services.values()].filter((x) => x.workflowId && (x.state === 'FAILED' || x.state === 'WAITING_CAPACITY')).map((x) => x.name);
+    return [...this.s.services.values()].filter((x) => x.workflowId && RETRYABLE_SERVICE_STATES.has(x.state)).map((x) => x.name);
   }
 
   private validateRetry(): void {
