@@ -75,6 +75,7 @@ import {
   type ChangeResult,
   type ChangeView,
   windowOpenSignal,
+  WORKFLOW_TASK_TIMEOUT,
   type ClusterCarried,
   type ClusterInput,
   type ClusterView,
@@ -92,9 +93,6 @@ import { ServiceWorkflow } from './service.js';
 import type { WindowActivities } from './windows.js';
 
 /** The sweep must finish whatever it takes: no attempt limit, slow backoff. */
-/** The workflow task timeout of each service workflow (see startService). */
-const SERVICE_TASK_TIMEOUT = '30 seconds';
-
 const { sweepCluster } = proxyActivities<CloudgateActivities>({
   startToCloseTimeout: '10 minutes',
   heartbeatTimeout: '1 minute',
@@ -1005,10 +1003,7 @@ class ClusterRun {
           tuning: input.tuning,
         },
       ],
-      // A 10,000-instance service's task can take seconds on a busy worker (its replay after an eviction alone took 7 s
-      // at 2,000 events); at the default 10 s it timed out, was replayed again, and timed out again. A killed worker's
-      // task in flight is taken over this much later.
-      workflowTaskTimeout: SERVICE_TASK_TIMEOUT,
+      workflowTaskTimeout: WORKFLOW_TASK_TIMEOUT,
       // A run that continues-as-new must not take its services with it; teardown reaches them by signal.
       parentClosePolicy: this.continues ? ParentClosePolicy.ABANDON : ParentClosePolicy.REQUEST_CANCEL,
       staticSummary:
