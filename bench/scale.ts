@@ -32,7 +32,7 @@ import { bundleWorkflowCode, DefaultLogger, Worker } from '@temporalio/worker';
 import { startApi } from '../api/main.js';
 import { payloadDataConverter } from '../model/payload-codec.js';
 import { loadPayloadKeys } from '../store/secret.js';
-import { FAILURE_CONVERTER_PATH, WORKFLOWS_PATH } from '../workers/worker.js';
+import { WORKFLOW_BUNDLE_OPTIONS } from '../workers/worker.js';
 import { startBenchStack } from './bench-stack.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -392,7 +392,7 @@ async function histories(clusterId: string) {
     if (n > (biggestRun.get(wf.workflowId)?.events ?? 0)) biggestRun.set(wf.workflowId, { runId: wf.runId, events: n });
   }
   const replays: string[] = [];
-  bundle ??= await bundleWorkflowCode({ workflowsPath: WORKFLOWS_PATH, failureConverterPath: FAILURE_CONVERTER_PATH, logger: quiet });
+  bundle ??= await bundleWorkflowCode({ ...WORKFLOW_BUNDLE_OPTIONS, logger: quiet });
   for (const [workflowId, { runId, events }] of biggestRun) {
     const history = await site.client.workflow.getHandle(workflowId, runId).fetchHistory();
     const t0 = Date.now();

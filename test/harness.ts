@@ -24,7 +24,7 @@ import type { ClusterDefinitionInput } from '../model/definition.js';
 import type { PublishedInstance } from '../model/read-model.js';
 import { extractPhoneHome } from '../model/user-data.js';
 import { freePort, startDevServer, type DevServer } from '../workers/dev-server.js';
-import { FAILURE_CONVERTER_PATH, startWorker, WORKFLOWS_PATH, type RunningWorker } from '../workers/worker.js';
+import { startWorker, WORKFLOW_BUNDLE_OPTIONS, type RunningWorker } from '../workers/worker.js';
 import { SA_CLUSTER_ID } from '../workflows/messages.js';
 import { useHistoryKeys } from './history-text.js';
 
@@ -52,7 +52,7 @@ export function cliEnv(home: string, env: Record<string, string> = {}): NodeJS.P
 let bundlePromise: Promise<WorkflowBundleWithSourceMap> | undefined;
 /** The workflow bundle, built once per test file. */
 export function workflowBundle(): Promise<WorkflowBundleWithSourceMap> {
-  bundlePromise ??= bundleWorkflowCode({ workflowsPath: WORKFLOWS_PATH, failureConverterPath: FAILURE_CONVERTER_PATH, logger: quietLogger });
+  bundlePromise ??= bundleWorkflowCode({ ...WORKFLOW_BUNDLE_OPTIONS, logger: quietLogger });
   return bundlePromise;
 }
 const quietLogger = { log() {}, trace() {}, debug() {}, info() {}, warn() {}, error() {} };

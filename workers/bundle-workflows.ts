@@ -6,13 +6,13 @@
  */
 import { writeFileSync } from 'node:fs';
 import { bundleWorkflowCode } from '@temporalio/worker';
-import { FAILURE_CONVERTER_PATH, WORKFLOWS_PATH } from './worker.js';
+import { WORKFLOW_BUNDLE_OPTIONS, WORKFLOWS_PATH } from './worker.js';
 
 const out = process.argv[2];
 if (!out) {
   console.error('usage: bundle-workflows <output file>');
   process.exit(2);
 }
-const { code } = await bundleWorkflowCode({ workflowsPath: WORKFLOWS_PATH, failureConverterPath: FAILURE_CONVERTER_PATH });
+const { code } = await bundleWorkflowCode(WORKFLOW_BUNDLE_OPTIONS);
 writeFileSync(out, code);
 console.log(`workflow bundle ${out}: ${(code.length / 1024).toFixed(0)} KiB from ${WORKFLOWS_PATH}`);
