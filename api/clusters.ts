@@ -45,7 +45,6 @@ import {
   SCALE_OUT_OF_BOUNDS,
   teardownSignal,
   UNKNOWN_SERVICE,
-  WORKFLOW_TASK_TIMEOUT,
   type ChangeResult,
   type ClusterInput,
 } from '../workflows/messages.js';
@@ -281,8 +280,6 @@ export function clusterRoutes(deps: ClusterRouteDeps): Router {
       typedSearchAttributes: attrs,
       staticSummary: `cluster ${c.name} from ${d.name} on ${clouds.length > 1 ? `clouds ${clouds.join(', ')}` : clouds[0]}: ${d.services.length} services, ${minInstances} instances min`,
       workflowIdConflictPolicy: 'USE_EXISTING',
-      // Its runs continued-as-new keep it (the server carries the task timeout over).
-      workflowTaskTimeout: WORKFLOW_TASK_TIMEOUT,
       // A torn-down cluster must stay down even if a client replays its create request.
       workflowIdReusePolicy: 'REJECT_DUPLICATE',
     });

@@ -75,7 +75,6 @@ import {
   type ChangeResult,
   type ChangeView,
   windowOpenSignal,
-  WORKFLOW_TASK_TIMEOUT,
   type ClusterCarried,
   type ClusterInput,
   type ClusterView,
@@ -91,6 +90,15 @@ import {
 } from './messages.js';
 import { ServiceWorkflow } from './service.js';
 import type { WindowActivities } from './windows.js';
+
+/**
+ * The workflow task timeout of each service workflow (see startService). The cluster workflow
+ * keeps Temporal's 10 s: with 30 s, a task in flight on a killed worker held every update of
+ * the cluster (pause, scale, load) for 30 s after the crash, and test/elastic-crash.test.ts got
+ * 503 for a pause. Its replay after a refused continue-as-new can pass 10 s on a loaded machine
+ * (the soak measured up to 6 s); the API answers 503 with Retry-After meanwhile.
+ */
+const SERVICE_TASK_TIMEOUT = '30 seconds';
 
 /** The sweep must finish whatever it takes: no attempt limit, slow backoff. */
 const { sweepCluster } = proxyActivities<CloudgateActivities>({
@@ -1003,7 +1011,10 @@ class ClusterRun {
           tuning: input.tuning,
         },
       ],
-      workflowTaskTimeout: WORKFLOW_TASK_TIMEOUT,
+      // A 10,000-instance service's task can take seconds on a busy worker (its replay after an eviction alone took 7 s
+      // at 2,000 events); at the default 10 s it timed out, was replayed again, and timed out again. A killed worker's
+      // task in flight is taken over this much later.
+      workflowTaskTimeout: SERVICE_TASK_TIMEOUT,
       // A run that continues-as-new must not take its services with it; teardown reaches them by signal.
       parentClosePolicy: this.continues ? ParentClosePolicy.ABANDON : ParentClosePolicy.REQUEST_CANCEL,
       staticSummary:

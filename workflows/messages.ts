@@ -18,15 +18,6 @@ import type { ClusterState, ReadinessReport, ServiceStatus } from '../model/stat
 
 export const TASK_QUEUE = 'cloudgate';
 
-/**
- * The workflow task timeout of cluster and service workflows (Temporal's default is 10 s). A task may replay its
- * run's whole history: after an eviction, and when a continue-as-new is refused because a signal came in meanwhile
- * (the server's UNHANDLED_COMMAND). 2,000 events replayed in 4–8 s on a busy 2-core worker and in 7–15 s with a
- * test suite beside it: at 10 s such a task timed out, was replayed again, and timed out again, while every update
- * of the cluster waited. The price: a killed worker's task in flight is taken over this much later.
- */
-export const WORKFLOW_TASK_TIMEOUT = '30 seconds';
-
 export const clusterWorkflowId = (clusterId: string): string => `cluster/${clusterId}`;
 export const serviceWorkflowId = (clusterId: string, service: string): string => `cluster/${clusterId}/${service}`;
 /**
