@@ -115,6 +115,15 @@ const ORPHAN_TEARDOWN_PATCH = 'service-orphan-teardown';
  * (its events, or an instance it changed, would miss the read model); runs before did.
  */
 const QUIET_HANDOVER_PATCH = 'service-quiet-handover';
+/**
+ * The `patched()` id of not continuing-as-new while a write to the read model failed (it is kept
+ * in this run and not carried: the next run would count its instances as published, and an
+ * instance's last change would never reach the read model). Runs before handed over anyway; the
+ * cluster workflow always waited (its `continueAsNewIfDue`).
+ */
+const PUBLISHED_HANDOVER_PATCH = 'service-published-handover';
+/** How soon a run that waits to hand over tries a failed read-model write again (after the local activity's own attempts). */
+const PUBLISH_RETRY_MS = 5_000;
 
 /** Cloud error kinds and activity failures no retry will mend (model/cloud-errors.ts). */
 const PERMANENT = [...PERMANENT_CREATE_FAILURES];
@@ -943,11 +952,13 @@ class ServiceRun {
           await this.publish(true);
           // A signal handled during that publish: loop once more (reconcile, publish), then hand over.
           const quiet = !s.dirty && s.events.length === 0 && allHandlersFinished();
-          if (quiet || !patched(QUIET_HANDOVER_PATCH)) await continueAsNew<typeof ServiceWorkflow>({ ...this.input, desired: s.desired, carried: this.carried() });
+          // A write that failed is tried again first (the wake-up below comes within PUBLISH_RETRY_MS).
+          const published = this.pendingPublish === undefined || !patched(PUBLISHED_HANDOVER_PATCH);
+          if (published && (quiet || !patched(QUIET_HANDOVER_PATCH))) await continueAsNew<typeof ServiceWorkflow>({ ...this.input, desired: s.desired, carried: this.carried() });
         }
         if (!s.dirty) {
           const now = Date.now();
-          const publishAt = this.publishDueAt();
+          const publishAt = this.pendingPublish && patched(PUBLISHED_HANDOVER_PATCH) ? now + PUBLISH_RETRY_MS : this.publishDueAt();
           const roomAt = this.roomAt();
           const wake = nextWakeMs(now, s.nextHealthCheck, this.instances.values(), s.failedUntil, publishAt, roomAt);
           await condition(() => s.dirty, wake, { summary: wakeReason(now, s.nextHealthCheck, this.instances.values(), s.failedUntil, publishAt, roomAt) });
