@@ -44,11 +44,12 @@ const WORKFLOW_TARGET = 'es2022';
  * (an SDK upgrade changed it), not a silently slower worker.
  */
 export function compileForNode(config: WebpackConfig): WebpackConfig {
-  const swc = (config.module?.rules ?? []).flatMap((rule) => {
+  const jsc = (config.module?.rules ?? []).flatMap((rule) => {
     const use = rule && typeof rule === 'object' ? rule.use : undefined;
-    return use && typeof use === 'object' && !Array.isArray(use) && typeof use.loader === 'string' && use.loader.includes('swc-loader') ? [use] : [];
+    const swc = use && typeof use === 'object' && !Array.isArray(use) && typeof use.loader === 'string' && use.loader.includes('swc-loader');
+    const options = swc ? (use.options as { jsc?: { target?: string } } | undefined) : undefined;
+    return options?.jsc ? [options.jsc] : [];
   });
-  const jsc = swc.map((use) => (use.options as { jsc?: { target?: string } } | undefined)?.jsc).filter((j) => j !== undefined);
   if (jsc.length === 0) throw new Error('the workflow bundler has no swc-loader with jsc options any more: see compileForNode in workers/worker.ts');
   for (const j of jsc) j.target = WORKFLOW_TARGET;
   return config;
@@ -118,7 +119,7 @@ export async function startWorker(config: Config, opts: StartWorkerOptions = {})
       ? { workflowBundle: opts.workflowBundle }
       : config.workflowBundle
         ? { workflowBundle: { codePath: config.workflowBundle } }
-        : { workflowsPath: WORKFLOWS_PATH, bundlerOptions: { webpackConfigHook: compileForNode } }),
+        : { workflowsPath: WORKFLOW_BUNDLE_OPTIONS.workflowsPath, bundlerOptions: { webpackConfigHook: WORKFLOW_BUNDLE_OPTIONS.webpackConfigHook } }),
     activities: {
       ...createActivities({
         clouds,

@@ -93,9 +93,9 @@ import type { WindowActivities } from './windows.js';
 
 /**
  * The workflow task timeout of each service workflow (see startService). The cluster workflow
- * keeps Temporal's 10 s: with 30 s, a task in flight on a killed worker held every update of
- * the cluster (pause, scale, load) for 30 s after the crash, and test/elastic-crash.test.ts got
- * 503 for a pause. Its replay after a refused continue-as-new can pass 10 s on a loaded machine
+ * keeps Temporal's 10 s: with 30 s (tried once), test/elastic-crash.test.ts got 503 for a pause
+ * right after a worker kill — as we read it, a task in flight on the killed worker holds every
+ * update of the cluster until it times out. Its replay after a refused continue-as-new can pass 10 s on a loaded machine
  * (the soak measured up to 6 s); the API answers 503 with Retry-After meanwhile.
  */
 const SERVICE_TASK_TIMEOUT = '30 seconds';
