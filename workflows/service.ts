@@ -21,6 +21,7 @@ import {
   proxyActivities,
   proxyLocalActivities,
   setCurrentDetails,
+  sleep,
   setHandler,
   upsertSearchAttributes,
   workflowInfo,
@@ -124,6 +125,13 @@ const QUIET_HANDOVER_PATCH = 'service-quiet-handover';
 const PUBLISHED_HANDOVER_PATCH = 'service-published-handover';
 /** How soon a run that waits to hand over tries a failed read-model write again (after the local activity's own attempts). */
 const PUBLISH_RETRY_MS = 5_000;
+/**
+ * The `patched()` id of letting the activities a workflow task scheduled start before its
+ * read-model writes (see {@link ServiceRun.send}). Runs before sent them with the writes.
+ */
+const SCHEDULED_FIRST_PATCH = 'service-scheduled-first';
+/** From this many activities scheduled in one task, they go out before its read-model writes (fewer wait, and add no events). */
+const SCHEDULED_FIRST_MIN = 2;
 
 /** Cloud error kinds and activity failures no retry will mend (model/cloud-errors.ts). */
 const PERMANENT = [...PERMANENT_CREATE_FAILURES];
@@ -229,6 +237,8 @@ class ServiceRun {
   private readonly readModel: boolean;
   /** A write to the read model that failed, to send again first. */
   private pendingPublish?: { input: PublishServiceInput; done: () => void };
+  /** Activities scheduled in the workflow task that began at history length `at`, not yet sent to the server (see {@link send}). */
+  private unsent = { at: 0, count: 0 };
 
   /** The input, with the service's spec as the last change made it (see {@link changeSpec}). */
   constructor(private input: ServiceInput) {
@@ -425,6 +435,9 @@ class ServiceRun {
 
   /** Runs one cloud activity without blocking the loop; its outcome is folded into state. */
   private launch(work: () => Promise<void>): void {
+    // A task's commands (these activities' schedules) go to the server when the task completes.
+    const at = workflowInfo().historyLength;
+    this.unsent = { at, count: (this.unsent.at === at ? this.unsent.count : 0) + 1 };
     this.s.inFlight++;
     void work().finally(() => {
       this.s.inFlight--;
@@ -809,6 +822,14 @@ class ServiceRun {
    * if it had landed after all, the store refuses the copy, so no event is written twice.
    */
   private async send(input: PublishServiceInput, done: () => void): Promise<boolean> {
+    // A workflow task that runs local activities completes (and sends its commands) only when
+    // they are done: 190 creates of a 9,500-instance wave waited 1.7 s behind the ten writes of
+    // its 9,500 new instances. A timer due at once ends the task; the writes follow in the next.
+    const { at, count } = this.unsent;
+    if (count >= SCHEDULED_FIRST_MIN && at === workflowInfo().historyLength && patched(SCHEDULED_FIRST_PATCH)) {
+      this.unsent = { at, count: 0 };
+      await sleep(1, { summary: `let the ${count} activities just scheduled start before the read-model write` });
+    }
     try {
       await publishService.executeWithOptions(
         { summary: `publish ${this.name}: ${input.summary.state}, ${input.summary.ready}/${input.summary.desired} ready, ${input.upserts.length} instance changes` },
