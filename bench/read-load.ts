@@ -16,6 +16,8 @@ const rate = Number(rateArg ?? 200);
 if (!url || !(rate > 0)) throw new Error('usage: read-load <url> <requests per second>');
 
 const latencies: number[] = [];
+/** Each answered request's start, seconds after the first: where in the run the slow ones fell. */
+const startedAt: number[] = [];
 let sent = 0;
 let bad = 0;
 let errors = 0;
@@ -39,6 +41,7 @@ const once = () => {
       res.on('end', () => {
         if (!res.statusCode || res.statusCode >= 300) bad++;
         latencies.push(performance.now() - t0);
+        startedAt.push((t0 - started) / 1000);
         inFlight--;
       });
       res.on('error', failed);
@@ -54,6 +57,21 @@ const timer = setInterval(() => {
 }, 10);
 
 const quantile = (sorted: number[], q: number) => (sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] : NaN);
+
+/** p50 and p99 of the requests started in each {@link WINDOW_S} s of the run: a burst's tail apart from the quiet times'. */
+const WINDOW_S = 10;
+const windows = () => {
+  const by = new Map<number, number[]>();
+  latencies.forEach((ms, i) => {
+    const w = Math.floor(startedAt[i] / WINDOW_S) * WINDOW_S;
+    if (!by.has(w)) by.set(w, []);
+    by.get(w)!.push(ms);
+  });
+  return [...by.entries()].map(([from, ms]) => {
+    const s = ms.sort((a, b) => a - b);
+    return { from, answered: s.length, p50: Math.round(quantile(s, 0.5)), p99: Math.round(quantile(s, 0.99)) };
+  });
+};
 
 process.stdin.resume();
 process.stdin.on('end', () => {
@@ -74,6 +92,7 @@ process.stdin.on('end', () => {
       p90: round(quantile(sorted, 0.9)),
       p99: round(quantile(sorted, 0.99)),
       max: round(sorted.at(-1) ?? NaN),
+      byWindow: windows(),
     })}\n`,
   );
   process.exit(0);

@@ -10,7 +10,8 @@
  * 1. the three-tier cluster (1 % proxy, 4 % head after it, 95 % workers after head) at each
  *    size of `BENCH_SIZES` (default 1000,5000,10000) with one worker process, and the largest
  *    again with two: wall, ratio to the ideal, `GET /v1/clusters/:id` p50/p99 at
- *    `BENCH_READ_RATE` (200) requests/s through the deployment (`BENCH_LARGEST_WORKERS`, default
+ *    `BENCH_READ_RATE` (200) requests/s through the deployment, also by 10 s of the run and as
+ *    the APIs' own histograms saw them, with the APIs' event-loop delay (`BENCH_LARGEST_WORKERS`, default
  *    `1,2`: the worker counts of the largest size's runs), peak RSS of each worker and API
  *    process, the largest history and payload-size warnings, and the time to replay the
  *    largest run of each workflow;
@@ -264,14 +265,25 @@ const cpuFigure = (cpu: Record<string, number>, wall: number): [string, string] 
 ];
 
 /** A reader process asking for `url` at `rate`/s until the returned function is called; that resolves its figures. */
-function startReader(url: string, rate: number): () => Promise<Record<string, number>> {
+/** What bench/read-load.ts prints. */
+interface Reads {
+  sent: number;
+  answered: number;
+  non2xx: number;
+  p50: number;
+  p99: number;
+  max: number;
+  byWindow: { from: number; p50: number; p99: number }[];
+}
+
+function startReader(url: string, rate: number): () => Promise<Reads> {
   const reader = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'bench/read-load.ts'), `${site.url}${url}`, String(rate)], {
     stdio: ['pipe', 'pipe', 'inherit'],
     env: { ...process.env, BENCH_AUTHORIZATION: site.authorization },
   });
   let out = '';
   reader.stdout!.on('data', (d: Buffer) => (out += d.toString('utf8')));
-  const done = new Promise<Record<string, number>>((resolve) => reader.once('exit', () => resolve(JSON.parse(out.trim() || '{}'))));
+  const done = new Promise<Reads>((resolve) => reader.once('exit', () => resolve(JSON.parse(out.trim() || '{}') as Reads)));
   return () => {
     reader.stdin!.end();
     return done;
@@ -353,16 +365,37 @@ function guestTimes(clusterId: string, t0: number): string {
   }
 }
 
-/** The phone-home path's counters summed over the API processes (api/metrics.ts), for the difference a run made. */
-async function phoneHomeCounters(): Promise<Record<string, number>> {
+/**
+ * The phone-home path's counters summed over the API processes (api/metrics.ts), for the
+ * difference a run made; and each API process's event-loop delay (p99 and max) since the
+ * scrape before, which prom-client measures between scrapes.
+ */
+async function phoneHomeCounters(): Promise<{ sums: Record<string, number>; lag: string[] }> {
   const sums: Record<string, number> = {};
-  for (const url of site.apiUrls()) {
+  const lag: string[] = [];
+  for (const [n, url] of site.apiUrls().entries()) {
     const text = await (await fetch(`${url}/metrics`, { headers: { authorization: site.authorization } })).text();
     for (const m of text.matchAll(/^(cloudgate_phone_home_(?:signal_duration_seconds_(?:sum|count)\{result="ok"\}|delivery_seconds_(?:sum|count)|signalled_reports_total)) (\S+)$/gm)) {
       sums[m[1]] = (sums[m[1]] ?? 0) + Number(m[2]);
     }
+    // The API's own time for the reader's GETs, summed over its statuses: `le` bucket → count.
+    for (const m of text.matchAll(/^cloudgate_http_request_duration_seconds_bucket\{(.*)\} (\S+)$/gm)) {
+      if (!m[1].includes('method="GET"') || !m[1].includes('route="/v1/clusters/:id"')) continue;
+      const key = `get-le-${/le="([^"]+)"/.exec(m[1])![1]}`;
+      sums[key] = (sums[key] ?? 0) + Number(m[2]);
+    }
+    const ms = (name: string) => Math.round(Number(new RegExp(`^nodejs_eventloop_lag_${name}_seconds (\\S+)$`, 'm').exec(text)?.[1] ?? NaN) * 1000);
+    lag.push(`api-${n + 1} p99 ${ms('p99')} ms, max ${ms('max')} ms`);
   }
-  return sums;
+  return { sums, lag };
+}
+
+/** How long the APIs themselves took for `GET /v1/clusters/:id` during the run: the share answered within each bound, from their histograms. */
+function apiGetFigure(before: Record<string, number>, after: Record<string, number>): [string, string] {
+  const d = (le: string) => (after[`get-le-${le}`] ?? 0) - (before[`get-le-${le}`] ?? 0);
+  const all = d('+Inf');
+  const share = (le: string) => `${((100 * d(le)) / all).toFixed(1)} % within ${Number(le) * 1000} ms`;
+  return ['GET /v1/clusters/:id inside the APIs', all > 0 ? `${all} answered: ${['0.025', '0.05', '0.25', '1'].map(share).join(', ')}` : 'none counted'];
 }
 
 /** What a run's readiness reports cost on their way to the workflows: signals, their round trip, batch size, each report's wait. */
@@ -424,7 +457,8 @@ async function threeTierRun(size: number, workers: number): Promise<void> {
     const reads = await stopReader?.();
     return { id: cluster.id as string, wall, reads, guests: guestTimes(cluster.id, t0) };
   });
-  const phoneHomes = phoneHomeFigure(counted, await phoneHomeCounters());
+  const after = await phoneHomeCounters();
+  const phoneHomes = phoneHomeFigure(counted.sums, after.sums);
   const { largest, replays } = await histories(result.id);
   const td0 = Date.now();
   await request('DELETE', `/v1/clusters/${result.id}`);
@@ -434,10 +468,17 @@ async function threeTierRun(size: number, workers: number): Promise<void> {
     figures: [
       ['wall to READY / ideal', `${result.wall.toFixed(1)} s / ${ideal.toFixed(0)} s = ${(result.wall / ideal).toFixed(3)}`],
       ...(result.reads
-        ? ([[`GET /v1/clusters/:id at ${readRate}/s`, `p50 ${result.reads.p50} ms, p99 ${result.reads.p99} ms, max ${result.reads.max} ms (${result.reads.answered}/${result.reads.sent} answered, ${result.reads.non2xx} non-2xx)`]] as [string, string][])
+        ? ([[`GET /v1/clusters/:id at ${readRate}/s`, `p50 ${result.reads.p50} ms, p99 ${result.reads.p99} ms, max ${result.reads.max} ms (${result.reads.answered}/${result.reads.sent} answered, ${result.reads.non2xx} non-2xx)`],
+            [
+              'GET p99 by 10 s of the run (p50)',
+              result.reads.byWindow.map((w) => `${w.from} s: ${w.p99} ms (${w.p50})`).join(', '),
+            ],
+          ] as [string, string][])
         : []),
       ['guests (the sim cloud\'s record)', result.guests],
       phoneHomes,
+      apiGetFigure(counted.sums, after.sums),
+      ['API event-loop delay during the run', after.lag.join('; ')],
       ['peak RSS', Object.entries(rss).map(([n, mib]) => `${n} ${mib} MiB`).join(', ')],
       cpuFigure(cpu, result.wall),
       ['largest history', `${largest.events} events (${largest.id})`],
