@@ -22,7 +22,7 @@ import {
   type ClusterInput,
   type ClusterView,
 } from '../workflows/messages.js';
-import { startStack, waitFor, waitForState, clusterStatus, clusterInstances, workflowBundle, type Stack } from './harness.js';
+import { startStack, waitFor, waitForState, clusterStatus, clusterInstances, msOf, workflowBundle, type Stack } from './harness.js';
 
 let stack: Stack;
 let store: Store;
@@ -138,6 +138,28 @@ describe('cluster workflow', () => {
     const results = [];
     for await (const r of Worker.runReplayHistories({ workflowBundle: await workflowBundle(), dataConverter: stack.dataConverter }, histories)) results.push(r.error);
     expect(results).toEqual(histories.map(() => undefined));
+  }, 180_000);
+
+  it('lets a wave of creates start before the read-model writes of its new instances (a task with local activities sends its commands only when they are done)', async () => {
+    const clusterId = 'cluster-creates-first';
+    // 120 instances: three create batches of 50.
+    const cluster = await startCluster(clusterId, [{ name: 'svc', image: 'cernvm', offering, min: 120 }], undefined);
+    await waitForState(stack, clusterId, 'READY', 120_000);
+    const events = (await stack.client.workflow.getHandle(serviceWorkflowId(clusterId, 'svc')).fetchHistory()).events ?? [];
+    // What the service's first task sent: the three creates and a timer due at once, and no read-model write (a local activity's marker).
+    const firstTask = events.findIndex((e) => e.workflowTaskCompletedEventAttributes);
+    const sent = events.slice(firstTask + 1, events.findIndex((e, n) => n > firstTask && (e.workflowTaskScheduledEventAttributes || e.timerFiredEventAttributes)));
+    expect(sent.filter((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'createInstances')).toHaveLength(3);
+    expect(sent.filter((e) => e.timerStartedEventAttributes)).toHaveLength(1);
+    expect(sent.filter((e) => e.markerRecordedEventAttributes)).toEqual(sent.filter((e) => e.markerRecordedEventAttributes?.markerName === 'core_patch'));
+    // The creates started before the task that wrote the new instances to the read model completed.
+    const firstWrite = events.find((e) => e.markerRecordedEventAttributes?.markerName === 'core_local_activity')!;
+    const firstCreateStarted = Math.min(...events.filter((e) => e.activityTaskStartedEventAttributes).map((e) => msOf(e.eventTime)));
+    expect(firstCreateStarted).toBeLessThan(msOf(firstWrite.eventTime));
+    expect((await clusterInstances(stack, clusterId, 'svc')).filter((i) => i.state === 'READY')).toHaveLength(120);
+    await cluster.signal(teardownSignal, { reason: 'end of test' });
+    expect(((await cluster.result()) as ClusterView).state).toBe('TERMINATED');
+    expect(stack.worker!.sim!.count({ cluster: clusterId })).toBe(0);
   }, 180_000);
 
   it('settles on the last of quick scale requests: a service report sent before a newer request does not bring an old count back', async () => {

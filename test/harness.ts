@@ -13,6 +13,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Client, Connection } from '@temporalio/client';
 import type { DataConverter } from '@temporalio/common';
+import type protos from '@temporalio/proto';
 import { DefaultLogger, Runtime, bundleWorkflowCode, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
 import { apiLogger, startApi } from '../api/main.js';
 import type { SimRule } from '../clouds/sim.js';
@@ -399,3 +400,6 @@ export function phoneHomeToken(stack: Stack, instanceId: string): string {
     db.close();
   }
 }
+
+/** A history event's time, in ms since the epoch (0 when it has none). */
+export const msOf = (t: protos.google.protobuf.ITimestamp | null | undefined): number => (t ? Number(t.seconds ?? 0) * 1000 + (t.nanos ?? 0) / 1e6 : 0);

@@ -23,7 +23,7 @@ import { Worker } from '@temporalio/worker';
 import type { ClusterDefinitionInput } from '../model/definition.js';
 import type { PublishedInstance } from '../model/read-model.js';
 import { clusterWorkflowId } from '../workflows/messages.js';
-import { clusterInstances, clusterStatus, startStack, waitFor, waitForState, workflowBundle, type Stack } from './harness.js';
+import { clusterInstances, clusterStatus, msOf, startStack, waitFor, waitForState, workflowBundle, type Stack } from './harness.js';
 
 const { temporal } = protos;
 
@@ -111,7 +111,6 @@ function isPayload(v: object): v is protos.temporal.api.common.v1.IPayload {
 }
 
 const { EventType } = temporal.api.enums.v1;
-const msOf = (t: protos.google.protobuf.ITimestamp | null | undefined): number => (t ? Number(t.seconds ?? 0) * 1000 + (t.nanos ?? 0) / 1e6 : 0);
 
 /** Workflow tasks that timed out or failed (by cause), and the longest one (started → completed), of one history. */
 function workflowTasks(events: protos.temporal.api.history.v1.IHistoryEvent[]): { timedOut: number; failed: string[]; slowestMs: number; slowestAt: number } {
