@@ -80,9 +80,11 @@ async function productionSite(): Promise<Site | undefined> {
     return undefined;
   }
   const { startTopology } = await import('../test/topology.js');
-  const top = await startTopology({ apis: 2, workers: 2, sim: { bootMs, readyDelayMs: readyMs, seed: 'bench-scale' } });
+  // BENCH_GUESTS_APART=1: guests' requests to one API replica, users' (and the reader's) to the other.
+  const guestsApart = process.env.BENCH_GUESTS_APART === '1';
+  const top = await startTopology({ apis: 2, workers: 2, sim: { bootMs, readyDelayMs: readyMs, seed: 'bench-scale' }, guestsApart });
   return {
-    kind: 'production topology: PostgreSQL 15, Temporal server 1.32.2, 2 API processes behind a proxy',
+    kind: `production topology: PostgreSQL 15, Temporal server 1.32.2, 2 API processes behind a proxy${guestsApart ? ' (guests to api-1, users to api-2)' : ''}`,
     url: top.url,
     dataDir: top.dataDir,
     authorization: `Bearer ${top.adminToken}`,

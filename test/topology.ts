@@ -61,6 +61,12 @@ export interface TopologyOptions {
   workers?: number;
   sim?: Partial<Config['sim']>;
   simRules?: SimRule[];
+  /**
+   * The proxy sends guests' requests (`/v1/instances/…`: phone-homes, drain notices) to the
+   * first API replica and everything else to the others, each falling back on the rest as
+   * always; a site's proxy would do it with a location block. Unset: round robin for all.
+   */
+  guestsApart?: boolean;
 }
 
 export interface Topology extends ApiClient {
@@ -95,7 +101,10 @@ export async function startTopology(opts: TopologyOptions = {}): Promise<Topolog
     cleanups.push(() => temporal.stop());
 
     const apiPorts = await Promise.all(Array.from({ length: opts.apis ?? 2 }, () => freePort()));
-    const proxy = await startProxy(apiPorts.map((port, i) => ({ name: `api-${i + 1}`, port })));
+    const proxy = await startProxy(
+      apiPorts.map((port, i) => ({ name: `api-${i + 1}`, port })),
+      opts.guestsApart ? (url) => (url.startsWith('/v1/instances/') ? [0] : apiPorts.slice(1).map((_, i) => i + 1)) : undefined,
+    );
     cleanups.push(() => proxy.close());
 
     const config = ConfigSchema.parse({
@@ -255,7 +264,11 @@ function tail(file: string, lines: number): string {
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE']);
 
 /** The reverse proxy in front of the replicas (see the file's comment). */
-async function startProxy(backends: { name: string; port: number }[]): Promise<{ url: string; counts: Record<string, number>; close(): Promise<void> }> {
+async function startProxy(
+  backends: { name: string; port: number }[],
+  /** Which backends (indexes) take a request for `url` first, round robin among them; unset: all. */
+  preferred?: (url: string) => number[],
+): Promise<{ url: string; counts: Record<string, number>; close(): Promise<void> }> {
   const counts: Record<string, number> = Object.fromEntries([...backends.map((b) => [b.name, 0]), ['502', 0]]);
   let next = 0;
   const agents = backends.map(() => new http.Agent({ keepAlive: true }));
@@ -264,7 +277,8 @@ async function startProxy(backends: { name: string; port: number }[]): Promise<{
     req.on('data', (c: Buffer) => chunks.push(c));
     req.on('end', () => {
       const body = Buffer.concat(chunks);
-      const first = next++ % backends.length;
+      const firsts = preferred?.(req.url ?? '/') ?? backends.map((_, i) => i);
+      const first = firsts[next++ % firsts.length];
       const attempt = (tried: number) => {
         const at = (first + tried) % backends.length;
         const backend = backends[at];
