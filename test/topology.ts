@@ -277,7 +277,8 @@ async function startProxy(
     req.on('data', (c: Buffer) => chunks.push(c));
     req.on('end', () => {
       const body = Buffer.concat(chunks);
-      const firsts = preferred?.(req.url ?? '/') ?? backends.map((_, i) => i);
+      const some = preferred?.(req.url ?? '/');
+      const firsts = some?.length ? some : backends.map((_, i) => i);
       const first = firsts[next++ % firsts.length];
       const attempt = (tried: number) => {
         const at = (first + tried) % backends.length;
