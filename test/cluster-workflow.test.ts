@@ -11,18 +11,16 @@ import { Worker } from '@temporalio/worker';
 import { ClusterDefinitionSchema } from '../model/definition.js';
 import { openSqliteStore, type Store } from '../store/index.js';
 import {
-  SA_CLUSTER_ID,
   SA_STATE,
   clusterStatusQuery,
   clusterWorkflowId,
   scaleUpdate,
   serviceWorkflowId,
   teardownSignal,
-  TASK_QUEUE,
   type ClusterInput,
   type ClusterView,
 } from '../workflows/messages.js';
-import { startStack, waitFor, waitForState, clusterStatus, clusterInstances, msOf, workflowBundle, type Stack } from './harness.js';
+import { startStack, startClusterWorkflow, waitFor, waitForState, clusterStatus, clusterInstances, msOf, workflowBundle, type Stack } from './harness.js';
 
 let stack: Stack;
 let store: Store;
@@ -37,22 +35,9 @@ afterAll(async () => {
 
 const offering = { cpus: 1, memoryMiB: 1024, diskGiB: 10 };
 
-/** Starts a cluster workflow as the API would (a cluster row, then the workflow), with tuning the API never sets. */
-async function startCluster(clusterId: string, services: unknown[], tuning: ClusterInput['tuning']) {
-  const definition = ClusterDefinitionSchema.parse({ name: clusterId, services });
-  const def = await store.createDefinition({ name: clusterId, definition });
-  await store.createCluster({ id: clusterId, name: clusterId, definitionId: def.id, cloud: 'sim' });
-  const input: ClusterInput = { clusterId, name: clusterId, definitionId: def.id, definition, cloud: 'sim', tuning };
-  return stack.client.workflow.start('ClusterWorkflow', {
-    taskQueue: TASK_QUEUE,
-    workflowId: clusterWorkflowId(clusterId),
-    args: [input],
-    typedSearchAttributes: [
-      { key: SA_CLUSTER_ID, value: clusterId },
-      { key: SA_STATE, value: 'PENDING' },
-    ],
-  });
-}
+/** Starts a cluster workflow as the API would, with tuning the API never sets. */
+const startCluster = (clusterId: string, services: unknown[], tuning: ClusterInput['tuning']) =>
+  startClusterWorkflow(stack.client, store, clusterId, ClusterDefinitionSchema.parse({ name: clusterId, services }), tuning);
 
 async function runsOf(workflowId: string) {
   const runs = [];

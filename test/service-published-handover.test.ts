@@ -18,7 +18,7 @@ import path from 'node:path';
 import { ApplicationFailure } from '@temporalio/common';
 import { ClusterDefinitionSchema } from '../model/definition.js';
 import type { Store } from '../store/index.js';
-import { SA_CLUSTER_ID, SA_STATE, clusterWorkflowId, serviceStatusQuery, serviceWorkflowId, teardownSignal, TASK_QUEUE, type ClusterInput, type ClusterView } from '../workflows/messages.js';
+import { serviceStatusQuery, serviceWorkflowId, teardownSignal, type ClusterView } from '../workflows/messages.js';
 import type { Stack } from './harness.js';
 
 /**
@@ -48,7 +48,7 @@ jest.unstable_mockModule('../store/index.js', () => ({
   ...realStore,
   openStore: async (...args: Parameters<typeof realStore.openStore>) => withPublishFault(await realStore.openStore(...args)),
 }));
-const { clusterInstances, startStack, waitFor, waitForState } = await import('./harness.js');
+const { clusterInstances, startClusterWorkflow, startStack, waitFor, waitForState } = await import('./harness.js');
 
 /** The service workflow continues-as-new past this many events (the default is 2,000). */
 const HISTORY_LIMIT = 55;
@@ -74,18 +74,7 @@ describe('service workflow and a failing read model', () => {
       name: clusterId,
       services: [{ name: 'svc', image: 'cernvm', offering: { cpus: 1, memoryMiB: 1024, diskGiB: 10 }, min: 1 }],
     });
-    const def = await store.createDefinition({ name: clusterId, definition });
-    await store.createCluster({ id: clusterId, name: clusterId, definitionId: def.id, cloud: 'sim' });
-    const input: ClusterInput = { clusterId, name: clusterId, definitionId: def.id, definition, cloud: 'sim', tuning: { serviceHistoryLimit: HISTORY_LIMIT } };
-    const cluster = await stack.client.workflow.start('ClusterWorkflow', {
-      taskQueue: TASK_QUEUE,
-      workflowId: clusterWorkflowId(clusterId),
-      args: [input],
-      typedSearchAttributes: [
-        { key: SA_CLUSTER_ID, value: clusterId },
-        { key: SA_STATE, value: 'PENDING' },
-      ],
-    });
+    const cluster = await startClusterWorkflow(stack.client, store, clusterId, definition, { serviceHistoryLimit: HISTORY_LIMIT });
     const service = stack.client.workflow.getHandle(serviceWorkflowId(clusterId, 'svc'));
 
     // The instance becomes READY (its readiness report) in the service's first run; the write that says so failed.
