@@ -1,6 +1,6 @@
 /**
- * Issue 15, the `cloudgate` command: the built binary (dist/cli/main.js, compiled here by
- * `npm run build`) run as a subprocess, with HOME in a temporary folder, against a real stack
+ * Issue 15, the `cloudgate` command: the built binary (dist/cli/main.js, compiled by the
+ * set-up when a source is newer) run as a subprocess, with HOME in a temporary folder, against a real stack
  * (Temporal dev server, worker, API, sim cloud) — as a user runs it. Every command goes
  * through the public REST API; a user's token works on their own things and another user's
  * is refused, each refusal one line on standard error with its documented exit code.
@@ -22,8 +22,10 @@ let home: string;
 const BIN = CLI_BIN;
 
 beforeAll(async () => {
-  // The binary users run: compiled JavaScript, not the TypeScript sources.
-  execFileSync('npm', ['run', '--silent', 'build'], { cwd: ROOT, stdio: 'inherit' });
+  // The binary users run: compiled JavaScript, not the TypeScript sources. The set-up compiles
+  // dist/ only when a source is newer (npm test's set-up already has): not `npm run build`,
+  // which would rebuild the portal under test/portal.test.ts running beside this suite.
+  execFileSync(process.execPath, [path.join(ROOT, 'scripts', 'setup.mjs')], { cwd: ROOT, stdio: 'inherit' });
   home = mkdtempSync(path.join(os.tmpdir(), 'cloudgate-cli-home-'));
   stack = await startStack();
 }, 240_000);
