@@ -84,7 +84,7 @@ async function productionSite(): Promise<Site | undefined> {
   const guestsApart = process.env.BENCH_GUESTS_APART === '1';
   const top = await startTopology({ apis: 2, workers: 2, sim: { bootMs, readyDelayMs: readyMs, seed: 'bench-scale' }, guestsApart });
   return {
-    kind: `production topology: PostgreSQL 15, Temporal server 1.32.2, 2 API processes behind a proxy${guestsApart ? ' (guests to api-1, users to api-2)' : ''}`,
+    kind: `production topology: PostgreSQL 15, Temporal server 1.32.2, 2 API processes behind nginx${guestsApart ? ' (guests to api-1, users to api-2)' : ''}`,
     url: top.url,
     dataDir: top.dataDir,
     authorization: `Bearer ${top.adminToken}`,
@@ -196,9 +196,10 @@ function processKind(pid: string): string | undefined {
   try {
     const cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
     const entry = cmd.find((a) => /(api|workers)\/main\.ts$|bench\/(main|read-load)\.ts$/.test(a));
-    if (entry) return { 'api/main.ts': 'API processes', 'workers/main.ts': 'worker processes', 'bench/main.ts': 'bench (and proxy)', 'bench/read-load.ts': 'reader' }[entry.split('/').slice(-2).join('/')];
+    if (entry) return { 'api/main.ts': 'API processes', 'workers/main.ts': 'worker processes', 'bench/main.ts': 'bench', 'bench/read-load.ts': 'reader' }[entry.split('/').slice(-2).join('/')];
     if (/temporal.*\/server$/.test(cmd[0]) || (/\btemporal$/.test(cmd[0]) && cmd.includes('start-dev'))) return 'Temporal server';
-    return readFileSync(`/proc/${pid}/comm`, 'utf8').startsWith('postgres') ? 'PostgreSQL' : undefined;
+    const comm = readFileSync(`/proc/${pid}/comm`, 'utf8');
+    return comm.startsWith('postgres') ? 'PostgreSQL' : comm.startsWith('nginx') ? 'proxy (nginx)' : undefined;
   } catch {
     return undefined; // exited meanwhile
   }

@@ -232,3 +232,31 @@ if (process.argv.includes('--test')) {
     run('apt-get', ['install', '-y', '-qq', '--no-install-recommends', ...missingDocker], { env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } });
   }
 }
+
+// nginx (tests only): the reverse proxy in front of the production topology's API replicas
+// (test/peers/nginx.ts). Debian's package, downloaded and unpacked into the git-ignored
+// .cache/nginx, not installed: its scripts would start a server on port 80. The libraries it
+// links (OpenSSL, PCRE2, zlib) are on every Debian. $NGINX or an installed /usr/sbin/nginx
+// serve instead.
+if (process.argv.includes('--test') && !(process.env.NGINX && existsSync(process.env.NGINX)) && !existsSync('/usr/sbin/nginx')) {
+  const nginxDir = path.join(root, '.cache', 'nginx');
+  if (!existsSync(path.join(nginxDir, 'usr', 'sbin', 'nginx'))) {
+    const debs = path.join(root, '.cache', 'nginx-debs');
+    rmSync(debs, { recursive: true, force: true });
+    mkdirSync(debs, { recursive: true });
+    const download = () => run('apt-get', ['download', '-qq', 'nginx', 'nginx-common'], { cwd: debs });
+    log('unpacking Debian\'s nginx into .cache/nginx (the production topology\'s proxy)');
+    try {
+      download();
+    } catch {
+      run('apt-get', ['update', '-qq']);
+      download();
+    }
+    const partial = `${nginxDir}.partial`;
+    rmSync(partial, { recursive: true, force: true });
+    for (const deb of readdirSync(debs).filter((f) => f.endsWith('.deb'))) run('dpkg-deb', ['-x', path.join(debs, deb), partial]);
+    rmSync(nginxDir, { recursive: true, force: true });
+    renameSync(partial, nginxDir);
+    rmSync(debs, { recursive: true, force: true });
+  }
+}

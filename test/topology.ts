@@ -4,12 +4,11 @@
  * small reverse proxy, and several worker processes — each a real `api/main.ts` or
  * `workers/main.ts` process, so any of them can be killed with SIGKILL and started again.
  *
- * The proxy stands in for a site's nginx or HAProxy: round robin over the API replicas, over
- * kept-alive connections (nginx's upstream `keepalive`), passing a request to the next
- * replica when one refuses the connection or closes a kept-alive one before answering (any
- * method: the request never reached it) or drops it (idempotent methods only, as nginx's
- * `proxy_next_upstream` does by default), else 502. (A new connection per request cost the
- * proxy and the API replicas a third of the machine at 200 requests/s in the scale bench.) Users, the test and the guests' phone-homes (`CLOUDGATE_PUBLIC_URL`) all go through it.
+ * The proxy is Debian's nginx (test/peers/nginx.ts), configured as a site would: round robin
+ * over the API replicas over kept-alive connections, passing a request to the next replica
+ * when one refuses it (any method: the request never reached it) or drops it (idempotent
+ * methods only, `proxy_next_upstream`'s default), else 502. Users, the test and the guests'
+ * phone-homes (`CLOUDGATE_PUBLIC_URL`) all go through it.
  *
  * What is shared, and how: cloudgate's store is the PostgreSQL peer's own database
  * (`CLOUDGATE_DATABASE_URL`), as a site runs it; Temporal has its two databases beside it on
@@ -24,8 +23,6 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
-import http from 'node:http';
-import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { Client, Connection } from '@temporalio/client';
@@ -35,6 +32,7 @@ import { payloadDataConverter } from '../model/payload-codec.js';
 import { loadPayloadKeys } from '../store/secret.js';
 import { freePort } from '../workers/dev-server.js';
 import { adminHttp, ROOT, waitFor, type ApiClient } from './harness.js';
+import { startNginx } from './peers/nginx.js';
 import { startPostgresPeer, type PostgresPeer } from './peers/postgres.js';
 import { startTemporalServerPeer, type TemporalServerPeer } from './peers/temporal-server.js';
 
@@ -78,8 +76,10 @@ export interface Topology extends ApiClient {
   url: string;
   apis: Replica[];
   workers: Replica[];
-  /** Requests the proxy passed to each API replica (by name), and those it answered 502. */
-  proxied: Record<string, number>;
+  /** Requests each API replica answered through the proxy (by name), and those the proxy answered 502 (its access log, read now). */
+  readonly proxied: Record<string, number>;
+  /** The proxy's process id (nginx's master). */
+  proxyPid: number;
   /** A client of the Temporal server with cloudgate's payload codec. */
   client: Client;
   adminToken: string;
@@ -101,9 +101,9 @@ export async function startTopology(opts: TopologyOptions = {}): Promise<Topolog
     cleanups.push(() => temporal.stop());
 
     const apiPorts = await Promise.all(Array.from({ length: opts.apis ?? 2 }, () => freePort()));
-    const proxy = await startProxy(
+    const proxy = await startNginx(
       apiPorts.map((port, i) => ({ name: `api-${i + 1}`, port })),
-      opts.guestsApart ? (url) => (url.startsWith('/v1/instances/') ? [0] : apiPorts.slice(1).map((_, i) => i + 1)) : undefined,
+      { guestsApart: opts.guestsApart },
     );
     cleanups.push(() => proxy.close());
 
@@ -199,7 +199,10 @@ export async function startTopology(opts: TopologyOptions = {}): Promise<Topolog
       url: proxy.url,
       apis,
       workers: [],
-      proxied: proxy.counts,
+      get proxied() {
+        return proxy.counts();
+      },
+      proxyPid: proxy.pid,
       client,
       adminToken,
       http: adminHttp(proxy.url, adminToken),
@@ -207,6 +210,7 @@ export async function startTopology(opts: TopologyOptions = {}): Promise<Topolog
         return [...apis, ...topology.workers]
           .map((r) => `--- ${r.name} (${r.logFile})\n${tail(r.logFile, lines)}`)
           .concat(`--- temporal server\n${temporal.output().split('\n').slice(-lines).join('\n')}`)
+          .concat(`--- proxy (nginx error log)\n${proxy.errorTail(lines)}`)
           .join('\n');
       },
       async stop(stopOpts) {
@@ -261,61 +265,3 @@ function tail(file: string, lines: number): string {
   }
 }
 
-const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE']);
-
-/** The reverse proxy in front of the replicas (see the file's comment). */
-async function startProxy(
-  backends: { name: string; port: number }[],
-  /** Which backends (indexes) take a request for `url` first, round robin among them; unset: all. */
-  preferred?: (url: string) => number[],
-): Promise<{ url: string; counts: Record<string, number>; close(): Promise<void> }> {
-  const counts: Record<string, number> = Object.fromEntries([...backends.map((b) => [b.name, 0]), ['502', 0]]);
-  let next = 0;
-  const agents = backends.map(() => new http.Agent({ keepAlive: true }));
-  const server = http.createServer((req, res) => {
-    const chunks: Buffer[] = [];
-    req.on('data', (c: Buffer) => chunks.push(c));
-    req.on('end', () => {
-      const body = Buffer.concat(chunks);
-      const some = preferred?.(req.url ?? '/');
-      const firsts = some?.length ? some : backends.map((_, i) => i);
-      const first = firsts[next++ % firsts.length];
-      const attempt = (tried: number) => {
-        const at = (first + tried) % backends.length;
-        const backend = backends[at];
-        const upstream = http.request(
-          { host: '127.0.0.1', port: backend.port, method: req.method, path: req.url, headers: { ...req.headers, connection: 'keep-alive' }, agent: agents[at] },
-          (up) => {
-            counts[backend.name]++;
-            res.writeHead(up.statusCode ?? 502, up.headers);
-            up.pipe(res);
-            up.on('error', () => res.destroy());
-          },
-        );
-        upstream.on('error', (err: NodeJS.ErrnoException) => {
-          if (res.headersSent) return void res.destroy();
-          // Refused, or a kept-alive connection the replica had closed (killed, or idle timeout): the request never reached it.
-          const refused = err.code === 'ECONNREFUSED' || (upstream.reusedSocket && err.code === 'ECONNRESET');
-          if (tried + 1 < backends.length && (refused || IDEMPOTENT.has(req.method ?? ''))) return attempt(tried + 1);
-          counts['502']++;
-          res.writeHead(502, { 'content-type': 'application/problem+json' });
-          res.end(JSON.stringify({ type: 'about:blank', title: 'Bad Gateway', status: 502, detail: `no API replica answered: ${err.message}` }));
-        });
-        upstream.end(body);
-      };
-      attempt(0);
-    });
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
-  const { port } = server.address() as AddressInfo;
-  return {
-    url: `http://127.0.0.1:${port}`,
-    counts,
-    close: () =>
-      new Promise<void>((resolve) => {
-        server.closeAllConnections();
-        for (const a of agents) a.destroy();
-        server.close(() => resolve());
-      }),
-  };
-}
