@@ -244,6 +244,8 @@ if (process.argv.includes('--test') && !(process.env.NGINX && existsSync(process
     const debs = path.join(root, '.cache', 'nginx-debs');
     rmSync(debs, { recursive: true, force: true });
     mkdirSync(debs, { recursive: true });
+    // apt-get downloads as its own `_apt` user when it may write the folder (else it warns).
+    chmodSync(debs, 0o777);
     const download = () => run('apt-get', ['download', '-qq', 'nginx', 'nginx-common'], { cwd: debs });
     log('unpacking Debian\'s nginx into .cache/nginx (the production topology\'s proxy)');
     try {

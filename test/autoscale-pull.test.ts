@@ -12,8 +12,8 @@ import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import path from 'node:path';
 import { ClusterDefinitionSchema } from '../model/definition.js';
 import { openSqliteStore, type Store } from '../store/index.js';
-import { SA_CLUSTER_ID, SA_STATE, TASK_QUEUE, clusterWorkflowId, type ClusterInput } from '../workflows/messages.js';
-import { clusterStatus, startStack, waitFor, waitForState, type Stack } from './harness.js';
+import { clusterWorkflowId } from '../workflows/messages.js';
+import { clusterStatus, startClusterWorkflow, startStack, waitFor, waitForState, type Stack } from './harness.js';
 
 let stack: Stack;
 let store: Store;
@@ -136,20 +136,8 @@ describe('pulled autoscale', () => {
     // Started as the API would, with the history limit lowered (tuning the API never sets) so the run continues-as-new every few polls.
     const clusterId = 'pull-can-abcdef';
     const def = definition(clusterId, { scaleDownIdleSeconds: 0, cooldownSeconds: 0, loadUrl: `${stack.simQueueUrl}/sim/queues/{clusterId}/{service}/load`, pollSeconds: POLL });
-    const parsed = ClusterDefinitionSchema.parse(def);
-    const stored = await store.createDefinition({ name: clusterId, definition: parsed });
-    await store.createCluster({ id: clusterId, name: clusterId, definitionId: stored.id, cloud: 'sim' });
-    const input: ClusterInput = { clusterId, name: clusterId, definitionId: stored.id, definition: parsed, cloud: 'sim', tuning: { clusterHistoryLimit: 60 } };
     const started = Date.now();
-    const handle = await stack.client.workflow.start('ClusterWorkflow', {
-      taskQueue: TASK_QUEUE,
-      workflowId: clusterWorkflowId(clusterId),
-      args: [input],
-      typedSearchAttributes: [
-        { key: SA_CLUSTER_ID, value: clusterId },
-        { key: SA_STATE, value: 'PENDING' },
-      ],
-    });
+    const handle = await startClusterWorkflow(stack.client, store, clusterId, ClusterDefinitionSchema.parse(def), { clusterHistoryLimit: 60 });
     await waitForState(stack, clusterId, 'READY');
     const runs = async () => {
       const ids: string[] = [];
