@@ -72,9 +72,11 @@ interface Site {
 async function productionSite(): Promise<Site | undefined> {
   const { findPostgresBin } = await import('../test/peers/postgres.js');
   const { findTemporalServer } = await import('../test/peers/temporal-server.js');
+  const { findNginx } = await import('../test/peers/nginx.js');
   try {
     findPostgresBin();
     findTemporalServer();
+    findNginx();
   } catch (err) {
     log(`production topology not available (${(err as Error).message.slice(0, 160)}…): measuring on the dev server`);
     return undefined;

@@ -6,8 +6,8 @@
 // when missing or older than their sources.
 // With `--test` (npm test's `pretest`) also what only the tests need: Debian's PostgreSQL
 // server and the real Temporal server, built with Go into the git-ignored `.cache/`, for the
-// production-topology suite (test/production-topology.test.ts), and Debian's Chromium for the
-// portal's browser test.
+// production-topology suite (test/production-topology.test.ts) and Debian's nginx (unpacked)
+// in front of its API replicas, and Debian's Chromium for the portal's browser test.
 // Plain Node, no dependencies: it runs before node_modules exists.
 import { execFileSync } from 'node:child_process';
 import { chmodSync, copyFileSync, cpSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';

@@ -1,7 +1,7 @@
 /**
  * The production topology for tests: PostgreSQL (test/peers/postgres.ts), the real Temporal
- * server on it (test/peers/temporal-server.ts), several cloudgate API processes behind a
- * small reverse proxy, and several worker processes — each a real `api/main.ts` or
+ * server on it (test/peers/temporal-server.ts), several cloudgate API processes behind
+ * nginx, and several worker processes — each a real `api/main.ts` or
  * `workers/main.ts` process, so any of them can be killed with SIGKILL and started again.
  *
  * The proxy is Debian's nginx (test/peers/nginx.ts), configured as a site would: round robin
