@@ -18,16 +18,8 @@ import { startApi } from '../api/main.js';
 import { payloadDataConverter } from '../model/payload-codec.js';
 import { ClusterDefinitionSchema } from '../model/definition.js';
 import { openSqliteStore } from '../store/index.js';
-import {
-  SA_CLUSTER_ID,
-  SA_STATE,
-  TASK_QUEUE,
-  clusterStatusQuery,
-  clusterWorkflowId,
-  scaleUpdate,
-  teardownSignal,
-  type ClusterInput,
-} from '../workflows/messages.js';
+import { clusterStatusQuery, clusterWorkflowId, scaleUpdate, teardownSignal } from '../workflows/messages.js';
+import { startClusterWorkflow } from '../test/cluster-start.js';
 import { loadPayloadKeys } from '../store/secret.js';
 import { startBenchStack } from './bench-stack.js';
 import { startWorker } from '../workers/worker.js';
@@ -85,18 +77,7 @@ async function largestInput(): Promise<number> {
 }
 
 try {
-  const def = await store.createDefinition({ name: clusterId, definition });
-  await store.createCluster({ id: clusterId, name: clusterId, definitionId: def.id, cloud: 'sim' });
-  const input: ClusterInput = { clusterId, name: clusterId, definitionId: def.id, definition, cloud: 'sim', tuning: { timeScale } };
-  const cluster = await client.workflow.start('ClusterWorkflow', {
-    taskQueue: TASK_QUEUE,
-    workflowId: clusterWorkflowId(clusterId),
-    args: [input],
-    typedSearchAttributes: [
-      { key: SA_CLUSTER_ID, value: clusterId },
-      { key: SA_STATE, value: 'PENDING' },
-    ],
-  });
+  const cluster = await startClusterWorkflow(client, store, clusterId, definition, { timeScale });
   const t0 = Date.now();
   const simHours = () => (Date.now() - t0) / HOUR_MS;
   for (;;) {

@@ -21,13 +21,12 @@ import type { CloudConfigInput } from '../model/clouds-config.js';
 import { ConfigSchema, type Config } from '../model/config.js';
 import { payloadDataConverter } from '../model/payload-codec.js';
 import { loadPayloadKeys } from '../store/secret.js';
-import type { ClusterDefinition, ClusterDefinitionInput } from '../model/definition.js';
-import type { Store } from '../store/index.js';
+import type { ClusterDefinitionInput } from '../model/definition.js';
 import type { PublishedInstance } from '../model/read-model.js';
 import { extractPhoneHome } from '../model/user-data.js';
 import { freePort, startDevServer, type DevServer } from '../workers/dev-server.js';
 import { startWorker, WORKFLOW_BUNDLE_OPTIONS, type RunningWorker } from '../workers/worker.js';
-import { SA_CLUSTER_ID, SA_STATE, clusterWorkflowId, TASK_QUEUE, type ClusterInput } from '../workflows/messages.js';
+import { SA_CLUSTER_ID } from '../workflows/messages.js';
 import { useHistoryKeys } from './history-text.js';
 
 // Workflow logs (state changes, replacements) are for operators, not for test output.
@@ -405,18 +404,5 @@ export function phoneHomeToken(stack: Stack, instanceId: string): string {
 /** A history event's time, in ms since the epoch (0 when it has none). */
 export const msOf = (t: protos.google.protobuf.ITimestamp | null | undefined): number => (t ? Number(t.seconds ?? 0) * 1000 + (t.nanos ?? 0) / 1e6 : 0);
 
-/** Starts a cluster workflow as the API would (a cluster row on the sim cloud, then the workflow), with tuning the API never sets. */
-export async function startClusterWorkflow(client: Client, store: Store, clusterId: string, definition: ClusterDefinition, tuning?: ClusterInput['tuning']) {
-  const def = await store.createDefinition({ name: clusterId, definition });
-  await store.createCluster({ id: clusterId, name: clusterId, definitionId: def.id, cloud: 'sim' });
-  const input: ClusterInput = { clusterId, name: clusterId, definitionId: def.id, definition, cloud: 'sim', tuning };
-  return client.workflow.start('ClusterWorkflow', {
-    taskQueue: TASK_QUEUE,
-    workflowId: clusterWorkflowId(clusterId),
-    args: [input],
-    typedSearchAttributes: [
-      { key: SA_CLUSTER_ID, value: clusterId },
-      { key: SA_STATE, value: 'PENDING' },
-    ],
-  });
-}
+/** Starts a cluster workflow as the API would (test/cluster-start.ts: no Temporal runtime is installed by importing it, so a bench may too). */
+export { startClusterWorkflow } from './cluster-start.js';
