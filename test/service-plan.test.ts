@@ -91,6 +91,11 @@ describe('instance selections', () => {
   it('health check: instances the cloud accepted and that are staying', () => {
     expect(healthCheckTargets(all).map((i) => i.ordinal)).toEqual([1, 2, 3]);
   });
+  it('health check: not those vouched for since the last one (just made, or just reported ready)', () => {
+    const vouched = new Set([all[1].id, all[3].id]);
+    expect(healthCheckTargets(all, vouched).map((i) => i.ordinal)).toEqual([2]);
+    expect(healthCheckTargets(all, new Set()).map((i) => i.ordinal)).toEqual([1, 2, 3]);
+  });
 });
 
 describe('nextWakeMs', () => {

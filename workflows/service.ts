@@ -126,6 +126,11 @@ const PUBLISHED_HANDOVER_PATCH = 'service-published-handover';
 /** How soon a run that waits to hand over tries a failed read-model write again (after the local activity's own attempts). */
 const PUBLISH_RETRY_MS = 5_000;
 /**
+ * The `patched()` id of health checks that leave out the instances vouched for since the last
+ * one (see {@link healthCheckTargets}); runs before asked about every instance each time.
+ */
+const VOUCHED_SKIP_CHECK_PATCH = 'service-vouched-skip-check';
+/**
  * The `patched()` id of letting the activities a workflow task scheduled start before its
  * read-model writes (see {@link ServiceRun.send}). Runs before sent them with the writes.
  */
@@ -197,6 +202,8 @@ interface ServiceRunState extends Omit<ServiceCarried, 'instances' | 'blocked'> 
   healthCheckPauseMs: number;
   /** The last health check found every instance where it should be. */
   lastCheckClean: boolean;
+  /** Instances made, or reported ready, since the last health check: the next one leaves them out. */
+  vouched: Set<string>;
   /** The last report sent to the cluster workflow (only changes are sent). */
   lastReport: string;
   /** The state last written to the search attribute. */
@@ -233,6 +240,8 @@ class ServiceRun {
   private readonly honestFailure: boolean;
   /** Health checks back off while the service is steady (runs started before keep the fixed interval). */
   private readonly quietHealthChecks: boolean;
+  /** Health checks leave out the instances vouched for since the last one (runs started before ask about all). */
+  private readonly skipVouched: boolean;
   /** The service publishes its state to the read model (runs started before do not). */
   private readonly readModel: boolean;
   /** A write to the read model that failed, to send again first. */
@@ -261,6 +270,7 @@ class ServiceRun {
     this.historyLimit = input.tuning?.serviceHistoryLimit ?? (patched(SHORTER_RUNS_PATCH) ? CONTINUE_AS_NEW_EVENTS : CONTINUE_AS_NEW_EVENTS_BEFORE);
     this.honestFailure = patched(HONEST_FAILURE_PATCH);
     this.quietHealthChecks = patched(QUIET_HEALTH_CHECKS_PATCH);
+    this.skipVouched = patched(VOUCHED_SKIP_CHECK_PATCH);
     this.readModel = patched(READ_MODEL_PATCH);
     this.s = {
       nextOrdinal: carried?.nextOrdinal ?? 0,
@@ -280,6 +290,7 @@ class ServiceRun {
       nextHealthCheck: Date.now() + this.healthCheckMs,
       healthCheckPauseMs: this.healthCheckMs,
       lastCheckClean: false,
+      vouched: new Set(),
       pubSeq: carried?.pubSeq ?? 0,
       published: new Map(),
       publishedSummary: '',
@@ -403,6 +414,7 @@ class ServiceRun {
       if (verdict.ready) {
         inst.state = 'READY';
         inst.readyAt = r.receivedAt;
+        this.s.vouched.add(inst.id);
         inst.deadline = undefined;
         inst.message = undefined;
         this.s.consecutiveFailures = 0;
@@ -574,6 +586,7 @@ class ServiceRun {
       if (inst.state === 'CREATING') {
         inst.state = c.cloudState === 'RUNNING' ? 'RUNNING' : 'BOOTING';
         inst.deadline = now + this.input.service.readinessTimeoutSeconds * 1000;
+        this.s.vouched.add(inst.id);
       }
     }
     if (strays.length > 0) {
@@ -705,7 +718,8 @@ class ServiceRun {
       const steady = this.quietHealthChecks && this.s.lastCheckClean && this.state() === 'READY';
       this.s.healthCheckPauseMs = nextHealthCheckMs(this.healthCheckMs, this.s.healthCheckPauseMs, steady, this.healthCheckMaxMs);
       this.s.nextHealthCheck = now + this.s.healthCheckPauseMs;
-      const targets = healthCheckTargets(all());
+      const targets = healthCheckTargets(all(), this.skipVouched ? this.s.vouched : undefined);
+      this.s.vouched.clear();
       // Clean until a batch finds an instance gone or cannot ask (fail() and the error path clear it).
       this.s.lastCheckClean = targets.length > 0;
       for (const batch of chunks(targets, CLOUD_BATCH)) this.healthCheck(batch);
