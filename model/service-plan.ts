@@ -122,12 +122,17 @@ export function scalePlan(live: InstanceRecord[], desired: number, nextOrdinal: 
 /**
  * Instances a health check asks the cloud about: those the cloud has accepted and that are not
  * going away, less those vouched for since the last check (`vouched`: the cloud made them, or
- * their guest reported ready). Each of those is asked about at the check after; so an instance
- * goes unconfirmed for at most two check intervals, and a wave of 9,500 new instances phoning
- * home is not described while it does (48 activities in the middle of the wave, at 10,000).
+ * their guest reported ready) whose readiness deadline, if they still have one, is not before
+ * `keepUntil`. Each of those is asked about at the check after; so an instance goes unconfirmed
+ * for at most two check intervals, and a wave of 9,500 new instances phoning home is not
+ * described while it does (48 activities in the middle of the wave, at 10,000). The caller passes
+ * the time of the check after next as `keepUntil`: an instance left out is still asked about
+ * before its readiness timeout, so a guest that vanished is told apart from one that stayed silent.
  */
-export const healthCheckTargets = (instances: Iterable<InstanceRecord>, vouched?: ReadonlySet<string>): InstanceRecord[] =>
-  [...instances].filter((i) => (i.state === 'BOOTING' || i.state === 'RUNNING' || i.state === 'READY') && !vouched?.has(i.id));
+export const healthCheckTargets = (instances: Iterable<InstanceRecord>, vouched?: ReadonlySet<string>, keepUntil = 0): InstanceRecord[] =>
+  [...instances].filter(
+    (i) => (i.state === 'BOOTING' || i.state === 'RUNNING' || i.state === 'READY') && !(vouched?.has(i.id) && (i.deadline === undefined || i.deadline >= keepUntil)),
+  );
 
 /**
  * One instance as a service workflow hands it to its next run: `[ordinal, state code]`, plus

@@ -96,6 +96,11 @@ describe('instance selections', () => {
     expect(healthCheckTargets(all, vouched).map((i) => i.ordinal)).toEqual([2]);
     expect(healthCheckTargets(all, new Set()).map((i) => i.ordinal)).toEqual([1, 2, 3]);
   });
+  it('health check: one vouched for is still asked about when its readiness deadline comes before the check after next', () => {
+    const vouched = new Set([all[1].id, all[3].id]); // 1 is BOOTING with deadline 1000; 3 is READY, no deadline
+    expect(healthCheckTargets(all, vouched, 1000).map((i) => i.ordinal)).toEqual([2]);
+    expect(healthCheckTargets(all, vouched, 1001).map((i) => i.ordinal)).toEqual([1, 2]);
+  });
 });
 
 describe('nextWakeMs', () => {

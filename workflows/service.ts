@@ -718,7 +718,8 @@ class ServiceRun {
       const steady = this.quietHealthChecks && this.s.lastCheckClean && this.state() === 'READY';
       this.s.healthCheckPauseMs = nextHealthCheckMs(this.healthCheckMs, this.s.healthCheckPauseMs, steady, this.healthCheckMaxMs);
       this.s.nextHealthCheck = now + this.s.healthCheckPauseMs;
-      const targets = healthCheckTargets(all(), this.skipVouched ? this.s.vouched : undefined);
+      // One left out is asked about at the next check, which must come before its readiness deadline.
+      const targets = healthCheckTargets(all(), this.skipVouched ? this.s.vouched : undefined, now + 2 * this.s.healthCheckPauseMs);
       this.s.vouched.clear();
       // Clean until a batch finds an instance gone or cannot ask (fail() and the error path clear it).
       this.s.lastCheckClean = targets.length > 0;
