@@ -153,6 +153,7 @@ describe('cluster lifecycle', () => {
   });
 
   it('replaces guests that report failure, stay silent or vanish, and shows why', async () => {
+    const submitted = Date.now();
     const id = await deploy(stack, {
       name: 'flaky',
       services: [service('bad'), service('quiet', [], 1, { readinessTimeoutSeconds: 5 }), service('gone')],
@@ -167,6 +168,9 @@ describe('cluster lifecycle', () => {
     expect(byName(s, 'bad').message).toMatch(/guest reported failed/);
     expect(byName(s, 'quiet').message).toMatch(/no readiness report within 5 s/);
     expect(byName(s, 'gone').message).toMatch(/vanished|TERMINATED/);
+    // Found by the first health check (10 s in: half its 20 s readiness timeout), not left to race its deadline with the second.
+    const [replacement] = await clusterInstances(stack, id, 'gone');
+    expect(Date.parse(replacement.createdAt!) - submitted).toBeLessThan(18_000);
     expect(await cloudCount(id)).toBe(3);
     await stack.http('DELETE', `/v1/clusters/${id}`);
     await waitForState(stack, id, 'TERMINATED');
