@@ -15,7 +15,7 @@ import {
   type ClusterInput,
 } from '../workflows/messages.js';
 import { ClusterDefinitionSchema } from '../model/definition.js';
-import { deploy, startStack, threeTier, waitFor, waitForState, type Stack } from './harness.js';
+import { deploy, msOf, startStack, threeTier, waitFor, waitForState, type Stack } from './harness.js';
 import { historyText } from './history-text.js';
 
 let stack: Stack;
@@ -81,8 +81,7 @@ describe('service workflow', () => {
     expect(checks.length).toBeGreaterThanOrEqual(2);
     expect(checks.length).toBeLessThanOrEqual(5);
     // The first check (5 s in) leaves out the instances just made and reported ready; the one after asks about them.
-    const ms = (e: (typeof checks)[number]) => Number(e.eventTime!.seconds) * 1000 + Math.round((e.eventTime!.nanos ?? 0) / 1e6);
-    expect(ms(checks[0]) - ms(history.events![0])).toBeGreaterThanOrEqual(8_000);
+    expect(msOf(checks[0].eventTime) - msOf(history.events![0].eventTime)).toBeGreaterThanOrEqual(8_000);
     expect(historyText([{ workflowId: service.workflowId, history }])).toContain('next health check in');
     await stack.http('DELETE', `/v1/clusters/${id}`);
     await waitForState(stack, id, 'TERMINATED');
