@@ -1,7 +1,8 @@
 /**
  * `npm run bench -- --scale` (README, "Scale, measured"): how far one machine goes. On the
- * production topology (test/topology.ts: PostgreSQL, the real Temporal server on it, two API
- * processes behind a proxy, worker processes) when its peers are installed (`node
+ * production topology (test/topology.ts: PostgreSQL, the real Temporal server on it,
+ * `BENCH_APIS` (2) API processes behind nginx — guests' requests to all but the last, users' to
+ * the last; `BENCH_GUESTS_APART=0` for round robin —, worker processes) when its peers are installed (`node
  * scripts/setup.mjs --test`), else on the Temporal dev server with the same processes. Every
  * guest boots in exactly `BENCH_BOOT_MS` (20 s) and phones home ready `BENCH_READY_MS` (5 s)
  * later, so the ideal time of the three-tier cluster is 3 × 25 s = 75 s.
@@ -82,11 +83,13 @@ async function productionSite(): Promise<Site | undefined> {
     return undefined;
   }
   const { startTopology } = await import('../test/topology.js');
-  // BENCH_GUESTS_APART=1: guests' requests to one API replica, users' (and the reader's) to the other.
-  const guestsApart = process.env.BENCH_GUESTS_APART === '1';
-  const top = await startTopology({ apis: 2, workers: 2, sim: { bootMs, readyDelayMs: readyMs, seed: 'bench-scale' }, guestsApart });
+  // Guests' requests to every API replica but the last, users' (and the reader's) to the last, as
+  // the README's production section recommends; BENCH_GUESTS_APART=0: round robin over all for everything.
+  const guestsApart = process.env.BENCH_GUESTS_APART !== '0';
+  const apis = Number(process.env.BENCH_APIS ?? 2);
+  const top = await startTopology({ apis, workers: 2, sim: { bootMs, readyDelayMs: readyMs, seed: 'bench-scale' }, guestsApart });
   return {
-    kind: `production topology: PostgreSQL 15, Temporal server 1.32.2, 2 API processes behind nginx${guestsApart ? ' (guests to api-1, users to api-2)' : ''}`,
+    kind: `production topology: PostgreSQL 15, Temporal server 1.32.2, ${apis} API processes behind nginx${guestsApart ? ` (guests to ${apis > 2 ? `api-1..${apis - 1}` : 'api-1'}, users to api-${apis})` : ''}`,
     url: top.url,
     dataDir: top.dataDir,
     authorization: `Bearer ${top.adminToken}`,

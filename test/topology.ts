@@ -60,9 +60,9 @@ export interface TopologyOptions {
   sim?: Partial<Config['sim']>;
   simRules?: SimRule[];
   /**
-   * The proxy sends guests' requests (`/v1/instances/…`: phone-homes, drain notices) to the
-   * first API replica and everything else to the others, each falling back on the rest as
-   * always; a site's proxy would do it with a location block. Unset: round robin for all.
+   * The proxy sends guests' requests (`/v1/instances/…`: phone-homes, drain notices) to every
+   * API replica but the last and everything else to the last, each falling back on the rest as
+   * always; a site's proxy does it with a location block. Unset: round robin for all.
    */
   guestsApart?: boolean;
 }

@@ -44,9 +44,9 @@ export interface NginxBackend {
 
 export interface NginxPeerOptions {
   /**
-   * Guests' requests (`/v1/instances/…`: phone-homes, drain notices) go to the first backend
-   * and everything else to the others, each falling back on the rest (two upstreams, one with
-   * `backup` servers). Unset: round robin over all for everything.
+   * Guests' requests (`/v1/instances/…`: phone-homes, drain notices) go to every backend but
+   * the last, and everything else to the last, each falling back on the rest (two upstreams,
+   * each with the other's servers as `backup`). Unset: round robin over all for everything.
    */
   guestsApart?: boolean;
 }
@@ -114,8 +114,8 @@ function config(dir: string, port: number, backends: NginxBackend[], opts: Nginx
     // Clients keep their connections (guests' phone-homes, the benchmark's reader) and are told for how long.
     '  keepalive_timeout 60s 55s;',
     '  keepalive_requests 1000000;',
-    apart ? upstream('guests', backends.slice(0, 1), backends.slice(1)) : upstream('apis', backends, []),
-    ...(apart ? [upstream('users', backends.slice(1), backends.slice(0, 1))] : []),
+    apart ? upstream('guests', backends.slice(0, -1), backends.slice(-1)) : upstream('apis', backends, []),
+    ...(apart ? [upstream('users', backends.slice(-1), backends.slice(0, -1))] : []),
     '  server {',
     `    listen 127.0.0.1:${port};`,
     '    error_page 502 = @bad_gateway;',
