@@ -1,7 +1,8 @@
 /**
  * Issue 14, Temporal on PostgreSQL: cloudgate on the production topology (test/topology.ts) —
- * PostgreSQL, the real Temporal server (v1.32.2) on it, two API replicas behind a proxy and
- * two worker processes — deploying through a faulty cloud: 30 % of creates throttled and 5 %
+ * PostgreSQL, the real Temporal server (v1.32.2) on it, two API replicas behind nginx (the
+ * guests' requests to one, everyone else's to the other, each the other's backup, as the README
+ * recommends) and two worker processes — deploying through a faulty cloud: 30 % of creates throttled and 5 %
  * of guests failing their probe (plus one pinned failure, the first `workers` instance, so a
  * replacement always happens).
  *
@@ -47,6 +48,8 @@ beforeAll(async () => {
     // Guests slow enough that each tier takes seconds, so every fault lands mid-deployment.
     sim: { bootMs: 2_500, readyDelayMs: 1_000, throttleRate: 0.3, failureRate: 0.05, seed: `topology-${Date.now()}` },
     simRules: [{ match: '-workers-', behaviour: 'fail', limit: 1 }],
+    // As the README's production section recommends: the guests' requests to api-1, everyone else's to api-2, each the other's backup.
+    guestsApart: true,
   });
 }, 300_000);
 afterAll(async () => {
@@ -183,10 +186,14 @@ describe('production topology: Temporal on PostgreSQL, two API replicas, two wor
       const id = await deploy(top, threeTier(SHAPE));
       const states: Record<string, string> = {};
 
-      // kill -9 of an API replica once the first proxies are in the cloud; requests go to the other one through the proxy.
+      // kill -9 of the guests' API replica once the first proxies are in the cloud; their phone-homes go to the other one through the proxy.
       await waitFor(async () => (await inCloud(id)).names.length > 0 || undefined, 120_000, 'the first instance in the cloud');
       states.apiKilled = (await clusterStatus(top, id)).state;
       const servedBefore = { ...top.proxied };
+      const guestsBefore = top.proxiedBy('guests');
+      // Until now the users' requests (this test's) all went to api-2.
+      expect(top.proxiedBy('users')).toMatchObject({ 'api-1': 0, '502': 0 });
+      expect(top.proxiedBy('users')['api-2']).toBeGreaterThan(0);
       await top.apis[0].kill();
 
       // The Temporal server killed and started again once `head` deploys.
@@ -207,8 +214,11 @@ describe('production topology: Temporal on PostgreSQL, two API replicas, two wor
       const seconds = (Date.now() - t0) / 1000;
 
       expect(states).toEqual({ apiKilled: 'DEPLOYING', temporalRestarted: 'DEPLOYING', workerKilled: 'DEPLOYING' });
-      // The surviving replica answered while the other was down.
+      // The surviving replica answered while the other was down, the guests' phone-homes too.
       expect(top.proxied['api-2']).toBeGreaterThan(servedBefore['api-2']);
+      expect(top.proxiedBy('guests')['api-2']).toBeGreaterThan(guestsBefore['api-2']);
+      // The users' requests stayed with api-2 throughout.
+      expect(top.proxiedBy('users')['api-1']).toBe(0);
       const atReady = await expectExact(id);
       const { made } = await inCloud(id);
       // The pinned guest failure (and any the 5 % made) was replaced.
@@ -230,6 +240,7 @@ describe('production topology: Temporal on PostgreSQL, two API replicas, two wor
       // Where the kill may land: 0 to 90 % of the quickest deployment seen yet (a kill after READY is counted apart).
       let quickestMs = 20_000;
       let restarting: Promise<void> | undefined;
+      const guestsBefore = top.proxiedBy('guests');
       for (let round = 1; round <= ROUNDS; round++) {
         // Both workers up before each kill (the supervisor's restart of the last victim done).
         await restarting;
@@ -271,6 +282,9 @@ describe('production topology: Temporal on PostgreSQL, two API replicas, two wor
       expect(rounds.filter((r) => !r.ok)).toEqual([]);
       expect(converged).toBe(ROUNDS);
       expect((await inCloud()).names).toEqual([]);
+      // The guests' replica, back since the first deployment, took their phone-homes again; the users' requests never went to it.
+      expect(top.proxiedBy('guests')['api-1']).toBeGreaterThan(guestsBefore['api-1']);
+      expect(top.proxiedBy('users')['api-1']).toBe(0);
     });
   }, 60_000 + ROUNDS * 300_000);
 });

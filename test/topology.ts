@@ -32,7 +32,7 @@ import { payloadDataConverter } from '../model/payload-codec.js';
 import { loadPayloadKeys } from '../store/secret.js';
 import { freePort } from '../workers/dev-server.js';
 import { adminHttp, ROOT, waitFor, type ApiClient } from './harness.js';
-import { startNginx } from './peers/nginx.js';
+import { startNginx, type RequestKind } from './peers/nginx.js';
 import { startPostgresPeer, type PostgresPeer } from './peers/postgres.js';
 import { startTemporalServerPeer, type TemporalServerPeer } from './peers/temporal-server.js';
 
@@ -78,6 +78,8 @@ export interface Topology extends ApiClient {
   workers: Replica[];
   /** Requests each API replica answered through the proxy (by name), and those the proxy answered 502 (its access log, read now). */
   readonly proxied: Record<string, number>;
+  /** The same, of the guests' requests (`/v1/instances/…`) or of everyone else's. */
+  proxiedBy(kind: RequestKind): Record<string, number>;
   /** The proxy's process id (nginx's master). */
   proxyPid: number;
   /** A client of the Temporal server with cloudgate's payload codec. */
@@ -202,6 +204,7 @@ export async function startTopology(opts: TopologyOptions = {}): Promise<Topolog
       get proxied() {
         return proxy.counts();
       },
+      proxiedBy: (kind) => proxy.counts(kind),
       proxyPid: proxy.pid,
       client,
       adminToken,

@@ -51,12 +51,18 @@ export interface NginxPeerOptions {
   guestsApart?: boolean;
 }
 
+/** Guests' requests (`/v1/instances/…`: phone-homes, drain notices) or everyone else's. */
+export type RequestKind = 'guests' | 'users';
+
 export interface NginxPeer {
   /** `http://127.0.0.1:<port>`: what users and guests call. */
   url: string;
   pid: number;
-  /** Requests each backend answered (by name), and those nginx answered 502 itself because none did, from its access log. */
-  counts(): Record<string, number>;
+  /**
+   * Requests each backend answered (by name), and those nginx answered 502 itself because none
+   * did, from its access log: all, or only the guests' (`/v1/instances/…`) or everyone else's.
+   */
+  counts(kind?: RequestKind): Record<string, number>;
   /** The last lines of its error log. */
   errorTail(lines?: number): string;
   /** Fast shutdown, then its folder is removed. */
@@ -98,7 +104,9 @@ function config(dir: string, port: number, backends: NginxBackend[], opts: Nginx
     'events { worker_connections 8192; }',
     'http {',
     '  server_tokens off;',
-    "  log_format replicas '$upstream_addr|$upstream_status|$status';",
+    // Whose request it was, as the guests-apart location blocks tell them apart.
+    '  map $uri $cloudgate_kind { ~^/v1/instances/ guests; default users; }',
+    "  log_format replicas '$upstream_addr|$upstream_status|$status|$cloudgate_kind';",
     `  access_log ${dir}/access.log replicas;`,
     `  client_body_temp_path ${dir}/body;`,
     `  proxy_temp_path ${dir}/proxy;`,
@@ -173,7 +181,7 @@ export async function startNginx(backends: NginxBackend[], opts: NginxPeerOption
   return {
     url: `http://127.0.0.1:${port}`,
     pid: proc.pid!,
-    counts() {
+    counts(kind) {
       const counts: Record<string, number> = Object.fromEntries([...backends.map((b) => [b.name, 0]), ['502', 0]]);
       let log: string;
       try {
@@ -183,7 +191,8 @@ export async function startNginx(backends: NginxBackend[], opts: NginxPeerOption
       }
       for (const line of log.split('\n')) {
         if (!line) continue;
-        const [addrs, statuses, status] = line.split('|');
+        const [addrs, statuses, status, lineKind] = line.split('|');
+        if (kind !== undefined && lineKind !== kind) continue;
         // Each replica tried, in order (", " between tries, " : " across internal redirects); the last one answered, unless none did.
         const last = addrs.split(/, | : /).pop()!;
         const lastStatus = statuses.split(/, | : /).pop();
