@@ -54,6 +54,9 @@ export interface NginxPeerOptions {
 /** Guests' requests (`/v1/instances/…`: phone-homes, drain notices) or everyone else's. */
 export type RequestKind = 'guests' | 'users';
 
+/** Where the guests' requests start: the location block that sends them apart and the log's `map` both use it. */
+const GUESTS_PREFIX = '/v1/instances/';
+
 export interface NginxPeer {
   /** `http://127.0.0.1:<port>`: what users and guests call. */
   url: string;
@@ -105,7 +108,7 @@ function config(dir: string, port: number, backends: NginxBackend[], opts: Nginx
     'http {',
     '  server_tokens off;',
     // Whose request it was, as the guests-apart location blocks tell them apart.
-    '  map $uri $cloudgate_kind { ~^/v1/instances/ guests; default users; }',
+    `  map $uri $cloudgate_kind { ~^${GUESTS_PREFIX} guests; default users; }`,
     "  log_format replicas '$upstream_addr|$upstream_status|$status|$cloudgate_kind';",
     `  access_log ${dir}/access.log replicas;`,
     `  client_body_temp_path ${dir}/body;`,
@@ -131,7 +134,7 @@ function config(dir: string, port: number, backends: NginxBackend[], opts: Nginx
     '      default_type application/problem+json;',
     `      return 502 '${BAD_GATEWAY}';`,
     '    }',
-    ...(apart ? ['    location /v1/instances/ {', ...pass('guests'), '    }', '    location / {', ...pass('users'), '    }'] : ['    location / {', ...pass('apis'), '    }']),
+    ...(apart ? [`    location ${GUESTS_PREFIX} {`, ...pass('guests'), '    }', '    location / {', ...pass('users'), '    }'] : ['    location / {', ...pass('apis'), '    }']),
     '  }',
     '}',
     '',
