@@ -8,4 +8,6 @@ export default {
   transform: { '^.+\\.ts$': ['ts-jest', { useESM: true, tsconfig: 'tsconfig.json' }] },
   testTimeout: 180000,
   maxWorkers: 2,
+  // After the default output, each failed test's first lines again: the tail of a long log says why it failed.
+  reporters: ['default', '<rootDir>/test/failure-summary.js'],
 };

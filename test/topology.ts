@@ -212,7 +212,7 @@ export async function startTopology(opts: TopologyOptions = {}): Promise<Topolog
       logTails(lines = 40) {
         return [...apis, ...topology.workers]
           .map((r) => `--- ${r.name} (${r.logFile})\n${tail(r.logFile, lines)}`)
-          .concat(`--- temporal server\n${temporal.output().split('\n').slice(-lines).join('\n')}`)
+          .concat(`--- temporal server\n${temporal.output().split('\n').slice(-lines).map(clip).join('\n')}`)
           .concat(`--- proxy (nginx error log)\n${proxy.errorTail(lines)}`)
           .join('\n');
       },
@@ -260,9 +260,12 @@ async function signal(proc: ChildProcess | undefined, sig: NodeJS.Signals, killA
   clearTimeout(timer);
 }
 
+/** A log line cut to a readable length (the Temporal server's error lines carry whole Go stack traces). */
+const clip = (line: string) => (line.length > 600 ? `${line.slice(0, 600)}… (${line.length - 600} more characters)` : line);
+
 function tail(file: string, lines: number): string {
   try {
-    return readFileSync(file, 'utf8').split('\n').slice(-lines - 1).join('\n');
+    return readFileSync(file, 'utf8').split('\n').slice(-lines - 1).map(clip).join('\n');
   } catch {
     return '(no log)';
   }
