@@ -170,6 +170,18 @@ function strayTerminations(): number {
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Runs `fn`; on failure adds every process's log tail to the error. */
+/**
+ * After a failed deployment: keeps its evidence (unless `message` already names where it is)
+ * and tears it down, so what comes next starts from an empty cloud. Returns where the evidence
+ * is, or why it was not kept; undefined when the message names it already.
+ */
+async function abandon(id: string, message: string): Promise<string | undefined> {
+  const evidence = message.includes('evidence in') ? undefined : await keepEvidence(id).catch((e: Error) => `not kept: ${e.message}`);
+  await top.http('DELETE', `/v1/clusters/${id}`).catch(() => undefined);
+  await waitForState(top, id, 'TERMINATED', 180_000).catch(() => undefined);
+  return evidence;
+}
+
 async function withLogs<T>(fn: () => Promise<T>): Promise<T> {
   try {
     return await fn();
@@ -187,10 +199,8 @@ describe('production topology: Temporal on PostgreSQL, two API replicas, two wor
     } catch (err) {
       // Torn down all the same, so the rounds after it start from an empty cloud; what explains the failure is kept first.
       if (id !== undefined) {
-        const message = (err as Error).message;
-        if (!message.includes('evidence in')) (err as Error).message += `; evidence in ${await keepEvidence(id).catch((e: Error) => `(not kept: ${e.message})`)}`;
-        await top.http('DELETE', `/v1/clusters/${id}`).catch(() => undefined);
-        await waitForState(top, id, 'TERMINATED', 180_000).catch(() => undefined);
+        const evidence = await abandon(id, (err as Error).message);
+        if (evidence !== undefined) (err as Error).message += `; evidence in ${evidence}`;
       }
       throw err;
     }
@@ -280,9 +290,8 @@ describe('production topology: Temporal on PostgreSQL, two API replicas, two wor
           entry.ok = true;
         } catch (err) {
           entry.error = (err as Error).message;
-          if (!entry.error.includes('evidence in')) entry.evidence = await keepEvidence(id).catch((e: Error) => `not kept: ${e.message}`);
-          await top.http('DELETE', `/v1/clusters/${id}`).catch(() => undefined);
-          await waitForState(top, id, 'TERMINATED', 180_000).catch(() => undefined);
+          const evidence = await abandon(id, entry.error);
+          if (evidence !== undefined) entry.evidence = evidence;
         }
         console.log(`round ${round}/${ROUNDS}: ${JSON.stringify(entry)}`);
       }
