@@ -98,8 +98,9 @@ export interface ContextSource {
  * writes all or nothing in one transaction, so the publish activities are idempotent.
  */
 export interface ReadModelSink {
-  publishCluster(input: PublishClusterInput): Promise<boolean>;
-  publishService(input: PublishServiceInput): Promise<boolean>;
+  /** `writer`: the publishing workflow run (see `Store.publishCluster`, store/index.ts). */
+  publishCluster(input: PublishClusterInput, writer?: string): Promise<boolean>;
+  publishService(input: PublishServiceInput, writer?: string): Promise<boolean>;
   /** Provider ids of published instances: a service workflow does not carry them across continue-as-new. */
   cloudInstanceIds(clusterId: string, ids: readonly string[]): Promise<Record<string, string>>;
 }
@@ -184,6 +185,15 @@ async function withLocalRetry<R>(call: () => Promise<R>): Promise<R> {
 function activityLog(): Context['log'] | undefined {
   try {
     return Context.current().log;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The run id of the workflow that called the running activity; undefined outside an activity. */
+function workflowRun(): string | undefined {
+  try {
+    return Context.current().info.workflowExecution?.runId;
   } catch {
     return undefined;
   }
@@ -440,12 +450,12 @@ export function createActivities(deps: ActivityDeps): CloudgateActivities {
     },
 
     /**
-     * Writes the cluster's state to the read model. Retries are safe: a publish whose seq the
-     * store already has (or has passed) changes nothing and returns false. Store errors (a
+     * Writes the cluster's state to the read model. Retries are safe: a publish no later than
+     * the one stored (its time, then its seq) changes nothing and returns false. Store errors (a
      * busy database) are thrown as they are and retried by the activity's policy.
      */
     async publishCluster(input: PublishClusterInput): Promise<boolean> {
-      return await deps.readModel.publishCluster(input);
+      return await deps.readModel.publishCluster(input, workflowRun());
     },
 
     /** Writes a service's summary and changed instances to the read model; idempotent like {@link publishCluster}. */
@@ -457,7 +467,7 @@ export function createActivities(deps: ActivityDeps): CloudgateActivities {
           PUBLISH_TOO_LARGE,
         );
       }
-      return await deps.readModel.publishService(input);
+      return await deps.readModel.publishService(input, workflowRun());
     },
 
     /**

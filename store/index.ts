@@ -302,12 +302,15 @@ export interface Store extends CapacityLedger {
 
   /**
    * The read model. The workflows publish through activities; the API reads only these, so
-   * reads never wait for a worker. A publish is kept only if its `seq` is higher than the one
-   * stored for its cluster (cluster publishes) or its service (service publishes); otherwise
-   * nothing at all is written and the result is false. So a retried or late publish is
-   * harmless, and a publish and its events are written together or not at all.
+   * reads never wait for a worker. A publish is kept only if it is later than the one stored
+   * for its cluster (cluster publishes) or its service (service publishes): a later
+   * `observedAt`, or the same with a higher `seq`. One with a later `observedAt` but a `seq`
+   * not above the stored one is a lost workflow task's next attempt: it replaces that task's
+   * writes, events included. Otherwise nothing at all is written and the result is false. So a retried or late publish is harmless, and a publish and its events
+   * are written together or not at all. `writer` names the workflow run that publishes (its
+   * events are marked with it, and only its own are replaced).
    */
-  publishCluster(input: PublishClusterInput): Promise<boolean>;
+  publishCluster(input: PublishClusterInput, writer?: string): Promise<boolean>;
   /**
    * Keeps the service's summary, inserts or updates `upserts` and deletes `removed` (only
    * among the service's own instances), appends `events`; all or nothing, under the same
@@ -315,7 +318,7 @@ export interface Store extends CapacityLedger {
    * keeps the provider id, creation and ready times it has when the upsert leaves them out:
    * a service workflow does not carry them across continue-as-new (they live here).
    */
-  publishService(input: PublishServiceInput): Promise<boolean>;
+  publishService(input: PublishServiceInput, writer?: string): Promise<boolean>;
   /** The provider ids of published instances, by instance id (ids without one are absent). */
   cloudInstanceIds(clusterId: string, ids: readonly string[]): Promise<Record<string, string>>;
   /**
@@ -461,6 +464,20 @@ const toContext = (r: ContextRow): ContextRecord => ({
   ...(r.deleted_at !== null && { deletedAt: r.deleted_at }),
 });
 
+
+/**
+ * Whether a publish is kept over the one stored: it was observed later, or at the same time
+ * with a higher `seq`. A workflow's time is its workflow task's start, so its writes come in
+ * that order (one task's writes share a time and count up). Why the time comes first:
+ * workflows publish through local activities, which run before their workflow task completes.
+ * When the task is lost (it timed out on a loaded worker, or the worker died), its writes have
+ * landed but its history has not, and the task's next attempt runs the same code on more
+ * history (a signal that came in between) and publishes under the same seqs again, later.
+ * Its writes replace the lost task's; a write of the lost task that lands after them, or a
+ * retried copy of any write, is not later than what is stored and is refused.
+ */
+const supersedes = (input: { seq: number; observedAt: string }, stored: { seq: number; observed_at: string } | undefined): boolean =>
+  stored === undefined || input.observedAt > stored.observed_at || (input.observedAt === stored.observed_at && input.seq > stored.seq);
 
 /** The read model's rows, as store/tables.ts has them. */
 type ClusterViewRow = Selectable<Tables['cluster_views']>;
@@ -800,11 +817,29 @@ function createStore(database: StoreDatabase, secretsKey: Buffer): Store {
     return { id, version, name: input.name, context: input.context, ...(owner !== undefined && { owner }), createdAt };
   };
 
-  const appendEvents = async (trx: Db, clusterId: string, events: ClusterEvent[]) => {
+  /**
+   * A publish's events, marked with the run and publish that wrote them. One that supersedes a
+   * lost workflow task's writes (`seq` not above the stored one, see {@link supersedes}) first
+   * deletes what that run wrote from its seq on: the task's next attempt emits them again.
+   * Without a writer (a direct call), nothing is deleted.
+   */
+  const appendEvents = async (trx: Db, clusterId: string, writer: string | undefined, seq: number, replacing: boolean, events: ClusterEvent[]) => {
+    if (replacing && writer !== undefined) await trx.deleteFrom('cluster_events').where('cluster_id', '=', clusterId).where('run_id', '=', writer).where('pub_seq', '>=', seq).execute();
     for (const part of slices(events)) {
       await trx
         .insertInto('cluster_events')
-        .values(part.map((e) => ({ cluster_id: clusterId, at: e.at, kind: e.kind, service: e.service ?? null, instance: e.instance ?? null, message: e.message })))
+        .values(
+          part.map((e) => ({
+            cluster_id: clusterId,
+            at: e.at,
+            kind: e.kind,
+            service: e.service ?? null,
+            instance: e.instance ?? null,
+            message: e.message,
+            run_id: writer ?? null,
+            pub_seq: seq,
+          })),
+        )
         .execute();
     }
   };
@@ -1014,10 +1049,10 @@ function createStore(database: StoreDatabase, secretsKey: Buffer): Store {
 
     // Compare and write in one write transaction: two writers (retried activity, second worker)
     // cannot both pass the seq check, and a reader never sees half a publish.
-    publishCluster: (input) =>
+    publishCluster: (input, writer) =>
       write(async (trx) => {
-        const stored = await trx.selectFrom('cluster_views').select('seq').where('cluster_id', '=', input.clusterId).executeTakeFirst();
-        if (stored && stored.seq >= input.seq) return false;
+        const stored = await trx.selectFrom('cluster_views').select(['seq', 'observed_at']).where('cluster_id', '=', input.clusterId).executeTakeFirst();
+        if (!supersedes(input, stored)) return false;
         const row = {
           seq: input.seq,
           observed_at: input.observedAt,
@@ -1042,13 +1077,18 @@ function createStore(database: StoreDatabase, secretsKey: Buffer): Store {
             .where('id', '=', input.clusterId)
             .execute();
         }
-        await appendEvents(trx, input.clusterId, input.events);
+        await appendEvents(trx, input.clusterId, writer, input.seq, stored !== undefined && input.seq <= stored.seq, input.events);
         return true;
       }),
-    publishService: (input) =>
+    publishService: (input, writer) =>
       write(async (trx) => {
-        const stored = await trx.selectFrom('service_views').select('seq').where('cluster_id', '=', input.clusterId).where('service', '=', input.service).executeTakeFirst();
-        if (stored && stored.seq >= input.seq) return false;
+        const stored = await trx
+          .selectFrom('service_views')
+          .select(['seq', 'observed_at'])
+          .where('cluster_id', '=', input.clusterId)
+          .where('service', '=', input.service)
+          .executeTakeFirst();
+        if (!supersedes(input, stored)) return false;
         const view = { seq: input.seq, observed_at: input.observedAt, summary: JSON.stringify(input.summary) };
         await trx
           .insertInto('service_views')
@@ -1098,7 +1138,7 @@ function createStore(database: StoreDatabase, secretsKey: Buffer): Store {
         for (const part of slices(input.removed)) {
           await trx.deleteFrom('instances').where('cluster_id', '=', input.clusterId).where('service', '=', input.service).where('id', 'in', part).execute();
         }
-        await appendEvents(trx, input.clusterId, input.events);
+        await appendEvents(trx, input.clusterId, writer, input.seq, stored !== undefined && input.seq <= stored.seq, input.events);
         return true;
       }),
     async getClusterView(clusterId) {

@@ -285,10 +285,30 @@ function pinLookupMisses(engine: Engine): Migration {
   };
 }
 
+/**
+ * Which publish wrote each event (`run_id`: the workflow run that published it; `pub_seq`: the
+ * publish's seq), so a publish that supersedes a lost workflow task's writes replaces that
+ * task's events instead of adding to them (store/index.ts, `supersedes`). Events written
+ * before have neither and are never replaced.
+ */
+function eventWriters(): Migration {
+  return {
+    async up(db: AnyDb) {
+      // Each only where missing: a database whose migration record was lost has them already.
+      const events = (await db.introspection.getTables()).find((t) => t.name === 'cluster_events');
+      for (const [column, type] of [['run_id', 'text'], ['pub_seq', 'integer']] as const) {
+        if (!events?.columns.some((c) => c.name === column)) await db.schema.alterTable('cluster_events').addColumn(column, type).execute();
+      }
+      await db.schema.createIndex('cluster_events_by_run').ifNotExists().on('cluster_events').columns(['cluster_id', 'run_id', 'pub_seq']).execute();
+    },
+  };
+}
+
 /** Every migration, by name; names sort in the order they run. */
 export const migrations = (engine: Engine): Record<string, Migration> => ({
   '0001-baseline': baseline(engine),
   '0002-pin-lookup-misses': pinLookupMisses(engine),
+  '0003-event-writers': eventWriters(),
 });
 
 /** Brings the database to the latest version; throws (naming the migration) if one fails. */

@@ -72,7 +72,18 @@ export interface Tables {
     host: string | null;
     spec: string | null;
   };
-  cluster_events: { id: Generated<number>; cluster_id: string; at: string; kind: string; service: string | null; instance: string | null; message: string };
+  /** `run_id` and `pub_seq` (migration 0003): the workflow run and publish that wrote the event (none before it). */
+  cluster_events: {
+    id: Generated<number>;
+    cluster_id: string;
+    at: string;
+    kind: string;
+    service: string | null;
+    instance: string | null;
+    message: string;
+    run_id: string | null;
+    pub_seq: number | null;
+  };
   owner_quotas: { owner: string; max_instances: number; max_clusters: number; max_cpus: number; updated_at: string };
   quota_reservations: { cluster_id: string; owner: string; instances: number; cpus: number; services: string; created_at: string; released_at: string | null };
   audit_log: { id: Generated<number>; at: string; owner: string; role: string; token_id: string | null; route: string; target: string | null; result: number };

@@ -267,7 +267,8 @@ describe.each(ENGINES.map((e) => [e.name, e] as const))('store contract: %s', (_
       expect(await store.getClusterView(cid)).toBeUndefined();
       const change: ChangeView = { from: 'def-1', to: 'def-2', phase: 'rolling', maxUnavailable: 1, startedAt: at(1), services: { replace: ['workers'], add: [], remove: [], keep: ['proxy'] } };
       expect(await store.publishCluster({ clusterId: cid, seq: 2, observedAt: at(2), state: 'DEPLOYING', services: [brief('proxy')], change, events: [event('a'), event('b')] })).toBe(true);
-      expect(await store.publishCluster({ clusterId: cid, seq: 2, observedAt: at(3), state: 'READY', services: [], events: [event('lost')] })).toBe(false);
+      expect(await store.publishCluster({ clusterId: cid, seq: 2, observedAt: at(2), state: 'READY', services: [], events: [event('lost')] })).toBe(false);
+      expect(await store.publishCluster({ clusterId: cid, seq: 1, observedAt: at(2), state: 'READY', services: [], events: [event('lost')] })).toBe(false);
       // A publish without `change` keeps the stored one; one with `null` clears it.
       expect(await store.publishCluster({ clusterId: cid, seq: 3, observedAt: at(3), state: 'READY', services: [], expiresAt: at(99), events: [event('c')] })).toBe(true);
       expect(await store.getClusterView(cid)).toEqual({ clusterId: cid, seq: 3, observedAt: at(3), state: 'READY', services: [], expiresAt: at(99), change });
@@ -309,6 +310,44 @@ describe.each(ENGINES.map((e) => [e.name, e] as const))('store contract: %s', (_
         { cloud: 'sim', state: 'BOOTING', count: 6 }, // proxy-0 stayed: a service removes only its own
         { cloud: 'sim', state: 'READY', count: 6 },
       ]);
+    }));
+
+  it("replaces a lost workflow task's writes with its next attempt's, and refuses late copies of either", () =>
+    withStore(async (store) => {
+      // A service run publishes seq 1, then a task that is lost after its writes landed (seq 2
+      // and 3: workers-1 BOOTING, an event). Its next attempt, started later and with a phone-home
+      // more, publishes seq 2 again: workers-1 and workers-2 READY, its own events.
+      const run = 'run-a';
+      const w = (n: number, state: PublishedInstance['state']) => inst('workers', n, { state });
+      expect(await store.publishService(servicePublish('workers', 1, { upserts: [w(1, 'BOOTING'), w(2, 'BOOTING')], events: [event('created')] }), run)).toBe(true);
+      expect(await store.publishService(servicePublish('workers', 2, { upserts: [w(1, 'READY')], events: [event('lost one')] }), run)).toBe(true);
+      expect(await store.publishService(servicePublish('workers', 3, { observedAt: at(2), summary: brief('workers', { ready: 1 }), events: [event('lost two')] }), run)).toBe(true);
+      const retried = servicePublish('workers', 2, { observedAt: at(2.5), summary: brief('workers', { ready: 2 }), upserts: [w(1, 'READY'), w(2, 'READY')], events: [event('retried one')] });
+      expect(await store.publishService(retried, run)).toBe(true);
+      expect((await store.listInstances(cid, { limit: 10 })).items.map((i) => [i.ordinal, i.state])).toEqual([
+        [1, 'READY'],
+        [2, 'READY'],
+      ]);
+      expect((await store.getServiceViews(cid)).map((v) => [v.seq, v.observedAt, v.summary.ready])).toEqual([[2, at(2.5), 2]]);
+      expect((await store.listEvents(cid, { limit: 10 })).items.map((e) => e.message)).toEqual(['created', 'retried one']);
+      // Late copies: the lost task's seq 3, a retried copy of the new seq 2; neither changes anything.
+      expect(await store.publishService(servicePublish('workers', 3, { observedAt: at(2), upserts: [w(2, 'BOOTING')], events: [event('late')] }), run)).toBe(false);
+      expect(await store.publishService(retried, run)).toBe(false);
+      // The attempt goes on from there.
+      expect(await store.publishService(servicePublish('workers', 3, { observedAt: at(3.5), upserts: [w(2, 'FAILED')], events: [event('next')] }), run)).toBe(true);
+      expect((await store.listInstances(cid, { limit: 10, state: 'FAILED' })).items.map((i) => i.ordinal)).toEqual([2]);
+
+      // Another run of the service (started again, its seqs from 1): kept when later, and it replaces none of the first run's events.
+      expect(await store.publishService(servicePublish('workers', 1, { observedAt: at(9), events: [event('again')] }), 'run-b')).toBe(true);
+      expect((await store.listEvents(cid, { limit: 10 })).items.map((e) => e.message)).toEqual(['created', 'retried one', 'next', 'again']);
+
+      // The cluster workflow's publishes follow the same rule.
+      expect(await store.publishCluster({ clusterId: cid, seq: 1, observedAt: at(1), state: 'DEPLOYING', services: [], events: [event('c1')] }, 'run-c')).toBe(true);
+      expect(await store.publishCluster({ clusterId: cid, seq: 2, observedAt: at(2), state: 'DEPLOYING', services: [], events: [event('c lost')] }, 'run-c')).toBe(true);
+      expect(await store.publishCluster({ clusterId: cid, seq: 2, observedAt: at(2.5), state: 'READY', services: [], events: [event('c2')] }, 'run-c')).toBe(true);
+      expect(await store.publishCluster({ clusterId: cid, seq: 2, observedAt: at(2), state: 'DEPLOYING', services: [], events: [event('c late')] }, 'run-c')).toBe(false);
+      expect((await store.getClusterView(cid))?.state).toBe('READY');
+      expect((await store.listEvents(cid, { limit: 10 })).items.map((e) => e.message)).toEqual(['created', 'retried one', 'next', 'again', 'c1', 'c2']);
     }));
 
   it('reads a cluster with its views in one statement, the same as the three reads', () =>

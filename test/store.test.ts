@@ -130,7 +130,7 @@ describe('a store file made before migrations', () => {
 
     // New writes continue where the old ones stopped: versions, seqs, keys, quotas, the audit log's ids.
     expect(await store.updateContext(ctx.id, { name: 'old-ctx', context: ctx.context, secrets: { TOKEN: 'v3-secret' } })).toMatchObject({ version: 3 });
-    expect(await store.publishCluster({ clusterId: cid, seq: 3, observedAt: '2030-01-01T00:03:00.000Z', state: 'READY', services: [], events: [] })).toBe(false);
+    expect(await store.publishCluster({ clusterId: cid, seq: 3, observedAt: '2030-01-01T00:01:00.000Z', state: 'READY', services: [], events: [] })).toBe(false);
     expect(await store.publishCluster({ clusterId: cid, seq: 4, observedAt: '2030-01-01T00:03:00.000Z', state: 'READY', services: [], events: [{ at: '2030-01-01T00:03:00.000Z', kind: 'state', message: 'ready' }] })).toBe(true);
     expect((await store.listEvents(cid, { limit: 10 })).items.map((e) => e.message)).toEqual(['deploying', 'workers-0 ready', 'ready']);
     await expect(store.createCluster({ id: 'other-000001', name: 'other', definitionId: def.id, cloud: 'sim', idempotencyKey: 'alice k-1' })).rejects.toThrow(DuplicateKeyError);
@@ -143,7 +143,7 @@ describe('a store file made before migrations', () => {
 
     // The migrations are recorded: a second open runs none, and the file still reads the same.
     const db = new Database(file, { readonly: true });
-    expect(db.prepare('SELECT name FROM kysely_migration ORDER BY name').all()).toEqual([{ name: '0001-baseline' }, { name: '0002-pin-lookup-misses' }]);
+    expect(db.prepare('SELECT name FROM kysely_migration ORDER BY name').all()).toEqual([{ name: '0001-baseline' }, { name: '0002-pin-lookup-misses' }, { name: '0003-event-writers' }]);
     db.close();
     const again = await openSqliteStore(file, { secretsKey: key });
     expect((await again.getContext(ctx.id))?.version).toBe(3);
