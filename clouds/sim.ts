@@ -79,7 +79,7 @@ export interface SimCloudOptions {
   throttleRate: number;
   seed: string;
   rules?: SimRule[];
-  /** Guest ticker period; default 200 ms. */
+  /** Guest ticker period; default 50 ms (how late a guest may phone home, past its readiness, when nothing waits before it). */
   tickMs?: number;
   /** Default: HTTP POST of JSON with `Authorization: Bearer <token>` over keep-alive connections. */
   phoneHome?: PhoneHomeSender;
@@ -210,6 +210,12 @@ CREATE INDEX IF NOT EXISTS instances_live_cluster ON instances(cluster) WHERE te
 CREATE INDEX IF NOT EXISTS instances_phone_due ON instances(phone_next_at) WHERE phone_next_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS instances_vanishing ON instances(running_at) WHERE guest = 'vanish' AND terminated_at IS NULL;
 CREATE INDEX IF NOT EXISTS instances_terminated ON instances(terminated_at) WHERE terminated_at IS NOT NULL;
+-- Each guest's user-data, apart from its row: a phone-home updates the row twice (its claim,
+-- its outcome), and with the user-data (4 KB and more) in the row each update wrote a page of
+-- it to the WAL again. Rows made before keep theirs in instances.user_data (now '').
+CREATE TABLE IF NOT EXISTS guest_user_data (id TEXT PRIMARY KEY, user_data TEXT NOT NULL);
+CREATE TRIGGER IF NOT EXISTS guest_user_data_delete AFTER DELETE ON instances
+  BEGIN DELETE FROM guest_user_data WHERE id = OLD.id; END;
 CREATE TABLE IF NOT EXISTS rule_use (rule TEXT PRIMARY KEY, used INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS peak (id INTEGER PRIMARY KEY CHECK (id = 1), live INTEGER NOT NULL);
 -- Rows not terminated (vanished guests' included), counted by triggers: every create asks how
@@ -238,7 +244,7 @@ const COLUMNS = `id, name, key, cluster, service, image, flavor, guest, created_
 /** Opens (or creates) the simulated cloud in `opts.file`. Call `start()` to run its guests. */
 export function createSimCloud(opts: SimCloudOptions): SimCloud {
   const name = opts.name ?? 'sim';
-  const tickMs = opts.tickMs ?? 200;
+  const tickMs = opts.tickMs ?? 50;
   const offerings = (opts.offerings ?? SIM_OFFERINGS).map((o) => ({ ...o }));
   const images: ImageMap = { ...(opts.images ?? DEFAULT_SIM_IMAGES) };
   const phoneHome = opts.phoneHome ?? postJson;
@@ -276,9 +282,10 @@ export function createSimCloud(opts: SimCloudOptions): SimCloud {
   const insert = db.prepare(
     `INSERT INTO instances (id, name, key, cluster, service, image, flavor, user_data, guest, created_at, running_at,
        phone_due_at, phone_next_at)
-     VALUES (@id, @name, @key, @cluster, @service, @image, @flavor, @user_data, @guest, @created_at, @running_at,
+     VALUES (@id, @name, @key, @cluster, @service, @image, @flavor, '', @guest, @created_at, @running_at,
        @phone_due_at, @phone_due_at)`,
   );
+  const insertUserData = db.prepare<{ id: string; user_data: string }>(`INSERT INTO guest_user_data (id, user_data) VALUES (@id, @user_data)`);
   const dropVanishedKey = db.prepare<Now & { key: string }>(
     `DELETE FROM instances WHERE key = @key AND guest = 'vanish' AND terminated_at IS NULL AND running_at <= @now`,
   );
@@ -309,8 +316,9 @@ export function createSimCloud(opts: SimCloudOptions): SimCloud {
     `UPDATE instances SET phone_next_at = @now WHERE id = @id AND terminated_at IS NULL AND phone_next_at IS NOT NULL`,
   );
   const phoneRow = db.prepare<{ id: string }, PhoneRow>(
-    `SELECT user_data, guest, phone_due_at, phone_attempts FROM instances
-     WHERE id = @id AND terminated_at IS NULL AND phone_next_at IS NOT NULL`,
+    `SELECT coalesce(u.user_data, i.user_data) AS user_data, guest, phone_due_at, phone_attempts
+     FROM instances i LEFT JOIN guest_user_data u ON u.id = i.id
+     WHERE i.id = @id AND terminated_at IS NULL AND phone_next_at IS NOT NULL`,
   );
   const phoneDone = db.prepare<{ id: string; at: number; result: string }>(
     `UPDATE instances SET phone_next_at = NULL, phone_attempts = phone_attempts + 1, phone_result = @result, phoned_at = @at
@@ -367,6 +375,7 @@ export function createSimCloud(opts: SimCloudOptions): SimCloud {
       phone_due_at: guest === 'ok' || guest === 'fail' ? runningAt + opts.readyDelayMs : null,
     };
     insert.run(row);
+    insertUserData.run(row);
     return { ...row, terminated_at: null, phone_attempts: 0, phone_result: null, phoned_at: null };
   };
 
