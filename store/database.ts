@@ -171,6 +171,12 @@ export async function openPostgresDatabase(url: string, opts: PostgresOptions = 
   const pool = new pg.Pool({
     connectionString: url,
     max: opts.maxConnections ?? 10,
+    // Kept while idle for minutes, not pg's 10 s: a deployment's bursts come 25 s apart (one tier
+    // after another), and each otherwise opened its connections again (a backend forked, a
+    // SCRAM exchange) while its guests waited.
+    idleTimeoutMillis: 5 * 60_000,
+    // Idle connections do not keep a process alive that has nothing else to do.
+    allowExitOnIdle: true,
     // COUNT and SUM are bigint: numbers here, as SQLite answers them.
     types: { getTypeParser: ((oid: number, format?: string) => (oid === PG_INT8 ? Number : pg.types.getTypeParser(oid, format as 'text'))) as typeof pg.types.getTypeParser },
   });
