@@ -153,11 +153,13 @@ export function mergeServices(view: ClusterViewRecord | undefined, serviceViews:
 /**
  * Weak ETag of a cluster answer built from the read model. Everything else in the answer
  * (name, definition, cloud, pinned contexts, links) never changes for a cluster, so the
- * seqs of the cluster's and its services' publishes identify the answer — with, for a
- * cluster with windows, its `nextWindowAt`, which moves with the clock.
+ * cluster's and its services' publishes identify the answer, each by its seq and time (a
+ * lost workflow task's publish is replaced by one with the same seq, later: see the store's
+ * `publishCluster`) — with, for a cluster with windows, its `nextWindowAt`, which moves with
+ * the clock.
  */
 export function readModelEtag(view: ClusterViewRecord, serviceViews: ServiceViewRecord[], nextWindowAt?: string): string {
-  const seqs = [view.seq, serviceViews.map((v) => [v.service, v.seq])];
+  const seqs = [view.seq, view.observedAt, serviceViews.map((v) => [v.service, v.seq, v.observedAt])];
   const key = JSON.stringify(nextWindowAt === undefined ? seqs : [...seqs, nextWindowAt]);
   return `W/"${createHash('sha256').update(key).digest('base64url').slice(0, 22)}"`;
 }

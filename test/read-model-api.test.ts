@@ -234,6 +234,13 @@ describe('GET /v1/clusters/:id from the read model, with no worker', () => {
     expect(afterCluster.status).toBe(200);
     expect(afterCluster.body).toMatchObject({ state: 'READY', seq: 2 });
     expect(new Set([etag, afterService.headers.etag, afterCluster.headers.etag]).size).toBe(3);
+
+    // A lost workflow task's publish replaced by its next attempt's (the same seq, later): a new answer, a new tag.
+    expect(await publishCluster(id, 2, { observedAt: at(9), state: 'DEGRADED', services: [summary('proxy', { state: 'READY', ready: 1 })] })).toBe(true);
+    const replaced = await request(app).get(`/v1/clusters/${id}`).set('If-None-Match', afterCluster.headers.etag);
+    expect(replaced.status).toBe(200);
+    expect(replaced.body).toMatchObject({ state: 'DEGRADED', seq: 2, observedAt: at(9) });
+    expect(replaced.headers.etag).not.toBe(afterCluster.headers.etag);
   });
 
   it('404 for an unknown cluster', async () => {
