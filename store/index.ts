@@ -306,9 +306,10 @@ export interface Store extends CapacityLedger {
    * for its cluster (cluster publishes) or its service (service publishes): a later
    * `observedAt`, or the same with a higher `seq`. One with a later `observedAt` but a `seq`
    * not above the stored one is a lost workflow task's next attempt: it replaces that task's
-   * writes, events included. Otherwise nothing at all is written and the result is false. So a retried or late publish is harmless, and a publish and its events
-   * are written together or not at all. `writer` names the workflow run that publishes (its
-   * events are marked with it, and only its own are replaced).
+   * writes, events included. Otherwise nothing at all is written and the result is false. So
+   * a retried or late publish is harmless, and a publish and its events are written together
+   * or not at all. `writer` names the workflow run that publishes (its events are marked with
+   * it, and only its own are replaced).
    */
   publishCluster(input: PublishClusterInput, writer?: string): Promise<boolean>;
   /**

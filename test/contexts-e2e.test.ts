@@ -60,9 +60,7 @@ async function createContext(body: Record<string, unknown>): Promise<string> {
 function simUserData(clusterId: string): Map<string, string> {
   const db = new Database(path.join(stack.dataDir, 'sim-cloud.sqlite'), { readonly: true });
   try {
-    const rows = db
-      .prepare('SELECT i.name, coalesce(u.user_data, i.user_data) AS user_data FROM instances i LEFT JOIN guest_user_data u ON u.id = i.id WHERE i.cluster = ?')
-      .all(clusterId) as { name: string; user_data: string }[];
+    const rows = db.prepare('SELECT name, user_data FROM instance_user_data WHERE cluster = ?').all(clusterId) as { name: string; user_data: string }[];
     return new Map(rows.map((r) => [r.name, r.user_data]));
   } finally {
     db.close();

@@ -392,7 +392,7 @@ async function whereIs(stack: ApiClient, id: string, seen: any): Promise<string>
 export function phoneHomeToken(stack: Stack, instanceId: string): string {
   const db = new Database(path.join(stack.dataDir, 'sim-cloud.sqlite'), { readonly: true });
   try {
-    const row = db.prepare('SELECT user_data FROM instances WHERE name = ? ORDER BY created_at DESC LIMIT 1').get(instanceId) as { user_data: string } | undefined;
+    const row = db.prepare('SELECT user_data FROM instance_user_data WHERE name = ? ORDER BY created_at DESC LIMIT 1').get(instanceId) as { user_data: string } | undefined;
     const token = row && extractPhoneHome(row.user_data)?.token;
     if (!token) throw new Error(`no phone-home token for ${instanceId} in the sim cloud`);
     return token;

@@ -288,7 +288,7 @@ describe('phone-home', () => {
       async () => {
         const db = new Database(path.join(stack.dataDir, 'sim-cloud.sqlite'), { readonly: true });
         try {
-          const row = db.prepare<[string], { user_data: string; created_at: number }>('SELECT user_data, created_at FROM instances WHERE key = ?').get(`${id}-waiting-0`);
+          const row = db.prepare<[string], { user_data: string; created_at: number }>('SELECT user_data, created_at FROM instance_user_data WHERE key = ?').get(`${id}-waiting-0`);
           const m = row && /CLOUDGATE_TOKEN='?([A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)/.exec(row.user_data);
           return m ? { token: m[1], createdAt: row.created_at } : undefined;
         } finally {
