@@ -11,10 +11,11 @@ export interface BatcherOptions {
   /** How long the first report of a batch waits for company (default 50 ms). */
   maxDelayMs?: number;
   /**
-   * A batch is sent as soon as it has this many reports (default 1,000; the phone-home route also
-   * caps a batch at 256 KB, which binds first for reports of more than about 260 bytes). It was 200: with the interval below, at most 800 reports a
-   * second per API process and service — in the scale bench the 9,500-instance tier's
-   * reports went out as 53 signals, one every 250 ms for 13 s.
+   * A batch is sent as soon as it has this many reports (default 1,000; the phone-home route
+   * also caps a batch at 256 KB, which binds first for reports of more than about 260 bytes).
+   * It was 200: with the interval below, at most 800 reports a second per API process and
+   * service — in the scale bench the 9,500-instance tier's reports went out as 53 signals, one
+   * every 250 ms for 13 s.
    */
   maxBatch?: number;
   /**

@@ -216,7 +216,7 @@ CREATE INDEX IF NOT EXISTS instances_terminated ON instances(terminated_at) WHER
 CREATE TABLE IF NOT EXISTS guest_user_data (id TEXT PRIMARY KEY, user_data TEXT NOT NULL);
 CREATE TRIGGER IF NOT EXISTS guest_user_data_delete AFTER DELETE ON instances
   BEGIN DELETE FROM guest_user_data WHERE id = OLD.id; END;
--- Where readers of the file (the tests) find an instance's user-data, wherever it is kept.
+-- Where an instance's user-data is found, wherever it is kept (the guests' phone-homes, the tests).
 CREATE VIEW IF NOT EXISTS instance_user_data AS
   SELECT i.id, i.name, i.key, i.cluster, i.service, i.created_at, coalesce(u.user_data, i.user_data) AS user_data
   FROM instances i LEFT JOIN guest_user_data u ON u.id = i.id;
@@ -320,9 +320,9 @@ export function createSimCloud(opts: SimCloudOptions): SimCloud {
     `UPDATE instances SET phone_next_at = @now WHERE id = @id AND terminated_at IS NULL AND phone_next_at IS NOT NULL`,
   );
   const phoneRow = db.prepare<{ id: string }, PhoneRow>(
-    `SELECT coalesce(u.user_data, i.user_data) AS user_data, guest, phone_due_at, phone_attempts
-     FROM instances i LEFT JOIN guest_user_data u ON u.id = i.id
-     WHERE i.id = @id AND terminated_at IS NULL AND phone_next_at IS NOT NULL`,
+    `SELECT d.user_data, i.guest, i.phone_due_at, i.phone_attempts
+     FROM instances i JOIN instance_user_data d ON d.id = i.id
+     WHERE i.id = @id AND i.terminated_at IS NULL AND i.phone_next_at IS NOT NULL`,
   );
   const phoneDone = db.prepare<{ id: string; at: number; result: string }>(
     `UPDATE instances SET phone_next_at = NULL, phone_attempts = phone_attempts + 1, phone_result = @result, phoned_at = @at

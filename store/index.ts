@@ -820,12 +820,12 @@ function createStore(database: StoreDatabase, secretsKey: Buffer): Store {
 
   /**
    * A publish's events, marked with the run and publish that wrote them. One that supersedes a
-   * lost workflow task's writes (`seq` not above the stored one, see {@link supersedes}) first
+   * lost workflow task's writes (`seq` not above the `stored` one, see {@link supersedes}) first
    * deletes what that run wrote from its seq on: the task's next attempt emits them again.
    * Without a writer (a direct call), nothing is deleted.
    */
-  const appendEvents = async (trx: Db, clusterId: string, writer: string | undefined, seq: number, replacing: boolean, events: ClusterEvent[]) => {
-    if (replacing && writer !== undefined) await trx.deleteFrom('cluster_events').where('cluster_id', '=', clusterId).where('run_id', '=', writer).where('pub_seq', '>=', seq).execute();
+  const appendEvents = async (trx: Db, clusterId: string, writer: string | undefined, seq: number, stored: { seq: number } | undefined, events: ClusterEvent[]) => {
+    if (writer !== undefined && stored !== undefined && seq <= stored.seq) await trx.deleteFrom('cluster_events').where('cluster_id', '=', clusterId).where('run_id', '=', writer).where('pub_seq', '>=', seq).execute();
     for (const part of slices(events)) {
       await trx
         .insertInto('cluster_events')
@@ -1078,7 +1078,7 @@ function createStore(database: StoreDatabase, secretsKey: Buffer): Store {
             .where('id', '=', input.clusterId)
             .execute();
         }
-        await appendEvents(trx, input.clusterId, writer, input.seq, stored !== undefined && input.seq <= stored.seq, input.events);
+        await appendEvents(trx, input.clusterId, writer, input.seq, stored, input.events);
         return true;
       }),
     publishService: (input, writer) =>
@@ -1139,7 +1139,7 @@ function createStore(database: StoreDatabase, secretsKey: Buffer): Store {
         for (const part of slices(input.removed)) {
           await trx.deleteFrom('instances').where('cluster_id', '=', input.clusterId).where('service', '=', input.service).where('id', 'in', part).execute();
         }
-        await appendEvents(trx, input.clusterId, writer, input.seq, stored !== undefined && input.seq <= stored.seq, input.events);
+        await appendEvents(trx, input.clusterId, writer, input.seq, stored, input.events);
         return true;
       }),
     async getClusterView(clusterId) {

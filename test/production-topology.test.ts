@@ -169,7 +169,6 @@ function strayTerminations(): number {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** Runs `fn`; on failure adds every process's log tail to the error. */
 /**
  * After a failed deployment: keeps its evidence (unless `message` already names where it is)
  * and tears it down, so what comes next starts from an empty cloud. Returns where the evidence
@@ -182,6 +181,7 @@ async function abandon(id: string, message: string): Promise<string | undefined>
   return evidence;
 }
 
+/** Runs `fn`; on failure adds every process's log tail to the error. */
 async function withLogs<T>(fn: () => Promise<T>): Promise<T> {
   try {
     return await fn();
