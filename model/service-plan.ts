@@ -46,8 +46,11 @@ export const liveInstances = (instances: Iterable<InstanceRecord>): InstanceReco
   [...instances].filter((i) => i.state !== 'FAILED' && i.state !== 'TERMINATING');
 
 /** How many instances are in one of `states`. */
-export const countIn = (instances: Iterable<InstanceRecord>, ...states: InstanceState[]): number =>
-  [...instances].filter((i) => states.includes(i.state)).length;
+export function countIn(instances: Iterable<InstanceRecord>, ...states: InstanceState[]): number {
+  let n = 0;
+  for (const i of instances) if (states.includes(i.state)) n++;
+  return n;
+}
 
 /** Booted guests whose readiness deadline has passed without a report. */
 export const overdueInstances = (instances: Iterable<InstanceRecord>, now: number): InstanceRecord[] =>
@@ -209,9 +212,42 @@ export function wakeReason(now: number, nextHealthCheck: number, instances: Iter
   return `readiness deadline in ${Math.round(ms / 1000)} s`;
 }
 
-/** An instance's published fields in one string: a publish sends the instances whose fingerprint changed. */
-export const instanceFingerprint = (i: InstanceRecord): string =>
-  [i.state, i.cloudInstanceId ?? '', i.createdAt ?? '', i.readyAt ?? '', i.message ?? '', ...(i.host ? [i.host] : []), ...(i.spec ? [`spec:${i.spec}`] : [])].join('\u0000');
+/** An instance's fields as last sent to the read model (unset ones as ''): a publish sends the instances whose fields changed. */
+export interface PublishedFields {
+  state: InstanceState;
+  cloudInstanceId: string;
+  createdAt: string;
+  readyAt: string;
+  message: string;
+  host: string;
+  spec: string;
+}
+
+/** A copy of what a publish sends of `i`, to compare with later ({@link publishedAsIs}). */
+export const publishedFields = (i: InstanceRecord): PublishedFields => ({
+  state: i.state,
+  cloudInstanceId: i.cloudInstanceId ?? '',
+  createdAt: i.createdAt ?? '',
+  readyAt: i.readyAt ?? '',
+  message: i.message ?? '',
+  host: i.host ?? '',
+  spec: i.spec ?? '',
+});
+
+/**
+ * Whether the read model has `i` as it is now. Field by field, building nothing: a service
+ * compares all its instances on every turn of its loop (10,000 of them at scale), and a string
+ * made of each instance's fields took a fifth of the workflow thread's CPU in a profile.
+ */
+export const publishedAsIs = (p: PublishedFields | undefined, i: InstanceRecord): boolean =>
+  p !== undefined &&
+  p.state === i.state &&
+  p.cloudInstanceId === (i.cloudInstanceId ?? '') &&
+  p.createdAt === (i.createdAt ?? '') &&
+  p.readyAt === (i.readyAt ?? '') &&
+  p.message === (i.message ?? '') &&
+  p.host === (i.host ?? '') &&
+  p.spec === (i.spec ?? '');
 
 /** `items` in runs of at most `size`. */
 export function chunks<T>(items: T[], size: number): T[][] {

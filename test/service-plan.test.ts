@@ -13,6 +13,8 @@ import {
   nextHealthCheckMs,
   nextWakeMs,
   overdueInstances,
+  publishedAsIs,
+  publishedFields,
   scalePlan,
   serviceState,
   wakeReason,
@@ -123,6 +125,25 @@ describe('keepRetryBackoffMs and chunks', () => {
   it('splits into runs of at most n', () => {
     expect(chunks([1, 2, 3, 4, 5], 2)).toEqual([[1, 2], [3, 4], [5]]);
     expect(chunks([], 3)).toEqual([]);
+  });
+});
+
+describe('what the read model was sent of an instance', () => {
+  it('is as is until one of its published fields changes; an unset field and an empty one are the same', () => {
+    const i = inst(3, 'BOOTING', { cloudInstanceId: 'sim-1', createdAt: '2026-12-04T10:00:00.000Z', deadline: 1 });
+    const sent = publishedFields(i);
+    expect(publishedAsIs(sent, i)).toBe(true);
+    expect(publishedAsIs(undefined, i)).toBe(false);
+    // Not published: the deadline.
+    expect(publishedAsIs(sent, { ...i, deadline: 2 })).toBe(true);
+    expect(publishedAsIs(sent, { ...i, message: '' })).toBe(true);
+    for (const change of [{ state: 'READY' as const }, { readyAt: '2026-12-04T10:00:25.000Z' }, { message: 'probe failed' }, { host: 'node-7' }, { spec: 'v2' }, { cloudInstanceId: 'sim-2' }, { createdAt: undefined }]) {
+      expect(publishedAsIs(sent, { ...i, ...change })).toBe(false);
+    }
+    // A copy: changing the instance afterwards does not change what was sent.
+    i.state = 'RUNNING';
+    expect(sent.state).toBe('BOOTING');
+    expect(publishedAsIs(sent, i)).toBe(false);
   });
 });
 

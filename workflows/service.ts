@@ -36,7 +36,9 @@ import {
   expandInstance,
   HEALTH_CHECK_STEADY_MAX_MS,
   healthCheckTargets,
-  instanceFingerprint,
+  publishedAsIs,
+  publishedFields,
+  type PublishedFields,
   instanceId,
   keepRetryBackoffMs,
   liveInstances,
@@ -209,8 +211,8 @@ interface ServiceRunState extends Omit<ServiceCarried, 'instances' | 'blocked'> 
   /** The state last written to the search attribute. */
   reportedState: ServiceState;
   pubSeq: number;
-  /** What the read model was last sent: each instance's fingerprint, the summary, when. */
-  published: Map<string, string>;
+  /** What the read model was last sent: each instance's fields, the summary, when. */
+  published: Map<string, PublishedFields>;
   publishedSummary: string;
   lastPublishAt: number;
   /** What happened since the last publish. */
@@ -306,7 +308,7 @@ class ServiceRun {
     };
     // The previous run published everything before it continued as new: its instances are in
     // the read model as they are here (minus what is not carried, which the store keeps).
-    if (this.readModel && (carried?.pubSeq ?? 0) > 0) for (const i of this.instances.values()) this.s.published.set(i.id, instanceFingerprint(i));
+    if (this.readModel && (carried?.pubSeq ?? 0) > 0) for (const i of this.instances.values()) this.s.published.set(i.id, publishedFields(i));
     setHandler(serviceStatusQuery, () => this.view());
     setHandler(setDesiredSignal, (n, retire) => {
       if (n !== this.s.desired) this.emit('scale', `desired instances ${this.s.desired} → ${n}${retire?.length ? `, retiring idle ${retire.join(', ')}` : ''}`);
@@ -356,7 +358,10 @@ class ServiceRun {
   /** Instances still held on another spec than the service's (a change replacing them, until the last is gone from the cloud). */
   private outdated(): number {
     const { spec } = this.input;
-    return spec === undefined ? 0 : [...this.instances.values()].filter((i) => i.spec !== spec).length;
+    if (spec === undefined) return 0;
+    let n = 0;
+    for (const i of this.instances.values()) if (i.spec !== spec) n++;
+    return n;
   }
 
   private readyCount(): number {
@@ -827,8 +832,9 @@ class ServiceRun {
   private publishDueAt(): number {
     const { s } = this;
     if (!this.readModel) return 0;
-    const pending = [...this.instances.values()].some((i) => s.published.get(i.id) !== instanceFingerprint(i)) || [...s.published.keys()].some((id) => !this.instances.has(id));
-    return pending ? s.lastPublishAt + PUBLISH_INTERVAL_MS : 0;
+    for (const i of this.instances.values()) if (!publishedAsIs(s.published.get(i.id), i)) return s.lastPublishAt + PUBLISH_INTERVAL_MS;
+    for (const id of s.published.keys()) if (!this.instances.has(id)) return s.lastPublishAt + PUBLISH_INTERVAL_MS;
+    return 0;
   }
 
   /**
@@ -862,7 +868,7 @@ class ServiceRun {
   /**
    * Sends what changed to the read model: the summary and events at once when they changed,
    * instance changes at most every {@link PUBLISH_INTERVAL_MS} (or all of them when `flush`),
-   * in runs of {@link MAX_PUBLISHED_INSTANCES}, each instance with the fingerprint it had when
+   * in runs of {@link MAX_PUBLISHED_INSTANCES}, each instance recorded as it was when
    * it was sent (a change during the write is sent next time).
    */
   private async publish(flush = false): Promise<void> {
@@ -877,11 +883,11 @@ class ServiceRun {
     const summaryKey = JSON.stringify(summary);
     const now = Date.now();
     const urgent = flush || summaryKey !== s.publishedSummary || s.events.length > 0;
-    if (!urgent && (this.publishDueAt() === 0 || now < s.lastPublishAt + PUBLISH_INTERVAL_MS)) return;
-    const changed = [...this.instances.values()]
-      .map((i) => ({ i, fp: instanceFingerprint(i) }))
-      .filter(({ i, fp }) => s.published.get(i.id) !== fp);
-    const removed = [...s.published.keys()].filter((id) => !this.instances.has(id));
+    if (!urgent && (now < s.lastPublishAt + PUBLISH_INTERVAL_MS || this.publishDueAt() === 0)) return;
+    const changed: { i: InstanceRecord; fields: PublishedFields }[] = [];
+    for (const i of this.instances.values()) if (!publishedAsIs(s.published.get(i.id), i)) changed.push({ i, fields: publishedFields(i) });
+    const removed: string[] = [];
+    for (const id of s.published.keys()) if (!this.instances.has(id)) removed.push(id);
     const events = s.events.splice(0);
     const runs = Math.max(1, Math.ceil(changed.length / MAX_PUBLISHED_INSTANCES), Math.ceil(removed.length / MAX_PUBLISHED_INSTANCES));
     for (let n = 0; n < runs; n++) {
@@ -900,7 +906,7 @@ class ServiceRun {
         events: n === 0 ? events : [],
       };
       const done = () => {
-        for (const { i, fp } of up) s.published.set(i.id, fp);
+        for (const { i, fields } of up) s.published.set(i.id, fields);
         for (const id of gone) s.published.delete(id);
       };
       if (!(await this.send(write, done))) return;
