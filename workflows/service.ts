@@ -36,9 +36,6 @@ import {
   expandInstance,
   HEALTH_CHECK_STEADY_MAX_MS,
   healthCheckTargets,
-  publishedAsIs,
-  publishedFields,
-  type PublishedFields,
   instanceId,
   keepRetryBackoffMs,
   liveInstances,
@@ -47,10 +44,13 @@ import {
   nextWakeMs,
   ordinalOf,
   overdueInstances,
+  publishedAsIs,
+  publishedFields,
   scalePlan,
   serviceState,
   wakeReason,
   type InstanceRecord,
+  type PublishedFields,
 } from '../model/service-plan.js';
 import {
   MAX_PUBLISHED_INSTANCES,
