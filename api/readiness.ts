@@ -16,6 +16,7 @@
 import express, { type Router } from 'express';
 import type { Client } from '@temporalio/client';
 import type { ReadinessReport } from '../model/status.js';
+import { verdictInput } from '../model/readiness.js';
 import { tokenOrdinal, verifyToken, type TokenClaims } from '../model/token.js';
 import type { Store } from '../store/index.js';
 import { readinessSignal, serviceWorkflowId } from '../workflows/messages.js';
@@ -143,10 +144,12 @@ export function readinessRoutes(deps: ReadinessRouteDeps): { router: Router; bat
       res.status(200).json({ instanceId: claims.iid, receivedAt, ignored: true, note: `${why}; this report was not forwarded` });
       return;
     }
+    // Only what the workflow's verdict can read travels (model/readiness.ts).
+    const judged = verdictInput(body);
     const report: ReadinessReport = {
       instanceId: claims.iid,
-      status: body.status,
-      ...(body.checks && { checks: body.checks }),
+      status: judged.status,
+      ...(judged.checks && { checks: judged.checks }),
       receivedAt,
     };
     const submitted = performance.now();

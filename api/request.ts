@@ -14,7 +14,8 @@ import { Problem } from './problem.js';
 export function enteredByItsPaths(router: Router): RequestHandler {
   let starts: string[] | null | undefined;
   return (req: Request, res: Response, next: NextFunction) => {
-    starts ??= staticStarts(router);
+    // `undefined` until read; `null` (always entered) is kept, not read again on every request.
+    if (starts === undefined) starts = staticStarts(router);
     if (starts === null) return router(req, res, next);
     const path = req.path.toLowerCase();
     return starts.some((s) => path.startsWith(s)) ? router(req, res, next) : next();

@@ -12,6 +12,7 @@ import path from 'node:path';
 import Database from 'better-sqlite3';
 import { openSqliteStore } from '../store/index.js';
 import { extractPhoneHome } from '../model/user-data.js';
+import { serviceWorkflowId } from '../workflows/messages.js';
 import { clusterInstances, clusterStatus, deploy, startStack, waitFor, waitForState, type Stack } from './harness.js';
 import { historyText } from './history-text.js';
 import { startStratum1, type FakeStratum1 } from './fakes/stratum1.js';
@@ -122,6 +123,17 @@ describe('a cluster whose services name contexts', () => {
     expect(flaky.replacements).toBe(1);
     expect(flaky.message).toBe(`${clusterId}-flaky-0: CVMFS probe failed: sft.cern.ch FAILED (Probing /cvmfs/sft.cern.ch... Failed!)`);
     expect((await clusterInstances(stack, clusterId, 'flaky')).map((i) => i.id)).toEqual([`${clusterId}-flaky-1`]);
+  });
+
+  it("sends a service's workflow what the verdict reads of each report: the probes' results, and the output only of those that failed", async () => {
+    const all = await histories(clusterId);
+    const text = (name: string) => historyText(all.filter((h) => h.workflowId === serviceWorkflowId(clusterId, name)).map((h) => h.history));
+    const analysis = text('analysis');
+    expect(analysis).toContain('"cvmfs":{"alice.cern.ch":"OK","sft.cern.ch":"OK"}');
+    expect(analysis).not.toContain('Probing /cvmfs/');
+    const flaky = text('flaky');
+    expect(flaky).toContain('Probing /cvmfs/sft.cern.ch... Failed!');
+    expect(flaky).not.toContain('Probing /cvmfs/sft.cern.ch... OK');
   });
 
   it('ran one stratum-1 check per repository as activities in the cluster workflow, failing over the dead server', async () => {

@@ -4,7 +4,7 @@
  * the probe's output (shown in the status and the Temporal UI while the instance is replaced).
  */
 import { describe, expect, it } from '@jest/globals';
-import { judgeReadiness } from '../model/readiness.js';
+import { judgeReadiness, verdictInput, type ReadinessClaim } from '../model/readiness.js';
 
 const REPOS = ['alice.cern.ch', 'sft.cern.ch'];
 
@@ -49,5 +49,29 @@ describe('judgeReadiness', () => {
     const long = judgeReadiness({ status: 'failed', checks: { cvmfs: { 'sft.cern.ch': 'FAILED' }, output: { 'sft.cern.ch': 'x'.repeat(5000) } } }, ['sft.cern.ch']);
     expect(long.ready).toBe(false);
     expect(!long.ready && long.reason.length).toBeLessThanOrEqual(600);
+  });
+
+  it('is the same on what a workflow is sent: an ok report without the output of the probes that passed', () => {
+    const probe = (repo: string, ok: boolean) => `Probing /cvmfs/${repo}... ${ok ? 'OK' : 'Failed!'}`;
+    const claims: ReadinessClaim[] = [
+      { status: 'ok' },
+      { status: 'ok', checks: {} },
+      { status: 'ok', checks: { cvmfs: 'OK', output: 'text' } },
+      { status: 'ok', checks: { cvmfs: { 'alice.cern.ch': 'OK', 'sft.cern.ch': 'OK' }, output: { 'alice.cern.ch': probe('alice.cern.ch', true), 'sft.cern.ch': probe('sft.cern.ch', true) } } },
+      { status: 'ok', checks: { cvmfs: { 'alice.cern.ch': 'OK', 'sft.cern.ch': 'FAILED' }, output: { 'alice.cern.ch': probe('alice.cern.ch', true), 'sft.cern.ch': probe('sft.cern.ch', false) } } },
+      { status: 'ok', checks: { cvmfs: { 'alice.cern.ch': 'OK' }, output: { 'alice.cern.ch': probe('alice.cern.ch', true), 'sft.cern.ch': 'not mounted' }, load: [1, 2, 3] } },
+      { status: 'failed', checks: { cvmfs: { 'alice.cern.ch': 'OK', 'sft.cern.ch': 'OK' }, output: { 'alice.cern.ch': probe('alice.cern.ch', true) }, message: 'disk full' } },
+      { status: 'failed' },
+    ];
+    for (const claim of claims) {
+      for (const repos of [[], ['alice.cern.ch'], REPOS, ['atlas.cern.ch']]) {
+        expect(judgeReadiness(verdictInput(claim), repos)).toEqual(judgeReadiness(claim, repos));
+      }
+    }
+    // What is left out: the passing probes' output and, of an ok report, what no verdict reads; a failed report stays whole.
+    expect(verdictInput(claims[4])).toEqual({ status: 'ok', checks: { cvmfs: { 'alice.cern.ch': 'OK', 'sft.cern.ch': 'FAILED' }, output: { 'sft.cern.ch': probe('sft.cern.ch', false) } } });
+    expect(verdictInput(claims[3])).toEqual({ status: 'ok', checks: { cvmfs: { 'alice.cern.ch': 'OK', 'sft.cern.ch': 'OK' } } });
+    expect(verdictInput(claims[5])).toEqual({ status: 'ok', checks: { cvmfs: { 'alice.cern.ch': 'OK' }, output: { 'sft.cern.ch': 'not mounted' } } });
+    expect(verdictInput(claims[6])).toBe(claims[6]);
   });
 });
