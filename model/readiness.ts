@@ -25,9 +25,9 @@ const clip = (s: string, n: number): string => (s.length > n ? `${s.slice(0, n -
  * workflow is sent. A guest that says ok is judged by its repositories' results alone, and a
  * probe's output is quoted only for a repository that did not probe OK; so of an ok report
  * only `checks.cvmfs` and the outputs of repositories not "OK" are kept. A failed report is
- * kept whole (its reason may quote any of it). At 10,000 instances the outputs of probes that
- * passed ("Probing /cvmfs/<repo>... OK") were three quarters of each report, and so of the
- * signals carrying them into the service's history.
+ * kept whole (its reason may quote any of it). The outputs of probes that passed ("Probing
+ * /cvmfs/<repo>... OK") were about half of each report, and so of the signals carrying them
+ * into the service's history: with three repositories a report is 190 bytes instead of 366.
  */
 export function verdictInput(claim: ReadinessClaim): ReadinessClaim {
   if (claim.status !== 'ok' || claim.checks === undefined) return claim;
