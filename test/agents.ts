@@ -22,6 +22,11 @@ function run(cmd: string, args: string[], input: string | Buffer): Promise<{ cod
       if (err && typeof (err as { code?: unknown }).code !== 'number') return fail(new Error(`cannot run ${cmd}: ${err.message}`, { cause: err }));
       done({ code: err ? Number((err as { code?: number }).code) : 0, stdout, stderr });
     });
+    // A reader that does not read its input (dash sourcing a file) may exit before the write: the
+    // write then fails with EPIPE. What it read is judged by its exit code and output above.
+    child.stdin!.on('error', (err: NodeJS.ErrnoException) => {
+      if (err.code !== 'EPIPE') fail(new Error(`cannot write to ${cmd}: ${err.message}`, { cause: err }));
+    });
     child.stdin!.end(input);
   });
 }
