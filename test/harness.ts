@@ -162,23 +162,40 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
    * against offerings. A cloud that did not answer that run (a suite's unreachable cloud)
    * does not hold the stack up once a catalogue run started since has completed.
    */
-  const workerReady = (since: Date, timeoutMs: number, what: string) =>
-    waitFor(
-      async () => {
-        const clouds = await stack.http('GET', '/v1/clouds');
-        const want = (opts.clouds ?? [{ name: 'sim' }]).map((c) => c.name);
-        const listed = want.map((n) => (clouds.body.items as any[] | undefined)?.find((c) => c.name === n));
-        if (listed.some((c) => c === undefined)) return false;
-        const tq = await client.workflowService.describeTaskQueue({ namespace: config.namespace, taskQueue: { name: config.taskQueue }, taskQueueType: 1 });
-        if ((tq.pollers ?? []).length === 0) return false;
-        if (listed.every((c) => c.offerings.length > 0)) return true;
-        const query = `WorkflowType = 'CloudCatalogueWorkflow' AND ExecutionStatus = 'Completed' AND StartTime >= '${since.toISOString()}'`;
-        for await (const _run of client.workflow.list({ query, pageSize: 1 })) return true;
-        return false;
-      },
-      timeoutMs,
-      `${what} to poll and list its clouds' offerings`,
-    );
+  const workerReady = async (since: Date, timeoutMs: number, what: string) => {
+    const catalogueRuns = `WorkflowType = 'CloudCatalogueWorkflow' AND StartTime >= '${since.toISOString()}'`;
+    try {
+      await waitFor(
+        async () => {
+          const clouds = await stack.http('GET', '/v1/clouds');
+          const want = (opts.clouds ?? [{ name: 'sim' }]).map((c) => c.name);
+          const listed = want.map((n) => (clouds.body.items as any[] | undefined)?.find((c) => c.name === n));
+          if (listed.some((c) => c === undefined)) return false;
+          const tq = await client.workflowService.describeTaskQueue({ namespace: config.namespace, taskQueue: { name: config.taskQueue }, taskQueueType: 1 });
+          if ((tq.pollers ?? []).length === 0) return false;
+          if (listed.every((c) => c.offerings.length > 0)) return true;
+          for await (const _run of client.workflow.list({ query: `${catalogueRuns} AND ExecutionStatus = 'Completed'`, pageSize: 1 })) return true;
+          return false;
+        },
+        timeoutMs,
+        `${what} to poll and list its clouds' offerings`,
+      );
+    } catch (err) {
+      // Say what the catalogue runs since then did (which one waits, on what), so a failure explains itself.
+      const runs: string[] = [];
+      try {
+        for await (const run of client.workflow.list({ query: catalogueRuns, pageSize: 10 })) {
+          const { raw } = await client.workflow.getHandle(run.workflowId, run.runId).describe();
+          const pending = (raw.pendingActivities ?? []).map((a) => `${a.activityType?.name} state ${a.state} attempt ${a.attempt}${a.lastFailure?.message ? ` (${a.lastFailure.message})` : ''}`);
+          runs.push(`${run.workflowId} ${run.status.name} started ${run.startTime.toISOString()}${pending.length ? `; pending: ${pending.join(', ')}` : ''}`);
+          if (runs.length >= 10) break;
+        }
+      } catch (listErr) {
+        runs.push(`(could not list them: ${(listErr as Error).message})`);
+      }
+      throw new Error(`${(err as Error).message}; catalogue runs since ${since.toISOString()}: ${runs.length ? runs.join(' | ') : 'none'}`, { cause: err });
+    }
+  };
   const stack: Stack = {
     config,
     dataDir,
@@ -240,7 +257,13 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
       if (!stopOpts?.keepDataDir) rmSync(dataDir, { recursive: true, force: true });
     },
   };
-  await stack.startWorker();
+  try {
+    await stack.startWorker();
+  } catch (err) {
+    // Nothing left running: a worker, API or server left over keeps jest from ever exiting.
+    await stack.stop().catch(() => undefined);
+    throw err;
+  }
   return stack;
 }
 

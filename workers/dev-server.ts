@@ -10,6 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { Connection } from '@temporalio/client';
 import { chmodPrivate } from '../store/private-files.js';
 import { cliSearchAttributeType, SEARCH_ATTRIBUTES } from '../workflows/messages.js';
+import { devServerDynamicConfigArgs } from './temporal-dynamic-config.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -95,6 +96,7 @@ async function startDevServerOnce(opts: DevServerOptions, port: number): Promise
     if (opts.uiCodecEndpoint) args.push('--ui-codec-endpoint', opts.uiCodecEndpoint);
   } else args.push('--headless');
   for (const sa of SEARCH_ATTRIBUTES) args.push('--search-attribute', `${sa.name}=${cliSearchAttributeType(sa)}`);
+  args.push(...devServerDynamicConfigArgs());
   // Workflow histories live in this file: owner only (the server makes a missing one itself, so it is set once it answers).
   chmodPrivate(opts.dbFile);
   const child = spawn(opts.executable ?? findTemporalCli(), args, { stdio: ['ignore', 'pipe', 'pipe'] });

@@ -22,6 +22,7 @@ import { Connection } from '@temporalio/client';
 import { msToTs } from '@temporalio/common';
 import { stringify as stringifyYaml } from 'yaml';
 import { ensureSearchAttributes, freePort } from '../../workers/dev-server.js';
+import { dynamicConfigFileContent } from '../../workers/temporal-dynamic-config.js';
 import type { PostgresPeer } from './postgres.js';
 
 const execFileP = promisify(execFile);
@@ -120,12 +121,8 @@ export async function startTemporalServerPeer(pg: PostgresPeer, opts: TemporalSe
   const dynamicConfigFile = path.join(dir, 'dynamicconfig.yaml');
   writeFileSync(
     dynamicConfigFile,
-    stringifyYaml({
-      // Search attributes added at start-up are usable at once (the dev server sets it too).
-      'system.forceSearchAttributesCacheRefreshOnRead': [{ value: true, constraints: {} }],
-      // As docker/temporal/dynamicconfig.yaml: room for the signals a 10,000-instance service receives during one of its workflow tasks.
-      'history.maximumBufferedEventsBatch': [{ value: 500, constraints: {} }],
-    }),
+    // cloudgate's settings (workers/temporal-dynamic-config.ts), as the dev server and docker/temporal/dynamicconfig.yaml have them.
+    stringifyYaml(dynamicConfigFileContent()),
   );
   const config = {
     log: { stdout: true, level: 'warn' },
