@@ -160,10 +160,14 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
    * offerings: the cloud catalogue schedule's run the worker triggers at start lists them
    * (workflows/catalogue.ts). Suites submit clusters right after, and submissions are checked
    * against offerings. A cloud that did not answer that run (a suite's unreachable cloud)
-   * does not hold the stack up once a catalogue run started since has completed.
+   * does not hold the stack up once a catalogue run has completed since the worker started.
    */
   const workerReady = async (since: Date, timeoutMs: number, what: string) => {
-    const catalogueRuns = `WorkflowType = 'CloudCatalogueWorkflow' AND StartTime >= '${since.toISOString()}'`;
+    // Closed since, not started since: the run the worker triggers at start is not made when the schedule
+    // started one in the same second (the server names runs by the second: the 5-minute mark), and that
+    // run, started before, is the one this worker completes.
+    const sinceIso = since.toISOString();
+    const catalogueRuns = `WorkflowType = 'CloudCatalogueWorkflow' AND (StartTime >= '${sinceIso}' OR CloseTime >= '${sinceIso}' OR ExecutionStatus = 'Running')`;
     try {
       await waitFor(
         async () => {
@@ -174,7 +178,8 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
           const tq = await client.workflowService.describeTaskQueue({ namespace: config.namespace, taskQueue: { name: config.taskQueue }, taskQueueType: 1 });
           if ((tq.pollers ?? []).length === 0) return false;
           if (listed.every((c) => c.offerings.length > 0)) return true;
-          for await (const _run of client.workflow.list({ query: `${catalogueRuns} AND ExecutionStatus = 'Completed'`, pageSize: 1 })) return true;
+          const completed = `WorkflowType = 'CloudCatalogueWorkflow' AND ExecutionStatus = 'Completed' AND CloseTime >= '${sinceIso}'`;
+          for await (const _run of client.workflow.list({ query: completed, pageSize: 1 })) return true;
           return false;
         },
         timeoutMs,
@@ -193,7 +198,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
       } catch (listErr) {
         runs.push(`(could not list them: ${(listErr as Error).message})`);
       }
-      throw new Error(`${(err as Error).message}; catalogue runs since ${since.toISOString()}: ${runs.length ? runs.join(' | ') : 'none'}`, { cause: err });
+      throw new Error(`${(err as Error).message}; catalogue runs started or closed since ${sinceIso}, or running: ${runs.length ? runs.join(' | ') : 'none'}`, { cause: err });
     }
   };
   const stack: Stack = {
