@@ -323,6 +323,8 @@ function ensureCatalogueSchedule(config: Config, temporal: () => Promise<Client>
       }
     }
     // Now, not in five minutes; alongside a run in progress if there is one (a previous worker's may be stuck).
+    // At the schedule's own mark the trigger makes no run: the server names runs by the second, and the
+    // scheduled run of that second, which does the same, already has the name.
     await handle.trigger(ScheduleOverlapPolicy.ALLOW_ALL);
   })().catch((err: unknown) => {
     logger?.error({ err, scheduleId: CLOUD_CATALOGUE_SCHEDULE_ID }, 'could not create or trigger the cloud catalogue schedule');
