@@ -6,35 +6,23 @@
  * (test/temporal-dynamic-config.test.ts compares them).
  */
 
-/** A setting, its value for every namespace, and why cloudgate sets it. */
-export interface DynamicSetting {
-  key: string;
-  value: boolean | number;
-  why: string;
-}
-
-export const TEMPORAL_DYNAMIC_CONFIG: readonly DynamicSetting[] = [
-  {
-    key: 'system.forceSearchAttributesCacheRefreshOnRead',
-    value: true,
-    why: 'search attributes added at start-up are usable at once',
-  },
-  {
-    key: 'history.maximumBufferedEventsBatch',
-    value: 500,
-    why:
-      'signals that may wait while one workflow task runs before the server fails the task to take them in ' +
-      '(FORCE_CLOSE_COMMAND; default 100): a 10,000-instance service receives readiness batches during its tasks ' +
-      '(api/readiness-batcher.ts sends at most one per 100 ms per API replica and service)',
-  },
-];
+/** Each setting's value, for every namespace. */
+export const TEMPORAL_DYNAMIC_CONFIG: Readonly<Record<string, boolean | number>> = {
+  // Search attributes added at start-up are usable at once.
+  'system.forceSearchAttributesCacheRefreshOnRead': true,
+  // Signals that may wait while one workflow task runs before the server fails the task to take
+  // them in (FORCE_CLOSE_COMMAND; default 100): a 10,000-instance service receives readiness
+  // batches during its tasks (api/readiness-batcher.ts sends at most one per 100 ms per API
+  // replica and service).
+  'history.maximumBufferedEventsBatch': 500,
+};
 
 /** The dev server's flags: `--dynamic-config-value KEY=VALUE` (values as JSON). */
-export function devServerDynamicConfigArgs(settings: readonly DynamicSetting[] = TEMPORAL_DYNAMIC_CONFIG): string[] {
-  return settings.flatMap((s) => ['--dynamic-config-value', `${s.key}=${JSON.stringify(s.value)}`]);
+export function devServerDynamicConfigArgs(): string[] {
+  return Object.entries(TEMPORAL_DYNAMIC_CONFIG).flatMap(([key, value]) => ['--dynamic-config-value', `${key}=${JSON.stringify(value)}`]);
 }
 
 /** A dynamic config file's content (`dynamicConfigClient.filepath`): each key once, for every namespace. */
-export function dynamicConfigFileContent(settings: readonly DynamicSetting[] = TEMPORAL_DYNAMIC_CONFIG): Record<string, { value: boolean | number; constraints: Record<string, never> }[]> {
-  return Object.fromEntries(settings.map((s) => [s.key, [{ value: s.value, constraints: {} }]]));
+export function dynamicConfigFileContent(): Record<string, { value: boolean | number; constraints: Record<string, never> }[]> {
+  return Object.fromEntries(Object.entries(TEMPORAL_DYNAMIC_CONFIG).map(([key, value]) => [key, [{ value, constraints: {} }]]));
 }
