@@ -223,12 +223,19 @@ function cpuSeconds(pid: string): number | undefined {
 /**
  * While `fn` runs (sampled every second): the peak resident memory of each watched process,
  * and the CPU seconds each kind of process on the machine used (cloudgate's, PostgreSQL's, the
- * Temporal server's, the bench's) — where a 2-core machine's time goes.
+ * Temporal server's, the bench's) — where a 2-core machine's time goes —, in all and at each
+ * sample (the timeline, for a window of the run).
  */
-async function watchProcesses<T>(fn: () => Promise<T>): Promise<{ result: T; rss: Record<string, number>; cpu: Record<string, number> }> {
+async function watchProcesses<T>(fn: () => Promise<T>): Promise<{ result: T; rss: Record<string, number>; cpu: Record<string, number>; timeline: CpuSample[] }> {
   const rss: Record<string, number> = {};
   const first = new Map<string, number>();
   const last = new Map<string, { kind: string; cpu: number }>();
+  const timeline: CpuSample[] = [];
+  const used = (): Record<string, number> => {
+    const cpu: Record<string, number> = {};
+    for (const [pid, { kind, cpu: now }] of last) cpu[kind] = (cpu[kind] ?? 0) + now - first.get(pid)!;
+    return cpu;
+  };
   const sample = () => {
     for (const { name, pid } of site.pids()) {
       try {
@@ -246,6 +253,7 @@ async function watchProcesses<T>(fn: () => Promise<T>): Promise<{ result: T; rss
       if (!first.has(pid)) first.set(pid, baseline ? cpu : 0);
       last.set(pid, { kind, cpu });
     }
+    timeline.push({ at: Date.now(), cpu: used() });
   };
   let baseline = true;
   sample();
@@ -258,9 +266,43 @@ async function watchProcesses<T>(fn: () => Promise<T>): Promise<{ result: T; rss
     clearInterval(timer);
     sample();
   }
-  const cpu: Record<string, number> = {};
-  for (const [pid, { kind, cpu: used }] of last) cpu[kind] = (cpu[kind] ?? 0) + used - first.get(pid)!;
-  return { result, rss, cpu };
+  return { result, rss, cpu: used(), timeline };
+}
+
+/** The CPU seconds each kind of process had used since the watch began, at one of its samples. */
+interface CpuSample {
+  at: number;
+  cpu: Record<string, number>;
+}
+
+/**
+ * The machine's CPU while the last tier's guests phone home: from its first phone-home falling
+ * due to READY, each kind's CPU seconds read off the once-a-second samples (straight line
+ * between the two around each end). The last tier's end is what the ratio to the ideal is made
+ * of; this says whether the machine's cores were the limit, and what a report cost each kind of process.
+ */
+function lastTierCpuFigure(timeline: CpuSample[], tier: LastTier | undefined, readyAt: number): [string, string] {
+  const label = "CPU while the last tier's guests phone home";
+  const at = (t: number): Record<string, number> | undefined => {
+    const i = timeline.findIndex((x) => x.at >= t);
+    if (i <= 0) return undefined;
+    const [a, b] = [timeline[i - 1], timeline[i]];
+    const f = (t - a.at) / (b.at - a.at);
+    return Object.fromEntries(Object.entries(b.cpu).map(([kind, s]) => [kind, (a.cpu[kind] ?? 0) + f * (s - (a.cpu[kind] ?? 0))]));
+  };
+  const [from, to] = [tier && at(tier.firstDueAt), at(readyAt)];
+  if (!tier || !from || !to || readyAt <= tier.firstDueAt) return [label, 'not sampled'];
+  const secs = (readyAt - tier.firstDueAt) / 1000;
+  const spent = Object.entries(to)
+    .map(([kind, s]) => [kind, s - (from[kind] ?? 0)] as const)
+    .sort((a, b) => b[1] - a[1]);
+  const total = spent.reduce((n, [, s]) => n + s, 0);
+  const perReport = (s: number) => ((s * 1000) / tier.reports).toFixed(2);
+  return [
+    label,
+    `${tier.service}, ${tier.reports} reports, ${secs.toFixed(1)} s from the first due to READY: ${(total / secs).toFixed(2)} of ${os.availableParallelism()} cores busy; ` +
+      `ms a report: ${spent.map(([kind, s]) => `${kind} ${perReport(s)}`).join(', ')} (all ${perReport(total)}; the reader's load included)`,
+  ];
 }
 
 /** CPU seconds by kind of process, largest first. */
@@ -344,22 +386,36 @@ async function waitAll(ids: string[], state: string, t0: number, label: string):
   return (Date.now() - t0) / 1000;
 }
 
+/** The tier whose guests fell due last: its service, when its first phone-home fell due (epoch ms), and how many reports it had. */
+interface LastTier {
+  service: string;
+  firstDueAt: number;
+  reports: number;
+}
+
 /**
  * Where a service's time went, from the sim cloud's own record of its guests: when the first
  * and last were created (seconds after `t0`), and how late their phone-homes were delivered
  * after falling due (boot + readiness delay after the create): p50, p99, max.
  */
-function guestTimes(clusterId: string, t0: number): string {
+function guestTimes(clusterId: string, t0: number): { text: string; lastTier?: LastTier } {
   const db = new Database(path.join(site.dataDir, 'sim-cloud.sqlite'), { readonly: true, fileMustExist: true });
   try {
     const rows = db
-      .prepare<{ cluster: string }, { service: string; created_at: number; late: number | null }>(
-        `SELECT service, created_at, phoned_at - phone_due_at AS late FROM instances WHERE cluster = @cluster AND terminated_at IS NULL ORDER BY service`,
+      .prepare<{ cluster: string }, { service: string; created_at: number; due: number | null; late: number | null }>(
+        `SELECT service, created_at, phone_due_at AS due, phoned_at - phone_due_at AS late FROM instances WHERE cluster = @cluster AND terminated_at IS NULL ORDER BY service`,
       )
       .all({ cluster: clusterId });
     const services = [...new Set(rows.map((r) => r.service))];
     const s = (ms: number) => (ms / 1000).toFixed(1);
-    return services
+    // The tier whose guests fall due last: the one that ends the deployment.
+    let lastTier: LastTier | undefined;
+    for (const service of services) {
+      const due = rows.flatMap((r) => (r.service === service && r.due !== null ? [r.due] : []));
+      const firstDueAt = Math.min(...due);
+      if (due.length > 0 && (!lastTier || firstDueAt > lastTier.firstDueAt)) lastTier = { service, firstDueAt, reports: due.length };
+    }
+    const text = services
       .map((service) => {
         const mine = rows.filter((r) => r.service === service);
         const created = mine.map((r) => r.created_at - t0);
@@ -368,6 +424,7 @@ function guestTimes(clusterId: string, t0: number): string {
         return `${service}: created ${s(Math.min(...created))}–${s(Math.max(...created))} s, phone-homes late p50 ${s(at(0.5))} p99 ${s(at(0.99))} max ${s(late.at(-1) ?? 0)} s`;
       })
       .join('; ');
+    return { text, lastTier };
   } finally {
     db.close();
   }
@@ -457,13 +514,14 @@ async function threeTierRun(size: number, workers: number): Promise<void> {
   const def = await request('POST', '/v1/cluster-definitions', threeTier(`scale-${size}-${workers}w`, p, h, w));
   log(`${label}: deploying (proxy ${p} → head ${h} → workers ${w})`);
   const counted = await phoneHomeCounters();
-  const { result, rss, cpu } = await watchProcesses(async () => {
+  const { result, rss, cpu, timeline } = await watchProcesses(async () => {
     const t0 = Date.now();
     const cluster = await request('POST', '/v1/clusters', { definitionId: def.id, cloud: 'sim' });
     const stopReader = readRate > 0 ? startReader(`/v1/clusters/${cluster.id}`, readRate) : undefined;
     const wall = await waitAll([cluster.id], 'READY', t0, label);
+    const readyAt = Date.now();
     const reads = await stopReader?.();
-    return { id: cluster.id as string, wall, reads, guests: guestTimes(cluster.id, t0) };
+    return { id: cluster.id as string, wall, readyAt, reads, guests: guestTimes(cluster.id, t0) };
   });
   const after = await phoneHomeCounters();
   const phoneHomes = phoneHomeFigure(counted.sums, after.sums);
@@ -483,12 +541,13 @@ async function threeTierRun(size: number, workers: number): Promise<void> {
             ],
           ] as [string, string][])
         : []),
-      ['guests (the sim cloud\'s record)', result.guests],
+      ['guests (the sim cloud\'s record)', result.guests.text],
       phoneHomes,
       apiGetFigure(counted.sums, after.sums),
       ['API event-loop delay during the run', after.lag.join('; ')],
       ['peak RSS', Object.entries(rss).map(([n, mib]) => `${n} ${mib} MiB`).join(', ')],
       cpuFigure(cpu, result.wall),
+      lastTierCpuFigure(timeline, result.guests.lastTier, result.readyAt),
       ['largest history', `${largest.events} events (${largest.id})`],
       ['payload or history size warnings (so far)', String(site.sizeWarnings())],
       ['replay of the largest run of each workflow', replays.join('; ')],
